@@ -1,0 +1,40 @@
+# famfs-agent: `make demo` and `make test` work on a fresh Debian machine; they install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv sqlite3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps install demo test bench bench-quick clean
+
+deps: $(VENV)/.deps
+$(VENV)/.deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@[ -e /dev/fuse ] || { echo "no /dev/fuse: FUSE is not available on this machine"; exit 1; }
+	python3 -m venv $(VENV)
+	@mkdir -p $(VENV) && touch $@
+
+install: $(VENV)/.installed
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: install
+	$(PY) -m demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,149 @@
+"""Device access: one abstraction over a devdax character device, a pmem block device and a
+regular file (the emulated device of the demo and the tests).
+
+The whole device is mapped once, shared; every read and write of famfs metadata and file data
+goes through that mapping, so all processes on a host see one coherent copy. On shared CXL
+memory that is not cache-coherent, this is the place where cache-line flushes would be added
+(upstream's flush/invalidate, spec §3.4); on coherent memory and on image files they are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BLKGETSIZE64 = 0x80081272
+SYS_DAX = Path("/sys/bus/dax/devices")
+
+
+class DeviceError(OSError):
+    """A device that cannot be used; the message names the path and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    path: str
+    kind: str  # "devdax", "pmem" or "file"
+    size: int
+
+
+def probe(path: str | os.PathLike[str]) -> DeviceInfo:
+    """What kind of device `path` is and how big, with a clear error for anything unusable."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DeviceError(errno.ENOENT, f"{path}: no such device or image file") from None
+    except PermissionError:
+        raise DeviceError(errno.EACCES, f"{path}: permission denied") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DeviceError(errno.EISDIR, f"{path}: is a directory, not a device or image file")
+    if stat.S_ISREG(st.st_mode):
+        return DeviceInfo(path, "file", st.st_size)
+    if stat.S_ISCHR(st.st_mode):
+        return DeviceInfo(path, "devdax", _devdax_size(path, st))
+    if stat.S_ISBLK(st.st_mode):
+        return DeviceInfo(path, "pmem", _block_size(path))
+    raise DeviceError(errno.ENODEV, f"{path}: not a dax device, block device or regular file")
+
+
+def _devdax_size(path: str, st: os.stat_result) -> int:
+    sysfs = SYS_DAX / os.path.basename(os.path.realpath(path)) / "size"
+    if not sysfs.exists():
+        sysfs = Path(f"/sys/dev/char/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/size")
+    try:
+        return int(sysfs.read_text().strip())
+    except (OSError, ValueError) as err:
+        raise DeviceError(errno.ENODEV, f"{path}: character device but not devdax (no size in {sysfs}: {err})") from None
+
+
+def _block_size(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        raise DeviceError(errno.EACCES, f"{path}: permission denied") from None
+    try:
+        return struct.unpack("<Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+    finally:
+        os.close(fd)
+
+
+def capacity_uuid(path: str) -> str | None:
+    """The capacity tag of a CXL DCD allocation, where sysfs exposes one for this dax device."""
+    base = SYS_DAX / os.path.basename(os.path.realpath(path))
+    for name in ("uuid", "tag"):
+        try:
+            text = (base / name).read_text().strip()
+        except OSError:
+            continue
+        if text and text.strip("0-") != "":
+            return text
+    return None
+
+
+class Device:
+    """An open device (or image file) with one shared mapping of all of it."""
+
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+        self.info = probe(path)
+        self.path = self.info.path
+        self.writable = writable
+        try:
+            self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+        except PermissionError:
+            raise DeviceError(errno.EACCES, f"{self.path}: permission denied (open for {'write' if writable else 'read'})") from None
+        if self.info.size == 0:
+            os.close(self.fd)
+            raise DeviceError(errno.EINVAL, f"{self.path}: empty device")
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        try:
+            self.map = mmap.mmap(self.fd, self.info.size, mmap.MAP_SHARED, access=access)
+        except OSError as err:
+            os.close(self.fd)
+            raise DeviceError(err.errno, f"{self.path}: cannot map {self.info.size} bytes: {err.strerror}") from None
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise DeviceError(errno.EINVAL, f"{self.path}: read [{offset:#x}, {offset + length:#x}) past the device end {self.size:#x}")
+        return self.map[offset:offset + length]
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Store bytes. On an image file this is pwrite(2) into the same page cache the mapping
+        shows, which also raises inotify IN_MODIFY: followers on this host wake at once."""
+        if offset < 0 or offset + len(data) > self.size:
+            raise DeviceError(errno.EINVAL, f"{self.path}: write [{offset:#x}, {offset + len(data):#x}) past the device end {self.size:#x}")
+        if self.info.kind == "file":
+            os.pwrite(self.fd, data, offset)
+        else:
+            self.map[offset:offset + len(data)] = data
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Serialize writers across processes of this host: flock on the device or image."""
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,100 @@
+"""Reading and appending the famfs metadata log on a device.
+
+A `FamfsLog` is a validated view of one device's superblock and log. Readers take entries by
+index; the single writer of a host appends under an exclusive lock on the device, writing the
+entry first and the header second, so a concurrent reader never counts an entry whose bytes are
+not all there (upstream flushes both together with no ordering; spec §3.1).
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Iterator, Sequence
+
+from agent import format as fmt
+from agent.device import Device, DeviceError
+
+
+class LogFullError(OSError):
+    def __init__(self, device: str, slots: int) -> None:
+        super().__init__(errno.ENOSPC, f"{device}: log full ({slots} of {slots} entries used); nothing appended")
+
+
+class FamfsLog:
+    """The superblock and log of an open device, validated on open."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        if device.size < fmt.LOG_OFFSET + fmt.SUPERBLOCK.size:
+            raise DeviceError(errno.EINVAL, f"{device.path}: {device.size} bytes is too small to hold a famfs superblock")
+        try:
+            self.superblock = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{device.path}: {err}") from None
+        if self.superblock.dev_size > device.size:
+            raise fmt.FormatError(
+                f"{device.path}: superblock says the device is {self.superblock.dev_size} bytes, it has {device.size}")
+        self.log_base = self.superblock.log_offset
+        self.header()  # validate now: a bad header is a bad device
+
+    @property
+    def path(self) -> str:
+        return self.device.path
+
+    def header(self) -> fmt.LogHeader:
+        """The current log header, read fresh from the device and validated."""
+        raw = self.device.read(self.log_base, fmt.LOG_HEADER.size)
+        try:
+            return fmt.LogHeader.unpack(raw, self.superblock.log_len)
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{self.device.path}: {err}") from None
+
+    def next_index(self) -> int:
+        """The cheap poll: one word of the header, not validated (see header())."""
+        offset = self.log_base + fmt.LOG_NEXT_SEQNUM_OFFSET + 8
+        return struct.unpack("<Q", self.device.read(offset, 8))[0]
+
+    def slot_offset(self, index: int) -> int:
+        return self.log_base + fmt.entry_offset(index)
+
+    def raw_entry(self, index: int) -> bytes:
+        return self.device.read(self.slot_offset(index), fmt.ENTRY_SIZE)
+
+    def entry(self, index: int) -> fmt.Entry:
+        """Decode slot `index`, with the geometry of FILE extents checked against this device."""
+        entry = fmt.decode_entry(self.raw_entry(index), index)
+        if isinstance(entry, fmt.FileEntry):
+            self.check_file(entry, index)
+        return entry
+
+    def check_file(self, entry: fmt.FileEntry, index: int) -> None:
+        sb = self.superblock
+        try:
+            fmt.check_extents(entry, sb.dev_size, sb.log_len, sb.alloc_unit)
+        except fmt.FormatError as err:
+            raise fmt.EntryError(index, str(err), entry.relpath) from None
+
+    def entries(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, fmt.Entry | fmt.EntryError]]:
+        """(index, entry or the error that slot raised) for each slot in [start, stop)."""
+        end = self.header().next_index if stop is None else stop
+        for index in range(start, end):
+            try:
+                yield index, self.entry(index)
+            except fmt.EntryError as err:
+                yield index, err
+
+    def append(self, entries: Sequence[fmt.Entry]) -> int:
+        """Append entries (the caller holds `device.exclusive()` and has checked the role).
+
+        All or nothing for a full log. Returns the index of the first appended entry.
+        """
+        header = self.header()
+        if header.next_index + len(entries) > header.slots:
+            raise LogFullError(self.device.path, header.slots)
+        first = header.next_index
+        for n, entry in enumerate(entries):
+            self.device.write(self.slot_offset(first + n), fmt.encode_entry(entry, first + n))
+        done = first + len(entries)
+        self.device.write(self.log_base + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", done, done))
+        return first

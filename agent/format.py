@@ -1,0 +1,495 @@
+"""The famfs on-media format, version 48: every struct layout, constant and CRC lives here.
+
+Byte-compatible with upstream famfs (github.com/cxl-micron-reskit/famfs @ 5d0919f); see
+docs/format.md. Upstream memcpy's raw x86_64 structs, so every layout is little-endian with
+explicit padding, and every byte a layout does not name is written as zero.
+
+Nothing else in the project may hard-code an offset: it asks this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+# --- constants (upstream src/famfs_meta.h) -------------------------------------------------
+
+SUPER_MAGIC = 0x87B282FF
+CURRENT_VERSION = 48
+OMF_VER_MAJOR = 2
+OMF_VER_MINOR = 2
+SUPERBLOCK_SIZE = 0x200000  # the superblock region; the struct itself is 200 bytes
+LOG_OFFSET = SUPERBLOCK_SIZE
+DEFAULT_LOG_LEN = 0x800000  # also the minimum
+ALLOC_UNIT = 0x200000  # what mkfs writes
+ACCEPTED_ALLOC_UNITS = (4096, ALLOC_UNIT)  # what upstream's check_super accepts
+DEVNAME_LEN = 64
+MAX_PATHLEN = 80  # relpath buffer: at most 79 bytes and a NUL
+MAX_RELPATH_BYTES = MAX_PATHLEN - 1
+MAX_SIMPLE_EXTENTS = 16
+MAX_INTERLEAVED_EXTENTS = 1
+MAX_STRIPS = 16
+MAX_NBUCKETS = 64
+LOG_MAGIC = 0xBADCAFEF00D
+FM_ALL_HOSTS_RO = 1
+FM_ALL_HOSTS_RW = 2
+
+
+class EntryType(enum.IntEnum):
+    FILE = 0
+    MKDIR = 1
+    DELETE = 2  # reserved upstream, defined by us (docs/format.md)
+    ADD_DAXDEV = 3
+    INVALID = 4
+
+
+class ExtentType(enum.IntEnum):
+    SIMPLE = 0
+    INTERLEAVE = 1
+
+
+# --- struct layouts ------------------------------------------------------------------------
+
+SUPERBLOCK = struct.Struct("<5Q2I16s16s16sQI4xQ16s64s")
+SUPERBLOCK_CRC_SPAN = 96  # crc covers magic .. ts_system_uuid
+
+LOG_HEADER = struct.Struct("<6Q")
+LOG_HEADER_CRC_SPAN = 24  # crc covers magic, len, last_index; never the cursors
+LOG_NEXT_SEQNUM_OFFSET = 32  # next_seqnum, next_index: the two words an append advances
+
+_ENTRY_HEAD = "<QI4x"
+_FILE_META = "QIIII80s" + "I4xI4x"
+FILE_SIMPLE_ENTRY = struct.Struct(_ENTRY_HEAD + _FILE_META + "48Q" + "16x" + "Q")
+FILE_INTERLEAVED_ENTRY = struct.Struct(_ENTRY_HEAD + _FILE_META + "QQ" + "48Q" + "Q")
+MKDIR_ENTRY = struct.Struct(_ENTRY_HEAD + "III80s" + "428x" + "Q")
+ADD_DAXDEV_ENTRY = struct.Struct(_ENTRY_HEAD + "Q16sI4x" + "488x" + "Q")
+# Ours (upstream reserves type 2 but never defined it): the index of the FILE entry being
+# deleted, then its relpath, so a reader can check that the two agree.
+DELETE_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "432x" + "Q")
+ENTRY_HEAD = struct.Struct(_ENTRY_HEAD)
+ENTRY_SIZE = 544
+ENTRY_CRC_SPAN = 536
+FILE_EXT_TYPE_OFFSET = 120  # fmap_ext_type inside a FILE entry picks the union arm
+
+for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXDEV_ENTRY, DELETE_ENTRY):
+    assert _layout.size == ENTRY_SIZE, _layout.format
+assert SUPERBLOCK.size == 200 and LOG_HEADER.size == 48
+
+
+def crc32(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def log_capacity(log_len: int) -> int:
+    """Number of entry slots in a log of log_len bytes (15,420 for 8 MiB)."""
+    return (log_len - LOG_HEADER.size) // ENTRY_SIZE
+
+
+def entry_offset(index: int) -> int:
+    """Offset of log slot `index` from the start of the log."""
+    return LOG_HEADER.size + index * ENTRY_SIZE
+
+
+def data_start(log_len: int) -> int:
+    """First device byte that file extents may use."""
+    return LOG_OFFSET + log_len
+
+
+def round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+class FormatError(ValueError):
+    """Bytes that are not a valid famfs structure; the message says which rule failed."""
+
+
+# --- superblock ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Superblock:
+    log_len: int
+    dev_size: int
+    fs_uuid: uuid.UUID
+    dev_uuid: uuid.UUID
+    system_uuid: uuid.UUID
+    daxdev_name: str = "/dev/dax0.0"
+    dd_uuid: uuid.UUID = uuid.UUID(int=0)
+    alloc_unit: int = ALLOC_UNIT
+    log_offset: int = LOG_OFFSET
+    version: int = CURRENT_VERSION
+    omf_major: int = OMF_VER_MAJOR
+    omf_minor: int = OMF_VER_MINOR
+    sb_flags: int = 0
+
+    @property
+    def data_start(self) -> int:
+        return self.log_offset + self.log_len
+
+    def pack(self) -> bytes:
+        name = self.daxdev_name.encode()[:DEVNAME_LEN]
+        raw = bytearray(
+            SUPERBLOCK.pack(
+                SUPER_MAGIC, self.version, self.log_offset, self.log_len, self.alloc_unit,
+                self.omf_major, self.omf_minor, self.fs_uuid.bytes, self.dev_uuid.bytes,
+                self.system_uuid.bytes, 0, self.sb_flags, self.dev_size, self.dd_uuid.bytes, name,
+            )
+        )
+        struct.pack_into("<Q", raw, SUPERBLOCK_CRC_SPAN, crc32(raw[:SUPERBLOCK_CRC_SPAN]))
+        return bytes(raw)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Superblock:
+        """Parse and validate, in upstream's order: magic, version, CRC, then geometry."""
+        if len(raw) < SUPERBLOCK.size:
+            raise FormatError(f"superblock: short read ({len(raw)} bytes)")
+        (magic, version, log_offset, log_len, alloc_unit, omf_major, omf_minor, fs_uuid, dev_uuid,
+         system_uuid, crc, sb_flags, dev_size, dd_uuid, name) = SUPERBLOCK.unpack_from(raw)
+        if magic != SUPER_MAGIC:
+            raise FormatError(f"superblock: bad magic {magic:#x} (want {SUPER_MAGIC:#x}): not a famfs device")
+        if version != CURRENT_VERSION:
+            raise FormatError(f"superblock: format version {version}, this build reads only version {CURRENT_VERSION}")
+        want = crc32(raw[:SUPERBLOCK_CRC_SPAN])
+        if crc != want:
+            raise FormatError(f"superblock: bad CRC {crc:#x} (computed {want:#x})")
+        if alloc_unit not in ACCEPTED_ALLOC_UNITS:
+            raise FormatError(f"superblock: alloc_unit {alloc_unit:#x} is not 4 KiB or 2 MiB")
+        if log_offset != LOG_OFFSET:
+            raise FormatError(f"superblock: log offset {log_offset:#x} (want {LOG_OFFSET:#x})")
+        if log_len < DEFAULT_LOG_LEN or log_len & (log_len - 1):
+            raise FormatError(f"superblock: log length {log_len:#x} is not a power of two >= 8 MiB")
+        if dev_size < log_offset + log_len:
+            raise FormatError(f"superblock: device size {dev_size} cannot hold the log")
+        return cls(
+            log_len=log_len, dev_size=dev_size, fs_uuid=uuid.UUID(bytes=fs_uuid),
+            dev_uuid=uuid.UUID(bytes=dev_uuid), system_uuid=uuid.UUID(bytes=system_uuid),
+            daxdev_name=name.split(b"\0", 1)[0].decode(errors="replace"), dd_uuid=uuid.UUID(bytes=dd_uuid),
+            alloc_unit=alloc_unit, log_offset=log_offset, version=version, omf_major=omf_major,
+            omf_minor=omf_minor, sb_flags=sb_flags,
+        )
+
+
+# --- log header ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogHeader:
+    log_len: int
+    last_index: int
+    next_seqnum: int = 0
+    next_index: int = 0
+
+    @classmethod
+    def fresh(cls, log_len: int) -> LogHeader:
+        return cls(log_len=log_len, last_index=log_capacity(log_len) - 1)
+
+    @property
+    def slots(self) -> int:
+        return self.last_index + 1
+
+    @property
+    def full(self) -> bool:
+        return self.next_index > self.last_index
+
+    def pack(self) -> bytes:
+        head = struct.pack("<3Q", LOG_MAGIC, self.log_len, self.last_index)
+        return head + struct.pack("<3Q", crc32(head), self.next_seqnum, self.next_index)
+
+    @classmethod
+    def unpack(cls, raw: bytes, sb_log_len: int) -> LogHeader:
+        """Parse and validate, including the bounds upstream never checks (spec §9 item 3)."""
+        magic, log_len, last_index, crc, next_seqnum, next_index = LOG_HEADER.unpack_from(raw)
+        if magic != LOG_MAGIC:
+            raise FormatError(f"log header: bad magic {magic:#x} (want {LOG_MAGIC:#x})")
+        want = crc32(raw[:LOG_HEADER_CRC_SPAN])
+        if crc != want:
+            raise FormatError(f"log header: bad CRC {crc:#x} (computed {want:#x})")
+        if log_len != sb_log_len:
+            raise FormatError(f"log header: length {log_len:#x} differs from the superblock's {sb_log_len:#x}")
+        if last_index != log_capacity(log_len) - 1:
+            raise FormatError(f"log header: last_index {last_index} does not fit a {log_len:#x}-byte log")
+        if next_index > last_index + 1:
+            raise FormatError(f"log header: next_index {next_index} is past last_index {last_index}")
+        if next_seqnum != next_index:
+            raise FormatError(f"log header: next_seqnum {next_seqnum} differs from next_index {next_index}")
+        return cls(log_len=log_len, last_index=last_index, next_seqnum=next_seqnum, next_index=next_index)
+
+
+# --- log entries ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    offset: int
+    length: int
+    devindex: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class Stripe:
+    """One interleaved extent: data goes round-robin over `strips` in chunk_size pieces."""
+
+    chunk_size: int
+    strips: tuple[Extent, ...]
+
+    @property
+    def nstrips(self) -> int:
+        return len(self.strips)
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    relpath: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    extents: tuple[Extent, ...] = ()  # simple files
+    stripes: tuple[Stripe, ...] = ()  # interleaved files (exactly one on media)
+    flags: int = FM_ALL_HOSTS_RW
+
+    @property
+    def interleaved(self) -> bool:
+        return bool(self.stripes)
+
+    def all_extents(self) -> tuple[Extent, ...]:
+        """Every device range the file occupies (strips of interleaved files included)."""
+        if self.stripes:
+            return tuple(strip for stripe in self.stripes for strip in stripe.strips)
+        return self.extents
+
+    def capacity(self) -> int:
+        return sum(extent.length for extent in self.all_extents())
+
+
+@dataclass(frozen=True, slots=True)
+class MkdirEntry:
+    relpath: str
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEntry:
+    relpath: str
+    target_index: int  # the FILE entry this deletes
+
+
+@dataclass(frozen=True, slots=True)
+class AddDaxdevEntry:
+    dev_size: int
+    dev_uuid: uuid.UUID
+    dev_index: int
+
+
+Entry = FileEntry | MkdirEntry | DeleteEntry | AddDaxdevEntry
+
+
+@dataclass(frozen=True, slots=True)
+class EntryError(Exception):
+    """A log slot that does not hold a valid entry. `index` names the slot."""
+
+    index: int
+    reason: str
+    relpath: str | None = field(default=None)
+
+    def __str__(self) -> str:
+        where = f" path={self.relpath!r}" if self.relpath is not None else ""
+        return f"log entry {self.index}: {self.reason}{where}"
+
+
+def encode_relpath(relpath: str) -> bytes:
+    """The NUL-padded 80-byte relpath field; refuses what upstream would silently truncate."""
+    raw = relpath.encode()
+    check_relpath(raw)
+    return raw
+
+
+def check_relpath(raw: bytes) -> str:
+    """Validate a relpath field's content (NUL excluded); return it decoded.
+
+    Rules (stricter than upstream, spec §9 items 5 and 9): not empty, relative, at most 79
+    bytes, UTF-8 (libyaml cannot emit anything else), no empty, '.' or '..' component.
+    """
+    if not raw:
+        raise FormatError("empty path")
+    if len(raw) > MAX_RELPATH_BYTES:
+        raise FormatError(f"path is {len(raw)} bytes, the limit is {MAX_RELPATH_BYTES}")
+    if raw.startswith(b"/"):
+        raise FormatError("absolute path")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise FormatError("path is not valid UTF-8") from None
+    for component in text.split("/"):
+        if not component:
+            raise FormatError("path has an empty component")
+        if component in (".", ".."):
+            raise FormatError(f"path has a {component!r} component")
+    return text
+
+
+def _relpath_field(raw: bytes) -> str:
+    if b"\0" not in raw:
+        raise FormatError(f"relpath field has no NUL within {MAX_PATHLEN} bytes")
+    return check_relpath(raw.split(b"\0", 1)[0])
+
+
+def _seal(raw: bytearray) -> bytes:
+    struct.pack_into("<Q", raw, ENTRY_CRC_SPAN, crc32(raw[:ENTRY_CRC_SPAN]))
+    return bytes(raw)
+
+
+def encode_entry(entry: Entry, seqnum: int) -> bytes:
+    """The 544 bytes of a log slot holding `entry`, CRC included; unused bytes are zero."""
+    match entry:
+        case FileEntry(stripes=()):
+            if not 1 <= len(entry.extents) <= MAX_SIMPLE_EXTENTS:
+                raise FormatError(f"a simple file needs 1..{MAX_SIMPLE_EXTENTS} extents")
+            words = [w for e in entry.extents for w in (e.devindex, e.offset, e.length)]
+            words += [0] * (3 * MAX_SIMPLE_EXTENTS - len(words))
+            raw = FILE_SIMPLE_ENTRY.pack(
+                seqnum, EntryType.FILE, entry.size, entry.flags, entry.uid, entry.gid, entry.mode,
+                encode_relpath(entry.relpath), ExtentType.SIMPLE, len(entry.extents), *words, 0,
+            )
+        case FileEntry():
+            if len(entry.stripes) != MAX_INTERLEAVED_EXTENTS:
+                raise FormatError("an interleaved file has exactly one interleaved extent on media")
+            stripe = entry.stripes[0]
+            if not 1 <= stripe.nstrips <= MAX_STRIPS:
+                raise FormatError(f"an interleaved extent needs 1..{MAX_STRIPS} strips")
+            words = [w for e in stripe.strips for w in (e.devindex, e.offset, e.length)]
+            words += [0] * (3 * MAX_STRIPS - len(words))
+            raw = FILE_INTERLEAVED_ENTRY.pack(
+                seqnum, EntryType.FILE, entry.size, entry.flags, entry.uid, entry.gid, entry.mode,
+                encode_relpath(entry.relpath), ExtentType.INTERLEAVE, 1, stripe.nstrips,
+                stripe.chunk_size, *words, 0,
+            )
+        case MkdirEntry():
+            raw = MKDIR_ENTRY.pack(
+                seqnum, EntryType.MKDIR, entry.uid, entry.gid, entry.mode, encode_relpath(entry.relpath), 0
+            )
+        case DeleteEntry():
+            raw = DELETE_ENTRY.pack(
+                seqnum, EntryType.DELETE, entry.target_index, encode_relpath(entry.relpath), 0
+            )
+        case AddDaxdevEntry():
+            raw = ADD_DAXDEV_ENTRY.pack(
+                seqnum, EntryType.ADD_DAXDEV, entry.dev_size, entry.dev_uuid.bytes, entry.dev_index, 0
+            )
+        case _:
+            raise TypeError(f"not a log entry: {entry!r}")
+    return _seal(bytearray(raw))
+
+
+def check_entry_seal(raw: bytes, index: int) -> None:
+    """Upstream's famfs_validate_log_entry: seqnum == index and a good CRC."""
+    seqnum = struct.unpack_from("<Q", raw)[0]
+    if seqnum != index:
+        raise EntryError(index, f"seqnum {seqnum} != index {index}")
+    stored = struct.unpack_from("<Q", raw, ENTRY_CRC_SPAN)[0]
+    if stored != crc32(raw[:ENTRY_CRC_SPAN]):
+        raise EntryError(index, f"bad CRC {stored:#x}")
+
+
+def decode_entry(raw: bytes, index: int) -> Entry:
+    """Decode and fully validate slot `index` on its own (geometry checks: check_extents)."""
+    check_entry_seal(raw, index)
+    kind = ENTRY_HEAD.unpack_from(raw)[1]
+    try:
+        return _decode_body(raw, kind)
+    except FormatError as err:
+        raise EntryError(index, str(err), _best_effort_relpath(raw, kind)) from None
+
+
+def _decode_body(raw: bytes, kind: int) -> Entry:
+    if kind == EntryType.FILE:
+        return _decode_file(raw)
+    if kind == EntryType.MKDIR:
+        _, _, uid, gid, mode, relpath, _ = MKDIR_ENTRY.unpack(raw)
+        return MkdirEntry(relpath=_relpath_field(relpath), mode=mode, uid=uid, gid=gid)
+    if kind == EntryType.DELETE:
+        _, _, target, relpath, _ = DELETE_ENTRY.unpack(raw)
+        return DeleteEntry(relpath=_relpath_field(relpath), target_index=target)
+    if kind == EntryType.ADD_DAXDEV:
+        _, _, size, dev_uuid, dev_index, _ = ADD_DAXDEV_ENTRY.unpack(raw)
+        return AddDaxdevEntry(dev_size=size, dev_uuid=uuid.UUID(bytes=dev_uuid), dev_index=dev_index)
+    raise FormatError(f"unknown entry type {kind}")
+
+
+def _decode_file(raw: bytes) -> FileEntry:
+    ext_type = struct.unpack_from("<I", raw, FILE_EXT_TYPE_OFFSET)[0]
+    if ext_type == ExtentType.SIMPLE:
+        fields = FILE_SIMPLE_ENTRY.unpack(raw)
+    elif ext_type == ExtentType.INTERLEAVE:
+        fields = FILE_INTERLEAVED_ENTRY.unpack(raw)
+    else:
+        raise FormatError(f"unknown extent type {ext_type}")
+    _, _, size, flags, uid, gid, mode, relpath_raw, _, count = fields[:10]
+    relpath = _relpath_field(relpath_raw)
+    common = dict(relpath=relpath, size=size, mode=mode, uid=uid, gid=gid, flags=flags)
+    if ext_type == ExtentType.SIMPLE:
+        if not 1 <= count <= MAX_SIMPLE_EXTENTS:
+            raise FormatError(f"extent count {count} outside 1..{MAX_SIMPLE_EXTENTS}")
+        words = fields[10:10 + 3 * count]
+        extents = tuple(Extent(devindex=words[i], offset=words[i + 1], length=words[i + 2]) for i in range(0, len(words), 3))
+        return FileEntry(extents=extents, **common)
+    if count != MAX_INTERLEAVED_EXTENTS:
+        raise FormatError(f"interleaved extent count {count}, only {MAX_INTERLEAVED_EXTENTS} fits on media")
+    nstrips, chunk_size = fields[10], fields[11]
+    if not 1 <= nstrips <= MAX_STRIPS:
+        raise FormatError(f"strip count {nstrips} outside 1..{MAX_STRIPS}")
+    words = fields[12:12 + 3 * nstrips]
+    strips = tuple(Extent(devindex=words[i], offset=words[i + 1], length=words[i + 2]) for i in range(0, len(words), 3))
+    return FileEntry(stripes=(Stripe(chunk_size=chunk_size, strips=strips),), **common)
+
+
+def _best_effort_relpath(raw: bytes, kind: int) -> str | None:
+    """The relpath of a bad entry, for error messages only."""
+    offsets = {EntryType.FILE: 40, EntryType.MKDIR: 28, EntryType.DELETE: 24}
+    start = offsets.get(kind)
+    if start is None:
+        return None
+    return raw[start:start + MAX_PATHLEN].split(b"\0", 1)[0].decode(errors="backslashreplace")
+
+
+def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int = ALLOC_UNIT) -> None:
+    """Geometry rules for a FILE entry on a device (spec §9 items 6 and 11, fixed).
+
+    Each extent: devindex 0 (the only device upstream supports), nonzero length, aligned to
+    the allocation unit, inside the device and past the superblock and log; the extents of one
+    file do not overlap; the file size fits in its extents; strips are equal, whole chunks.
+    """
+    low = data_start(log_len)
+    ranges = entry.all_extents()
+    for n, extent in enumerate(ranges):
+        if extent.devindex != 0:
+            raise FormatError(f"extent {n}: devindex {extent.devindex} (only device 0 exists)")
+        if extent.length == 0:
+            raise FormatError(f"extent {n}: zero length")
+        if extent.offset % alloc_unit:
+            raise FormatError(f"extent {n}: offset {extent.offset:#x} not aligned to {alloc_unit:#x}")
+        if extent.offset < low:
+            raise FormatError(f"extent {n}: offset {extent.offset:#x} overlaps the superblock/log (data starts at {low:#x})")
+        if extent.end > dev_size:
+            raise FormatError(f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) past the device end {dev_size:#x}")
+    ordered = sorted(ranges, key=lambda e: e.offset)
+    for before, after in zip(ordered, ordered[1:]):
+        if after.offset < before.end:
+            raise FormatError(f"extents overlap at {after.offset:#x}")
+    for stripe in entry.stripes:
+        chunk = stripe.chunk_size
+        if chunk == 0 or chunk & (chunk - 1):
+            raise FormatError(f"chunk size {chunk:#x} is not a power of two")
+        if len({strip.length for strip in stripe.strips}) != 1 or stripe.strips[0].length % chunk:
+            raise FormatError("strips are not equal whole multiples of the chunk size")
+    if entry.size > entry.capacity():
+        raise FormatError(f"size {entry.size} exceeds the {entry.capacity()} bytes of its extents")

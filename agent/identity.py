@@ -1,0 +1,64 @@
+"""This host's identity and its role in a file system.
+
+Upstream keeps the master's system UUID in /opt/famfs/system_uuid (36-char text, created on first
+use, mode 0444). We read and write the same file by default; its path can be changed (flag,
+FAMFS_SYSTEM_UUID_FILE, or `system_uuid_file` in famfs-agent.toml) so several simulated hosts on
+one machine each have their own identity.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import uuid
+from pathlib import Path
+
+from agent import format as fmt
+
+DEFAULT_SYSTEM_UUID_FILE = Path("/opt/famfs/system_uuid")
+SYSTEM_UUID_ENV = "FAMFS_SYSTEM_UUID_FILE"
+
+
+class Role(enum.Enum):
+    MASTER = "master"
+    CLIENT = "client"
+
+
+class NotMasterError(PermissionError):
+    def __init__(self, fs_uuid: uuid.UUID) -> None:
+        super().__init__(f"this host is a client of file system {fs_uuid}: only its master may write")
+
+
+def system_uuid_file(configured: str | os.PathLike[str] | None = None) -> Path:
+    """The state file: explicit setting, else the environment, else upstream's path."""
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get(SYSTEM_UUID_ENV) or DEFAULT_SYSTEM_UUID_FILE)
+
+
+def system_uuid(path: Path, *, create: bool = True) -> uuid.UUID | None:
+    """This host's UUID, created (as upstream does) if missing and `create`."""
+    try:
+        return uuid.UUID(path.read_text().strip())
+    except FileNotFoundError:
+        if not create:
+            return None
+    except ValueError as err:
+        raise ValueError(f"{path}: not a UUID: {err}") from None
+    value = uuid.uuid4()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    temp.write_text(str(value))  # upstream writes exactly the 36 characters
+    temp.chmod(0o444)
+    temp.rename(path)
+    return value
+
+
+def role_of(superblock: fmt.Superblock, path: Path) -> Role:
+    mine = system_uuid(path, create=False)
+    return Role.MASTER if mine == superblock.system_uuid else Role.CLIENT
+
+
+def require_master(superblock: fmt.Superblock, path: Path) -> None:
+    if role_of(superblock, path) is not Role.MASTER:
+        raise NotMasterError(superblock.fs_uuid)

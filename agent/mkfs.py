@@ -1,0 +1,102 @@
+"""mkfs: a fresh superblock and an empty log, exactly as upstream's __famfs_mkfs (spec §1)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import format as fmt
+from agent.device import Device, DeviceError, capacity_uuid, probe
+from agent.identity import Role, role_of, system_uuid
+
+ZERO_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class MkfsResult:
+    superblock: fmt.Superblock
+    header: fmt.LogHeader
+
+
+def minimum_device_size(log_len: int) -> int:
+    """Superblock, log, and at least one allocation unit of data."""
+    return fmt.data_start(log_len) + fmt.ALLOC_UNIT
+
+
+def create_image(path: str | os.PathLike[str], size: int) -> None:
+    """A sparse regular file of `size` bytes: the emulated device."""
+    with open(path, "ab") as image:
+        if image.tell() > size:
+            raise DeviceError(errno.EEXIST, f"{path}: already {image.tell()} bytes, larger than --size {size}")
+        image.truncate(size)
+
+
+def mkfs(
+    device_path: str,
+    *,
+    uuid_file: Path,
+    log_len: int = fmt.DEFAULT_LOG_LEN,
+    force: bool = False,
+    kill: bool = False,
+    dev_uuid: uuid.UUID | None = None,
+    fs_uuid: uuid.UUID | None = None,
+) -> MkfsResult | None:
+    """Format `device_path`. With `kill` (and `force`), only invalidate an existing superblock.
+
+    Refuses a device holding a valid famfs (or one of another version) unless `force`.
+    """
+    if log_len < fmt.DEFAULT_LOG_LEN or log_len & (log_len - 1):
+        raise ValueError(f"log length {log_len:#x} must be a power of two >= {fmt.DEFAULT_LOG_LEN:#x}")
+    info = probe(device_path)
+    if info.size < minimum_device_size(log_len):
+        raise DeviceError(errno.ENOSPC, f"{device_path}: {info.size} bytes is too small: famfs with a "
+                          f"{log_len:#x}-byte log needs at least {minimum_device_size(log_len)} bytes")
+    with Device(device_path, writable=True) as device, device.exclusive():
+        existing = _existing_superblock(device)
+        if existing is not None and not force:
+            owner = "" if existing is True else (
+                " (owned by another host)" if role_of(existing, uuid_file) is Role.CLIENT else "")
+            raise FileExistsError(f"{device_path}: already holds a famfs file system{owner}; use --force to overwrite")
+        if kill:
+            device.write(0, b"\0" * 8)  # ts_magic only, as upstream's mkfs -k
+            return None
+        master = system_uuid(uuid_file, create=True)
+        assert master is not None
+        device_uuid = dev_uuid or _default_dev_uuid(device_path)
+        superblock = fmt.Superblock(
+            log_len=log_len, dev_size=info.size, fs_uuid=fs_uuid or uuid.uuid4(), dev_uuid=device_uuid,
+            dd_uuid=device_uuid, system_uuid=master, daxdev_name=device_path,
+        )
+        header = fmt.LogHeader.fresh(log_len)
+        zeros = b"\0" * ZERO_CHUNK
+        for offset in range(fmt.LOG_OFFSET, fmt.LOG_OFFSET + log_len, ZERO_CHUNK):
+            device.write(offset, zeros)
+        device.write(fmt.LOG_OFFSET, header.pack())
+        # All of the superblock region beyond the struct is zero too (upstream leaves it as found).
+        device.write(0, superblock.pack() + b"\0" * (ZERO_CHUNK - fmt.SUPERBLOCK.size))
+        for offset in range(ZERO_CHUNK, fmt.SUPERBLOCK_SIZE, ZERO_CHUNK):
+            device.write(offset, zeros)
+        return MkfsResult(superblock, header)
+
+
+def _default_dev_uuid(device_path: str) -> uuid.UUID:
+    tag = capacity_uuid(device_path)
+    if tag:
+        try:
+            return uuid.UUID(tag)
+        except ValueError:
+            pass
+    return uuid.uuid4()
+
+
+def _existing_superblock(device: Device) -> fmt.Superblock | bool | None:
+    """The valid superblock on the device; True if it is famfs of another version; else None."""
+    raw = device.read(0, fmt.SUPERBLOCK.size)
+    try:
+        return fmt.Superblock.unpack(raw)
+    except fmt.FormatError:
+        magic = int.from_bytes(raw[:8], "little")
+        return True if magic == fmt.SUPER_MAGIC else None

@@ -1,0 +1,233 @@
+"""The shadow-file YAML: byte-identical emission to upstream's libyaml emitter, and a strict parser.
+
+Upstream (famfs_yaml.c) emits a fixed event stream with libyaml's default emitter (indent 2,
+width 80, ASCII-only output, plain scalars requested). We emit the same event stream through
+libyaml (PyYAML's CEmitter) for paths that need quoting, escaping or folding, and use a string
+template for the common case of a path that libyaml emits plain on one line; the tests check
+the two agree over the reference trees and a corpus of awkward names.
+
+The parser accepts what upstream's parser accepts, minus its bugs (spec §5.3, §9 item 13): keys
+may come in any order, at most one interleaved extent and 16 strips, unknown keys are errors,
+counts must agree.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from agent.format import (
+    MAX_SIMPLE_EXTENTS,
+    MAX_STRIPS,
+    Extent,
+    FileEntry,
+    FormatError,
+    Stripe,
+)
+
+_Emitter: Any = getattr(yaml, "CDumper", yaml.Dumper)
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Paths libyaml writes plain and unfolded: no indicator at the start, nothing that needs quotes.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+=-]{0,70}|\.[A-Za-z0-9_][A-Za-z0-9_./+=-]{0,69}")
+
+FILE_KEYS = ("path", "size", "flags", "mode", "uid", "gid", "nextents")
+
+
+def _signed32(value: int) -> int:
+    """Upstream prints uid/gid with %d: as signed 32-bit."""
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _scalar_fields(entry: FileEntry) -> list[tuple[str, str]]:
+    return [
+        ("size", str(entry.size)),
+        ("flags", str(entry.flags)),
+        ("mode", f"0{entry.mode:o}"),
+        ("uid", str(_signed32(entry.uid))),
+        ("gid", str(_signed32(entry.gid))),
+        ("nextents", str(len(entry.stripes) if entry.stripes else len(entry.extents))),
+    ]
+
+
+def _extent_lines(extents: tuple[Extent, ...], indent: str) -> list[str]:
+    lines = []
+    for extent in extents:
+        lines.append(f"{indent}- devindex: {extent.devindex}")
+        lines.append(f"{indent}  offset: 0x{extent.offset:x}")
+        lines.append(f"{indent}  length: 0x{extent.length:x}")
+    return lines
+
+
+def emit_file_yaml(entry: FileEntry) -> bytes:
+    """The shadow YAML for a file, byte for byte as upstream's famfs_emit_file_yaml."""
+    if not _PLAIN_PATH.fullmatch(entry.relpath):
+        return _emit_with_libyaml(entry)
+    lines = ["---", "file:", f"  path: {entry.relpath}"]
+    lines += [f"  {key}: {value}" for key, value in _scalar_fields(entry)]
+    if entry.stripes:
+        lines.append("  striped_ext_list:")
+        for stripe in entry.stripes:
+            lines.append(f"  - nstrips: {stripe.nstrips}")
+            lines.append(f"    chunk_size: 0x{stripe.chunk_size:x}")
+            lines.append("    simple_ext_list:")
+            lines += _extent_lines(stripe.strips, "    ")
+    else:
+        lines.append("  simple_ext_list:")
+        lines += _extent_lines(entry.extents, "  ")
+    lines.append("...\n")
+    return "\n".join(lines).encode()
+
+
+def _emit_with_libyaml(entry: FileEntry) -> bytes:
+    ev = yaml.events
+
+    def scalar(text: str) -> Any:
+        return ev.ScalarEvent(None, None, (True, True), text)
+
+    def mapping(pairs: list[tuple[str, Any]]) -> list[Any]:
+        out: list[Any] = [ev.MappingStartEvent(None, None, True, flow_style=False)]
+        for key, value in pairs:
+            out.append(scalar(key))
+            out.extend(value if isinstance(value, list) else [scalar(value)])
+        out.append(ev.MappingEndEvent())
+        return out
+
+    def sequence(items: list[list[Any]]) -> list[Any]:
+        out: list[Any] = [ev.SequenceStartEvent(None, None, True, flow_style=False)]
+        for item in items:
+            out.extend(item)
+        out.append(ev.SequenceEndEvent())
+        return out
+
+    def extent_list(extents: tuple[Extent, ...]) -> list[Any]:
+        return sequence([
+            mapping([("devindex", str(e.devindex)), ("offset", f"0x{e.offset:x}"), ("length", f"0x{e.length:x}")])
+            for e in extents
+        ])
+
+    pairs: list[tuple[str, Any]] = [("path", entry.relpath), *_scalar_fields(entry)]
+    if entry.stripes:
+        pairs.append(("striped_ext_list", sequence([
+            mapping([("nstrips", str(s.nstrips)), ("chunk_size", f"0x{s.chunk_size:x}"),
+                     ("simple_ext_list", extent_list(s.strips))])
+            for s in entry.stripes
+        ])))
+    else:
+        pairs.append(("simple_ext_list", extent_list(entry.extents)))
+    events = [
+        ev.StreamStartEvent(),
+        ev.DocumentStartEvent(explicit=True),
+        *mapping([("file", mapping(pairs))]),
+        ev.DocumentEndEvent(explicit=True),
+        ev.StreamEndEvent(),
+    ]
+    text = yaml.emit(events, Dumper=_Emitter, allow_unicode=False, width=80, indent=2)
+    return text.encode() if isinstance(text, str) else text
+
+
+def meta_file_entry(relpath: str, size: int, offset: int, mode: int) -> FileEntry:
+    """The synthetic entries for `.meta/.superblock` and `.meta/.log` (flags 0, owner root)."""
+    return FileEntry(relpath=relpath, size=size, mode=mode, uid=0, gid=0, flags=0,
+                     extents=(Extent(offset=offset, length=size),))
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+class _BaseLoader(getattr(yaml, "CBaseLoader", yaml.BaseLoader)):  # type: ignore[misc]
+    """Every scalar stays a string, as upstream's event parser sees it; numbers are ours to parse."""
+
+
+def _number(value: Any, key: str) -> int:
+    """strtoull(v, 0, 0) semantics: 0x.. hex, 0.. octal, else decimal."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise FormatError(f"{key}: not a number: {value!r}")
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    try:
+        if text.lower().startswith("0x"):
+            return int(text, 16)
+        if len(text) > 1 and text.startswith("0"):
+            return int(text, 8)
+        return int(text, 10)
+    except ValueError:
+        raise FormatError(f"{key}: not a number: {value!r}") from None
+
+
+def _unsigned32(value: int, key: str) -> int:
+    if not -(1 << 31) <= value < (1 << 32):
+        raise FormatError(f"{key}: {value} does not fit 32 bits")
+    return value & 0xFFFFFFFF
+
+
+def _extent(raw: Any, where: str) -> Extent:
+    if not isinstance(raw, dict):
+        raise FormatError(f"{where}: not a mapping")
+    unknown = set(raw) - {"devindex", "offset", "length"}
+    if unknown:
+        raise FormatError(f"{where}: unknown keys {sorted(map(str, unknown))}")
+    if "offset" not in raw or "length" not in raw:
+        raise FormatError(f"{where}: offset and length are required")
+    return Extent(devindex=_number(raw.get("devindex", 0), "devindex"),
+                  offset=_number(raw["offset"], "offset"), length=_number(raw["length"], "length"))
+
+
+def _extent_list(raw: Any, limit: int, where: str) -> tuple[Extent, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise FormatError(f"{where}: not a non-empty list")
+    if len(raw) > limit:
+        raise FormatError(f"{where}: {len(raw)} extents, the limit is {limit}")
+    return tuple(_extent(item, f"{where}[{n}]") for n, item in enumerate(raw))
+
+
+def parse_file_yaml(text: bytes | str) -> FileEntry:
+    """Parse a shadow file's YAML into a FileEntry (its relpath is the `path` key)."""
+    try:
+        docs = list(yaml.load_all(text, Loader=_BaseLoader))
+    except yaml.YAMLError as err:
+        raise FormatError(f"malformed YAML: {str(err).splitlines()[0]}") from None
+    if len(docs) != 1 or not isinstance(docs[0], dict) or list(docs[0]) != ["file"]:
+        raise FormatError("expected exactly one document holding one 'file' mapping")
+    body = docs[0]["file"]
+    if not isinstance(body, dict):
+        raise FormatError("'file' is not a mapping")
+    unknown = set(body) - set(FILE_KEYS) - {"simple_ext_list", "striped_ext_list"}
+    if unknown:
+        raise FormatError(f"unknown keys {sorted(map(str, unknown))}")
+    missing = [key for key in ("path", "size", "mode", "nextents") if key not in body]
+    if missing:
+        raise FormatError(f"missing keys {missing}")
+    if ("simple_ext_list" in body) == ("striped_ext_list" in body):
+        raise FormatError("exactly one of simple_ext_list and striped_ext_list is required")
+    if not isinstance(body["path"], str):
+        raise FormatError("path is not a string")
+    nextents = _number(body["nextents"], "nextents")
+    common = dict(
+        relpath=body["path"],
+        size=_number(body["size"], "size"),
+        flags=_number(body.get("flags", 0), "flags"),
+        mode=_number(body["mode"], "mode") & 0o7777,
+        uid=_unsigned32(_number(body.get("uid", 0), "uid"), "uid"),
+        gid=_unsigned32(_number(body.get("gid", 0), "gid"), "gid"),
+    )
+    if "simple_ext_list" in body:
+        extents = _extent_list(body["simple_ext_list"], MAX_SIMPLE_EXTENTS, "simple_ext_list")
+        if nextents != len(extents):
+            raise FormatError(f"nextents {nextents} but {len(extents)} extents listed")
+        return FileEntry(extents=extents, **common)
+    stripes_raw = body["striped_ext_list"]
+    if not isinstance(stripes_raw, list) or len(stripes_raw) != 1:
+        raise FormatError("striped_ext_list must hold exactly one interleaved extent")
+    if nextents != 1:
+        raise FormatError(f"nextents {nextents} but 1 interleaved extent listed")
+    stripe_raw = stripes_raw[0]
+    if not isinstance(stripe_raw, dict) or set(stripe_raw) != {"nstrips", "chunk_size", "simple_ext_list"}:
+        raise FormatError("striped extent needs exactly nstrips, chunk_size and simple_ext_list")
+    strips = _extent_list(stripe_raw["simple_ext_list"], MAX_STRIPS, "striped_ext_list[0].simple_ext_list")
+    if _number(stripe_raw["nstrips"], "nstrips") != len(strips):
+        raise FormatError(f"nstrips {stripe_raw['nstrips']} but {len(strips)} strips listed")
+    return FileEntry(stripes=(Stripe(chunk_size=_number(stripe_raw["chunk_size"], "chunk_size"), strips=strips),), **common)

@@ -12,7 +12,8 @@ from agent.device import Device, DeviceError, probe
 
 def test_image_file_is_a_device_of_its_size(tmp_path: Path) -> None:
     image = tmp_path / "img"
-    os.truncate(image.open("wb").fileno(), 64 << 20)
+    with open(image, "wb") as file:
+        file.truncate(64 << 20)
     info = probe(image)
     assert (info.kind, info.size) == ("file", 64 << 20)
     with Device(image, writable=True) as device:
@@ -37,7 +38,8 @@ def test_unusable_paths_get_a_clear_error(tmp_path: Path, make, complaint: str) 
 
 def test_access_past_the_end_is_refused(tmp_path: Path) -> None:
     image = tmp_path / "img"
-    os.truncate(image.open("wb").fileno(), 4 << 20)
+    with open(image, "wb") as file:
+        file.truncate(4 << 20)
     with Device(image, writable=True) as device:
         with pytest.raises(DeviceError, match="past the device end"):
             device.read((4 << 20) - 2, 4)

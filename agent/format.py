@@ -70,6 +70,12 @@ ADD_DAXDEV_ENTRY = struct.Struct(_ENTRY_HEAD + "Q16sI4x" + "488x" + "Q")
 # deleted, then its relpath, so a reader can check that the two agree.
 DELETE_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "432x" + "Q")
 ENTRY_HEAD = struct.Struct(_ENTRY_HEAD)
+# Where each entry type keeps its relpath field (for raw scans and for naming bad entries).
+RELPATH_OFFSETS = {
+    0: ENTRY_HEAD.size + struct.calcsize("<QIIII"),  # FILE: after size, flags, uid, gid, mode
+    1: ENTRY_HEAD.size + struct.calcsize("<III"),  # MKDIR: after uid, gid, mode
+    2: ENTRY_HEAD.size + struct.calcsize("<Q"),  # DELETE: after target_index
+}
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
 FILE_EXT_TYPE_OFFSET = 120  # fmap_ext_type inside a FILE entry picks the union arm
@@ -407,7 +413,7 @@ def decode_entry(raw: bytes, index: int) -> Entry:
     try:
         return _decode_body(raw, kind)
     except FormatError as err:
-        raise EntryError(index, str(err), _best_effort_relpath(raw, kind)) from None
+        raise EntryError(index, str(err), _best_effort_relpath(raw)) from None
 
 
 def _decode_body(raw: bytes, kind: int) -> Entry:
@@ -452,13 +458,18 @@ def _decode_file(raw: bytes) -> FileEntry:
     return FileEntry(stripes=(Stripe(chunk_size=chunk_size, strips=strips),), **common)
 
 
-def _best_effort_relpath(raw: bytes, kind: int) -> str | None:
-    """The relpath of a bad entry, for error messages only."""
-    offsets = {EntryType.FILE: 40, EntryType.MKDIR: 28, EntryType.DELETE: 24}
-    start = offsets.get(kind)
+def raw_relpath(raw: bytes | memoryview) -> bytes | None:
+    """The relpath bytes of a FILE, MKDIR or DELETE slot, read without validating the slot."""
+    start = RELPATH_OFFSETS.get(ENTRY_HEAD.unpack_from(raw)[1])
     if start is None:
         return None
-    return raw[start:start + MAX_PATHLEN].split(b"\0", 1)[0].decode(errors="backslashreplace")
+    return bytes(raw[start:start + MAX_PATHLEN]).split(b"\0", 1)[0]
+
+
+def _best_effort_relpath(raw: bytes) -> str | None:
+    """The relpath of a bad entry, for error messages only."""
+    relpath = raw_relpath(raw)
+    return None if relpath is None else relpath.decode(errors="backslashreplace")
 
 
 def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int = ALLOC_UNIT) -> None:

@@ -29,8 +29,11 @@ class AgentSettings:
     device: str = ""
     shadow: str = "/run/famfs/shadow"
     poll_min_ms: float = 0.5  # poll interval while entries are arriving
-    poll_max_ms: float = 10.0  # idle poll interval (the device-write hint wakes us sooner)
+    poll_max_ms: float = 2.0  # idle poll interval when polling alone (devdax, pmem)
+    hint_poll_max_ms: float = 100.0  # idle poll interval when the image-file write hint can wake us
+    wake_hint: bool = True  # watch an image-file device with inotify (IN_MODIFY) to wake at once
     inflight_retry_ms: float = 200.0  # how long a bad entry at the tail may be in flight
+    batch_max: int = 4096  # entries applied between two cursor writes
     progress: bool = True  # progress bar for long one-shot replays on a terminal
 
 

@@ -1,0 +1,157 @@
+"""famfs-agent: play the famfs log into a shadow tree once, follow it live, or report status.
+
+    famfs-agent [--follow] [--shadow DIR] [--config FILE] [--log-format console|json]
+                [--log-level LEVEL] [--system-uuid-file F] [--no-progress] [DEVICE]
+    famfs-agent status [--shadow DIR] [--config FILE] [--json]
+
+Exit status: 0 done (or stopped by SIGTERM/SIGINT); 1 one-shot play rejected entries or stopped
+at a corrupt entry; 2 the device, shadow directory or command line cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import config, logsetup
+from agent import format as fmt
+from agent.device import Device, DeviceError
+from agent.famfslog import FamfsLog
+from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
+from agent.identity import SYSTEM_UUID_ENV, system_uuid_file
+from agent.shadow import AGENT_DIR, STATE_FILE, ShadowTree
+
+
+def play_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="famfs-agent", description="Play the famfs log into the shadow tree; with --follow, keep following it. "
+        "`famfs-agent status` reports on a shadow tree.")
+    parser.add_argument("device", metavar="DEVICE", nargs="?", help="devdax, pmem or image file (default: [agent] device)")
+    parser.add_argument("--follow", action="store_true", help="keep applying new entries until SIGTERM/SIGINT")
+    parser.add_argument("--shadow", help="shadow directory (default: [agent] shadow)")
+    parser.add_argument("--config", help="famfs-agent.toml to read (default: $FAMFS_AGENT_CONFIG, /etc/famfs)")
+    parser.add_argument("--log-format", choices=("console", "json"), help="default: [host] log_format")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="default: [host] log_level; debug logs every entry")
+    parser.add_argument("--system-uuid-file", help=f"this host's identity (default: ${SYSTEM_UUID_ENV}, then "
+                        "[host] system_uuid_file, then /opt/famfs/system_uuid)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    return parser
+
+
+def status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="famfs-agent status", description="Report on a shadow tree and its log.")
+    parser.add_argument("--shadow", help="shadow directory (default: [agent] shadow)")
+    parser.add_argument("--config", help="famfs-agent.toml to read")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    return parser
+
+
+def uuid_file(flag: str | None, settings: config.Settings) -> Path:
+    if flag:
+        return system_uuid_file(flag)
+    if os.environ.get(SYSTEM_UUID_ENV):
+        return system_uuid_file()
+    return Path(settings.host.system_uuid_file)
+
+
+def play(argv: Sequence[str]) -> int:
+    args = play_parser().parse_args(argv)
+    settings = config.load(args.config)
+    logsetup.configure(args.log_format or settings.host.log_format, args.log_level or settings.host.log_level)
+    device = args.device or settings.agent.device
+    if not device:
+        print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
+        return EXIT_UNUSABLE
+    show_progress = settings.agent.progress and not args.no_progress and not args.follow and sys.stderr.isatty()
+    follower = Follower(
+        device, args.shadow or settings.agent.shadow, settings.agent, uuid_file(args.system_uuid_file, settings),
+        follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",
+        progress_stream=sys.stderr if show_progress else None,
+    )
+    return follower.run()
+
+
+def status_report(shadow: Path) -> dict[str, object]:
+    """Everything `status` shows, read from state.json and the device's log header."""
+    state = AgentState.parse(ShadowTree(shadow).read_agent_file(STATE_FILE))
+    if state is None:
+        raise SystemExit(f"famfs-agent status: {shadow / AGENT_DIR / STATE_FILE}: no agent state (never run here?)")
+    report: dict[str, object] = {
+        "shadow": str(shadow), "device": state.device, "fs_uuid": state.fs_uuid, "role": state.role,
+        "agent_running": _alive(state.pid), "agent_pid": state.pid, "following": state.following,
+        "applied_index": state.applied_index, "log_next_index": None, "lag_entries": None, "lag_seconds": None,
+        "rejected": state.rejected, "stalled_at": state.stalled_at, "last_error": state.last_error,
+        "updated_at": _iso(state.updated_at), "device_error": None,
+    }
+    try:
+        with Device(state.device) as device:
+            famfs_log = FamfsLog(device)
+            next_index = famfs_log.header().next_index
+            if str(famfs_log.superblock.fs_uuid) != state.fs_uuid:
+                report["device_error"] = f"the device now holds file system {famfs_log.superblock.fs_uuid}"
+    except (DeviceError, fmt.FormatError) as err:
+        report["device_error"] = str(err)
+        return report
+    lag = max(next_index - (state.applied_index + 1), 0)
+    report["log_next_index"] = next_index
+    report["lag_entries"] = lag
+    # Upper bound on the age of the oldest entry not yet in the tree: time since it was complete.
+    since = state.caught_up_at if state.caught_up_at is not None else state.updated_at
+    report["lag_seconds"] = round(time.time() - since, 3) if lag else 0.0
+    return report
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _iso(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+def status(argv: Sequence[str]) -> int:
+    args = status_parser().parse_args(argv)
+    settings = config.load(args.config)
+    report = status_report(Path(args.shadow or settings.agent.shadow))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return EXIT_OK
+    running = f"running (pid {report['agent_pid']}, {'following' if report['following'] else 'one-shot'})" \
+        if report["agent_running"] else "not running"
+    lines = [
+        ("shadow", report["shadow"]), ("device", report["device"]), ("fs uuid", report["fs_uuid"]),
+        ("role", report["role"]), ("agent", running), ("applied index", report["applied_index"]),
+        ("log next_index", report["log_next_index"]),
+        ("lag", f"{report['lag_entries']} entries, {report['lag_seconds']} s" if report["lag_entries"] is not None else "unknown"),
+        ("rejected", report["rejected"]), ("stalled at", report["stalled_at"] if report["stalled_at"] is not None else "-"),
+        ("last error", report["last_error"] or "-"), ("updated", report["updated_at"]),
+    ]
+    if report["device_error"]:
+        lines.append(("device error", report["device_error"]))
+    for key, value in lines:
+        print(f"{key + ':':16} {value}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        return status(argv[1:])
+    return play(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

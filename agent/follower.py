@@ -1,0 +1,490 @@
+"""The replay loop: play the log into the shadow tree once, or follow it live (docs/agent.md).
+
+The cursor (file-system UUID, index, seqnum and CRC of the last entry dealt with) lives in
+`<shadow>/.agent/state.json`, replaced atomically once per batch. Entries past the cursor may
+already be in the tree after a kill; ShadowTree applies them idempotently, and a DELETE is
+bracketed by two cursor writes (pending, then done) so a restart knows whether it happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import signal
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import structlog
+
+from agent import format as fmt
+from agent.config import AgentSettings
+from agent.device import Device, DeviceError
+from agent.famfslog import FamfsLog
+from agent.identity import Role, role_of
+from agent.shadow import STATE_FILE, Outcome, Rejected, ShadowError, ShadowTree
+from agent.wakeup import ImageWriteWatch, Waiter
+
+log = structlog.get_logger("famfs-agent")
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+SEAL = struct.Struct("<Q")  # seqnum at the start of a slot, CRC at ENTRY_CRC_SPAN
+PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before a bar is worth drawing
+PROGRESS_PERIOD_S = 0.2
+INFLIGHT_FIRST_WAIT_S = 0.0001
+DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no valid famfs
+
+EXIT_OK = 0
+EXIT_REJECTED = 1  # one-shot: some entries rejected, or a corrupt entry stopped the play
+EXIT_UNUSABLE = 2  # the device or the shadow directory cannot be used
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class AgentState:
+    """state.json. famfsctl and famfs-fuse-mount read `device` from it."""
+
+    device: str
+    fs_uuid: str
+    applied_index: int = -1  # the cursor: every entry up to here is dealt with
+    applied_seqnum: int | None = None
+    applied_crc: int | None = None
+    next_index_seen: int = 0  # the log's next_index when last polled
+    rejected: int = 0  # entries up to the cursor that were rejected
+    last_error: str | None = None
+    stalled_at: int | None = None  # a corrupt entry progress is stopped at
+    pending_delete: dict[str, object] | None = None  # {"index", "path"}: unlink may have happened
+    role: str = Role.CLIENT.value
+    boot_id: str = field(default_factory=boot_id)
+    pid: int = field(default_factory=os.getpid)
+    following: bool = False
+    updated_at: float = field(default_factory=time.time)
+    caught_up_at: float | None = None  # last time the tree held every logged entry
+
+    def dump(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> AgentState | None:
+        """The saved state, or None if there is none or it is unreadable (then: rebuild)."""
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+class Progress:
+    """A one-line progress bar on a terminal, redrawn at most every PROGRESS_PERIOD_S."""
+
+    def __init__(self, first: int, stop: int, stream: TextIO) -> None:
+        self.first, self.stop, self.stream = first, stop, stream
+        self.started = self.last_draw = time.monotonic()
+
+    def update(self, done_index: int) -> None:
+        now = time.monotonic()
+        if now - self.last_draw < PROGRESS_PERIOD_S:
+            return
+        self.last_draw = now
+        done, total = done_index + 1 - self.first, self.stop - self.first
+        rate = done / max(now - self.started, 1e-9)
+        filled = 30 * done // max(total, 1)
+        self.stream.write(f"\rreplaying [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} entries, {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        self.stream.write("\r\033[K")
+        self.stream.flush()
+
+
+class Follower:
+    """One famfs-agent run: a device, a shadow directory, once or following."""
+
+    def __init__(self, device_path: str, shadow_dir: str, settings: AgentSettings, uuid_file: Path, *,
+                 follow: bool, debug: bool = False, progress_stream: TextIO | None = None) -> None:
+        self.device_path = device_path
+        self.settings = settings
+        self.uuid_file = uuid_file
+        self.following = follow
+        self.progress_stream = progress_stream
+        self.tree = ShadowTree(shadow_dir)
+        self.device: Device | None = None
+        self.famfs_log: FamfsLog | None = None
+        self.superblock_raw = b""
+        self.state: AgentState | None = None
+        self.stop_signal: int | None = None
+        self.debug = debug  # per-entry events cost time even when filtered out: skip building them
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            try:
+                self.tree.open()
+            except ShadowError as err:
+                log.error("shadow_unusable", error=str(err))
+                return EXIT_UNUSABLE
+            return self._follow() if self.following else self._once()
+        finally:
+            self.tree.close()
+            if self.device is not None:
+                self.device.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only a flag: the entry in hand is finished and the cursor saved by the loop.
+        self.stop_signal = signum
+
+    def _open_device(self) -> str | None:
+        """Open (or re-open) the device; the reason it is unusable, or None."""
+        if self.device is not None:
+            self.device.close()
+            self.device = self.famfs_log = None
+        try:
+            self.device = Device(self.device_path)
+            self.famfs_log = FamfsLog(self.device)
+        except (DeviceError, fmt.FormatError) as err:
+            if self.device is not None:
+                self.device.close()
+                self.device = None
+            return str(err)
+        self.superblock_raw = self.device.read(0, fmt.SUPERBLOCK.size)
+        return None
+
+    def _start(self) -> None:
+        """Check the cursor against the device; resume, or rebuild the tree from scratch."""
+        assert self.famfs_log is not None
+        sb = self.famfs_log.superblock
+        state = AgentState.parse(self.tree.read_agent_file(STATE_FILE))
+        reason = self._rebuild_reason(state)
+        if state is None or reason is not None:
+            if state is not None:
+                log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
+                            action="shadow tree emptied and the log replayed from entry 0")
+            state = AgentState(device=self.device_path, fs_uuid=str(sb.fs_uuid))
+            self.state = state
+            self._save()  # first: a kill during the reset then restarts the reset
+            self.tree.reset(sb, self.device_path)
+        else:
+            self.state = state
+            self.tree.load(state.applied_index, state.applied_index + self.settings.batch_max, sb, self.device_path)
+        master = role_of(sb, self.uuid_file) is Role.MASTER
+        self.tree.write_meta(sb, master)
+        state.device, state.role, state.boot_id = self.device_path, (Role.MASTER if master else Role.CLIENT).value, boot_id()
+        state.pid, state.following, state.stalled_at = os.getpid(), self.following, None
+        if state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
+            # A run was killed around this DELETE's unlink, after checking it: finish it.
+            self.tree.remove(str(state.pending_delete["path"]))
+            self._advance(state.applied_index + 1)
+        state.pending_delete = None
+        state.next_index_seen = self.famfs_log.next_index()
+        self._save()
+        log.info("start", device=self.device_path, shadow=str(self.tree.base), fs_uuid=state.fs_uuid,
+                 role=state.role, mode="follow" if self.following else "once", cursor=state.applied_index,
+                 log_next_index=state.next_index_seen)
+
+    def _rebuild_reason(self, state: AgentState | None) -> str | None:
+        assert self.famfs_log is not None
+        sb = self.famfs_log.superblock
+        if state is None:
+            return "no cursor"
+        if state.fs_uuid != str(sb.fs_uuid):
+            return f"file system re-made: UUID {state.fs_uuid} is now {sb.fs_uuid}"
+        if state.boot_id != boot_id():
+            return "the host rebooted since the cursor was saved (the tree may not have survived)"
+        if state.applied_index < 0:
+            return None
+        next_index = self.famfs_log.next_index()
+        if state.applied_index >= next_index:
+            return f"the log holds {next_index} entries but the cursor is at entry {state.applied_index}"
+        seqnum, crc = self._seal(state.applied_index)
+        if (seqnum, crc) != (state.applied_seqnum, state.applied_crc):
+            return (f"log entry {state.applied_index} no longer matches the cursor "
+                    f"(seqnum {seqnum}, CRC {crc:#x}; cursor has {state.applied_seqnum}, {state.applied_crc})")
+        return None
+
+    # --- cursor -----------------------------------------------------------------------------
+
+    def _seal(self, index: int) -> tuple[int, int]:
+        assert self.famfs_log is not None
+        raw = self.famfs_log.raw_entry(index)
+        return SEAL.unpack_from(raw, 0)[0], SEAL.unpack_from(raw, fmt.ENTRY_CRC_SPAN)[0]
+
+    def _advance(self, index: int) -> None:
+        assert self.state is not None
+        self.state.applied_index = index
+        self.state.applied_seqnum, self.state.applied_crc = self._seal(index)
+
+    def _save(self) -> None:
+        assert self.state is not None
+        now = time.time()
+        self.state.updated_at = now
+        if self.state.applied_index + 1 >= self.state.next_index_seen and self.state.stalled_at is None:
+            self.state.caught_up_at = now
+        self.tree.write_agent_file(STATE_FILE, self.state.dump())
+
+    # --- playing ----------------------------------------------------------------------------
+
+    def _once(self) -> int:
+        problem = self._open_device()
+        if problem is not None:
+            log.error("device_unusable", device=self.device_path, error=problem)
+            return EXIT_UNUSABLE
+        try:
+            self._start()
+            assert self.famfs_log is not None and self.state is not None
+            stop = self.famfs_log.header().next_index
+            progress = None
+            if self.progress_stream is not None and stop - self.state.applied_index - 1 >= PROGRESS_MIN_ENTRIES:
+                progress = Progress(self.state.applied_index + 1, stop, self.progress_stream)
+            self._play(stop, progress)
+            if progress is not None:
+                progress.finish()
+        except ShadowError as err:
+            log.error("shadow_unusable", error=str(err))
+            return EXIT_UNUSABLE
+        except fmt.FormatError as err:
+            log.error("device_unusable", device=self.device_path, error=str(err))
+            return EXIT_UNUSABLE
+        state = self.state
+        log.info("done", device=self.device_path, cursor=state.applied_index, log_next_index=stop,
+                 rejected=state.rejected, stalled_at=state.stalled_at,
+                 stopped_by_signal=signal.Signals(self.stop_signal).name if self.stop_signal else None)
+        if self.stop_signal is not None:
+            return EXIT_OK
+        if state.stalled_at is not None or state.rejected:
+            stalled = f"; stopped at corrupt entry {state.stalled_at}" if state.stalled_at is not None else ""
+            print(f"famfs-agent: {self.device_path}: {state.rejected} log entries rejected{stalled}; "
+                  f"last error: {state.last_error}", file=sys.stderr)
+            return EXIT_REJECTED
+        return EXIT_OK
+
+    def _play(self, stop: int, progress: Progress | None = None) -> None:
+        """Apply entries up to `stop` (exclusive) in batches, until done, stalled or signalled."""
+        assert self.state is not None
+        while self.stop_signal is None and self.state.stalled_at is None and self.state.applied_index + 1 < stop:
+            first = self.state.applied_index + 1
+            self._batch(first, min(stop, first + self.settings.batch_max), progress)
+
+    def _batch(self, first: int, stop: int, progress: Progress | None) -> None:
+        famfs_log, state, tree = self.famfs_log, self.state, self.tree
+        assert famfs_log is not None and state is not None
+        started = time.perf_counter()
+        counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected"), 0)
+        done = first - 1  # the last entry dealt with
+        debug = self.debug
+        for index in range(first, stop):
+            if self.stop_signal is not None:
+                break
+            try:
+                entry: fmt.Entry = famfs_log.entry(index)
+            except fmt.EntryError as err:
+                settled = self._settle(index, err)
+                if settled is None:
+                    break
+                if isinstance(settled, fmt.EntryError):
+                    self._reject(settled, counts)
+                    done = index
+                    continue
+                entry = settled
+            try:
+                if type(entry) is fmt.DeleteEntry:
+                    self._delete(index, entry, done)
+                    outcome = "deleted"
+                else:
+                    outcome = tree.apply(index, entry, famfs_log).value
+            except Rejected as err:
+                self._reject(err, counts)
+                done = index
+                continue
+            counts[outcome] += 1
+            done = index
+            if debug:
+                log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
+                          outcome=outcome)
+            if progress is not None and not index & 0xFF:
+                progress.update(index)
+        if done >= first:
+            self._advance(done)
+            self._forget_log_pages(first, done)
+        state.next_index_seen = max(state.next_index_seen, famfs_log.next_index())
+        self._save()
+        elapsed = time.perf_counter() - started
+        if done >= first:
+            log.info("batch", first=first, last=done, entries=done + 1 - first,
+                     rate_per_s=round((done + 1 - first) / max(elapsed, 1e-9)), **counts)
+
+    def _forget_log_pages(self, first: int, last: int) -> None:
+        """Unmap the log pages of a finished batch from this process (the data stays on the
+        device and in the page cache): a 256 MiB log then costs no more resident memory than an
+        8 MiB one."""
+        assert self.device is not None and self.famfs_log is not None
+        start = self.famfs_log.slot_offset(first) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = self.famfs_log.slot_offset(last + 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            with contextlib.suppress(OSError):  # a mapping that cannot (devdax) simply keeps them
+                self.device.map.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+    def _delete(self, index: int, entry: fmt.DeleteEntry, done: int) -> None:
+        """Check, then unlink between two cursor writes: a restart knows if the unlink happened."""
+        assert self.famfs_log is not None and self.state is not None
+        self.tree.check_delete(index, entry, self.famfs_log)
+        if done >= 0:
+            self._advance(done)
+        self.state.pending_delete = {"index": index, "path": entry.relpath}
+        self._save()
+        self.tree.remove(entry.relpath)
+        self.state.pending_delete = None
+        self._advance(index)
+        self._save()
+
+    def _reject(self, err: Rejected | fmt.EntryError, counts: dict[str, int]) -> None:
+        assert self.state is not None
+        self.state.rejected += 1
+        self.state.last_error = str(err)
+        counts["rejected"] += 1
+        log.error("entry_rejected", device=self.device_path, index=err.index, path=err.relpath, error=str(err))
+
+    def _settle(self, index: int, err: fmt.EntryError) -> fmt.Entry | fmt.EntryError | None:
+        """A slot that failed to decode: its entry, a reason to reject it, or None (corrupt: stop).
+
+        A bad seqnum or CRC may be an entry still in flight (upstream's writer orders nothing
+        between the entry and the header): wait and re-read with backoff before calling it corrupt.
+        """
+        assert self.famfs_log is not None and self.state is not None
+        deadline = time.monotonic() + self.settings.inflight_retry_ms / 1000
+        wait = INFLIGHT_FIRST_WAIT_S
+        while True:
+            try:
+                fmt.check_entry_seal(self.famfs_log.raw_entry(index), index)
+            except fmt.EntryError as seal_error:
+                if time.monotonic() >= deadline or self.stop_signal is not None:
+                    self._stall(index, seal_error)
+                    return None
+                time.sleep(wait)
+                wait = min(wait * 2, 0.05)
+                continue
+            try:
+                return self.famfs_log.entry(index)
+            except fmt.EntryError as body_error:
+                return body_error
+
+    def _stall(self, index: int, err: fmt.EntryError) -> None:
+        assert self.state is not None
+        if self.state.stalled_at != index:
+            log.error("log_corrupt", device=self.device_path, index=index, error=str(err),
+                      action="progress stops here; entries before it stay applied" +
+                      ("; still polling" if self.following else ""))
+        self.state.stalled_at = index
+        self.state.last_error = f"corrupt: {err}"
+
+    # --- following --------------------------------------------------------------------------
+
+    def _follow(self) -> int:
+        settings = self.settings
+        waiter: Waiter | None = None
+        problem = self._open_device()
+        announced = None
+        while problem is not None and self.stop_signal is None:
+            if problem != announced:
+                log.error("device_unusable", device=self.device_path, error=problem, action="retrying")
+                announced = problem
+            time.sleep(DEVICE_RETRY_S)
+            problem = self._open_device()
+        if self.stop_signal is not None:
+            return EXIT_OK
+        try:
+            self._start()
+            assert self.device is not None
+            hint = self._write_hint()
+            waiter = Waiter(hint)
+            idle_max = (settings.hint_poll_max_ms if hint else settings.poll_max_ms) / 1000
+            interval = settings.poll_min_ms / 1000
+            while self.stop_signal is None:
+                if self._poll():
+                    interval = settings.poll_min_ms / 1000
+                    continue
+                if waiter.wait(interval):
+                    interval = settings.poll_min_ms / 1000
+                else:
+                    interval = min(interval * 2, idle_max)
+        except ShadowError as err:
+            log.error("shadow_unusable", error=str(err))
+            return EXIT_UNUSABLE
+        finally:
+            if waiter is not None:
+                waiter.close()
+            if self.state is not None and self.famfs_log is not None:
+                self._save()
+        log.info("stop", signal=signal.Signals(self.stop_signal).name if self.stop_signal else None,
+                 cursor=self.state.applied_index if self.state else None)
+        return EXIT_OK
+
+    def _write_hint(self) -> ImageWriteWatch | None:
+        assert self.device is not None
+        if not self.settings.wake_hint or self.device.info.kind != "file":
+            return None
+        try:
+            return ImageWriteWatch(self.device.path)
+        except OSError as err:
+            log.warning("wake_hint_unavailable", device=self.device_path, error=str(err), action="polling only")
+            return None
+
+    def _poll(self) -> bool:
+        """One cheap look at the device; True if work was done (poll again at once)."""
+        assert self.device is not None and self.famfs_log is not None and self.state is not None
+        state = self.state
+        if self.device.read(0, fmt.SUPERBLOCK.size) != self.superblock_raw:
+            return self._reopen("the superblock changed")
+        next_index = self.famfs_log.next_index()
+        if next_index < state.applied_index + 1:
+            return self._reopen(f"the log's next_index fell to {next_index}, below the cursor {state.applied_index}")
+        if next_index > fmt.log_capacity(self.famfs_log.superblock.log_len):
+            return self._reopen(f"the log's next_index {next_index} is past its last slot")
+        if state.stalled_at is not None:
+            try:
+                fmt.check_entry_seal(self.famfs_log.raw_entry(state.stalled_at), state.stalled_at)
+            except fmt.EntryError:
+                return False
+            log.info("log_repaired", index=state.stalled_at)
+            state.stalled_at = None
+        if next_index <= state.applied_index + 1:
+            state.next_index_seen = next_index
+            return False
+        state.next_index_seen = next_index
+        self._play(next_index)
+        return True
+
+    def _reopen(self, why: str) -> bool:
+        """The device changed under us: wait for a writer (mkfs) to finish, then start over."""
+        assert self.state is not None
+        time.sleep(self.settings.inflight_retry_ms / 1000)
+        problem = self._open_device()
+        if problem is not None:
+            if self.state.last_error != problem:
+                log.error("device_unusable", device=self.device_path, error=problem, action="retrying")
+            self.state.last_error = problem
+            while problem is not None and self.stop_signal is None:
+                time.sleep(DEVICE_RETRY_S)
+                problem = self._open_device()
+            if problem is not None:
+                return False
+        log.warning("device_changed", device=self.device_path, reason=why)
+        self._start()
+        return True

@@ -1,0 +1,138 @@
+"""fsck and status: read-only checks and summaries of a device.
+
+fsck checks what upstream's fsck checks and more (spec §4.4, §9 item 12): superblock, log header
+(magic, CRC and bounds, on every path), every entry (seqnum, CRC, path rules, extents inside the
+device and past the log), the namespace rules our writer keeps (parents exist, no duplicate path,
+DELETE names a live file), and the allocation rebuilt from the log, naming cross-linked files by
+path where upstream only counts collisions. It reports every problem, not just the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import alloc
+from agent import format as fmt
+from agent.device import Device, DeviceError
+from agent.famfslog import FamfsLog
+from agent.identity import role_of
+from agent.master import Namespace, NamespaceError
+
+
+@dataclass(slots=True)
+class Report:
+    device: str
+    superblock: fmt.Superblock | None = None
+    header: fmt.LogHeader | None = None
+    fatal: str | None = None  # superblock or header unusable: nothing past it was checked
+    bad_entries: list[str] = field(default_factory=list)
+    namespace_errors: list[str] = field(default_factory=list)
+    crosslinks: list[str] = field(default_factory=list)
+    files: int = 0
+    directories: int = 0
+    deletes: int = 0
+    file_bytes: int = 0  # sum of live file sizes
+    allocated_bytes: int = 0  # superblock and log included, as upstream counts
+    deleted_bytes: int = 0  # held by deleted files: never reused (docs/format.md)
+    free_bytes: int = 0
+
+    @property
+    def problems(self) -> int:
+        return (self.fatal is not None) + len(self.bad_entries) + len(self.namespace_errors) + len(self.crosslinks)
+
+    @property
+    def clean(self) -> bool:
+        return self.problems == 0
+
+    def render(self) -> str:
+        lines = [f"device: {self.device}"]
+        sb, header = self.superblock, self.header
+        if sb is not None:
+            lines.append(f"superblock: version {sb.version}, fs uuid {sb.fs_uuid}, device uuid {sb.dev_uuid}, "
+                         f"master {sb.system_uuid}, device size {sb.dev_size}, log {sb.log_len} bytes")
+        if header is not None:
+            lines += [
+                f"log: {header.next_index} of {header.slots} entries used, {len(self.bad_entries)} bad",
+                f"namespace: {self.files} files, {self.directories} directories, {self.deletes} deleted files",
+                f"space: {self.allocated_bytes} allocated (of which {self.deleted_bytes} held by deleted files), "
+                f"{self.free_bytes} free, {self.file_bytes} in live files",
+            ]
+        problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
+        lines += [f"  {problem}" for problem in problems]
+        if self.clean:
+            lines.append("fsck: clean")
+        else:
+            noun = "problem" if self.problems == 1 else "problems"
+            lines.append(f"fsck: {self.problems} {noun}: {len(self.bad_entries)} bad entries, "
+                         f"{len(self.namespace_errors)} namespace errors, {len(self.crosslinks)} cross-links"
+                         + (", unreadable superblock or log header" if self.fatal else ""))
+        return "\n".join(lines) + "\n"
+
+
+def check(device: Device) -> Report:
+    report = Report(device=device.path)
+    try:
+        famfs_log = FamfsLog(device)
+    except (fmt.FormatError, DeviceError) as err:
+        report.fatal = str(err.strerror if isinstance(err, DeviceError) else err)
+        with contextlib.suppress(fmt.FormatError, DeviceError):  # a good superblock is still worth showing
+            report.superblock = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
+        return report
+    sb = famfs_log.superblock
+    report.superblock = sb
+    report.header = famfs_log.header()
+    namespace = Namespace()
+    bitmap = alloc.Bitmap(sb.dev_size, sb.log_len, sb.alloc_unit)
+    relpaths: dict[int, str] = {}
+    shared: dict[tuple[int, int], int] = defaultdict(int)  # (entry, earlier entry) -> units in common
+    for index, entry in famfs_log.entries():
+        if isinstance(entry, fmt.EntryError):
+            report.bad_entries.append(str(entry))
+            continue
+        try:
+            namespace.apply(index, entry)
+        except NamespaceError as err:
+            report.namespace_errors.append(f"log entry {index}: {err}")
+        if isinstance(entry, fmt.FileEntry):
+            relpaths[index] = entry.relpath
+            # Marked even when the namespace refused it: the space is claimed on media either way.
+            for collision in bitmap.mark(entry.all_extents(), index):
+                shared[(collision.index, collision.previous)] += 1
+    for (index, previous), units in sorted(shared.items()):
+        report.crosslinks.append(f"cross-linked: {relpaths[index]!r} (entry {index}) and {relpaths[previous]!r} "
+                                 f"(entry {previous}) share {units * sb.alloc_unit} bytes")
+    report.files = len(namespace.files)
+    report.directories = len(namespace.dirs) - 1  # the root is not logged
+    report.deletes = len(namespace.deleted)
+    report.file_bytes = sum(entry.size for _, entry in namespace.files.values())
+    report.deleted_bytes = sum(entry.capacity() for entry in namespace.deleted.values())
+    report.allocated_bytes = bitmap.used_units * sb.alloc_unit
+    report.free_bytes = bitmap.free_units * sb.alloc_unit
+    return report
+
+
+def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
+    """What an operator asks first: whose file system, how full, and what this host may do.
+    Also whether the device holds a usable famfs at all."""
+    report = check(device)
+    if report.superblock is None or report.header is None:
+        return f"device: {device.path}\nstatus: not a usable famfs: {report.fatal}\n", False
+    sb, header = report.superblock, report.header
+    text = "\n".join([
+        f"device: {device.path} ({device.info.kind}, {device.size} bytes)",
+        f"file system uuid: {sb.fs_uuid}",
+        f"device uuid: {sb.dev_uuid}",
+        f"master system uuid: {sb.system_uuid}",
+        f"this host: {role_of(sb, uuid_file).value}",
+        f"device size: {sb.dev_size}",
+        f"log: {sb.log_len} bytes, {header.next_index} of {header.slots} slots used, "
+        f"{header.slots - header.next_index} free",
+        f"space: {report.allocated_bytes} used, {report.free_bytes} free, "
+        f"{report.deleted_bytes} held by deleted files",
+        f"files: {report.files}, directories: {report.directories}",
+        f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
+    ]) + "\n"
+    return text, True

@@ -1,0 +1,58 @@
+"""Checks that a cluster has converged: shadow trees agree, mounts show the master's data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from demo.cluster import Cluster, HarnessError, Host, tool
+from demo.trees import Snapshot, differences, sha256_of, snapshot
+
+CONVERGE_TIMEOUT_S = 60.0
+SKIPPED_BY_DIFF = ("rnd_*", ".meta")  # randomized files have no local copy; .meta is famfs's own
+
+
+def fresh_play(cluster: Cluster, shadow: Path) -> Snapshot:
+    """The tree a one-shot `famfs-agent` play of the whole log gives, as a client would see it."""
+    cluster.one_shot_play(shadow)
+    return snapshot(shadow / "root")
+
+
+def wait_shadows_equal(hosts: Sequence[Host], reference: Snapshot, timeout: float = CONVERGE_TIMEOUT_S) -> None:
+    """Every host's shadow tree byte-identical to `reference` (polls: followers may still be applying)."""
+    deadline = time.monotonic() + timeout
+    pending = list(hosts)
+    while pending:
+        current = {host.name: snapshot(host.shadow_root) for host in pending}
+        pending = [host for host in pending if current[host.name] != reference]
+        if pending and time.monotonic() > deadline:
+            report = {host.name: differences(current[host.name], reference, (host.name, "fresh play")) for host in pending}
+            raise HarnessError(f"shadow trees still differ after {timeout:.0f} s: {report}")
+        if pending:
+            time.sleep(0.2)
+
+
+def diff_mount(host: Host, expected: Path, relpath: str = "") -> str:
+    """`diff -r` between local data and the same tree through `host`'s mount; its output."""
+    excludes = [arg for pattern in SKIPPED_BY_DIFF for arg in ("-x", pattern)]
+    result = host.run_inside(["diff", "-r", *excludes, str(expected), str(host.mountpoint / relpath)], check=False)
+    return result.stdout + result.stderr
+
+
+def wait_mount_matches(host: Host, expected: Path, relpath: str = "", timeout: float = CONVERGE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while output := diff_mount(host, expected, relpath):
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{host.name}: diff -r {expected} against its mount after {timeout:.0f} s:\n{output[:3000]}")
+        time.sleep(0.2)
+
+
+def verify_randomized(host: Host, seeds: Mapping[str, int]) -> None:
+    """`famfsctl verify` of each randomized file, run on `host` against a path in its mount."""
+    for relpath, seed in seeds.items():
+        host.run_inside([tool("famfsctl"), "verify", "-S", str(seed), str(host.mountpoint / relpath)])
+
+
+def checksums_through(host: Host, relpaths: Sequence[str]) -> dict[str, str]:
+    return {relpath: sha256_of(host.view(relpath)) for relpath in relpaths}

@@ -1,0 +1,245 @@
+"""The inode table: what the mount serves, keyed by inode number and by (parent, name).
+
+Only the trio thread touches it. It learns the shadow tree through `refresh(relpath)` (one
+path re-checked against the disk) and reports what the kernel must forget as `Notice`s, which
+the caller sends from worker threads after the table is updated (never under a lock: there is
+none). Inode numbers are handed out per path and stay while the path exists, so a re-mapped file
+keeps its inode and an open handle follows the new extents. A deleted node the kernel still
+knows (lookup count > 0) stays reachable by number until `forget`.
+
+File YAML is parsed lazily, on the first lookup or listing that needs its attributes: a mount
+of half a million files starts in the time it takes to stat them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyfuse3
+import structlog
+
+from agent import format as fmt
+from fusefs import shadowtree
+from fusefs.shadowtree import Geometry, Signature
+
+log = structlog.get_logger("famfs-fuse-mount")
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+
+
+class NoticeKind(enum.Enum):
+    NEW_NAME = "new_name"  # drop a (negative) dentry: invalidate_entry(parent, name)
+    DELETED = "deleted"  # invalidate_entry(parent, name, deleted=ino)
+    ATTRS = "attrs"  # invalidate_inode(ino, attr_only=True)
+    INODE = "inode"  # invalidate_inode(ino): attributes and cached data
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    kind: NoticeKind
+    ino: int
+    parent: int = 0
+    name: bytes = b""
+
+
+class Node:
+    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "children", "lookups", "opens",
+                 "present", "data_stale")
+
+    def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature) -> None:
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.relpath = relpath
+        self.sig = sig
+        self.entry: fmt.FileEntry | None = None  # files: parsed on first use
+        self.error: str | None = None  # files: why the YAML was refused (served as EIO)
+        self.children: dict[bytes, int] | None = {} if sig.is_dir else None
+        self.lookups = 0  # the kernel's lookup count
+        self.opens = 0
+        self.present = True  # False once the shadow path is gone
+        self.data_stale = False  # re-mapped while open: drop cached data at the last close
+
+    @property
+    def is_dir(self) -> bool:
+        return self.sig.is_dir
+
+
+class InodeTable:
+    def __init__(self, shadow_root: bytes, geometry: Geometry) -> None:
+        self.shadow_root = shadow_root
+        self.geometry = geometry
+        self.nodes: dict[int, Node] = {}
+        self.next_ino = ROOT_INODE + 1
+        root_sig = shadowtree.signature(shadow_root)
+        if root_sig is None or not root_sig.is_dir:
+            raise FileNotFoundError(f"{os.fsdecode(shadow_root)}: not a directory")
+        self.nodes[ROOT_INODE] = Node(ROOT_INODE, ROOT_INODE, b"", b"", root_sig)
+        self.by_path: dict[bytes, int] = {b"": ROOT_INODE}
+        self._scan_children(self.nodes[ROOT_INODE])
+
+    # --- queries --------------------------------------------------------------------------
+
+    def shadow_path(self, relpath: bytes) -> bytes:
+        return self.shadow_root + b"/" + relpath if relpath else self.shadow_root
+
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def child(self, parent: Node, name: bytes) -> Node | None:
+        assert parent.children is not None
+        ino = parent.children.get(name)
+        return None if ino is None else self.nodes[ino]
+
+    def file_entry(self, node: Node) -> fmt.FileEntry | None:
+        """The node's parsed YAML, loading it on first use; None (and node.error) if refused."""
+        if node.entry is None and node.error is None:
+            try:
+                node.entry = shadowtree.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
+            except fmt.FormatError as err:
+                node.error = str(err)
+                log.error("bad shadow file, served as EIO", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                          reason=node.error)
+        return node.entry
+
+    def count(self) -> int:
+        return len(self.nodes)
+
+    def relpaths(self) -> Iterator[tuple[bytes, Signature]]:
+        for relpath, ino in self.by_path.items():
+            yield relpath, self.nodes[ino].sig
+
+    # --- kernel reference counts ------------------------------------------------------------
+
+    def remember(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None:
+            return
+        node.lookups -= count
+        if node.lookups <= 0 and not node.present and node.opens == 0:
+            del self.nodes[ino]
+
+    def release(self, node: Node) -> bool:
+        """A handle closed; True if its cached data must now be dropped (re-mapped while open)."""
+        node.opens -= 1
+        stale = node.opens == 0 and node.data_stale
+        if stale:
+            node.data_stale = False
+        if node.opens == 0 and not node.present and node.lookups <= 0:
+            del self.nodes[node.ino]
+        return stale and node.present
+
+    # --- learning the shadow tree -----------------------------------------------------------
+
+    def refresh(self, relpath: bytes) -> list[Notice]:
+        """Re-check one path against the disk and update the table; what the kernel must forget."""
+        if not relpath:
+            return self._refresh_root()
+        parent_rel, _, name = relpath.rpartition(b"/")
+        parent_ino = self.by_path.get(parent_rel)
+        if parent_ino is None:
+            return []  # its parent is new too: refreshing the parent scans this path
+        parent = self.nodes[parent_ino]
+        sig = shadowtree.signature(self.shadow_path(relpath))
+        current = self.child(parent, name)
+        notices: list[Notice] = []
+        if current is not None and (sig is None or sig.is_dir != current.is_dir):
+            notices.append(Notice(NoticeKind.DELETED, current.ino, parent.ino, name))
+            self._remove(current)
+            current = None
+        if sig is None:
+            return notices
+        if current is None:
+            node = self._add(parent, name, sig)
+            if node.is_dir:
+                self._scan_children(node)
+            notices.append(Notice(NoticeKind.NEW_NAME, node.ino, parent.ino, name))
+        elif current.sig != sig:
+            notices.extend(self._changed(current, sig))
+        return notices
+
+    def _refresh_root(self) -> list[Notice]:
+        root = self.nodes[ROOT_INODE]
+        sig = shadowtree.signature(self.shadow_root)
+        if sig is None or not sig.is_dir or sig == root.sig:
+            return []
+        root.sig = sig
+        return [Notice(NoticeKind.ATTRS, ROOT_INODE)]
+
+    def _changed(self, node: Node, sig: Signature) -> list[Notice]:
+        old = node.sig
+        node.sig = sig
+        if node.is_dir:
+            return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 or node.ino == ROOT_INODE else []
+        if old.st_ino == sig.st_ino and old.mtime_ns == sig.mtime_ns and old.size == sig.size:
+            # Only the shadow file's own attributes (ctime, atime) moved: the YAML is the same.
+            return []
+        had_entry = node.entry
+        node.entry = None
+        node.error = None
+        if had_entry is not None:
+            self.file_entry(node)  # reload now: open handles read through the new mapping at once
+        if node.lookups <= 0 and node.opens == 0:
+            return []
+        if node.opens > 0:
+            node.data_stale = True
+            return [Notice(NoticeKind.ATTRS, node.ino)]
+        return [Notice(NoticeKind.INODE, node.ino)]
+
+    def _add(self, parent: Node, name: bytes, sig: Signature) -> Node:
+        relpath = parent.relpath + b"/" + name if parent.relpath else name
+        node = Node(self.next_ino, parent.ino, name, relpath, sig)
+        self.next_ino += 1
+        self.nodes[node.ino] = node
+        self.by_path[relpath] = node.ino
+        assert parent.children is not None
+        parent.children[name] = node.ino
+        return node
+
+    def _scan_children(self, directory: Node) -> None:
+        """Add everything below a directory that has just appeared (inotify cannot tell us about
+        what was already inside it when it was renamed into place)."""
+        pending = [directory]
+        while pending:
+            current = pending.pop()
+            for name, sig in shadowtree.list_dir(self.shadow_path(current.relpath)).items():
+                if self.child(current, name) is None:
+                    node = self._add(current, name, sig)
+                    if node.is_dir:
+                        pending.append(node)
+
+    def _remove(self, node: Node) -> None:
+        """Take a node and everything below it out of the namespace."""
+        parent = self.nodes.get(node.parent)
+        if parent is not None and parent.children is not None and parent.children.get(node.name) == node.ino:
+            del parent.children[node.name]
+        pending = [node]
+        while pending:
+            current = pending.pop()
+            if current.children:
+                pending.extend(self.nodes[ino] for ino in current.children.values())
+                current.children = {}
+            current.present = False
+            self.by_path.pop(current.relpath, None)
+            if current.lookups <= 0 and current.opens == 0:
+                del self.nodes[current.ino]
+
+    def reconcile_candidates(self, disk: dict[bytes, Signature]) -> list[bytes]:
+        """Paths where a full walk of the disk and the table disagree, parents first.
+
+        The walk ran in another thread and may be older than the table, so the caller re-checks
+        each candidate with `refresh` (which looks at the disk now) rather than trusting it.
+        """
+        differing = {relpath for relpath, sig in disk.items() if self._sig_of(relpath) != sig}
+        differing.update(relpath for relpath in self.by_path if relpath not in disk)
+        return sorted(differing, key=lambda relpath: (relpath.count(b"/"), relpath))
+
+    def _sig_of(self, relpath: bytes) -> Signature | None:
+        ino = self.by_path.get(relpath)
+        return None if ino is None else self.nodes[ino].sig

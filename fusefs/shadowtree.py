@@ -1,0 +1,129 @@
+"""Reading the shadow tree: what is at a path (without following symlinks), a directory's
+names, and a shadow file's YAML parsed and checked against the device geometry.
+
+Everything here is plain blocking I/O on the shadow tmpfs; callers decide which thread runs it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from agent import format as fmt
+from agent.shadowyaml import parse_file_yaml
+
+META_PREFIX = b".meta/"
+MAX_YAML_BYTES = 64 * 1024  # a 16-extent file is ~1.2 KiB; anything this big is not ours
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What identifies one version of a shadow path: a rename over it changes st_ino."""
+
+    is_dir: bool
+    st_ino: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    atime_ns: int = field(compare=False)  # reading a YAML moves it; not a change
+
+
+def signature(path: bytes) -> Signature | None:
+    """The path's signature; None if missing, a symlink, or anything but a file or directory
+    (we never follow a symlink, so nothing can lead outside the shadow root)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return signature_of(st)
+
+
+def signature_of(st: os.stat_result) -> Signature | None:
+    if stat.S_ISDIR(st.st_mode):
+        is_dir = True
+    elif stat.S_ISREG(st.st_mode):
+        is_dir = False
+    else:
+        return None
+    return Signature(is_dir, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, stat.S_IMODE(st.st_mode),
+                     st.st_uid, st.st_gid, st.st_nlink, st.st_atime_ns)
+
+
+def list_dir(path: bytes) -> dict[bytes, Signature]:
+    """Name → signature of every file and directory in `path` (others, and races, skipped)."""
+    found: dict[bytes, Signature] = {}
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    sig = signature_of(entry.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    continue
+                if sig is not None:
+                    found[entry.name] = sig
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return found
+
+
+def walk(root: bytes) -> dict[bytes, Signature]:
+    """Relpath (b"" for the root) → signature of everything below root, for a full rescan."""
+    tree: dict[bytes, Signature] = {}
+    root_sig = signature(root)
+    if root_sig is None or not root_sig.is_dir:
+        return tree
+    tree[b""] = root_sig
+    pending = [b""]
+    while pending:
+        rel = pending.pop()
+        for name, sig in list_dir(os.path.join(root, rel) if rel else root).items():
+            child = rel + b"/" + name if rel else name
+            tree[child] = sig
+            if sig.is_dir:
+                pending.append(child)
+    return tree
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """The device facts a shadow file's extents are checked against."""
+
+    dev_size: int
+    log_len: int
+    alloc_unit: int
+
+
+def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
+    """Parse and check one shadow file; fmt.FormatError says what is wrong with it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise fmt.FormatError("is a symlink") from None
+        raise fmt.FormatError(f"cannot open: {err.strerror}") from None
+    try:
+        raw = os.read(fd, MAX_YAML_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_YAML_BYTES:
+        raise fmt.FormatError(f"larger than {MAX_YAML_BYTES} bytes")
+    entry = parse_file_yaml(raw)
+    if entry.relpath.encode() != relpath:
+        raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
+    if relpath.startswith(META_PREFIX):
+        # The metadata files map the superblock and log themselves: in-device bounds only.
+        for extent in entry.all_extents():
+            if extent.end > geometry.dev_size:
+                raise fmt.FormatError(f"extent [{extent.offset:#x}, {extent.end:#x}) past the device end "
+                                      f"{geometry.dev_size:#x}")
+        if entry.size > entry.capacity():
+            raise fmt.FormatError(f"size {entry.size} exceeds the {entry.capacity()} bytes of its extents")
+    else:
+        fmt.check_extents(entry, geometry.dev_size, geometry.log_len, geometry.alloc_unit)
+    return entry

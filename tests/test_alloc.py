@@ -1,0 +1,113 @@
+"""Allocation: bitmap, first-fit contiguous, interleaved (spec §4) without upstream's bugs (§9.11)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent import alloc
+from agent import format as fmt
+
+AU = fmt.ALLOC_UNIT
+GIB = 1 << 30
+LOG = fmt.DEFAULT_LOG_LEN
+
+
+def test_bitmap_reserves_superblock_and_log_and_covers_whole_units_only() -> None:
+    bitmap = alloc.Bitmap(8 * AU + 4096, LOG)  # a partial unit at the end
+    assert bitmap.nunits == 8  # upstream would count 9 and could hand out the partial one
+    assert bitmap.first_data_unit == 5  # 2 MiB superblock + 8 MiB log
+    assert list(bitmap.used) == [1] * 5 + [0] * 3
+    assert bitmap.owner[:5] == [alloc.METADATA] * 5
+
+
+def test_contiguous_is_first_fit_and_an_empty_file_gets_one_unit() -> None:
+    bitmap = alloc.Bitmap(32 * AU, LOG)
+    first = alloc.allocate_contiguous(bitmap, 5 * (1 << 20), index=0)
+    assert first == fmt.Extent(offset=5 * AU, length=3 * AU)
+    empty = alloc.allocate_contiguous(bitmap, 0, index=1)
+    assert empty == fmt.Extent(offset=8 * AU, length=AU)
+    bitmap.release((first,))
+    assert alloc.allocate_contiguous(bitmap, AU + 1, index=2) == fmt.Extent(offset=5 * AU, length=2 * AU)
+
+
+def test_contiguous_never_allocates_past_the_device_end() -> None:
+    bitmap = alloc.Bitmap(8 * AU + 4096, LOG)
+    assert alloc.allocate_contiguous(bitmap, 3 * AU, index=0).end == 8 * AU
+    with pytest.raises(alloc.AllocError, match="no free run"):
+        alloc.allocate_contiguous(bitmap, 1, index=1)
+    assert bitmap.used_units == 8
+
+
+def test_mark_reports_collisions_with_their_owner() -> None:
+    bitmap = alloc.Bitmap(16 * AU, LOG)
+    assert bitmap.mark((fmt.Extent(offset=6 * AU, length=2 * AU),), index=3) == []
+    collisions = bitmap.mark((fmt.Extent(offset=7 * AU, length=2 * AU),), index=9)
+    assert collisions == [alloc.Collision(unit=7, index=9, previous=3)]
+    with pytest.raises(alloc.AllocError, match="past the last allocation unit"):
+        bitmap.mark((fmt.Extent(offset=15 * AU, length=2 * AU),), index=10)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    (alloc.InterleaveParams(nbuckets=4, nstrips=2, chunk_size=0), "chunk size"),
+    (alloc.InterleaveParams(nbuckets=4, nstrips=2, chunk_size=3 * AU), "power of two"),
+    (alloc.InterleaveParams(nbuckets=4, nstrips=2, chunk_size=4096), "multiple of"),
+    (alloc.InterleaveParams(nbuckets=0, nstrips=1, chunk_size=AU), "nbuckets 0"),
+    (alloc.InterleaveParams(nbuckets=65, nstrips=2, chunk_size=AU), "nbuckets 65"),
+    (alloc.InterleaveParams(nbuckets=4, nstrips=5, chunk_size=AU), "nstrips 5"),
+    (alloc.InterleaveParams(nbuckets=32, nstrips=17, chunk_size=AU), "nstrips 17"),
+    (alloc.InterleaveParams(nbuckets=4, nstrips=0, chunk_size=AU), "nstrips 0"),
+    (alloc.InterleaveParams(nbuckets=16, nstrips=2, chunk_size=AU), "under 1 GiB"),
+])
+def test_interleave_parameter_rules(params: alloc.InterleaveParams, message: str) -> None:
+    with pytest.raises(alloc.AllocError, match=message):
+        params.validate(8 * GIB)
+
+
+def test_interleaved_strips_are_equal_in_distinct_buckets_inside_the_device() -> None:
+    params = alloc.InterleaveParams(nbuckets=4, nstrips=4, chunk_size=2 * AU)
+    bitmap = alloc.Bitmap(4 * GIB + AU + 4096, LOG)  # a unit past the last bucket and a partial one
+    bucket_bytes = (bitmap.nunits // 4) * AU
+    for index in range(20):
+        stripe = alloc.allocate_interleaved(bitmap, 100 * (1 << 20) + index, params, index, random.Random(index))
+        assert isinstance(stripe, fmt.Stripe) and stripe.nstrips == 4
+        assert {strip.offset // bucket_bytes for strip in stripe.strips} == {0, 1, 2, 3}
+        assert {strip.length for strip in stripe.strips} == {14 * AU}  # 51 units → 7 stripes of 4 chunks: 7 chunks a strip
+        assert all(strip.end <= 4 * bucket_bytes for strip in stripe.strips)  # never past the last bucket
+
+
+def test_interleaved_small_file_falls_back_to_contiguous() -> None:
+    bitmap = alloc.Bitmap(4 * GIB, LOG)
+    got = alloc.allocate_interleaved(bitmap, AU - 1, alloc.InterleaveParams(4, 2, 2 * AU), 0, random.Random(1))
+    assert got == fmt.Extent(offset=5 * AU, length=AU)
+
+
+def test_failed_interleaved_allocation_frees_exactly_what_it_took() -> None:
+    bitmap = alloc.Bitmap(4 * GIB, LOG)
+    bucket_units = bitmap.nunits // 4
+    # Buckets 1 and 3 are full: 2 of 3 wanted strips can be found, then it must give them back.
+    for bucket in (1, 3):
+        bitmap.mark((fmt.Extent(offset=bucket * bucket_units * AU, length=bucket_units * AU),), index=0)
+    before = (bytes(bitmap.used), list(bitmap.owner))
+    with pytest.raises(alloc.AllocError, match="only 2 of 4 buckets"):
+        alloc.allocate_interleaved(bitmap, 64 * AU, alloc.InterleaveParams(4, 3, AU), 1, random.Random(5))
+    assert (bytes(bitmap.used), list(bitmap.owner)) == before
+
+
+def test_device_ranges_of_an_interleaved_file_follow_the_chunk_rotation() -> None:
+    strips = tuple(fmt.Extent(offset=(100 + 10 * k) * AU, length=4 * AU) for k in range(3))
+    entry = fmt.FileEntry(relpath="f", size=10 * AU + 5, mode=0o644, uid=0, gid=0,
+                          stripes=(fmt.Stripe(chunk_size=2 * AU, strips=strips),))
+    pieces = list(alloc.device_ranges(entry))
+    # chunks 0,1,2 → strips 0,1,2 (first chunk of each), chunks 3,4,5 → second chunk of each
+    assert pieces == [(100 * AU, 2 * AU), (110 * AU, 2 * AU), (120 * AU, 2 * AU),
+                      (102 * AU, 2 * AU), (112 * AU, 2 * AU), (122 * AU, 5)]
+    assert list(alloc.device_ranges(entry, 3 * AU, AU)) == [(111 * AU, AU)]
+
+
+def test_device_ranges_of_a_simple_file_span_its_extents_and_stop_at_its_size() -> None:
+    extents = (fmt.Extent(offset=50 * AU, length=AU), fmt.Extent(offset=80 * AU, length=2 * AU))
+    entry = fmt.FileEntry(relpath="f", size=2 * AU, mode=0o644, uid=0, gid=0, extents=extents)
+    assert list(alloc.device_ranges(entry)) == [(50 * AU, AU), (80 * AU, AU)]
+    assert list(alloc.device_ranges(entry, AU // 2, AU)) == [(50 * AU + AU // 2, AU // 2), (80 * AU, AU // 2)]

@@ -28,7 +28,7 @@ from agent.config import AgentSettings
 from agent.device import Device, DeviceError
 from agent.famfslog import FamfsLog
 from agent.identity import Role, role_of
-from agent.shadow import STATE_FILE, Outcome, Rejected, ShadowError, ShadowTree
+from agent.shadow import STATE_FILE, Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 
 log = structlog.get_logger("famfs-agent")
@@ -117,6 +117,9 @@ class Follower:
     def __init__(self, device_path: str, shadow_dir: str, settings: AgentSettings, uuid_file: Path, *,
                  follow: bool, debug: bool = False, progress_stream: TextIO | None = None) -> None:
         self.device_path = device_path
+        # Other processes (famfsctl, famfs-fuse-mount) read it from state.json, from any directory:
+        # absolute, but not resolved (/dev/dax0.0 stays /dev/dax0.0).
+        self.state_device = os.path.abspath(device_path)
         self.settings = settings
         self.uuid_file = uuid_file
         self.following = follow
@@ -167,26 +170,35 @@ class Follower:
         self.superblock_raw = self.device.read(0, fmt.SUPERBLOCK.size)
         return None
 
-    def _start(self) -> None:
-        """Check the cursor against the device; resume, or rebuild the tree from scratch."""
+    def _start(self, rebuild: str | None = None) -> None:
+        """Check the cursor against the device; resume, or rebuild the tree from scratch (always,
+        when `rebuild` gives a reason)."""
         assert self.famfs_log is not None
         sb = self.famfs_log.superblock
         state = AgentState.parse(self.tree.read_agent_file(STATE_FILE))
-        reason = self._rebuild_reason(state)
-        if state is None or reason is not None:
-            if state is not None:
+        reason = rebuild or self._rebuild_reason(state)
+        resumed = False
+        # With no entry applied yet the tree is reset too: a run killed in the middle of a reset
+        # leaves exactly that cursor behind.
+        if state is not None and reason is None and state.applied_index >= 0:
+            try:
+                self.tree.load(state.applied_index, state.applied_index + self.settings.batch_max, sb, self.device_path)
+                resumed = True
+            except ShadowError as err:
+                reason = str(err)
+        if not resumed:
+            if state is not None and reason is not None:
                 log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
                             action="shadow tree emptied and the log replayed from entry 0")
-            state = AgentState(device=self.device_path, fs_uuid=str(sb.fs_uuid))
+            state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid))
             self.state = state
             self._save()  # first: a kill during the reset then restarts the reset
             self.tree.reset(sb, self.device_path)
-        else:
-            self.state = state
-            self.tree.load(state.applied_index, state.applied_index + self.settings.batch_max, sb, self.device_path)
+        assert state is not None
+        self.state = state
         master = role_of(sb, self.uuid_file) is Role.MASTER
         self.tree.write_meta(sb, master)
-        state.device, state.role, state.boot_id = self.device_path, (Role.MASTER if master else Role.CLIENT).value, boot_id()
+        state.device, state.role, state.boot_id = self.state_device, (Role.MASTER if master else Role.CLIENT).value, boot_id()
         state.pid, state.following, state.stalled_at = os.getpid(), self.following, None
         if state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
             # A run was killed around this DELETE's unlink, after checking it: finish it.
@@ -209,7 +221,7 @@ class Follower:
         if state.boot_id != boot_id():
             return "the host rebooted since the cursor was saved (the tree may not have survived)"
         if state.applied_index < 0:
-            return None
+            return None  # nothing to check: _start resets the tree anyway
         next_index = self.famfs_log.next_index()
         if state.applied_index >= next_index:
             return f"the log holds {next_index} entries but the cursor is at entry {state.applied_index}"
@@ -256,11 +268,12 @@ class Follower:
             self._play(stop, progress)
             if progress is not None:
                 progress.finish()
-        except ShadowError as err:
-            log.error("shadow_unusable", error=str(err))
-            return EXIT_UNUSABLE
         except fmt.FormatError as err:
             log.error("device_unusable", device=self.device_path, error=str(err))
+            return EXIT_UNUSABLE
+        except OSError as err:
+            log.error("shadow_write_failed", shadow=str(self.tree.base), error=str(err),
+                      cursor=self.state.applied_index if self.state else None)
             return EXIT_UNUSABLE
         state = self.state
         log.info("done", device=self.device_path, cursor=state.applied_index, log_next_index=stop,
@@ -289,42 +302,46 @@ class Follower:
         counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected"), 0)
         done = first - 1  # the last entry dealt with
         debug = self.debug
-        for index in range(first, stop):
-            if self.stop_signal is not None:
-                break
-            try:
-                entry: fmt.Entry = famfs_log.entry(index)
-            except fmt.EntryError as err:
-                settled = self._settle(index, err)
-                if settled is None:
+        try:
+            for index in range(first, stop):
+                if self.stop_signal is not None:
                     break
-                if isinstance(settled, fmt.EntryError):
-                    self._reject(settled, counts)
+                try:
+                    entry: fmt.Entry = famfs_log.entry(index)
+                except fmt.EntryError as err:
+                    settled = self._settle(index, err)
+                    if settled is None:
+                        break
+                    if isinstance(settled, fmt.EntryError):
+                        self._reject(settled, counts)
+                        done = index
+                        continue
+                    entry = settled
+                try:
+                    if type(entry) is fmt.DeleteEntry:
+                        self._delete(index, entry, done)
+                        outcome = "deleted"
+                    else:
+                        outcome = tree.apply(index, entry, famfs_log).value
+                except Rejected as err:
+                    self._reject(err, counts)
                     done = index
                     continue
-                entry = settled
-            try:
-                if type(entry) is fmt.DeleteEntry:
-                    self._delete(index, entry, done)
-                    outcome = "deleted"
-                else:
-                    outcome = tree.apply(index, entry, famfs_log).value
-            except Rejected as err:
-                self._reject(err, counts)
+                counts[outcome] += 1
                 done = index
-                continue
-            counts[outcome] += 1
-            done = index
-            if debug:
-                log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
-                          outcome=outcome)
-            if progress is not None and not index & 0xFF:
-                progress.update(index)
-        if done >= first:
-            self._advance(done)
-            self._forget_log_pages(first, done)
-        state.next_index_seen = max(state.next_index_seen, famfs_log.next_index())
-        self._save()
+                if debug:
+                    log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
+                              outcome=outcome)
+                if progress is not None and not index & 0xFF:
+                    progress.update(index)
+        finally:
+            # Also when applying failed (the shadow file system full, say): every entry up to
+            # `done` is whole in the tree, so the cursor may say so.
+            if done >= first:
+                self._advance(done)
+                self._forget_log_pages(first, done)
+            state.next_index_seen = max(state.next_index_seen, famfs_log.next_index())
+            self._save()
         elapsed = time.perf_counter() - started
         if done >= first:
             log.info("batch", first=first, last=done, entries=done + 1 - first,
@@ -374,7 +391,9 @@ class Follower:
             try:
                 fmt.check_entry_seal(self.famfs_log.raw_entry(index), index)
             except fmt.EntryError as seal_error:
-                if time.monotonic() >= deadline or self.stop_signal is not None:
+                if self.stop_signal is not None:
+                    return None  # stopping: the entry is looked at again by the next run
+                if time.monotonic() >= deadline:
                     self._stall(index, seal_error)
                     return None
                 time.sleep(wait)
@@ -410,23 +429,28 @@ class Follower:
         if self.stop_signal is not None:
             return EXIT_OK
         try:
-            self._start()
+            try:
+                self._start()
+            except OSError as err:
+                self._recover(err)
             assert self.device is not None
             hint = self._write_hint()
             waiter = Waiter(hint)
             idle_max = (settings.hint_poll_max_ms if hint else settings.poll_max_ms) / 1000
             interval = settings.poll_min_ms / 1000
             while self.stop_signal is None:
-                if self._poll():
+                try:
+                    worked = self._poll()
+                except OSError as err:
+                    self._recover(err)
+                    continue
+                if worked:
                     interval = settings.poll_min_ms / 1000
                     continue
                 if waiter.wait(interval):
                     interval = settings.poll_min_ms / 1000
                 else:
                     interval = min(interval * 2, idle_max)
-        except ShadowError as err:
-            log.error("shadow_unusable", error=str(err))
-            return EXIT_UNUSABLE
         finally:
             if waiter is not None:
                 waiter.close()
@@ -435,6 +459,22 @@ class Follower:
         log.info("stop", signal=signal.Signals(self.stop_signal).name if self.stop_signal else None,
                  cursor=self.state.applied_index if self.state else None)
         return EXIT_OK
+
+    def _recover(self, err: OSError) -> None:
+        """Applying failed. A tree changed behind the agent's back is rebuilt; anything else
+        (a full shadow file system, say) is retried from the saved cursor after a pause."""
+        assert self.state is not None
+        rebuild = f"the shadow tree was changed behind the agent's back ({err})" if isinstance(err, ShadowError) else None
+        while self.stop_signal is None:
+            log.error("shadow_write_failed", shadow=str(self.tree.base), error=str(err), cursor=self.state.applied_index,
+                      action=f"{'rebuilding the tree' if rebuild else 'retrying'} in {DEVICE_RETRY_S:.0f} s")
+            self.state.last_error = str(err)
+            time.sleep(DEVICE_RETRY_S)
+            try:
+                self._start(rebuild)
+                return
+            except OSError as again:
+                err = again
 
     def _write_hint(self) -> ImageWriteWatch | None:
         assert self.device is not None

@@ -90,7 +90,7 @@ def check(device: Device) -> Report:
     shared: dict[tuple[int, int], int] = defaultdict(int)  # (entry, earlier entry) -> units in common
     for index, entry in famfs_log.entries():
         if isinstance(entry, fmt.EntryError):
-            report.bad_entries.append(str(entry))
+            report.bad_entries.append(describe_bad_entry(famfs_log, entry))
             continue
         try:
             namespace.apply(index, entry)
@@ -112,6 +112,16 @@ def check(device: Device) -> Report:
     report.allocated_bytes = bitmap.used_units * sb.alloc_unit
     report.free_bytes = bitmap.free_units * sb.alloc_unit
     return report
+
+
+def describe_bad_entry(famfs_log: FamfsLog, error: fmt.EntryError) -> str:
+    """The error, with the slot's relpath even when the slot failed its CRC (then unverified)."""
+    if error.relpath is not None:
+        return str(error)
+    relpath = fmt.raw_relpath(famfs_log.raw_entry(error.index))
+    if relpath is None:
+        return str(error)
+    return f"{error} (unverified path {relpath.decode(errors='backslashreplace')!r})"
 
 
 def status(device: Device, uuid_file: Path) -> tuple[str, bool]:

@@ -105,6 +105,7 @@ class ShadowTree:
         self._staging_fd = -1
         self._journal_fd = -1
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
+        self._owner_warned = False
 
     # --- opening, state files, rebuild --------------------------------------------------------
 
@@ -182,7 +183,7 @@ class ShadowTree:
         for line in (self.read_agent_file(DIRS_JOURNAL) or b"").splitlines(keepends=True):
             try:
                 index, relpath = json.loads(line)
-            except ValueError:
+            except (ValueError, TypeError):
                 break  # a line cut short by a kill: everything from here is past the cursor
             if index > applied_index:
                 break
@@ -191,10 +192,11 @@ class ShadowTree:
         self.write_agent_file(DIRS_JOURNAL, b"".join(kept))
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
-        saved = json.loads(self.read_agent_file(DAXDEVS_FILE) or b'{"daxdevs": []}')
-        for row in saved.get("daxdevs", [])[1:]:
-            if row["log_index"] <= applied_index:
-                self.daxdevs.append(row)
+        try:
+            saved = json.loads(self.read_agent_file(DAXDEVS_FILE) or b'{"daxdevs": []}')
+            self.daxdevs += [row for row in saved["daxdevs"][1:] if row["log_index"] <= applied_index]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ShadowError(errno.EINVAL, f"{self.agent_dir / DAXDEVS_FILE}: unreadable ({err!r})") from None
         self._save_daxdevs()
         self._resume_horizon = resume_horizon
 
@@ -278,7 +280,13 @@ class ShadowTree:
         temp = self._temp_name()
         os.mkdir(temp, 0o700, dir_fd=self._staging_fd)
         # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
-        os.chown(temp, entry.uid, entry.gid, dir_fd=self._staging_fd)
+        try:
+            os.chown(temp, entry.uid, entry.gid, dir_fd=self._staging_fd)
+        except PermissionError:
+            if not self._owner_warned:  # once: an agent not run as root cannot give directories away
+                log.warning("owner_not_set", index=index, path=relpath, uid=entry.uid, gid=entry.gid,
+                            reason="not permitted (the agent is not root): directories keep the agent's owner")
+                self._owner_warned = True
         os.chmod(temp, entry.mode & 0o7777, dir_fd=self._staging_fd)
         if _renameat2(self._staging_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) != 0:
             failure = ctypes.get_errno()

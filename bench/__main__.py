@@ -22,8 +22,10 @@ from pathlib import Path
 
 from bench.common import Result
 
-MODULES = ("bench.bench_agent", "bench.bench_fuse", "bench.bench_cluster")
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BENCH_DIR = Path(__file__).resolve().parent
+# Always run (reported as missing if absent); any other bench/bench_*.py runs before them.
+REQUIRED_MODULES = ("bench.bench_agent", "bench.bench_fuse", "bench.bench_cluster")
+REPORT = BENCH_DIR.parent / "docs" / "benchmarks.md"
 COLUMNS = ("name", "ours", "baseline", "ratio", "note")
 
 
@@ -33,6 +35,11 @@ class ModuleRun:
     results: list[Result] = field(default_factory=list)
     problem: str = ""  # why the module produced nothing: missing, or the error it raised
     seconds: float = 0.0
+
+
+def modules() -> list[str]:
+    found = sorted(f"bench.{path.stem}" for path in BENCH_DIR.glob("bench_*.py"))
+    return [name for name in found if name not in REQUIRED_MODULES] + list(REQUIRED_MODULES)
 
 
 def run_module(module: str, quick: bool) -> ModuleRun:
@@ -132,11 +139,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: keeps the benchmarks working")
     args = parser.parse_args()
-    runs = [run_module(module, args.quick) for module in MODULES]
+    names = modules()
+    runs = [run_module(module, args.quick) for module in names]
     table = rows(runs)
     print(render_text(table))
     broken = [run.module for run in runs if run.problem]
-    print(f"\n{sum(len(run.results) for run in runs)} results from {len(MODULES) - len(broken)} of {len(MODULES)} "
+    print(f"\n{sum(len(run.results) for run in runs)} results from {len(names) - len(broken)} of {len(names)} "
           f"modules" + (f"; not measured: {', '.join(broken)}" if broken else ""))
     if not args.quick:
         write_report(table, runs)

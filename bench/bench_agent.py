@@ -142,7 +142,7 @@ def file_at(relpath: str, n: int, data_start: int) -> fmt.FileEntry:
                          extents=(fmt.Extent(offset=data_start + (n % 1000) * fmt.ALLOC_UNIT, length=fmt.ALLOC_UNIT),))
 
 
-def background_writer(image: Path, stop: threading.Event, rate: int) -> subprocess.Popen[bytes]:
+def background_writer(image: Path, rate: int) -> subprocess.Popen[bytes]:
     """Another process appending `rate` entries/s into load/ until killed."""
     code = (
         "import sys, time\n"
@@ -207,7 +207,7 @@ def bench_follow(quick: bool, wake_hint: bool) -> list[Result]:
         shadow = work / "shadow"
         with follower_process(image, shadow, wake_hint):
             idle, appends = probe_latencies(image, shadow, "idle", count, 0.02)
-            writer = background_writer(image, threading.Event(), LOAD_RATE)
+            writer = background_writer(image, LOAD_RATE)
             try:
                 time.sleep(0.3)
                 loaded, _ = probe_latencies(image, shadow, "loaded", count, 0.01)

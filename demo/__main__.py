@@ -32,6 +32,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Started in the background by a non-interactive shell, SIGINT arrives ignored: restore Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parent = Path(os.environ.get("FAMFS_DEMO_DIR") or tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     namespaces = None if os.environ.get("FAMFS_DEMO_NAMESPACES", "") != "0" else False

@@ -36,6 +36,7 @@ CONFIG_ENV = "FAMFS_AGENT_CONFIG"
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 25
 
 
@@ -229,21 +230,36 @@ class Host:
         base = Path(f"/proc/{self.mount.pid}/root{self.mountpoint}") if self.namespaced else self.mountpoint
         return base / relpath if relpath else base
 
-    def inside(self, argv: Sequence[str]) -> list[str]:
+    def inside(self, argv: Sequence[str], cwd: Path | None = None) -> list[str]:
         """`argv` as run on this host: inside the mount daemon's namespace when it has one."""
         if self.namespaced and self.mount is not None:
-            return ["nsenter", "-t", str(self.mount.pid), "-m", "--", *argv]
+            # Entering a mount namespace resets the working directory to its root: set it there.
+            workdir = [f"--wd={cwd}"] if cwd is not None else []
+            return ["nsenter", "-t", str(self.mount.pid), "-m", *workdir, "--", *argv]
         return list(argv)
 
-    def run_inside(self, argv: Sequence[str], *, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.inside(argv), capture_output=True, text=True, env=self.env, cwd=cwd)
+    def run_inside(self, argv: Sequence[str], *, check: bool = True, cwd: Path | None = None,
+                   timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        """Run a command on this host; on timeout its whole process group is killed, so a
+        pipeline (sh -c 'find | xargs ...') never outlives the call."""
+        command = self.inside(argv, cwd)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+                              cwd=cwd, start_new_session=True) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise HarnessError(f"{self.name}: {' '.join(argv)} still running after {timeout:.0f} s: killed") from None
+        result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise HarnessError(f"{self.name}: {' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result
 
     def famfsctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """famfsctl as this host (its identity), on the host's own namespace."""
-        result = subprocess.run([tool("famfsctl"), *args], capture_output=True, text=True, env=self.env)
+        result = subprocess.run([tool("famfsctl"), *args], capture_output=True, text=True, env=self.env,
+                                timeout=COMMAND_TIMEOUT_S)
         if check and result.returncode != 0:
             raise HarnessError(f"{self.name}: famfsctl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
         return result
@@ -281,15 +297,13 @@ class Cluster:
     """One device image, made by the master, followed by the master and every client."""
 
     def __init__(self, workdir: Path | None = None, *, parent: Path | None = None, size: str = "4g", clients: int = 2,
-                 namespaces: bool | None = None, mount_options: str = "", serve_master: bool = True,
-                 keep: bool = False) -> None:
+                 namespaces: bool | None = None, mount_options: str = "", serve_master: bool = True) -> None:
         """`workdir` is kept (only the image is removed); without it a temporary one is made
         (under `parent` if given) and removed whole at the end. Without `serve_master` the master
         runs no agent or mount (only famfsctl), leaving the CPU to the clients."""
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="famfs-cluster-", dir=parent)) if workdir is None else workdir
         self.size = size
-        self.keep = keep
         self.serve_master = serve_master
         self.namespaced = namespaces_work() if namespaces is None else namespaces
         self.image = self.workdir / "famfs.img"
@@ -345,11 +359,10 @@ class Cluster:
                 self._log_watch.close()
                 self._log_watch = None
             leftovers = self.leftovers()
-            if not self.keep:
-                if self._own_workdir:
-                    shutil.rmtree(self.workdir, ignore_errors=True)
-                else:
-                    self.image.unlink(missing_ok=True)
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                self.image.unlink(missing_ok=True)
             if leftovers:
                 errors.append("left behind: " + "; ".join(leftovers))
             if errors:
@@ -383,7 +396,7 @@ class Cluster:
         as_host = host or self.clients[0]
         result = subprocess.run([tool("famfs-agent"), "--shadow", str(shadow), "--config", str(as_host.config_file),
                                  "--system-uuid-file", str(as_host.uuid_file), str(self.image)],
-                                capture_output=True, text=True, env=as_host.env)
+                                capture_output=True, text=True, env=as_host.env, timeout=COMMAND_TIMEOUT_S)
         if result.returncode != 0:
             raise HarnessError(f"one-shot famfs-agent play into {shadow} exited {result.returncode}:\n{result.stderr}")
         return result

@@ -47,3 +47,7 @@ class DataPath:
             self.view[start:start + size] = data[done:done + size]
             done += size
         return done
+
+    def close(self) -> None:
+        """Let go of the mapping (the device can close only once no slice is left)."""
+        self.view.release()

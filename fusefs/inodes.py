@@ -97,10 +97,16 @@ class InodeTable:
     def file_entry(self, node: Node) -> fmt.FileEntry | None:
         """The node's parsed YAML, loading it on first use; None (and node.error) if refused."""
         if node.entry is None and node.error is None:
+            if not node.present:
+                node.error = "deleted before it was read"  # its path may name a newer file now
+                return None
             try:
                 node.entry = shadowtree.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
             except fmt.FormatError as err:
                 node.error = str(err)
+            except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+                node.error = f"unreadable: {err!r}"
+            if node.error is not None:
                 log.error("bad shadow file, served as EIO", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                           reason=node.error)
         return node.entry
@@ -146,11 +152,16 @@ class InodeTable:
         if parent_ino is None:
             return []  # its parent is new too: refreshing the parent scans this path
         parent = self.nodes[parent_ino]
+        if not parent.is_dir:
+            return []  # a stale event below what is now a file
         sig = shadowtree.signature(self.shadow_path(relpath))
         current = self.child(parent, name)
         notices: list[Notice] = []
+        # The kernel can cache a name (or its absence) only under a directory it has looked up.
+        parent_known = parent.lookups > 0 or parent.ino == ROOT_INODE
         if current is not None and (sig is None or sig.is_dir != current.is_dir):
-            notices.append(Notice(NoticeKind.DELETED, current.ino, parent.ino, name))
+            if current.lookups > 0:
+                notices.append(Notice(NoticeKind.DELETED, current.ino, parent.ino, name))
             self._remove(current)
             current = None
         if sig is None:
@@ -159,7 +170,8 @@ class InodeTable:
             node = self._add(parent, name, sig)
             if node.is_dir:
                 self._scan_children(node)
-            notices.append(Notice(NoticeKind.NEW_NAME, node.ino, parent.ino, name))
+            if parent_known:
+                notices.append(Notice(NoticeKind.NEW_NAME, node.ino, parent.ino, name))
         elif current.sig != sig:
             notices.extend(self._changed(current, sig))
         return notices

@@ -178,3 +178,18 @@ def test_follower_rebuilds_when_the_file_system_is_remade(tmp_path: Path, system
     with Device(image) as device:
         assert agent_state(shadow)["fs_uuid"] == str(FamfsLog(device).superblock.fs_uuid)
     assert "event='rebuild'" in agent.log and "file system re-made" in agent.log  # type: ignore[attr-defined]
+
+
+def test_follower_rebuilds_a_tree_changed_behind_its_back(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    append(image, [mkdir_entry("d"), file_entry("d/a", 0)])
+    shadow = tmp_path / "shadow"
+    with following(image, shadow) as agent:
+        wait_for(lambda: (shadow / "root" / "d" / "a").exists(), "the first file")
+        (shadow / "root" / "d" / "a").unlink()
+        (shadow / "root" / "d").rmdir()  # someone else's doing
+        append(image, [file_entry("d/b", 1)])
+        wait_for(lambda: (shadow / "root" / "d" / "b").exists(), "the tree rebuilt with the new file")
+        assert agent.poll() is None
+    assert sorted(p for p in snapshot(shadow / "root") if not p.startswith(".meta")) == ["d", "d/a", "d/b"]
+    assert "event='shadow_write_failed'" in agent.log and "changed behind the agent's back" in agent.log  # type: ignore[attr-defined]

@@ -12,7 +12,9 @@ import stat
 import subprocess
 import sys
 import tarfile
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -203,11 +205,31 @@ def test_two_agents_cannot_share_a_shadow(tmp_path: Path, system_uuid_file: Path
     assert follower.returncode == 0
 
 
-def _wait_for(condition, timeout: float = 20.0) -> None:
-    import time
-
+def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached within the time limit")
         time.sleep(0.01)
+
+
+def test_add_daxdev_entries_fill_the_daxdev_table(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    second, third = uuid.uuid4(), uuid.uuid4()
+    append(image, [fmt.AddDaxdevEntry(dev_size=8 << 30, dev_uuid=second, dev_index=1), mkdir_entry("d"),
+                   fmt.AddDaxdevEntry(dev_size=4 << 30, dev_uuid=third, dev_index=2)])
+    shadow = tmp_path / "shadow"
+    run_agent("--shadow", shadow, image, check=True)
+    table = json.loads((shadow / ".agent" / "daxdevs.json").read_text())["daxdevs"]
+    with Device(image) as device:
+        superblock = FamfsLog(device).superblock
+    assert table == [
+        {"index": 0, "uuid": str(superblock.dev_uuid), "size": superblock.dev_size, "path": str(image), "log_index": None},
+        {"index": 1, "uuid": str(second), "size": 8 << 30, "path": None, "log_index": 0},
+        {"index": 2, "uuid": str(third), "size": 4 << 30, "path": None, "log_index": 2},
+    ]
+    # A restart resumes with the same table; a repeated UUID is refused.
+    append(image, [fmt.AddDaxdevEntry(dev_size=1 << 30, dev_uuid=second, dev_index=3)])
+    result = run_agent("--shadow", shadow, image)
+    assert result.returncode == 1 and f"daxdev UUID {second} is already in the table" in result.stderr
+    assert json.loads((shadow / ".agent" / "daxdevs.json").read_text())["daxdevs"] == table

@@ -3,6 +3,7 @@ to exactly the tree (and rejected count) of a fresh one-shot play. Also re-made 
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import uuid
 from pathlib import Path
 
 from agent import format as fmt
+from agent.device import Device
+from agent.famfslog import FamfsLog
 from agent.mkfs import mkfs
 from agent.shadowyaml import emit_file_yaml
 from tests.test_agent_play import (
@@ -161,3 +164,27 @@ def test_log_no_longer_matching_the_cursor_is_detected(tmp_path: Path, system_uu
     result = run_agent("--shadow", shadow, image, check=True)
     assert "the log holds 1 entries but the cursor is at entry 3" in result.stderr
     assert sorted(snapshot(shadow / "root")) == [".meta", ".meta/.log", ".meta/.superblock", "b"]
+
+
+def test_a_delete_interrupted_around_its_unlink_is_finished_on_restart(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    append(image, [mkdir_entry("d"), file_entry("d/f", 0), fmt.DeleteEntry(relpath="d/f", target_index=1)])
+    shadow = tmp_path / "shadow"
+    run_agent("--shadow", shadow, image, check=True)
+    done = agent_state(shadow)
+    fresh_yaml = emit_file_yaml(file_entry("d/f", 0))
+    for unlinked in (False, True):
+        # The state a kill leaves between the "pending" cursor write and the one after the unlink.
+        state = agent_state(shadow)
+        with Device(image) as device:
+            crc = int.from_bytes(FamfsLog(device).raw_entry(1)[fmt.ENTRY_CRC_SPAN:], "little")
+        state.update(applied_index=1, applied_seqnum=1, applied_crc=crc, pending_delete={"index": 2, "path": "d/f"})
+        (shadow / ".agent" / "state.json").write_text(json.dumps(state))
+        if not unlinked:
+            (shadow / "root" / "d" / "f").write_bytes(fresh_yaml)
+        result = run_agent("--shadow", shadow, image, check=True)
+        assert "rebuild" not in result.stderr
+        assert not (shadow / "root" / "d" / "f").exists()
+        after = agent_state(shadow)
+        assert (after["applied_index"], after["applied_crc"], after["rejected"], after["pending_delete"]) == \
+            (done["applied_index"], done["applied_crc"], 0, None)

@@ -24,7 +24,7 @@ def test_quick_bench_prints_a_full_table_from_every_module() -> None:
     assert HEADER.match(lines[0]), lines[:2]
     summary = next(match for line in lines if (match := SUMMARY.match(line)))
     results, modules_ok, modules = map(int, summary.groups())
-    assert modules_ok == modules == 3
+    assert modules_ok == modules >= 3  # agent, fuse and cluster at least
     table = lines[2:2 + results]
     assert len(table) == results >= modules
     assert not any("NOT MEASURED" in row for row in table)

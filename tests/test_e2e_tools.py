@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import shutil
 import sysconfig
 from collections.abc import Iterator
@@ -64,11 +65,14 @@ def copied(cluster: Cluster, workdir: Path) -> tuple[Path, Host]:
     return source, client
 
 
+def in_dir(client: Host, directory: Path, script: str) -> str:
+    """A shell script's output, run on the client with `directory` as its working directory."""
+    return client.run_inside(["sh", "-c", f"cd {shlex.quote(str(directory))} && {script}"]).stdout
+
+
 def on_both(client: Host, source: Path, script: str) -> tuple[str, str]:
     """Run a shell script in the local tree and, on the client, in the same tree through its mount."""
-    local = client.run_inside(["sh", "-c", script], cwd=source).stdout
-    remote = client.run_inside(["sh", "-c", f"cd {client.mountpoint / 'src'} && {script}"]).stdout
-    return local, remote
+    return in_dir(client, source, script), in_dir(client, client.mountpoint / "src", script)
 
 
 def test_find_lists_the_same_tree(copied: tuple[Path, Host]) -> None:
@@ -114,8 +118,8 @@ def test_cp_r_out_of_the_mount_gives_the_same_tree(copied: tuple[Path, Host], tm
     client.run_inside(["cp", "-r", "--preserve=mode", str(client.mountpoint / "src"), str(out)])
     diff = client.run_inside(["diff", "-r", str(source), str(out)], check=False)
     assert (diff.returncode, diff.stdout) == (0, "")
-    listing = ["sh", "-c", "find . -printf '%y %m %P\\n' | sort"]
-    assert client.run_inside(listing, cwd=out).stdout == client.run_inside(listing, cwd=source).stdout
+    listing = "find . -printf '%y %m %P\\n' | sort"
+    assert in_dir(client, out, listing) == in_dir(client, source, listing)
 
 
 def test_sha256sum_of_every_file_matches(copied: tuple[Path, Host]) -> None:

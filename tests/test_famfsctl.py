@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import uuid
 from pathlib import Path
 
 from agent import format as fmt
 from agent import prng
 from tests.famfsctl_util import digest, entries, famfsctl, file_bytes, file_entries, make_image
+from tests.fuse_util import Mount, play
 
 MIB = 1 << 20
 
@@ -170,27 +169,23 @@ def test_identity_comes_from_flag_then_env_then_config(tmp_path: Path, system_uu
 
 def test_a_path_inside_a_mount_names_device_and_relpath(tmp_path: Path, system_uuid_file: Path) -> None:
     """The lookup contract with famfs-fuse-mount and famfs-agent: the mount root answers
-    getxattr(user.famfs.shadow) with the shadow dir, whose .agent/state.json names the device.
-    A tmpfs carrying that xattr stands for the mount here (the FUSE tests use the real one)."""
+    getxattr(user.famfs.shadow) with the shadow dir, whose .agent/state.json names the device."""
     image = make_image(tmp_path / "dev.img")
+    famfsctl("mkdir", "--device", image, "sub")
     shadow, mountpoint = tmp_path / "shadow", tmp_path / "mnt"
-    (shadow / ".agent").mkdir(parents=True)
-    (shadow / ".agent" / "state.json").write_text(json.dumps({"device": str(image)}))
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "famfs-test", mountpoint], check=True)
-    try:
-        os.setxattr(mountpoint, "user.famfs.shadow", os.fsencode(shadow))
-        (mountpoint / "sub").mkdir()  # a directory below the root that does not answer the xattr
+    play(image, shadow)  # the agent writes state.json
+    (tmp_path / "local.txt").write_bytes(b"from a mount path\n")
+    with Mount(shadow, image, mountpoint):
         famfsctl("mkdir", mountpoint / "d")
         famfsctl("creat", "-s", "1m", "-r", "-S", "8", mountpoint / "d" / "f")
-        (tmp_path / "local.txt").write_bytes(b"from a mount path\n")
         famfsctl("cp", tmp_path / "local.txt", mountpoint / "sub" / "..")  # DEST is the mount root
+        famfsctl("cp", tmp_path / "local.txt", mountpoint / "sub")  # into a directory below the root
         assert famfsctl("verify", "-S", "8", mountpoint / "sub" / ".." / "d" / "f").stdout.startswith("d/f: ")
         assert f"device: {image}" in famfsctl("status", mountpoint / "sub").stdout
-        outside = famfsctl("mkdir", tmp_path / "elsewhere", check=False)
-        assert outside.returncode == 2 and "not inside a mounted famfs" in outside.stderr
-    finally:
-        subprocess.run(["umount", mountpoint], check=True)
+        assert famfsctl("fsck", mountpoint).stdout.endswith("fsck: clean\n")
+    outside = famfsctl("mkdir", tmp_path / "elsewhere", check=False)
+    assert outside.returncode == 2 and "not inside a mounted famfs" in outside.stderr
     assert [(type(e).__name__, getattr(e, "relpath", None)) for e in entries(image)] == [
-        ("MkdirEntry", "d"), ("FileEntry", "d/f"), ("FileEntry", "local.txt")]
-    assert file_bytes(image, "local.txt") == b"from a mount path\n"
+        ("MkdirEntry", "sub"), ("MkdirEntry", "d"), ("FileEntry", "d/f"), ("FileEntry", "local.txt"),
+        ("FileEntry", "sub/local.txt")]
+    assert file_bytes(image, "sub/local.txt") == b"from a mount path\n"

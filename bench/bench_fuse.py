@@ -1,0 +1,265 @@
+"""famfs-fuse-mount: shadow→mount propagation, warm and cold stat, sequential read per cache
+mode and via mmap, and the daemon's memory with many files.
+
+Baselines, measured in the same run:
+- propagation: the same rename observed by stat on the shadow tree itself (what inotify and the
+  kernel notification add is the difference);
+- warm stat: stat of the shadow files directly (tmpfs, dentries hot): target >= 80%;
+- cold lookup+getattr: the same, first stat after mount (every name a FUSE lookup);
+- sequential read: reading the same bytes from the image file directly, page cache hot for both:
+  target >= 25% in the fastest mode;
+- RSS: the daemon right after mounting an empty tree.
+Everything lives on /dev/shm (tmpfs): the image stands in for device memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent import format as fmt
+from agent.mkfs import create_image, mkfs
+from agent.shadowyaml import emit_file_yaml
+from bench.common import Result
+from tests.fuse_util import Mount, empty_shadow, put_file
+
+TMPFS = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+MiB = 1 << 20
+UNIT = 2 * MiB
+DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
+READ_BLOCK = MiB
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="bench_fuse_", dir=TMPFS))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_device(where: Path, size: int) -> Path:
+    image = where / "dev.img"
+    create_image(image, size)
+    mkfs(str(image), uuid_file=where / "system_uuid")
+    return image
+
+
+def file_entry(relpath: str, size: int, offset: int = DATA_START) -> fmt.FileEntry:
+    return fmt.FileEntry(relpath=relpath, size=size, mode=0o644, uid=0, gid=0,
+                         extents=(fmt.Extent(offset=offset, length=fmt.round_up(size, UNIT)),))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def spin_until_exists(path: Path) -> float:
+    """Seconds until stat(path) succeeds, polling without sleeping."""
+    start = time.perf_counter()
+    while True:
+        try:
+            os.stat(path)
+            return time.perf_counter() - start
+        except FileNotFoundError:
+            pass
+
+
+# --- propagation -------------------------------------------------------------------------------
+
+
+def propagation(where: Path, device: Path, count: int) -> list[Result]:
+    shadow = empty_shadow(where / "shadow_prop")
+    staging = shadow / ".agent" / "staging"
+    cold: list[float] = []
+    negative: list[float] = []
+    baseline: list[float] = []
+    with Mount(shadow, device, where / "mnt_prop") as mount:
+        for n in range(count):
+            for latencies, prefix in ((cold, "c"), (negative, "n")):
+                name = f"{prefix}{n}"
+                if prefix == "n":
+                    assert not (mount.mountpoint / name).exists()  # cache the negative lookup
+                staged = staging / name
+                staged.write_bytes(emit_file_yaml(file_entry(name, 4096)))
+                start = time.perf_counter()
+                staged.rename(shadow / "root" / name)
+                latencies.append(time.perf_counter() - start + spin_until_exists(mount.mountpoint / name))
+            staged = staging / "base"
+            staged.write_bytes(b"x")
+            start = time.perf_counter()
+            staged.rename(shadow / "root" / f"b{n}")
+            baseline.append(time.perf_counter() - start + spin_until_exists(shadow / "root" / f"b{n}"))
+            (shadow / "root" / f"b{n}").unlink()
+    base_p50, base_p99 = percentile(baseline, 0.5) * 1e3, percentile(baseline, 0.99) * 1e3
+    note = f"{count} files; target p50 <= 3 ms, p99 <= 20 ms (agent included, measured by bench_cluster)"
+    return [
+        Result("propagation shadow→mount stat, p50", percentile(cold, 0.5) * 1e3, "ms", base_p50,
+               "rename seen by stat on the shadow", note),
+        Result("propagation shadow→mount stat, p99", percentile(cold, 0.99) * 1e3, "ms", base_p99,
+               "rename seen by stat on the shadow", note),
+        Result("propagation after a cached negative lookup, p50", percentile(negative, 0.5) * 1e3, "ms", base_p50,
+               "rename seen by stat on the shadow", note),
+        Result("propagation after a cached negative lookup, p99", percentile(negative, 0.99) * 1e3, "ms", base_p99,
+               "rename seen by stat on the shadow", note),
+    ]
+
+
+# --- stat rates ------------------------------------------------------------------------------
+
+
+def stat_rate(paths: list[Path], rounds: int) -> float:
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for path in paths:
+            os.stat(path)
+    return rounds * len(paths) / (time.perf_counter() - start)
+
+
+def stat_rates(where: Path, device: Path, count: int) -> list[Result]:
+    shadow = empty_shadow(where / "shadow_stat")
+    (shadow / "root" / "d").mkdir()  # not the root: mounting lists the root, which would warm it
+    for n in range(count):
+        put_file(shadow, file_entry(f"d/f{n}", 4096 + n))
+    names = [f"d/f{n}" for n in range(count)]
+    shadow_paths = [shadow / "root" / name for name in names]
+    stat_rate(shadow_paths, 1)
+    with Mount(shadow, device, where / "mnt_stat") as mount:
+        mounted = [mount.mountpoint / name for name in names]
+        cold = stat_rate(mounted, 1)
+        cold_base = stat_rate(shadow_paths, 1)
+        warm = stat_rate(mounted, 5)
+        warm_base = stat_rate(shadow_paths, 5)
+    return [
+        Result("warm stat of cached files", warm, "stat/s", warm_base, "stat of the shadow files",
+               f"{count} files; target >= 80%"),
+        Result("cold lookup+getattr (first stat after mount)", cold, "stat/s", cold_base,
+               "stat of the shadow files", f"{count} files, each a FUSE lookup and a YAML parse"),
+    ]
+
+
+# --- sequential read -----------------------------------------------------------------------
+
+
+def read_rate(path: Path, size: int) -> float:
+    buffer = bytearray(READ_BLOCK)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        done = 0
+        while done < size:
+            got = os.readv(fd, [buffer])
+            if not got:
+                break
+            done += got
+    finally:
+        os.close(fd)
+    return done / (time.perf_counter() - start) / 1e9
+
+
+def image_read_rate(image: Path, offset: int, size: int) -> float:
+    buffer = bytearray(READ_BLOCK)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        done = 0
+        while done < size:
+            done += os.preadv(fd, [buffer], offset + done)
+    finally:
+        os.close(fd)
+    return done / (time.perf_counter() - start) / 1e9
+
+
+def mmap_read_rate(path: Path, size: int) -> float:
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        sink = bytearray(READ_BLOCK)
+        start = time.perf_counter()
+        for offset in range(0, size, READ_BLOCK):  # size is whole blocks
+            sink[:] = view[offset:offset + READ_BLOCK]
+        elapsed = time.perf_counter() - start
+        view.release()
+    return size / elapsed / 1e9
+
+
+def sequential_reads(where: Path, device: Path, size: int) -> list[Result]:
+    block = os.urandom(READ_BLOCK)
+    with open(device, "r+b") as image:
+        for offset in range(0, size, READ_BLOCK):
+            image.seek(DATA_START + offset)
+            image.write(block)
+    shadow = empty_shadow(where / "shadow_read")
+    put_file(shadow, file_entry("big", size))
+    image_read_rate(device, DATA_START, size)  # page cache hot
+    results: list[Result] = []
+    label = f"{size // MiB} MiB"
+    for cache in ("direct", "auto", "always"):
+        with Mount(shadow, device, where / f"mnt_{cache}", f"cache={cache}") as mount:
+            path = mount.mountpoint / "big"
+            read_rate(path, size)  # warm: the mount's own page cache too, where it keeps one
+            ours = read_rate(path, size)
+            base = image_read_rate(device, DATA_START, size)
+            results.append(Result(f"sequential read {label}, cache={cache}", ours, "GB/s", base,
+                                  "read(2) of the same bytes from the image", "1 MiB reads; target >= 25%"))
+            if cache != "direct":
+                mmap_read_rate(path, size)
+                ours = mmap_read_rate(path, size)
+                base = image_read_rate(device, DATA_START, size)
+                results.append(Result(f"mmap read {label}, cache={cache}", ours, "GB/s", base,
+                                      "read(2) of the same bytes from the image", "1 MiB copies out of the mapping"))
+    return results
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def memory(where: Path, device: Path, count: int) -> list[Result]:
+    empty = empty_shadow(where / "shadow_empty")
+    with Mount(empty, device, where / "mnt_empty") as mount:
+        assert mount.process is not None
+        base = rss_kib(mount.process.pid)
+    shadow = empty_shadow(where / "shadow_many")
+    per_dir = 1000
+    for n in range(count):
+        if n % per_dir == 0:
+            (shadow / "root" / f"d{n // per_dir}").mkdir()
+        put_file(shadow, file_entry(f"d{n // per_dir}/f{n}", 4096))
+    with Mount(shadow, device, where / "mnt_many") as mount:
+        assert mount.process is not None
+        for directory in os.scandir(mount.mountpoint):
+            for entry in os.scandir(directory.path):
+                entry.stat()  # every YAML parsed and held
+        ours = rss_kib(mount.process.pid)
+    return [Result(f"daemon RSS with {count} files (all looked up)", ours / 1024, "MiB", base / 1024,
+                   "daemon RSS, empty tree", f"{(ours - base) * 1024 / count:.0f} bytes per file")]
+
+
+def run(quick: bool) -> list[Result]:
+    with scratch() as where:
+        device = make_device(where, 8 << 30)
+        results = propagation(where, device, 20 if quick else 300)
+        results += stat_rates(where, device, 200 if quick else 5000)
+        results += sequential_reads(where, device, (16 if quick else 1024) * MiB)
+        results += memory(where, device, 1000 if quick else 100_000)
+        return results
+
+
+if __name__ == "__main__":
+    for result in run(quick=False):
+        print(result)

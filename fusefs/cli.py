@@ -1,0 +1,335 @@
+"""famfs-fuse-mount: serve a famfs shadow tree as a file system, file bytes from the device.
+
+    famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] MOUNTPOINT
+
+Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shadow), then the
+device named in the agent's `<shadow>/.agent/state.json`. Without --foreground it daemonizes and
+the parent exits 0 only once the mount is live (else 1, with the reason). SIGTERM, SIGINT and
+`fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import stat
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import structlog
+import trio
+
+from agent import config, logsetup
+from agent import format as fmt
+from agent.device import Device, DeviceError
+from agent.famfslog import FamfsLog
+from fusefs.capacity import CapacityCache
+from fusefs.datapath import DataPath
+from fusefs.inodes import InodeTable
+from fusefs.notify import Notifier
+from fusefs.operations import FamfsOperations, MountPolicy
+from fusefs.shadowtree import Geometry
+from fusefs.sync import TreeSync
+from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher
+
+log = structlog.get_logger("famfs-fuse-mount")
+
+CACHE_MODES = ("direct", "auto", "always")
+DEFAULT_LOG_FILE = "/var/log/famfs-fuse-mount.log"
+STATE_FILE = Path(".agent") / "state.json"
+# The kernel's default readahead for a FUSE mount is 128 KiB: page-cache reads then reach us in
+# 128 KiB requests. 1 MiB (libfuse's largest request) measured 2.2 → 2.9 GB/s (docs/fusefs.md).
+READ_AHEAD_KB = 1024
+
+
+class UsageError(Exception):
+    """A bad argument or environment; the message is printed as-is and the exit code is 1."""
+
+
+@dataclass
+class MountConfig:
+    mountpoint: str
+    shadow: str
+    device: str
+    cache: str
+    timeout: float
+    negative_timeout: float
+    rescan_s: float
+    allow_other: bool
+    read_only: bool
+    foreground: bool
+    log_file: str
+    log_format: str
+    log_level: str
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="famfs-fuse-mount", description=__doc__.split("\n\n")[0])
+    p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="default: [mount] mountpoint")
+    p.add_argument("--shadow", help="shadow directory kept by famfs-agent (default: [agent] shadow)")
+    p.add_argument("--device", help="devdax, pmem or image file (default: [agent] device, then the agent's state.json)")
+    p.add_argument("--config", help="famfs-agent.toml to read (default: $FAMFS_AGENT_CONFIG, /etc/famfs)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="comma-separated: ro, rw, allow_other, cache=direct|auto|always, timeout=S, "
+                        "negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
+    p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize; log to stderr")
+    p.add_argument("--log-file", default=DEFAULT_LOG_FILE, help=f"the daemon's log (default {DEFAULT_LOG_FILE})")
+    p.add_argument("--log-format", choices=("console", "json"), help="default: [host] log_format")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: [host] log_level")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> MountConfig:
+    settings = config.load(args.config)
+    mount = settings.mount
+    values = {"cache": mount.cache, "timeout": mount.timeout, "negative_timeout": mount.negative_timeout,
+              "rescan": mount.fallback_rescan_s, "allow_other": mount.allow_other, "ro": mount.read_only}
+    for option in (item for group in args.options for item in group.split(",") if item):
+        key, has_value, value = option.partition("=")
+        if key in ("ro", "rw", "allow_other") and not has_value:
+            if key == "allow_other":
+                values["allow_other"] = True
+            else:
+                values["ro"] = key == "ro"
+        elif key == "cache" and value in CACHE_MODES:
+            values["cache"] = value
+        elif key in ("timeout", "negative_timeout", "rescan") and has_value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise UsageError(f"-o {option}: not a number of seconds") from None
+            if not math.isfinite(seconds) or seconds < 0:
+                raise UsageError(f"-o {option}: must be a finite number >= 0")
+            values[key] = seconds
+        else:
+            raise UsageError(f"-o {option}: unknown option (see --help)")
+    if values["cache"] not in CACHE_MODES:
+        raise UsageError(f"cache={values['cache']}: must be one of {', '.join(CACHE_MODES)}")
+    mountpoint = args.mountpoint or mount.mountpoint
+    if not mountpoint:
+        raise UsageError("no MOUNTPOINT given (and no [mount] mountpoint in the config)")
+    shadow = os.path.abspath(args.shadow or settings.agent.shadow)
+    device = args.device or settings.agent.device or device_from_state(shadow)
+    return MountConfig(
+        mountpoint=os.path.abspath(mountpoint), shadow=shadow, device=device, cache=str(values["cache"]),
+        timeout=float(values["timeout"]), negative_timeout=float(values["negative_timeout"]),
+        rescan_s=float(values["rescan"]), allow_other=bool(values["allow_other"]), read_only=bool(values["ro"]),
+        foreground=args.foreground, log_file=os.path.abspath(args.log_file),
+        log_format=args.log_format or settings.host.log_format, log_level=args.log_level or settings.host.log_level,
+    )
+
+
+def device_from_state(shadow: str) -> str:
+    state = Path(shadow) / STATE_FILE
+    try:
+        device = json.loads(state.read_text()).get("device")
+    except FileNotFoundError:
+        raise UsageError(f"no --device, no [agent] device, and no {state} (is famfs-agent running?)") from None
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"{state}: cannot read the device from it: {err}") from None
+    if not device:
+        raise UsageError(f"{state}: names no device")
+    if not os.path.isabs(device):
+        raise UsageError(f"{state}: device {device!r} is a relative path (relative to where famfs-agent ran); "
+                         "give --device")
+    return str(device)
+
+
+def check_shadow(shadow: str) -> str:
+    """The served root, `<shadow>/root`, once the shadow dir is known to be root's alone."""
+    root = os.path.join(shadow, "root")
+    for path in (shadow, root):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise UsageError(f"shadow {path}: does not exist (has famfs-agent played the log?)") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"shadow {path}: not a directory{' (a symlink)' if stat.S_ISLNK(st.st_mode) else ''}")
+        if st.st_uid != 0:
+            raise UsageError(f"shadow {path}: owned by uid {st.st_uid}, not root: anyone who can write it "
+                             "could map any device bytes into the mount")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UsageError(f"shadow {path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+    return root
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise UsageError(f"mount point {mountpoint}: does not exist") from None
+    except OSError as err:
+        raise UsageError(f"mount point {mountpoint}: {err.strerror} (a dead mount? try fusermount3 -u)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mount point {mountpoint}: not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"mount point {mountpoint}: already a mount point (unmount it first)")
+
+
+def fuse_options(cfg: MountConfig) -> set[str]:
+    # No max_read: pyfuse3 cannot set conn->max_read in init(), and libfuse refuses a mount
+    # whose option and init() disagree. libfuse already negotiates 1 MiB requests (max_pages 256).
+    options = {"fsname=famfs", "subtype=famfs", "default_permissions"}
+    if cfg.read_only:
+        options.add("ro")
+    if cfg.allow_other:
+        options.add("allow_other")
+    return options
+
+
+class Daemon:
+    """What one mount owns; `run` is the trio main."""
+
+    def __init__(self, cfg: MountConfig, famfs_log: FamfsLog, shadow_root: str) -> None:
+        self.cfg = cfg
+        self.famfs_log = famfs_log
+        self.shadow_root = os.fsencode(shadow_root)
+        self.notifier = Notifier()
+        self.table: InodeTable | None = None
+        self.sync: TreeSync | None = None
+
+    def status(self) -> str:
+        assert self.table is not None and self.sync is not None
+        counters = self.notifier.counters
+        return (f"inodes={self.table.count()} notifications={counters.sent} not_cached={counters.not_cached} "
+                f"notify_failed={counters.failed} rescans={self.sync.rescans} "
+                f"lost_event_rescans={self.sync.lost_rescans} batches={self.sync.batches}")
+
+    async def run(self, ready: int | None) -> None:
+        send, receive = trio.open_memory_channel[bytes | None](CHANNEL_SIZE)
+        # Watch first, scan second: a change in between is both seen by the scan and queued.
+        watcher = ShadowWatcher(self.shadow_root, send, trio.lowlevel.current_trio_token())
+        watcher.start()
+        try:
+            sb = self.famfs_log.superblock
+            self.table = InodeTable(self.shadow_root, Geometry(sb.dev_size, sb.log_len, sb.alloc_unit))
+            self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s)
+            policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
+                                 negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only)
+            ops = FamfsOperations(self.table, DataPath(self.famfs_log.device), CapacityCache(self.famfs_log), policy,
+                                  os.fsencode(self.cfg.shadow), self.status)
+            # Signals are ours from before the mount exists: a SIGTERM at any moment unmounts.
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+                try:
+                    pyfuse3.init(ops, self.cfg.mountpoint, fuse_options(self.cfg))
+                except RuntimeError as err:
+                    raise UsageError(f"cannot mount on {self.cfg.mountpoint}: {err} (busy, or not permitted?)") from None
+                await self._serve(ops, receive, watcher, signals, ready)
+        finally:
+            watcher.stop()
+
+    async def _serve(self, ops: FamfsOperations, receive: trio.MemoryReceiveChannel[bytes | None],
+                     watcher: ShadowWatcher, signals: AsyncIterator[int], ready: int | None) -> None:
+        assert self.sync is not None and self.table is not None
+        try:
+            log.info("mounted", mountpoint=self.cfg.mountpoint, shadow=self.cfg.shadow, device=self.cfg.device,
+                     cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid())
+            if ready is not None:
+                os.write(ready, b"ok\n")
+                os.close(ready)
+            async with trio.open_nursery() as nursery:
+                ops.spawn_notice = lambda notice: nursery.start_soon(self.notifier.send, [notice])
+                nursery.start_soon(self.sync.consume, receive, watcher)
+                nursery.start_soon(self.sync.periodic, watcher)
+                nursery.start_soon(self._signals, signals)
+                nursery.start_soon(trio.to_thread.run_sync, set_readahead, self.cfg.mountpoint)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted", mountpoint=self.cfg.mountpoint, status=self.status())
+
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGUSR1:
+                log.info("status", status=self.status())
+            else:
+                log.info("signal: unmounting", signal=signal.Signals(signum).name)
+                pyfuse3.terminate()
+
+
+def set_readahead(mountpoint: str) -> None:
+    """Raise the mount's readahead. Run in a worker thread once the main loop serves requests:
+    the kernel caps readahead when it receives the INIT reply, so it must be set after."""
+    try:
+        st = os.stat(mountpoint)  # answered by our main loop: INIT is done once this returns
+    except OSError:
+        return  # unmounted already
+    bdi = Path("/sys/class/bdi") / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" / "read_ahead_kb"
+    try:
+        bdi.write_text(str(READ_AHEAD_KB))
+    except OSError as err:
+        log.warning("cannot raise readahead", path=str(bdi), error=err.strerror)
+
+
+def open_device(cfg: MountConfig) -> FamfsLog:
+    try:
+        device = Device(cfg.device, writable=not cfg.read_only)
+    except DeviceError as err:
+        raise UsageError(f"device: {err.strerror}") from None
+    try:
+        return FamfsLog(device)
+    except (fmt.FormatError, DeviceError) as err:
+        device.close()
+        raise UsageError(f"device {cfg.device}: {err}") from None
+
+
+def daemonize(log_file: str) -> int | None:
+    """Fork; the parent waits for 'ok' (mount live) or the child's exit and never returns. The
+    child gets a new session, its output in log_file, and the pipe end to report readiness on."""
+    try:
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    except OSError as err:
+        raise UsageError(f"log file {log_file}: {err.strerror}") from None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        os.close(log_fd)
+        answer = b""
+        while chunk := os.read(read_end, 4096):
+            answer += chunk
+        if answer.startswith(b"ok"):
+            print(f"famfs-fuse-mount: mounted (pid {pid}); log in {log_file}")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(f"famfs-fuse-mount: the daemon exited before mounting (status {os.waitstatus_to_exitcode(status)}); "
+              f"see {log_file}", file=sys.stderr)
+        os._exit(1)
+    os.close(read_end)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+    return write_end
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = resolve(args)
+        logsetup.configure(cfg.log_format, cfg.log_level)
+        shadow_root = check_shadow(cfg.shadow)
+        check_mountpoint(cfg.mountpoint)
+        famfs_log = open_device(cfg)
+        ready = None if cfg.foreground else daemonize(cfg.log_file)
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # pyfuse3's own messages
+        trio.run(Daemon(cfg, famfs_log, shadow_root).run, ready)
+    except UsageError as err:
+        print(f"famfs-fuse-mount: {err}", file=sys.stderr)  # the log file, once daemonized
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Keeping the inode table in step with the shadow tree: watcher batches, full rescans.
+
+Runs on the trio thread (the only one that touches the table). A batch is everything queued
+when the consumer wakes, deduplicated: a replay of thousands of renames costs one refresh per
+path and one round of notifications. A full rescan walks the tree in a worker thread, then
+re-checks every path where walk and table disagree; it runs after anything inotify could not
+tell us, and every `period` seconds to bound the effect of a notification lost anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import structlog
+import trio
+
+from fusefs import shadowtree
+from fusefs.inodes import InodeTable, Notice
+from fusefs.notify import Notifier
+from fusefs.watcher import RESCAN, ShadowWatcher
+
+log = structlog.get_logger("famfs-fuse-mount")
+
+BATCH_MAX = 8192
+DEGRADED_PERIOD_S = 1.0  # rescan period once the watcher is gone
+
+
+class TreeSync:
+    def __init__(self, table: InodeTable, notifier: Notifier, period: float) -> None:
+        self.table = table
+        self.notifier = notifier
+        self.period = period
+        self.rescans = 0
+        self.lost_rescans = 0  # rescans forced by events inotify lost
+        self.batches = 0
+
+    async def consume(self, receive: trio.MemoryReceiveChannel[bytes | None], watcher: ShadowWatcher) -> None:
+        async for first in receive:
+            batch = {first}
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.add(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self.batches += 1
+            if RESCAN in batch or watcher.lost_events:
+                watcher.lost_events = False
+                self.lost_rescans += 1
+                await self.rescan("inotify lost events")
+                continue
+            paths = sorted((path for path in batch if path is not None), key=lambda path: path.count(b"/"))
+            await self.notifier.send(self._refresh_all(paths))
+
+    def _refresh_all(self, paths: list[bytes]) -> list[Notice]:
+        notices: list[Notice] = []
+        for path in paths:
+            try:
+                notices.extend(self.table.refresh(path))
+            except OSError as err:
+                # The next event or rescan looks again; the daemon carries on.
+                log.warning("cannot read the shadow tree", relpath=os.fsdecode(path), error=str(err))
+        return notices
+
+    async def periodic(self, watcher: ShadowWatcher) -> None:
+        if not math.isfinite(self.period) or self.period <= 0:
+            return
+        degraded = False
+        while True:
+            await trio.sleep(DEGRADED_PERIOD_S if degraded else self.period)
+            if not degraded and not watcher.alive():
+                degraded = True
+                log.error("the inotify watcher stopped; rescanning every second instead",
+                          period_s=DEGRADED_PERIOD_S)
+            await self.rescan("periodic")
+
+    async def rescan(self, reason: str) -> None:
+        disk = await trio.to_thread.run_sync(shadowtree.walk, self.table.shadow_root)
+        candidates = self.table.reconcile_candidates(disk)
+        notices = self._refresh_all(candidates)
+        self.rescans += 1
+        # A periodic rescan that found nothing is the normal case: keep it out of the info log.
+        emit = log.info if candidates or reason != "periodic" else log.debug
+        emit("rescan", reason=reason, changed_paths=len(candidates), inodes=self.table.count(),
+             notifications=self.notifier.counters.sent)
+        await self.notifier.send(notices)

@@ -1,0 +1,143 @@
+"""watchdog (inotify) on the shadow root → relpaths in a trio memory channel.
+
+The consumer re-checks each named path against the disk, so an event only has to say *where*
+something happened, never what. What inotify cannot say is reported as RESCAN: a kernel queue
+overflow (watchdog rebuilds its watches but tells no handler: we hook that callback), a
+directory that could not get a watch (the watch limit; watchdog drops that error for anything
+below the root), and our own channel being full.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import structlog
+import trio
+from watchdog import events as wd_events
+from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
+from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyFD
+
+log = structlog.get_logger("famfs-fuse-mount")
+
+RESCAN: Final = None  # channel message: reconcile everything
+CHANNEL_SIZE = 65536
+MAX_USER_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+# Open/close events are our own reads of the YAML files: never a change.
+EVENT_FILTER: list[type[wd_events.FileSystemEvent]] = [
+    wd_events.FileCreatedEvent, wd_events.DirCreatedEvent, wd_events.FileDeletedEvent, wd_events.DirDeletedEvent,
+    wd_events.FileModifiedEvent, wd_events.DirModifiedEvent, wd_events.FileMovedEvent, wd_events.DirMovedEvent,
+    wd_events.FileAttribEvent, wd_events.DirAttribEvent,
+]
+
+
+class ShadowWatcher(wd_events.FileSystemEventHandler):
+    """Feeds `send` with relpaths (bytes, b"" for the root) or RESCAN, from watchdog's threads."""
+
+    def __init__(self, root: bytes, send: trio.MemorySendChannel[bytes | None], token: trio.lowlevel.TrioToken) -> None:
+        self.root = root
+        self.prefix = root + b"/"
+        self.send = send
+        self.token = token
+        self.lost_events = False  # a message could not be queued (set and read on the trio thread)
+        self.observer = _observer(self._lost)
+
+    def start(self) -> None:
+        check_watch_limit(self.root)
+        self.observer.schedule(self, os.fsdecode(self.root), recursive=True, event_filter=EVENT_FILTER)
+        self.observer.start()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join()
+
+    def alive(self) -> bool:
+        return self.observer.is_alive() and all(emitter.is_alive() for emitter in self.observer.emitters)
+
+    def on_any_event(self, event: wd_events.FileSystemEvent) -> None:
+        for path in (event.src_path, event.dest_path):
+            if path:
+                self._forward(self._relpath(os.fsencode(path)))
+
+    def _relpath(self, path: bytes) -> bytes | None:
+        if path == self.root:
+            return b""
+        if path.startswith(self.prefix):
+            return path[len(self.prefix):]
+        return RESCAN  # outside what we watch: cannot be mapped, so trust nothing
+
+    def _lost(self, reason: str) -> None:
+        log.warning("inotify lost events, rescanning the shadow tree", reason=reason)
+        self._forward(RESCAN)
+
+    def _forward(self, message: bytes | None) -> None:
+        # run_sync_soon, not from_thread.run_sync: watchdog's thread need not wait for a round
+        # trip through the trio loop before it reads the next event.
+        try:
+            self.token.run_sync_soon(self._enqueue, message)
+        except trio.RunFinishedError:
+            pass  # shutting down
+
+    def _enqueue(self, message: bytes | None) -> None:
+        try:
+            self.send.send_nowait(message)
+        except trio.WouldBlock:
+            # The consumer is behind by a whole channel: whatever we drop, a rescan recovers.
+            self.lost_events = True
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # shutting down
+
+
+def check_watch_limit(root: bytes) -> None:
+    """inotify needs one watch per directory: raise the limit if we can, say so if we cannot."""
+    directories = sum(1 for _ in os.walk(root))
+    try:
+        limit = int(MAX_USER_WATCHES.read_text())
+    except (OSError, ValueError):
+        return
+    wanted = 2 * directories + 1024
+    if limit >= wanted:
+        return
+    try:
+        MAX_USER_WATCHES.write_text(str(wanted))
+        log.info("raised fs.inotify.max_user_watches", old=limit, new=wanted, directories=directories)
+    except OSError as err:
+        log.error("shadow tree has more directories than inotify watches; periodic rescans will catch what "
+                  "inotify misses", directories=directories, max_user_watches=limit, error=err.strerror)
+
+
+def _observer(lost: Callable[[str], None]) -> BaseObserver:
+    """An inotify observer whose watch groups report overflows and missing watches to `lost`."""
+
+    class ReportingWatchGroup(InotifyWatchGroup):
+        def on_queue_overflow(self) -> None:
+            super().on_queue_overflow()
+            lost("inotify queue overflow")
+
+        def _add_callback(self, path: bytes) -> None:
+            super()._add_callback(path)
+            if path not in self._active_callbacks_by_path and os.path.isdir(path):
+                lost(f"no inotify watch for {os.fsdecode(path)} (watch limit?)")
+
+    class ReportingEmitter(InotifyEmitter):
+        def on_thread_start(self) -> None:
+            # InotifyEmitter.on_thread_start with our watch group class.
+            self._inotify = ReportingWatchGroup(
+                self._inotify_fd, os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(), follow_symlink=self.watch.follow_symlink,
+            )
+
+    class ReportingObserver(BaseObserver):
+        def __init__(self) -> None:
+            self._inotify_fd = InotifyFD()
+            self._inotify_fd.start()
+            super().__init__(ReportingEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd)
+
+        def on_thread_stop(self) -> None:
+            super().on_thread_stop()
+            self._inotify_fd.stop()
+
+    return ReportingObserver()

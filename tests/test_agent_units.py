@@ -1,0 +1,74 @@
+"""The agent's small parts on their own: state.json, the progress bar, the wake hint, the scan
+that names a duplicate's winner, and the shadow tree's staging hygiene."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from agent import format as fmt
+from agent.device import Device
+from agent.famfslog import FamfsLog
+from agent.follower import AgentState, Progress
+from agent.shadow import ShadowTree
+from agent.wakeup import ImageWriteWatch, Waiter
+from tests.test_agent_play import append, file_entry, make_device, mkdir_entry
+
+
+def test_state_round_trips_and_bad_state_reads_as_none() -> None:
+    state = AgentState(device="/dev/dax0.0", fs_uuid="u", applied_index=7, applied_seqnum=7, applied_crc=0xABC,
+                       rejected=2, last_error="log entry 5: empty path", pending_delete={"index": 8, "path": "d/f"})
+    assert AgentState.parse(state.dump()) == state
+    assert AgentState.parse(None) is None
+    assert AgentState.parse(b"{not json") is None
+    assert AgentState.parse(b'{"fs_uuid": "u"}') is None  # no device: not a state file of ours
+    assert AgentState.parse(state.dump().replace(b'"rejected"', b'"unknown_key": 1, "rejected"')) == state
+
+
+def test_progress_bar_draws_counts_and_rate_then_clears() -> None:
+    stream = io.StringIO()
+    bar = Progress(100, 1100, stream)
+    bar.last_draw -= 1  # as if the last draw were a second ago
+    bar.update(599)
+    assert "500/1000 entries" in stream.getvalue() and "[###############...............]" in stream.getvalue()
+    bar.update(600)  # too soon after the last draw: nothing more
+    assert stream.getvalue().count("\r") == 1
+    bar.finish()
+    assert stream.getvalue().endswith("\r\033[K")
+
+
+def test_write_hint_fires_on_a_device_write_and_not_otherwise(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    waiter = Waiter(ImageWriteWatch(str(image)))
+    try:
+        assert waiter.wait(0.01) is False
+        append(image, [mkdir_entry("x")])  # the writer's pwrite of entry and header
+        assert waiter.wait(5.0) is True
+        assert waiter.wait(0.01) is False  # drained: one append, one wake
+    finally:
+        waiter.close()
+
+
+def test_live_file_index_follows_deletes(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    append(image, [mkdir_entry("d"), file_entry("d/f", 0), file_entry("d/g", 1)])
+    append(image, [fmt.DeleteEntry(relpath="d/f", target_index=1), file_entry("d/f", 2)])
+    with Device(image) as device:
+        famfs_log = FamfsLog(device)
+        assert ShadowTree.live_file_index(famfs_log, "d/f", 3) == 1
+        assert ShadowTree.live_file_index(famfs_log, "d/f", 4) is None
+        assert ShadowTree.live_file_index(famfs_log, "d/f", 5) == 4
+        assert ShadowTree.live_file_index(famfs_log, "d/g", 5) == 2
+        assert ShadowTree.live_file_index(famfs_log, "d", 5) is None  # a directory is not a FILE
+
+
+def test_opening_a_shadow_clears_staging_and_keeps_root(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    (shadow / ".agent" / "staging" / "1234.5").mkdir(parents=True)
+    (shadow / ".agent" / "staging" / "1234.6").write_bytes(b"half a fi")
+    (shadow / "root" / "kept").mkdir(parents=True)
+    with ShadowTree(shadow) as tree:
+        assert os.listdir(tree.staging) == []
+        assert (shadow / "root" / "kept").is_dir()
+        assert (shadow / ".agent" / "lock").read_text().strip() == str(os.getpid())

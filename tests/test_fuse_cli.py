@@ -1,0 +1,89 @@
+"""famfs-fuse-mount's life cycle: clean unmount and exit 0 on SIGTERM, SIGINT and fusermount3 -u;
+daemon mode; device and options from the agent's state and the config file; interop xattr and
+statfs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent import master
+from agent.device import Device
+from agent.famfslog import FamfsLog
+from tests.famfsctl_util import famfsctl
+from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, make_device, mount_status, play, unmount, wait_for
+
+
+@pytest.fixture
+def tree(tmp_path: Path, system_uuid_file: Path) -> tuple[Path, Path]:
+    device = make_device(tmp_path / "dev.img")
+    famfsctl("creat", "--device", device, "-s", "5m", "-r", "-S", "4", "file")
+    shadow = tmp_path / "shadow"
+    play(device, shadow)
+    return shadow, device
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "fusermount3 -u"])
+def test_clean_unmount_and_exit_zero(tmp_path: Path, tree: tuple[Path, Path], how: str) -> None:
+    shadow, device = tree
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        assert (mount.mountpoint / "file").stat().st_size == 5 << 20
+        if how == "fusermount3 -u":
+            subprocess.run(["fusermount3", "-u", str(mount.mountpoint)], check=True)
+        else:
+            mount.signal(signal.Signals[how])
+        assert mount.wait() == 0
+        assert not os.path.ismount(mount.mountpoint)
+    assert "unmounted" in mount.log() and "Traceback" not in mount.log()
+
+
+def test_daemon_mode_device_from_state_and_config(tmp_path: Path, tree: tuple[Path, Path]) -> None:
+    shadow, device = tree
+    state = json.loads((shadow / ".agent" / "state.json").read_text())
+    assert os.path.abspath(state["device"]) == str(device)
+    config = tmp_path / "famfs-agent.toml"
+    config.write_text(f'[agent]\nshadow = "{shadow}"\n\n[mount]\ncache = "direct"\nfallback_rescan_s = 0.0\n')
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log = tmp_path / "daemon.log"
+    # No --device, no [agent] device: the agent's state.json names it.
+    done = subprocess.run([MOUNT_CLI, "--config", str(config), "--log-file", str(log), str(mountpoint)],
+                          capture_output=True, text=True, timeout=WAIT_S)
+    try:
+        assert done.returncode == 0, done.stderr + log.read_text()
+        assert os.path.ismount(mountpoint)  # live when the parent returns
+        pid = int(re.search(r"pid (\d+)", done.stdout).group(1))
+        assert str(log) in done.stdout
+        assert os.getxattr(mountpoint, "user.famfs.shadow") == os.fsencode(shadow)
+        assert mount_status(mountpoint)["inodes"] == 5  # root, .meta, .superblock, .log, file
+        assert "cache='direct'" in log.read_text()
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.ismount(mountpoint), "the daemon to unmount")
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "the daemon to exit")
+    finally:
+        unmount(mountpoint)
+
+
+def test_statfs_reports_the_device(tmp_path: Path, tree: tuple[Path, Path]) -> None:
+    shadow, device = tree
+    with Device(device) as dev:
+        famfs_log = FamfsLog(dev)
+        _, bitmap = master.load(famfs_log)
+        sb = famfs_log.superblock
+        header = famfs_log.header()
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        fs = os.statvfs(mount.mountpoint)
+        assert fs.f_frsize == sb.alloc_unit
+        assert fs.f_blocks * fs.f_frsize == sb.dev_size
+        assert fs.f_bfree == bitmap.free_units and fs.f_bavail == bitmap.free_units
+        assert fs.f_ffree == header.slots - header.next_index
+        famfsctl("creat", "--device", device, "-s", "9m", "more")
+        fs_after = os.statvfs(mount.mountpoint)
+        assert fs_after.f_bfree == bitmap.free_units - 5  # 9 MiB in 2 MiB units
+        assert fs_after.f_ffree == fs.f_ffree - 1

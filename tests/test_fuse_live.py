@@ -1,0 +1,177 @@
+"""Live updates: the shadow tree changes under a mount that had cached the old state (negative
+lookups, open handles, listed directories, long timeouts) and the mount shows the change at once.
+Every wait is bounded polling; nothing here times anything."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent import format as fmt
+from agent import prng
+from agent.shadowyaml import emit_file_yaml
+from tests.famfsctl_util import famfsctl
+from tests.fuse_util import (
+    Mount,
+    empty_shadow,
+    make_device,
+    mount_status,
+    play,
+    proc_setting,
+    put_file,
+    wait_for,
+    write_device,
+)
+
+MiB = 1 << 20
+UNIT = 2 * MiB
+DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
+
+
+@pytest.fixture
+def device(tmp_path: Path, system_uuid_file: Path) -> Path:
+    return make_device(tmp_path / "dev.img")
+
+
+def file_at(relpath: str, unit: int, size: int = UNIT, mode: int = 0o644) -> fmt.FileEntry:
+    return fmt.FileEntry(relpath=relpath, size=size, mode=mode, uid=0, gid=0,
+                         extents=(fmt.Extent(offset=DATA_START + unit * UNIT, length=fmt.round_up(size, UNIT)),))
+
+
+def exists(path: Path) -> bool:
+    try:
+        path.stat()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def test_agent_changes_reach_a_mount_with_cached_state(tmp_path: Path, device: Path) -> None:
+    famfsctl("mkdir", "--device", device, "dir")
+    famfsctl("creat", "--device", device, "-s", "70000", "-r", "-S", "1", "dir/old")
+    shadow = tmp_path / "shadow"
+    play(device, shadow)
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        new = mount.mountpoint / "dir" / "new"
+        old = mount.mountpoint / "dir" / "old"
+        assert not exists(new)  # cached as a negative lookup for an hour
+        assert os.listdir(mount.mountpoint / "dir") == ["old"]
+        assert old.stat().st_size == 70000
+        famfsctl("creat", "--device", device, "-s", "5000", "-r", "-S", "2", "dir/new")
+        famfsctl("rm", "--device", device, "dir/old")
+        play(device, shadow)
+        wait_for(lambda: exists(new), "the new file behind a cached negative lookup")
+        assert prng.first_mismatch(2, [new.read_bytes()]) is None
+        wait_for(lambda: not exists(old), "the deleted file to go")
+        assert os.listdir(mount.mountpoint / "dir") == ["new"]
+        assert mount_status(mount.mountpoint)["notifications"] >= 2
+
+
+def test_hand_made_changes_under_a_mount(tmp_path: Path, device: Path) -> None:
+    first, second = os.urandom(UNIT), os.urandom(UNIT)
+    write_device(device, DATA_START, first)
+    write_device(device, DATA_START + UNIT, second)
+    shadow = empty_shadow(tmp_path / "shadow")
+    put_file(shadow, file_at("remapped", 0, size=UNIT - 10))
+    with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
+        root = mount.mountpoint
+        remapped = root / "remapped"
+        with open(remapped, "rb", buffering=0) as handle:
+            assert os.pread(handle.fileno(), UNIT, 0) == first[:UNIT - 10]
+            inode = os.fstat(handle.fileno()).st_ino
+            # Re-map: the same name, other extents, another size, while the handle is open.
+            put_file(shadow, file_at("remapped", 1, size=UNIT - 20, mode=0o600))
+            wait_for(lambda: os.fstat(handle.fileno()).st_size == UNIT - 20, "new attributes on the open handle")
+            assert os.pread(handle.fileno(), UNIT, 0) == second[:UNIT - 20]
+            assert os.stat(remapped).st_ino == inode and os.stat(remapped).st_mode & 0o777 == 0o600
+        # A directory that appears already populated (inotify cannot report its contents).
+        staged = shadow / ".agent" / "staging" / "tree"
+        (staged / "inner").mkdir(parents=True)
+        for n in range(20):
+            (staged / "inner" / f"f{n}").write_bytes(emit_file_yaml(file_at(f"tree/inner/f{n}", 0, size=100 + n)))
+        assert not exists(root / "tree")
+        staged.rename(shadow / "root" / "tree")
+        wait_for(lambda: exists(root / "tree" / "inner" / "f19"), "files of a directory renamed into place")
+        assert sorted(os.listdir(root / "tree" / "inner")) == sorted(f"f{n}" for n in range(20))
+        assert (root / "tree" / "inner" / "f7").stat().st_size == 107
+        # A listed directory sees a deletion.
+        assert "remapped" in os.listdir(root)
+        (shadow / "root" / "remapped").unlink()
+        wait_for(lambda: "remapped" not in os.listdir(root), "the deletion in a listed directory")
+        wait_for(lambda: not exists(remapped), "the deleted name's cached entry to go")
+
+
+def test_lookup_counts_release_deleted_inodes(tmp_path: Path, device: Path) -> None:
+    shadow = empty_shadow(tmp_path / "shadow")
+    (shadow / "root" / "big").mkdir()
+    for n in range(2000):
+        put_file(shadow, file_at(f"big/f{n:05}", 0, size=n + 1))
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        baseline = mount_status(mount.mountpoint)["inodes"]
+        names = os.listdir(mount.mountpoint / "big")  # readdirplus: a lookup per entry, in several batches
+        assert sorted(names) == [f"f{n:05}" for n in range(2000)]  # each exactly once
+        for n in range(2000):
+            (shadow / "root" / "big" / f"f{n:05}").unlink()
+        wait_for(lambda: os.listdir(mount.mountpoint / "big") == [], "the deletions")
+        # The kernel forgets what it cached; exact counts let every deleted inode go.
+        with open("/proc/sys/vm/drop_caches", "w") as drop:
+            drop.write("2")
+        wait_for(lambda: mount_status(mount.mountpoint)["inodes"] == baseline - 2000, "forget of deleted inodes")
+
+
+def test_overflow_forces_a_rescan(tmp_path: Path, device: Path) -> None:
+    shadow = empty_shadow(tmp_path / "shadow")
+    mountpoint = tmp_path / "mnt"
+    # The queue limit is read when the inotify instance is made: only this mount gets it.
+    with proc_setting("/proc/sys/fs/inotify/max_queued_events", 16):
+        mount = Mount(shadow, device, mountpoint, "rescan=0").__enter__()
+    try:
+        assert not exists(mountpoint / "f00399")
+        mount.signal(signal.SIGSTOP)  # nothing drains inotify while we make 400 changes
+        try:
+            for n in range(400):
+                put_file(shadow, file_at(f"f{n:05}", 0, size=n + 1))
+        finally:
+            mount.signal(signal.SIGCONT)
+        wait_for(lambda: mount_status(mountpoint)["lost_event_rescans"] >= 1, "a rescan after the overflow")
+        wait_for(lambda: exists(mountpoint / "f00399"), "the last file after the rescan")
+        assert len(os.listdir(mountpoint)) == 400
+    finally:
+        mount.__exit__(None, None, None)
+    assert "overflow" in mount.log()
+
+
+def test_symlinks_in_the_shadow_are_never_followed(tmp_path: Path, device: Path) -> None:
+    shadow = empty_shadow(tmp_path / "shadow")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not famfs")
+    os.symlink(outside, shadow / "root" / "escape")
+    os.symlink(outside / "secret", shadow / "root" / "secretlink")
+    put_file(shadow, file_at("real", 0, size=10))
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        assert os.listdir(mount.mountpoint) == ["real"]
+        for name in ("escape", "secretlink"):
+            with pytest.raises(OSError) as missing:
+                os.stat(mount.mountpoint / name)
+            assert missing.value.errno == errno.ENOENT
+
+
+def test_remap_while_open_drops_cached_data_at_last_close(tmp_path: Path, device: Path) -> None:
+    first, second = os.urandom(UNIT), os.urandom(UNIT)
+    write_device(device, DATA_START + 4 * UNIT, first)
+    write_device(device, DATA_START + 5 * UNIT, second)
+    shadow = empty_shadow(tmp_path / "shadow")
+    put_file(shadow, file_at("data", 4))
+    with Mount(shadow, device, tmp_path / "mnt", "cache=always") as mount:  # page cache kept across opens
+        path = mount.mountpoint / "data"
+        with open(path, "rb") as handle:
+            assert handle.read() == first
+            put_file(shadow, file_at("data", 5, mode=0o600))  # same size, other extent
+            # Applied while open: attributes now, cached data only at the last close.
+            wait_for(lambda: os.fstat(handle.fileno()).st_mode & 0o777 == 0o600, "the re-map's attributes")
+        wait_for(lambda: path.read_bytes() == second, "new bytes once the last handle closed")

@@ -1,0 +1,134 @@
+"""The mount's pure parts without a mount: the inode table against a real shadow directory,
+shadow-file checks, and the data path against a real image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent import format as fmt
+from agent.device import Device
+from agent.mkfs import create_image
+from agent.shadowyaml import emit_file_yaml, meta_file_entry
+from fusefs import shadowtree
+from fusefs.datapath import DataError, DataPath
+from fusefs.inodes import ROOT_INODE, InodeTable, NoticeKind
+from fusefs.shadowtree import Geometry
+from tests.fuse_util import empty_shadow, put_file, put_yaml
+
+MiB = 1 << 20
+UNIT = 2 * MiB
+DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
+GEOMETRY = Geometry(dev_size=1 << 30, log_len=fmt.DEFAULT_LOG_LEN, alloc_unit=UNIT)
+
+
+def entry(relpath: str, size: int = 100, unit: int = 0) -> fmt.FileEntry:
+    return fmt.FileEntry(relpath=relpath, size=size, mode=0o644, uid=0, gid=0,
+                         extents=(fmt.Extent(offset=DATA_START + unit * UNIT, length=UNIT),))
+
+
+@pytest.fixture
+def shadow(tmp_path: Path) -> Path:
+    return empty_shadow(tmp_path / "shadow")
+
+
+def table_of(shadow: Path) -> InodeTable:
+    return InodeTable(os.fsencode(shadow / "root"), GEOMETRY)
+
+
+def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
+    put_file(shadow, entry("kept"))
+    table = table_of(shadow)
+    root = table.get(ROOT_INODE)
+    assert root is not None
+    kept = table.child(root, b"kept")
+    assert kept is not None and table.file_entry(kept) == entry("kept")
+    table.remember(kept)
+
+    put_file(shadow, entry("new"))
+    (new_notice,) = table.refresh(b"new")
+    assert new_notice.kind is NoticeKind.NEW_NAME and new_notice.parent == ROOT_INODE and new_notice.name == b"new"
+
+    put_file(shadow, entry("kept", size=200, unit=1))  # re-mapped: same inode, new extents
+    (changed,) = table.refresh(b"kept")
+    assert changed.kind is NoticeKind.INODE and changed.ino == kept.ino
+    assert table.file_entry(kept) == entry("kept", size=200, unit=1)
+    kept.opens += 1
+    put_file(shadow, entry("kept", size=300, unit=1))
+    (while_open,) = table.refresh(b"kept")
+    assert while_open.kind is NoticeKind.ATTRS and kept.data_stale
+    assert table.release(kept)  # the last close drops the cached data
+
+    (shadow / "root" / "kept").unlink()
+    (deleted,) = table.refresh(b"kept")
+    assert deleted.kind is NoticeKind.DELETED and deleted.ino == kept.ino
+    assert table.get(kept.ino) is kept  # the kernel still knows it
+    table.forget(kept.ino, 1)
+    assert table.get(kept.ino) is None
+    assert table.refresh(b"kept") == []
+
+
+def test_a_directory_renamed_in_whole_is_scanned(shadow: Path) -> None:
+    table = table_of(shadow)
+    staged = shadow / ".agent" / "staging" / "tree"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "sub" / "leaf").write_bytes(emit_file_yaml(entry("tree/sub/leaf")))
+    staged.rename(shadow / "root" / "tree")
+    notices = table.refresh(b"tree")
+    assert [notice.kind for notice in notices] == [NoticeKind.NEW_NAME]
+    assert b"tree/sub/leaf" in table.by_path
+    assert table.refresh(b"tree/sub/leaf") == []  # the later inotify event changes nothing
+
+
+def test_reconcile_candidates_are_the_differences_parents_first(shadow: Path) -> None:
+    put_file(shadow, entry("gone"))
+    table = table_of(shadow)
+    (shadow / "root" / "gone").unlink()
+    (shadow / "root" / "d").mkdir()
+    put_file(shadow, entry("d/f"))
+    disk = shadowtree.walk(os.fsencode(shadow / "root"))
+    assert table.reconcile_candidates(disk) == [b"", b"d", b"gone", b"d/f"]
+
+
+def test_shadow_file_checks(shadow: Path) -> None:
+    root = shadow / "root"
+    put_yaml(shadow, "elsewhere", emit_file_yaml(entry("other")))
+    with pytest.raises(fmt.FormatError, match="path key"):
+        shadowtree.load_file(os.fsencode(root / "elsewhere"), b"elsewhere", GEOMETRY)
+    (root / ".meta").mkdir()
+    superblock = meta_file_entry(".meta/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444)
+    put_file(shadow, superblock)
+    assert shadowtree.load_file(os.fsencode(root / ".meta/.superblock"), b".meta/.superblock", GEOMETRY) == superblock
+    put_file(shadow, meta_file_entry(".meta/.log", 1 << 31, fmt.LOG_OFFSET, 0o444))
+    with pytest.raises(fmt.FormatError, match="past the device end"):
+        shadowtree.load_file(os.fsencode(root / ".meta/.log"), b".meta/.log", GEOMETRY)
+    os.symlink(root / "elsewhere", root / "link")
+    assert shadowtree.signature(os.fsencode(root / "link")) is None
+    with pytest.raises(fmt.FormatError, match="symlink"):
+        shadowtree.load_file(os.fsencode(root / "link"), b"link", GEOMETRY)
+
+
+def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:
+    image = tmp_path / "dev.img"
+    create_image(image, 64 * MiB)
+    chunk = 4096
+    strips = tuple(fmt.Extent(offset=(8 + 4 * n) * MiB, length=4 * chunk) for n in range(2))
+    striped = fmt.FileEntry(relpath="s", size=7 * chunk + 5, mode=0o644, uid=0, gid=0,
+                            stripes=(fmt.Stripe(chunk_size=chunk, strips=strips),))
+    content = os.urandom(striped.size)
+    with open(image, "r+b") as raw:
+        for number in range(8):
+            raw.seek(strips[number % 2].offset + (number // 2) * chunk)
+            raw.write(content[number * chunk:(number + 1) * chunk])
+    with Device(image, writable=True) as device:
+        data = DataPath(device)
+        assert bytes(data.read(striped, 0, striped.size + 100)) == content
+        assert bytes(data.read(striped, chunk - 3, 10)) == content[chunk - 3:chunk + 7]
+        assert data.read(striped, striped.size, 10) == b""
+        assert data.write(striped, striped.size - 2, b"xyz") == 2
+        with pytest.raises(DataError):
+            data.write(striped, striped.size, b"x")
+        assert bytes(data.read(striped, striped.size - 2, 2)) == b"xy"
+        data.close()

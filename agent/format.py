@@ -85,7 +85,7 @@ for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXD
 assert SUPERBLOCK.size == 200 and LOG_HEADER.size == 48
 
 
-def crc32(data: bytes | memoryview) -> int:
+def crc32(data: bytes | bytearray | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 

@@ -55,10 +55,9 @@ def mkfs(
         raise DeviceError(errno.ENOSPC, f"{device_path}: {info.size} bytes is too small: famfs with a "
                           f"{log_len:#x}-byte log needs at least {minimum_device_size(log_len)} bytes")
     with Device(device_path, writable=True) as device, device.exclusive():
-        existing = _existing_superblock(device)
-        if existing is not None and not force:
-            owner = "" if existing is True else (
-                " (owned by another host)" if role_of(existing, uuid_file) is Role.CLIENT else "")
+        holds_famfs, existing = _existing_famfs(device)
+        if holds_famfs and not force:
+            owner = " (owned by another host)" if existing and role_of(existing, uuid_file) is Role.CLIENT else ""
             raise FileExistsError(f"{device_path}: already holds a famfs file system{owner}; use --force to overwrite")
         if kill:
             device.write(0, b"\0" * 8)  # ts_magic only, as upstream's mkfs -k
@@ -92,11 +91,10 @@ def _default_dev_uuid(device_path: str) -> uuid.UUID:
     return uuid.uuid4()
 
 
-def _existing_superblock(device: Device) -> fmt.Superblock | bool | None:
-    """The valid superblock on the device; True if it is famfs of another version; else None."""
+def _existing_famfs(device: Device) -> tuple[bool, fmt.Superblock | None]:
+    """Whether the device holds famfs of any version, and its superblock if it is one we read."""
     raw = device.read(0, fmt.SUPERBLOCK.size)
     try:
-        return fmt.Superblock.unpack(raw)
+        return True, fmt.Superblock.unpack(raw)
     except fmt.FormatError:
-        magic = int.from_bytes(raw[:8], "little")
-        return True if magic == fmt.SUPER_MAGIC else None
+        return int.from_bytes(raw[:8], "little") == fmt.SUPER_MAGIC, None

@@ -13,6 +13,7 @@ counts must agree.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -206,7 +207,7 @@ def parse_file_yaml(text: bytes | str) -> FileEntry:
     if not isinstance(body["path"], str):
         raise FormatError("path is not a string")
     nextents = _number(body["nextents"], "nextents")
-    common = dict(
+    without_extents = FileEntry(
         relpath=body["path"],
         size=_number(body["size"], "size"),
         flags=_number(body.get("flags", 0), "flags"),
@@ -218,7 +219,7 @@ def parse_file_yaml(text: bytes | str) -> FileEntry:
         extents = _extent_list(body["simple_ext_list"], MAX_SIMPLE_EXTENTS, "simple_ext_list")
         if nextents != len(extents):
             raise FormatError(f"nextents {nextents} but {len(extents)} extents listed")
-        return FileEntry(extents=extents, **common)
+        return dataclasses.replace(without_extents, extents=extents)
     stripes_raw = body["striped_ext_list"]
     if not isinstance(stripes_raw, list) or len(stripes_raw) != 1:
         raise FormatError("striped_ext_list must hold exactly one interleaved extent")
@@ -230,4 +231,5 @@ def parse_file_yaml(text: bytes | str) -> FileEntry:
     strips = _extent_list(stripe_raw["simple_ext_list"], MAX_STRIPS, "striped_ext_list[0].simple_ext_list")
     if _number(stripe_raw["nstrips"], "nstrips") != len(strips):
         raise FormatError(f"nstrips {stripe_raw['nstrips']} but {len(strips)} strips listed")
-    return FileEntry(stripes=(Stripe(chunk_size=_number(stripe_raw["chunk_size"], "chunk_size"), strips=strips),), **common)
+    stripe = Stripe(chunk_size=_number(stripe_raw["chunk_size"], "chunk_size"), strips=strips)
+    return dataclasses.replace(without_extents, stripes=(stripe,))

@@ -25,7 +25,7 @@ from agent.device import Device, DeviceError
 from agent.famfslog import FamfsLog
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
 from agent.identity import SYSTEM_UUID_ENV, system_uuid_file
-from agent.shadow import AGENT_DIR, STATE_FILE, ShadowTree
+from agent.shadow import AGENT_DIR, LOCK_FILE, STATE_FILE, ShadowTree
 
 
 def play_parser() -> argparse.ArgumentParser:
@@ -83,9 +83,10 @@ def status_report(shadow: Path) -> dict[str, object]:
     state = AgentState.parse(ShadowTree(shadow).read_agent_file(STATE_FILE))
     if state is None:
         raise SystemExit(f"famfs-agent status: {shadow / AGENT_DIR / STATE_FILE}: no agent state (never run here?)")
+    holder = _lock_holder(shadow / AGENT_DIR / LOCK_FILE)
     report: dict[str, object] = {
         "shadow": str(shadow), "device": state.device, "fs_uuid": state.fs_uuid, "role": state.role,
-        "agent_running": _alive(state.pid), "agent_pid": state.pid, "following": state.following,
+        "agent_running": holder is not None, "agent_pid": holder or state.pid, "following": state.following,
         "applied_index": state.applied_index, "log_next_index": None, "lag_entries": None, "lag_seconds": None,
         "rejected": state.rejected, "stalled_at": state.stalled_at, "last_error": state.last_error,
         "updated_at": _iso(state.updated_at), "device_error": None,
@@ -108,14 +109,21 @@ def status_report(shadow: Path) -> dict[str, object]:
     return report
 
 
-def _alive(pid: int) -> bool:
+def _lock_holder(lock: Path) -> int | None:
+    """The pid holding the agent's flock on `lock`, read from /proc/locks: looking must not take
+    the lock, or an agent starting at that instant would find its shadow busy."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        info = lock.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{info.st_ino}"):
+            major, minor = (int(part, 16) for part in fields[5].split(":")[:2])
+            if os.makedev(major, minor) == info.st_dev:
+                return int(fields[4])
+    return None
 
 
 def _iso(stamp: float) -> str:

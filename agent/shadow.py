@@ -208,11 +208,11 @@ class ShadowTree:
     def write_meta(self, superblock: fmt.Superblock, master: bool) -> None:
         """`.meta/.superblock` and `.meta/.log` as upstream's mount writes them (.log is 0644 on
         the master, 0444 on a client), replaced only if they differ."""
-        try:
-            os.mkdir(META_DIR, META_DIR_MODE, dir_fd=self._root_fd)
-            os.chmod(META_DIR, META_DIR_MODE, dir_fd=self._root_fd)
-        except FileExistsError:
-            pass
+        if not os.path.isdir(self.root / META_DIR):
+            temp = self._temp_name()
+            os.mkdir(temp, META_DIR_MODE, dir_fd=self._staging_fd)
+            os.chmod(temp, META_DIR_MODE, dir_fd=self._staging_fd)
+            os.rename(temp, META_DIR, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
         metas = {
             ".superblock": meta_file_entry(f"{META_DIR}/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444),
             ".log": meta_file_entry(f"{META_DIR}/.log", superblock.log_len, fmt.LOG_OFFSET, 0o644 if master else 0o444),

@@ -112,11 +112,13 @@ def machine() -> list[str]:
 
 
 def command_line() -> str:
-    interpreter = os.path.relpath(sys.executable) if not sys.executable.startswith("/usr") else sys.executable
+    """As typed in the repository: the venv's interpreter relative to it when it lives inside."""
+    inside = os.path.relpath(sys.executable, BENCH_DIR.parent)
+    interpreter = sys.executable if inside.startswith("..") else inside
     return shlex.join([interpreter, "-m", "bench", *sys.argv[1:]])
 
 
-def write_report(table: list[tuple[str, ...]], runs: list[ModuleRun]) -> None:
+def write_report(table: list[tuple[str, ...]], runs: list[ModuleRun], load_before: tuple[float, float, float]) -> None:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     text = "\n".join([
         "# Benchmarks",
@@ -126,6 +128,8 @@ def write_report(table: list[tuple[str, ...]], runs: list[ModuleRun]) -> None:
         "is better, for rates higher is better).",
         "",
         "Machine: " + "; ".join(machine()),
+        f"Load average (1, 5, 15 min) when the run started: {', '.join(f'{load:.2f}' for load in load_before)} "
+        "(anything above ~0.5 means something else was running and the latencies carry its noise).",
         "",
         render_markdown(table),
         "",
@@ -139,6 +143,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: keeps the benchmarks working")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     names = modules()
     runs = [run_module(module, args.quick) for module in names]
     table = rows(runs)
@@ -147,7 +152,7 @@ def main() -> int:
     print(f"\n{sum(len(run.results) for run in runs)} results from {len(names) - len(broken)} of {len(names)} "
           f"modules" + (f"; not measured: {', '.join(broken)}" if broken else ""))
     if not args.quick:
-        write_report(table, runs)
+        write_report(table, runs, load_before)
         print(f"written: {REPORT}")
     return 1 if broken else 0
 

@@ -34,6 +34,7 @@ MiB = 1 << 20
 UNIT = 2 * MiB
 DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
 READ_BLOCK = MiB
+BEST_OF = 3
 
 
 @contextlib.contextmanager
@@ -137,11 +138,14 @@ def stat_rates(where: Path, device: Path, count: int) -> list[Result]:
         mounted = [mount.mountpoint / name for name in names]
         cold = stat_rate(mounted, 1)
         cold_base = stat_rate(shadow_paths, 1)
-        warm = stat_rate(mounted, 5)
-        warm_base = stat_rate(shadow_paths, 5)
+        # Best of several alternating runs: on a shared 2-core machine one run can be unlucky.
+        warm = warm_base = 0.0
+        for _ in range(BEST_OF):
+            warm = max(warm, stat_rate(mounted, 5))
+            warm_base = max(warm_base, stat_rate(shadow_paths, 5))
     return [
         Result("warm stat of cached files", warm, "stat/s", warm_base, "stat of the shadow files",
-               f"{count} files; target >= 80%"),
+               f"{count} files, best of 3; target >= 80%"),
         Result("cold lookup+getattr (first stat after mount)", cold, "stat/s", cold_base,
                "stat of the shadow files", f"{count} files, each a FUSE lookup and a YAML parse"),
     ]
@@ -206,16 +210,16 @@ def sequential_reads(where: Path, device: Path, size: int) -> list[Result]:
         with Mount(shadow, device, where / f"mnt_{cache}", f"cache={cache}") as mount:
             path = mount.mountpoint / "big"
             read_rate(path, size)  # warm: the mount's own page cache too, where it keeps one
-            ours = read_rate(path, size)
-            base = image_read_rate(device, DATA_START, size)
+            ours = max(read_rate(path, size) for _ in range(BEST_OF))
+            base = max(image_read_rate(device, DATA_START, size) for _ in range(BEST_OF))
             results.append(Result(f"sequential read {label}, cache={cache}", ours, "GB/s", base,
-                                  "read(2) of the same bytes from the image", "1 MiB reads; target >= 25%"))
+                                  "read(2) of the same bytes from the image", "1 MiB reads, best of 3; target >= 25%"))
             if cache != "direct":
                 mmap_read_rate(path, size)
-                ours = mmap_read_rate(path, size)
-                base = image_read_rate(device, DATA_START, size)
+                ours = max(mmap_read_rate(path, size) for _ in range(BEST_OF))
+                base = max(image_read_rate(device, DATA_START, size) for _ in range(BEST_OF))
                 results.append(Result(f"mmap read {label}, cache={cache}", ours, "GB/s", base,
-                                      "read(2) of the same bytes from the image", "1 MiB copies out of the mapping"))
+                                      "read(2) of the same bytes from the image", "1 MiB copies out of the mapping, best of 3"))
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,8 +14,10 @@ CONVERGE_TIMEOUT_S = 60.0
 SKIPPED_BY_DIFF = ("rnd_*", ".meta")  # randomized files have no local copy; .meta is famfs's own
 
 
-def fresh_play(cluster: Cluster, shadow: Path) -> Snapshot:
+def fresh_play(cluster: Cluster) -> Snapshot:
     """The tree a one-shot `famfs-agent` play of the whole log gives, as a client would see it."""
+    shadow = cluster.shadows / "fresh-play"
+    shutil.rmtree(shadow, ignore_errors=True)
     cluster.one_shot_play(shadow)
     return snapshot(shadow / "root")
 

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import format as fmt
 from demo.cluster import Cluster, HarnessError, log_tail, tool, wait_until
 from demo.propagation import measure, percentile
-from demo.trees import file_checksums
+from demo.trees import file_checksums, sha256_of
 
 MiB = 1 << 20
 # Pure-Python packages of the standard library: ~280 source files, a few MB, short paths.
@@ -22,7 +23,7 @@ STDLIB_PACKAGES = ("asyncio", "concurrent", "ctypes", "email", "http", "importli
 RANDOMIZED = (("r1.bin", 1 * MiB, 101), ("r2.bin", 3 * MiB, 102), ("r3.bin", 5 * MiB + 17, 103),
               ("r4.bin", 4096, 104), ("r5.bin", 9 * MiB, 105))
 CATCH_UP_TIMEOUT_S = 30
-MAX_RELPATH = 79  # famfs's relpath limit (agent/format.py MAX_RELPATH_BYTES)
+PROGRESS_EVERY_S = 0.25  # without a terminal to redraw on, a progress line at most this often
 
 
 @dataclass
@@ -60,9 +61,10 @@ def stage_stdlib(target: Path) -> Path:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for package in STDLIB_PACKAGES:
         shutil.copytree(stdlib / package, target / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    too_long = [path for path in target.rglob("*") if len(f"stdlib/{path.relative_to(target)}".encode()) > MAX_RELPATH]
-    for path in too_long:  # famfs names are at most 79 bytes; leave such files out rather than fail
-        path.unlink()
+    too_long = [path for path in target.rglob("*")
+                if len(f"stdlib/{path.relative_to(target)}".encode()) > fmt.MAX_RELPATH_BYTES]
+    if too_long:
+        raise HarnessError(f"{too_long[0]}: its famfs path would exceed {fmt.MAX_RELPATH_BYTES} bytes")
     return target
 
 
@@ -77,8 +79,10 @@ def bring_up(cluster: Cluster, say: Narrator) -> None:
             f"(its identity: {cluster.master.uuid_file})")
     if cluster.namespaced:
         say.say("each host's mount runs in its own mount namespace (unshare -m), as on separate machines")
+    elif os.environ.get("FAMFS_DEMO_NAMESPACES") == "0":
+        say.say("FAMFS_DEMO_NAMESPACES=0: every host's mount is in this machine's own mount namespace")
     else:
-        say.say("mount namespaces do not work here: every host's mount is in this machine's namespace")
+        say.say("mount namespaces do not work here: every host's mount is in this machine's own namespace")
     for host in cluster.hosts:
         host.start_agent()
         host.start_mount()
@@ -111,7 +115,7 @@ def copy_stdlib(cluster: Cluster, say: Narrator, found: Findings) -> Path:
     copier = subprocess.Popen(cluster.ctl_argv("cp", "-r", str(source), "/"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=cluster.master.env)
     exited_at: float | None = None
-    last_print = 0.0
+    last_print, last_line = 0.0, ""
     while True:
         counts = {client.name: count_files(client.view("stdlib")) for client in cluster.clients}
         now = time.monotonic()
@@ -122,17 +126,18 @@ def copy_stdlib(cluster: Cluster, say: Narrator, found: Findings) -> Path:
         line = "   ".join(f"{name}: {count:4}/{len(files)} files" for name, count in counts.items())
         if say.live:
             say.progress(line)
-        elif now - last_print > 1.0:
+        elif line != last_line and now - last_print > PROGRESS_EVERY_S:
             say.say(line)
-            last_print = now
-        if exited_at is not None and all(count == len(files) for count in counts.values()):
-            break
-        if exited_at is not None and now - exited_at > CATCH_UP_TIMEOUT_S:
-            raise HarnessError(f"{CATCH_UP_TIMEOUT_S} s after famfsctl cp exited, the clients show only {counts}")
+            last_print, last_line = now, line
+        if exited_at is not None:
+            if all(count == len(files) for count in counts.values()):
+                lag = now - exited_at
+                break
+            if now - exited_at > CATCH_UP_TIMEOUT_S:
+                raise HarnessError(f"{CATCH_UP_TIMEOUT_S} s after famfsctl cp exited, the clients show only {counts}")
         time.sleep(0.1 if exited_at is None else 0.002)
     say.end_progress()
-    say.say(f"famfsctl cp exited; all {len(files)} files were visible on every client "
-            f"{ms(time.monotonic() - exited_at)} later")
+    say.say(f"famfsctl cp exited; all {len(files)} files were visible on every client {ms(lag)} later")
     return source
 
 
@@ -142,7 +147,8 @@ def count_files(root: Path) -> int:
 
 def verify_on_clients(cluster: Cluster, source: Path, say: Narrator, found: Findings) -> None:
     say.step("Each client reads every file back through its own mount and checks it byte for byte")
-    expected = file_checksums(source)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    expected = {relpath: sha256_of(stdlib / relpath) for relpath in file_checksums(source)}  # the originals
     for client in cluster.clients:
         for name, _, seed in RANDOMIZED:
             client.run_inside([tool("famfsctl"), "verify", "-S", str(seed), str(client.mountpoint / "data/random" / name)])
@@ -152,7 +158,7 @@ def verify_on_clients(cluster: Cluster, source: Path, say: Narrator, found: Find
             wrong = sorted(name for name in expected.keys() | through_mount.keys() if expected.get(name) != through_mount.get(name))
             raise HarnessError(f"{client.name}: {len(wrong)} copied files differ from the source, e.g. {wrong[:5]}")
         say.say(f"{client.name}: famfsctl verify passed for {len(RANDOMIZED)} randomized files; "
-                f"sha256 of all {len(expected)} stdlib files equals the source tree's")
+                f"sha256 of all {len(expected)} stdlib files equals the originals' in {stdlib}")
 
 
 def write_across_hosts(cluster: Cluster, say: Narrator, found: Findings) -> None:
@@ -188,7 +194,7 @@ def summarize(cluster: Cluster, say: Narrator, found: Findings) -> None:
     latencies = found.latencies_ms
     say.step("Summary")
     say.say(f"hosts       master + {len(cluster.clients)} clients, each an agent + a FUSE mount"
-            + (", each in its own mount namespace" if cluster.namespaced else " (no mount namespaces here)"))
+            + (", each in its own mount namespace" if cluster.namespaced else ", all in one mount namespace"))
     say.say(f"device      {cluster.size} sparse image, {entries} log entries")
     say.say(f"propagation append → visible on a client: p50 {percentile(latencies, 0.5):.1f} ms, "
             f"max {max(latencies):.1f} ms over {len(latencies)} samples (negative lookups cached)")

@@ -23,7 +23,7 @@ from fusefs.watcher import RESCAN, ShadowWatcher
 log = structlog.get_logger("famfs-fuse-mount")
 
 BATCH_MAX = 8192
-DEGRADED_PERIOD_S = 1.0  # rescan period once the watcher is gone
+DEGRADED_PERIOD_S = 1.0  # how often the watcher is checked; the rescan period once it is gone
 
 
 class TreeSync:
@@ -63,24 +63,29 @@ class TreeSync:
         return notices
 
     async def periodic(self, watcher: ShadowWatcher) -> None:
-        if not math.isfinite(self.period) or self.period <= 0:
-            return
+        """A rescan every `period` seconds (0 or inf: never), and every second once the watcher
+        has stopped (its root watch is gone, e.g. the shadow root was replaced)."""
+        periodic = math.isfinite(self.period) and self.period > 0
+        tick = min(DEGRADED_PERIOD_S, self.period) if periodic else DEGRADED_PERIOD_S
+        last = trio.current_time()
         degraded = False
         while True:
-            await trio.sleep(DEGRADED_PERIOD_S if degraded else self.period)
+            await trio.sleep(tick)
             if not degraded and not watcher.alive():
                 degraded = True
-                log.error("the inotify watcher stopped; rescanning every second instead",
-                          period_s=DEGRADED_PERIOD_S)
-            await self.rescan("periodic")
+                log.error("the inotify watcher stopped; rescanning every second instead", period_s=DEGRADED_PERIOD_S)
+            due = periodic and trio.current_time() - last >= self.period
+            if degraded or due:
+                await self.rescan("watcher stopped" if degraded else "periodic")
+                last = trio.current_time()
 
     async def rescan(self, reason: str) -> None:
         disk = await trio.to_thread.run_sync(shadowtree.walk, self.table.shadow_root)
         candidates = self.table.reconcile_candidates(disk)
         notices = self._refresh_all(candidates)
         self.rescans += 1
-        # A periodic rescan that found nothing is the normal case: keep it out of the info log.
-        emit = log.info if candidates or reason != "periodic" else log.debug
+        # A routine rescan that found nothing is the normal case: keep it out of the info log.
+        emit = log.info if candidates or reason not in ("periodic", "watcher stopped") else log.debug
         emit("rescan", reason=reason, changed_paths=len(candidates), inodes=self.table.count(),
              notifications=self.notifier.counters.sent)
         await self.notifier.send(notices)

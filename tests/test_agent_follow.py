@@ -91,6 +91,8 @@ def test_follow_applies_famfsctl_writes_from_other_processes(wake_hint: bool, tm
         famfsctl("rm", "--device", image, "live/file")
         wait_for(lambda: not (root / "live" / "file").exists(), "a removed file")
         assert agent.poll() is None
+        status = run_agent("status", "--shadow", shadow, check=True).stdout
+        assert f"agent:           running (pid {agent.pid}, following)" in status
     assert agent_state(shadow)["following"] is True
     info = (root / "live").stat()
     assert (info.st_mode & 0o7777, info.st_uid, info.st_gid) == (0o2770, 1000, 0)

@@ -11,6 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from agent import format as fmt
 from agent.device import Device
 from agent.famfslog import FamfsLog
@@ -113,7 +115,9 @@ def test_kill_9_at_random_instants_then_restart_converges(tmp_path: Path, system
     assert list((shadow / ".agent" / "staging").iterdir()) == []
 
 
-def test_sigterm_finishes_the_entry_in_hand_and_saves_the_cursor(tmp_path: Path, system_uuid_file: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
+def test_a_stop_signal_finishes_the_entry_in_hand_and_saves_the_cursor(stop: signal.Signals, tmp_path: Path,
+                                                                        system_uuid_file: Path) -> None:
     image = make_device(tmp_path, system_uuid_file)
     append(image, [mkdir_entry("d")] + [file_entry(f"d/f{n}", n % 2000) for n in range(8000)])
     shadow = tmp_path / "shadow"
@@ -121,10 +125,10 @@ def test_sigterm_finishes_the_entry_in_hand_and_saves_the_cursor(tmp_path: Path,
     while not (shadow / ".agent" / "state.json").exists():
         time.sleep(0.005)
     time.sleep(0.05)
-    agent.send_signal(signal.SIGTERM)
+    agent.send_signal(stop)
     _, stderr = agent.communicate(timeout=30)
     assert agent.returncode == 0
-    assert "stopped_by_signal='SIGTERM'" in stderr
+    assert f"stopped_by_signal='{stop.name}'" in stderr
     cursor = agent_state(shadow)["applied_index"]
     files = {path for path, value in snapshot(shadow / "root").items() if value[0] == "f" and path.startswith("d/")}
     assert files == {f"d/f{n}" for n in range(cursor)}  # entry n + 1 is d/fn: exactly the cursor's

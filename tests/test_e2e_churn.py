@@ -26,9 +26,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     assert running.leftovers() == []
 
 
-def assert_converged(cluster: Cluster, churn: Churn, scratch: Path) -> None:
+def assert_converged(cluster: Cluster, churn: Churn) -> None:
     """Shadow trees identical to a fresh one-shot play; mounts equal to the source data."""
-    reference = fresh_play(cluster, scratch / "fresh-shadow")
+    reference = fresh_play(cluster)
     assert len(reference) > len(churn.copied)  # the play produced the tree, not an empty one
     wait_shadows_equal(cluster.clients, reference)
     for client in cluster.clients:
@@ -44,7 +44,7 @@ def test_two_clients_follow_churn_and_converge(cluster: Cluster, tmp_path: Path)
     appended = churn.run(3000)
     assert appended >= 3000
     assert churn.copied and churn.randomized and len(churn.dirs) > 10
-    assert_converged(cluster, churn, tmp_path)
+    assert_converged(cluster, churn)
 
 
 def test_client_agent_killed_mid_churn_catches_up(cluster: Cluster, tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_client_agent_killed_mid_churn_catches_up(cluster: Cluster, tmp_path: Pa
 
     churn.run(1500, between_steps=crash_and_restart)
     assert churn.steps > restart_at
-    assert_converged(cluster, churn, tmp_path)
+    assert_converged(cluster, churn)
 
 
 def test_client_mount_restarted_mid_churn_shows_current_tree(cluster: Cluster, tmp_path: Path) -> None:
@@ -80,4 +80,4 @@ def test_client_mount_restarted_mid_churn_shows_current_tree(cluster: Cluster, t
     churn.run(1500, between_steps=remount)
     assert churn.steps > restart_at
     assert stopped_statuses == [0]  # SIGTERM ends the mount cleanly
-    assert_converged(cluster, churn, tmp_path)
+    assert_converged(cluster, churn)

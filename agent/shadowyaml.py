@@ -185,8 +185,36 @@ def _extent_list(raw: Any, limit: int, where: str) -> tuple[Extent, ...]:
     return tuple(_extent(item, f"{where}[{n}]") for n, item in enumerate(raw))
 
 
+# The canonical shape of a simple file as emit_file_yaml writes it with a plain path.
+_CANONICAL_HEAD = re.compile(
+    rb"---\nfile:\n  path: ([^\n]+)\n  size: (\d+)\n  flags: (\d+)\n  mode: 0([0-7]*)\n"
+    rb"  uid: (-?\d+)\n  gid: (-?\d+)\n  nextents: \d+\n  simple_ext_list:\n")
+_CANONICAL_EXTENT = re.compile(rb"  - devindex: (\d+)\n    offset: 0x([0-9a-f]+)\n    length: 0x([0-9a-f]+)\n")
+
+
+def _parse_canonical(raw: bytes) -> FileEntry | None:
+    """The common case without a YAML parser: a document in exactly the shape we emit.
+
+    Accepted only if re-emitting the result gives back the same bytes, so whatever this returns
+    is what the full parser would return; anything else goes to the full parser.
+    """
+    head = _CANONICAL_HEAD.match(raw)
+    if head is None:
+        return None
+    path, size, flags, mode, uid, gid = head.groups()
+    extents = tuple(Extent(devindex=int(d), offset=int(o, 16), length=int(n, 16))
+                    for d, o, n in _CANONICAL_EXTENT.findall(raw, head.end()))
+    if not 1 <= len(extents) <= MAX_SIMPLE_EXTENTS:
+        return None
+    entry = FileEntry(relpath=path.decode(errors="replace"), size=int(size), flags=int(flags), mode=int(mode or b"0", 8),
+                      uid=int(uid) & 0xFFFFFFFF, gid=int(gid) & 0xFFFFFFFF, extents=extents)
+    return entry if entry.mode <= 0o7777 and emit_file_yaml(entry) == raw else None
+
+
 def parse_file_yaml(text: bytes | str) -> FileEntry:
     """Parse a shadow file's YAML into a FileEntry (its relpath is the `path` key)."""
+    if isinstance(text, bytes) and (canonical := _parse_canonical(text)) is not None:
+        return canonical
     try:
         docs = list(yaml.load_all(text, Loader=_BaseLoader))
     except yaml.YAMLError as err:

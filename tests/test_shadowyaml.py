@@ -105,3 +105,25 @@ def test_parser_refuses_more_than_sixteen_extents() -> None:
 def test_parser_accepts_keys_in_any_order() -> None:
     shuffled = GOOD.replace("  path: f\n", "").replace("  simple_ext_list:", "  path: f\n  simple_ext_list:")
     assert parse_file_yaml(shuffled) == parse_file_yaml(GOOD)
+
+
+def _full_parse(raw: bytes) -> fmt.FileEntry:
+    return parse_file_yaml(raw.decode())  # text input always takes the YAML parser
+
+
+@pytest.mark.parametrize("name", REFERENCE_IMAGES)
+def test_canonical_fast_parse_agrees_with_the_yaml_parser(name: str) -> None:
+    for raw in reference_shadow_files(name).values():
+        assert parse_file_yaml(raw) == _full_parse(raw)
+
+
+@pytest.mark.parametrize("variant", [
+    GOOD.replace("0xa00000", "0xA00000"),  # upper-case hex
+    GOOD.replace("  size: 5", "  size:  5"),  # extra space
+    GOOD.replace("  mode: 0644", "  mode: 420"),  # decimal mode
+    GOOD.replace("...\n", ""),  # no document end marker
+    GOOD.replace("  uid: 0", "  uid: -2"),
+])
+def test_non_canonical_but_valid_yaml_takes_the_full_parser(variant: str) -> None:
+    raw = variant.encode()
+    assert parse_file_yaml(raw) == _full_parse(raw)

@@ -24,8 +24,9 @@ from agent import format as fmt
 from agent.device import Device, DeviceError
 from agent.famfslog import FamfsLog
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
-from agent.identity import SYSTEM_UUID_ENV, system_uuid_file
-from agent.shadow import AGENT_DIR, LOCK_FILE, STATE_FILE, ShadowTree
+from agent.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
+from agent.shadow import ShadowTree
+from agent.shadowdir import AGENT_DIR, LOCK_FILE, STATE_FILE, state_path
 
 
 def play_parser() -> argparse.ArgumentParser:
@@ -35,12 +36,11 @@ def play_parser() -> argparse.ArgumentParser:
     parser.add_argument("device", metavar="DEVICE", nargs="?", help="devdax, pmem or image file (default: [agent] device)")
     parser.add_argument("--follow", action="store_true", help="keep applying new entries until SIGTERM/SIGINT")
     parser.add_argument("--shadow", help="shadow directory (default: [agent] shadow)")
-    parser.add_argument("--config", help="famfs-agent.toml to read (default: $FAMFS_AGENT_CONFIG, /etc/famfs)")
-    parser.add_argument("--log-format", choices=("console", "json"), help="default: [host] log_format")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+    parser.add_argument("--config", help=config.CONFIG_FLAG_HELP)
+    parser.add_argument("--log-format", choices=logsetup.FORMATS, help="default: [host] log_format")
+    parser.add_argument("--log-level", choices=logsetup.LEVELS,
                         help="default: [host] log_level; debug logs every entry")
-    parser.add_argument("--system-uuid-file", help=f"this host's identity (default: ${SYSTEM_UUID_ENV}, then "
-                        "[host] system_uuid_file, then /opt/famfs/system_uuid)")
+    parser.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     return parser
 
@@ -48,17 +48,9 @@ def play_parser() -> argparse.ArgumentParser:
 def status_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="famfs-agent status", description="Report on a shadow tree and its log.")
     parser.add_argument("--shadow", help="shadow directory (default: [agent] shadow)")
-    parser.add_argument("--config", help="famfs-agent.toml to read")
+    parser.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return parser
-
-
-def uuid_file(flag: str | None, settings: config.Settings) -> Path:
-    if flag:
-        return system_uuid_file(flag)
-    if os.environ.get(SYSTEM_UUID_ENV):
-        return system_uuid_file()
-    return Path(settings.host.system_uuid_file)
 
 
 def play(argv: Sequence[str]) -> int:
@@ -70,8 +62,9 @@ def play(argv: Sequence[str]) -> int:
         print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
         return EXIT_UNUSABLE
     show_progress = settings.agent.progress and not args.no_progress and not args.follow and sys.stderr.isatty()
+    uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
     follower = Follower(
-        device, args.shadow or settings.agent.shadow, settings.agent, uuid_file(args.system_uuid_file, settings),
+        device, args.shadow or settings.agent.shadow, settings.agent, uuid_file,
         follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",
         progress_stream=sys.stderr if show_progress else None,
     )
@@ -82,7 +75,7 @@ def status_report(shadow: Path) -> dict[str, object]:
     """Everything `status` shows, read from state.json and the device's log header."""
     state = AgentState.parse(ShadowTree(shadow).read_agent_file(STATE_FILE))
     if state is None:
-        raise SystemExit(f"famfs-agent status: {shadow / AGENT_DIR / STATE_FILE}: no agent state (never run here?)")
+        raise SystemExit(f"famfs-agent status: {state_path(shadow)}: no agent state (never run here?)")
     holder = _lock_holder(shadow / AGENT_DIR / LOCK_FILE)
     report: dict[str, object] = {
         "shadow": str(shadow), "device": state.device, "fs_uuid": state.fs_uuid, "role": state.role,

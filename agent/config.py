@@ -15,6 +15,7 @@ from typing import Any
 
 CONFIG_ENV = "FAMFS_AGENT_CONFIG"
 SYSTEM_CONFIG = Path("/etc/famfs/famfs-agent.toml")
+CONFIG_FLAG_HELP = f"famfs-agent.toml to read (default: ${CONFIG_ENV}, then {SYSTEM_CONFIG} if it exists)"
 
 
 @dataclass

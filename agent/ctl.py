@@ -8,7 +8,6 @@ one line `famfsctl: <what>: <why>` on stderr and a nonzero status.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import uuid
@@ -19,11 +18,10 @@ from agent import alloc, config, fsck, logsetup, master, prng
 from agent import format as fmt
 from agent.device import Device
 from agent.famfslog import FamfsLog
-from agent.identity import system_uuid_file
+from agent.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
 from agent.mkfs import create_image, minimum_device_size, mkfs
+from agent.shadowdir import SHADOW_XATTR, recorded_device
 
-SHADOW_XATTR = "user.famfs.shadow"
-STATE_FILE = Path(".agent") / "state.json"
 SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 ROOT_NAMES = ("", ".", "/")
 VERIFY_PIECE = 1 << 20  # read a file this much at a time: memory stays flat for any file size
@@ -105,11 +103,10 @@ def locate_in_mount(path: str) -> tuple[str, str]:
     root = probe
     while root != "/" and os.stat(os.path.dirname(root)).st_dev == os.stat(root).st_dev:
         root = os.path.dirname(root)
-    state_path = Path(os.fsdecode(shadow)) / STATE_FILE
     try:
-        device = json.loads(state_path.read_text())["device"]
-    except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"{path}: famfs mount at {root} but no device in {state_path}: {err}") from None
+        device = recorded_device(os.fsdecode(shadow))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: famfs mount at {root}, but its device is unknown: {err}") from None
     relpath = os.path.relpath(absolute, root)
     return device, "" if relpath == "." else relpath
 
@@ -121,11 +118,7 @@ def target(args: argparse.Namespace, path: str, *, root_ok: bool = False) -> tup
 
 
 def uuid_file(args: argparse.Namespace) -> Path:
-    if args.system_uuid_file:
-        return system_uuid_file(args.system_uuid_file)
-    if os.environ.get("FAMFS_SYSTEM_UUID_FILE"):
-        return system_uuid_file()
-    return Path(args.settings.host.system_uuid_file)
+    return system_uuid_file(args.system_uuid_file, args.settings.host.system_uuid_file)
 
 
 def interleave(args: argparse.Namespace) -> alloc.InterleaveParams | None:
@@ -237,17 +230,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def checked_device(path: str) -> str:
+    """fsck and status take the device itself, or a directory of a mounted famfs."""
+    return locate_in_mount(path)[0] if os.path.isdir(path) else path
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
-    device = args.device_path if not os.path.isdir(args.device_path) else locate_in_mount(args.device_path)[0]
-    with Device(device) as opened:
+    with Device(checked_device(args.device_path)) as opened:
         report = fsck.check(opened)
     print(report.render(), end="")
     return 0 if report.clean else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    device = args.device_path if not os.path.isdir(args.device_path) else locate_in_mount(args.device_path)[0]
-    with Device(device) as opened:
+    with Device(checked_device(args.device_path)) as opened:
         text, usable = fsck.status(opened, uuid_file(args))
     print(text, end="")
     return 0 if usable else 1
@@ -258,9 +254,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--system-uuid-file", help="this host's identity (default: $FAMFS_SYSTEM_UUID_FILE, "
-                        "then [host] system_uuid_file in the config, then /opt/famfs/system_uuid)")
-    common.add_argument("--config", help="famfs-agent.toml to read (default: $FAMFS_AGENT_CONFIG, /etc/famfs)")
+    common.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
+    common.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     common.add_argument("-v", "--verbose", action="store_true", help="log each operation (structlog, stderr)")
 
     ownership = argparse.ArgumentParser(add_help=False)

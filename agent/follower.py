@@ -28,7 +28,8 @@ from agent.config import AgentSettings
 from agent.device import Device, DeviceError
 from agent.famfslog import FamfsLog
 from agent.identity import Role, role_of
-from agent.shadow import STATE_FILE, Rejected, ShadowError, ShadowTree
+from agent.shadow import Rejected, ShadowError, ShadowTree
+from agent.shadowdir import STATE_FILE
 from agent.wakeup import ImageWriteWatch, Waiter
 
 log = structlog.get_logger("famfs-agent")
@@ -175,7 +176,10 @@ class Follower:
         when `rebuild` gives a reason)."""
         assert self.famfs_log is not None
         sb = self.famfs_log.superblock
-        state = AgentState.parse(self.tree.read_agent_file(STATE_FILE))
+        saved = self.tree.read_agent_file(STATE_FILE)
+        state = AgentState.parse(saved)
+        if saved is not None and state is None:
+            rebuild = rebuild or f"{STATE_FILE} is unreadable"  # said in the log: not a silent rebuild
         reason = rebuild or self._rebuild_reason(state)
         resumed = False
         # With no entry applied yet the tree is reset too: a run killed in the middle of a reset
@@ -187,7 +191,7 @@ class Follower:
             except ShadowError as err:
                 reason = str(err)
         if not resumed:
-            if state is not None and reason is not None:
+            if saved is not None and reason is not None:
                 log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
                             action="shadow tree emptied and the log replayed from entry 0")
             state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid))
@@ -196,9 +200,9 @@ class Follower:
             self.tree.reset(sb, self.device_path)
         assert state is not None
         self.state = state
-        master = role_of(sb, self.uuid_file) is Role.MASTER
-        self.tree.write_meta(sb, master)
-        state.device, state.role, state.boot_id = self.state_device, (Role.MASTER if master else Role.CLIENT).value, boot_id()
+        role = role_of(sb, self.uuid_file)
+        self.tree.write_meta(sb, master=role is Role.MASTER)
+        state.device, state.role, state.boot_id = self.state_device, role.value, boot_id()
         state.pid, state.following, state.stalled_at = os.getpid(), self.following, None
         if state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
             # A run was killed around this DELETE's unlink, after checking it: finish it.
@@ -308,8 +312,8 @@ class Follower:
                     break
                 try:
                     entry: fmt.Entry = famfs_log.entry(index)
-                except fmt.EntryError as err:
-                    settled = self._settle(index, err)
+                except fmt.EntryError:
+                    settled = self._settle(index)
                     if settled is None:
                         break
                     if isinstance(settled, fmt.EntryError):
@@ -378,7 +382,7 @@ class Follower:
         counts["rejected"] += 1
         log.error("entry_rejected", device=self.device_path, index=err.index, path=err.relpath, error=str(err))
 
-    def _settle(self, index: int, err: fmt.EntryError) -> fmt.Entry | fmt.EntryError | None:
+    def _settle(self, index: int) -> fmt.Entry | fmt.EntryError | None:
         """A slot that failed to decode: its entry, a reason to reject it, or None (corrupt: stop).
 
         A bad seqnum or CRC may be an entry still in flight (upstream's writer orders nothing

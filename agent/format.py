@@ -10,6 +10,7 @@ Nothing else in the project may hard-code an offset: it asks this module.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 import uuid
 import zlib
@@ -71,10 +72,10 @@ ADD_DAXDEV_ENTRY = struct.Struct(_ENTRY_HEAD + "Q16sI4x" + "488x" + "Q")
 DELETE_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "432x" + "Q")
 ENTRY_HEAD = struct.Struct(_ENTRY_HEAD)
 # Where each entry type keeps its relpath field (for raw scans and for naming bad entries).
-RELPATH_OFFSETS = {
-    0: ENTRY_HEAD.size + struct.calcsize("<QIIII"),  # FILE: after size, flags, uid, gid, mode
-    1: ENTRY_HEAD.size + struct.calcsize("<III"),  # MKDIR: after uid, gid, mode
-    2: ENTRY_HEAD.size + struct.calcsize("<Q"),  # DELETE: after target_index
+RELPATH_OFFSETS: dict[int, int] = {
+    EntryType.FILE: ENTRY_HEAD.size + struct.calcsize("<QIIII"),  # after size, flags, uid, gid, mode
+    EntryType.MKDIR: ENTRY_HEAD.size + struct.calcsize("<III"),  # after uid, gid, mode
+    EntryType.DELETE: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
 }
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
@@ -493,7 +494,7 @@ def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int
         if extent.end > dev_size:
             raise FormatError(f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) past the device end {dev_size:#x}")
     ordered = sorted(ranges, key=lambda e: e.offset)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         if after.offset < before.end:
             raise FormatError(f"extents overlap at {after.offset:#x}")
     for stripe in entry.stripes:

@@ -99,7 +99,12 @@ def check(device: Device) -> Report:
         if isinstance(entry, fmt.FileEntry):
             relpaths[index] = entry.relpath
             # Marked even when the namespace refused it: the space is claimed on media either way.
-            for collision in bitmap.mark(entry.all_extents(), index):
+            try:
+                collisions = bitmap.mark(entry.all_extents(), index)
+            except alloc.AllocError as err:  # in the device, but not in a whole allocation unit
+                report.bad_entries.append(str(fmt.EntryError(index, str(err), entry.relpath)))
+                continue
+            for collision in collisions:
                 shared[(collision.index, collision.previous)] += 1
     for (index, previous), units in sorted(shared.items()):
         report.crosslinks.append(f"cross-linked: {relpaths[index]!r} (entry {index}) and {relpaths[previous]!r} "

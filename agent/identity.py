@@ -14,9 +14,11 @@ import uuid
 from pathlib import Path
 
 from agent import format as fmt
+from agent.config import HostSettings
 
-DEFAULT_SYSTEM_UUID_FILE = Path("/opt/famfs/system_uuid")
 SYSTEM_UUID_ENV = "FAMFS_SYSTEM_UUID_FILE"
+SYSTEM_UUID_FLAG_HELP = (f"this host's identity (default: ${SYSTEM_UUID_ENV}, then [host] system_uuid_file "
+                         f"in the config, then {HostSettings.system_uuid_file})")
 
 
 class Role(enum.Enum):
@@ -29,11 +31,10 @@ class NotMasterError(PermissionError):
         super().__init__(f"this host is a client of file system {fs_uuid}: only its master may write")
 
 
-def system_uuid_file(configured: str | os.PathLike[str] | None = None) -> Path:
-    """The state file: explicit setting, else the environment, else upstream's path."""
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get(SYSTEM_UUID_ENV) or DEFAULT_SYSTEM_UUID_FILE)
+def system_uuid_file(flag: str | None, configured: str) -> Path:
+    """Where this host's UUID lives: the --system-uuid-file flag, else $FAMFS_SYSTEM_UUID_FILE,
+    else `[host] system_uuid_file` from the settings (upstream's path by default)."""
+    return Path(flag or os.environ.get(SYSTEM_UUID_ENV) or configured)
 
 
 def system_uuid(path: Path, *, create: bool = True) -> uuid.UUID | None:

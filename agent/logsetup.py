@@ -7,6 +7,9 @@ import sys
 
 import structlog
 
+FORMATS = ("console", "json")  # key=value lines, or one JSON object a line
+LEVELS = ("debug", "info", "warning", "error")  # what the --log-level flags offer
+
 
 def configure(log_format: str = "console", level: str = "info") -> None:
     renderer: structlog.typing.Processor

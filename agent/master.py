@@ -93,7 +93,10 @@ def load(famfs_log: FamfsLog) -> tuple[Namespace, alloc.Bitmap]:
         except NamespaceError as err:
             raise MasterError(f"{famfs_log.path}: log entry {index}: {err}; run famfsctl fsck") from None
         if isinstance(entry, fmt.FileEntry):
-            collisions = bitmap.mark(entry.all_extents(), index)
+            try:
+                collisions = bitmap.mark(entry.all_extents(), index)
+            except alloc.AllocError as err:
+                raise MasterError(f"{famfs_log.path}: log entry {index} ({entry.relpath!r}): {err}; run famfsctl fsck") from None
             if collisions:
                 other = collisions[0].previous
                 raise MasterError(f"{famfs_log.path}: log entry {index} ({entry.relpath!r}) shares space with "

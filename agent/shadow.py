@@ -22,8 +22,7 @@ import json
 import os
 import shutil
 import stat
-import struct
-from dataclasses import dataclass
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -31,26 +30,16 @@ import structlog
 
 from agent import format as fmt
 from agent.famfslog import FamfsLog
+from agent.shadowdir import AGENT_DIR, DAXDEVS_FILE, DIRS_JOURNAL, LOCK_FILE, META_DIR, ROOT, STAGING
 from agent.shadowyaml import emit_file_yaml, meta_file_entry
 
 log = structlog.get_logger("famfs-agent")
 
-ROOT = "root"
-AGENT_DIR = ".agent"
-STAGING = "staging"
-STATE_FILE = "state.json"
-DAXDEVS_FILE = "daxdevs.json"
-DIRS_JOURNAL = "dirs.jsonl"  # one [index, relpath] per applied MKDIR, in log order
-LOCK_FILE = "lock"
-META_DIR = ".meta"  # upstream's; reserved: no log entry may name it
 SHADOW_FILE_MODE = 0o644  # upstream's shadow files are 0644 whatever the logged mode
 META_DIR_MODE = 0o755
 NO_OWNER = 0xFFFFFFFF  # (uid_t)-1: chown(2) reads it as "leave unchanged"
 RENAME_NOREPLACE = 1
 STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-# The relpath field of FILE and DELETE entries, for the raw scan that names a duplicate's winner.
-FILE_RELPATH_OFFSET = fmt.ENTRY_HEAD.size + struct.calcsize("<QIIII")
-DELETE_RELPATH_OFFSET = fmt.ENTRY_HEAD.size + 8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
@@ -80,12 +69,6 @@ class ShadowError(OSError):
 
 class ShadowBusy(ShadowError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class PendingDelete:
-    index: int
-    relpath: str
 
 
 class ShadowTree:
@@ -213,11 +196,11 @@ class ShadowTree:
             os.mkdir(temp, META_DIR_MODE, dir_fd=self._staging_fd)
             os.chmod(temp, META_DIR_MODE, dir_fd=self._staging_fd)
             os.rename(temp, META_DIR, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
-        metas = {
-            ".superblock": meta_file_entry(f"{META_DIR}/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444),
-            ".log": meta_file_entry(f"{META_DIR}/.log", superblock.log_len, fmt.LOG_OFFSET, 0o644 if master else 0o444),
-        }
-        for name, entry in metas.items():
+        metas = (
+            meta_file_entry(f"{META_DIR}/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444),
+            meta_file_entry(f"{META_DIR}/.log", superblock.log_len, fmt.LOG_OFFSET, 0o644 if master else 0o444),
+        )
+        for entry in metas:
             data = emit_file_yaml(entry)
             if self.read_tree_file(entry.relpath) != data:
                 temp = self._stage_file(data)
@@ -245,13 +228,8 @@ class ShadowTree:
         if parent not in self.dirs:
             raise Rejected(index, f"parent directory {parent!r} was never logged", relpath)
         data = emit_file_yaml(entry)
-        temp = self._stage_file(data)
-        if _renameat2(self._staging_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
+        if self._place_new(self._stage_file(data), relpath, os.unlink):
             return Outcome.APPLIED
-        failure = ctypes.get_errno()
-        os.unlink(temp, dir_fd=self._staging_fd)
-        if failure != errno.EEXIST:
-            raise ShadowError(failure, f"shadow {self.root}: cannot create {relpath!r}: {os.strerror(failure)}")
         if relpath == META_DIR or relpath in self.dirs:
             raise Rejected(index, "a directory of that name exists", relpath)
         existing = self.read_tree_file(relpath)
@@ -288,11 +266,7 @@ class ShadowTree:
                             reason="not permitted (the agent is not root): directories keep the agent's owner")
                 self._owner_warned = True
         os.chmod(temp, entry.mode & 0o7777, dir_fd=self._staging_fd)
-        if _renameat2(self._staging_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) != 0:
-            failure = ctypes.get_errno()
-            os.rmdir(temp, dir_fd=self._staging_fd)
-            if failure != errno.EEXIST:
-                raise ShadowError(failure, f"shadow {self.root}: cannot create {relpath!r}: {os.strerror(failure)}")
+        if not self._place_new(temp, relpath, os.rmdir):
             if not stat.S_ISDIR(os.lstat(relpath, dir_fd=self._root_fd).st_mode):
                 raise Rejected(index, "a file of that name exists", relpath)
             # A directory no journal line accounts for can only be this entry's, made by a run
@@ -358,6 +332,17 @@ class ShadowTree:
 
     # --- helpers ----------------------------------------------------------------------------
 
+    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None]) -> bool:
+        """Rename staged `temp` to root/`relpath` unless that name exists: then False, and `temp`
+        is discarded (os.unlink or os.rmdir) so staging/ keeps nothing."""
+        if _renameat2(self._staging_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
+            return True
+        failure = ctypes.get_errno()
+        discard(temp, dir_fd=self._staging_fd)
+        if failure != errno.EEXIST:
+            raise ShadowError(failure, f"shadow {self.root}: cannot create {relpath!r}: {os.strerror(failure)}")
+        return False
+
     def _temp_name(self) -> str:
         # Unique: staging/ is private to the lock holder and emptied when it starts.
         self._temp_seq += 1
@@ -387,13 +372,15 @@ class ShadowTree:
     def live_file_index(famfs_log: FamfsLog, relpath: str, before: int) -> int | None:
         """Which FILE entry before `before` owns `relpath` now: a raw scan, for duplicates only."""
         wanted = relpath.encode().ljust(fmt.MAX_PATHLEN, b"\0")
+        file_field = fmt.RELPATH_OFFSETS[fmt.EntryType.FILE]
+        delete_field = fmt.RELPATH_OFFSETS[fmt.EntryType.DELETE]
         live: int | None = None
         for index in range(before):
             raw = famfs_log.raw_entry(index)
             kind = fmt.ENTRY_HEAD.unpack_from(raw)[1]
-            if kind == fmt.EntryType.FILE and raw[FILE_RELPATH_OFFSET:FILE_RELPATH_OFFSET + fmt.MAX_PATHLEN] == wanted:
+            if kind == fmt.EntryType.FILE and raw[file_field:file_field + fmt.MAX_PATHLEN] == wanted:
                 live = index if live is None else live
-            elif kind == fmt.EntryType.DELETE and raw[DELETE_RELPATH_OFFSET:DELETE_RELPATH_OFFSET + fmt.MAX_PATHLEN] == wanted:
+            elif kind == fmt.EntryType.DELETE and raw[delete_field:delete_field + fmt.MAX_PATHLEN] == wanted:
                 live = None
         return live
 

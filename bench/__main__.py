@@ -50,6 +50,9 @@ def run_module(module: str, quick: bool) -> ModuleRun:
         if err.name != module:
             return ModuleRun(module, problem=f"import failed: {err}")
         return ModuleRun(module, problem="missing: the module does not exist yet")
+    except Exception as err:  # a broken module is a row of the table too
+        traceback.print_exc()
+        return ModuleRun(module, problem=f"import failed: {type(err).__name__}: {err}")
     try:
         results = list(loaded.run(quick))
     except Exception as err:  # a failing benchmark is a row of the table, not the end of the run
@@ -83,7 +86,7 @@ def rows(runs: list[ModuleRun]) -> list[tuple[str, ...]]:
 
 def render_text(table: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[column]) for row in [COLUMNS, *table]) for column in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [COLUMNS, *table]]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in [COLUMNS, *table]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -129,7 +132,7 @@ def write_report(table: list[tuple[str, ...]], runs: list[ModuleRun], load_befor
         "",
         "Machine: " + "; ".join(machine()),
         f"Load average (1, 5, 15 min) when the run started: {', '.join(f'{load:.2f}' for load in load_before)} "
-        "(anything above ~0.5 means something else was running and the latencies carry its noise).",
+        "(well above 0: other work was running on the machine just before, and may have been during the run).",
         "",
         render_markdown(table),
         "",

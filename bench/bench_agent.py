@@ -19,7 +19,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,22 +32,12 @@ from agent.follower import Follower
 from agent.logsetup import configure
 from agent.mkfs import create_image, mkfs
 from agent.shadowyaml import emit_file_yaml
-from bench.common import Result
+from bench.common import Result, scratch
 from tests.conftest import materialize_reference
 
 AGENT = [sys.executable, "-m", "agent.cli"]
-TMPFS = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 REPO = Path(__file__).resolve().parent.parent
 LOAD_RATE = 2000  # entries/s appended by the background writer
-
-
-@contextlib.contextmanager
-def scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="bench_agent_", dir=TMPFS))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- one-shot replay ---------------------------------------------------------------------------------
@@ -88,7 +77,7 @@ def tmp_rename_loop(image: Path, target: Path) -> tuple[float, int]:
 def bench_replay(quick: bool) -> Result:
     configure("console", "warning")
     runs = 1 if quick else 3
-    with scratch() as work:
+    with scratch("bench_agent_") as work:
         image = materialize_reference("c_full", work / "c_full.img")
         with Device(image) as device:
             entries = FamfsLog(device).header().next_index
@@ -102,7 +91,7 @@ def bench_replay(quick: bool) -> Result:
             shutil.rmtree(work / f"plain{run}")
     return Result(name=f"one-shot replay, full 8 MiB log ({entries:,} entries) to tmpfs", ours=entries / ours,
                   unit="entries/s", baseline=entries / baseline, baseline_name="tmp+rename loop, same files",
-                  note="target >= 30,000/s and >= 0.5x baseline; best of %d" % runs)
+                  note=f"target >= 30,000/s and >= 0.5x baseline; best of {runs}")
 
 
 # --- following ----------------------------------------------------------------------------------
@@ -200,7 +189,7 @@ def bench_follow(quick: bool, wake_hint: bool) -> list[Result]:
     mode = "inotify hint" if wake_hint else "polling only"
     count = 10 if quick else 400
     results = []
-    with scratch() as work:
+    with scratch("bench_agent_") as work:
         image = new_device(work, "follow.img")
         with Device(image, writable=True) as device, device.exclusive():
             FamfsLog(device).append([fmt.MkdirEntry("probe", 0o755, 0, 0), fmt.MkdirEntry("load", 0o755, 0, 0)])
@@ -236,7 +225,7 @@ def cpu_seconds(pid: int) -> float:
 def bench_idle_cpu(quick: bool, wake_hint: bool) -> Result:
     mode = "inotify hint" if wake_hint else "polling only"
     seconds = 0.3 if quick else 10.0
-    with scratch() as work:
+    with scratch("bench_agent_") as work:
         image = new_device(work, "idle.img")
         with follower_process(image, work / "shadow", wake_hint) as agent:
             time.sleep(0.1 if quick else 1.0)
@@ -301,7 +290,7 @@ def replay_subprocess(image: Path, shadow: Path) -> tuple[float, dict[str, int]]
 
 def bench_big_log(quick: bool) -> list[Result]:
     log_len = fmt.DEFAULT_LOG_LEN if quick else 256 << 20
-    with scratch() as work:
+    with scratch("bench_agent_") as work:
         small_peak = None
         if not quick:
             small = new_device(work, "small.img")

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+TMPFS = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
 @dataclass(frozen=True)
@@ -19,3 +26,15 @@ class Result:
         if not self.baseline:
             return None
         return self.ours / self.baseline
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A work directory on tmpfs (where there is one: shadows live there in production), removed
+    afterwards. Mode 0755, as a shadow directory's parent is, so a mount's users can reach it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=TMPFS))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

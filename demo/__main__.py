@@ -22,8 +22,8 @@ from demo.cluster import Cluster, HarnessError
 from demo.story import Narrator, run, show_logs
 
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so clean-up runs as it does for Ctrl-C."""
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception (like KeyboardInterrupt) so clean-up runs as for Ctrl-C."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -46,8 +46,8 @@ def main() -> int:
     try:
         try:
             run(cluster, say)
-        except (Exception, KeyboardInterrupt, Terminated):
-            show_logs(cluster)
+        except Exception:
+            show_logs(cluster)  # a failure, not an interruption: what the daemons said matters
             raise
         finally:
             say.step("Clean-up: unmounting, stopping every agent and mount, removing the image")

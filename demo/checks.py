@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from demo.churn import RANDOMIZED_PREFIX
 from demo.cluster import Cluster, HarnessError, Host, tool
 from demo.trees import Snapshot, differences, sha256_of, snapshot
 
 CONVERGE_TIMEOUT_S = 60.0
-SKIPPED_BY_DIFF = ("rnd_*", ".meta")  # randomized files have no local copy; .meta is famfs's own
+SKIPPED_BY_DIFF = (f"{RANDOMIZED_PREFIX}*", ".meta")  # randomized files have no local copy; .meta is famfs's own
 
 
 def fresh_play(cluster: Cluster) -> Snapshot:
@@ -36,16 +38,17 @@ def wait_shadows_equal(hosts: Sequence[Host], reference: Snapshot, timeout: floa
             time.sleep(0.2)
 
 
-def diff_mount(host: Host, expected: Path, relpath: str = "") -> str:
-    """`diff -r` between local data and the same tree through `host`'s mount; its output."""
+def diff_mount(host: Host, expected: Path) -> str:
+    """`diff -r` between local data and the whole tree through `host`'s mount; its output."""
     excludes = [arg for pattern in SKIPPED_BY_DIFF for arg in ("-x", pattern)]
-    result = host.run_inside(["diff", "-r", *excludes, str(expected), str(host.mountpoint / relpath)], check=False)
+    result = host.run_inside(["diff", "-r", *excludes, str(expected), str(host.mountpoint)], check=False)
     return result.stdout + result.stderr
 
 
-def wait_mount_matches(host: Host, expected: Path, relpath: str = "", timeout: float = CONVERGE_TIMEOUT_S) -> None:
+def wait_mount_matches(host: Host, expected: Path, timeout: float = CONVERGE_TIMEOUT_S) -> None:
+    """Poll `diff -r` until it comes out empty: the mount may be a few entries behind."""
     deadline = time.monotonic() + timeout
-    while output := diff_mount(host, expected, relpath):
+    while output := diff_mount(host, expected):
         if time.monotonic() > deadline:
             raise HarnessError(f"{host.name}: diff -r {expected} against its mount after {timeout:.0f} s:\n{output[:3000]}")
         time.sleep(0.2)
@@ -59,3 +62,12 @@ def verify_randomized(host: Host, seeds: Mapping[str, int]) -> None:
 
 def checksums_through(host: Host, relpaths: Sequence[str]) -> dict[str, str]:
     return {relpath: sha256_of(host.view(relpath)) for relpath in relpaths}
+
+
+def agent_status(host: Host) -> str:
+    """`famfs-agent status --shadow DIR` for this host's shadow."""
+    result = subprocess.run([tool("famfs-agent"), "status", "--shadow", str(host.shadow)], capture_output=True,
+                            text=True, env=host.env, timeout=60)
+    if result.returncode != 0:
+        raise HarnessError(f"{host.name}: famfs-agent status exited {result.returncode}: {result.stderr}")
+    return result.stdout

@@ -53,7 +53,7 @@ class Churn:
             (self.copy_tree, 30), (self.copy_files, 15), (self.make_dirs, 15), (self.create_randomized, 15),
             (self.remove, 25 if self.copied or self.randomized else 0),
         ]
-        actions, weights = zip(*operations)
+        actions, weights = zip(*operations, strict=True)
         self.rng.choices(actions, weights)[0]()
         self.steps += 1
 

@@ -6,9 +6,11 @@ that shadow tree. When the kernel allows it, each mount daemon runs in a private
 (`unshare -m`), so every host has its own view, as separate machines would; we look inside with
 `nsenter -t PID -m` or through `/proc/PID/root`.
 
+Shadow trees live on tmpfs (/dev/shm) when there is one, as upstream keeps them under /run.
+
 The pieces are driven as subprocesses only (their command lines are the contract). `Cluster`
 is a context manager whose exit always cleans up: mounts unmounted, daemons stopped, the image
-removed, on success, on an exception and on Ctrl-C. Daemons also get PR_SET_PDEATHSIG, so
+and the shadow trees removed, on success, on an exception and on Ctrl-C. Daemons also get PR_SET_PDEATHSIG, so
 even a harness killed with SIGKILL leaves nothing running (and a namespaced mount dies with
 its namespace).
 """
@@ -31,6 +33,7 @@ from types import TracebackType
 
 from agent import format as fmt
 
+# The environment every famfs command reads (part of their documented command-line contract).
 SYSTEM_UUID_ENV = "FAMFS_SYSTEM_UUID_FILE"
 CONFIG_ENV = "FAMFS_AGENT_CONFIG"
 PR_SET_PDEATHSIG = 1
@@ -116,10 +119,12 @@ class LogHeaderWatch:
 
     def __init__(self, device: Path) -> None:
         self._fd = os.open(device, os.O_RDONLY)
-        self._next_index_at = fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET + 8
+        superblock = fmt.Superblock.unpack(os.pread(self._fd, fmt.SUPERBLOCK.size, 0))
+        self._log_len, self._log_offset = superblock.log_len, superblock.log_offset
 
     def next_index(self) -> int:
-        return int.from_bytes(os.pread(self._fd, 8, self._next_index_at), "little")
+        raw = os.pread(self._fd, fmt.LOG_HEADER.size, self._log_offset)
+        return fmt.LogHeader.unpack(raw, self._log_len).next_index
 
     def close(self) -> None:
         os.close(self._fd)

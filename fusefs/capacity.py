@@ -52,7 +52,8 @@ class CapacityCache:
             next_index = self.famfs_log.next_index()
             if self.warned_index != next_index:
                 self.warned_index = next_index
-                log.warning("statfs: cannot rebuild the allocation, reporting 0 free", error=str(err))
+                log.warning("statfs: cannot rebuild the allocation, reporting 0 free", device=self.famfs_log.path,
+                            error=str(err))
             return Capacity(unit=sb.alloc_unit, total_units=sb.dev_size // sb.alloc_unit, free_units=0, free_slots=0)
         return Capacity(unit=sb.alloc_unit, total_units=bitmap.nunits, free_units=bitmap.free_units,
                         free_slots=max(0, header.slots - header.next_index))

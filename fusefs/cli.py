@@ -11,7 +11,6 @@ the parent exits 0 only once the mount is live (else 1, with the reason). SIGTER
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from agent import config, logsetup
 from agent import format as fmt
 from agent.device import Device, DeviceError
 from agent.famfslog import FamfsLog
+from agent.shadowdir import ROOT, recorded_device, state_path
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
 from fusefs.inodes import InodeTable
@@ -43,7 +43,6 @@ log = structlog.get_logger("famfs-fuse-mount")
 
 CACHE_MODES = ("direct", "auto", "always")
 DEFAULT_LOG_FILE = "/var/log/famfs-fuse-mount.log"
-STATE_FILE = Path(".agent") / "state.json"
 # The kernel's default readahead for a FUSE mount is 128 KiB: page-cache reads then reach us in
 # 128 KiB requests. 1 MiB (libfuse's largest request) measured 2.2 → 2.9 GB/s (docs/fusefs.md).
 READ_AHEAD_KB = 1024
@@ -75,21 +74,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="default: [mount] mountpoint")
     p.add_argument("--shadow", help="shadow directory kept by famfs-agent (default: [agent] shadow)")
     p.add_argument("--device", help="devdax, pmem or image file (default: [agent] device, then the agent's state.json)")
-    p.add_argument("--config", help="famfs-agent.toml to read (default: $FAMFS_AGENT_CONFIG, /etc/famfs)")
+    p.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated: ro, rw, allow_other, cache=direct|auto|always, timeout=S, "
                         "negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
     p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize; log to stderr")
     p.add_argument("--log-file", default=DEFAULT_LOG_FILE, help=f"the daemon's log (default {DEFAULT_LOG_FILE})")
-    p.add_argument("--log-format", choices=("console", "json"), help="default: [host] log_format")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: [host] log_level")
+    p.add_argument("--log-format", choices=logsetup.FORMATS, help="default: [host] log_format")
+    p.add_argument("--log-level", choices=logsetup.LEVELS, help="default: [host] log_level")
     return p
 
 
 def resolve(args: argparse.Namespace) -> MountConfig:
     settings = config.load(args.config)
     mount = settings.mount
-    values = {"cache": mount.cache, "timeout": mount.timeout, "negative_timeout": mount.negative_timeout,
+    values: dict[str, str | float | bool] = {"cache": mount.cache, "timeout": mount.timeout, "negative_timeout": mount.negative_timeout,
               "rescan": mount.fallback_rescan_s, "allow_other": mount.allow_other, "ro": mount.read_only}
     for option in (item for group in args.options for item in group.split(",") if item):
         key, has_value, value = option.partition("=")
@@ -127,24 +126,17 @@ def resolve(args: argparse.Namespace) -> MountConfig:
 
 
 def device_from_state(shadow: str) -> str:
-    state = Path(shadow) / STATE_FILE
     try:
-        device = json.loads(state.read_text()).get("device")
+        return recorded_device(shadow)
     except FileNotFoundError:
-        raise UsageError(f"no --device, no [agent] device, and no {state} (is famfs-agent running?)") from None
-    except (OSError, ValueError, AttributeError) as err:
-        raise UsageError(f"{state}: cannot read the device from it: {err}") from None
-    if not device:
-        raise UsageError(f"{state}: names no device")
-    if not os.path.isabs(device):
-        raise UsageError(f"{state}: device {device!r} is a relative path (relative to where famfs-agent ran); "
-                         "give --device")
-    return str(device)
+        raise UsageError(f"no --device, no [agent] device, and no {state_path(shadow)} (is famfs-agent running?)") from None
+    except ValueError as err:
+        raise UsageError(f"{err}; give --device") from None
 
 
 def check_shadow(shadow: str) -> str:
     """The served root, `<shadow>/root`, once the shadow dir is known to be root's alone."""
-    root = os.path.join(shadow, "root")
+    root = os.path.join(shadow, ROOT)
     for path in (shadow, root):
         try:
             st = os.lstat(path)

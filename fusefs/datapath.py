@@ -17,6 +17,8 @@ from agent.device import Device
 class DataError(OSError):
     """A read or write the file's fixed size or mapping refuses; errno says how."""
 
+    errno: int  # always given: it is the answer to the request
+
 
 class DataPath:
     def __init__(self, device: Device) -> None:

@@ -26,15 +26,16 @@ import structlog
 import trio
 
 from agent import format as fmt
+from agent import shadowdir
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataError, DataPath
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
 
 log = structlog.get_logger("famfs-fuse-mount")
 
-SHADOW_XATTR = b"user.famfs.shadow"  # upstream's CLI (and famfsctl) find the shadow dir with it
+SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)  # upstream's CLI (and famfsctl) find the shadow dir with it
 STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans
-BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, matching max_read
+BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, the largest request libfuse negotiates
 NAME_MAX = 255
 
 

@@ -59,7 +59,7 @@ class TreeSync:
                 notices.extend(self.table.refresh(path))
             except OSError as err:
                 # The next event or rescan looks again; the daemon carries on.
-                log.warning("cannot read the shadow tree", relpath=os.fsdecode(path), error=str(err))
+                log.warning("cannot read the shadow tree", shadow_path=os.fsdecode(self.table.shadow_path(path)), error=str(err))
         return notices
 
     async def periodic(self, watcher: ShadowWatcher) -> None:

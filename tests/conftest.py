@@ -6,6 +6,7 @@ import gzip
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE_IMAGES = ("a_empty", "b_mixed", "c_full", "d_striped")
 sys.path.insert(0, str(REPO))
+
+from agent.ctl import parse_size  # noqa: E402 - one size parser: famfsctl's (upstream's suffixes)
 
 
 def reference_info(name: str) -> dict[str, str]:
@@ -26,11 +29,6 @@ def reference_info(name: str) -> dict[str, str]:
     return pairs
 
 
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    return int(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else int(text)
-
-
 def materialize_reference(name: str, target: Path) -> Path:
     """A whole sparse device image of reference image `name`."""
     with gzip.open(DATA / name / "meta.bin.gz") as src, open(target, "wb") as dst:
@@ -40,7 +38,7 @@ def materialize_reference(name: str, target: Path) -> Path:
 
 
 @pytest.fixture
-def reference_image(tmp_path: Path):
+def reference_image(tmp_path: Path) -> Callable[[str], Path]:
     """Factory: reference_image("b_mixed") -> path of a fresh sparse copy of that device."""
     return lambda name: materialize_reference(name, tmp_path / f"{name}.img")
 

@@ -101,9 +101,9 @@ class Mount:
         for option in self.options:
             args += ["-o", option]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([*args, str(self.mountpoint)], stdout=log, stderr=log)
-        wait_for(lambda: os.path.ismount(self.mountpoint) or self.process.poll() is not None, "the mount")
-        assert self.process.poll() is None, f"famfs-fuse-mount exited: {self.log()}"
+            process = self.process = subprocess.Popen([*args, str(self.mountpoint)], stdout=log, stderr=log)
+        wait_for(lambda: os.path.ismount(self.mountpoint) or process.poll() is not None, "the mount")
+        assert process.poll() is None, f"famfs-fuse-mount exited: {self.log()}"
         os.listdir(self.mountpoint)  # the kernel's INIT has been answered
         return self
 

@@ -4,12 +4,13 @@ rebuilds when the file system is re-made under it; SIGTERM ends it cleanly."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 from agent import format as fmt
 from agent.device import Device
 from agent.famfslog import FamfsLog
+from tests import fuse_util
+from tests.famfsctl_util import famfsctl
 from tests.test_agent_play import (
     AGENT,
     agent_state,
@@ -30,20 +33,8 @@ from tests.test_agent_play import (
     snapshot,
 )
 
-FAMFSCTL = [sys.executable, "-m", "agent.ctl"]
 WAIT_S = 20.0
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT_S} s: {what}")
-        time.sleep(0.005)
-
-
-def famfsctl(*args: str | os.PathLike[str]) -> None:
-    subprocess.run([*FAMFSCTL, *map(str, args)], check=True, capture_output=True, timeout=60)
+wait_for = functools.partial(fuse_util.wait_for, timeout=WAIT_S)
 
 
 @contextmanager
@@ -64,8 +55,8 @@ def following(image: Path, shadow: Path, *extra: str | os.PathLike[str]) -> Iter
             if agent.returncode is None:
                 agent.kill()
                 agent.wait()
-    agent.log = log_path.read_text()  # type: ignore[attr-defined]
-    assert agent.returncode == 0, agent.log
+    log = agent.log = log_path.read_text()  # type: ignore[attr-defined]
+    assert agent.returncode == 0, log
 
 
 @pytest.mark.parametrize("wake_hint", [True, False], ids=["inotify-hint", "polling-only"])

@@ -102,11 +102,12 @@ def agent_state(shadow: Path) -> dict[str, object]:
 
 
 def reference_files(name: str) -> dict[str, bytes]:
-    files = {}
+    files: dict[str, bytes] = {}
     with tarfile.open(DATA / name / "shadow.tar.gz") as tar:
         for member in tar.getmembers():
-            if member.isfile():
-                files[member.name.split("/root/", 1)[1]] = tar.extractfile(member).read()
+            content = tar.extractfile(member) if member.isfile() else None
+            if content is not None:
+                files[member.name.split("/root/", 1)[1]] = content.read()
     return files
 
 
@@ -125,7 +126,7 @@ def logged_dirs(name: str) -> dict[str, tuple[str, int, int, int]]:
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)
-def test_reference_image_plays_to_upstreams_tree(name: str, reference_image, tmp_path: Path) -> None:
+def test_reference_image_plays_to_upstreams_tree(name: str, reference_image: Callable[[str], Path], tmp_path: Path) -> None:
     image = reference_image(name)
     host = tmp_path / "master_uuid"
     host.write_text(reference_info(name)["system_uuid"])  # this host is the image's master
@@ -146,7 +147,7 @@ def test_reference_image_plays_to_upstreams_tree(name: str, reference_image, tmp
     assert os.listdir(shadow / ".agent" / "staging") == []
 
 
-def test_client_host_sees_log_file_read_only(reference_image, tmp_path: Path) -> None:
+def test_client_host_sees_log_file_read_only(reference_image: Callable[[str], Path], tmp_path: Path) -> None:
     image = reference_image("b_mixed")
     shadow = tmp_path / "shadow"
     run_agent("--shadow", shadow, "--system-uuid-file", tmp_path / "other_host", image, check=True)
@@ -159,7 +160,7 @@ def test_client_host_sees_log_file_read_only(reference_image, tmp_path: Path) ->
     assert agent_state(shadow)["role"] == "client"
 
 
-def test_role_change_rewrites_only_the_log_yaml(reference_image, tmp_path: Path) -> None:
+def test_role_change_rewrites_only_the_log_yaml(reference_image: Callable[[str], Path], tmp_path: Path) -> None:
     image = reference_image("a_empty")
     master = tmp_path / "master_uuid"
     master.write_text(reference_info("a_empty")["system_uuid"])

@@ -192,3 +192,16 @@ def test_a_delete_interrupted_around_its_unlink_is_finished_on_restart(tmp_path:
         after = agent_state(shadow)
         assert (after["applied_index"], after["applied_crc"], after["rejected"], after["pending_delete"]) == \
             (done["applied_index"], done["applied_crc"], 0, None)
+
+
+def test_an_unreadable_cursor_is_a_rebuild_that_says_why(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    append(image, [mkdir_entry("d"), file_entry("d/f", 0)])
+    shadow = tmp_path / "shadow"
+    run_agent("--shadow", shadow, image, check=True)
+    before = snapshot(shadow / "root")
+    (shadow / ".agent" / "state.json").write_text('{"device": "cut short')  # damaged, or edited by hand
+    result = run_agent("--shadow", shadow, image, check=True)
+    assert "rebuild" in result.stderr and "state.json is unreadable" in result.stderr, result.stderr
+    assert snapshot(shadow / "root") == before
+    assert agent_state(shadow)["applied_index"] == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,43 +16,31 @@ from agent import master
 from agent.mkfs import create_image, mkfs
 from tests.conftest import materialize_reference, reference_info
 from tests.famfsctl_util import digest, famfsctl
+from tests.fuse_util import read_device, write_device
 
 MIB = 1 << 20
-SLOT0 = fmt.LOG_OFFSET + fmt.LOG_HEADER.size
-
-
-def patch(image: Path, offset: int, data: bytes) -> None:
-    with open(image, "r+b") as device:
-        device.seek(offset)
-        device.write(data)
-
-
-def read(image: Path, offset: int, length: int) -> bytes:
-    with open(image, "rb") as device:
-        device.seek(offset)
-        return device.read(length)
 
 
 def slot(index: int) -> int:
-    return SLOT0 + index * fmt.ENTRY_SIZE
+    return fmt.LOG_OFFSET + fmt.entry_offset(index)
 
 
 def reseal(raw: bytearray) -> bytes:
     """A crafted entry with a good CRC: only the rule under test is broken."""
-    struct.pack_into("<Q", raw, 536, zlib.crc32(raw[:536]) & 0xFFFFFFFF)
+    struct.pack_into("<Q", raw, fmt.ENTRY_CRC_SPAN, fmt.crc32(raw[:fmt.ENTRY_CRC_SPAN]))
     return bytes(raw)
 
 
 def append_raw(image: Path, raw: bytes) -> int:
     """Put a raw entry in the next slot and advance the header, as a buggy writer would."""
-    index = int.from_bytes(read(image, fmt.LOG_OFFSET + 40, 8), "little")
-    patch(image, slot(index), raw)
-    patch(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", index + 1, index + 1))
+    index = int.from_bytes(read_device(image, fmt.LOG_OFFSET + 40, 8), "little")
+    write_device(image, slot(index), raw)
+    write_device(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", index + 1, index + 1))
     return index
 
 
 def with_sb_crc(image: Path) -> None:
-    patch(image, 96, struct.pack("<Q", zlib.crc32(read(image, 0, 96)) & 0xFFFFFFFF))
+    write_device(image, fmt.SUPERBLOCK_CRC_SPAN, struct.pack("<Q", fmt.crc32(read_device(image, 0, fmt.SUPERBLOCK_CRC_SPAN))))
 
 
 def file_entry(relpath: str, offset: int, length: int, index: int) -> bytearray:
@@ -66,30 +53,30 @@ def file_entry(relpath: str, offset: int, length: int, index: int) -> bytearray:
 
 
 def wrong_magic(image: Path) -> None:
-    patch(image, 0, struct.pack("<Q", 0x12345678))
+    write_device(image, 0, struct.pack("<Q", 0x12345678))
 
 
 def wrong_version(image: Path) -> None:
-    patch(image, 8, struct.pack("<Q", 47))
+    write_device(image, 8, struct.pack("<Q", 47))
     with_sb_crc(image)  # a well-made superblock of another version
 
 
 def bad_sb_crc(image: Path) -> None:
-    patch(image, 50, b"\xee")  # inside ts_uuid
+    write_device(image, 50, b"\xee")  # inside ts_uuid
 
 
 def bad_header_crc(image: Path) -> None:
-    patch(image, fmt.LOG_OFFSET + 16, struct.pack("<Q", 15000))  # last_index, under the CRC
+    write_device(image, fmt.LOG_OFFSET + 16, struct.pack("<Q", 15000))  # last_index, under the CRC
 
 
 def corrupted_middle_entry(image: Path) -> None:
-    raw = bytearray(read(image, slot(1), fmt.ENTRY_SIZE))
+    raw = bytearray(read_device(image, slot(1), fmt.ENTRY_SIZE))
     raw[45] ^= 0x20  # the NUL after entry 1's relpath 'dir/a' becomes a space; the CRC no longer matches
-    patch(image, slot(1), bytes(raw))
+    write_device(image, slot(1), bytes(raw))
 
 
 def next_index_past_last(image: Path) -> None:
-    patch(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", 15421, 15421))
+    write_device(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", 15421, 15421))
 
 
 def logged_dotdot(image: Path) -> None:
@@ -112,6 +99,17 @@ def overlapping_extents_in_one_file(image: Path) -> None:
 def cross_linked_files(image: Path) -> None:
     # dir/a is entry 1 at the first data unit; this one claims part of the same space
     append_raw(image, reseal(file_entry("thief", 12 * MIB, 2 * MIB, 3)))
+
+
+def extent_in_the_partial_last_unit(image: Path) -> None:
+    # A device that is not whole allocation units (upstream's mkfs takes any size) and a file in
+    # its tail, as upstream's allocator can hand out (spec §9 item 11): inside the device, but in
+    # no unit our bitmap has.
+    size = image.stat().st_size + MIB
+    os.truncate(image, size)
+    write_device(image, 112, struct.pack("<Q", size))  # ts_device_size
+    with_sb_crc(image)
+    append_raw(image, bytes(file_entry("tail", size - MIB, MIB, 3)))
 
 
 def truncated_device(image: Path) -> None:
@@ -139,6 +137,9 @@ CASES = [
     Case("overlapping extents in a file", overlapping_extents_in_one_file, "log entry 3: extents overlap", "extents overlap"),
     Case("cross-linked files", cross_linked_files, "log entry 3 ('thief') shares space with log entry 1",
          "cross-linked: 'thief' (entry 3) and 'dir/a' (entry 1) share 2097152 bytes"),
+    Case("extent in the partial last allocation unit", extent_in_the_partial_last_unit,
+         "log entry 3 ('tail'): extent [0x40000000, 0x40100000) is past the last allocation unit",
+         "log entry 3: extent [0x40000000, 0x40100000) is past the last allocation unit path='tail'"),
     Case("device smaller than its superblock says", truncated_device, "superblock says the device is 1073741824 bytes, it has 268435456",
          "it has 268435456"),
 ]
@@ -239,8 +240,8 @@ def test_mkdir_p_is_all_or_nothing_when_the_log_has_too_few_slots(tmp_path: Path
     system_uuid_file.parent.mkdir(parents=True)
     system_uuid_file.write_text(reference_info("c_full")["system_uuid"])
     # Give back the last slot: one free, two needed.
-    patch(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", 15419, 15419))
-    patch(image, slot(15419), bytes(fmt.ENTRY_SIZE))
+    write_device(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", 15419, 15419))
+    write_device(image, slot(15419), bytes(fmt.ENTRY_SIZE))
     before = digest(image)
     done = famfsctl("mkdir", "-p", "--device", image, "new/child", check=False)
     assert done.returncode == 1 and f"{image}: log full (1 free entries, 2 needed); nothing appended" in done.stderr

@@ -18,7 +18,7 @@ def run_at_once(commands: list[list[str]]) -> list[subprocess.CompletedProcess[s
     started = [subprocess.Popen([sys.executable, "-m", "agent.ctl", *command], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for command in commands]
     results = []
-    for process, command in zip(started, commands):
+    for process, command in zip(started, commands, strict=True):
         stdout, stderr = process.communicate(timeout=120)
         results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
     return results

@@ -5,17 +5,19 @@ master's data through its mount. Real CLIs, a real sparse image, real FUSE mount
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from demo.checks import checksums_through, fresh_play, verify_randomized, wait_mount_matches, wait_shadows_equal
+from demo.checks import agent_status, checksums_through, fresh_play, verify_randomized, wait_mount_matches, wait_shadows_equal
 from demo.churn import Churn
 from demo.cluster import Cluster
 
 DEVICE_SIZE = "16g"  # sparse: every file takes >= one 2 MiB unit, and rm does not free space
 RANDOMIZED_CHECKED_PER_CLIENT = 6
+NOTHING_REJECTED = re.compile(r"^rejected:\s+0$", re.MULTILINE)
 
 
 @pytest.fixture
@@ -31,6 +33,8 @@ def assert_converged(cluster: Cluster, churn: Churn) -> None:
     reference = fresh_play(cluster)
     assert len(reference) > len(churn.copied)  # the play produced the tree, not an empty one
     wait_shadows_equal(cluster.clients, reference)
+    for client in cluster.clients:
+        assert NOTHING_REJECTED.search(agent_status(client)), agent_status(client)
     for client in cluster.clients:
         wait_mount_matches(client, churn.expected)
         verify_randomized(client, dict(list(churn.randomized.items())[:RANDOMIZED_CHECKED_PER_CLIENT]))

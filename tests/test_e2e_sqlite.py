@@ -55,7 +55,8 @@ with closing(sqlite3.connect(uri, uri=True)) as db:
 def answers(host: Host, uri: str, *, mmap_size: int = 0) -> list[list[list[object]]]:
     """What the sqlite3 module answers to QUERIES, in a Python process running on `host`."""
     run = host.run_inside([sys.executable, "-c", ANSWER_SCRIPT, uri, str(mmap_size), *QUERIES])
-    return json.loads(run.stdout)
+    parsed: list[list[list[object]]] = json.loads(run.stdout)
+    return parsed
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def database_in_famfs(cluster: Cluster, workdir: Path) -> tuple[Path, str]:
     cluster.ctl("cp", str(original), "datasets/")
     relpath = "datasets/cities.db"
     for client in cluster.clients:
-        wait_until(lambda: client.view(relpath).exists(), 30, f"{relpath} on {client.name}")
+        wait_until(lambda client=client: client.view(relpath).exists(), 30, f"{relpath} on {client.name}")
     return original, relpath
 
 

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
 import sys
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def shadow_listing(name: str) -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)
-def test_reference_image_agrees_with_ops_listing_and_fsck(name: str, reference_image) -> None:
+def test_reference_image_agrees_with_ops_listing_and_fsck(name: str, reference_image: Callable[[str], Path]) -> None:
     image = reference_image(name)
     info = reference_info(name)
     with Device(image) as device:
@@ -85,7 +86,7 @@ def test_reference_image_agrees_with_ops_listing_and_fsck(name: str, reference_i
 
     expected = logged_ops(name)
     assert len(entries) == len(expected)
-    for entry, op in zip(entries, expected):
+    for entry, op in zip(entries, expected, strict=True):
         if op[0] == "mkdir":
             _, relpath, mode, uid, gid = op
             assert entry == fmt.MkdirEntry(relpath=relpath, mode=int(mode, 8), uid=int(uid), gid=int(gid))
@@ -166,7 +167,7 @@ def replay(name: str, image: Path, uuid_file: Path) -> None:
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)
-def test_replaying_ops_reproduces_upstreams_log_byte_for_byte(name: str, reference_image, tmp_path: Path) -> None:
+def test_replaying_ops_reproduces_upstreams_log_byte_for_byte(name: str, reference_image: Callable[[str], Path], tmp_path: Path) -> None:
     reference = reference_image(name)
     ours = tmp_path / "ours.img"
     replay(name, ours, tmp_path / "host" / "system_uuid")
@@ -283,7 +284,7 @@ def spec_check(image: Path, uuid_file: Path) -> Iterator[tuple[int, int, bytes]]
             raise AssertionError(f"entry {index}: unexpected type {kind}")
         yield index, kind, entry
     claimed.sort()
-    for (_, end), (start, _) in zip(claimed, claimed[1:]):
+    for (_, end), (start, _) in itertools.pairwise(claimed):
         assert end <= start, "no two extents overlap"
 
 

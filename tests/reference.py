@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import tarfile
 from dataclasses import dataclass
 
 from agent import format as fmt
@@ -27,3 +28,14 @@ def reference_log(name: str) -> ReferenceLog:
     superblock = fmt.Superblock.unpack(raw[:fmt.SUPERBLOCK.size])
     header = fmt.LogHeader.unpack(raw[fmt.LOG_OFFSET:fmt.LOG_OFFSET + fmt.LOG_HEADER.size], superblock.log_len)
     return ReferenceLog(raw, superblock, header)
+
+
+def reference_shadow_files(name: str) -> dict[str, bytes]:
+    """relpath -> bytes of every regular file in upstream's shadow tree for reference image `name`."""
+    files: dict[str, bytes] = {}
+    with tarfile.open(DATA / name / "shadow.tar.gz") as tar:
+        for member in tar.getmembers():
+            content = tar.extractfile(member) if member.isfile() else None
+            if content is not None:
+                files[member.name.split("/root/", 1)[1]] = content.read()
+    return files

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import format as fmt
-from tests.test_agent_play import (
+from tests.agent_util import (
     DATA_START,
     IMAGE_SIZE,
     agent_state,

@@ -21,7 +21,7 @@ from agent.device import Device
 from agent.famfslog import FamfsLog
 from tests import fuse_util
 from tests.famfsctl_util import famfsctl
-from tests.test_agent_play import (
+from tests.agent_util import (
     AGENT,
     agent_state,
     append,
@@ -101,7 +101,7 @@ def test_follow_picks_up_a_burst_appended_by_another_process(tmp_path: Path, sys
     shadow = tmp_path / "shadow"
     writer = (
         "import sys\n"
-        "from tests.test_agent_play import append, file_entry, mkdir_entry\n"
+        "from tests.agent_util import append, file_entry, mkdir_entry\n"
         "from pathlib import Path\n"
         "image = Path(sys.argv[1])\n"
         "append(image, [mkdir_entry('burst')])\n"

@@ -18,7 +18,7 @@ from agent.device import Device
 from agent.famfslog import FamfsLog
 from agent.mkfs import mkfs
 from agent.shadowyaml import emit_file_yaml
-from tests.test_agent_play import (
+from tests.agent_util import (
     AGENT,
     agent_state,
     append,

@@ -13,7 +13,7 @@ from agent.famfslog import FamfsLog
 from agent.follower import AgentState, Progress
 from agent.shadow import ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
-from tests.test_agent_play import append, file_entry, make_device, mkdir_entry
+from tests.agent_util import append, file_entry, make_device, mkdir_entry
 
 
 def test_state_round_trips_and_bad_state_reads_as_none() -> None:

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import random
-import tarfile
 
 import pytest
 
 from agent import format as fmt
 from agent.shadowyaml import _emit_with_libyaml, emit_file_yaml, meta_file_entry, parse_file_yaml
-from tests.conftest import DATA, REFERENCE_IMAGES
-from tests.reference import reference_log
-
-
-def reference_shadow_files(name: str) -> dict[str, bytes]:
-    """relpath -> bytes of every regular file in a reference shadow tree."""
-    files = {}
-    with tarfile.open(DATA / name / "shadow.tar.gz") as tar:
-        for member in tar.getmembers():
-            if member.isfile():
-                relpath = member.name.split("/root/", 1)[1]
-                files[relpath] = tar.extractfile(member).read()
-    return files
+from tests.conftest import REFERENCE_IMAGES
+from tests.reference import reference_log, reference_shadow_files
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)

@@ -1,0 +1,102 @@
+"""Helpers the agent tests share: devices made by mkfs, entries appended by the writer's own
+code (or raw slots), the agent CLI as a subprocess, and shadow-tree snapshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import format as fmt
+from agent.device import Device
+from agent.famfslog import FamfsLog
+from agent.mkfs import create_image, mkfs
+from agent.shadowdir import state_path
+from tests.conftest import DATA
+
+AGENT = [sys.executable, "-m", "agent.cli"]
+IMAGE_SIZE = 4 << 30
+DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
+AU = fmt.ALLOC_UNIT
+
+Snapshot = dict[str, tuple[object, ...]]
+
+
+def make_device(tmp_path: Path, uuid_file: Path, name: str = "dev.img") -> Path:
+    """A fresh sparse image with an empty famfs, mastered by `uuid_file`'s host."""
+    image = tmp_path / name
+    create_image(image, IMAGE_SIZE)
+    mkfs(str(image), uuid_file=uuid_file)
+    return image
+
+
+def extent(n: int, units: int = 1) -> tuple[fmt.Extent, ...]:
+    """The n-th allocation unit of data space (distinct n: distinct space)."""
+    return (fmt.Extent(offset=DATA_START + n * AU, length=units * AU),)
+
+
+def file_entry(relpath: str, n: int, size: int = 1000, mode: int = 0o644, uid: int = 0, gid: int = 0) -> fmt.FileEntry:
+    return fmt.FileEntry(relpath=relpath, size=size, mode=mode, uid=uid, gid=gid, extents=extent(n))
+
+
+def mkdir_entry(relpath: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> fmt.MkdirEntry:
+    return fmt.MkdirEntry(relpath=relpath, mode=mode, uid=uid, gid=gid)
+
+
+def append(image: Path, entries: Sequence[fmt.Entry]) -> int:
+    """Append with the writer's code (entry, then header); the index of the first."""
+    with Device(image, writable=True) as device, device.exclusive():
+        return FamfsLog(device).append(list(entries))
+
+
+def append_raw(image: Path, raw_entries: Sequence[bytes]) -> int:
+    """Put arbitrary 544-byte slots at the end of the log and count them in the header."""
+    with Device(image, writable=True) as device, device.exclusive():
+        famfs_log = FamfsLog(device)
+        first = famfs_log.header().next_index
+        for n, raw in enumerate(raw_entries):
+            assert len(raw) == fmt.ENTRY_SIZE
+            device.write(famfs_log.slot_offset(first + n), raw)
+        done = first + len(raw_entries)
+        device.write(famfs_log.log_base + fmt.LOG_NEXT_SEQNUM_OFFSET, done.to_bytes(8, "little") * 2)
+        return first
+
+
+def run_agent(*args: str | os.PathLike[str], check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*AGENT, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"famfs-agent {args} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def snapshot(root: Path) -> Snapshot:
+    """relpath -> ("d", mode, uid, gid) for directories, ("f", bytes) for files."""
+    tree: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            path = Path(dirpath, name)
+            info = path.lstat()
+            tree[str(path.relative_to(root))] = ("d", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+        for name in filenames:
+            path = Path(dirpath, name)
+            tree[str(path.relative_to(root))] = ("f", path.read_bytes())
+    return tree
+
+
+def agent_state(shadow: Path) -> dict[str, object]:
+    return json.loads(state_path(shadow).read_text())
+
+
+def logged_dirs(name: str) -> dict[str, tuple[str, int, int, int]]:
+    """relpath -> ("d", mode, uid, gid) as ops.tsv says each directory was logged."""
+    dirs = {}
+    for line in (DATA / name / "ops.tsv").read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        if fields[0] == "mkdir":
+            relpath = fields[1].encode()[:fmt.MAX_RELPATH_BYTES].decode()  # upstream cuts mkdir paths to 79
+            dirs[relpath] = ("d", int(fields[2], 8), int(fields[3]), int(fields[4]))
+    return dirs

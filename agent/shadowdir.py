@@ -18,6 +18,7 @@ STATE_FILE = "state.json"  # in .agent/: the cursor, and the device other proces
 DAXDEVS_FILE = "daxdevs.json"
 DIRS_JOURNAL = "dirs.jsonl"  # one [index, relpath] per applied MKDIR, in log order
 LOCK_FILE = "lock"  # flock held by the running agent; holds its pid
+SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
 
 

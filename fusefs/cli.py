@@ -5,7 +5,8 @@
 Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shadow), then the
 device named in the agent's `<shadow>/.agent/state.json`. Without --foreground it daemonizes and
 the parent exits 0 only once the mount is live (else 1, with the reason). SIGTERM, SIGINT and
-`fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line.
+`fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line. While
+mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fusefs.datapath import DataPath
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
 from fusefs.operations import FamfsOperations, MountPolicy
+from fusefs.rest import Endpoints, RestError, RestSocket, RuntimeLogLevel
 from fusefs.shadowtree import Geometry
 from fusefs.sync import TreeSync
 from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher
@@ -184,6 +186,7 @@ class Daemon:
         self.famfs_log = famfs_log
         self.shadow_root = os.fsencode(shadow_root)
         self.notifier = Notifier()
+        self.log_level = RuntimeLogLevel(cfg.log_level)  # before the daemon's first log line
         self.table: InodeTable | None = None
         self.sync: TreeSync | None = None
 
@@ -207,18 +210,27 @@ class Daemon:
                                  negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only)
             ops = FamfsOperations(self.table, DataPath(self.famfs_log.device), CapacityCache(self.famfs_log), policy,
                                   os.fsencode(self.cfg.shadow), self.status)
-            # Signals are ours from before the mount exists: a SIGTERM at any moment unmounts.
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-                try:
-                    pyfuse3.init(ops, self.cfg.mountpoint, fuse_options(self.cfg))
-                except RuntimeError as err:
-                    raise UsageError(f"cannot mount on {self.cfg.mountpoint}: {err} (busy, or not permitted?)") from None
-                await self._serve(ops, receive, watcher, signals, ready)
+            try:
+                rest_socket = RestSocket(self.cfg.shadow)
+            except RestError as err:
+                raise UsageError(str(err)) from None
+            endpoints = Endpoints(self.table, ops.lookups, self.log_level, self.status)
+            try:
+                # Signals are ours from before the mount exists: a SIGTERM at any moment unmounts.
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+                    try:
+                        pyfuse3.init(ops, self.cfg.mountpoint, fuse_options(self.cfg))
+                    except RuntimeError as err:
+                        raise UsageError(f"cannot mount on {self.cfg.mountpoint}: {err} (busy, or not permitted?)") from None
+                    await self._serve(ops, receive, watcher, signals, ready, rest_socket, endpoints)
+            finally:
+                rest_socket.close()
         finally:
             watcher.stop()
 
     async def _serve(self, ops: FamfsOperations, receive: trio.MemoryReceiveChannel[bytes | None],
-                     watcher: ShadowWatcher, signals: AsyncIterator[int], ready: int | None) -> None:
+                     watcher: ShadowWatcher, signals: AsyncIterator[int], ready: int | None,
+                     rest_socket: RestSocket, endpoints: Endpoints) -> None:
         assert self.sync is not None and self.table is not None
         try:
             log.info("mounted", mountpoint=self.cfg.mountpoint, shadow=self.cfg.shadow, device=self.cfg.device,
@@ -231,6 +243,7 @@ class Daemon:
                 nursery.start_soon(self.sync.consume, receive, watcher)
                 nursery.start_soon(self.sync.periodic, watcher)
                 nursery.start_soon(self._signals, signals)
+                nursery.start_soon(rest_socket.serve, endpoints)
                 nursery.start_soon(trio.to_thread.run_sync, set_readahead, self.cfg.mountpoint)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()

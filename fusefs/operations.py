@@ -39,6 +39,14 @@ BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, the largest requ
 NAME_MAX = 255
 
 
+@dataclass(slots=True)
+class LookupCounters:
+    """Name lookups answered from the inode table (upstream's icache search stats)."""
+
+    searches: int = 0
+    misses: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class MountPolicy:
     cache: str  # direct | auto | always
@@ -82,6 +90,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.shadow_dir = shadow_dir
         self.status = status
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
+        self.lookups = LookupCounters()
         self.file_handles: dict[int, Node] = {}
         self.dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self.next_fh = 1
@@ -145,7 +154,9 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)  # a deleted directory: nothing to cache
         else:
             node = self.table.child(parent, name)
+        self.lookups.searches += 1
         if node is None:
+            self.lookups.misses += 1
             return self._negative()
         attrs = self._attributes(node)
         self.table.remember(node)

@@ -199,6 +199,8 @@ def summarize(cluster: Cluster, say: Narrator, found: Findings) -> None:
     say.say(f"device      {cluster.size} sparse image, {entries} log entries")
     say.say(f"propagation append → visible on a client: p50 {percentile(latencies, 0.5):.1f} ms, "
             f"max {max(latencies):.1f} ms over {len(latencies)} samples (negative lookups cached)")
+    say.say(f"            ({os.cpu_count()} cores shared by {2 * (1 + len(cluster.clients))} daemons, famfsctl and this "
+            f"demo; `make bench` measures one client on an idle machine)")
     say.say(f"verified    {found.verified} randomized files by pattern, {found.copied} stdlib files by sha256, "
             f"on every client")
     say.say(f"cross-host  {found.cross_host}")

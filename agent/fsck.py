@@ -14,12 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import alloc
 from agent import format as fmt
 from agent.device import Device, DeviceError
 from agent.famfslog import FamfsLog
 from agent.identity import role_of
-from agent.master import Namespace, NamespaceError
+from agent.master import LogProblem, replay
 
 
 @dataclass(slots=True)
@@ -84,31 +83,23 @@ def check(device: Device) -> Report:
     sb = famfs_log.superblock
     report.superblock = sb
     report.header = famfs_log.header()
-    namespace = Namespace()
-    bitmap = alloc.Bitmap(sb.dev_size, sb.log_len, sb.alloc_unit)
-    relpaths: dict[int, str] = {}
     shared: dict[tuple[int, int], int] = defaultdict(int)  # (entry, earlier entry) -> units in common
-    for index, entry in famfs_log.entries():
-        if isinstance(entry, fmt.EntryError):
-            report.bad_entries.append(describe_bad_entry(famfs_log, entry))
-            continue
-        try:
-            namespace.apply(index, entry)
-        except NamespaceError as err:
-            report.namespace_errors.append(f"log entry {index}: {err}")
-        if isinstance(entry, fmt.FileEntry):
-            relpaths[index] = entry.relpath
-            # Marked even when the namespace refused it: the space is claimed on media either way.
-            try:
-                collisions = bitmap.mark(entry.all_extents(), index)
-            except alloc.AllocError as err:  # in the device, but not in a whole allocation unit
-                report.bad_entries.append(str(fmt.EntryError(index, str(err), entry.relpath)))
-                continue
-            for collision in collisions:
-                shared[(collision.index, collision.previous)] += 1
+
+    def note(found: LogProblem) -> None:
+        if found.bad_entry is not None:
+            report.bad_entries.append(describe_bad_entry(famfs_log, found.bad_entry))
+        elif found.namespace is not None:
+            report.namespace_errors.append(f"log entry {found.index}: {found.namespace}")
+        elif found.space is not None:  # in the device, but not in a whole allocation unit
+            report.bad_entries.append(str(fmt.EntryError(found.index, str(found.space), found.relpath)))
+        for collision in found.collisions:
+            shared[(collision.index, collision.previous)] += 1
+
+    namespace, bitmap = replay(famfs_log, note)
     for (index, previous), units in sorted(shared.items()):
-        report.crosslinks.append(f"cross-linked: {relpaths[index]!r} (entry {index}) and {relpaths[previous]!r} "
-                                 f"(entry {previous}) share {units * sb.alloc_unit} bytes")
+        other = "the superblock/log" if previous < 0 else f"{logged_relpath(famfs_log, previous)!r} (entry {previous})"
+        report.crosslinks.append(f"cross-linked: {logged_relpath(famfs_log, index)!r} (entry {index}) and {other} "
+                                 f"share {units * sb.alloc_unit} bytes")
     report.files = len(namespace.files)
     report.directories = len(namespace.dirs) - 1  # the root is not logged
     report.deletes = len(namespace.deleted)
@@ -117,6 +108,13 @@ def check(device: Device) -> Report:
     report.allocated_bytes = bitmap.used_units * sb.alloc_unit
     report.free_bytes = bitmap.free_units * sb.alloc_unit
     return report
+
+
+def logged_relpath(famfs_log: FamfsLog, index: int) -> str:
+    """The relpath of FILE entry `index`, which replay() has already read and accepted."""
+    entry = famfs_log.entry(index)
+    assert isinstance(entry, fmt.FileEntry)
+    return entry.relpath
 
 
 def describe_bad_entry(famfs_log: FamfsLog, error: fmt.EntryError) -> str:

@@ -16,7 +16,7 @@ import contextlib
 import os
 import random
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,28 +80,63 @@ class Namespace:
         return relpath in self.dirs
 
 
-def load(famfs_log: FamfsLog) -> tuple[Namespace, alloc.Bitmap]:
-    """Namespace and bitmap from every logged entry; the first problem stops it with its name."""
+@dataclass(frozen=True, slots=True)
+class LogProblem:
+    """One way a logged entry breaks the rules; exactly one of the detail fields is set."""
+
+    index: int
+    bad_entry: fmt.EntryError | None = None  # the slot itself is invalid
+    namespace: NamespaceError | None = None  # a valid entry the tree refuses
+    space: alloc.AllocError | None = None  # extents the bitmap cannot hold
+    collisions: tuple[alloc.Collision, ...] = ()  # units another entry (or the log) holds already
+    relpath: str | None = None
+
+
+def replay(famfs_log: FamfsLog, problem: Callable[[LogProblem], None]) -> tuple[Namespace, alloc.Bitmap]:
+    """Namespace and bitmap from every logged entry, calling `problem` for each rule broken.
+
+    The one walk of the log behind both the writer (which raises at the first problem) and fsck
+    (which lists them all). A FILE the namespace refuses still claims its units: they are taken
+    on media either way.
+    """
     sb = famfs_log.superblock
     namespace = Namespace()
     bitmap = alloc.Bitmap(sb.dev_size, sb.log_len, sb.alloc_unit)
     for index, entry in famfs_log.entries():
         if isinstance(entry, fmt.EntryError):
-            raise MasterError(f"{famfs_log.path}: {entry}; run famfsctl fsck")
+            problem(LogProblem(index, bad_entry=entry))
+            continue
         try:
             namespace.apply(index, entry)
         except NamespaceError as err:
-            raise MasterError(f"{famfs_log.path}: log entry {index}: {err}; run famfsctl fsck") from None
+            problem(LogProblem(index, namespace=err))
         if isinstance(entry, fmt.FileEntry):
             try:
                 collisions = bitmap.mark(entry.all_extents(), index)
             except alloc.AllocError as err:
-                raise MasterError(f"{famfs_log.path}: log entry {index} ({entry.relpath!r}): {err}; run famfsctl fsck") from None
+                problem(LogProblem(index, space=err, relpath=entry.relpath))
+                continue
             if collisions:
-                other = collisions[0].previous
-                raise MasterError(f"{famfs_log.path}: log entry {index} ({entry.relpath!r}) shares space with "
-                                  f"{'the superblock/log' if other < 0 else f'log entry {other}'}; run famfsctl fsck")
+                problem(LogProblem(index, collisions=tuple(collisions), relpath=entry.relpath))
     return namespace, bitmap
+
+
+def load(famfs_log: FamfsLog) -> tuple[Namespace, alloc.Bitmap]:
+    """Namespace and bitmap from every logged entry; the first problem stops it with its name."""
+
+    def refuse(found: LogProblem) -> None:
+        where = f"{famfs_log.path}: log entry {found.index}"
+        if found.bad_entry is not None:
+            raise MasterError(f"{famfs_log.path}: {found.bad_entry}; run famfsctl fsck")
+        if found.namespace is not None:
+            raise MasterError(f"{where}: {found.namespace}; run famfsctl fsck")
+        if found.space is not None:
+            raise MasterError(f"{where} ({found.relpath!r}): {found.space}; run famfsctl fsck")
+        other = found.collisions[0].previous
+        raise MasterError(f"{where} ({found.relpath!r}) shares space with "
+                          f"{'the superblock/log' if other < 0 else f'log entry {other}'}; run famfsctl fsck")
+
+    return replay(famfs_log, refuse)
 
 
 @dataclass(frozen=True, slots=True)

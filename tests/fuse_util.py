@@ -14,11 +14,10 @@ from typing import TypeVar
 
 from agent import format as fmt
 from agent.shadowyaml import emit_file_yaml
-from tests.famfsctl_util import famfsctl
+from tests.agent_util import run_agent
 
 BIN = Path(sys.executable).parent
 MOUNT_CLI = str(BIN / "famfs-fuse-mount")
-AGENT_CLI = str(BIN / "famfs-agent")
 WAIT_S = 10.0  # bounded waits only: never a timing assertion
 
 T = TypeVar("T")
@@ -36,16 +35,9 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
         time.sleep(0.005)
 
 
-def make_device(path: Path, size: str = "8g") -> Path:
-    famfsctl("mkfs", "--size", size, path)
-    return path
-
-
 def play(device: Path, shadow: Path) -> None:
     """One famfs-agent replay of the log into the shadow tree."""
-    done = subprocess.run([AGENT_CLI, str(device), "--shadow", str(shadow), "--no-progress"], capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
+    run_agent(device, "--shadow", shadow, "--no-progress", check=True)
 
 
 def empty_shadow(shadow: Path) -> Path:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import subprocess
-import sys
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ from agent.device import Device
 from agent.famfslog import FamfsLog
 from agent.mkfs import create_image, mkfs
 from tests.conftest import DATA, REFERENCE_IMAGES, parse_size, reference_info
+from tests.famfsctl_util import famfsctl
 
 MIB = 1 << 20
 
@@ -286,11 +285,6 @@ def spec_check(image: Path, uuid_file: Path) -> Iterator[tuple[int, int, bytes]]
     claimed.sort()
     for (_, end), (start, _) in itertools.pairwise(claimed):
         assert end <= start, "no two extents overlap"
-
-
-def famfsctl(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.ctl", *map(str, args)], capture_output=True, text=True,
-                          check=True)
 
 
 def test_famfsctl_image_satisfies_the_spec_field_by_field(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from agent import format as fmt
 from agent.shadowyaml import emit_file_yaml
-from tests.fuse_util import MOUNT_CLI, Mount, empty_shadow, make_device, put_file, put_yaml, wait_for
+from tests.famfsctl_util import make_image
+from tests.fuse_util import MOUNT_CLI, Mount, empty_shadow, put_file, put_yaml, wait_for
 
 MiB = 1 << 20
 UNIT = 2 * MiB
@@ -41,7 +42,7 @@ def bad_yaml_table() -> dict[str, bytes]:
 
 @pytest.fixture
 def device(tmp_path: Path, system_uuid_file: Path) -> Path:
-    return make_device(tmp_path / "dev.img")
+    return make_image(tmp_path / "dev.img", "8g")
 
 
 def test_bad_shadow_files_get_eio_and_one_log_line(tmp_path: Path, device: Path) -> None:

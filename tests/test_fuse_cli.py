@@ -16,13 +16,21 @@ import pytest
 from agent import master
 from agent.device import Device
 from agent.famfslog import FamfsLog
-from tests.famfsctl_util import famfsctl
-from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, make_device, mount_status, play, unmount, wait_for
+from tests.famfsctl_util import famfsctl, make_image
+from tests.fuse_util import (
+    MOUNT_CLI,
+    WAIT_S,
+    Mount,
+    mount_status,
+    play,
+    unmount,
+    wait_for,
+)
 
 
 @pytest.fixture
 def tree(tmp_path: Path, system_uuid_file: Path) -> tuple[Path, Path]:
-    device = make_device(tmp_path / "dev.img")
+    device = make_image(tmp_path / "dev.img", "8g")
     famfsctl("creat", "--device", device, "-s", "5m", "-r", "-S", "4", "file")
     shadow = tmp_path / "shadow"
     play(device, shadow)

@@ -16,8 +16,15 @@ from agent import format as fmt
 from agent import prng
 from agent.device import Device
 from agent.famfslog import FamfsLog
-from tests.famfsctl_util import famfsctl
-from tests.fuse_util import Mount, empty_shadow, make_device, play, put_file, read_device, write_device
+from tests.famfsctl_util import famfsctl, make_image
+from tests.fuse_util import (
+    Mount,
+    empty_shadow,
+    play,
+    put_file,
+    read_device,
+    write_device,
+)
 
 MiB = 1 << 20
 CHUNK = 2 * MiB
@@ -25,7 +32,7 @@ CHUNK = 2 * MiB
 
 @pytest.fixture
 def device(tmp_path: Path, system_uuid_file: Path) -> Path:
-    return make_device(tmp_path / "dev.img")
+    return make_image(tmp_path / "dev.img", "8g")
 
 
 def test_randomized_files_read_back_through_the_mount(tmp_path: Path, device: Path) -> None:

@@ -15,11 +15,10 @@ import pytest
 from agent import format as fmt
 from agent import prng
 from agent.shadowyaml import emit_file_yaml
-from tests.famfsctl_util import famfsctl
+from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import (
     Mount,
     empty_shadow,
-    make_device,
     mount_status,
     play,
     proc_setting,
@@ -35,7 +34,7 @@ DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
 
 @pytest.fixture
 def device(tmp_path: Path, system_uuid_file: Path) -> Path:
-    return make_device(tmp_path / "dev.img")
+    return make_image(tmp_path / "dev.img", "8g")
 
 
 def file_at(relpath: str, unit: int, size: int = UNIT, mode: int = 0o644) -> fmt.FileEntry:

@@ -19,8 +19,8 @@ import pytest
 
 from agent.shadowdir import SHADOW_XATTR, SOCKET
 from fusefs import rest
-from tests.famfsctl_util import famfsctl
-from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, make_device, mount_status, play, wait_for
+from tests.famfsctl_util import famfsctl, make_image
+from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, mount_status, play, wait_for
 
 FUSE_SUPER_MAGIC = 0x65735546
 ICACHE_STATS = re.compile(r"icache_stats:\n  search_count:   (\d+)\n  nodes_scanned:  (\d+)\n  search_fail_ct: (\d+)\n")
@@ -73,7 +73,7 @@ def recognized_by_upstream_cli(mountpoint: Path) -> bool:
 
 @pytest.fixture
 def tree(tmp_path: Path, system_uuid_file: Path) -> tuple[Path, Path]:
-    device = make_device(tmp_path / "dev.img")
+    device = make_image(tmp_path / "dev.img", "8g")
     famfsctl("creat", "--device", device, "-s", "5m", "-r", "-S", "4", "file")
     famfsctl("mkdir", "--device", device, "dir")
     famfsctl("creat", "--device", device, "-s", "1m", "dir/inner")

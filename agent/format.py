@@ -473,14 +473,16 @@ def _best_effort_relpath(raw: bytes) -> str | None:
     return None if relpath is None else relpath.decode(errors="backslashreplace")
 
 
-def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int = ALLOC_UNIT) -> None:
+def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int = ALLOC_UNIT,
+                  *, metadata: bool = False) -> None:
     """Geometry rules for a FILE entry on a device (spec §9 items 6 and 11, fixed).
 
     Each extent: devindex 0 (the only device upstream supports), nonzero length, aligned to
     the allocation unit, inside the device and past the superblock and log; the extents of one
     file do not overlap; the file size fits in its extents; strips are equal, whole chunks.
+    `metadata`: the `.meta` files, which map the superblock and log themselves.
     """
-    low = data_start(log_len)
+    low = 0 if metadata else data_start(log_len)
     ranges = entry.all_extents()
     for n, extent in enumerate(ranges):
         if extent.devindex != 0:

@@ -117,14 +117,6 @@ def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
     entry = parse_file_yaml(raw)
     if entry.relpath.encode() != relpath:
         raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
-    if relpath.startswith(META_PREFIX):
-        # The metadata files map the superblock and log themselves: in-device bounds only.
-        for extent in entry.all_extents():
-            if extent.end > geometry.dev_size:
-                raise fmt.FormatError(f"extent [{extent.offset:#x}, {extent.end:#x}) past the device end "
-                                      f"{geometry.dev_size:#x}")
-        if entry.size > entry.capacity():
-            raise fmt.FormatError(f"size {entry.size} exceeds the {entry.capacity()} bytes of its extents")
-    else:
-        fmt.check_extents(entry, geometry.dev_size, geometry.log_len, geometry.alloc_unit)
+    fmt.check_extents(entry, geometry.dev_size, geometry.log_len, geometry.alloc_unit,
+                      metadata=relpath.startswith(META_PREFIX))
     return entry

@@ -19,14 +19,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import config, logsetup
-from agent import format as fmt
-from agent.device import Device, DeviceError
-from agent.famfslog import FamfsLog
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
-from agent.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
-from agent.shadow import ShadowTree
-from agent.shadowdir import AGENT_DIR, LOCK_FILE, STATE_FILE, state_path
+from agent.shadow_writer import ShadowTree
+from famfs import config, logsetup
+from famfs import format as fmt
+from famfs.device import Device, DeviceError
+from famfs.famfslog import FamfsLog
+from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
+from famfs.shadowdir import AGENT_DIR, LOCK_FILE, STATE_FILE, state_path
 
 
 def play_parser() -> argparse.ArgumentParser:

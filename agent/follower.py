@@ -9,32 +9,29 @@ bracketed by two cursor writes (pending, then done) so a restart knows whether i
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 import os
 import signal
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
 import structlog
 
-from agent import format as fmt
-from agent.config import AgentSettings
-from agent.device import Device, DeviceError
-from agent.famfslog import FamfsLog
-from agent.identity import Role, role_of
-from agent.shadow import Rejected, ShadowError, ShadowTree
-from agent.shadowdir import STATE_FILE
+from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
+from famfs import format as fmt
+from famfs.config import AgentSettings
+from famfs.device import Device, DeviceError
+from famfs.famfslog import FamfsLog
+from famfs.identity import Role, role_of
+from famfs.shadowdir import STATE_FILE, AgentState, boot_id
 
 log = structlog.get_logger("famfs-agent")
 
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 SEAL = struct.Struct("<Q")  # seqnum at the start of a slot, CRC at ENTRY_CRC_SPAN
 PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before a bar is worth drawing
 PROGRESS_PERIOD_S = 0.2
@@ -44,49 +41,6 @@ DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no val
 EXIT_OK = 0
 EXIT_REJECTED = 1  # one-shot: some entries rejected, or a corrupt entry stopped the play
 EXIT_UNUSABLE = 2  # the device or the shadow directory cannot be used
-
-
-def boot_id() -> str:
-    try:
-        return BOOT_ID.read_text().strip()
-    except OSError:
-        return ""
-
-
-@dataclass
-class AgentState:
-    """state.json. famfsctl and famfs-fuse-mount read `device` from it."""
-
-    device: str
-    fs_uuid: str
-    applied_index: int = -1  # the cursor: every entry up to here is dealt with
-    applied_seqnum: int | None = None
-    applied_crc: int | None = None
-    next_index_seen: int = 0  # the log's next_index when last polled
-    rejected: int = 0  # entries up to the cursor that were rejected
-    last_error: str | None = None
-    stalled_at: int | None = None  # a corrupt entry progress is stopped at
-    pending_delete: dict[str, object] | None = None  # {"index", "path"}: unlink may have happened
-    role: str = Role.CLIENT.value
-    boot_id: str = field(default_factory=boot_id)
-    pid: int = field(default_factory=os.getpid)
-    following: bool = False
-    updated_at: float = field(default_factory=time.time)
-    caught_up_at: float | None = None  # last time the tree held every logged entry
-
-    def dump(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode() + b"\n"
-
-    @classmethod
-    def parse(cls, raw: bytes | None) -> AgentState | None:
-        """The saved state, or None if there is none or it is unreadable (then: rebuild)."""
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-            return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
-        except (ValueError, TypeError, KeyError):
-            return None
 
 
 class Progress:

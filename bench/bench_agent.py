@@ -24,16 +24,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent import format as fmt
-from agent.config import AgentSettings
-from agent.device import Device
-from agent.famfslog import FamfsLog
 from agent.follower import Follower
-from agent.logsetup import configure
-from agent.mkfs import create_image, mkfs
-from agent.shadowyaml import emit_file_yaml
 from bench.common import Result, scratch
-from tests.conftest import materialize_reference
+from demo.harness import materialize_reference
+from famfs import format as fmt
+from famfs.config import AgentSettings
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.logsetup import configure
+from famfs.master.mkfs import create_image, mkfs
+from famfs.shadowyaml import emit_file_yaml
 
 AGENT = [sys.executable, "-m", "agent.cli"]
 REPO = Path(__file__).resolve().parent.parent
@@ -136,9 +136,9 @@ def background_writer(image: Path, rate: int) -> subprocess.Popen[bytes]:
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from agent import format as fmt\n"
-        "from agent.device import Device\n"
-        "from agent.famfslog import FamfsLog\n"
+        "from famfs import format as fmt\n"
+        "from famfs.device import Device\n"
+        "from famfs.famfslog import FamfsLog\n"
         "from bench.bench_agent import file_at\n"
         "image, rate = sys.argv[1], int(sys.argv[2])\n"
         "start = fmt.data_start(fmt.DEFAULT_LOG_LEN)\n"

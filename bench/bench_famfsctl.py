@@ -20,11 +20,11 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from agent import format as fmt
-from agent import fsck, prng
-from agent.device import Device
 from bench.common import Result
-from tests.conftest import materialize_reference
+from demo.harness import materialize_reference
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.master import fsck, prng
 
 
 def best_of(runs: int, work: Callable[[], object]) -> float:
@@ -58,12 +58,12 @@ def bench_fill(quick: bool) -> Result:
     return Result(name=f"creat --randomize fill pattern ({length >> 20} MiB)", ours=length / ours / 1e6, unit="MB/s",
                   baseline=length / baseline / 1e6, baseline_name="per-word struct.pack loop",
                   note="one core, pure Python: up to 1024 lanes stepped at once in big ints (SWAR), lane "
-                       "starts by jump matrix (agent/prng.py); stepping per word it was about 17 MB/s")
+                       "starts by jump matrix (famfs/master/prng.py); stepping per word it was about 17 MB/s")
 
 
 def bench_creat(quick: bool, workdir: Path) -> Result:
     image, uuid_file = workdir / "dev.img", workdir / "system_uuid"
-    cli = [sys.executable, "-m", "agent.ctl"]
+    cli = [sys.executable, "-m", "famfs.master.cli"]
     subprocess.run([*cli, "mkfs", "--size", "1g", "--system-uuid-file", uuid_file, image], check=True, capture_output=True)
     counter = iter(range(1_000_000))
 
@@ -72,11 +72,11 @@ def bench_creat(quick: bool, workdir: Path) -> Result:
                         f"f{next(counter)}"], check=True, capture_output=True)
 
     def startup() -> None:
-        subprocess.run([sys.executable, "-c", "import agent.ctl"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", "import famfs.master.cli"], check=True, capture_output=True)
 
     runs = 2 if quick else 10
     return Result(name="famfsctl creat -s 1m (one process)", ours=best_of(runs, creat) * 1e3, unit="ms",
-                  baseline=best_of(runs, startup) * 1e3, baseline_name="python -c 'import agent.ctl'",
+                  baseline=best_of(runs, startup) * 1e3, baseline_name="python -c 'import famfs.master.cli'",
                   note="lower is better; the difference is the lock, log rebuild, allocation and append")
 
 
@@ -84,7 +84,7 @@ def bench_cp(quick: bool, workdir: Path) -> Result:
     image, uuid_file, source = workdir / "cp.img", workdir / "system_uuid", workdir / "source.bin"
     length = (8 if quick else 256) << 20
     source.write_bytes(os.urandom(length))
-    cli = [sys.executable, "-m", "agent.ctl"]
+    cli = [sys.executable, "-m", "famfs.master.cli"]
     subprocess.run([*cli, "mkfs", "--size", "2g", "--system-uuid-file", uuid_file, image], check=True, capture_output=True)
     counter = iter(range(1_000_000))
 

@@ -19,11 +19,11 @@ import os
 import time
 from pathlib import Path
 
-from agent import format as fmt
-from agent.mkfs import create_image, mkfs
-from agent.shadowyaml import emit_file_yaml
 from bench.common import Result, scratch
-from tests.fuse_util import Mount, empty_shadow, put_file
+from demo.harness import Mount, empty_shadow, put_file
+from famfs import format as fmt
+from famfs.master.mkfs import create_image, mkfs
+from famfs.shadowyaml import emit_file_yaml
 
 MiB = 1 << 20
 UNIT = 2 * MiB

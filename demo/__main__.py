@@ -20,6 +20,7 @@ from types import FrameType
 
 from demo.cluster import Cluster, HarnessError
 from demo.story import Narrator, run, show_logs
+from famfs import env
 
 
 class Terminated(BaseException):
@@ -34,14 +35,14 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Started in the background by a non-interactive shell, SIGINT arrives ignored: restore Ctrl-C.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    parent = Path(os.environ.get("FAMFS_DEMO_DIR") or tempfile.gettempdir())
+    parent = Path(os.environ.get(env.DEMO_DIR) or tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
-    namespaces = None if os.environ.get("FAMFS_DEMO_NAMESPACES", "") != "0" else False
+    namespaces = None if os.environ.get(env.DEMO_NAMESPACES, "") != "0" else False
     say = Narrator()
     print("famfs demo: one shared memory device (emulated by a file), one master and two client hosts.\n"
           "Each host runs famfs-agent (follows the device's log into its own shadow tree) and\n"
           "famfs-fuse-mount (serves that tree as a file system; file bytes come from the device).")
-    cluster = Cluster(parent=parent, size=os.environ.get("FAMFS_DEMO_SIZE", "4g"), namespaces=namespaces)
+    cluster = Cluster(parent=parent, size=os.environ.get(env.DEMO_SIZE, "4g"), namespaces=namespaces)
     status = 0
     try:
         try:

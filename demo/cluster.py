@@ -31,11 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from agent import format as fmt
+from famfs import env
+from famfs import format as fmt
 
 # The environment every famfs command reads (part of their documented command-line contract).
-SYSTEM_UUID_ENV = "FAMFS_SYSTEM_UUID_FILE"
-CONFIG_ENV = "FAMFS_AGENT_CONFIG"
+SYSTEM_UUID_ENV = env.SYSTEM_UUID_FILE
+CONFIG_ENV = env.AGENT_CONFIG
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

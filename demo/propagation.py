@@ -30,7 +30,7 @@ from demo.cluster import Cluster, HarnessError
 POLL_S = 0.0001  # short enough for sub-millisecond resolution, long enough to leave the CPU to the daemons
 TIMEOUT_S = 10.0
 REALTIME_PRIORITY = 1  # the lowest real-time priority: enough to run as soon as a poll's sleep ends
-# One structlog key=value line (agent/logsetup.py) for an operation that appended an entry.
+# One structlog key=value line (famfs/logsetup.py) for an operation that appended an entry.
 LOGGED_APPEND = re.compile(r"timestamp='([^']+)'.*\b(?:index|first_index)=\d")
 
 

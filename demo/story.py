@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import format as fmt
 from demo.cluster import Cluster, HarnessError, log_tail, tool, wait_until
 from demo.propagation import measure, percentile
 from demo.trees import file_checksums, sha256_of
+from famfs import env
+from famfs import format as fmt
 
 MiB = 1 << 20
 # Pure-Python packages of the standard library: ~280 source files, a few MB, short paths.
@@ -79,7 +80,7 @@ def bring_up(cluster: Cluster, say: Narrator) -> None:
             f"(its identity: {cluster.master.uuid_file})")
     if cluster.namespaced:
         say.say("each host's mount runs in its own mount namespace (unshare -m), as on separate machines")
-    elif os.environ.get("FAMFS_DEMO_NAMESPACES") == "0":
+    elif os.environ.get(env.DEMO_NAMESPACES) == "0":
         say.say("FAMFS_DEMO_NAMESPACES=0: every host's mount is in this machine's own mount namespace")
     else:
         say.say("mount namespaces do not work here: every host's mount is in this machine's own namespace")

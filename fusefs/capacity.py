@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent import format as fmt
-from agent import master
-from agent.famfslog import FamfsLog
+from famfs import format as fmt
+from famfs.famfslog import FamfsLog
+from famfs.master import writer
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -46,8 +46,8 @@ class CapacityCache:
         sb = self.famfs_log.superblock
         try:
             header = self.famfs_log.header()
-            _, bitmap = master.load(self.famfs_log)
-        except (master.MasterError, fmt.FormatError, OSError) as err:
+            _, bitmap = writer.load(self.famfs_log)
+        except (writer.MasterError, fmt.FormatError, OSError) as err:
             # A log that does not add up: report no free space rather than a guess.
             next_index = self.famfs_log.next_index()
             if self.warned_index != next_index:

@@ -26,18 +26,18 @@ import pyfuse3
 import structlog
 import trio
 
-from agent import config, logsetup
-from agent import format as fmt
-from agent.device import Device, DeviceError
-from agent.famfslog import FamfsLog
-from agent.shadowdir import ROOT, recorded_device, state_path
+from famfs import config, logsetup
+from famfs import format as fmt
+from famfs.device import Device, DeviceError
+from famfs.famfslog import FamfsLog
+from famfs.shadowdir import ROOT, recorded_device, state_path
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
 from fusefs.operations import FamfsOperations, MountPolicy
 from fusefs.rest import Endpoints, RestError, RestSocket, RuntimeLogLevel
-from fusefs.shadowtree import Geometry
+from fusefs.shadow_reader import Geometry
 from fusefs.sync import TreeSync
 from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher
 

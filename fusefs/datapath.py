@@ -2,16 +2,16 @@
 
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
 the mapping, no copy; a range that spans pieces is joined. The mapping of file offsets to device
-offsets, simple and interleaved (spec §4.3), is agent.alloc.device_ranges: one copy of the rule.
+offsets, simple and interleaved (spec §4.3), is famfs.format.device_ranges: one copy of the rule.
 """
 
 from __future__ import annotations
 
 import errno
 
-from agent import format as fmt
-from agent.alloc import device_ranges
-from agent.device import Device
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.format import device_ranges
 
 
 class DataError(OSError):

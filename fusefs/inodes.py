@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pyfuse3
 import structlog
 
-from agent import format as fmt
-from fusefs import shadowtree
-from fusefs.shadowtree import Geometry, Signature
+from famfs import format as fmt
+from fusefs import shadow_reader
+from fusefs.shadow_reader import Geometry, Signature
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -74,7 +74,7 @@ class InodeTable:
         self.geometry = geometry
         self.nodes: dict[int, Node] = {}
         self.next_ino = ROOT_INODE + 1
-        root_sig = shadowtree.signature(shadow_root)
+        root_sig = shadow_reader.signature(shadow_root)
         if root_sig is None or not root_sig.is_dir:
             raise FileNotFoundError(f"{os.fsdecode(shadow_root)}: not a directory")
         self.nodes[ROOT_INODE] = Node(ROOT_INODE, ROOT_INODE, b"", b"", root_sig)
@@ -101,7 +101,7 @@ class InodeTable:
                 node.error = "deleted before it was read"  # its path may name a newer file now
                 return None
             try:
-                node.entry = shadowtree.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
+                node.entry = shadow_reader.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
             except fmt.FormatError as err:
                 node.error = str(err)
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
@@ -154,7 +154,7 @@ class InodeTable:
         parent = self.nodes[parent_ino]
         if not parent.is_dir:
             return []  # a stale event below what is now a file
-        sig = shadowtree.signature(self.shadow_path(relpath))
+        sig = shadow_reader.signature(self.shadow_path(relpath))
         current = self.child(parent, name)
         notices: list[Notice] = []
         # The kernel can cache a name (or its absence) only under a directory it has looked up.
@@ -178,7 +178,7 @@ class InodeTable:
 
     def _refresh_root(self) -> list[Notice]:
         root = self.nodes[ROOT_INODE]
-        sig = shadowtree.signature(self.shadow_root)
+        sig = shadow_reader.signature(self.shadow_root)
         if sig is None or not sig.is_dir or sig == root.sig:
             return []
         root.sig = sig
@@ -220,7 +220,7 @@ class InodeTable:
         pending = [directory]
         while pending:
             current = pending.pop()
-            for name, sig in shadowtree.list_dir(self.shadow_path(current.relpath)).items():
+            for name, sig in shadow_reader.list_dir(self.shadow_path(current.relpath)).items():
                 if self.child(current, name) is None:
                     node = self._add(current, name, sig)
                     if node.is_dir:

@@ -25,8 +25,8 @@ import pyfuse3
 import structlog
 import trio
 
-from agent import format as fmt
-from agent import shadowdir
+from famfs import format as fmt
+from famfs import shadowdir
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataError, DataPath
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind

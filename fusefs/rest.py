@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from agent.shadowdir import SOCKET
+from famfs.shadowdir import SOCKET
 from fusefs.inodes import InodeTable
 from fusefs.operations import LookupCounters
 

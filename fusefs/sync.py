@@ -15,7 +15,7 @@ import os
 import structlog
 import trio
 
-from fusefs import shadowtree
+from fusefs import shadow_reader
 from fusefs.inodes import InodeTable, Notice
 from fusefs.notify import Notifier
 from fusefs.watcher import RESCAN, ShadowWatcher
@@ -80,7 +80,7 @@ class TreeSync:
                 last = trio.current_time()
 
     async def rescan(self, reason: str) -> None:
-        disk = await trio.to_thread.run_sync(shadowtree.walk, self.table.shadow_root)
+        disk = await trio.to_thread.run_sync(shadow_reader.walk, self.table.shadow_root)
         candidates = self.table.reconcile_candidates(disk)
         notices = self._refresh_all(candidates)
         self.rescans += 1

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
-from agent.mkfs import create_image, mkfs
-from agent.shadowdir import state_path
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master.mkfs import create_image, mkfs
+from famfs.shadowdir import state_path
 from tests.conftest import DATA
 
 AGENT = [sys.executable, "-m", "agent.cli"]

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import alloc, master
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import writer
 
 
 def famfsctl(*args: object, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """famfsctl ARGS... as its own process; with `check`, a failure shows its stderr."""
-    done = subprocess.run([sys.executable, "-m", "agent.ctl", *map(str, args)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "famfs.master.cli", *map(str, args)], capture_output=True, text=True,
                           env=env)
     if check and done.returncode != 0:
         raise AssertionError(f"famfsctl {' '.join(map(str, args))} exited {done.returncode}: {done.stderr}")
@@ -44,9 +44,9 @@ def file_entries(image: Path) -> list[fmt.FileEntry]:
 def file_bytes(image: Path, relpath: str) -> bytes:
     """A famfs file's content, read from the device at its extents."""
     with Device(image) as device:
-        namespace, _ = master.load(FamfsLog(device))
+        namespace, _ = writer.load(FamfsLog(device))
         entry = namespace.files[relpath][1]
-        return b"".join(device.read(offset, length) for offset, length in alloc.device_ranges(entry))
+        return b"".join(device.read(offset, length) for offset, length in fmt.device_ranges(entry))
 
 
 def digest(image: Path) -> str:

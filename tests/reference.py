@@ -7,7 +7,7 @@ import gzip
 import tarfile
 from dataclasses import dataclass
 
-from agent import format as fmt
+from famfs import format as fmt
 from tests.conftest import DATA
 
 

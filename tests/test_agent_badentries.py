@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
+from famfs import format as fmt
 from tests.agent_util import (
     DATA_START,
     IMAGE_SIZE,

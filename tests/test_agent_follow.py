@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
 from tests import fuse_util
-from tests.famfsctl_util import famfsctl
 from tests.agent_util import (
     AGENT,
     agent_state,
@@ -32,6 +31,7 @@ from tests.agent_util import (
     run_agent,
     snapshot,
 )
+from tests.famfsctl_util import famfsctl
 
 WAIT_S = 20.0
 wait_for = functools.partial(fuse_util.wait_for, timeout=WAIT_S)

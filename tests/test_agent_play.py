@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
-from agent.shadowdir import state_path
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.shadowdir import state_path
 from tests.agent_util import (
     AGENT,
     agent_state,

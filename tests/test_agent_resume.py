@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
-from agent.mkfs import mkfs
-from agent.shadowyaml import emit_file_yaml
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master.mkfs import mkfs
+from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import (
     AGENT,
     agent_state,

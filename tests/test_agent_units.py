@@ -7,12 +7,12 @@ import io
 import os
 from pathlib import Path
 
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
 from agent.follower import AgentState, Progress
-from agent.shadow import ShadowTree
+from agent.shadow_writer import ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
 from tests.agent_util import append, file_entry, make_device, mkdir_entry
 
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from agent import alloc
-from agent import format as fmt
+from famfs import format as fmt
+from famfs.master import alloc
 
 AU = fmt.ALLOC_UNIT
 GIB = 1 << 30
@@ -99,15 +99,15 @@ def test_device_ranges_of_an_interleaved_file_follow_the_chunk_rotation() -> Non
     strips = tuple(fmt.Extent(offset=(100 + 10 * k) * AU, length=4 * AU) for k in range(3))
     entry = fmt.FileEntry(relpath="f", size=10 * AU + 5, mode=0o644, uid=0, gid=0,
                           stripes=(fmt.Stripe(chunk_size=2 * AU, strips=strips),))
-    pieces = list(alloc.device_ranges(entry))
+    pieces = list(fmt.device_ranges(entry))
     # chunks 0,1,2 → strips 0,1,2 (first chunk of each), chunks 3,4,5 → second chunk of each
     assert pieces == [(100 * AU, 2 * AU), (110 * AU, 2 * AU), (120 * AU, 2 * AU),
                       (102 * AU, 2 * AU), (112 * AU, 2 * AU), (122 * AU, 5)]
-    assert list(alloc.device_ranges(entry, 3 * AU, AU)) == [(111 * AU, AU)]
+    assert list(fmt.device_ranges(entry, 3 * AU, AU)) == [(111 * AU, AU)]
 
 
 def test_device_ranges_of_a_simple_file_span_its_extents_and_stop_at_its_size() -> None:
     extents = (fmt.Extent(offset=50 * AU, length=AU), fmt.Extent(offset=80 * AU, length=2 * AU))
     entry = fmt.FileEntry(relpath="f", size=2 * AU, mode=0o644, uid=0, gid=0, extents=extents)
-    assert list(alloc.device_ranges(entry)) == [(50 * AU, AU), (80 * AU, AU)]
-    assert list(alloc.device_ranges(entry, AU // 2, AU)) == [(50 * AU + AU // 2, AU // 2), (80 * AU, AU // 2)]
+    assert list(fmt.device_ranges(entry)) == [(50 * AU, AU), (80 * AU, AU)]
+    assert list(fmt.device_ranges(entry, AU // 2, AU)) == [(50 * AU + AU // 2, AU // 2), (80 * AU, AU // 2)]

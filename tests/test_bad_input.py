@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent import master
-from agent.mkfs import create_image, mkfs
+from famfs import format as fmt
+from famfs.master import writer
+from famfs.master.mkfs import create_image, mkfs
 from tests.conftest import materialize_reference, reference_info
 from tests.famfsctl_util import digest, famfsctl
 from tests.fuse_util import read_device, write_device
@@ -150,9 +150,9 @@ def healthy_image(tmp_path: Path, uuid_file: Path) -> Path:
     image = tmp_path / "dev.img"
     create_image(image, 1 << 30)
     mkfs(str(image), uuid_file=uuid_file)
-    owner = master.Ownership(0o644, 0, 0)
-    with master.session(str(image), uuid_file) as current:
-        current.mkdir("dir", master.Ownership(0o755, 0, 0))
+    owner = writer.Ownership(0o644, 0, 0)
+    with writer.session(str(image), uuid_file) as current:
+        current.mkdir("dir", writer.Ownership(0o755, 0, 0))
         current.create("dir/a", 5 * MIB, owner)
         current.create("dir/b", MIB, owner)
     return image

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import format as fmt
+from famfs import format as fmt
 from tests.famfsctl_util import entries, famfsctl, make_image
 
 WRITERS = 8
@@ -15,7 +15,7 @@ WRITERS = 8
 
 def run_at_once(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     """Start every command before waiting for any."""
-    started = [subprocess.Popen([sys.executable, "-m", "agent.ctl", *command], stdout=subprocess.PIPE,
+    started = [subprocess.Popen([sys.executable, "-m", "famfs.master.cli", *command], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for command in commands]
     results = []
     for process, command in zip(started, commands, strict=True):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from famfs import config
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTED = REPO / "famfs-agent.toml"

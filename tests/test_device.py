@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.device import Device, DeviceError, probe
+from famfs.device import Device, DeviceError, probe
 
 
 def test_image_file_is_a_device_of_its_size(tmp_path: Path) -> None:

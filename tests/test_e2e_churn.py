@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from demo.checks import agent_status, checksums_through, fresh_play, verify_randomized, wait_mount_matches, wait_shadows_equal
+from demo.checks import (
+    agent_status,
+    checksums_through,
+    fresh_play,
+    verify_randomized,
+    wait_mount_matches,
+    wait_shadows_equal,
+)
 from demo.churn import Churn
 from demo.cluster import Cluster
 

@@ -7,9 +7,17 @@ import re
 import uuid
 from pathlib import Path
 
-from agent import format as fmt
-from agent import prng
-from tests.famfsctl_util import digest, entries, famfsctl, file_bytes, file_entries, make_image
+from famfs import env
+from famfs import format as fmt
+from famfs.master import prng
+from tests.famfsctl_util import (
+    digest,
+    entries,
+    famfsctl,
+    file_bytes,
+    file_entries,
+    make_image,
+)
 from tests.fuse_util import Mount, play
 
 MIB = 1 << 20
@@ -161,7 +169,7 @@ def test_identity_comes_from_flag_then_env_then_config(tmp_path: Path, system_uu
     assert via_flag.returncode == 1 and "this host is a client of file system" in via_flag.stderr
     config = tmp_path / "famfs-agent.toml"
     config.write_text(f'[host]\nsystem_uuid_file = "{system_uuid_file}"\n')
-    env = {k: v for k, v in os.environ.items() if k != "FAMFS_SYSTEM_UUID_FILE"}
+    env = {k: v for k, v in os.environ.items() if k != env.SYSTEM_UUID_FILE}
     famfsctl("mkdir", "--config", config, "--device", image, "y", env=env)
     assert "this host: master" in famfsctl("status", "--config", config, image, env=env).stdout
     assert "this host: client" in famfsctl("status", "--system-uuid-file", other, image).stdout

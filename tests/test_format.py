@@ -6,7 +6,7 @@
    UUIDs gives a byte-identical log (upstream's allocation decisions reproduced, the striped one
    with glibc's rand() seeded as the reference run seeded it).
 3. An image written by the famfsctl CLI satisfies every rule of spec §1-§2, checked field by
-   field at the spec's offsets with int.from_bytes, independently of agent/format.py.
+   field at the spec's offsets with int.from_bytes, independently of famfs/format.py.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import alloc, fsck, master
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
-from agent.mkfs import create_image, mkfs
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import alloc, fsck, writer
+from famfs.master.mkfs import create_image, mkfs
 from tests.conftest import DATA, REFERENCE_IMAGES, parse_size, reference_info
 from tests.famfsctl_util import famfsctl
 
@@ -80,7 +80,7 @@ def test_reference_image_agrees_with_ops_listing_and_fsck(name: str, reference_i
         assert (str(sb.fs_uuid), str(sb.dev_uuid), str(sb.system_uuid)) == (info["fs_uuid"], info["dev_uuid"], info["system_uuid"])
         assert sb.dev_size == parse_size(info["devsize"]) and sb.log_len == int(info["loglen"])
         entries = [entry for _, entry in famfs_log.entries()]
-        namespace, _ = master.load(famfs_log)
+        namespace, _ = writer.load(famfs_log)
         report = fsck.check(device)
 
     expected = logged_ops(name)
@@ -154,15 +154,15 @@ def replay(name: str, image: Path, uuid_file: Path) -> None:
     mkfs(str(image), uuid_file=uuid_file, log_len=int(info["loglen"]), fs_uuid=uuid.UUID(info["fs_uuid"]),
          dev_uuid=uuid.UUID(info["dev_uuid"]))
     layout: alloc.InterleaveParams | None = None
-    with master.session(str(image), uuid_file, rng=GlibcShuffle(int(info.get("PEER_SRAND", "1")))) as current:
+    with writer.session(str(image), uuid_file, rng=GlibcShuffle(int(info.get("PEER_SRAND", "1")))) as current:
         for op in ops(name):
             if op[0] == "stripe":
                 nbuckets, nstrips, chunk = int(op[1]), int(op[2]), parse_size(op[3])
                 layout = None if nbuckets == 0 else alloc.InterleaveParams(nbuckets, nstrips, chunk)
             elif op[0] == "mkdir":
-                current.mkdir(op[1], master.Ownership(int(op[2], 8), int(op[3]), int(op[4])))
+                current.mkdir(op[1], writer.Ownership(int(op[2], 8), int(op[3]), int(op[4])))
             else:
-                current.create(op[1], int(op[2]), master.Ownership(int(op[3], 8), int(op[4]), int(op[5])), layout=layout)
+                current.create(op[1], int(op[2]), writer.Ownership(int(op[3], 8), int(op[4]), int(op[5])), layout=layout)
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)

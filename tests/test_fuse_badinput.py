@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent.shadowyaml import emit_file_yaml
+from famfs import format as fmt
+from famfs.shadowyaml import emit_file_yaml
 from tests.famfsctl_util import make_image
 from tests.fuse_util import MOUNT_CLI, Mount, empty_shadow, put_file, put_yaml, wait_for
 

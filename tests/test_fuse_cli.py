@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import master
-from agent.device import Device
-from agent.famfslog import FamfsLog
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import writer
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import (
     MOUNT_CLI,
@@ -82,7 +82,7 @@ def test_statfs_reports_the_device(tmp_path: Path, tree: tuple[Path, Path]) -> N
     shadow, device = tree
     with Device(device) as dev:
         famfs_log = FamfsLog(dev)
-        _, bitmap = master.load(famfs_log)
+        _, bitmap = writer.load(famfs_log)
         sb = famfs_log.superblock
         header = famfs_log.header()
     with Mount(shadow, device, tmp_path / "mnt") as mount:

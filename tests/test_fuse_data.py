@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent import prng
-from agent.device import Device
-from agent.famfslog import FamfsLog
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import prng
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import (
     Mount,

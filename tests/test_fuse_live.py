@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent import prng
-from agent.shadowyaml import emit_file_yaml
+from famfs import format as fmt
+from famfs.master import prng
+from famfs.shadowyaml import emit_file_yaml
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import (
     Mount,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.shadowdir import SHADOW_XATTR, SOCKET
+from famfs.shadowdir import SHADOW_XATTR, SOCKET
 from fusefs import rest
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, mount_status, play, wait_for

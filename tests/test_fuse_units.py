@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import format as fmt
-from agent.device import Device
-from agent.mkfs import create_image
-from agent.shadowyaml import emit_file_yaml, meta_file_entry
-from fusefs import shadowtree
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.master.mkfs import create_image
+from famfs.shadowyaml import emit_file_yaml, meta_file_entry
+from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
 from fusefs.inodes import ROOT_INODE, InodeTable, NoticeKind
-from fusefs.shadowtree import Geometry
+from fusefs.shadow_reader import Geometry
 from tests.fuse_util import empty_shadow, put_file, put_yaml
 
 MiB = 1 << 20
@@ -88,7 +88,7 @@ def test_reconcile_candidates_are_the_differences_parents_first(shadow: Path) ->
     (shadow / "root" / "gone").unlink()
     (shadow / "root" / "d").mkdir()
     put_file(shadow, entry("d/f"))
-    disk = shadowtree.walk(os.fsencode(shadow / "root"))
+    disk = shadow_reader.walk(os.fsencode(shadow / "root"))
     assert table.reconcile_candidates(disk) == [b"", b"d", b"gone", b"d/f"]
 
 
@@ -96,18 +96,18 @@ def test_shadow_file_checks(shadow: Path) -> None:
     root = shadow / "root"
     put_yaml(shadow, "elsewhere", emit_file_yaml(entry("other")))
     with pytest.raises(fmt.FormatError, match="path key"):
-        shadowtree.load_file(os.fsencode(root / "elsewhere"), b"elsewhere", GEOMETRY)
+        shadow_reader.load_file(os.fsencode(root / "elsewhere"), b"elsewhere", GEOMETRY)
     (root / ".meta").mkdir()
     superblock = meta_file_entry(".meta/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444)
     put_file(shadow, superblock)
-    assert shadowtree.load_file(os.fsencode(root / ".meta/.superblock"), b".meta/.superblock", GEOMETRY) == superblock
+    assert shadow_reader.load_file(os.fsencode(root / ".meta/.superblock"), b".meta/.superblock", GEOMETRY) == superblock
     put_file(shadow, meta_file_entry(".meta/.log", 1 << 31, fmt.LOG_OFFSET, 0o444))
     with pytest.raises(fmt.FormatError, match="past the device end"):
-        shadowtree.load_file(os.fsencode(root / ".meta/.log"), b".meta/.log", GEOMETRY)
+        shadow_reader.load_file(os.fsencode(root / ".meta/.log"), b".meta/.log", GEOMETRY)
     os.symlink(root / "elsewhere", root / "link")
-    assert shadowtree.signature(os.fsencode(root / "link")) is None
+    assert shadow_reader.signature(os.fsencode(root / "link")) is None
     with pytest.raises(fmt.FormatError, match="symlink"):
-        shadowtree.load_file(os.fsencode(root / "link"), b"link", GEOMETRY)
+        shadow_reader.load_file(os.fsencode(root / "link"), b"link", GEOMETRY)
 
 
 def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:

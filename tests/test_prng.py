@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import prng
+from famfs.master import prng
 
 PRNG_DATA = Path(__file__).parent / "data" / "prng"
 

@@ -6,8 +6,13 @@ import random
 
 import pytest
 
-from agent import format as fmt
-from agent.shadowyaml import _emit_with_libyaml, emit_file_yaml, meta_file_entry, parse_file_yaml
+from famfs import format as fmt
+from famfs.shadowyaml import (
+    _emit_with_libyaml,
+    emit_file_yaml,
+    meta_file_entry,
+    parse_file_yaml,
+)
 from tests.conftest import REFERENCE_IMAGES
 from tests.reference import reference_log, reference_shadow_files
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONFIG_ENV = "FAMFS_AGENT_CONFIG"
+from famfs import env
+
+CONFIG_ENV = env.AGENT_CONFIG
 SYSTEM_CONFIG = Path("/etc/famfs/famfs-agent.toml")
 CONFIG_FLAG_HELP = f"famfs-agent.toml to read (default: ${CONFIG_ENV}, then {SYSTEM_CONFIG} if it exists)"
 

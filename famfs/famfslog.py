@@ -12,8 +12,8 @@ import errno
 import struct
 from collections.abc import Iterator, Sequence
 
-from agent import format as fmt
-from agent.device import Device, DeviceError
+from famfs import format as fmt
+from famfs.device import Device, DeviceError
 
 
 class LogFullError(OSError):

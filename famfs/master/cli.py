@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from agent import alloc, config, fsck, logsetup, master, prng
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog
-from agent.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
-from agent.mkfs import create_image, minimum_device_size, mkfs
-from agent.shadowdir import SHADOW_XATTR, recorded_device
+from famfs import config, logsetup
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
+from famfs.master import alloc, fsck, prng, writer
+from famfs.master.mkfs import create_image, minimum_device_size, mkfs
+from famfs.shadowdir import SHADOW_XATTR, recorded_device
 
 SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 ROOT_NAMES = ("", ".", "/")
@@ -155,8 +156,8 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
     return 0
 
 
-def owner(args: argparse.Namespace, default_mode: int) -> master.Ownership:
-    return master.Ownership(
+def owner(args: argparse.Namespace, default_mode: int) -> writer.Ownership:
+    return writer.Ownership(
         mode=args.mode if args.mode is not None else default_mode,
         uid=args.uid if args.uid is not None else os.geteuid(),
         gid=args.gid if args.gid is not None else os.getegid(),
@@ -165,7 +166,7 @@ def owner(args: argparse.Namespace, default_mode: int) -> master.Ownership:
 
 def cmd_mkdir(args: argparse.Namespace) -> int:
     device, relpath = target(args, args.path)
-    with master.session(device, uuid_file(args)) as current:
+    with writer.session(device, uuid_file(args)) as current:
         current.mkdir(relpath, owner(args, 0o755), parents=args.parents)
     return 0
 
@@ -178,7 +179,7 @@ def cmd_creat(args: argparse.Namespace) -> int:
     layout = interleave(args)
     device, relpath = target(args, args.path)
     fill = prng.pattern_blocks(args.seed, args.size) if args.randomize else None
-    with master.session(device, uuid_file(args)) as current:
+    with writer.session(device, uuid_file(args)) as current:
         current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True)
     return 0
 
@@ -188,19 +189,19 @@ def cmd_cp(args: argparse.Namespace) -> int:
         raise UsageError("cp needs at least one source and a destination")
     *sources, dest = args.paths
     device, relpath = target(args, dest, root_ok=True)
-    request = master.CopyRequest(
+    request = writer.CopyRequest(
         sources=tuple(Path(source) for source in sources), dest=relpath, recursive=args.recursive, mode=args.mode,
         uid=args.uid if args.uid is not None else os.geteuid(), gid=args.gid if args.gid is not None else os.getegid(),
         layout=interleave(args),
     )
-    with master.session(device, uuid_file(args)) as current:
-        master.copy_in(current, request)
+    with writer.session(device, uuid_file(args)) as current:
+        writer.copy_in(current, request)
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     device, relpath = target(args, args.path)
-    with master.session(device, uuid_file(args)) as current:
+    with writer.session(device, uuid_file(args)) as current:
         current.remove(relpath)
     return 0
 
@@ -215,12 +216,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("verify needs a nonzero --seed")
     device, relpath = target(args, args.path)
     with Device(device) as opened:
-        namespace, _ = master.load(FamfsLog(opened))
+        namespace, _ = writer.load(FamfsLog(opened))
         found = namespace.files.get(relpath)
         if found is None:
-            raise master.MasterError(f"{device}: {relpath}: no such file")
+            raise writer.MasterError(f"{device}: {relpath}: no such file")
         entry = found[1]
-        pieces = (opened.read(start, size) for offset, length in alloc.device_ranges(entry)
+        pieces = (opened.read(start, size) for offset, length in fmt.device_ranges(entry)
                   for start, size in split(offset, length, VERIFY_PIECE))
         mismatch = prng.first_mismatch(args.seed, pieces)
     if mismatch is not None:
@@ -333,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except UsageError as err:
         parser.exit(2, f"famfsctl {args.command}: {err}\n")
-    except (master.MasterError, fmt.FormatError, fmt.EntryError, OSError, ValueError) as err:
+    except (writer.MasterError, fmt.FormatError, fmt.EntryError, OSError, ValueError) as err:
         print(f"famfsctl: {describe(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,9 +8,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import format as fmt
-from agent.device import Device, DeviceError, capacity_uuid, probe
-from agent.identity import Role, role_of, system_uuid
+from famfs import format as fmt
+from famfs.device import Device, DeviceError, capacity_uuid, probe
+from famfs.identity import Role, role_of, system_uuid
 
 ZERO_CHUNK = 1 << 20
 

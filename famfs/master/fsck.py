@@ -14,11 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import format as fmt
-from agent.device import Device, DeviceError
-from agent.famfslog import FamfsLog
-from agent.identity import role_of
-from agent.master import LogProblem, replay
+from famfs import format as fmt
+from famfs.device import Device, DeviceError
+from famfs.famfslog import FamfsLog
+from famfs.identity import role_of
+from famfs.master.writer import LogProblem, replay
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ import itertools
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # --- constants (upstream src/famfs_meta.h) -------------------------------------------------
@@ -507,3 +508,35 @@ def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int
             raise FormatError("strips are not equal whole multiples of the chunk size")
     if entry.size > entry.capacity():
         raise FormatError(f"size {entry.size} exceeds the {entry.capacity()} bytes of its extents")
+
+
+# --- where a file's bytes live ------------------------------------------------------------
+
+
+def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
+    """(device offset, length) pieces holding file bytes [offset, offset+length), in file order.
+
+    Interleaved files: chunk c of the file is in strip c % nstrips, at chunk c // nstrips of that
+    strip (the mapping of upstream's famfs_ioctl.h, with its typos fixed).
+    """
+    end = entry.size if length is None else min(entry.size, offset + length)
+    if entry.stripes:
+        stripe = entry.stripes[0]
+        chunk = stripe.chunk_size
+        while offset < end:
+            number, within = divmod(offset, chunk)
+            strip = stripe.strips[number % stripe.nstrips]
+            piece = min(chunk - within, end - offset)
+            yield strip.offset + (number // stripe.nstrips) * chunk + within, piece
+            offset += piece
+        return
+    base = 0
+    for extent in entry.extents:
+        if offset >= end:
+            return
+        if offset < base + extent.length:
+            within = offset - base
+            piece = min(extent.length - within, end - offset)
+            yield extent.offset + within, piece
+            offset += piece
+        base += extent.length

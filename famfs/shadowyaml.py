@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from agent.format import (
+from famfs.format import (
     MAX_SIMPLE_EXTENTS,
     MAX_STRIPS,
     Extent,

@@ -10,11 +10,10 @@ it took. The bitmap is never on media: every writer session rebuilds it from the
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent import format as fmt
+from famfs import format as fmt
 
 GIB = 1 << 30
 FREE = -1
@@ -175,35 +174,3 @@ def allocate_interleaved(
     bitmap.release(tuple(strips))
     raise AllocError(f"only {len(strips)} of {params.nbuckets} buckets have {strip_units * au} contiguous free bytes; "
                      f"{params.nstrips} strips needed")
-
-
-# --- where a file's bytes live -------------------------------------------------------------
-
-
-def device_ranges(entry: fmt.FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
-    """(device offset, length) pieces holding file bytes [offset, offset+length), in file order.
-
-    Interleaved files: chunk c of the file is in strip c % nstrips, at chunk c // nstrips of that
-    strip (the mapping of upstream's famfs_ioctl.h, with its typos fixed).
-    """
-    end = entry.size if length is None else min(entry.size, offset + length)
-    if entry.stripes:
-        stripe = entry.stripes[0]
-        chunk = stripe.chunk_size
-        while offset < end:
-            number, within = divmod(offset, chunk)
-            strip = stripe.strips[number % stripe.nstrips]
-            piece = min(chunk - within, end - offset)
-            yield strip.offset + (number // stripe.nstrips) * chunk + within, piece
-            offset += piece
-        return
-    base = 0
-    for extent in entry.extents:
-        if offset >= end:
-            return
-        if offset < base + extent.length:
-            within = offset - base
-            piece = min(extent.length - within, end - offset)
-            yield extent.offset + within, piece
-            offset += piece
-        base += extent.length

@@ -28,10 +28,18 @@ from pathlib import Path
 
 import structlog
 
-from agent import format as fmt
-from agent.famfslog import FamfsLog
-from agent.shadowdir import AGENT_DIR, DAXDEVS_FILE, DIRS_JOURNAL, LOCK_FILE, META_DIR, ROOT, STAGING
-from agent.shadowyaml import emit_file_yaml, meta_file_entry
+from famfs import format as fmt
+from famfs.famfslog import FamfsLog
+from famfs.shadowdir import (
+    AGENT_DIR,
+    DAXDEVS_FILE,
+    DIRS_JOURNAL,
+    LOCK_FILE,
+    META_DIR,
+    ROOT,
+    STAGING,
+)
+from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 
 log = structlog.get_logger("famfs-agent")
 

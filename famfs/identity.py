@@ -13,10 +13,11 @@ import os
 import uuid
 from pathlib import Path
 
-from agent import format as fmt
-from agent.config import HostSettings
+from famfs import env
+from famfs import format as fmt
+from famfs.config import HostSettings
 
-SYSTEM_UUID_ENV = "FAMFS_SYSTEM_UUID_FILE"
+SYSTEM_UUID_ENV = env.SYSTEM_UUID_FILE
 SYSTEM_UUID_FLAG_HELP = (f"this host's identity (default: ${SYSTEM_UUID_ENV}, then [host] system_uuid_file "
                          f"in the config, then {HostSettings.system_uuid_file})")
 

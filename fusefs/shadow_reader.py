@@ -11,9 +11,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from agent import format as fmt
-from agent.shadowdir import META_DIR
-from agent.shadowyaml import parse_file_yaml
+from famfs import format as fmt
+from famfs.shadowdir import META_DIR
+from famfs.shadowyaml import parse_file_yaml
 
 META_PREFIX = os.fsencode(META_DIR) + b"/"
 MAX_YAML_BYTES = 64 * 1024  # a 16-extent file is ~1.2 KiB; anything this big is not ours

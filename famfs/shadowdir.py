@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = "root"  # the tree the mount serves
@@ -20,6 +22,51 @@ DIRS_JOURNAL = "dirs.jsonl"  # one [index, relpath] per applied MKDIR, in log or
 LOCK_FILE = "lock"  # flock held by the running agent; holds its pid
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class AgentState:
+    """The schema of state.json, read and written only through this class. famfsctl and
+    famfs-fuse-mount read `device` from it."""
+
+    device: str
+    fs_uuid: str
+    applied_index: int = -1  # the cursor: every entry up to here is dealt with
+    applied_seqnum: int | None = None
+    applied_crc: int | None = None
+    next_index_seen: int = 0  # the log's next_index when last polled
+    rejected: int = 0  # entries up to the cursor that were rejected
+    last_error: str | None = None
+    stalled_at: int | None = None  # a corrupt entry progress is stopped at
+    pending_delete: dict[str, object] | None = None  # {"index", "path"}: unlink may have happened
+    role: str = "client"  # identity.Role.value
+    boot_id: str = field(default_factory=boot_id)
+    pid: int = field(default_factory=os.getpid)
+    following: bool = False
+    updated_at: float = field(default_factory=time.time)
+    caught_up_at: float | None = None  # last time the tree held every logged entry
+
+    def dump(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> AgentState | None:
+        """The saved state, or None if there is none or it is unreadable (then: rebuild)."""
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 def state_path(shadow_dir: str | os.PathLike[str]) -> Path:
@@ -34,11 +81,15 @@ def recorded_device(shadow_dir: str | os.PathLike[str]) -> str:
     """
     path = state_path(shadow_dir)
     try:
-        device = json.loads(path.read_bytes()).get("device")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, AttributeError) as err:
+    except OSError as err:
         raise ValueError(f"{path}: cannot read the device from it: {err}") from None
+    state = AgentState.parse(raw)
+    if state is None:
+        raise ValueError(f"{path}: cannot read the device from it: not an agent state")
+    device = state.device
     if not device:
         raise ValueError(f"{path}: names no device")
     if not isinstance(device, str) or not os.path.isabs(device):

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import structlog
 
-from agent import alloc
-from agent import format as fmt
-from agent.device import Device
-from agent.famfslog import FamfsLog, LogFullError
-from agent.identity import NotMasterError, require_master
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog, LogFullError
+from famfs.identity import NotMasterError, require_master
+from famfs.master import alloc
 
 log = structlog.get_logger("famfsctl")
 
@@ -258,7 +258,7 @@ class Session:
 
     def _write(self, entry: fmt.FileEntry, blocks: Iterator[bytes]) -> None:
         """Lay `blocks` (the file's bytes in order) onto the file's device ranges."""
-        ranges = alloc.device_ranges(entry)
+        ranges = fmt.device_ranges(entry)
         dev_offset, room = 0, 0
         written = 0
         for block in blocks:

@@ -1,0 +1,130 @@
+"""Harness pieces shared by the demo, the tests and the benchmarks: upstream-made reference
+images (kept in tests/data, read here as data), bounded waits, shadow directories laid out the
+agent's way, and famfs-fuse-mount as a child process that is always unmounted."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from famfs import format as fmt
+from famfs.master.cli import parse_size
+from famfs.shadowyaml import emit_file_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"  # upstream-made reference images (tests/data/README.md)
+REFERENCE_IMAGES = ("a_empty", "b_mixed", "c_full", "d_striped")
+BIN = Path(sys.executable).parent
+MOUNT_CLI = str(BIN / "famfs-fuse-mount")
+WAIT_S = 10.0  # bounded waits only: never a timing assertion
+
+T = TypeVar("T")
+
+
+def reference_info(name: str) -> dict[str, str]:
+    """The key=value pairs of a reference image's info.txt."""
+    pairs: dict[str, str] = {}
+    for word in (DATA / name / "info.txt").read_text().split():
+        if "=" in word:
+            key, value = word.split("=", 1)
+            pairs[key] = value
+    return pairs
+
+
+def materialize_reference(name: str, target: Path) -> Path:
+    """A whole sparse device image of reference image `name`."""
+    with gzip.open(DATA / name / "meta.bin.gz") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.truncate(target, parse_size(reference_info(name)["devsize"]))
+    return target
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+    """Poll until check() returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.005)
+
+
+def empty_shadow(shadow: Path) -> Path:
+    """A shadow dir with an empty root/ and a staging dir, as the agent lays it out."""
+    (shadow / "root").mkdir(parents=True, mode=0o755)
+    (shadow / ".agent" / "staging").mkdir(parents=True, mode=0o755)
+    shadow.chmod(0o755)
+    return shadow
+
+
+def put_file(shadow: Path, entry: fmt.FileEntry) -> Path:
+    """Write a shadow file the agent's way: whole, in staging, then renamed into root/."""
+    return put_yaml(shadow, entry.relpath, emit_file_yaml(entry))
+
+
+def put_yaml(shadow: Path, relpath: str, text: bytes) -> Path:
+    staged = shadow / ".agent" / "staging" / f"{os.getpid()}.{time.monotonic_ns()}"
+    staged.write_bytes(text)
+    target = shadow / "root" / relpath
+    staged.rename(target)
+    return target
+
+
+class Mount:
+    """famfs-fuse-mount --foreground as a child process; always unmounted on exit."""
+
+    def __init__(self, shadow: Path, device: Path, mountpoint: Path, *options: str, log: Path | None = None) -> None:
+        self.shadow, self.device, self.mountpoint = shadow, device, mountpoint
+        self.options = options
+        self.log_path = log or mountpoint.parent / f"{mountpoint.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Mount:
+        self.mountpoint.mkdir(exist_ok=True)
+        args = [MOUNT_CLI, "--foreground", "--shadow", str(self.shadow), "--device", str(self.device)]
+        for option in self.options:
+            args += ["-o", option]
+        with open(self.log_path, "ab") as log:
+            process = self.process = subprocess.Popen([*args, str(self.mountpoint)], stdout=log, stderr=log)
+        wait_for(lambda: os.path.ismount(self.mountpoint) or process.poll() is not None, "the mount")
+        assert process.poll() is None, f"famfs-fuse-mount exited: {self.log()}"
+        os.listdir(self.mountpoint)  # the kernel's INIT has been answered
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        unmount(self.mountpoint, self.process)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=WAIT_S)
+
+
+def unmount(mountpoint: Path, process: subprocess.Popen[bytes] | None = None) -> None:
+    """fusermount3 -u, then the process must end; a lazy umount and a kill as a last resort."""
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
+    if process is not None:
+        try:
+            process.wait(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if os.path.ismount(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)

@@ -207,6 +207,7 @@ class Follower:
         self.state.updated_at = now
         if self.state.applied_index + 1 >= self.state.next_index_seen and self.state.stalled_at is None:
             self.state.caught_up_at = now
+        self.tree.save_units(self.state.applied_index)
         self.tree.write_agent_file(STATE_FILE, self.state.dump())
 
     # --- playing ----------------------------------------------------------------------------

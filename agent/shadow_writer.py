@@ -22,6 +22,8 @@ import json
 import os
 import shutil
 import stat
+import struct
+import uuid
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -29,6 +31,7 @@ from pathlib import Path
 import structlog
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.famfslog import FamfsLog
 from famfs.shadowdir import (
     AGENT_DIR,
@@ -38,6 +41,7 @@ from famfs.shadowdir import (
     META_DIR,
     ROOT,
     STAGING,
+    UNITS_FILE,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 
@@ -47,6 +51,7 @@ SHADOW_FILE_MODE = 0o644  # upstream's shadow files are 0644 whatever the logged
 META_DIR_MODE = 0o755
 NO_OWNER = 0xFFFFFFFF  # (uid_t)-1: chown(2) reads it as "leave unchanged"
 RENAME_NOREPLACE = 1
+UNITS_HEADER = struct.Struct("<qQ")  # .agent/units: cursor index, unit count; then a byte per unit
 STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -59,7 +64,6 @@ class Outcome(Enum):
     APPLIED = "applied"
     PRESENT = "present"  # already in the tree from before a restart: the cursor lagged the tree
     DUPLICATE = "duplicate"  # a path that already exists: the first entry wins, as upstream
-    IGNORED = "ignored"
 
 
 class Rejected(Exception):
@@ -89,6 +93,9 @@ class ShadowTree:
         self.staging = self.agent_dir / STAGING
         self.dirs: dict[str, int] = {"": -1}  # relpath -> index of the MKDIR that made it
         self.daxdevs: list[dict[str, object]] = []
+        # Until reset() or load() reads the superblock: no device, no units.
+        self.geometry = rules.Geometry(dev_size=0, log_len=fmt.DEFAULT_LOG_LEN)
+        self.units = rules.Units(self.geometry)
         self._temp_prefix = ""
         self._temp_seq = 0
         self._lock_fd = -1
@@ -165,6 +172,8 @@ class ShadowTree:
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
         self._save_daxdevs()
+        self.geometry = rules.Geometry.of(superblock)
+        self.units = rules.Units(self.geometry)
         self._resume_horizon = -1
 
     def load(self, applied_index: int, resume_horizon: int, superblock: fmt.Superblock, device_path: str) -> None:
@@ -189,6 +198,9 @@ class ShadowTree:
         except (ValueError, KeyError, TypeError) as err:
             raise ShadowError(errno.EINVAL, f"{self.agent_dir / DAXDEVS_FILE}: unreadable ({err!r})") from None
         self._save_daxdevs()
+        self.geometry = rules.Geometry.of(superblock)
+        self.units = rules.Units(self.geometry)
+        self._load_units(applied_index)
         self._resume_horizon = resume_horizon
 
     def _open_journal(self) -> None:
@@ -225,44 +237,48 @@ class ShadowTree:
         if type(entry) is fmt.FileEntry:
             return self.apply_file(index, entry, famfs_log)
         if type(entry) is fmt.MkdirEntry:
-            return self.apply_mkdir(index, entry)
+            return self.apply_mkdir(index, entry, famfs_log)
         if type(entry) is fmt.AddDaxdevEntry:
-            return self.apply_add_daxdev(index, entry)
+            return self.apply_add_daxdev(index, entry, famfs_log)
         raise TypeError(f"entry {index}: {type(entry).__name__} is not applied by ShadowTree.apply")
 
     def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath
-        parent = relpath.rpartition("/")[0]
-        if parent not in self.dirs:
-            raise Rejected(index, f"parent directory {parent!r} was never logged", relpath)
         data = emit_file_yaml(entry)
-        if self._place_new(self._stage_file(data), relpath, os.unlink):
-            return Outcome.APPLIED
-        if relpath == META_DIR or relpath in self.dirs:
-            raise Rejected(index, "a directory of that name exists", relpath)
-        existing = self.read_tree_file(relpath)
-        if existing is None:
+        try:
+            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.FILE:
+                raise Rejected(index, str(err), relpath) from None
+            if index <= self._resume_horizon and self.read_tree_file(relpath) == data:
+                self.units.claim(entry.all_extents())
+                return Outcome.PRESENT
+            return self._duplicate(index, relpath, famfs_log)
+        if not self._place_new(self._stage_file(data), relpath, os.unlink):
+            # The rules found the name free: something made it behind the agent's back.
             raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
-        if existing == data and index <= self._resume_horizon:
-            return Outcome.PRESENT
-        winner = self.live_file_index(famfs_log, relpath, index)
-        log.warning("duplicate_path", index=index, path=relpath, first_index=winner,
+        self.units.claim(entry.all_extents())
+        return Outcome.APPLIED
+
+    def _duplicate(self, index: int, relpath: str, famfs_log: FamfsLog) -> Outcome:
+        """The follower's policy for rule path_free when the name has the same kind (a file over a
+        file, a directory over a directory): the first entry wins, as upstream's readers keep it;
+        this one is skipped with a warning (fsck lists it). Another kind is rejected."""
+        first = self.dirs.get(relpath)
+        if first is None:
+            first = self.live_file_index(famfs_log, relpath, index)
+        log.warning("duplicate_path", index=index, path=relpath, first_index=first,
                     note="the first entry wins, as upstream; this one is ignored")
         return Outcome.DUPLICATE
 
-    def apply_mkdir(self, index: int, entry: fmt.MkdirEntry) -> Outcome:
+    def apply_mkdir(self, index: int, entry: fmt.MkdirEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath
-        if relpath == META_DIR or relpath.startswith(META_DIR + "/"):
-            raise Rejected(index, f"{META_DIR} is reserved for the file system's metadata files", relpath)
-        if relpath in self.dirs:
-            log.warning("duplicate_path", index=index, path=relpath, first_index=self.dirs[relpath],
-                        note="the first entry wins, as upstream; this one is ignored")
-            return Outcome.DUPLICATE
-        parent = relpath.rpartition("/")[0]
-        if parent not in self.dirs:
-            raise Rejected(index, f"parent directory {parent!r} was never logged", relpath)
-        if NO_OWNER in (entry.uid, entry.gid):
-            raise Rejected(index, f"owner {entry.uid}:{entry.gid}: {NO_OWNER} is not a valid uid/gid", relpath)
+        try:
+            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.DIR:
+                raise Rejected(index, str(err), relpath) from None
+            return self._duplicate(index, relpath, famfs_log)
         temp = self._temp_name()
         os.mkdir(temp, 0o700, dir_fd=self._staging_fd)
         # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
@@ -276,7 +292,7 @@ class ShadowTree:
         os.chmod(temp, entry.mode & 0o7777, dir_fd=self._staging_fd)
         if not self._place_new(temp, relpath, os.rmdir):
             if not stat.S_ISDIR(os.lstat(relpath, dir_fd=self._root_fd).st_mode):
-                raise Rejected(index, "a file of that name exists", relpath)
+                raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a directory")
             # A directory no journal line accounts for can only be this entry's, made by a run
             # killed before its journal line: the journal is exact up to the cursor.
             self._add_dir(index, relpath)
@@ -290,22 +306,10 @@ class ShadowTree:
 
     def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
         """Raise Rejected unless `entry` deletes the live file its target entry made."""
-        relpath, target = entry.relpath, entry.target_index
-        if not 0 <= target < index:
-            raise Rejected(index, f"DELETE names entry {target}, not an earlier entry", relpath)
         try:
-            victim = famfs_log.entry(target)
-        except fmt.EntryError as err:
-            raise Rejected(index, f"DELETE target is not a valid entry ({err})", relpath) from None
-        if type(victim) is not fmt.FileEntry:
-            raise Rejected(index, f"DELETE target entry {target} is a {type(victim).__name__}, not a FILE entry", relpath)
-        if victim.relpath != relpath:
-            raise Rejected(index, f"DELETE target entry {target} is {victim.relpath!r}, not this path", relpath)
-        live = self.read_tree_file(relpath)
-        if live is None:
-            raise Rejected(index, "DELETE of a file that does not exist", relpath)
-        if live != emit_file_yaml(victim):
-            raise Rejected(index, f"DELETE target entry {target} is not the live file at this path", relpath)
+            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err), entry.relpath) from None
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
@@ -315,20 +319,51 @@ class ShadowTree:
             return False
         return True
 
-    def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry) -> Outcome:
-        """The daxdev table for fusefs: dense indexes, unique UUIDs (upstream's table rules)."""
+    def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
+        """The daxdev table for fusefs (upstream's table rules are the rule book's)."""
         if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].get("log_index") == index:
             return Outcome.PRESENT
-        if entry.dev_index != len(self.daxdevs):
-            raise Rejected(index, f"daxdev index {entry.dev_index} is not the next one ({len(self.daxdevs)})")
-        if entry.dev_size == 0:
-            raise Rejected(index, f"daxdev {entry.dev_index} has size 0")
-        if any(row["uuid"] == str(entry.dev_uuid) for row in self.daxdevs):
-            raise Rejected(index, f"daxdev UUID {entry.dev_uuid} is already in the table")
+        try:
+            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err)) from None
         self.daxdevs.append({"index": entry.dev_index, "uuid": str(entry.dev_uuid), "size": entry.dev_size,
                              "path": None, "log_index": index})
         self._save_daxdevs()
         return Outcome.APPLIED
+
+    # --- the rule book's view of this tree (rules.Model) -------------------------------------
+
+    def kind(self, relpath: str) -> rules.Kind | None:
+        """Directories from the journal's table, files from the tree itself (no file table: flat
+        memory). A directory the journal does not know is not in the namespace yet."""
+        if relpath in self.dirs:
+            return rules.Kind.DIR
+        try:
+            mode = os.lstat(relpath, dir_fd=self._root_fd).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return rules.Kind.FILE if stat.S_ISREG(mode) else None
+
+    def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
+        return self.read_tree_file(relpath) == emit_file_yaml(entry)
+
+    def daxdev_uuids(self) -> list[uuid.UUID]:
+        return [uuid.UUID(str(row["uuid"])) for row in self.daxdevs]
+
+    def save_units(self, applied_index: int) -> None:
+        """The units as of the cursor, written just before the cursor itself (load() checks that
+        the two agree; a kill between the two writes costs a rebuild, never a wrong verdict)."""
+        self.write_agent_file(UNITS_FILE, UNITS_HEADER.pack(applied_index, self.units.nunits) + self.units.taken)
+
+    def _load_units(self, applied_index: int) -> None:
+        raw = self.read_agent_file(UNITS_FILE) or b""
+        if len(raw) >= UNITS_HEADER.size:
+            saved_index, nunits = UNITS_HEADER.unpack_from(raw)
+            if saved_index == applied_index and nunits == self.units.nunits == len(raw) - UNITS_HEADER.size:
+                self.units.taken[:] = raw[UNITS_HEADER.size:]
+                return
+        raise ShadowError(errno.EINVAL, f"{self.agent_dir / UNITS_FILE}: the allocation map does not match the cursor")
 
     @staticmethod
     def _primary_daxdev(superblock: fmt.Superblock, device_path: str) -> dict[str, object]:

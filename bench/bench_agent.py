@@ -12,6 +12,7 @@ Everything lives on /dev/shm (tmpfs), where upstream keeps its shadow trees too.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -119,16 +120,23 @@ def follower_process(image: Path, shadow: Path, wake_hint: bool) -> Iterator[sub
             agent.wait()
 
 
-def new_device(work: Path, name: str, log_len: int = fmt.DEFAULT_LOG_LEN, size: int = 8 << 30) -> Path:
+DEVICE_SIZE = 1 << 40  # sparse: a distinct allocation unit for every entry of a full 256 MiB log
+LOAD_FIRST_UNIT = 1 << 18  # the background writer's files start here, clear of the probes'
+PROBE_UNITS = itertools.count()  # the probes' units, distinct across every probe of a run
+
+
+def new_device(work: Path, name: str, log_len: int = fmt.DEFAULT_LOG_LEN, size: int = DEVICE_SIZE) -> Path:
     image = work / name
     create_image(image, size)
     mkfs(str(image), uuid_file=work / "master_uuid", log_len=log_len)
     return image
 
 
-def file_at(relpath: str, n: int, data_start: int) -> fmt.FileEntry:
+def file_at(relpath: str, unit: int, data_start: int) -> fmt.FileEntry:
+    """A 4 KiB file in allocation unit `unit` of the data area: distinct units, distinct files
+    (the rule book rejects a file on another file's space)."""
     return fmt.FileEntry(relpath=relpath, size=4096, mode=0o644, uid=0, gid=0,
-                         extents=(fmt.Extent(offset=data_start + (n % 1000) * fmt.ALLOC_UNIT, length=fmt.ALLOC_UNIT),))
+                         extents=(fmt.Extent(offset=data_start + unit * fmt.ALLOC_UNIT, length=fmt.ALLOC_UNIT),))
 
 
 def background_writer(image: Path, rate: int) -> subprocess.Popen[bytes]:
@@ -139,7 +147,7 @@ def background_writer(image: Path, rate: int) -> subprocess.Popen[bytes]:
         "from famfs import format as fmt\n"
         "from famfs.device import Device\n"
         "from famfs.famfslog import FamfsLog\n"
-        "from bench.bench_agent import file_at\n"
+        "from bench.bench_agent import LOAD_FIRST_UNIT, file_at\n"
         "image, rate = sys.argv[1], int(sys.argv[2])\n"
         "start = fmt.data_start(fmt.DEFAULT_LOG_LEN)\n"
         "with Device(image, writable=True) as device:\n"
@@ -148,7 +156,7 @@ def background_writer(image: Path, rate: int) -> subprocess.Popen[bytes]:
         "    n = 0\n"
         "    while True:\n"
         "        with device.exclusive():\n"
-        "            log.append([file_at(f'load/f{n}', n, start)])\n"
+        "            log.append([file_at(f'load/f{n}', LOAD_FIRST_UNIT + n, start)])\n"
         "        n += 1\n"
         "        delay = began + n / rate - time.monotonic()\n"
         "        if delay > 0:\n"
@@ -167,7 +175,7 @@ def probe_latencies(image: Path, shadow: Path, name: str, count: int, gap_s: flo
         famfs_log = FamfsLog(device)
         for n in range(count):
             target = shadow / "root" / "probe" / f"{name}{n}"
-            entry = file_at(f"probe/{name}{n}", n, start_data)
+            entry = file_at(f"probe/{name}{n}", next(PROBE_UNITS), start_data)
             with device.exclusive():
                 began = time.perf_counter()
                 famfs_log.append([entry])
@@ -297,7 +305,7 @@ def bench_big_log(quick: bool) -> list[Result]:
             fill_log(small, fmt.log_capacity(fmt.DEFAULT_LOG_LEN))
             small_peak = replay_subprocess(small, work / "small_shadow")[1].get("VmRSS", 0) / 1024
             shutil.rmtree(work / "small_shadow")
-        big = new_device(work, "big.img", log_len=log_len, size=16 << 30)
+        big = new_device(work, "big.img", log_len=log_len)
         slots = fmt.log_capacity(log_len)
         fill_log(big, slots)
         elapsed, big_peaks = replay_subprocess(big, work / "big_shadow")

@@ -4,7 +4,7 @@ regular file (the emulated device of the demo and the tests).
 The whole device is mapped once, shared; every read and write of famfs metadata and file data
 goes through that mapping, so all processes on a host see one coherent copy. On shared CXL
 memory that is not cache-coherent, this is the place where cache-line flushes would be added
-(upstream's flush/invalidate, spec §3.4); on coherent memory and on image files they are no-ops.
+(upstream's flush/invalidate, docs/format.md §3.4); on coherent memory and on image files they are no-ops.
 """
 
 from __future__ import annotations

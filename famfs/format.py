@@ -10,7 +10,6 @@ Nothing else in the project may hard-code an offset: it asks this module.
 from __future__ import annotations
 
 import enum
-import itertools
 import struct
 import uuid
 import zlib
@@ -208,7 +207,7 @@ class LogHeader:
 
     @classmethod
     def unpack(cls, raw: bytes, sb_log_len: int) -> LogHeader:
-        """Parse and validate, including the bounds upstream never checks (spec §9 item 3)."""
+        """Parse and validate, including the bounds upstream never checks (docs/format.md §9 item 3)."""
         magic, log_len, last_index, crc, next_seqnum, next_index = LOG_HEADER.unpack_from(raw)
         if magic != LOG_MAGIC:
             raise FormatError(f"log header: bad magic {magic:#x} (want {LOG_MAGIC:#x})")
@@ -324,7 +323,7 @@ def encode_relpath(relpath: str) -> bytes:
 def check_relpath(raw: bytes) -> str:
     """Validate a relpath field's content (NUL excluded); return it decoded.
 
-    Rules (stricter than upstream, spec §9 items 5 and 9): not empty, relative, at most 79
+    Rules (stricter than upstream, docs/format.md §9 items 5 and 9): not empty, relative, at most 79
     bytes, UTF-8 (libyaml cannot emit anything else), no empty, '.' or '..' component.
     """
     if not raw:
@@ -409,7 +408,8 @@ def check_entry_seal(raw: bytes, index: int) -> None:
 
 
 def decode_entry(raw: bytes, index: int) -> Entry:
-    """Decode and fully validate slot `index` on its own (geometry checks: check_extents)."""
+    """Decode and validate slot `index` on its own (the rules that need the device or the rest of the
+    log are famfs.rules')."""
     check_entry_seal(raw, index)
     kind = ENTRY_HEAD.unpack_from(raw)[1]
     try:
@@ -472,42 +472,6 @@ def _best_effort_relpath(raw: bytes) -> str | None:
     """The relpath of a bad entry, for error messages only."""
     relpath = raw_relpath(raw)
     return None if relpath is None else relpath.decode(errors="backslashreplace")
-
-
-def check_extents(entry: FileEntry, dev_size: int, log_len: int, alloc_unit: int = ALLOC_UNIT,
-                  *, metadata: bool = False) -> None:
-    """Geometry rules for a FILE entry on a device (spec §9 items 6 and 11, fixed).
-
-    Each extent: devindex 0 (the only device upstream supports), nonzero length, aligned to
-    the allocation unit, inside the device and past the superblock and log; the extents of one
-    file do not overlap; the file size fits in its extents; strips are equal, whole chunks.
-    `metadata`: the `.meta` files, which map the superblock and log themselves.
-    """
-    low = 0 if metadata else data_start(log_len)
-    ranges = entry.all_extents()
-    for n, extent in enumerate(ranges):
-        if extent.devindex != 0:
-            raise FormatError(f"extent {n}: devindex {extent.devindex} (only device 0 exists)")
-        if extent.length == 0:
-            raise FormatError(f"extent {n}: zero length")
-        if extent.offset % alloc_unit:
-            raise FormatError(f"extent {n}: offset {extent.offset:#x} not aligned to {alloc_unit:#x}")
-        if extent.offset < low:
-            raise FormatError(f"extent {n}: offset {extent.offset:#x} overlaps the superblock/log (data starts at {low:#x})")
-        if extent.end > dev_size:
-            raise FormatError(f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) past the device end {dev_size:#x}")
-    ordered = sorted(ranges, key=lambda e: e.offset)
-    for before, after in itertools.pairwise(ordered):
-        if after.offset < before.end:
-            raise FormatError(f"extents overlap at {after.offset:#x}")
-    for stripe in entry.stripes:
-        chunk = stripe.chunk_size
-        if chunk == 0 or chunk & (chunk - 1):
-            raise FormatError(f"chunk size {chunk:#x} is not a power of two")
-        if len({strip.length for strip in stripe.strips}) != 1 or stripe.strips[0].length % chunk:
-            raise FormatError("strips are not equal whole multiples of the chunk size")
-    if entry.size > entry.capacity():
-        raise FormatError(f"size {entry.size} exceeds the {entry.capacity()} bytes of its extents")
 
 
 # --- where a file's bytes live ------------------------------------------------------------

@@ -18,6 +18,7 @@ AGENT_DIR = ".agent"  # agent state: never inside root/
 STAGING = "staging"  # in .agent/: everything is built here, then renamed into root/
 STATE_FILE = "state.json"  # in .agent/: the cursor, and the device other processes read
 DAXDEVS_FILE = "daxdevs.json"
+UNITS_FILE = "units"  # in .agent/: the allocation units taken as of the cursor (famfs.rules.Units)
 DIRS_JOURNAL = "dirs.jsonl"  # one [index, relpath] per applied MKDIR, in log order
 LOCK_FILE = "lock"  # flock held by the running agent; holds its pid
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount

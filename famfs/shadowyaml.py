@@ -6,7 +6,7 @@ libyaml (PyYAML's CEmitter) for paths that need quoting, escaping or folding, an
 template for the common case of a path that libyaml emits plain on one line; the tests check
 the two agree over the reference trees and a corpus of awkward names.
 
-The parser accepts what upstream's parser accepts, minus its bugs (spec §5.3, §9 item 13): keys
+The parser accepts what upstream's parser accepts, minus its bugs (docs/format.md §5.3, §9 item 13): keys
 may come in any order, at most one interleaved extent and 16 strips, unknown keys are errors,
 counts must agree.
 """

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import structlog
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.famfslog import FamfsLog
-from famfs.master import writer
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -44,16 +44,24 @@ class CapacityCache:
 
     def _compute(self) -> Capacity:
         sb = self.famfs_log.superblock
+        problems: list[rules.Problem] = []
         try:
             header = self.famfs_log.header()
-            _, bitmap = writer.load(self.famfs_log)
-        except (writer.MasterError, fmt.FormatError, OSError) as err:
-            # A log that does not add up: report no free space rather than a guess.
-            next_index = self.famfs_log.next_index()
-            if self.warned_index != next_index:
-                self.warned_index = next_index
-                log.warning("statfs: cannot rebuild the allocation, reporting 0 free", device=self.famfs_log.path,
-                            error=str(err))
+            units = rules.replay(self.famfs_log, problems.append).units
+        except (fmt.FormatError, OSError) as err:
+            # A log header that does not add up: report no free space rather than a guess.
+            self._warn("statfs: cannot rebuild the allocation, reporting 0 free", error=str(err))
             return Capacity(unit=sb.alloc_unit, total_units=sb.dev_size // sb.alloc_unit, free_units=0, free_slots=0)
-        return Capacity(unit=sb.alloc_unit, total_units=bitmap.nunits, free_units=bitmap.free_units,
+        if problems:
+            # The follower leaves such entries out, and so does the free-space count.
+            self._warn("statfs: entries that break the rule book are not counted", entries=len(problems),
+                       first_index=problems[0].index)
+        return Capacity(unit=sb.alloc_unit, total_units=units.nunits, free_units=units.free_units,
                         free_slots=max(0, header.slots - header.next_index))
+
+    def _warn(self, event: str, **details: object) -> None:
+        """Once per state of the log: statfs is called often."""
+        next_index = self.famfs_log.next_index()
+        if self.warned_index != next_index:
+            self.warned_index = next_index
+            log.warning(event, device=self.famfs_log.path, **details)

@@ -30,6 +30,7 @@ from famfs import config, logsetup
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
+from famfs.rules import Geometry
 from famfs.shadowdir import ROOT, recorded_device, state_path
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
@@ -37,7 +38,6 @@ from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
 from fusefs.operations import FamfsOperations, MountPolicy
 from fusefs.rest import Endpoints, RestError, RestSocket, RuntimeLogLevel
-from fusefs.shadow_reader import Geometry
 from fusefs.sync import TreeSync
 from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher
 
@@ -204,7 +204,7 @@ class Daemon:
         watcher.start()
         try:
             sb = self.famfs_log.superblock
-            self.table = InodeTable(self.shadow_root, Geometry(sb.dev_size, sb.log_len, sb.alloc_unit))
+            self.table = InodeTable(self.shadow_root, Geometry.of(sb))
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
                                  negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only)

@@ -2,7 +2,7 @@
 
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
 the mapping, no copy; a range that spans pieces is joined. The mapping of file offsets to device
-offsets, simple and interleaved (spec §4.3), is famfs.format.device_ranges: one copy of the rule.
+offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_ranges: one copy of the rule.
 """
 
 from __future__ import annotations

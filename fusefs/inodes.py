@@ -22,8 +22,9 @@ import pyfuse3
 import structlog
 
 from famfs import format as fmt
+from famfs.rules import Geometry
 from fusefs import shadow_reader
-from fusefs.shadow_reader import Geometry, Signature
+from fusefs.shadow_reader import Signature
 
 log = structlog.get_logger("famfs-fuse-mount")
 

@@ -2,7 +2,7 @@
 
 Upstream's C CLI takes a FUSE mount for famfs when its root answers `user.famfs.shadow` and
 `<shadow>/sock` is a socket, and `famfs mount` asks `/icache_stats` whether the daemon is alive
-(spec §6). Same endpoints and bodies as upstream; one request per connection, every reply with
+(docs/format.md §6). Same endpoints and bodies as upstream; one request per connection, every reply with
 `Connection: close`.
 
 Served from the daemon's trio loop, one task per connection: a request is bounded in size and

@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass, field
 
 from famfs import format as fmt
+from famfs.rules import Geometry, check_extents
 from famfs.shadowdir import META_DIR
 from famfs.shadowyaml import parse_file_yaml
 
@@ -91,15 +92,6 @@ def walk(root: bytes) -> dict[bytes, Signature]:
     return tree
 
 
-@dataclass(frozen=True, slots=True)
-class Geometry:
-    """The device facts a shadow file's extents are checked against."""
-
-    dev_size: int
-    log_len: int
-    alloc_unit: int
-
-
 def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
     """Parse and check one shadow file; fmt.FormatError says what is wrong with it."""
     try:
@@ -117,6 +109,5 @@ def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
     entry = parse_file_yaml(raw)
     if entry.relpath.encode() != relpath:
         raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
-    fmt.check_extents(entry, geometry.dev_size, geometry.log_len, geometry.alloc_unit,
-                      metadata=relpath.startswith(META_PREFIX))
+    check_extents(entry, geometry, metadata=relpath.startswith(META_PREFIX))
     return entry

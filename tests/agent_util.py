@@ -19,7 +19,7 @@ from famfs.shadowdir import state_path
 from tests.conftest import DATA
 
 AGENT = [sys.executable, "-m", "agent.cli"]
-IMAGE_SIZE = 4 << 30
+IMAGE_SIZE = 64 << 30  # sparse: room for a distinct allocation unit per file in the long logs
 DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
 AU = fmt.ALLOC_UNIT
 

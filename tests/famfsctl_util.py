@@ -44,7 +44,7 @@ def file_entries(image: Path) -> list[fmt.FileEntry]:
 def file_bytes(image: Path, relpath: str) -> bytes:
     """A famfs file's content, read from the device at its extents."""
     with Device(image) as device:
-        namespace, _ = writer.load(FamfsLog(device))
+        namespace = writer.load(FamfsLog(device))
         entry = namespace.files[relpath][1]
         return b"".join(device.read(offset, length) for offset, length in fmt.device_ranges(entry))
 

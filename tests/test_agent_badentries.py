@@ -67,8 +67,8 @@ BAD_ENTRIES = [
     ("over the superblock", lambda i: edited_file(i, relpath=b"d/sb", offset=0), "d/sb", "overlaps the superblock/log"),
     ("over the log", lambda i: edited_file(i, relpath=b"d/log", offset=fmt.LOG_OFFSET), "d/log", "overlaps the superblock/log"),
     ("unknown type", lambda i: with_type(edited_file(i, relpath=b"d/odd"), 9), None, "unknown entry type 9"),
-    ("parent never logged", lambda i: fmt.encode_entry(file_entry("nodir/f", 41), i), "nodir/f", "parent directory 'nodir' was never logged"),
-    ("mkdir, parent never logged", lambda i: fmt.encode_entry(mkdir_entry("nodir/sub"), i), "nodir/sub", "parent directory 'nodir' was never logged"),
+    ("parent never logged", lambda i: fmt.encode_entry(file_entry("nodir/f", 41), i), "nodir/f", "parent directory 'nodir' does not exist"),
+    ("mkdir, parent never logged", lambda i: fmt.encode_entry(mkdir_entry("nodir/sub"), i), "nodir/sub", "parent directory 'nodir' does not exist"),
     ("mkdir .meta", lambda i: fmt.encode_entry(mkdir_entry(".meta"), i), ".meta", "reserved"),
     ("file over a directory", lambda i: fmt.encode_entry(file_entry("d", 42), i), "d", "a directory of that name exists"),
     ("mkdir over a file", lambda i: fmt.encode_entry(mkdir_entry("d/f"), i), "d/f", "a file of that name exists"),
@@ -126,7 +126,7 @@ def test_delete_then_recreate_same_path(tmp_path: Path, system_uuid_file: Path) 
     shadow = tmp_path / "shadow"
     result = run_agent("--shadow", shadow, image)
     assert result.returncode == 1
-    assert "log entry 4: DELETE target entry 1 is not the live file at this path path='d/f'" in result.stderr
+    assert "log entry 4: DELETE target entry 1 is not the live file at this path (rule delete_target_live) path='d/f'" in result.stderr
     assert b"size: 2\n" in (shadow / "root/d/f").read_bytes()
 
 

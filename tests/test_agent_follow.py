@@ -106,7 +106,7 @@ def test_follow_picks_up_a_burst_appended_by_another_process(tmp_path: Path, sys
         "image = Path(sys.argv[1])\n"
         "append(image, [mkdir_entry('burst')])\n"
         "for n in range(300):\n"
-        "    append(image, [file_entry(f'burst/f{n}', n % 1000)])\n"
+        "    append(image, [file_entry(f'burst/f{n}', n)])\n"
     )
     with following(image, shadow):
         subprocess.run([sys.executable, "-c", writer, str(image)], check=True, timeout=60,

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.shadow_writer import UNITS_HEADER
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import mkfs
+from famfs.shadowdir import UNITS_FILE
 from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import (
     AGENT,
@@ -119,7 +121,7 @@ def test_kill_9_at_random_instants_then_restart_converges(tmp_path: Path, system
 def test_a_stop_signal_finishes_the_entry_in_hand_and_saves_the_cursor(stop: signal.Signals, tmp_path: Path,
                                                                         system_uuid_file: Path) -> None:
     image = make_device(tmp_path, system_uuid_file)
-    append(image, [mkdir_entry("d")] + [file_entry(f"d/f{n}", n % 2000) for n in range(8000)])
+    append(image, [mkdir_entry("d")] + [file_entry(f"d/f{n}", n) for n in range(8000)])
     shadow = tmp_path / "shadow"
     agent = subprocess.Popen([*AGENT, "--shadow", str(shadow), str(image)], stderr=subprocess.PIPE, text=True)
     while not (shadow / ".agent" / "state.json").exists():
@@ -184,6 +186,9 @@ def test_a_delete_interrupted_around_its_unlink_is_finished_on_restart(tmp_path:
             crc = int.from_bytes(FamfsLog(device).raw_entry(1)[fmt.ENTRY_CRC_SPAN:], "little")
         state.update(applied_index=1, applied_seqnum=1, applied_crc=crc, pending_delete={"index": 2, "path": "d/f"})
         (shadow / ".agent" / "state.json").write_text(json.dumps(state))
+        units = shadow / ".agent" / UNITS_FILE  # saved with that cursor too (a DELETE claims no units)
+        _, nunits = UNITS_HEADER.unpack_from(units.read_bytes())
+        units.write_bytes(UNITS_HEADER.pack(1, nunits) + units.read_bytes()[UNITS_HEADER.size:])
         if not unlinked:
             (shadow / "root" / "d" / "f").write_bytes(fresh_yaml)
         result = run_agent("--shadow", shadow, image, check=True)

@@ -1,4 +1,4 @@
-"""Allocation: bitmap, first-fit contiguous, interleaved (spec §4) without upstream's bugs (§9.11)."""
+"""Allocation: the rule book's units, first-fit contiguous, interleaved (docs/format.md §4) without upstream's bugs (§9.11)."""
 
 from __future__ import annotations
 
@@ -8,45 +8,49 @@ import pytest
 
 from famfs import format as fmt
 from famfs.master import alloc
+from famfs.rules import Geometry, Units
 
 AU = fmt.ALLOC_UNIT
 GIB = 1 << 30
 LOG = fmt.DEFAULT_LOG_LEN
 
 
-def test_bitmap_reserves_superblock_and_log_and_covers_whole_units_only() -> None:
-    bitmap = alloc.Bitmap(8 * AU + 4096, LOG)  # a partial unit at the end
-    assert bitmap.nunits == 8  # upstream would count 9 and could hand out the partial one
-    assert bitmap.first_data_unit == 5  # 2 MiB superblock + 8 MiB log
-    assert list(bitmap.used) == [1] * 5 + [0] * 3
-    assert bitmap.owner[:5] == [alloc.METADATA] * 5
+def units(dev_size: int) -> Units:
+    return Units(Geometry(dev_size=dev_size, log_len=LOG))
+
+
+def test_units_reserve_superblock_and_log_and_cover_whole_units_only() -> None:
+    taken = units(8 * AU + 4096)  # a partial unit at the end
+    assert taken.nunits == 8  # upstream would count 9 and could hand out the partial one
+    assert taken.first_data_unit == 5  # 2 MiB superblock + 8 MiB log
+    assert list(taken.taken) == [1] * 5 + [0] * 3
 
 
 def test_contiguous_is_first_fit_and_an_empty_file_gets_one_unit() -> None:
-    bitmap = alloc.Bitmap(32 * AU, LOG)
-    first = alloc.allocate_contiguous(bitmap, 5 * (1 << 20), index=0)
+    taken = units(32 * AU)
+    first = alloc.allocate_contiguous(taken, 5 * (1 << 20))
     assert first == fmt.Extent(offset=5 * AU, length=3 * AU)
-    empty = alloc.allocate_contiguous(bitmap, 0, index=1)
-    assert empty == fmt.Extent(offset=8 * AU, length=AU)
-    bitmap.release((first,))
-    assert alloc.allocate_contiguous(bitmap, AU + 1, index=2) == fmt.Extent(offset=5 * AU, length=2 * AU)
+    taken.claim((first,))
+    assert alloc.allocate_contiguous(taken, 0) == fmt.Extent(offset=8 * AU, length=AU)
+    assert alloc.allocate_contiguous(taken, 0) == fmt.Extent(offset=8 * AU, length=AU)  # nothing claimed until logged
 
 
 def test_contiguous_never_allocates_past_the_device_end() -> None:
-    bitmap = alloc.Bitmap(8 * AU + 4096, LOG)
-    assert alloc.allocate_contiguous(bitmap, 3 * AU, index=0).end == 8 * AU
+    taken = units(8 * AU + 4096)
+    last = alloc.allocate_contiguous(taken, 3 * AU)
+    assert last.end == 8 * AU
+    taken.claim((last,))
     with pytest.raises(alloc.AllocError, match="no free run"):
-        alloc.allocate_contiguous(bitmap, 1, index=1)
-    assert bitmap.used_units == 8
+        alloc.allocate_contiguous(taken, 1)
+    assert taken.used_units == 8
 
 
-def test_mark_reports_collisions_with_their_owner() -> None:
-    bitmap = alloc.Bitmap(16 * AU, LOG)
-    assert bitmap.mark((fmt.Extent(offset=6 * AU, length=2 * AU),), index=3) == []
-    collisions = bitmap.mark((fmt.Extent(offset=7 * AU, length=2 * AU),), index=9)
-    assert collisions == [alloc.Collision(unit=7, index=9, previous=3)]
-    with pytest.raises(alloc.AllocError, match="past the last allocation unit"):
-        bitmap.mark((fmt.Extent(offset=15 * AU, length=2 * AU),), index=10)
+def test_first_taken_names_the_first_shared_unit() -> None:
+    taken = units(16 * AU)
+    assert taken.first_taken((fmt.Extent(offset=6 * AU, length=2 * AU),)) is None
+    taken.claim((fmt.Extent(offset=6 * AU, length=2 * AU),))
+    assert taken.first_taken((fmt.Extent(offset=7 * AU, length=2 * AU),)) == 7
+    assert taken.first_taken((fmt.Extent(offset=2 * AU, length=AU),)) == 2  # the log's
 
 
 @pytest.mark.parametrize(("params", "message"), [
@@ -67,32 +71,33 @@ def test_interleave_parameter_rules(params: alloc.InterleaveParams, message: str
 
 def test_interleaved_strips_are_equal_in_distinct_buckets_inside_the_device() -> None:
     params = alloc.InterleaveParams(nbuckets=4, nstrips=4, chunk_size=2 * AU)
-    bitmap = alloc.Bitmap(4 * GIB + AU + 4096, LOG)  # a unit past the last bucket and a partial one
-    bucket_bytes = (bitmap.nunits // 4) * AU
+    taken = units(4 * GIB + AU + 4096)  # a unit past the last bucket and a partial one
+    bucket_bytes = (taken.nunits // 4) * AU
     for index in range(20):
-        stripe = alloc.allocate_interleaved(bitmap, 100 * (1 << 20) + index, params, index, random.Random(index))
+        stripe = alloc.allocate_interleaved(taken, 100 * (1 << 20) + index, params, random.Random(index))
         assert isinstance(stripe, fmt.Stripe) and stripe.nstrips == 4
+        assert taken.first_taken(stripe.strips) is None
+        taken.claim(stripe.strips)
         assert {strip.offset // bucket_bytes for strip in stripe.strips} == {0, 1, 2, 3}
         assert {strip.length for strip in stripe.strips} == {14 * AU}  # 51 units → 7 stripes of 4 chunks: 7 chunks a strip
         assert all(strip.end <= 4 * bucket_bytes for strip in stripe.strips)  # never past the last bucket
 
 
 def test_interleaved_small_file_falls_back_to_contiguous() -> None:
-    bitmap = alloc.Bitmap(4 * GIB, LOG)
-    got = alloc.allocate_interleaved(bitmap, AU - 1, alloc.InterleaveParams(4, 2, 2 * AU), 0, random.Random(1))
+    got = alloc.allocate_interleaved(units(4 * GIB), AU - 1, alloc.InterleaveParams(4, 2, 2 * AU), random.Random(1))
     assert got == fmt.Extent(offset=5 * AU, length=AU)
 
 
-def test_failed_interleaved_allocation_frees_exactly_what_it_took() -> None:
-    bitmap = alloc.Bitmap(4 * GIB, LOG)
-    bucket_units = bitmap.nunits // 4
-    # Buckets 1 and 3 are full: 2 of 3 wanted strips can be found, then it must give them back.
+def test_failed_interleaved_allocation_takes_nothing() -> None:
+    taken = units(4 * GIB)
+    bucket_units = taken.nunits // 4
+    # Buckets 1 and 3 are full: 2 of 3 wanted strips can be found, and the allocation fails.
     for bucket in (1, 3):
-        bitmap.mark((fmt.Extent(offset=bucket * bucket_units * AU, length=bucket_units * AU),), index=0)
-    before = (bytes(bitmap.used), list(bitmap.owner))
+        taken.claim((fmt.Extent(offset=bucket * bucket_units * AU, length=bucket_units * AU),))
+    before = bytes(taken.taken)
     with pytest.raises(alloc.AllocError, match="only 2 of 4 buckets"):
-        alloc.allocate_interleaved(bitmap, 64 * AU, alloc.InterleaveParams(4, 3, AU), 1, random.Random(5))
-    assert (bytes(bitmap.used), list(bitmap.owner)) == before
+        alloc.allocate_interleaved(taken, 64 * AU, alloc.InterleaveParams(4, 3, AU), random.Random(5))
+    assert bytes(taken.taken) == before
 
 
 def test_device_ranges_of_an_interleaved_file_follow_the_chunk_rotation() -> None:

@@ -169,9 +169,9 @@ def test_identity_comes_from_flag_then_env_then_config(tmp_path: Path, system_uu
     assert via_flag.returncode == 1 and "this host is a client of file system" in via_flag.stderr
     config = tmp_path / "famfs-agent.toml"
     config.write_text(f'[host]\nsystem_uuid_file = "{system_uuid_file}"\n')
-    env = {k: v for k, v in os.environ.items() if k != env.SYSTEM_UUID_FILE}
-    famfsctl("mkdir", "--config", config, "--device", image, "y", env=env)
-    assert "this host: master" in famfsctl("status", "--config", config, image, env=env).stdout
+    environment = {k: v for k, v in os.environ.items() if k != env.SYSTEM_UUID_FILE}
+    famfsctl("mkdir", "--config", config, "--device", image, "y", env=environment)
+    assert "this host: master" in famfsctl("status", "--config", config, image, env=environment).stdout
     assert "this host: client" in famfsctl("status", "--system-uuid-file", other, image).stdout
 
 

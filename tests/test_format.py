@@ -5,7 +5,7 @@
 2. Replaying a reference image's ops.tsv through our writer on a fresh device with the same
    UUIDs gives a byte-identical log (upstream's allocation decisions reproduced, the striped one
    with glibc's rand() seeded as the reference run seeded it).
-3. An image written by the famfsctl CLI satisfies every rule of spec §1-§2, checked field by
+3. An image written by the famfsctl CLI satisfies every rule of docs/format.md §1-§2, checked field by
    field at the spec's offsets with int.from_bytes, independently of famfs/format.py.
 """
 
@@ -80,7 +80,7 @@ def test_reference_image_agrees_with_ops_listing_and_fsck(name: str, reference_i
         assert (str(sb.fs_uuid), str(sb.dev_uuid), str(sb.system_uuid)) == (info["fs_uuid"], info["dev_uuid"], info["system_uuid"])
         assert sb.dev_size == parse_size(info["devsize"]) and sb.log_len == int(info["loglen"])
         entries = [entry for _, entry in famfs_log.entries()]
-        namespace, _ = writer.load(famfs_log)
+        namespace = writer.load(famfs_log)
         report = fsck.check(device)
 
     expected = logged_ops(name)
@@ -208,7 +208,7 @@ def zero(raw: bytes) -> bool:
 
 
 def spec_check(image: Path, uuid_file: Path) -> Iterator[tuple[int, int, bytes]]:
-    """Assert spec §1-§2 on a whole image; yield (index, type, raw entry) for further checks."""
+    """Assert docs/format.md §1-§2 on a whole image; yield (index, type, raw entry) for further checks."""
     dev_size = image.stat().st_size
     with open(image, "rb") as device:
         data = device.read(0x200000)

@@ -82,16 +82,16 @@ def test_statfs_reports_the_device(tmp_path: Path, tree: tuple[Path, Path]) -> N
     shadow, device = tree
     with Device(device) as dev:
         famfs_log = FamfsLog(dev)
-        _, bitmap = writer.load(famfs_log)
+        units = writer.load(famfs_log).units
         sb = famfs_log.superblock
         header = famfs_log.header()
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         fs = os.statvfs(mount.mountpoint)
         assert fs.f_frsize == sb.alloc_unit
         assert fs.f_blocks * fs.f_frsize == sb.dev_size
-        assert fs.f_bfree == bitmap.free_units and fs.f_bavail == bitmap.free_units
+        assert fs.f_bfree == units.free_units and fs.f_bavail == units.free_units
         assert fs.f_ffree == header.slots - header.next_index
         famfsctl("creat", "--device", device, "-s", "9m", "more")
         fs_after = os.statvfs(mount.mountpoint)
-        assert fs_after.f_bfree == bitmap.free_units - 5  # 9 MiB in 2 MiB units
+        assert fs_after.f_bfree == units.free_units - 5  # 9 MiB in 2 MiB units
         assert fs_after.f_ffree == fs.f_ffree - 1

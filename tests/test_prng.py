@@ -1,4 +1,4 @@
-"""Upstream's xoroshiro128+ fill pattern (spec §7) against bytes made by upstream's own code."""
+"""Upstream's xoroshiro128+ fill pattern (docs/format.md §7) against bytes made by upstream's own code."""
 
 from __future__ import annotations
 

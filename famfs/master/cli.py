@@ -216,7 +216,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("verify needs a nonzero --seed")
     device, relpath = target(args, args.path)
     with Device(device) as opened:
-        namespace, _ = writer.load(FamfsLog(opened))
+        namespace = writer.load(FamfsLog(opened))
         found = namespace.files.get(relpath)
         if found is None:
             raise writer.MasterError(f"{device}: {relpath}: no such file")

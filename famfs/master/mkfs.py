@@ -1,4 +1,4 @@
-"""mkfs: a fresh superblock and an empty log, exactly as upstream's __famfs_mkfs (spec §1)."""
+"""mkfs: a fresh superblock and an empty log, exactly as upstream's __famfs_mkfs (docs/format.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Upstream famfs's fill/verify pattern (testlib/random_buffer.c, xoroshiro128+; spec §7).
+"""Upstream famfs's fill/verify pattern (testlib/random_buffer.c, xoroshiro128+; docs/format.md §7).
 
 `famfs creat --randomize -S seed` fills a file with this stream and `famfs verify -S seed` checks
 it, so a file we fill verifies with upstream's tool and the other way round. The seed is cut to

@@ -1,13 +1,15 @@
 """The master's writing operations: mkdir, creat, copy-in, rm. See docs/format.md.
 
 Every operation runs inside one `Session`: the device's exclusive lock (flock), the log, the
-namespace and the allocation bitmap rebuilt from the log under that lock, then for each file
+namespace and allocation replayed from the log under that lock (famfs.rules), then for each file
 allocate, put the data in place, and only then append the entry. So concurrent famfsctl
 processes on this host serialize, and a client replaying the log never sees a file whose bytes
-are not there yet (upstream logs first and copies after; spec §7).
+are not there yet (upstream logs first and copies after; docs/format.md §7).
 
-A writer refuses to touch a log it cannot fully account for: any bad entry, a namespace rule
-broken, or two files sharing space stops it with that problem named, before anything is written.
+Every operation is checked against the rule book (famfs.rules) before anything is written: an
+operation whose entry would break a rule is refused with the rule named. A writer also refuses
+to touch a log it cannot fully account for: any bad entry or broken rule in it stops the writer
+with that problem named, before anything is written.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import contextlib
 import os
 import random
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.device import Device
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
@@ -37,106 +40,35 @@ class MasterError(Exception):
     """A request the writer refuses; the message names the device and the path or entry."""
 
 
-class NamespaceError(ValueError):
-    """An entry that breaks a namespace rule (missing parent, duplicate path, bad DELETE)."""
+def load(famfs_log: FamfsLog) -> rules.Namespace:
+    """The namespace of every logged entry, as every reader replays it.
 
-
-@dataclass(slots=True)
-class Namespace:
-    """The tree the log describes: directories and live files, by relpath ("" is the root)."""
-
-    dirs: dict[str, int] = field(default_factory=lambda: {"": -1})  # relpath -> MKDIR index
-    files: dict[str, tuple[int, fmt.FileEntry]] = field(default_factory=dict)  # relpath -> (index, entry)
-    deleted: dict[int, fmt.FileEntry] = field(default_factory=dict)  # FILE index -> entry, space kept
-
-    def check_new(self, relpath: str) -> None:
-        parent = os.path.dirname(relpath)
-        if parent not in self.dirs:
-            raise NamespaceError(f"{relpath!r}: parent directory {parent!r} does not exist")
-        if relpath in self.dirs:
-            raise NamespaceError(f"{relpath!r}: a directory of that name exists")
-        if relpath in self.files:
-            raise NamespaceError(f"{relpath!r}: a file of that name exists (log entry {self.files[relpath][0]})")
-
-    def apply(self, index: int, entry: fmt.Entry) -> None:
-        """Add entry `index` to the tree, or raise NamespaceError (the tree is then unchanged)."""
-        match entry:
-            case fmt.MkdirEntry():
-                self.check_new(entry.relpath)
-                self.dirs[entry.relpath] = index
-            case fmt.FileEntry():
-                self.check_new(entry.relpath)
-                self.files[entry.relpath] = (index, entry)
-            case fmt.DeleteEntry():
-                live = self.files.get(entry.relpath)
-                if live is None or live[0] != entry.target_index:
-                    raise NamespaceError(f"DELETE of {entry.relpath!r}: entry {entry.target_index} is not that live file")
-                del self.files[entry.relpath]
-                self.deleted[entry.target_index] = live[1]
-            case fmt.AddDaxdevEntry():
-                pass  # only device 0 exists; upstream does not play these either
-
-    def is_dir(self, relpath: str) -> bool:
-        return relpath in self.dirs
-
-
-@dataclass(frozen=True, slots=True)
-class LogProblem:
-    """One way a logged entry breaks the rules; exactly one of the detail fields is set."""
-
-    index: int
-    bad_entry: fmt.EntryError | None = None  # the slot itself is invalid
-    namespace: NamespaceError | None = None  # a valid entry the tree refuses
-    space: alloc.AllocError | None = None  # extents the bitmap cannot hold
-    collisions: tuple[alloc.Collision, ...] = ()  # units another entry (or the log) holds already
-    relpath: str | None = None
-
-
-def replay(famfs_log: FamfsLog, problem: Callable[[LogProblem], None]) -> tuple[Namespace, alloc.Bitmap]:
-    """Namespace and bitmap from every logged entry, calling `problem` for each rule broken.
-
-    The one walk of the log behind both the writer (which raises at the first problem) and fsck
-    (which lists them all). A FILE the namespace refuses still claims its units: they are taken
-    on media either way.
+    A corrupt slot (bad seqnum or CRC) stops the writer: every reader stops there too, so nothing
+    appended after it would ever be seen. An entry that is well-formed but breaks a rule is left
+    out, as every reader leaves it out, with a warning; the space it names is still never handed
+    out (upstream's readers do not apply our rules and would see both files on that memory).
     """
-    sb = famfs_log.superblock
-    namespace = Namespace()
-    bitmap = alloc.Bitmap(sb.dev_size, sb.log_len, sb.alloc_unit)
-    for index, entry in famfs_log.entries():
-        if isinstance(entry, fmt.EntryError):
-            problem(LogProblem(index, bad_entry=entry))
-            continue
-        try:
-            namespace.apply(index, entry)
-        except NamespaceError as err:
-            problem(LogProblem(index, namespace=err))
-        if isinstance(entry, fmt.FileEntry):
-            try:
-                collisions = bitmap.mark(entry.all_extents(), index)
-            except alloc.AllocError as err:
-                problem(LogProblem(index, space=err, relpath=entry.relpath))
-                continue
-            if collisions:
-                problem(LogProblem(index, collisions=tuple(collisions), relpath=entry.relpath))
-    return namespace, bitmap
+    left_out: list[rules.Problem] = []
 
-
-def load(famfs_log: FamfsLog) -> tuple[Namespace, alloc.Bitmap]:
-    """Namespace and bitmap from every logged entry; the first problem stops it with its name."""
-
-    def refuse(found: LogProblem) -> None:
-        where = f"{famfs_log.path}: log entry {found.index}"
+    def note(found: rules.Problem) -> None:
         if found.bad_entry is not None:
-            raise MasterError(f"{famfs_log.path}: {found.bad_entry}; run famfsctl fsck")
-        if found.namespace is not None:
-            raise MasterError(f"{where}: {found.namespace}; run famfsctl fsck")
-        if found.space is not None:
-            raise MasterError(f"{where} ({found.relpath!r}): {found.space}; run famfsctl fsck")
-        other = found.collisions[0].previous
-        raise MasterError(f"{where} ({found.relpath!r}) shares space with "
-                          f"{'the superblock/log' if other < 0 else f'log entry {other}'}; run famfsctl fsck")
+            try:
+                fmt.check_entry_seal(famfs_log.raw_entry(found.index), found.index)
+            except fmt.EntryError:
+                raise MasterError(f"{famfs_log.path}: {found.bad_entry}: a corrupt slot stops every reader there, "
+                                  f"so nothing can be appended after it; run famfsctl fsck") from None
+        left_out.append(found)
 
-    return replay(famfs_log, refuse)
+    namespace = rules.replay(famfs_log, note)
+    for found in left_out:
+        if isinstance(found.entry, fmt.FileEntry):
+            namespace.units.claim(found.entry.all_extents())
+    if left_out:
+        first = left_out[0]
+        log.warning("log_entries_left_out", device=famfs_log.path, count=len(left_out), first_index=first.index,
+                    first_error=str(first.bad_entry or first.violation),
+                    note="every reader leaves these entries out; famfsctl fsck lists them")
+    return namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +91,8 @@ class Session:
     def __init__(self, famfs_log: FamfsLog, rng: alloc.Shuffler | None = None) -> None:
         self.log = famfs_log
         self.device = famfs_log.device
-        self.namespace, self.bitmap = load(famfs_log)
+        self.geometry = rules.Geometry.of(famfs_log.superblock)
+        self.namespace = load(famfs_log)
         self.rng = rng or random.Random()
 
     # -- helpers --
@@ -171,58 +104,83 @@ class Session:
         return header.next_index
 
     def _append(self, entries: list[fmt.Entry]) -> int:
+        """Append entries already checked against the rule book, and record them."""
         header = self.log.header()
         free = header.slots - header.next_index
         if 0 < free < len(entries):  # (no free slot at all: the appender's own "log full" error)
             raise MasterError(f"{self.log.path}: log full ({free} free entries, {len(entries)} needed); nothing appended")
         first = self.log.append(entries)
         for n, entry in enumerate(entries):
-            self.namespace.apply(first + n, entry)
+            if not isinstance(entry, fmt.MkdirEntry):  # mkdir() records its directories itself
+                self.namespace.record(first + n, entry)
         return first
 
-    def refuse(self, relpath: str, why: str) -> MasterError:
+    def refuse(self, relpath: str, why: object) -> MasterError:
         return MasterError(f"{self.log.path}: {relpath}: {why}")
 
-    def _check_new(self, relpath: str) -> None:
+    def _check(self, index: int, entry: fmt.Entry) -> None:
+        """The rule book's verdict on `entry` as log entry `index`: refused, named, or nothing."""
+        relpath = getattr(entry, "relpath", "?")
         try:
-            fmt.encode_relpath(relpath)
-            self.namespace.check_new(relpath)
-        except (fmt.FormatError, NamespaceError) as err:
-            raise self.refuse(relpath, str(err).removeprefix(f"{relpath!r}: ")) from None
+            if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry | fmt.DeleteEntry):
+                fmt.encode_relpath(entry.relpath)
+            rules.check(index, entry, self.namespace, self.geometry, self.log.entry)
+        except fmt.FormatError as err:
+            raise self.refuse(relpath, err) from None
+
+    def _warn_if_shadowed(self, relpath: str) -> None:
+        if self.namespace.shadowed_for_upstream(relpath):
+            log.warning("recreated_deleted_path", device=self.log.path, path=relpath,
+                        note="upstream famfs readers ignore DELETE and keep serving the deleted file at this path "
+                             "(docs/format.md)")
 
     # -- operations --
 
     def mkdir(self, relpath: str, owner: Ownership, *, parents: bool = False) -> list[int]:
         """Log a MKDIR for relpath (with `parents`, for each missing component, all or none)."""
-        if parents and self.namespace.is_dir(relpath):
+        if parents and self.namespace.kind(relpath) is rules.Kind.DIR:
             return []
         missing = [relpath]
         if parents:
             parent = os.path.dirname(relpath)
-            while parent and not self.namespace.is_dir(parent):
+            while parent and self.namespace.kind(parent) is None:
                 missing.insert(0, parent)
                 parent = os.path.dirname(parent)
-        probe = Namespace(dict(self.namespace.dirs), dict(self.namespace.files))
-        entries: list[fmt.Entry] = []
+        entries: list[fmt.MkdirEntry] = []
+        index = self._next_index()
+        try:
+            # Each directory is checked with the ones before it in place (recorded, undone on refusal).
+            for n, path in enumerate(missing):
+                entry = fmt.MkdirEntry(path, owner.mode, owner.uid, owner.gid)
+                self._check(index + n, entry)
+                self.namespace.record(index + n, entry)
+                entries.append(entry)
+            first = self._append(list(entries))
+        except BaseException:
+            for made in entries:
+                self.namespace.forget_dir(made.relpath)
+            raise
         for path in missing:
-            try:
-                fmt.encode_relpath(path)
-                probe.apply(-1, fmt.MkdirEntry(path, owner.mode, owner.uid, owner.gid))
-            except (fmt.FormatError, NamespaceError) as err:
-                raise self.refuse(path, str(err).removeprefix(f"{path!r}: ")) from None
-            entries.append(fmt.MkdirEntry(path, owner.mode, owner.uid, owner.gid))
-        first = self._append(entries)
+            self._warn_if_shadowed(path)
         log.info("mkdir", device=self.log.path, paths=missing, first_index=first)
         return list(range(first, first + len(entries)))
 
-    def _allocate(self, size: int, index: int, layout: alloc.InterleaveParams | None) -> tuple[tuple[fmt.Extent, ...], tuple[fmt.Stripe, ...]]:
+    def _allocate(self, size: int, layout: alloc.InterleaveParams | None) -> tuple[tuple[fmt.Extent, ...], tuple[fmt.Stripe, ...]]:
         try:
             if layout is None:
-                return (alloc.allocate_contiguous(self.bitmap, size, index),), ()
-            got = alloc.allocate_interleaved(self.bitmap, size, layout, index, self.rng)
+                return (alloc.allocate_contiguous(self.namespace.units, size),), ()
+            got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng)
         except alloc.AllocError as err:
             raise MasterError(f"{self.log.path}: cannot allocate {size} bytes: {err}") from None
         return ((got,), ()) if isinstance(got, fmt.Extent) else ((), (got,))
+
+    def check_new(self, relpath: str, owner: Ownership) -> None:
+        """Refuse, naming the rule, a new file or directory name the rule book would refuse."""
+        try:
+            fmt.encode_relpath(relpath)
+            rules.check_new_name(self.namespace, relpath, owner.uid, owner.gid)
+        except fmt.FormatError as err:
+            raise self.refuse(relpath, err) from None
 
     def create(self, relpath: str, size: int, owner: Ownership, *, layout: alloc.InterleaveParams | None = None,
                fill: Iterator[bytes] | None = None, reuse: bool = False) -> Created:
@@ -233,25 +191,22 @@ class Session:
         """
         existing = self.namespace.files.get(relpath)
         if existing is not None and reuse:
-            index, entry = existing
+            _, entry = existing
             if entry.size != size:
                 raise self.refuse(relpath, f"exists with size {entry.size}, not {size}")
             if fill is not None:
                 self._write(entry, fill)
             return Created(relpath, None, entry)
-        self._check_new(relpath)
+        self.check_new(relpath, owner)  # before allocating: the name's own problems come first
         index = self._next_index()
-        extents, stripes = self._allocate(size, index, layout)
+        extents, stripes = self._allocate(size, layout)
         entry = fmt.FileEntry(relpath=relpath, size=size, mode=owner.mode, uid=owner.uid, gid=owner.gid,
                               extents=extents, stripes=stripes)
-        try:
-            fmt.check_extents(entry, self.log.superblock.dev_size, self.log.superblock.log_len, self.log.superblock.alloc_unit)
-            if fill is not None:
-                self._write(entry, fill)
-            self._append([entry])
-        except BaseException:
-            self.bitmap.release(entry.all_extents())
-            raise
+        self._check(index, entry)
+        if fill is not None:
+            self._write(entry, fill)
+        self._append([entry])
+        self._warn_if_shadowed(relpath)
         log.info("creat", device=self.log.path, path=relpath, size=size, index=index,
                  extents=[(hex(e.offset), hex(e.length)) for e in entry.all_extents()])
         return Created(relpath, index, entry)
@@ -279,10 +234,12 @@ class Session:
         """Log a DELETE of a live file. Its space stays allocated (docs/format.md says why)."""
         live = self.namespace.files.get(relpath)
         if live is None:
-            why = "is a directory; only files can be removed" if self.namespace.is_dir(relpath) else "no such file"
-            raise self.refuse(relpath, why)
-        self._next_index()
-        index = self._append([fmt.DeleteEntry(relpath=relpath, target_index=live[0])])
+            kind = self.namespace.kind(relpath)
+            raise self.refuse(relpath, "is a directory; only files can be removed" if kind is rules.Kind.DIR else "no such file")
+        entry = fmt.DeleteEntry(relpath=relpath, target_index=live[0])
+        index = self._next_index()
+        self._check(index, entry)
+        self._append([entry])
         log.info("rm", device=self.log.path, path=relpath, index=index, target=live[0])
         return index
 
@@ -331,7 +288,7 @@ def copy_in(current: Session, request: CopyRequest) -> list[Created]:
     Restartable like upstream's cp: a destination file of the same size is rewritten in place,
     a destination directory is reused. Empty files are logged too (upstream skips them).
     """
-    dest_is_dir = current.namespace.is_dir(request.dest)
+    dest_is_dir = current.namespace.kind(request.dest) is rules.Kind.DIR
     if len(request.sources) > 1 and not dest_is_dir:
         raise current.refuse(request.dest or "/", "copying several sources needs an existing destination directory")
     created: list[Created] = []
@@ -364,7 +321,7 @@ def _copy_file(current: Session, request: CopyRequest, source: Path, target: str
 
 def _copy_tree(current: Session, request: CopyRequest, source: Path, target: str, info: os.stat_result,
                created: list[Created]) -> None:
-    if not current.namespace.is_dir(target):
+    if current.namespace.kind(target) is not rules.Kind.DIR:
         current.mkdir(target, Ownership(info.st_mode & 0o7777, request.uid, request.gid))
     with os.scandir(source) as listing:
         children = sorted(listing, key=lambda child: child.name)

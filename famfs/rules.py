@@ -1,0 +1,424 @@
+"""The rule book: what makes a log entry valid (docs/format.md, "The rule book").
+
+One function per rule; `check()` applies them to one entry in a fixed order. Three policies use
+the same rules:
+
+- the master's writer (famfs.master.writer) refuses an operation whose entry breaks a rule, and
+  writes nothing;
+- fsck (famfs.master.fsck) lists every entry that breaks one;
+- the follower (agent.follower) rejects such an entry, names it and the rule, and plays on.
+
+A rule reads the entry and a `Model` of the log before it: the namespace (which paths are
+directories, which are live files), the allocation units taken by accepted files (live or
+deleted: freed space is never reused, see docs/format.md), and the daxdev table. The writer and
+fsck keep the whole model in memory (`Namespace`); the follower keeps its namespace in the shadow
+tree itself and only the units in memory (one byte per 2 MiB unit), so its memory stays flat.
+
+Slot-level validity (seqnum, CRC, field ranges, the relpath's form) is the format's business
+(famfs.format.decode_entry, check_relpath); an entry that fails there never reaches these rules.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from famfs import format as fmt
+from famfs.shadowdir import META_DIR
+
+NO_ID = 0xFFFFFFFF  # (uid_t)-1 / (gid_t)-1: chown(2) reads it as "leave unchanged", stat never shows it
+
+
+class Violation(fmt.FormatError):
+    """An entry that breaks rule `rule` (the name of the rule's function in this module)."""
+
+    def __init__(self, rule: Callable[..., object], reason: str) -> None:
+        super().__init__(reason)
+        self.rule = rule.__name__
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason} (rule {self.rule})"
+
+
+class Kind(enum.Enum):
+    DIR = "directory"
+    FILE = "file"
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """The device facts the extent rules need, from the superblock."""
+
+    dev_size: int
+    log_len: int
+    alloc_unit: int = fmt.ALLOC_UNIT
+
+    @classmethod
+    def of(cls, superblock: fmt.Superblock) -> Geometry:
+        return cls(superblock.dev_size, superblock.log_len, superblock.alloc_unit)
+
+    @property
+    def data_start(self) -> int:
+        return fmt.data_start(self.log_len)
+
+
+class Units:
+    """Which allocation units accepted FILE entries hold: one byte per unit (0 free, 1 taken),
+    so bytes.find() does both the overlap test and the first-fit search in C. 2 MiB units: a
+    4 TiB device is two million bytes. The superblock and log count as taken."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.unit = geometry.alloc_unit
+        # Whole units only: upstream rounds up and can hand out the partial unit past the end.
+        self.nunits = geometry.dev_size // self.unit
+        self.first_data_unit = min(fmt.round_up(geometry.data_start, self.unit) // self.unit, self.nunits)
+        self.taken = bytearray(self.nunits)
+        self.taken[: self.first_data_unit] = b"\1" * self.first_data_unit
+
+    def span(self, extent: fmt.Extent) -> range:
+        return range(extent.offset // self.unit, min(fmt.round_up(extent.end, self.unit) // self.unit, self.nunits))
+
+    def first_taken(self, extents: Sequence[fmt.Extent]) -> int | None:
+        """The first unit of `extents` that is already taken, or None."""
+        for extent in extents:
+            span = self.span(extent)
+            found = self.taken.find(1, span.start, span.stop)
+            if found >= 0:
+                return found
+        return None
+
+    def claim(self, extents: Sequence[fmt.Extent]) -> None:
+        for extent in extents:
+            span = self.span(extent)
+            self.taken[span.start:span.stop] = b"\1" * len(span)
+
+    def find_free(self, count: int, start: int = 0, stop: int | None = None) -> int | None:
+        """First unit of the first run of `count` free units inside [start, stop), or None."""
+        stop = self.nunits if stop is None else min(stop, self.nunits)
+        start = max(start, self.first_data_unit)
+        if count <= 0 or stop - start < count:
+            return None
+        found = self.taken.find(bytes(count), start, stop)
+        return None if found < 0 else found
+
+    @property
+    def used_units(self) -> int:
+        return self.nunits - self.taken.count(0)
+
+    @property
+    def free_units(self) -> int:
+        return self.taken.count(0)
+
+
+class Model(Protocol):
+    """What the rules read of the log before the entry being checked."""
+
+    units: Units
+
+    def kind(self, relpath: str) -> Kind | None:
+        """DIR or FILE if a live directory or file has that path, else None ("" is the root)."""
+
+    def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
+        """Whether the live file at `relpath` is the one FILE entry `index` (= `entry`) made."""
+
+    def daxdev_uuids(self) -> Sequence[uuid.UUID]:
+        """The daxdev table in index order; device 0 is the superblock's."""
+
+
+EntryAt = Callable[[int], fmt.Entry]  # decode an earlier slot (raises fmt.EntryError)
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def name_not_reserved(relpath: str) -> None:
+    """`.meta` at the root holds the superblock and log files every mount shows (upstream's)."""
+    if relpath == META_DIR or relpath.startswith(META_DIR + "/"):
+        raise Violation(name_not_reserved, f"{META_DIR} is reserved for the file system's metadata files")
+
+
+def owner_valid(uid: int, gid: int) -> None:
+    """(uid_t)-1 is not an owner: chown(2) reads it as "leave unchanged", so no host can apply it."""
+    if NO_ID in (uid, gid):
+        raise Violation(owner_valid, f"owner {uid}:{gid}: {NO_ID} is not a valid uid or gid")
+
+
+def parent_is_directory(model: Model, relpath: str) -> None:
+    parent = relpath.rpartition("/")[0]
+    if model.kind(parent) is not Kind.DIR:
+        raise Violation(parent_is_directory, f"parent directory {parent!r} does not exist")
+
+
+def path_free(model: Model, relpath: str) -> None:
+    """No two live names alike: upstream's readers keep the first entry for a path."""
+    kind = model.kind(relpath)
+    if kind is not None:
+        raise Violation(path_free, f"a {kind.value} of that name exists")
+
+
+def extents_on_device_zero(entry: fmt.FileEntry) -> None:
+    for n, extent in enumerate(entry.all_extents()):
+        if extent.devindex != 0:
+            raise Violation(extents_on_device_zero, f"extent {n}: devindex {extent.devindex} (only device 0 exists)")
+
+
+def extents_not_empty(entry: fmt.FileEntry) -> None:
+    for n, extent in enumerate(entry.all_extents()):
+        if extent.length == 0:
+            raise Violation(extents_not_empty, f"extent {n}: zero length")
+
+
+def extents_aligned(entry: fmt.FileEntry, geometry: Geometry) -> None:
+    for n, extent in enumerate(entry.all_extents()):
+        if extent.offset % geometry.alloc_unit:
+            raise Violation(extents_aligned, f"extent {n}: offset {extent.offset:#x} not aligned to {geometry.alloc_unit:#x}")
+
+
+def extents_past_log(entry: fmt.FileEntry, geometry: Geometry) -> None:
+    """File data never lands on the superblock or the log (docs/format.md §9 item 6)."""
+    for n, extent in enumerate(entry.all_extents()):
+        if extent.offset < geometry.data_start:
+            raise Violation(extents_past_log, f"extent {n}: offset {extent.offset:#x} overlaps the superblock/log "
+                                              f"(data starts at {geometry.data_start:#x})")
+
+
+def extents_inside_device(entry: fmt.FileEntry, geometry: Geometry) -> None:
+    """Inside the device's whole allocation units (upstream never checks, and its allocator can
+    hand out the partial unit past the last whole one: docs/format.md §9 item 11)."""
+    end = geometry.dev_size - geometry.dev_size % geometry.alloc_unit
+    for n, extent in enumerate(entry.all_extents()):
+        if extent.end > geometry.dev_size:
+            raise Violation(extents_inside_device, f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) "
+                                                   f"past the device end {geometry.dev_size:#x}")
+        if extent.end > end:
+            raise Violation(extents_inside_device, f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) "
+                                                   f"past the last whole allocation unit (ends at {end:#x})")
+
+
+def extents_disjoint(entry: fmt.FileEntry) -> None:
+    """The extents of one file do not overlap each other."""
+    ordered = sorted(entry.all_extents(), key=lambda e: e.offset)
+    for before, after in itertools.pairwise(ordered):
+        if after.offset < before.end:
+            raise Violation(extents_disjoint, f"extents overlap at {after.offset:#x}")
+
+
+def stripes_well_formed(entry: fmt.FileEntry) -> None:
+    """Strips are equal, whole multiples of a power-of-two chunk (docs/format.md §4.3's mapping needs it)."""
+    for stripe in entry.stripes:
+        chunk = stripe.chunk_size
+        if chunk == 0 or chunk & (chunk - 1):
+            raise Violation(stripes_well_formed, f"chunk size {chunk:#x} is not a power of two")
+        if len({strip.length for strip in stripe.strips}) != 1 or stripe.strips[0].length % chunk:
+            raise Violation(stripes_well_formed, "strips are not equal whole multiples of the chunk size")
+
+
+def size_fits(entry: fmt.FileEntry) -> None:
+    if entry.size > entry.capacity():
+        raise Violation(size_fits, f"size {entry.size} exceeds the {entry.capacity()} bytes of its extents")
+
+
+def space_unclaimed(model: Model, entry: fmt.FileEntry) -> None:
+    """No unit of the file is held by an earlier file, live or deleted (freed space is never
+    reused: upstream's readers ignore DELETE and would see both files on the same memory)."""
+    unit = model.units.first_taken(entry.all_extents())
+    if unit is not None:
+        raise Violation(space_unclaimed, f"allocation unit at {unit * model.units.unit:#x} is already held by another file")
+
+
+def delete_target_earlier(index: int, entry: fmt.DeleteEntry) -> None:
+    if not 0 <= entry.target_index < index:
+        raise Violation(delete_target_earlier, f"DELETE names entry {entry.target_index}, not an earlier entry")
+
+
+def delete_target_is_that_file(entry: fmt.DeleteEntry, entry_at: EntryAt) -> fmt.FileEntry:
+    """The target slot holds a FILE entry for this very path; returns it."""
+    try:
+        victim = entry_at(entry.target_index)
+    except fmt.EntryError as err:
+        raise Violation(delete_target_is_that_file, f"DELETE target is not a valid entry ({err})") from None
+    if not isinstance(victim, fmt.FileEntry):
+        raise Violation(delete_target_is_that_file, f"DELETE target entry {entry.target_index} is a "
+                                                    f"{type(victim).__name__}, not a FILE entry")
+    if victim.relpath != entry.relpath:
+        raise Violation(delete_target_is_that_file, f"DELETE target entry {entry.target_index} is "
+                                                    f"{victim.relpath!r}, not this path")
+    return victim
+
+
+def delete_target_live(model: Model, entry: fmt.DeleteEntry, victim: fmt.FileEntry) -> None:
+    if model.kind(entry.relpath) is not Kind.FILE:
+        raise Violation(delete_target_live, "DELETE of a file that does not exist")
+    if not model.holds(entry.relpath, entry.target_index, victim):
+        raise Violation(delete_target_live, f"DELETE target entry {entry.target_index} is not the live file at this path")
+
+
+def daxdev_dense(model: Model, entry: fmt.AddDaxdevEntry) -> None:
+    expected = len(model.daxdev_uuids())
+    if entry.dev_index != expected:
+        raise Violation(daxdev_dense, f"daxdev index {entry.dev_index} is not the next one ({expected})")
+
+
+def daxdev_sized(entry: fmt.AddDaxdevEntry) -> None:
+    if entry.dev_size == 0:
+        raise Violation(daxdev_sized, f"daxdev {entry.dev_index} has size 0")
+
+
+def daxdev_unique(model: Model, entry: fmt.AddDaxdevEntry) -> None:
+    if entry.dev_uuid in model.daxdev_uuids():
+        raise Violation(daxdev_unique, f"daxdev UUID {entry.dev_uuid} is already in the table")
+
+
+# --- applying them --------------------------------------------------------------------------
+
+
+def check_extents(entry: fmt.FileEntry, geometry: Geometry, *, metadata: bool = False) -> None:
+    """The geometry rules of one file on its own (no other file consulted). `metadata`: the
+    `.meta` files, which map the superblock and the log themselves (only that bound is lifted)."""
+    extents_on_device_zero(entry)
+    extents_not_empty(entry)
+    extents_aligned(entry, geometry)
+    if not metadata:
+        extents_past_log(entry, geometry)
+    extents_inside_device(entry, geometry)
+    extents_disjoint(entry)
+    stripes_well_formed(entry)
+    size_fits(entry)
+
+
+def check_new_name(model: Model, relpath: str, uid: int, gid: int) -> None:
+    """The rules of a new FILE or MKDIR name (the writer asks before it allocates anything)."""
+    name_not_reserved(relpath)
+    owner_valid(uid, gid)
+    parent_is_directory(model, relpath)
+    path_free(model, relpath)
+
+
+def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_at: EntryAt) -> None:
+    """Every rule for entry `index` against the log before it; the first broken one raises
+    Violation. Rules that need only memory come before the ones that may touch the disk."""
+    match entry:
+        case fmt.FileEntry():
+            check_extents(entry, geometry)
+            space_unclaimed(model, entry)
+            check_new_name(model, entry.relpath, entry.uid, entry.gid)
+        case fmt.MkdirEntry():
+            check_new_name(model, entry.relpath, entry.uid, entry.gid)
+        case fmt.DeleteEntry():
+            delete_target_earlier(index, entry)
+            victim = delete_target_is_that_file(entry, entry_at)
+            delete_target_live(model, entry, victim)
+        case fmt.AddDaxdevEntry():
+            daxdev_dense(model, entry)
+            daxdev_sized(entry)
+            daxdev_unique(model, entry)
+        case _:
+            raise TypeError(f"not a log entry: {entry!r}")
+
+
+# --- the whole model in memory (the writer and fsck) -----------------------------------------
+
+
+@dataclass(slots=True)
+class Namespace:
+    """The tree the log describes, by relpath ("" is the root), with its units and daxdevs."""
+
+    units: Units
+    daxdevs: list[uuid.UUID]
+    dirs: dict[str, int] = field(default_factory=lambda: {"": -1})  # relpath -> MKDIR index
+    files: dict[str, tuple[int, fmt.FileEntry]] = field(default_factory=dict)  # relpath -> (index, entry)
+    deleted: dict[int, fmt.FileEntry] = field(default_factory=dict)  # FILE index -> entry, space kept
+    deleted_paths: set[str] = field(default_factory=set)
+
+    @classmethod
+    def empty(cls, superblock: fmt.Superblock) -> Namespace:
+        return cls(units=Units(Geometry.of(superblock)), daxdevs=[superblock.dev_uuid])
+
+    def kind(self, relpath: str) -> Kind | None:
+        if relpath in self.dirs:
+            return Kind.DIR
+        if relpath in self.files:
+            return Kind.FILE
+        return None
+
+    def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
+        live = self.files.get(relpath)
+        return live is not None and live[0] == index
+
+    def daxdev_uuids(self) -> Sequence[uuid.UUID]:
+        return self.daxdevs
+
+    def record(self, index: int, entry: fmt.Entry) -> None:
+        """Add an entry that passed check() (or was just appended after passing it)."""
+        match entry:
+            case fmt.MkdirEntry():
+                self.dirs[entry.relpath] = index
+            case fmt.FileEntry():
+                self.files[entry.relpath] = (index, entry)
+                self.units.claim(entry.all_extents())
+            case fmt.DeleteEntry():
+                _, victim = self.files.pop(entry.relpath)
+                self.deleted[entry.target_index] = victim
+                self.deleted_paths.add(entry.relpath)
+            case fmt.AddDaxdevEntry():
+                self.daxdevs.append(entry.dev_uuid)
+
+    def forget_dir(self, relpath: str) -> None:
+        """Undo record() of a MKDIR that was not appended after all (a refused `mkdir -p`)."""
+        del self.dirs[relpath]
+
+    def shadowed_for_upstream(self, relpath: str) -> bool:
+        """A path whose file was deleted: upstream's readers ignore DELETE and keep the first
+        entry for a path, so they go on serving the old file at this name (docs/format.md)."""
+        return relpath in self.deleted_paths
+
+    def holder(self, unit: int) -> int | None:
+        """The FILE entry (live or deleted) holding `unit`; None for the superblock/log. Slow
+        (a scan): for naming cross-links only."""
+        for index, entry in itertools.chain(self.files.values(), self.deleted.items()):
+            if any(unit in self.units.span(extent) for extent in entry.all_extents()):
+                return index
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One logged slot that is not a valid entry (`bad_entry`) or breaks a rule (`violation`)."""
+
+    index: int
+    bad_entry: fmt.EntryError | None = None
+    violation: Violation | None = None
+    entry: fmt.Entry | None = None
+
+
+class LogReader(Protocol):
+    superblock: fmt.Superblock
+
+    def entry(self, index: int) -> fmt.Entry: ...
+
+    def entries(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, fmt.Entry | fmt.EntryError]]: ...
+
+
+def replay(famfs_log: LogReader, problem: Callable[[Problem], None]) -> Namespace:
+    """The namespace of every logged entry, calling `problem` for each slot that is bad or breaks
+    a rule (that entry is then left out, as the follower leaves it out). The one walk of the log
+    behind the writer (which stops at the first problem) and fsck (which lists them all)."""
+    sb = famfs_log.superblock
+    geometry = Geometry.of(sb)
+    namespace = Namespace.empty(sb)
+    for index, entry in famfs_log.entries():
+        if isinstance(entry, fmt.EntryError):
+            problem(Problem(index, bad_entry=entry))
+            continue
+        try:
+            check(index, entry, namespace, geometry, famfs_log.entry)
+        except Violation as err:
+            problem(Problem(index, violation=err, entry=entry))
+            continue
+        namespace.record(index, entry)
+    return namespace

@@ -41,7 +41,7 @@ def play_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=logsetup.LEVELS,
                         help="default: [host] log_level; debug logs every entry")
     parser.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (terminal) or progress events (elsewhere) for a long one-shot play")
     return parser
 
 
@@ -61,12 +61,11 @@ def play(argv: Sequence[str]) -> int:
     if not device:
         print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
         return EXIT_UNUSABLE
-    show_progress = settings.agent.progress and not args.no_progress and not args.follow and sys.stderr.isatty()
     uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
     follower = Follower(
         device, args.shadow or settings.agent.shadow, settings.agent, uuid_file,
         follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",
-        progress_stream=sys.stderr if show_progress else None,
+        progress=settings.agent.progress and not args.no_progress and not args.follow,
     )
     return follower.run()
 

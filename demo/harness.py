@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from famfs import format as fmt
-from famfs.master.cli import parse_size
+from famfs.units import parse_size
 from famfs.shadowyaml import emit_file_yaml
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,6 +23,7 @@ import structlog
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
+from famfs import service
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -372,6 +373,7 @@ class Follower:
             waiter = Waiter(hint)
             idle_max = (settings.hint_poll_max_ms if hint else settings.poll_max_ms) / 1000
             interval = settings.poll_min_ms / 1000
+            ready = False
             while self.stop_signal is None:
                 try:
                     worked = self._poll()
@@ -381,6 +383,9 @@ class Follower:
                 if worked:
                     interval = settings.poll_min_ms / 1000
                     continue
+                if not ready:  # caught up once: the tree is whole, a mount may start (systemd)
+                    service.notify_ready(f"following {self.device_path}")
+                    ready = True
                 if waiter.wait(interval):
                     interval = settings.poll_min_ms / 1000
                 else:

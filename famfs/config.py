@@ -43,13 +43,15 @@ class Rule:
     choices: tuple[str, ...] = ()
     nonempty: bool = False
 
-    def describe(self) -> str:
-        """The allowed values, as docs/config.md's table shows them."""
+    def describe(self, default: Any) -> str:
+        """The allowed values of a key with this default, as docs/config.md's table shows them."""
+        if isinstance(default, bool):
+            return "true \\| false"
         if self.choices:
             return " \\| ".join(self.choices)
-        if self.low is not None:
-            return f"{self.low:g} .. {self.high:g}"
-        return "non-empty path" if self.nonempty else "any (empty: not set)"
+        if self.low is not None and self.high is not None:
+            return f"{_number(self.low)} .. {_number(self.high)}"
+        return "non-empty path" if self.nonempty else "a path, or empty: not set"
 
     def check(self, value: Any) -> str | None:
         """Why `value` is not allowed, or None."""
@@ -57,10 +59,14 @@ class Rule:
             return f"must be one of {', '.join(self.choices)}, not {value!r}"
         if self.low is not None and self.high is not None and not (
                 math.isfinite(value) and self.low <= value <= self.high):
-            return f"must be between {self.low:g} and {self.high:g}, not {value!r}"
+            return f"must be between {_number(self.low)} and {_number(self.high)}, not {value!r}"
         if self.nonempty and not value:
             return "must not be empty"
         return None
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}".replace(",", "_") if value == int(value) else f"{value:g}"
 
 
 def setting(default: Any, **rule: Any) -> Any:

@@ -259,7 +259,7 @@ def test_device_too_small(tmp_path: Path, system_uuid_file: Path) -> None:
     assert digest(image) == before
     fresh = tmp_path / "never.img"
     done = famfsctl("mkfs", "--size", "10m", fresh, check=False)
-    assert done.returncode == 2 and "--size 10485760 is too small" in done.stderr and not fresh.exists()
+    assert done.returncode == 2 and "--size 10 MiB is too small" in done.stderr and not fresh.exists()
 
 
 def test_not_a_device(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -14,7 +14,6 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
@@ -22,14 +22,12 @@ FOREIGN_TEXT_MAX = 1000  # a library's message longer than this is cut: some dum
 
 
 class _Printer:
-    """structlog's PrintLogger, erasing a progress bar first."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    """structlog's PrintLogger, erasing a progress bar first. It writes to whatever sys.stderr is
+    at the time (a test's capture, a daemon's log file), never to one bound when configured."""
 
     def msg(self, message: str) -> None:
         progress.clear_bar()
-        print(message, file=self.stream, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
@@ -65,7 +63,7 @@ def configure(log_format: str = "console", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     threshold = logging.getLevelNamesMapping()[level.upper()]
-    printer = _Printer(sys.stderr)
+    printer = _Printer()
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),

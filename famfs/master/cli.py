@@ -379,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     def add(name: str, run: Callable[[argparse.Namespace], int], help_text: str,
-            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common, *parents])
+            parents: Sequence[argparse.ArgumentParser] = (), usage: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common, *parents], usage=usage)
         sub.set_defaults(run=run)
         return sub
 
@@ -404,12 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("path", metavar="PATH", help="RELPATH with --device, else a path in a mounted famfs")
 
     sub = add("cp", cmd_cp, "copy local files (and with -r trees) into famfs: every name, size and the log's free "
-              "entries are checked before anything is written", [ownership, layout, targeted])
+              "entries are checked before anything is written", [ownership, layout, targeted],
+              usage="%(prog)s [options] [-r] [-L] SRC... DEST")
     sub.add_argument("-r", "-R", "--recursive", action="store_true", help="copy directories and their contents")
     sub.add_argument("-L", "--dereference", action="store_true",
                      help="follow symbolic links (else they are skipped, and counted in one line)")
-    sub.add_argument("paths", nargs="*", metavar="SRC... DEST",
-                     help="DEST is a directory (copy into it) when it exists as one; a trailing slash says it must")
+    sub.add_argument("paths", nargs="*", metavar="SRC",
+                     help="the sources, then DEST: a directory (copy into it) when it exists as one; a trailing "
+                          "slash says it must")
 
     sub = add("rm", cmd_rm, "log the deletion of files (all are checked first; none is removed if one cannot be)",
               [targeted])

@@ -5,15 +5,15 @@
     famfs-agent status [--shadow DIR] [--config FILE] [--json]
 
 Exit status: 0 done (or stopped by SIGTERM/SIGINT); 1 one-shot play rejected entries or stopped
-at a corrupt entry; 2 the device, shadow directory or command line cannot be used.
+at a corrupt entry; 2 the device, shadow directory, config file or command line cannot be used.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +26,7 @@ from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
-from famfs.shadowdir import AGENT_DIR, LOCK_FILE, STATE_FILE, state_path
+from famfs.shadowdir import STATE_FILE, agent_pid, state_path
 
 
 def play_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def play_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=logsetup.LEVELS,
                         help="default: [host] log_level; debug logs every entry")
     parser.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (terminal) or progress events (elsewhere) for a long one-shot play")
     return parser
 
 
@@ -53,20 +54,25 @@ def status_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    return f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})"
+
+
 def play(argv: Sequence[str]) -> int:
     args = play_parser().parse_args(argv)
     settings = config.load(args.config)
+    if args.shadow is not None:
+        config.check(config.AgentSettings, "shadow", args.shadow, "--shadow")
     logsetup.configure(args.log_format or settings.host.log_format, args.log_level or settings.host.log_level)
     device = args.device or settings.agent.device
     if not device:
         print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
         return EXIT_UNUSABLE
-    show_progress = settings.agent.progress and not args.no_progress and not args.follow and sys.stderr.isatty()
     uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
     follower = Follower(
         device, args.shadow or settings.agent.shadow, settings.agent, uuid_file,
         follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",
-        progress_stream=sys.stderr if show_progress else None,
+        progress=settings.agent.progress and not args.no_progress and not args.follow,
     )
     return follower.run()
 
@@ -76,7 +82,7 @@ def status_report(shadow: Path) -> dict[str, object]:
     state = AgentState.parse(ShadowTree(shadow).read_agent_file(STATE_FILE))
     if state is None:
         raise SystemExit(f"famfs-agent status: {state_path(shadow)}: no agent state (never run here?)")
-    holder = _lock_holder(shadow / AGENT_DIR / LOCK_FILE)
+    holder = agent_pid(shadow)
     report: dict[str, object] = {
         "shadow": str(shadow), "device": state.device, "fs_uuid": state.fs_uuid, "role": state.role,
         "agent_running": holder is not None, "agent_pid": holder or state.pid, "following": state.following,
@@ -102,23 +108,6 @@ def status_report(shadow: Path) -> dict[str, object]:
     return report
 
 
-def _lock_holder(lock: Path) -> int | None:
-    """The pid holding the agent's flock on `lock`, read from /proc/locks: looking must not take
-    the lock, or an agent starting at that instant would find its shadow busy."""
-    try:
-        info = lock.stat()
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    for line in table.splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{info.st_ino}"):
-            major, minor = (int(part, 16) for part in fields[5].split(":")[:2])
-            if os.makedev(major, minor) == info.st_dev:
-                return int(fields[4])
-    return None
-
-
 def _iso(stamp: float) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")
 
@@ -136,7 +125,7 @@ def status(argv: Sequence[str]) -> int:
         ("shadow", report["shadow"]), ("device", report["device"]), ("fs uuid", report["fs_uuid"]),
         ("role", report["role"]), ("agent", running), ("applied index", report["applied_index"]),
         ("log next_index", report["log_next_index"]),
-        ("lag", f"{report['lag_entries']} entries, {report['lag_seconds']} s" if report["lag_entries"] is not None else "unknown"),
+        ("lag", describe_lag(report)),
         ("rejected", report["rejected"]), ("stalled at", report["stalled_at"] if report["stalled_at"] is not None else "-"),
         ("last error", report["last_error"] or "-"), ("updated", report["updated_at"]),
     ]
@@ -147,11 +136,27 @@ def status(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def describe_lag(report: dict[str, object]) -> str:
+    """The entries not applied yet and since when the tree was last complete: an entry appended a
+    moment ago to a tree idle for minutes is not minutes behind, so the age is not called lag."""
+    entries = report["lag_entries"]
+    if entries is None:
+        return "unknown (device unreadable)"
+    if not entries:
+        return "0 entries (caught up)"
+    return (f"{entries} entr{'y' if entries == 1 else 'ies'} not applied yet; "
+            f"the tree was last complete {report['lag_seconds']} s ago")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["status"]:
-        return status(argv[1:])
-    return play(argv)
+    try:
+        if argv[:1] == ["status"]:
+            return status(argv[1:])
+        return play(argv)
+    except config.ConfigError as err:
+        print(f"famfs-agent: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
 
 
 if __name__ == "__main__":

@@ -17,24 +17,24 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
 
 import structlog
 
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
+from famfs import service
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import Role, role_of
+from famfs.progress import Progress
 from famfs.shadowdir import STATE_FILE, AgentState, boot_id
 
 log = structlog.get_logger("famfs-agent")
 
 SEAL = struct.Struct("<Q")  # seqnum at the start of a slot, CRC at ENTRY_CRC_SPAN
-PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before a bar is worth drawing
-PROGRESS_PERIOD_S = 0.2
+PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before progress is worth showing
 INFLIGHT_FIRST_WAIT_S = 0.0001
 DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no valid famfs
 
@@ -43,34 +43,11 @@ EXIT_REJECTED = 1  # one-shot: some entries rejected, or a corrupt entry stopped
 EXIT_UNUSABLE = 2  # the device or the shadow directory cannot be used
 
 
-class Progress:
-    """A one-line progress bar on a terminal, redrawn at most every PROGRESS_PERIOD_S."""
-
-    def __init__(self, first: int, stop: int, stream: TextIO) -> None:
-        self.first, self.stop, self.stream = first, stop, stream
-        self.started = self.last_draw = time.monotonic()
-
-    def update(self, done_index: int) -> None:
-        now = time.monotonic()
-        if now - self.last_draw < PROGRESS_PERIOD_S:
-            return
-        self.last_draw = now
-        done, total = done_index + 1 - self.first, self.stop - self.first
-        rate = done / max(now - self.started, 1e-9)
-        filled = 30 * done // max(total, 1)
-        self.stream.write(f"\rreplaying [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} entries, {rate:,.0f}/s ")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        self.stream.write("\r\033[K")
-        self.stream.flush()
-
-
 class Follower:
     """One famfs-agent run: a device, a shadow directory, once or following."""
 
     def __init__(self, device_path: str, shadow_dir: str, settings: AgentSettings, uuid_file: Path, *,
-                 follow: bool, debug: bool = False, progress_stream: TextIO | None = None) -> None:
+                 follow: bool, debug: bool = False, progress: bool = False) -> None:
         self.device_path = device_path
         # Other processes (famfsctl, famfs-fuse-mount) read it from state.json, from any directory:
         # absolute, but not resolved (/dev/dax0.0 stays /dev/dax0.0).
@@ -78,7 +55,7 @@ class Follower:
         self.settings = settings
         self.uuid_file = uuid_file
         self.following = follow
-        self.progress_stream = progress_stream
+        self.progress = progress  # show the progress of a long one-shot replay (famfs/progress.py)
         self.tree = ShadowTree(shadow_dir)
         self.device: Device | None = None
         self.famfs_log: FamfsLog | None = None
@@ -222,8 +199,8 @@ class Follower:
             assert self.famfs_log is not None and self.state is not None
             stop = self.famfs_log.header().next_index
             progress = None
-            if self.progress_stream is not None and stop - self.state.applied_index - 1 >= PROGRESS_MIN_ENTRIES:
-                progress = Progress(self.state.applied_index + 1, stop, self.progress_stream)
+            if self.progress and stop - self.state.applied_index - 1 >= PROGRESS_MIN_ENTRIES:
+                progress = Progress("replaying", stop, unit="entries", start=self.state.applied_index + 1)
             self._play(stop, progress)
             if progress is not None:
                 progress.finish()
@@ -292,7 +269,7 @@ class Follower:
                     log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
                               outcome=outcome)
                 if progress is not None and not index & 0xFF:
-                    progress.update(index)
+                    progress.update(index + 1)
         finally:
             # Also when applying failed (the shadow file system full, say): every entry up to
             # `done` is whole in the tree, so the cursor may say so.
@@ -397,6 +374,7 @@ class Follower:
             waiter = Waiter(hint)
             idle_max = (settings.hint_poll_max_ms if hint else settings.poll_max_ms) / 1000
             interval = settings.poll_min_ms / 1000
+            ready = False
             while self.stop_signal is None:
                 try:
                     worked = self._poll()
@@ -406,6 +384,9 @@ class Follower:
                 if worked:
                     interval = settings.poll_min_ms / 1000
                     continue
+                if not ready:  # caught up once: the tree is whole, a mount may start (systemd)
+                    service.notify_ready(f"following {self.device_path}")
+                    ready = True
                 if waiter.wait(interval):
                     interval = settings.poll_min_ms / 1000
                 else:

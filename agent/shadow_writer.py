@@ -110,7 +110,8 @@ class ShadowTree:
     def open(self) -> None:
         """Create what is missing, take the lock, and drop whatever a killed run left staged."""
         try:
-            for directory in (self.base, self.root, self.agent_dir, self.staging):
+            self.base.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run/famfs/shadow on a fresh boot
+            for directory in (self.root, self.agent_dir, self.staging):
                 directory.mkdir(mode=0o755, exist_ok=True)
             self._lock_fd = os.open(self.agent_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from famfs import format as fmt
-from famfs.master.cli import parse_size
 from famfs.shadowyaml import emit_file_yaml
+from famfs.units import parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"  # upstream-made reference images (tests/data/README.md)

@@ -1,12 +1,16 @@
 """Settings: defaults here, overridden by famfs-agent.toml, overridden by command-line flags.
 
-The documented copy of every key and its default is famfs-agent.toml at the top of the repo;
-tests/test_config.py checks that it agrees with the defaults below.
+Every key is declared once below with its default and its allowed values (`setting`). The
+documented copies are famfs-agent.toml (every key with its default) and the table in
+docs/config.md (every key with its allowed values); tests/test_config.py checks both against
+this module. A config file with an unknown section or key, a wrong type or a value out of range
+raises ConfigError: one line, and each program's documented exit code for an unusable set-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,37 +22,87 @@ from famfs import env
 CONFIG_ENV = env.AGENT_CONFIG
 SYSTEM_CONFIG = Path("/etc/famfs/famfs-agent.toml")
 CONFIG_FLAG_HELP = f"famfs-agent.toml to read (default: ${CONFIG_ENV}, then {SYSTEM_CONFIG} if it exists)"
+LOG_FORMATS = ("console", "json")  # key=value lines, or one JSON object a line
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CACHE_MODES = ("direct", "auto", "always")  # docs/consistency.md
+POLL_RANGE = (0.001, 60_000.0)  # milliseconds: a microsecond up to a minute
+SECONDS_RANGE = (0.0, 31_536_000.0)  # up to a year, as upstream's longest cache timeout
+RULE = "famfs.config.rule"  # the key of a field's Rule in its metadata
+
+
+class ConfigError(Exception):
+    """A config file, or a value given for one of its keys, that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The values a key allows: a closed numeric range, a fixed set of words, or a non-empty text."""
+
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    nonempty: bool = False
+
+    def describe(self, default: Any) -> str:
+        """The allowed values of a key with this default, as docs/config.md's table shows them."""
+        if isinstance(default, bool):
+            return "true \\| false"
+        if self.choices:
+            return " \\| ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"{_number(self.low)} .. {_number(self.high)}"
+        return "non-empty path" if self.nonempty else "a path, or empty: not set"
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` is not allowed, or None."""
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, not {value!r}"
+        if self.low is not None and self.high is not None and not (
+                math.isfinite(value) and self.low <= value <= self.high):
+            return f"must be between {_number(self.low)} and {_number(self.high)}, not {value!r}"
+        if self.nonempty and not value:
+            return "must not be empty"
+        return None
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}".replace(",", "_") if value == int(value) else f"{value:g}"
+
+
+def setting(default: Any, **rule: Any) -> Any:
+    """A settings field: its default and the Rule its values must follow."""
+    return field(default=default, metadata={RULE: Rule(**rule)})
 
 
 @dataclass
 class HostSettings:
-    system_uuid_file: str = "/opt/famfs/system_uuid"
-    log_format: str = "console"  # console (key=value) or json
-    log_level: str = "info"
+    system_uuid_file: str = setting("/opt/famfs/system_uuid", nonempty=True)
+    log_format: str = setting("console", choices=LOG_FORMATS)
+    log_level: str = setting("info", choices=LOG_LEVELS)
 
 
 @dataclass
 class AgentSettings:
-    device: str = ""
-    shadow: str = "/run/famfs/shadow"
-    poll_min_ms: float = 0.5  # poll interval while entries are arriving
-    poll_max_ms: float = 2.0  # idle poll interval when polling alone (devdax, pmem)
-    hint_poll_max_ms: float = 100.0  # idle poll interval when the image-file write hint can wake us
-    wake_hint: bool = True  # watch an image-file device with inotify (IN_MODIFY) to wake at once
-    inflight_retry_ms: float = 200.0  # how long a bad entry at the tail may be in flight
-    batch_max: int = 4096  # entries applied between two cursor writes
-    progress: bool = True  # progress bar for long one-shot replays on a terminal
+    device: str = setting("")
+    shadow: str = setting("/run/famfs/shadow", nonempty=True)
+    poll_min_ms: float = setting(0.5, low=POLL_RANGE[0], high=POLL_RANGE[1])  # poll interval while entries arrive
+    poll_max_ms: float = setting(2.0, low=POLL_RANGE[0], high=POLL_RANGE[1])  # idle poll interval, polling alone
+    hint_poll_max_ms: float = setting(100.0, low=POLL_RANGE[0], high=POLL_RANGE[1])  # idle, with the write hint
+    wake_hint: bool = setting(True)  # watch an image-file device with inotify (IN_MODIFY) to wake at once
+    inflight_retry_ms: float = setting(200.0, low=0.0, high=POLL_RANGE[1])  # how long a bad tail entry may be in flight
+    batch_max: int = setting(4096, low=1, high=1_000_000)  # entries applied between two cursor writes
+    progress: bool = setting(True)  # progress of long one-shot replays
 
 
 @dataclass
 class MountSettings:
-    mountpoint: str = ""
-    cache: str = "auto"  # direct | auto | always (docs/consistency.md)
-    timeout: float = 3600.0  # entry/attr timeout, seconds: invalidation keeps it right
-    negative_timeout: float = 3600.0  # cached negative lookups, seconds
-    fallback_rescan_s: float = 60.0  # full reconcile period, bounding a lost notification
-    allow_other: bool = False
-    read_only: bool = False
+    mountpoint: str = setting("")
+    cache: str = setting("auto", choices=CACHE_MODES)
+    timeout: float = setting(3600.0, low=SECONDS_RANGE[0], high=SECONDS_RANGE[1])  # entry/attr timeout
+    negative_timeout: float = setting(3600.0, low=SECONDS_RANGE[0], high=SECONDS_RANGE[1])
+    fallback_rescan_s: float = setting(60.0, low=SECONDS_RANGE[0], high=SECONDS_RANGE[1])  # 0: never
+    allow_other: bool = setting(False)
+    read_only: bool = setting(False)
 
 
 @dataclass
@@ -59,11 +113,25 @@ class Settings:
     source: str | None = None  # the file these came from, if any
 
 
+SECTIONS: dict[str, type[Any]] = {"host": HostSettings, "agent": AgentSettings, "mount": MountSettings}
+
+
+def rule(section: type[Any], key: str) -> Rule:
+    return next(f.metadata[RULE] for f in dataclasses.fields(section) if f.name == key)
+
+
+def check(section: type[Any], key: str, value: Any, where: str) -> None:
+    """Raise ConfigError when `value` is not allowed for `key` (also for flags and -o options)."""
+    why = rule(section, key).check(value)
+    if why is not None:
+        raise ConfigError(f"{where}: {key} {why}")
+
+
 def config_path(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
-    if env := os.environ.get(CONFIG_ENV):
-        return Path(env)
+    if env_path := os.environ.get(CONFIG_ENV):
+        return Path(env_path)
     return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
 
 
@@ -76,26 +144,28 @@ def load(explicit: str | None = None) -> Settings:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"config file {path}: not found") from None
+        raise ConfigError(f"config file {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: {getattr(err, 'strerror', None) or err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise SystemExit(f"config file {path}: {err}") from None
+        raise ConfigError(f"config file {path}: {err}") from None
     for section_name, values in data.items():
-        section = getattr(settings, section_name, None)
-        if section_name == "source" or not dataclasses.is_dataclass(section) or not isinstance(values, dict):
-            raise SystemExit(f"config file {path}: unknown section [{section_name}]")
-        _overlay(section, values, f"{path} [{section_name}]")
+        if section_name not in SECTIONS or not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: unknown section [{section_name}]")
+        _overlay(getattr(settings, section_name), values, f"config file {path} [{section_name}]")
     settings.source = str(path)
     return settings
 
 
 def _overlay(section: Any, values: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in dataclasses.fields(section)}
+    known = {f.name for f in dataclasses.fields(section)}
     for key, value in values.items():
         if key not in known:
-            raise SystemExit(f"config file {where}: unknown key {key!r}")
+            raise ConfigError(f"{where}: unknown key {key!r}")
         default = getattr(section, key)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not type(default):
-            raise SystemExit(f"config file {where}: {key} must be {type(default).__name__}, not {value!r}")
+            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, not {value!r}")
+        check(type(section), key, value, where)
         setattr(section, key, value)

@@ -96,3 +96,21 @@ def recorded_device(shadow_dir: str | os.PathLike[str]) -> str:
     if not isinstance(device, str) or not os.path.isabs(device):
         raise ValueError(f"{path}: device {device!r} is not an absolute path (relative to where famfs-agent ran?)")
     return device
+
+
+def agent_pid(shadow: str | os.PathLike[str]) -> int | None:
+    """The pid of the famfs-agent running on `shadow` (holding the flock on its lock file), read
+    from /proc/locks: looking must not take the lock, or an agent starting at that instant would
+    find its shadow busy."""
+    try:
+        info = (Path(shadow) / AGENT_DIR / LOCK_FILE).stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{info.st_ino}"):
+            major, minor = (int(part, 16) for part in fields[5].split(":")[:2])
+            if os.makedev(major, minor) == info.st_dev:
+                return int(fields[4])
+    return None

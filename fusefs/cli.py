@@ -1,10 +1,11 @@
 """famfs-fuse-mount: serve a famfs shadow tree as a file system, file bytes from the device.
 
-    famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] MOUNTPOINT
+    famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] [--mkdir] MOUNTPOINT
 
 Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shadow), then the
 device named in the agent's `<shadow>/.agent/state.json`. Without --foreground it daemonizes and
-the parent exits 0 only once the mount is live (else 1, with the reason). SIGTERM, SIGINT and
+the parent exits 0 only once the mount is live (else 1, with the daemon's reason). Under systemd
+(Type=notify) it reports readiness once the mount is live. SIGTERM, SIGINT and
 `fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line. While
 mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
 """
@@ -12,8 +13,8 @@ mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
 from __future__ import annotations
 
 import argparse
-import logging
-import math
+import contextlib
+import importlib.metadata
 import os
 import signal
 import stat
@@ -26,12 +27,12 @@ import pyfuse3
 import structlog
 import trio
 
-from famfs import config, logsetup
+from famfs import config, logsetup, service
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.rules import Geometry
-from famfs.shadowdir import ROOT, recorded_device, state_path
+from famfs.shadowdir import ROOT, agent_pid, recorded_device, state_path
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
 from fusefs.inodes import InodeTable
@@ -43,11 +44,11 @@ from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher
 
 log = structlog.get_logger("famfs-fuse-mount")
 
-CACHE_MODES = ("direct", "auto", "always")
 DEFAULT_LOG_FILE = "/var/log/famfs-fuse-mount.log"
 # The kernel's default readahead for a FUSE mount is 128 KiB: page-cache reads then reach us in
 # 128 KiB requests. 1 MiB (libfuse's largest request) measured 2.2 → 2.9 GB/s (docs/fusefs.md).
 READ_AHEAD_KB = 1024
+READY = b"ok\n"  # what the daemon tells the waiting parent once the mount is live; anything else is the reason it is not
 
 
 class UsageError(Exception):
@@ -81,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated: ro, rw, allow_other, cache=direct|auto|always, timeout=S, "
                         "negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
     p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize; log to stderr")
+    p.add_argument("--mkdir", action="store_true", help="create MOUNTPOINT (and its parents) if it does not exist")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})")
     p.add_argument("--log-file", default=DEFAULT_LOG_FILE, help=f"the daemon's log (default {DEFAULT_LOG_FILE})")
     p.add_argument("--log-format", choices=logsetup.FORMATS, help="default: [host] log_format")
     p.add_argument("--log-level", choices=logsetup.LEVELS, help="default: [host] log_level")
@@ -99,20 +103,19 @@ def resolve(args: argparse.Namespace) -> MountConfig:
                 values["allow_other"] = True
             else:
                 values["ro"] = key == "ro"
-        elif key == "cache" and value in CACHE_MODES:
+        elif key == "cache" and has_value:
+            check_option("cache", value, option)
             values["cache"] = value
-        elif key in ("timeout", "negative_timeout", "rescan") and has_value:
+        elif key in SECONDS_OPTIONS and has_value:
             try:
                 seconds = float(value)
             except ValueError:
                 raise UsageError(f"-o {option}: not a number of seconds") from None
-            if not math.isfinite(seconds) or seconds < 0:
-                raise UsageError(f"-o {option}: must be a finite number >= 0")
+            check_option(SECONDS_OPTIONS[key], seconds, option)
             values[key] = seconds
         else:
-            raise UsageError(f"-o {option}: unknown option (see --help)")
-    if values["cache"] not in CACHE_MODES:
-        raise UsageError(f"cache={values['cache']}: must be one of {', '.join(CACHE_MODES)}")
+            raise UsageError(f"-o {option}: unknown option; known: ro, rw, allow_other, cache=direct|auto|always, "
+                             f"{', '.join(f'{name}=SECONDS' for name in SECONDS_OPTIONS)}")
     mountpoint = args.mountpoint or mount.mountpoint
     if not mountpoint:
         raise UsageError("no MOUNTPOINT given (and no [mount] mountpoint in the config)")
@@ -125,6 +128,17 @@ def resolve(args: argparse.Namespace) -> MountConfig:
         foreground=args.foreground, log_file=os.path.abspath(args.log_file),
         log_format=args.log_format or settings.host.log_format, log_level=args.log_level or settings.host.log_level,
     )
+
+
+SECONDS_OPTIONS = {"timeout": "timeout", "negative_timeout": "negative_timeout", "rescan": "fallback_rescan_s"}
+
+
+def check_option(key: str, value: object, option: str) -> None:
+    """An -o value obeys the same rule as its [mount] key (famfs/config.py)."""
+    try:
+        config.check(config.MountSettings, key, value, f"-o {option}")
+    except config.ConfigError as err:
+        raise UsageError(str(err)) from None
 
 
 def device_from_state(shadow: str) -> str:
@@ -154,17 +168,36 @@ def check_shadow(shadow: str) -> str:
     return root
 
 
-def check_mountpoint(mountpoint: str) -> None:
+def check_mountpoint(mountpoint: str, make: bool) -> None:
+    if make:
+        try:
+            os.makedirs(mountpoint, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"mount point {mountpoint}: cannot create it: {err.strerror}") from None
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
-        raise UsageError(f"mount point {mountpoint}: does not exist") from None
+        raise UsageError(f"mount point {mountpoint}: does not exist (create it, or give --mkdir)") from None
     except OSError as err:
         raise UsageError(f"mount point {mountpoint}: {err.strerror} (a dead mount? try fusermount3 -u)") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mount point {mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise UsageError(f"mount point {mountpoint}: already a mount point (unmount it first)")
+
+
+def warnings_before_mounting(cfg: MountConfig) -> list[str]:
+    """What is allowed but likely a mistake: said on stderr, the mount goes ahead."""
+    found = []
+    if agent_pid(cfg.shadow) is None:
+        found.append(f"no famfs-agent is running on {cfg.shadow}: the mount shows the tree as it is and changes "
+                     f"only when an agent plays the log (famfs-agent --follow --shadow {cfg.shadow})")
+    try:
+        if os.listdir(cfg.mountpoint):
+            found.append(f"mount point {cfg.mountpoint} is not empty: its files are hidden while famfs is mounted")
+    except OSError:
+        pass  # check_mountpoint has said what is wrong with it
+    return found
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
@@ -189,6 +222,7 @@ class Daemon:
         self.log_level = RuntimeLogLevel(cfg.log_level)  # before the daemon's first log line
         self.table: InodeTable | None = None
         self.sync: TreeSync | None = None
+        self.ready_sent = False  # the parent has been told the mount is live (its pipe is closed)
 
     def status(self) -> str:
         assert self.table is not None and self.sync is not None
@@ -207,7 +241,8 @@ class Daemon:
             self.table = InodeTable(self.shadow_root, Geometry.of(sb))
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
-                                 negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only)
+                                 negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only,
+                                 master=str(sb.system_uuid))
             ops = FamfsOperations(self.table, DataPath(self.famfs_log.device), CapacityCache(self.famfs_log), policy,
                                   os.fsencode(self.cfg.shadow), self.status)
             try:
@@ -234,10 +269,13 @@ class Daemon:
         assert self.sync is not None and self.table is not None
         try:
             log.info("mounted", mountpoint=self.cfg.mountpoint, shadow=self.cfg.shadow, device=self.cfg.device,
-                     cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid())
+                     cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid(),
+                     master_system_uuid=str(self.famfs_log.superblock.system_uuid))
             if ready is not None:
-                os.write(ready, b"ok\n")
+                os.write(ready, READY)
                 os.close(ready)
+                self.ready_sent = True
+            service.notify_ready(f"serving {self.cfg.shadow} on {self.cfg.mountpoint}")
             async with trio.open_nursery() as nursery:
                 ops.spawn_notice = lambda notice: nursery.start_soon(self.notifier.send, [notice])
                 nursery.start_soon(self.sync.consume, receive, watcher)
@@ -301,12 +339,13 @@ def daemonize(log_file: str) -> int | None:
         answer = b""
         while chunk := os.read(read_end, 4096):
             answer += chunk
-        if answer.startswith(b"ok"):
+        if answer == READY:
             print(f"famfs-fuse-mount: mounted (pid {pid}); log in {log_file}")
             os._exit(0)
         _, status = os.waitpid(pid, 0)
-        print(f"famfs-fuse-mount: the daemon exited before mounting (status {os.waitstatus_to_exitcode(status)}); "
-              f"see {log_file}", file=sys.stderr)
+        why = answer.decode(errors="replace").strip() or \
+            f"the daemon exited before mounting (status {os.waitstatus_to_exitcode(status)})"
+        print(f"famfs-fuse-mount: {why}; see {log_file}", file=sys.stderr)
         os._exit(1)
     os.close(read_end)
     os.setsid()
@@ -321,17 +360,27 @@ def daemonize(log_file: str) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    ready = None
+    daemon: Daemon | None = None
     try:
-        cfg = resolve(args)
+        try:
+            cfg = resolve(args)
+        except config.ConfigError as err:
+            raise UsageError(str(err)) from None
         logsetup.configure(cfg.log_format, cfg.log_level)
         shadow_root = check_shadow(cfg.shadow)
-        check_mountpoint(cfg.mountpoint)
+        check_mountpoint(cfg.mountpoint, args.mkdir)
+        for warning in warnings_before_mounting(cfg):
+            print(f"famfs-fuse-mount: warning: {warning}", file=sys.stderr)
         famfs_log = open_device(cfg)
         ready = None if cfg.foreground else daemonize(cfg.log_file)
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # pyfuse3's own messages
-        trio.run(Daemon(cfg, famfs_log, shadow_root).run, ready)
+        daemon = Daemon(cfg, famfs_log, shadow_root)
+        trio.run(daemon.run, ready)
     except UsageError as err:
         print(f"famfs-fuse-mount: {err}", file=sys.stderr)  # the log file, once daemonized
+        if ready is not None and not (daemon is not None and daemon.ready_sent):
+            with contextlib.suppress(OSError):  # the waiting parent prints the reason too
+                os.write(ready, str(err).encode())
         return 1
     return 0
 

@@ -8,7 +8,8 @@ they go to worker threads (fusefs/notify.py), started here only as new tasks.
 The namespace belongs to famfsctl on the master: create, mkdir, unlink, rmdir, rename, link,
 symlink, mknod, chmod, chown, utimes and truncate get EPERM (a refused operation, not a read-only
 file system: file data stays writable). Writes on a `ro` mount get EROFS, writes past a file's
-fixed size EFBIG. Nothing is logged for these: they are answers, not failures.
+fixed size EFBIG. These are answers, not failures: only the first EPERM is logged, once, saying
+why and which host may change the namespace (an EPERM reads as a permissions problem otherwise).
 """
 
 from __future__ import annotations
@@ -53,10 +54,7 @@ class MountPolicy:
     entry_timeout: float
     negative_timeout: float
     read_only: bool
-
-
-def _refuse(code: int = errno.EPERM) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
+    master: str = "?"  # the system UUID of the master host (the superblock's), named when EPERM is explained
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -94,6 +92,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.file_handles: dict[int, Node] = {}
         self.dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self.next_fh = 1
+        self.denial_explained = False  # the first EPERM for a namespace change is logged, then no other
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -173,7 +172,7 @@ class FamfsOperations(pyfuse3.Operations):
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+        raise self._deny()
 
     # --- directories --------------------------------------------------------------------------
 
@@ -215,9 +214,9 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._entry(node)
         if flags & os.O_TRUNC:
-            raise _refuse()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
+            raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
         if flags & os.O_ACCMODE != os.O_RDONLY and (self.policy.read_only or not self.data.writable):
-            raise _refuse(errno.EROFS)
+            raise pyfuse3.FUSEError(errno.EROFS)
         fh = self._new_fh()
         self.file_handles[fh] = node
         node.opens += 1
@@ -279,41 +278,51 @@ class FamfsOperations(pyfuse3.Operations):
         return [SHADOW_XATTR, STATUS_XATTR] if inode == ROOT_INODE else []
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _refuse()
+        raise self._deny()
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _refuse()
+        raise self._deny()
 
     # --- the namespace is famfsctl's --------------------------------------------------------
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _refuse()
+        raise self._deny()
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+        raise self._deny()
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+        raise self._deny()
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+        raise self._deny()
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _refuse()
+        raise self._deny()
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _refuse()
+        raise self._deny()
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _refuse()
+        raise self._deny()
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
-        raise _refuse()
+        raise self._deny()
+
+    def _deny(self) -> pyfuse3.FUSEError:
+        """EPERM for a change of the namespace; the first one is explained in the log."""
+        if not self.denial_explained:
+            self.denial_explained = True
+            log.warning("namespace_change_refused", errno="EPERM",
+                        why="files and directories are created, truncated, renamed and removed only by famfsctl on "
+                            "the master host, which logs the change for every host; file data stays writable here",
+                        master_system_uuid=self.policy.master, hint="famfsctl creat|cp|mkdir|rm on the master")
+        return pyfuse3.FUSEError(errno.EPERM)
 
     def _new_fh(self) -> int:
         fh = self.next_fh

@@ -17,6 +17,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import socket
 import stat
 from collections.abc import Callable
@@ -222,6 +223,19 @@ class Endpoints:
         return len(nodes)
 
 
+def _ask_pid(probe: socket.socket) -> str:
+    """The pid a live daemon's /pid answers, or "?" (it may be busy: the probe's timeout holds)."""
+    try:
+        probe.sendall(b"GET /pid HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := probe.recv(4096):
+            answer += chunk
+    except OSError:
+        return "?"
+    found = re.search(rb"pid: (\d+)", answer)
+    return found[1].decode() if found else "?"
+
+
 class RestSocket:
     """The listening socket at `<shadow>/sock`, bound before the mount and removed after it."""
 
@@ -254,10 +268,12 @@ class RestSocket:
             return
         if not stat.S_ISSOCK(st.st_mode):
             return  # no daemon's: replaced
+        pid = "?"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.settimeout(PROBE_TIMEOUT_S)
             try:
                 probe.connect(self.path)
+                pid = _ask_pid(probe)
             except TimeoutError:
                 pass  # alive, its backlog full
             except OSError as err:
@@ -265,7 +281,9 @@ class RestSocket:
                     log.info("replacing a stale REST socket", path=self.path)
                     return
                 raise RestError(f"REST socket {self.path}: {err.strerror}") from None
-        raise RestError(f"REST socket {self.path}: a live daemon answers on it (is this shadow mounted already?)")
+        raise RestError(f"this shadow tree is served already: a live famfs-fuse-mount (pid {pid}) answers on "
+                        f"{self.path}, perhaps mounted in another mount namespace; unmount it (fusermount3 -u) "
+                        f"or stop it (kill {pid}) first")
 
     async def serve(self, endpoints: Endpoints) -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.socket))

@@ -10,6 +10,7 @@ below the root), and our own channel being full.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -22,6 +23,12 @@ from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyFD
 
 log = structlog.get_logger("famfs-fuse-mount")
+
+# watchdog warns when a directory's watch is added again for the same handler (a renamed-in
+# directory it already watches), with the whole watched path list in the message: the watch is
+# simply reused, so it tells nothing, and the text can be megabytes.
+warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning,
+                        module=r"watchdog\.")
 
 RESCAN: Final = None  # channel message: reconcile everything
 CHANNEL_SIZE = 65536

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from demo.harness import DATA, REFERENCE_IMAGES, materialize_reference, reference_info  # noqa: E402,F401
 from famfs import env  # noqa: E402
-from famfs.master.cli import parse_size  # noqa: E402,F401 - one size parser: famfsctl's (upstream's suffixes)
+from famfs.units import parse_size  # noqa: E402,F401 - the one size parser
 
 
 @pytest.fixture

@@ -152,7 +152,7 @@ def test_corrupt_entry_stops_progress_and_keeps_what_was_applied(damage: str, tm
     assert state["applied_index"] == 1 and state["stalled_at"] == 2
     assert state["last_error"].startswith("corrupt: log entry 2: ")
     status = run_agent("status", "--shadow", shadow, check=True).stdout
-    assert "stalled at:      2" in status and "lag:             2 entries" in status
+    assert "stalled at:      2" in status and "lag:             2 entries not applied yet" in status
 
 
 def test_extents_are_checked_against_the_device(tmp_path: Path, system_uuid_file: Path) -> None:

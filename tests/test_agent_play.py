@@ -86,7 +86,7 @@ def test_status_reports_cursor_and_lag(tmp_path: Path, system_uuid_file: Path) -
     run_agent("--shadow", shadow, image, check=True)
     append(image, [file_entry("d/g", 1), file_entry("d/h", 2)])
     text = run_agent("status", "--shadow", shadow, check=True).stdout
-    assert "applied index:   1" in text and "log next_index:  4" in text and "lag:             2 entries" in text
+    assert "applied index:   1" in text and "log next_index:  4" in text and "lag:             2 entries not applied yet" in text
     report = json.loads(run_agent("status", "--shadow", shadow, "--json", check=True).stdout)
     assert report["device"] == str(image) and report["lag_entries"] == 2 and report["lag_seconds"] >= 0
     assert report["agent_running"] is False and report["rejected"] == 0

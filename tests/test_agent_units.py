@@ -7,12 +7,13 @@ import io
 import os
 from pathlib import Path
 
-from agent.follower import AgentState, Progress
+from agent.follower import AgentState
 from agent.shadow_writer import ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
+from famfs.progress import Progress
 from tests.agent_util import append, file_entry, make_device, mkdir_entry
 
 
@@ -26,13 +27,14 @@ def test_state_round_trips_and_bad_state_reads_as_none() -> None:
     assert AgentState.parse(state.dump().replace(b'"rejected"', b'"unknown_key": 1, "rejected"')) == state
 
 
-def test_progress_bar_draws_counts_and_rate_then_clears() -> None:
+def test_progress_bar_draws_counts_rate_and_eta_then_clears() -> None:
     stream = io.StringIO()
-    bar = Progress(100, 1100, stream)
-    bar.last_draw -= 1  # as if the last draw were a second ago
-    bar.update(599)
-    assert "500/1000 entries" in stream.getvalue() and "[###############...............]" in stream.getvalue()
-    bar.update(600)  # too soon after the last draw: nothing more
+    bar = Progress("replaying", 1100, unit="entries", start=100, bar=True, stream=stream)
+    bar.last_shown -= 1  # as if the last draw were a second ago
+    bar.update(600)
+    drawn = stream.getvalue()
+    assert "replaying [###############...............] 500/1,000 entries, " in drawn and "entries/s, ETA " in drawn
+    bar.update(601)  # too soon after the last draw: nothing more
     assert stream.getvalue().count("\r") == 1
     bar.finish()
     assert stream.getvalue().endswith("\r\033[K")

@@ -257,6 +257,26 @@ def test_mkdir_p_is_all_or_nothing_when_the_log_has_too_few_slots(tmp_path: Path
     famfsctl("mkdir", "--device", image, "new")  # one slot is enough for one entry
 
 
+def test_cp_checks_the_free_log_entries_before_writing(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = materialize_reference("c_full", tmp_path / "full.img")
+    system_uuid_file.parent.mkdir(parents=True)
+    system_uuid_file.write_text(reference_info("c_full")["system_uuid"])
+    # Give back the last two slots: a tree of a directory and two files needs three.
+    write_device(image, fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, struct.pack("<2Q", 15418, 15418))
+    for index in (15418, 15419):
+        write_device(image, slot(index), bytes(fmt.ENTRY_SIZE))
+    source = tmp_path / "tree"
+    source.mkdir()
+    for name in ("one", "two"):
+        (source / name).write_bytes(name.encode())
+    before = digest(image)
+    done = famfsctl("cp", "-r", "--device", image, source, "/", check=False)
+    assert done.returncode == 1 and done.stderr == (
+        f"famfsctl: {image}: the log has 2 free entries, this copy needs 3\n"
+        "famfsctl: nothing copied: 1 problem found before writing\n")
+    assert digest(image) == before
+
+
 def test_device_too_small(tmp_path: Path, system_uuid_file: Path) -> None:
     image = tmp_path / "tiny.img"
     image.write_bytes(b"not famfs" * 1000)
@@ -267,7 +287,7 @@ def test_device_too_small(tmp_path: Path, system_uuid_file: Path) -> None:
     assert digest(image) == before
     fresh = tmp_path / "never.img"
     done = famfsctl("mkfs", "--size", "10m", fresh, check=False)
-    assert done.returncode == 2 and "--size 10485760 is too small" in done.stderr and not fresh.exists()
+    assert done.returncode == 2 and "--size 10 MiB is too small" in done.stderr and not fresh.exists()
 
 
 def test_not_a_device(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -62,7 +62,8 @@ def test_mkdir_creat_verify(tmp_path: Path, system_uuid_file: Path) -> None:
     assert again.returncode == 1 and "top/a: a directory of that name exists" in again.stderr
     logged = famfsctl("creat", "-v", "-s", "3m", "-m", "0640", "--randomize", "--seed", "99", "--device", image, "top/a/b/f")
     assert "event='creat'" in logged.stderr and "path='top/a/b/f'" in logged.stderr and "index=3" in logged.stderr
-    assert famfsctl("verify", "-S", "99", "--device", image, "top/a/b/f").stdout.startswith("top/a/b/f: 3145728 bytes match")
+    assert famfsctl("verify", "-S", "99", "--device", image, "top/a/b/f").stdout == \
+        f"{image}: top/a/b/f: 3 MiB (3145728 bytes) match seed 99\n"
     wrong = famfsctl("verify", "-S", "98", "--device", image, "top/a/b/f", check=False)
     assert wrong.returncode == 1 and "mismatch at offset 0" in wrong.stderr
     assert entries(image) == [
@@ -122,7 +123,7 @@ def test_cp_refusals(tmp_path: Path, system_uuid_file: Path) -> None:
     before = digest(image)
     for args, complaint in [
         (["--device", image, tmp_path / "d", "/"], "is a directory (use -r)"),
-        (["--device", image, tmp_path / "f", tmp_path / "f", "existing"], "needs an existing destination directory"),
+        (["--device", image, tmp_path / "f", tmp_path / "f", "existing"], "existing: target is not a directory"),
         (["--device", image, tmp_path / "missing", "/"], "No such file or directory"),
     ]:
         done = famfsctl("cp", *args, check=False)
@@ -169,9 +170,9 @@ def test_identity_comes_from_flag_then_env_then_config(tmp_path: Path, system_uu
     assert via_flag.returncode == 1 and "this host is a client of file system" in via_flag.stderr
     config = tmp_path / "famfs-agent.toml"
     config.write_text(f'[host]\nsystem_uuid_file = "{system_uuid_file}"\n')
-    environment = {k: v for k, v in os.environ.items() if k != env.SYSTEM_UUID_FILE}
-    famfsctl("mkdir", "--config", config, "--device", image, "y", env=environment)
-    assert "this host: master" in famfsctl("status", "--config", config, image, env=environment).stdout
+    no_env = {k: v for k, v in os.environ.items() if k != env.SYSTEM_UUID_FILE}
+    famfsctl("mkdir", "--config", config, "--device", image, "y", env=no_env)
+    assert "this host: master" in famfsctl("status", "--config", config, image, env=no_env).stdout
     assert "this host: client" in famfsctl("status", "--system-uuid-file", other, image).stdout
 
 
@@ -188,7 +189,9 @@ def test_a_path_inside_a_mount_names_device_and_relpath(tmp_path: Path, system_u
         famfsctl("creat", "-s", "1m", "-r", "-S", "8", mountpoint / "d" / "f")
         famfsctl("cp", tmp_path / "local.txt", mountpoint / "sub" / "..")  # DEST is the mount root
         famfsctl("cp", tmp_path / "local.txt", mountpoint / "sub")  # into a directory below the root
-        assert famfsctl("verify", "-S", "8", mountpoint / "sub" / ".." / "d" / "f").stdout.startswith("d/f: ")
+        play(image, shadow)  # verify reads the file through the mount: the tree must show it
+        through_mount = mountpoint / "sub" / ".." / "d" / "f"
+        assert famfsctl("verify", "-S", "8", through_mount).stdout == f"{through_mount}: 1 MiB (1048576 bytes) match seed 8\n"
         assert f"device: {image}" in famfsctl("status", mountpoint / "sub").stdout
         assert famfsctl("fsck", mountpoint).stdout.endswith("fsck: clean\n")
     outside = famfsctl("mkdir", tmp_path / "elsewhere", check=False)

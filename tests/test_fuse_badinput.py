@@ -101,7 +101,12 @@ def test_unsafe_shadow_dirs_and_bad_mount_points_are_refused(tmp_path: Path, dev
     done = run_cli(*common, str(tmp_path / "plain"))
     assert done.returncode == 1 and "not a directory" in done.stderr
     done = run_cli(*common, "-o", "cache=sometimes", str(mountpoint))
-    assert done.returncode == 1 and "cache=sometimes" in done.stderr
+    assert done.returncode == 1 and done.stderr == \
+        "famfs-fuse-mount: -o cache=sometimes: cache must be one of direct, auto, always, not 'sometimes'\n"
+    done = run_cli(*common, "-o", "timeout=-1", str(mountpoint))
+    assert done.returncode == 1 and "-o timeout=-1: timeout must be between 0 and 31_536_000" in done.stderr
+    done = run_cli(*common, "-o", "sync", str(mountpoint))
+    assert done.returncode == 1 and "-o sync: unknown option; known: ro, rw, allow_other, cache=" in done.stderr
     done = run_cli("--shadow", str(shadow), "--device", str(tmp_path / "nodev"), str(mountpoint))
     assert done.returncode == 1 and "nodev" in done.stderr
     done = run_cli("--shadow", str(shadow), str(mountpoint))  # no device anywhere

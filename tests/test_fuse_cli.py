@@ -78,6 +78,34 @@ def test_daemon_mode_device_from_state_and_config(tmp_path: Path, tree: tuple[Pa
         unmount(mountpoint)
 
 
+def test_mkdir_warnings_and_the_first_eperm_explained(tmp_path: Path, tree: tuple[Path, Path]) -> None:
+    """--mkdir makes the mount point; a tree no agent follows and a non-empty mount point are
+    mounted with a warning each; a client's create is EPERM, explained once in the log."""
+    shadow, device = tree
+    mountpoint = tmp_path / "made" / "mnt"
+    log = tmp_path / "daemon.log"
+    done = subprocess.run([MOUNT_CLI, "--mkdir", "--shadow", str(shadow), "--device", str(device), "--log-file",
+                           str(log), str(mountpoint)], capture_output=True, text=True, timeout=WAIT_S)
+    try:
+        assert done.returncode == 0 and os.path.ismount(mountpoint), done.stderr
+        assert done.stderr == f"famfs-fuse-mount: warning: no famfs-agent is running on {shadow}: the mount shows " \
+            f"the tree as it is and changes only when an agent plays the log (famfs-agent --follow --shadow {shadow})\n"
+        for attempt in range(2):
+            with pytest.raises(PermissionError):
+                (mountpoint / f"new{attempt}").touch()
+        with pytest.raises(PermissionError):
+            (mountpoint / "dir").mkdir()
+        with Device(device) as opened:
+            master = str(FamfsLog(opened).superblock.system_uuid)
+        explained = [line for line in log.read_text().splitlines() if "namespace_change_refused" in line]
+        assert len(explained) == 1 and f"master_system_uuid='{master}'" in explained[0]
+    finally:
+        unmount(mountpoint)
+    (mountpoint / "left-here").write_text("")
+    with Mount(shadow, device, mountpoint) as mount:
+        assert f"mount point {mountpoint} is not empty: its files are hidden while famfs is mounted" in mount.log()
+
+
 def test_statfs_reports_the_device(tmp_path: Path, tree: tuple[Path, Path]) -> None:
     shadow, device = tree
     with Device(device) as dev:

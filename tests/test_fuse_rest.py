@@ -199,6 +199,16 @@ def test_stale_socket_replaced_live_one_refused(tmp_path: Path, tree: tuple[Path
         assert os.lstat(sock).st_ino != stale_inode
         assert call(sock, "/pid")[2] == f"pid: {mount.process.pid}\n"
         assert recognized_by_upstream_cli(mount.mountpoint)
+        # A second (daemonizing) mount of the same tree: the waiting parent prints the daemon's
+        # reason, naming the live daemon's pid, not just "exited before mounting".
+        second = tmp_path / "second"
+        second.mkdir()
+        done = subprocess.run([MOUNT_CLI, "--shadow", str(shadow), "--device", str(device), "--log-file",
+                               str(tmp_path / "second.log"), str(second)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1 and not os.path.ismount(second)
+        reason = done.stderr.splitlines()[-1]  # after the warning that no agent runs on this tree
+        assert f"a live famfs-fuse-mount (pid {mount.process.pid}) answers on {sock}" in reason
+        assert "another mount namespace" in reason and "see " in reason
     assert not sock.exists()
 
     mountpoint = tmp_path / "refused"
@@ -213,7 +223,7 @@ def test_stale_socket_replaced_live_one_refused(tmp_path: Path, tree: tuple[Path
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live_daemon:
         live_daemon.bind(str(sock))
         live_daemon.listen()
-        assert f"REST socket {sock}: a live daemon answers on it" in refused_mount()
+        assert f"a live famfs-fuse-mount (pid ?) answers on {sock}" in refused_mount()  # it never answers /pid
         assert stat.S_ISSOCK(os.lstat(sock).st_mode)  # left to its owner
     sock.unlink()
     sock.mkdir()

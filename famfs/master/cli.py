@@ -1,31 +1,37 @@
 """famfsctl: the master-side tools (mkfs, mkdir, creat, cp, rm) and the checks (fsck, verify, status).
 
 Each writing command names its target as `--device DEV RELPATH`, or as a path inside a mounted
-famfs (famfs-fuse-mount), from which the device is found. Exit status 0 on success; otherwise
-one line `famfsctl: <what>: <why>` on stderr and a nonzero status.
+famfs (famfs-fuse-mount), from which the device is found. Options may come before, between or
+after the operands, as with coreutils. Exit status: 0 success; 1 the operation failed or found a
+problem (one line `famfsctl: <what>: <why>` on stderr each); 2 the command line or the config
+file is wrong (nothing was done).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import config, logsetup
+from famfs import config, logsetup, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
-from famfs.master import alloc, fsck, prng, writer
+from famfs.master import alloc, copy, fsck, prng, units_install, writer
 from famfs.master.mkfs import create_image, minimum_device_size, mkfs
+from famfs.progress import Progress
 from famfs.shadowdir import SHADOW_XATTR, recorded_device
+from famfs.units import format_size
 
-SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 ROOT_NAMES = ("", ".", "/")
 VERIFY_PIECE = 1 << 20  # read a file this much at a time: memory stays flat for any file size
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 class UsageError(Exception):
@@ -41,17 +47,11 @@ def parse_int(text: str) -> int:
 
 
 def parse_size(text: str) -> int:
-    """Bytes, with an optional k/m/g/t suffix (powers of 1024), as upstream's get_multiplier."""
-    text = text.strip()
-    multiplier = SIZE_UNITS.get(text[-1:].lower(), 1)
-    digits = text[:-1] if multiplier != 1 else text
+    """famfs.units.parse_size for argparse: upstream's k/m/g, IEC and SI suffixes, decimals."""
     try:
-        value = parse_int(digits) * multiplier
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"negative size: {text!r}")
-    return value
+        return units.parse_size(text)
+    except units.SizeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_mode(text: str) -> int:
@@ -142,8 +142,8 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
         if os.path.exists(args.device_path) and not os.path.isfile(args.device_path):
             raise UsageError(f"{args.device_path}: --size makes or extends an image file; this is not a regular file")
         if args.size < minimum_device_size(args.loglen):
-            raise UsageError(f"{args.device_path}: --size {args.size} is too small: famfs with a {args.loglen:#x}-byte "
-                             f"log needs at least {minimum_device_size(args.loglen)} bytes")
+            raise UsageError(f"{args.device_path}: --size {format_size(args.size)} is too small: famfs with a "
+                             f"{format_size(args.loglen)} log needs at least {format_size(minimum_device_size(args.loglen))}")
         create_image(args.device_path, args.size)
     result = mkfs(args.device_path, uuid_file=uuid_file(args), log_len=args.loglen, force=args.force,
                   kill=args.kill, dev_uuid=args.dev_uuid)
@@ -151,7 +151,7 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
         print(f"{args.device_path}: superblock invalidated")
         return 0
     sb = result.superblock
-    print(f"{args.device_path}: famfs made: fs uuid {sb.fs_uuid}, {sb.dev_size} bytes, "
+    print(f"{args.device_path}: famfs made: fs uuid {sb.fs_uuid}, {format_size(sb.dev_size)}, "
           f"{result.header.slots} log slots, master {sb.system_uuid}")
     return 0
 
@@ -172,37 +172,74 @@ def cmd_mkdir(args: argparse.Namespace) -> int:
 
 
 def cmd_creat(args: argparse.Namespace) -> int:
+    if args.size == 0:
+        raise UsageError("-s 0: a famfs file created this way needs a size above 0 (cp copies empty files)")
     if args.seed is not None and not args.randomize:
         raise UsageError("--seed needs --randomize")
     if args.randomize and not args.seed:
         raise UsageError("--randomize needs a nonzero --seed (upstream silently skips the fill without one)")
     layout = interleave(args)
     device, relpath = target(args, args.path)
-    fill = prng.pattern_blocks(args.seed, args.size) if args.randomize else None
-    with writer.session(device, uuid_file(args)) as current:
-        current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True)
+    progress = Progress("filling", args.size)
+    fill = counted(prng.pattern_blocks(args.seed, args.size), progress) if args.randomize else None
+    try:
+        with writer.session(device, uuid_file(args)) as current:
+            current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True)
+    finally:
+        progress.finish()
     return 0
+
+
+def counted(blocks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
+    for block in blocks:
+        progress.advance(len(block))
+        yield block
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
-        raise UsageError("cp needs at least one source and a destination")
+        raise UsageError(f"missing destination file operand after {args.paths[0]!r}" if args.paths else
+                         "missing file operand")
     *sources, dest = args.paths
     device, relpath = target(args, dest, root_ok=True)
-    request = writer.CopyRequest(
-        sources=tuple(Path(source) for source in sources), dest=relpath, recursive=args.recursive, mode=args.mode,
+    request = copy.CopyRequest(
+        sources=tuple(Path(source) for source in sources), dest=relpath,
+        dest_is_dir_syntax=dest.endswith("/") and relpath != "", recursive=args.recursive,
+        follow_links=args.dereference, mode=args.mode,
         uid=args.uid if args.uid is not None else os.geteuid(), gid=args.gid if args.gid is not None else os.getegid(),
         layout=interleave(args),
     )
     with writer.session(device, uuid_file(args)) as current:
-        writer.copy_in(current, request)
+        result = copy.copy_in(current, request)
+    print(f"{result.summary()} into {device}:{relpath or '/'}")
+    if (skipped := result.skipped()) is not None:
+        print(f"famfsctl cp: {skipped}", file=sys.stderr)
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    device, relpath = target(args, args.path)
+    targets = [target(args, path) for path in args.paths]
+    devices = {device for device, _ in targets}
+    if len(devices) > 1:
+        raise UsageError(f"the paths are on different famfs devices ({', '.join(sorted(devices))}): one at a time")
+    device = targets[0][0]
+    relpaths = list(dict.fromkeys(relpath for _, relpath in targets))
     with writer.session(device, uuid_file(args)) as current:
-        current.remove(relpath)
+        problems = []
+        for relpath in relpaths:
+            found = writer.lookup(current, relpath)
+            if found is None:
+                problems.append(f"{device}: {relpath}: no such file")
+            elif found == "dir":
+                problems.append(f"{device}: {relpath}: is a directory; only files can be removed")
+        header = current.log.header()
+        if not problems and len(relpaths) > header.slots - header.next_index:
+            problems.append(f"{device}: the log has {header.slots - header.next_index} free entries, "
+                            f"{len(relpaths)} needed")
+        if problems:
+            raise writer.MasterError("\n".join([*problems, "nothing removed"]))
+        for relpath in relpaths:
+            current.remove(relpath)
     return 0
 
 
@@ -212,109 +249,191 @@ def split(offset: int, length: int, piece: int) -> Iterator[tuple[int, int]]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """With --device, the file's bytes on the device; else the file PATH names (through the
+    mount, for a path in a mounted famfs): what the user named is what is read."""
     if not args.seed:
         raise UsageError("verify needs a nonzero --seed")
-    device, relpath = target(args, args.path)
-    with Device(device) as opened:
-        namespace = writer.load(FamfsLog(opened))
-        found = namespace.files.get(relpath)
-        if found is None:
-            raise writer.MasterError(f"{device}: {relpath}: no such file")
-        entry = found[1]
-        pieces = (opened.read(start, size) for offset, length in fmt.device_ranges(entry)
-                  for start, size in split(offset, length, VERIFY_PIECE))
-        mismatch = prng.first_mismatch(args.seed, pieces)
+    if args.device:
+        relpath = relpath_for_device(args.path)
+        with Device(args.device) as opened:
+            namespace = writer.load(FamfsLog(opened))
+            found = namespace.files.get(relpath)
+            if found is None:
+                raise writer.MasterError(f"{args.device}: {relpath}: no such file")
+            size = found[1].size
+            pieces = (opened.read(start, length) for offset, extent in fmt.device_ranges(found[1])
+                      for start, length in split(offset, extent, VERIFY_PIECE))
+            mismatch = check_pattern(args.seed, size, pieces)
+        name = f"{args.device}: {relpath}"
+    else:
+        with open(args.path, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            mismatch = check_pattern(args.seed, size, iter(lambda: source.read(VERIFY_PIECE), b""))
+        name = args.path
     if mismatch is not None:
-        print(f"famfsctl: {device}: {relpath}: mismatch at offset {mismatch} (seed {args.seed})", file=sys.stderr)
-        return 1
-    print(f"{relpath}: {entry.size} bytes match seed {args.seed}")
+        print(f"famfsctl: {name}: mismatch at offset {mismatch} (seed {args.seed})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{name}: {format_size(size)} ({size} bytes) match seed {args.seed}")
     return 0
 
 
-def checked_device(path: str) -> str:
-    """fsck and status take the device itself, or a directory of a mounted famfs."""
+def check_pattern(seed: int, size: int, pieces: Iterator[bytes]) -> int | None:
+    progress = Progress("verifying", size)
+    try:
+        return prng.first_mismatch(seed, counted(pieces, progress))
+    finally:
+        progress.finish()
+
+
+def checked_device(args: argparse.Namespace) -> str:
+    """fsck and status take the device itself (DEVICE or --device), or a directory of a mounted famfs."""
+    if (args.device is None) == (args.device_path is None):
+        raise UsageError("give the device (or a directory of a mounted famfs) once: DEVICE or --device DEVICE")
+    path = args.device or args.device_path
     return locate_in_mount(path)[0] if os.path.isdir(path) else path
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with Device(checked_device(args.device_path)) as opened:
+    with Device(checked_device(args)) as opened:
         report = fsck.check(opened)
     print(report.render(), end="")
     return 0 if report.clean else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Device(checked_device(args.device_path)) as opened:
+    with Device(checked_device(args)) as opened:
         text, usable = fsck.status(opened, uuid_file(args))
     print(text, end="")
     return 0 if usable else 1
 
 
+def cmd_install_units(args: argparse.Namespace) -> int:
+    written = units_install.install(Path(args.unit_dir), Path(args.bindir) if args.bindir else None)
+    for path in written:
+        print(f"installed {path}")
+    print("next: put the host's settings in /etc/famfs/famfs-agent.toml (config/ has examples), then "
+          "systemctl daemon-reload && systemctl enable --now famfs-agent famfs-fuse-mount")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: options may come between operands (`cp SRC --device DEV DEST`),
+    as coreutils allow. argparse's intermixed parsing calls parse_known_args itself: the flag
+    keeps that inner call the plain one."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def version() -> str:
+    return f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})"
+
+
+def add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    """The options every command takes, before the command name or after it. After it they
+    default to SUPPRESS, so they do not undo the same option given before it."""
+    parser.add_argument("--system-uuid-file", default=default, help=SYSTEM_UUID_FLAG_HELP)
+    parser.add_argument("--config", default=default, help=config.CONFIG_FLAG_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", default=default if default is argparse.SUPPRESS else False,
+                        help="log each operation, and progress when stderr is not a terminal (structlog, stderr)")
+
+
+SIZE_HELP = "4096, 0x1000, 100m, 1.5g, 2GiB (1024-based) or 1GB (1000-based)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
-    common.add_argument("--config", help=config.CONFIG_FLAG_HELP)
-    common.add_argument("-v", "--verbose", action="store_true", help="log each operation (structlog, stderr)")
+    add_common(common, argparse.SUPPRESS)
 
     ownership = argparse.ArgumentParser(add_help=False)
-    ownership.add_argument("-m", "--mode", type=parse_mode)
-    ownership.add_argument("-u", "--uid", type=parse_id)
-    ownership.add_argument("-g", "--gid", type=parse_id)
+    ownership.add_argument("-m", "--mode", type=parse_mode, help="octal mode (default: 0755 directories, 0644 files; "
+                           "cp: the source's)")
+    ownership.add_argument("-u", "--uid", type=parse_id, help="owner (default: yours)")
+    ownership.add_argument("-g", "--gid", type=parse_id, help="group (default: yours)")
 
     layout = argparse.ArgumentParser(add_help=False)
     layout.add_argument("-N", "--nstrips", type=int, help="interleave over this many strips")
     layout.add_argument("-B", "--nbuckets", type=int, help="device split into this many buckets (<= 64)")
-    layout.add_argument("-C", "--chunksize", type=parse_size, help="interleave chunk (default 2m)")
+    layout.add_argument("-C", "--chunksize", type=parse_size, help=f"interleave chunk (default 2m): {SIZE_HELP}")
 
     targeted = argparse.ArgumentParser(add_help=False)
     targeted.add_argument("--device", help="the device or image; else PATH is inside a mounted famfs")
 
-    parser = argparse.ArgumentParser(prog="famfsctl", description="famfs master tools and checks")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="famfsctl", description="famfs master tools and checks. Exit status: 0 done, 1 failed (one line on "
+        "stderr each problem), 2 bad command line or config file. `famfsctl COMMAND --help` for each command.")
+    parser.add_argument("--version", action="version", version=version())
+    add_common(parser, None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     def add(name: str, run: Callable[[argparse.Namespace], int], help_text: str,
-            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, parents=[common, *parents])
+            parents: Sequence[argparse.ArgumentParser] = (), usage: str | None = None) -> argparse.ArgumentParser:
+        # (typeshed types `parents` by the subparser class; any ArgumentParser is what argparse takes)
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common, *parents],  # type: ignore[list-item]
+                                  usage=usage)
         sub.set_defaults(run=run)
         return sub
 
-    sub = add("mkfs", cmd_mkfs, "make a file system on a device or image file")
-    sub.add_argument("--size", type=parse_size, help="create or extend a sparse image file to this size first")
-    sub.add_argument("--loglen", type=parse_size, default=fmt.DEFAULT_LOG_LEN, help="log length (power of 2, >= 8m)")
+    sub = add("mkfs", cmd_mkfs, "make a file system on a device or image file; this host becomes the master")
+    sub.add_argument("--size", type=parse_size, help=f"create or extend a sparse image file to this size first: {SIZE_HELP}")
+    sub.add_argument("--loglen", type=parse_size, default=fmt.DEFAULT_LOG_LEN,
+                     help=f"log length, a power of 2 of at least 8m (default {format_size(fmt.DEFAULT_LOG_LEN)})")
     sub.add_argument("-f", "--force", action="store_true", help="overwrite an existing famfs")
     sub.add_argument("-k", "--kill", action="store_true", help="with --force: only invalidate the superblock")
     sub.add_argument("--dev-uuid", type=uuid.UUID, help="device UUID (default: the DCD tag, else random)")
-    sub.add_argument("device_path", metavar="DEVICE")
+    sub.add_argument("device_path", metavar="DEVICE", help="devdax, pmem or image file")
 
     sub = add("mkdir", cmd_mkdir, "log a directory", [ownership, targeted])
     sub.add_argument("-p", "--parents", action="store_true", help="also each missing parent; no error if it exists")
-    sub.add_argument("path", metavar="PATH")
+    sub.add_argument("path", metavar="PATH", help="RELPATH with --device, else a path in a mounted famfs")
 
-    sub = add("creat", cmd_creat, "allocate and log a file", [ownership, layout, targeted])
-    sub.add_argument("-s", "--size", type=parse_size, required=True)
+    sub = add("creat", cmd_creat, "allocate and log a file of a fixed size", [ownership, layout, targeted])
+    sub.add_argument("-s", "--size", type=parse_size, required=True, help=f"the file's size, above 0: {SIZE_HELP}")
     sub.add_argument("-r", "--randomize", action="store_true", help="fill with upstream's pattern for --seed")
-    sub.add_argument("-S", "--seed", type=int)
-    sub.add_argument("path", metavar="PATH")
+    sub.add_argument("-S", "--seed", type=int, help="the pattern's seed (nonzero), for --randomize")
+    sub.add_argument("path", metavar="PATH", help="RELPATH with --device, else a path in a mounted famfs")
 
-    sub = add("cp", cmd_cp, "copy local files (and with -r trees) into famfs", [ownership, layout, targeted])
-    sub.add_argument("-r", "--recursive", action="store_true")
-    sub.add_argument("paths", nargs="+", metavar="SRC... DEST")
+    sub = add("cp", cmd_cp, "copy local files (and with -r trees) into famfs: every name, size and the log's free "
+              "entries are checked before anything is written", [ownership, layout, targeted],
+              usage="%(prog)s [options] [-r] [-L] SRC... DEST")
+    sub.add_argument("-r", "-R", "--recursive", action="store_true", help="copy directories and their contents")
+    sub.add_argument("-L", "--dereference", action="store_true",
+                     help="follow symbolic links (else they are skipped, and counted in one line)")
+    sub.add_argument("paths", nargs="*", metavar="SRC",
+                     help="the sources, then DEST: a directory (copy into it) when it exists as one; a trailing "
+                          "slash says it must")
 
-    sub = add("rm", cmd_rm, "log the deletion of a file", [targeted])
-    sub.add_argument("path", metavar="PATH")
+    sub = add("rm", cmd_rm, "log the deletion of files (all are checked first; none is removed if one cannot be)",
+              [targeted])
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="RELPATH with --device, else a path in a mounted famfs")
 
-    sub = add("verify", cmd_verify, "check a file against upstream's pattern for a seed", [targeted])
-    sub.add_argument("-S", "--seed", type=int, required=True)
-    sub.add_argument("path", metavar="PATH")
+    sub = add("verify", cmd_verify, "check a file against upstream's pattern for a seed; reads PATH itself "
+              "(through the mount), or with --device the file's bytes on the device", [targeted])
+    sub.add_argument("-S", "--seed", type=int, required=True, help="the seed the file was filled with")
+    sub.add_argument("path", metavar="PATH", help="a file (in a mounted famfs), or RELPATH with --device")
 
-    sub = add("fsck", cmd_fsck, "check superblock, log, every entry and the allocation")
-    sub.add_argument("device_path", metavar="DEVICE")
+    for name, run, text in (("fsck", cmd_fsck, "check superblock, log, every entry and the allocation"),
+                            ("status", cmd_status, "UUIDs, sizes, log and space use, this host's role")):
+        sub = add(name, run, text, [targeted])
+        sub.add_argument("device_path", metavar="DEVICE", nargs="?",
+                         help="the device or image, or a directory of a mounted famfs (or give --device)")
 
-    sub = add("status", cmd_status, "UUIDs, sizes, log and space use, this host's role")
-    sub.add_argument("device_path", metavar="DEVICE")
+    sub = add("install-units", cmd_install_units, "install the systemd units of famfs-agent and famfs-fuse-mount, "
+              "pointing at this installation's programs")
+    sub.add_argument("--unit-dir", default=str(units_install.UNIT_DIR), help=f"default {units_install.UNIT_DIR}")
+    sub.add_argument("--bindir", help=f"where the programs are (default: {units_install.scripts_dir()})")
     return parser
 
 
@@ -328,15 +447,20 @@ def describe(err: Exception) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.settings = config.load(args.config)
+    try:
+        args.settings = config.load(args.config)
+    except config.ConfigError as err:
+        print(f"famfsctl: {err}", file=sys.stderr)
+        return EXIT_USAGE
     logsetup.configure(args.settings.host.log_format, args.settings.host.log_level if args.verbose else "warning")
     try:
         return args.run(args)
     except UsageError as err:
-        parser.exit(2, f"famfsctl {args.command}: {err}\n")
+        print(f"famfsctl {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except (writer.MasterError, fmt.FormatError, fmt.EntryError, OSError, ValueError) as err:
-        print(f"famfsctl: {describe(err)}", file=sys.stderr)
-        return 1
+        print("\n".join(f"famfsctl: {line}" for line in describe(err).splitlines()), file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 128 + 2
     return 0

@@ -19,6 +19,7 @@ from famfs import rules
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import role_of
+from famfs.units import format_size
 
 
 @dataclass(slots=True)
@@ -147,16 +148,16 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         return f"device: {device.path}\nstatus: not a usable famfs: {report.fatal}\n", False
     sb, header = report.superblock, report.header
     text = "\n".join([
-        f"device: {device.path} ({device.info.kind}, {device.size} bytes)",
+        f"device: {device.path} ({device.info.kind}, {format_size(device.size)})",
         f"file system uuid: {sb.fs_uuid}",
         f"device uuid: {sb.dev_uuid}",
         f"master system uuid: {sb.system_uuid}",
         f"this host: {role_of(sb, uuid_file).value}",
-        f"device size: {sb.dev_size}",
-        f"log: {sb.log_len} bytes, {header.next_index} of {header.slots} slots used, "
+        f"device size: {format_size(sb.dev_size)} ({sb.dev_size} bytes)",
+        f"log: {format_size(sb.log_len)}, {header.next_index} of {header.slots} slots used, "
         f"{header.slots - header.next_index} free",
-        f"space: {report.allocated_bytes} used, {report.free_bytes} free, "
-        f"{report.deleted_bytes} held by deleted files",
+        f"space: {format_size(report.allocated_bytes)} used, {format_size(report.free_bytes)} free, "
+        f"{format_size(report.deleted_bytes)} held by deleted files",
         f"files: {report.files}, directories: {report.directories}",
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"

@@ -1,4 +1,5 @@
-"""The master's writing operations: mkdir, creat, copy-in, rm. See docs/format.md.
+"""The master's writing operations: mkdir, creat, rm (cp builds on them: famfs/master/copy.py).
+See docs/format.md.
 
 Every operation runs inside one `Session`: the device's exclusive lock (flock), the log, the
 namespace and allocation replayed from the log under that lock (famfs.rules), then for each file
@@ -17,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -32,8 +32,6 @@ from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
 
 log = structlog.get_logger("famfsctl")
-
-COPY_PIECE = 1 << 20
 
 
 class MasterError(Exception):
@@ -257,81 +255,10 @@ def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None
             yield Session(famfs_log, rng)
 
 
-def file_blocks(path: str | os.PathLike[str], size: int) -> Iterator[bytes]:
-    """The bytes of a local file, COPY_PIECE at a time, exactly `size` of them."""
-    with open(path, "rb") as source:
-        remaining = size
-        while remaining:
-            block = source.read(min(COPY_PIECE, remaining))
-            if not block:
-                raise MasterError(f"{path}: shrank while being copied")
-            remaining -= len(block)
-            yield block
-
-
-@dataclass(frozen=True, slots=True)
-class CopyRequest:
-    """What `famfsctl cp` asks for. `mode`, `uid`, `gid` override the source's when set."""
-
-    sources: tuple[Path, ...]
-    dest: str  # a relpath; "" is the root
-    recursive: bool = False
-    mode: int | None = None
-    uid: int = field(default_factory=os.geteuid)
-    gid: int = field(default_factory=os.getegid)
-    layout: alloc.InterleaveParams | None = None
-
-
-def copy_in(current: Session, request: CopyRequest) -> list[Created]:
-    """cp semantics: into DEST/<name> when DEST is a directory, else to DEST itself (one source).
-
-    Restartable like upstream's cp: a destination file of the same size is rewritten in place,
-    a destination directory is reused. Empty files are logged too (upstream skips them).
-    """
-    dest_is_dir = current.namespace.kind(request.dest) is rules.Kind.DIR
-    if len(request.sources) > 1 and not dest_is_dir:
-        raise current.refuse(request.dest or "/", "copying several sources needs an existing destination directory")
-    created: list[Created] = []
-    for source in request.sources:
-        target = _join(request.dest, source.resolve().name) if dest_is_dir else request.dest
-        try:
-            info = os.stat(source)
-        except OSError as err:
-            raise MasterError(f"{source}: {err.strerror}") from None
-        if stat.S_ISDIR(info.st_mode):
-            if not request.recursive:
-                raise MasterError(f"{source}: is a directory (use -r)")
-            _copy_tree(current, request, source, target, info, created)
-        elif stat.S_ISREG(info.st_mode):
-            created.append(_copy_file(current, request, source, target, info))
-        else:
-            raise MasterError(f"{source}: not a regular file or directory")
-    return created
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
-
-
-def _copy_file(current: Session, request: CopyRequest, source: Path, target: str, info: os.stat_result) -> Created:
-    owner = Ownership(request.mode if request.mode is not None else info.st_mode & 0o777, request.uid, request.gid)
-    return current.create(target, info.st_size, owner, layout=request.layout,
-                          fill=file_blocks(source, info.st_size), reuse=True)
-
-
-def _copy_tree(current: Session, request: CopyRequest, source: Path, target: str, info: os.stat_result,
-               created: list[Created]) -> None:
-    if current.namespace.kind(target) is not rules.Kind.DIR:
-        current.mkdir(target, Ownership(info.st_mode & 0o7777, request.uid, request.gid))
-    with os.scandir(source) as listing:
-        children = sorted(listing, key=lambda child: child.name)
-    for child in children:
-        path = Path(child.path)
-        child_target = _join(target, child.name)
-        if child.is_dir(follow_symlinks=False):
-            _copy_tree(current, request, path, child_target, child.stat(follow_symlinks=False), created)
-        elif child.is_file(follow_symlinks=False):
-            created.append(_copy_file(current, request, path, child_target, child.stat(follow_symlinks=False)))
-        else:
-            # Symlinks and special files have no famfs form; say so and copy the rest.
-            log.warning("cp_skipped", path=str(path), reason="not a regular file or directory")
+def lookup(current: Session, relpath: str) -> fmt.FileEntry | str | None:
+    """What the session's log holds at relpath: "dir", the live file's entry, or None. For the
+    tools that check a whole request before writing any of it (cp, rm of several paths)."""
+    if current.namespace.kind(relpath) is rules.Kind.DIR:
+        return "dir"
+    found = current.namespace.files.get(relpath)
+    return found[1] if found is not None else None

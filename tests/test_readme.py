@@ -1,0 +1,72 @@
+"""The README's "A host, by hand" block, run exactly as written in a fresh copy of the repository.
+
+The block names fixed paths (/var/tmp/famfs.img, /run/famfs/shadow, /mnt/famfs, and the mount's
+log in /var/log): it runs in a private mount namespace with a tmpfs over each of those
+directories, so neither this machine nor a concurrent run sees it. The copy holds every tracked file as it is in the worktree
+(uncommitted changes included) and none of its build products, so `make install` really installs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BLOCK_TIMEOUT_S = 600  # make install (pip) is most of it
+PRIVATE_TMPFS = ("/var/tmp", "/var/log", "/run", "/mnt")  # /var/log: the mount daemon's log
+
+
+def readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    found = re.search(r"^A host, by hand,.*?\n```\n(.*?)```\n", text, re.S | re.M)
+    assert found, "README.md has no 'A host, by hand' block"
+    return found[1]
+
+
+def fresh_copy(target: Path) -> Path:
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # (a file deleted in the worktree but still tracked is left out)
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name, follow_symlinks=False)
+    return target
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)")
+def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
+    clone = fresh_copy(tmp_path / "famfs-agent")
+    block = readme_block()
+    (tmp_path / "block.sh").write_text(block)
+    mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {path}" for path in PRIVATE_TMPFS)
+    # -e: the first failing line fails the test; the block's own commands are untouched.
+    script = f"{mounts} && cd {shlex.quote(str(clone))} && exec bash -e {shlex.quote(str(tmp_path / 'block.sh'))}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "FAMFS_"))}
+    env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if ".venv" not in part)
+    process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+        # The mount daemon runs in its own session: end it by the pid it announced.
+        for pid in re.findall(r"famfs-fuse-mount: mounted \(pid (\d+)\)", output or ""):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    assert process.returncode == 0, output
+    assert "famfs made" in output and "copied 3 files" in output
+    assert "/mnt/famfs/data/sets/r1: 100 MiB (104857600 bytes) match seed 42" in output
+    assert "fsck: clean" in output

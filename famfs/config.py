@@ -38,6 +38,8 @@ class AgentSettings:
     inflight_retry_ms: float = 200.0  # how long a bad entry at the tail may be in flight
     batch_max: int = 4096  # entries applied between two cursor writes
     progress: bool = True  # progress bar for long one-shot replays on a terminal
+    metrics_address: str = ""  # HOST:PORT for Prometheus metrics while following; "" = off
+    health_max_lag_s: float = 5.0  # `famfs-agent health`: how long the agent may take to reach the log's tail
 
 
 @dataclass
@@ -49,6 +51,7 @@ class MountSettings:
     fallback_rescan_s: float = 60.0  # full reconcile period, bounding a lost notification
     allow_other: bool = False
     read_only: bool = False
+    metrics_address: str = ""  # HOST:PORT for Prometheus metrics; "" = off
 
 
 @dataclass

@@ -3,9 +3,11 @@
     famfs-agent [--follow] [--shadow DIR] [--config FILE] [--log-format console|json]
                 [--log-level LEVEL] [--system-uuid-file F] [--no-progress] [DEVICE]
     famfs-agent status [--shadow DIR] [--config FILE] [--json]
+    famfs-agent health [--shadow DIR] [--config FILE] [--max-lag-s S] [--live]
 
 Exit status: 0 done (or stopped by SIGTERM/SIGINT); 1 one-shot play rejected entries or stopped
-at a corrupt entry; 2 the device, shadow directory, config file or command line cannot be used.
+at a corrupt entry; 2 the device, shadow directory, config file, metrics address or command line
+cannot be used. `health` prints one JSON line and exits 0 healthy, 1 unhealthy, 2 bad command line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
 from agent.shadow_writer import ShadowTree
 from famfs import config, logsetup
@@ -26,7 +30,10 @@ from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
-from famfs.shadowdir import STATE_FILE, agent_pid, state_path
+from famfs.shadowdir import STATE_FILE, agent_pid, state_path, tree_problem
+
+EXIT_UNHEALTHY = 1  # `health`: some check failed (the JSON line says which)
+HEALTH_POLL_S = 0.01  # how often `health` re-reads the cursor while it waits for the agent
 
 
 def play_parser() -> argparse.ArgumentParser:
@@ -43,6 +50,8 @@ def play_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
     parser.add_argument("--version", action="version", version=version())
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (terminal) or progress events (elsewhere) for a long one-shot play")
+    parser.add_argument("--metrics-address", metavar="HOST:PORT",
+                        help="with --follow: serve Prometheus metrics there (default: [agent] metrics_address)")
     return parser
 
 
@@ -56,6 +65,18 @@ def status_parser() -> argparse.ArgumentParser:
 
 def version() -> str:
     return f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})"
+
+
+def health_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="famfs-agent health", description="Probe a following agent: one JSON line; "
+                                     "exit 0 healthy, 1 unhealthy.")
+    parser.add_argument("--shadow", help="shadow directory (default: [agent] shadow)")
+    parser.add_argument("--config", help=config.CONFIG_FLAG_HELP)
+    parser.add_argument("--max-lag-s", type=float, metavar="S",
+                        help="how long the agent may take to apply what is logged now (default: [agent] health_max_lag_s)")
+    parser.add_argument("--live", action="store_true",
+                        help="only what a restart can fix (liveness): not lag, not a corrupt log")
+    return parser
 
 
 def play(argv: Sequence[str]) -> int:
@@ -74,14 +95,33 @@ def play(argv: Sequence[str]) -> int:
         follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",
         progress=settings.agent.progress and not args.no_progress and not args.follow,
     )
-    return follower.run()
+    metrics_address = args.metrics_address if args.metrics_address is not None else settings.agent.metrics_address
+    if not (args.follow and metrics_address):
+        return follower.run()
+    # Only now: prometheus_client costs start-up time a one-shot play should not pay.
+    from agent.metrics import AgentCollector
+    from famfs.metrics import MetricsError, MetricsServer
+    try:
+        server = MetricsServer(metrics_address, AgentCollector(follower))
+    except MetricsError as err:
+        print(f"famfs-agent: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    structlog.get_logger("famfs-agent").info("metrics", address=metrics_address, port=server.port)
+    try:
+        return follower.run()
+    finally:
+        server.close()
+
+
+class NoAgentState(Exception):
+    """The shadow directory has no readable state.json."""
 
 
 def status_report(shadow: Path) -> dict[str, object]:
     """Everything `status` shows, read from state.json and the device's log header."""
     state = AgentState.parse(ShadowTree(shadow).read_agent_file(STATE_FILE))
     if state is None:
-        raise SystemExit(f"famfs-agent status: {state_path(shadow)}: no agent state (never run here?)")
+        raise NoAgentState(f"{state_path(shadow)}: no agent state (never run here?)")
     holder = agent_pid(shadow)
     report: dict[str, object] = {
         "shadow": str(shadow), "device": state.device, "fs_uuid": state.fs_uuid, "role": state.role,
@@ -115,7 +155,10 @@ def _iso(stamp: float) -> str:
 def status(argv: Sequence[str]) -> int:
     args = status_parser().parse_args(argv)
     settings = config.load(args.config)
-    report = status_report(Path(args.shadow or settings.agent.shadow))
+    try:
+        report = status_report(Path(args.shadow or settings.agent.shadow))
+    except NoAgentState as err:
+        raise SystemExit(f"famfs-agent status: {err}") from None
     if args.json:
         print(json.dumps(report, indent=1))
         return EXIT_OK
@@ -148,11 +191,71 @@ def describe_lag(report: dict[str, object]) -> str:
             f"the tree was last complete {report['lag_seconds']} s ago")
 
 
+def health_report(shadow: Path, max_lag_s: float, live: bool) -> dict[str, object]:
+    """The probe's answer: each check "ok" or its problem, and `healthy` if all are ok.
+
+    Lag is measured, not estimated: the agent must apply every entry logged when the probe
+    starts within `max_lag_s` (the probe waits that long at most). With `live`, only what a
+    restart can fix is checked: not lag, not a corrupt entry in the log.
+    """
+    try:
+        report = status_report(shadow)
+    except NoAgentState as err:
+        return {"healthy": False, "shadow": str(shadow), "checks": {"state": str(err)}}
+    checks: dict[str, str] = {"state": "ok"}
+    running = report["agent_running"] and report["following"]
+    checks["following"] = "ok" if running else (
+        "the agent is not running" if not report["agent_running"] else "the agent is not following (one-shot play)")
+    checks["device"] = "ok" if report["device_error"] is None else f"{report['device']}: {report['device_error']}"
+    applied = report["applied_index"]
+    assert isinstance(applied, int)
+    checks["tree"] = tree_problem(shadow, applied) or "ok"
+    if not live:
+        target = report["log_next_index"]
+        if isinstance(target, int) and running:
+            behind = _wait_applied(shadow, target - 1, max_lag_s)
+            checks["lag"] = "ok" if behind is None else (
+                f"{behind} of the entries logged when the check started still unapplied after {max_lag_s} s")
+        elif checks["device"] == "ok":
+            checks["lag"] = "unknown: the agent is not following"
+        stalled = report["stalled_at"]
+        checks["log"] = "ok" if stalled is None else f"progress stopped at corrupt log entry {stalled}"
+    return {"healthy": all(value == "ok" for value in checks.values()), "shadow": str(shadow), "checks": checks,
+            "applied_index": report["applied_index"], "log_next_index": report["log_next_index"],
+            "fs_uuid": report["fs_uuid"]}
+
+
+def _wait_applied(shadow: Path, index: int, timeout_s: float) -> int | None:
+    """None once the cursor reaches `index`; else, after `timeout_s`, how many entries it lacks."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = AgentState.parse(ShadowTree(shadow).read_agent_file(STATE_FILE))
+        applied = state.applied_index if state is not None else -1
+        if applied >= index:
+            return None
+        if time.monotonic() >= deadline:
+            return index - applied
+        time.sleep(HEALTH_POLL_S)
+
+
+def health(argv: Sequence[str]) -> int:
+    args = health_parser().parse_args(argv)
+    settings = config.load(args.config)
+    max_lag_s = settings.agent.health_max_lag_s if args.max_lag_s is None else args.max_lag_s
+    if not max_lag_s >= 0:
+        health_parser().error(f"--max-lag-s {args.max_lag_s}: must be >= 0")
+    answer = health_report(Path(args.shadow or settings.agent.shadow), max_lag_s, args.live)
+    print(json.dumps(answer))
+    return EXIT_OK if answer["healthy"] else EXIT_UNHEALTHY
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["status"]:
             return status(argv[1:])
+        if argv[:1] == ["health"]:
+            return health(argv[1:])
         return play(argv)
     except config.ConfigError as err:
         print(f"famfs-agent: {err}", file=sys.stderr)

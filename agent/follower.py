@@ -20,6 +20,7 @@ from types import FrameType
 
 import structlog
 
+from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
@@ -29,7 +30,7 @@ from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import Role, role_of
 from famfs.progress import Progress
-from famfs.shadowdir import STATE_FILE, AgentState, boot_id
+from famfs.shadowdir import STATE_FILE, AgentState, boot_id, tree_problem
 
 log = structlog.get_logger("famfs-agent")
 
@@ -62,6 +63,7 @@ class Follower:
         self.superblock_raw = b""
         self.state: AgentState | None = None
         self.stop_signal: int | None = None
+        self.stats = AgentStats()  # read by the metrics collector (agent/metrics.py)
         self.debug = debug  # per-entry events cost time even when filtered out: skip building them
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class Follower:
             self.device = Device(self.device_path)
             self.famfs_log = FamfsLog(self.device)
         except (DeviceError, fmt.FormatError) as err:
+            self.stats.device_errors += 1
             if self.device is not None:
                 self.device.close()
                 self.device = None
@@ -123,6 +126,7 @@ class Follower:
                 reason = str(err)
         if not resumed:
             if saved is not None and reason is not None:
+                self.stats.rebuilds += 1
                 log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
                             action="shadow tree emptied and the log replayed from entry 0")
             state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid))
@@ -164,7 +168,7 @@ class Follower:
         if (seqnum, crc) != (state.applied_seqnum, state.applied_crc):
             return (f"log entry {state.applied_index} no longer matches the cursor "
                     f"(seqnum {seqnum}, CRC {crc:#x}; cursor has {state.applied_seqnum}, {state.applied_crc})")
-        return None
+        return tree_problem(self.tree.base, state.applied_index)  # wiped or replaced behind our back
 
     # --- cursor -----------------------------------------------------------------------------
 
@@ -238,6 +242,7 @@ class Follower:
         counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected"), 0)
         done = first - 1  # the last entry dealt with
         debug = self.debug
+        tally = self.stats.entries
         try:
             for index in range(first, stop):
                 if self.stop_signal is not None:
@@ -249,6 +254,7 @@ class Follower:
                     if settled is None:
                         break
                     if isinstance(settled, fmt.EntryError):
+                        tally[fmt.EntryError, "rejected"] += 1
                         self._reject(settled, counts)
                         done = index
                         continue
@@ -260,10 +266,12 @@ class Follower:
                     else:
                         outcome = tree.apply(index, entry, famfs_log).value
                 except Rejected as err:
+                    tally[type(entry), "rejected"] += 1
                     self._reject(err, counts)
                     done = index
                     continue
                 counts[outcome] += 1
+                tally[type(entry), outcome] += 1
                 done = index
                 if debug:
                     log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
@@ -376,6 +384,8 @@ class Follower:
             interval = settings.poll_min_ms / 1000
             ready = False
             while self.stop_signal is None:
+                self.stats.polls += 1
+                self.stats.poll_interval_s = interval
                 try:
                     worked = self._poll()
                 except OSError as err:
@@ -388,6 +398,7 @@ class Follower:
                     service.notify_ready(f"following {self.device_path}")
                     ready = True
                 if waiter.wait(interval):
+                    self.stats.wakeups += 1
                     interval = settings.poll_min_ms / 1000
                 else:
                     interval = min(interval * 2, idle_max)
@@ -406,6 +417,7 @@ class Follower:
         assert self.state is not None
         rebuild = f"the shadow tree was changed behind the agent's back ({err})" if isinstance(err, ShadowError) else None
         while self.stop_signal is None:
+            self.stats.shadow_errors += 1
             log.error("shadow_write_failed", shadow=str(self.tree.base), error=str(err), cursor=self.state.applied_index,
                       action=f"{'rebuilding the tree' if rebuild else 'retrying'} in {DEVICE_RETRY_S:.0f} s")
             self.state.last_error = str(err)

@@ -41,6 +41,7 @@ from famfs.shadowdir import (
     META_DIR,
     ROOT,
     STAGING,
+    SUPERBLOCK_YAML,
     UNITS_FILE,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
@@ -218,7 +219,7 @@ class ShadowTree:
             os.chmod(temp, META_DIR_MODE, dir_fd=self._staging_fd)
             os.rename(temp, META_DIR, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
         metas = (
-            meta_file_entry(f"{META_DIR}/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444),
+            meta_file_entry(SUPERBLOCK_YAML, fmt.SUPERBLOCK_SIZE, 0, 0o444),
             meta_file_entry(f"{META_DIR}/.log", superblock.log_len, fmt.LOG_OFFSET, 0o644 if master else 0o444),
         )
         for entry in metas:

@@ -42,6 +42,7 @@ class Rule:
     high: float | None = None
     choices: tuple[str, ...] = ()
     nonempty: bool = False
+    address: bool = False  # HOST:PORT, :PORT or [V6]:PORT, or empty (off)
 
     def describe(self, default: Any) -> str:
         """The allowed values of a key with this default, as docs/config.md's table shows them."""
@@ -51,6 +52,8 @@ class Rule:
             return " \\| ".join(self.choices)
         if self.low is not None and self.high is not None:
             return f"{_number(self.low)} .. {_number(self.high)}"
+        if self.address:
+            return "HOST:PORT or :PORT, or empty: off"
         return "non-empty path" if self.nonempty else "a path, or empty: not set"
 
     def check(self, value: Any) -> str | None:
@@ -62,7 +65,21 @@ class Rule:
             return f"must be between {_number(self.low)} and {_number(self.high)}, not {value!r}"
         if self.nonempty and not value:
             return "must not be empty"
+        if self.address and value:
+            try:
+                parse_address(value)
+            except ValueError as err:
+                return str(err)
         return None
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """"HOST:PORT", ":PORT" (every interface) or "[V6]:PORT" -> (host, port); ValueError if not."""
+    host, colon, port_text = address.rpartition(":")
+    if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"must be HOST:PORT or :PORT with a port 0-65535, not {address!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "0.0.0.0", int(port_text)
 
 
 def _number(value: float) -> str:
@@ -92,6 +109,8 @@ class AgentSettings:
     inflight_retry_ms: float = setting(200.0, low=0.0, high=POLL_RANGE[1])  # how long a bad tail entry may be in flight
     batch_max: int = setting(4096, low=1, high=1_000_000)  # entries applied between two cursor writes
     progress: bool = setting(True)  # progress of long one-shot replays
+    metrics_address: str = setting("", address=True)  # HOST:PORT for Prometheus metrics while following; "" = off
+    health_max_lag_s: float = setting(5.0, low=0.0, high=SECONDS_RANGE[1])  # `health`: how long the agent may take to reach the tail
 
 
 @dataclass
@@ -103,6 +122,7 @@ class MountSettings:
     fallback_rescan_s: float = setting(60.0, low=SECONDS_RANGE[0], high=SECONDS_RANGE[1])  # 0: never
     allow_other: bool = setting(False)
     read_only: bool = setting(False)
+    metrics_address: str = setting("", address=True)  # HOST:PORT for Prometheus metrics; "" = off
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = "root"  # the tree the mount serves
 META_DIR = ".meta"  # upstream's, inside root/; reserved: no log entry may name it
+SUPERBLOCK_YAML = f"{META_DIR}/.superblock"  # in root/: the superblock as upstream's mount writes it
 AGENT_DIR = ".agent"  # agent state: never inside root/
 STAGING = "staging"  # in .agent/: everything is built here, then renamed into root/
 STATE_FILE = "state.json"  # in .agent/: the cursor, and the device other processes read
@@ -113,4 +114,34 @@ def agent_pid(shadow: str | os.PathLike[str]) -> int | None:
             major, minor = (int(part, 16) for part in fields[5].split(":")[:2])
             if os.makedev(major, minor) == info.st_dev:
                 return int(fields[4])
+    return None
+
+
+def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str | None:
+    """Why `<shadow>/root` does not hold what the cursor says was applied, or None.
+
+    Cheap enough for a probe (one stat per logged directory): root/ and its .meta/.superblock
+    exist, and so does every directory the journal says a MKDIR up to the cursor made. It catches
+    a tree wiped or replaced behind the agent's back, not a single file changed.
+    """
+    base = Path(shadow_dir)
+    root = base / ROOT
+    superblock_yaml = root / SUPERBLOCK_YAML
+    if not superblock_yaml.is_file():
+        return f"{superblock_yaml} is missing"
+    try:
+        journal = (base / AGENT_DIR / DIRS_JOURNAL).read_bytes()
+    except FileNotFoundError:
+        journal = b""
+    except OSError as err:
+        return f"{base / AGENT_DIR / DIRS_JOURNAL}: {err.strerror}"
+    for line in journal.splitlines():
+        try:
+            index, relpath = json.loads(line)
+        except (ValueError, TypeError):
+            break  # cut short by a kill: past the cursor
+        if index > applied_index:
+            break
+        if not (root / relpath).is_dir():
+            return f"directory {relpath!r} (log entry {index}) is missing from {root}"
     return None

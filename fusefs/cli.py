@@ -1,6 +1,8 @@
 """famfs-fuse-mount: serve a famfs shadow tree as a file system, file bytes from the device.
 
-    famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] [--mkdir] MOUNTPOINT
+    famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] [--mkdir]
+                     [--metrics-address HOST:PORT] MOUNTPOINT
+    famfs-fuse-mount health [--timeout S] MOUNTPOINT     (fusefs/health.py)
 
 Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shadow), then the
 device named in the agent's `<shadow>/.agent/state.json`. Without --foreground it daemonizes and
@@ -22,6 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import structlog
@@ -33,6 +36,7 @@ from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.rules import Geometry
 from famfs.shadowdir import ROOT, agent_pid, recorded_device, state_path
+from fusefs import health
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
 from fusefs.inodes import InodeTable
@@ -41,6 +45,9 @@ from fusefs.operations import FamfsOperations, MountPolicy
 from fusefs.rest import Endpoints, RestError, RestSocket, RuntimeLogLevel
 from fusefs.sync import TreeSync
 from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher
+
+if TYPE_CHECKING:
+    from famfs.metrics import MetricsServer
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -70,6 +77,7 @@ class MountConfig:
     log_file: str
     log_format: str
     log_level: str
+    metrics_address: str
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", default=DEFAULT_LOG_FILE, help=f"the daemon's log (default {DEFAULT_LOG_FILE})")
     p.add_argument("--log-format", choices=logsetup.FORMATS, help="default: [host] log_format")
     p.add_argument("--log-level", choices=logsetup.LEVELS, help="default: [host] log_level")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (default: [mount] metrics_address; '' = off)")
     return p
 
 
@@ -127,6 +137,7 @@ def resolve(args: argparse.Namespace) -> MountConfig:
         rescan_s=float(values["rescan"]), allow_other=bool(values["allow_other"]), read_only=bool(values["ro"]),
         foreground=args.foreground, log_file=os.path.abspath(args.log_file),
         log_format=args.log_format or settings.host.log_format, log_level=args.log_level or settings.host.log_level,
+        metrics_address=mount.metrics_address if args.metrics_address is None else args.metrics_address,
     )
 
 
@@ -249,7 +260,9 @@ class Daemon:
                 rest_socket = RestSocket(self.cfg.shadow)
             except RestError as err:
                 raise UsageError(str(err)) from None
-            endpoints = Endpoints(self.table, ops.lookups, self.log_level, self.status)
+            endpoints = Endpoints(self.table, ops.lookups, self.log_level, self.status,
+                                  {"fs_uuid": str(sb.fs_uuid), "device": self.cfg.device, "mountpoint": self.cfg.mountpoint})
+            metrics = self._metrics(ops, str(sb.fs_uuid))
             try:
                 # Signals are ours from before the mount exists: a SIGTERM at any moment unmounts.
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
@@ -260,8 +273,28 @@ class Daemon:
                     await self._serve(ops, receive, watcher, signals, ready, rest_socket, endpoints)
             finally:
                 rest_socket.close()
+                if metrics is not None:
+                    metrics.close()
         finally:
             watcher.stop()
+
+    def _metrics(self, ops: FamfsOperations, fs_uuid: str) -> MetricsServer | None:
+        """Instrument the handlers and serve /metrics, if asked to (before the mount exists)."""
+        if not self.cfg.metrics_address:
+            return None
+        assert self.table is not None and self.sync is not None
+        # Only now: prometheus_client costs start-up time a mount without metrics should not pay.
+        from famfs.metrics import MetricsError, MetricsServer
+        from fusefs.metrics import MountCollector, MountStats, instrument
+        stats = MountStats()
+        try:
+            server = MetricsServer(self.cfg.metrics_address, MountCollector(
+                stats, ops, self.table, self.sync, self.notifier, fs_uuid, self.cfg.device))
+        except MetricsError as err:
+            raise UsageError(str(err)) from None
+        instrument(ops, stats)
+        log.info("metrics", address=self.cfg.metrics_address, port=server.port)
+        return server
 
     async def _serve(self, ops: FamfsOperations, receive: trio.MemoryReceiveChannel[bytes | None],
                      watcher: ShadowWatcher, signals: AsyncIterator[int], ready: int | None,
@@ -359,6 +392,9 @@ def daemonize(log_file: str) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["health"]:
+        return health.main(argv[1:])
     args = parser().parse_args(argv)
     ready = None
     daemon: Daemon | None = None

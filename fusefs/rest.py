@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import logging
 import os
 import re
@@ -180,6 +181,7 @@ class Endpoints:
     lookups: LookupCounters
     log_level: RuntimeLogLevel
     status: Callable[[], str]
+    identity: dict[str, str]  # /identity (ours, for `famfs-fuse-mount health`): fs_uuid, device, mountpoint
 
     async def answer(self, request: Request) -> Response:
         if request.path == "/log_level":
@@ -196,6 +198,8 @@ class Endpoints:
             return Response(200, f"pid: {os.getpid()}\n")
         if request.path == "/status":
             return Response(200, f"{self.status()}\n")
+        if request.path == "/identity":
+            return Response(200, json.dumps({**self.identity, "pid": os.getpid()}) + "\n", "application/json")
         return Response(404, "Not Found\n")
 
     def _log_level(self, request: Request) -> Response:

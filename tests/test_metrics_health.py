@@ -1,0 +1,218 @@
+"""Metrics and health checks of the real daemons (docs/operations.md): a following famfs-agent and
+a famfs-fuse-mount, each serving Prometheus metrics, scraped during real appends and reads and
+parsed with prometheus_client's own parser; `famfs-agent health` and `famfs-fuse-mount health`
+turning unhealthy when the agent stops, the device is replaced or the tree is wiped, and healthy
+again after recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from famfs import env
+from famfs import format as fmt
+from famfs.master.mkfs import mkfs
+from tests import fuse_util
+from tests.agent_util import AGENT, make_device
+from tests.famfsctl_util import entries, famfsctl, file_bytes
+from tests.fuse_util import MOUNT_CLI, Mount, play, wait_for
+from tests.test_agent_follow import following
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+HEALTH_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> Samples:
+    """Every sample at /metrics, parsed by prometheus_client: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=fuse_util.WAIT_S) as reply:
+        text = reply.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def scrape_until(port: int, check: Callable[[Samples], bool], what: str) -> Samples:
+    """Scrape until check(samples) holds (bounded wait); those samples."""
+    def attempt() -> Samples | None:
+        samples = scrape(port)
+        return samples if check(samples) else None
+
+    return wait_for(attempt, what)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of `name` over every label set that includes `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, lbls), v in samples.items() if n == name and wanted <= set(lbls))
+
+
+def labels_of(samples: Samples, name: str) -> dict[str, str]:
+    return next(dict(lbls) for (n, lbls) in samples if n == name)
+
+
+def health(*args: str | os.PathLike[str]) -> tuple[int, dict[str, object]]:
+    done = subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, (done.stdout, done.stderr)
+    return done.returncode, json.loads(lines[0])
+
+
+def agent_health(shadow: Path) -> tuple[int, dict[str, object]]:
+    return health(*AGENT, "health", "--shadow", shadow, "--max-lag-s", "5")
+
+
+def until(check: Callable[[], tuple[int, dict[str, object]]], healthy: bool, what: str) -> dict[str, object]:
+    """Probe until it answers `healthy` (bounded); the last answer."""
+    answers: list[dict[str, object]] = []
+
+    def probe() -> bool:
+        code, answer = check()
+        answers.append(answer)
+        assert code == (0 if answer["healthy"] else 1), answer
+        return answer["healthy"] is healthy
+
+    wait_for(probe, f"{what}: {answers[-1] if answers else None}", timeout=HEALTH_TIMEOUT_S)
+    return answers[-1]
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """Metrics on for both daemons through famfs-agent.toml ($FAMFS_AGENT_CONFIG): (agent port, mount port)."""
+    ports = free_port(), free_port()
+    path = tmp_path / "famfs-agent.toml"
+    path.write_text(f'[agent]\nmetrics_address = "127.0.0.1:{ports[0]}"\n'
+                    f'[mount]\nmetrics_address = "127.0.0.1:{ports[1]}"\n')
+    monkeypatch.setenv(env.AGENT_CONFIG, str(path))
+    return ports
+
+
+def test_agent_metrics_follow_the_log(tmp_path: Path, system_uuid_file: Path, config: tuple[int, int]) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    famfsctl("mkdir", "--device", image, "before")
+    shadow = tmp_path / "shadow"
+    with following(image, shadow):
+        for n in range(3):
+            famfsctl("mkdir", "--device", image, f"d{n}")
+            famfsctl("creat", "--device", image, "-s", "4k", f"d{n}/f")
+        logged = entries(image)
+        samples = scrape_until(config[0], lambda s: value(s, "famfs_agent_applied_index") == len(logged) - 1
+                               and value(s, "famfs_agent_lag_entries") == 0, "the agent's metrics catch up")
+    kinds = {"file": fmt.FileEntry, "mkdir": fmt.MkdirEntry}
+    for label, kind in kinds.items():
+        assert total(samples, "famfs_agent_entries_total", type=label) == sum(type(e) is kind for e in logged)
+    assert total(samples, "famfs_agent_entries_total") == len(logged)
+    assert total(samples, "famfs_agent_entries_total", outcome="rejected") == 0
+    assert value(samples, "famfs_agent_log_next_index") == len(logged)
+    assert value(samples, "famfs_agent_lag_seconds") == 0
+    assert value(samples, "famfs_agent_polls_total") > 0 and value(samples, "famfs_agent_wakeups_total") > 0
+    assert value(samples, "famfs_agent_rebuilds_total") == value(samples, "famfs_agent_device_errors_total") == 0
+    info = labels_of(samples, "famfs_agent_build_info")
+    assert info["fs_uuid"] == json.loads((shadow / ".agent" / "state.json").read_text())["fs_uuid"]
+    assert info["role"] == "master" and info["device"] == str(image)
+    with pytest.raises(OSError):  # the server went with the agent
+        scrape(config[0])
+
+
+def test_bad_metrics_address_is_one_line(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    done = subprocess.run([*AGENT, "--follow", "--shadow", tmp_path / "s", "--metrics-address", "nowhere", image],
+                          capture_output=True, text=True, timeout=fuse_util.WAIT_S)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "metrics address: must be HOST:PORT or :PORT with a port 0-65535, not 'nowhere'" in done.stderr
+
+
+def test_mount_metrics_count_requests(tmp_path: Path, system_uuid_file: Path, config: tuple[int, int]) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    famfsctl("mkdir", "--device", image, "dir")
+    famfsctl("creat", "--device", image, "-s", "64k", "--randomize", "--seed", "7", "dir/data")
+    shadow = tmp_path / "shadow"
+    with following(image, shadow), Mount(shadow, image, tmp_path / "mnt", "timeout=0") as mount:
+        port = config[1]
+        before = scrape(port)
+        data = (mount.mountpoint / "dir" / "data").read_bytes()
+        assert data == file_bytes(image, "dir/data")
+        with open(mount.mountpoint / "dir" / "data", "rb") as handle:
+            assert handle.read(4096) == data[:4096]
+            assert value(scrape(port), "famfs_fuse_open_files") == 1
+        with pytest.raises(PermissionError):
+            (mount.mountpoint / "dir" / "new").mkdir()
+        assert not (mount.mountpoint / "dir" / "later").exists()  # a cached negative lookup
+        famfsctl("creat", "--device", image, "-s", "4k", "dir/later")
+        wait_for(lambda: (mount.mountpoint / "dir" / "later").exists(), "the new file in the mount")
+        after = scrape_until(port, lambda s: value(s, "famfs_fuse_open_files") == 0, "the handle released")
+    count = "famfs_fuse_request_duration_seconds_count"
+    assert value(after, count, operation="read") >= value(before, count, operation="read") + 2
+    assert value(after, count, operation="open") >= value(before, count, operation="open") + 2
+    assert value(after, count, operation="lookup") > value(before, count, operation="lookup")
+    assert value(after, "famfs_fuse_request_duration_seconds_bucket", operation="read", le="+Inf") == \
+        value(after, count, operation="read")
+    assert value(after, "famfs_fuse_errors_total", errno="EPERM") >= 1
+    assert total(after, "famfs_fuse_notifications_total") > total(before, "famfs_fuse_notifications_total")
+    assert value(after, "famfs_fuse_inodes") >= 5  # root, .meta and its two files, dir, data, later
+    assert labels_of(after, "famfs_fuse_build_info")["fs_uuid"] == labels_of(before, "famfs_fuse_build_info")["fs_uuid"]
+
+
+def test_agent_health_follows_failures_and_recovery(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    famfsctl("mkdir", "--device", image, "kept")
+    shadow = tmp_path / "shadow"
+    code, answer = agent_health(shadow)
+    assert code == 1 and "no agent state" in str(answer["checks"])
+    with following(image, shadow):
+        answer = until(lambda: agent_health(shadow), True, "healthy while following")
+        assert set(answer["checks"]) == {"state", "following", "device", "tree", "lag", "log"}  # type: ignore[arg-type]
+        # The device replaced by something that holds no famfs: unhealthy until it does again.
+        fuse_util.write_device(image, 0, bytes(fmt.SUPERBLOCK.size))
+        answer = until(lambda: agent_health(shadow), False, "a device with no famfs")
+        assert answer["checks"]["device"] != "ok"  # type: ignore[index]
+        mkfs(str(image), uuid_file=system_uuid_file)
+        famfsctl("mkdir", "--device", image, "again")
+        until(lambda: agent_health(shadow), True, "the re-made device followed")
+        assert (shadow / "root" / "again").is_dir() and not (shadow / "root" / "kept").exists()
+        # The tree wiped behind the agent's back.
+        for child in (shadow / "root").iterdir():
+            shutil.rmtree(child)
+        answer = until(lambda: agent_health(shadow), False, "a wiped tree")
+        assert "missing" in answer["checks"]["tree"]  # type: ignore[index]
+    answer = until(lambda: agent_health(shadow), False, "the agent stopped")
+    assert answer["checks"]["following"] == "the agent is not running"  # type: ignore[index]
+    with following(image, shadow) as agent:  # a restart rebuilds the wiped tree
+        until(lambda: agent_health(shadow), True, "the restarted agent")
+    assert "rebuild" in agent.log and (shadow / "root" / "again").is_dir()  # type: ignore[attr-defined]
+
+
+def test_mount_health_sees_a_replaced_device(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    play(image, shadow)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    code, answer = health(MOUNT_CLI, "health", mountpoint)
+    assert code == 1 and answer["checks"] == {"mounted": f"{mountpoint} is not a famfs mount"}
+    with Mount(shadow, image, mountpoint):
+        code, answer = health(MOUNT_CLI, "health", mountpoint)
+        assert code == 0 and answer["device"] == str(image), answer
+        mkfs(str(image), uuid_file=system_uuid_file, force=True)  # a new file system under the mount
+        code, answer = health(MOUNT_CLI, "health", mountpoint)
+        assert code == 1 and "now holds file system" in answer["checks"]["device"], answer  # type: ignore[index]
+    play(image, shadow)
+    with Mount(shadow, image, mountpoint):  # remounted: healthy again
+        code, answer = health(MOUNT_CLI, "health", mountpoint)
+        assert code == 0, answer

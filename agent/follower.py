@@ -12,7 +12,6 @@ import contextlib
 import mmap
 import os
 import signal
-import struct
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ from famfs.shadowdir import STATE_FILE, AgentState, boot_id, tree_problem
 
 log = structlog.get_logger("famfs-agent")
 
-SEAL = struct.Struct("<Q")  # seqnum at the start of a slot, CRC at ENTRY_CRC_SPAN
 PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before progress is worth showing
 INFLIGHT_FIRST_WAIT_S = 0.0001
 DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no valid famfs
@@ -175,7 +173,7 @@ class Follower:
     def _seal(self, index: int) -> tuple[int, int]:
         assert self.famfs_log is not None
         raw = self.famfs_log.raw_entry(index)
-        return SEAL.unpack_from(raw, 0)[0], SEAL.unpack_from(raw, fmt.ENTRY_CRC_SPAN)[0]
+        return fmt.entry_seal(raw)
 
     def _advance(self, index: int) -> None:
         assert self.state is not None

@@ -79,6 +79,7 @@ RELPATH_OFFSETS: dict[int, int] = {
 }
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
+SEAL_WORD = struct.Struct("<Q")  # the seqnum at +0 and the CRC at +ENTRY_CRC_SPAN of a slot
 FILE_EXT_TYPE_OFFSET = 120  # fmap_ext_type inside a FILE entry picks the union arm
 
 for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXDEV_ENTRY, DELETE_ENTRY):
@@ -103,6 +104,12 @@ def entry_offset(index: int) -> int:
 def data_start(log_len: int) -> int:
     """First device byte that file extents may use."""
     return LOG_OFFSET + log_len
+
+
+def check_log_len(log_len: int) -> None:
+    """A log is a power of two of at least 8 MiB (upstream's mkfs rule; §1.1)."""
+    if log_len < DEFAULT_LOG_LEN or log_len & (log_len - 1):
+        raise FormatError(f"log length {log_len:#x} is not a power of two >= {DEFAULT_LOG_LEN:#x}")
 
 
 def round_up(value: int, unit: int) -> int:
@@ -166,8 +173,10 @@ class Superblock:
             raise FormatError(f"superblock: alloc_unit {alloc_unit:#x} is not 4 KiB or 2 MiB")
         if log_offset != LOG_OFFSET:
             raise FormatError(f"superblock: log offset {log_offset:#x} (want {LOG_OFFSET:#x})")
-        if log_len < DEFAULT_LOG_LEN or log_len & (log_len - 1):
-            raise FormatError(f"superblock: log length {log_len:#x} is not a power of two >= 8 MiB")
+        try:
+            check_log_len(log_len)
+        except FormatError as err:
+            raise FormatError(f"superblock: {err}") from None
         if dev_size < log_offset + log_len:
             raise FormatError(f"superblock: device size {dev_size} cannot hold the log")
         return cls(
@@ -397,12 +406,16 @@ def encode_entry(entry: Entry, seqnum: int) -> bytes:
     return _seal(bytearray(raw))
 
 
+def entry_seal(raw: bytes | memoryview) -> tuple[int, int]:
+    """(seqnum, stored CRC) of a slot: what a reader's cursor remembers of the last entry."""
+    return SEAL_WORD.unpack_from(raw, 0)[0], SEAL_WORD.unpack_from(raw, ENTRY_CRC_SPAN)[0]
+
+
 def check_entry_seal(raw: bytes, index: int) -> None:
     """Upstream's famfs_validate_log_entry: seqnum == index and a good CRC."""
-    seqnum = struct.unpack_from("<Q", raw)[0]
+    seqnum, stored = entry_seal(raw)
     if seqnum != index:
         raise EntryError(index, f"seqnum {seqnum} != index {index}")
-    stored = struct.unpack_from("<Q", raw, ENTRY_CRC_SPAN)[0]
     if stored != crc32(raw[:ENTRY_CRC_SPAN]):
         raise EntryError(index, f"bad CRC {stored:#x}")
 

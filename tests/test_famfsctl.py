@@ -48,7 +48,7 @@ def test_mkfs_makes_a_sparse_image_and_refuses_to_overwrite_without_force(tmp_pa
 def test_mkfs_rejects_a_bad_log_length_and_kill_without_force(tmp_path: Path, system_uuid_file: Path) -> None:
     image = tmp_path / "dev.img"
     bad = famfsctl("mkfs", "--size", "1g", "--loglen", "12m", image, check=False)
-    assert bad.returncode == 1 and "must be a power of two" in bad.stderr
+    assert bad.returncode == 1 and "is not a power of two" in bad.stderr
     usage = famfsctl("mkfs", "--kill", image, check=False)
     assert usage.returncode == 2 and "--kill" in usage.stderr
 

@@ -48,8 +48,10 @@ def mkfs(
 
     Refuses a device holding a valid famfs (or one of another version) unless `force`.
     """
-    if log_len < fmt.DEFAULT_LOG_LEN or log_len & (log_len - 1):
-        raise ValueError(f"log length {log_len:#x} must be a power of two >= {fmt.DEFAULT_LOG_LEN:#x}")
+    try:
+        fmt.check_log_len(log_len)
+    except fmt.FormatError as err:
+        raise ValueError(str(err)) from None
     info = probe(device_path)
     if info.size < minimum_device_size(log_len):
         raise DeviceError(errno.ENOSPC, f"{device_path}: {info.size} bytes is too small: famfs with a "

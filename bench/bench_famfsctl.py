@@ -63,7 +63,7 @@ def bench_fill(quick: bool) -> Result:
 
 def bench_creat(quick: bool, workdir: Path) -> Result:
     image, uuid_file = workdir / "dev.img", workdir / "system_uuid"
-    cli = [sys.executable, "-m", "famfs.master.cli"]
+    cli = [sys.executable, "-m", "famfs.master.famfsctl"]
     subprocess.run([*cli, "mkfs", "--size", "1g", "--system-uuid-file", uuid_file, image], check=True, capture_output=True)
     counter = iter(range(1_000_000))
 
@@ -72,11 +72,11 @@ def bench_creat(quick: bool, workdir: Path) -> Result:
                         f"f{next(counter)}"], check=True, capture_output=True)
 
     def startup() -> None:
-        subprocess.run([sys.executable, "-c", "import famfs.master.cli"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", "import famfs.master.famfsctl"], check=True, capture_output=True)
 
     runs = 2 if quick else 10
     return Result(name="famfsctl creat -s 1m (one process)", ours=best_of(runs, creat) * 1e3, unit="ms",
-                  baseline=best_of(runs, startup) * 1e3, baseline_name="python -c 'import famfs.master.cli'",
+                  baseline=best_of(runs, startup) * 1e3, baseline_name="python -c 'import famfs.master.famfsctl'",
                   note="lower is better; the difference is the lock, log rebuild, allocation and append")
 
 
@@ -84,7 +84,7 @@ def bench_cp(quick: bool, workdir: Path) -> Result:
     image, uuid_file, source = workdir / "cp.img", workdir / "system_uuid", workdir / "source.bin"
     length = (8 if quick else 256) << 20
     source.write_bytes(os.urandom(length))
-    cli = [sys.executable, "-m", "famfs.master.cli"]
+    cli = [sys.executable, "-m", "famfs.master.famfsctl"]
     subprocess.run([*cli, "mkfs", "--size", "2g", "--system-uuid-file", uuid_file, image], check=True, capture_output=True)
     counter = iter(range(1_000_000))
 

@@ -16,7 +16,7 @@ from famfs.master import writer
 
 def famfsctl(*args: object, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """famfsctl ARGS... as its own process; with `check`, a failure shows its stderr."""
-    done = subprocess.run([sys.executable, "-m", "famfs.master.cli", *map(str, args)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "famfs.master.famfsctl", *map(str, args)], capture_output=True, text=True,
                           env=env)
     if check and done.returncode != 0:
         raise AssertionError(f"famfsctl {' '.join(map(str, args))} exited {done.returncode}: {done.stderr}")

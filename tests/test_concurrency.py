@@ -15,7 +15,7 @@ WRITERS = 8
 
 def run_at_once(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     """Start every command before waiting for any."""
-    started = [subprocess.Popen([sys.executable, "-m", "famfs.master.cli", *command], stdout=subprocess.PIPE,
+    started = [subprocess.Popen([sys.executable, "-m", "famfs.master.famfsctl", *command], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for command in commands]
     results = []
     for process, command in zip(started, commands, strict=True):

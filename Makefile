@@ -21,7 +21,7 @@ $(VENV)/.deps:
 install: $(VENV)/.installed
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,arrow]'
 	@touch $@
 
 demo: install

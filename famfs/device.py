@@ -22,6 +22,8 @@ from pathlib import Path
 
 BLKGETSIZE64 = 0x80081272
 SYS_DAX = Path("/sys/bus/dax/devices")
+FSDEV_DAX_DRIVER = "fsdev_dax"  # the famfs kernel's dax driver: no mmap of the character device
+DEVDAX_DEFAULT_ALIGN = 0x200000  # devdax's own default; equal to famfs's allocation unit
 
 
 class DeviceError(OSError):
@@ -74,6 +76,35 @@ def _block_size(path: str) -> int:
         return struct.unpack("<Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
     finally:
         os.close(fd)
+
+
+def map_alignment(info: DeviceInfo, sys_dax: Path = SYS_DAX) -> int:
+    """The granule in which pieces of this device may be mapped (offset, length and address).
+
+    Image files and pmem block devices: the page size. devdax: the device's `align` (2 MiB unless
+    sysfs says otherwise). A devdax bound to fsdev_dax (the famfs kernel's driver, kernel 7.x)
+    cannot be mmapped at all, and a device aligned to more than famfs's 2 MiB allocation unit
+    cannot map one 2 MiB extent: both are refused here, with what to do.
+    """
+    if info.kind != "devdax":
+        return mmap.PAGESIZE
+    base = sys_dax / os.path.basename(os.path.realpath(info.path))
+    driver = os.path.basename(os.readlink(base / "driver")) if (base / "driver").is_symlink() else None
+    if driver == FSDEV_DAX_DRIVER:
+        raise DeviceError(errno.ENOTSUP, f"{info.path}: bound to the {FSDEV_DAX_DRIVER} driver (the famfs kernel's), "
+                          f"which cannot be mmapped; rebind it to device_dax (daxctl reconfigure-device "
+                          f"--mode=devdax {base.name}) or use the famfs kernel mount")
+    try:
+        align = int((base / "align").read_text().strip())
+    except FileNotFoundError:
+        align = DEVDAX_DEFAULT_ALIGN  # kernels before 5.10 have no align file: devdax maps in 2 MiB
+    except (OSError, ValueError) as err:
+        raise DeviceError(errno.ENODEV, f"{info.path}: cannot read {base / 'align'}: {err}") from None
+    if align > DEVDAX_DEFAULT_ALIGN:
+        raise DeviceError(errno.EINVAL, f"{info.path}: devdax alignment is {align:#x} ({align >> 20} MiB); famfs extents "
+                          f"are {DEVDAX_DEFAULT_ALIGN >> 20} MiB pieces, so this device cannot map them: "
+                          f"re-create it with --align {DEVDAX_DEFAULT_ALIGN >> 20}M (daxctl create-device)")
+    return max(align, mmap.PAGESIZE)
 
 
 def capacity_uuid(path: str) -> str | None:

@@ -97,6 +97,12 @@ class Units:
             span = self.span(extent)
             self.taken[span.start:span.stop] = b"\1" * len(span)
 
+    def release(self, extents: Sequence[fmt.Extent]) -> None:
+        """Undo claim() of space that was never logged (a writer's abandoned reservation)."""
+        for extent in extents:
+            span = self.span(extent)
+            self.taken[span.start:span.stop] = bytes(len(span))
+
     def find_free(self, count: int, start: int = 0, stop: int | None = None) -> int | None:
         """First unit of the first run of `count` free units inside [start, stop), or None."""
         stop = self.nunits if stop is None else min(stop, self.nunits)

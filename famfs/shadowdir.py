@@ -145,3 +145,46 @@ def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str 
         if not (root / relpath).is_dir():
             return f"directory {relpath!r} (log entry {index}) is missing from {root}"
     return None
+
+
+class MountError(ValueError):
+    """A path that is not inside a mounted famfs, or whose mount names no usable device."""
+
+
+@dataclass(frozen=True, slots=True)
+class MountTarget:
+    device: str  # as famfs-agent recorded it in <shadow>/.agent/state.json
+    relpath: str  # "" for the mount root
+    shadow: str
+    root: str  # the mount point
+
+
+def locate_in_mount(path: str | os.PathLike[str]) -> MountTarget:
+    """Where a path inside a mounted famfs lives: the device, the relpath, the shadow dir.
+
+    The mount answers getxattr(user.famfs.shadow) with its shadow dir (as upstream's does), whose
+    .agent/state.json names the device. The mount root is the topmost directory on that file
+    system (same st_dev).
+    """
+    given = os.fspath(path)
+    absolute = os.path.abspath(given)
+    probe = absolute
+    while not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    while True:
+        try:
+            shadow = os.fsdecode(os.getxattr(probe, SHADOW_XATTR))
+            break
+        except OSError:
+            if probe == "/":
+                raise MountError(f"{given}: not inside a mounted famfs (no {SHADOW_XATTR} xattr)") from None
+            probe = os.path.dirname(probe)
+    root = probe
+    while root != "/" and os.stat(os.path.dirname(root)).st_dev == os.stat(root).st_dev:
+        root = os.path.dirname(root)
+    try:
+        device = recorded_device(shadow)
+    except (OSError, ValueError) as err:
+        raise MountError(f"{given}: famfs mount at {root}, but its device is unknown: {err}") from None
+    relpath = os.path.relpath(absolute, root)
+    return MountTarget(device, "" if relpath == "." else relpath, shadow, root)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import config, logsetup, units
+from famfs import config, logsetup, shadowdir, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -25,7 +25,6 @@ from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
 from famfs.master import alloc, copy, fsck, prng, units_install, writer
 from famfs.master.mkfs import create_image, minimum_device_size, mkfs
 from famfs.progress import Progress
-from famfs.shadowdir import SHADOW_XATTR, recorded_device
 from famfs.units import format_size
 
 ROOT_NAMES = ("", ".", "/")
@@ -83,33 +82,12 @@ def relpath_for_device(path: str, *, root_ok: bool = False) -> str:
 
 
 def locate_in_mount(path: str) -> tuple[str, str]:
-    """(device, relpath) of a path inside a mounted famfs.
-
-    The mount answers getxattr(user.famfs.shadow) with its shadow dir, whose .agent/state.json
-    names the device. The mount root is the topmost directory on that file system (same st_dev).
-    """
-    absolute = os.path.abspath(path)
-    probe = absolute
-    while not os.path.isdir(probe):
-        probe = os.path.dirname(probe)
-    shadow: bytes | None = None
-    while True:
-        try:
-            shadow = os.getxattr(probe, SHADOW_XATTR)
-            break
-        except OSError:
-            if probe == "/":
-                raise UsageError(f"{path}: not inside a mounted famfs (no {SHADOW_XATTR} xattr); use --device DEV RELPATH") from None
-            probe = os.path.dirname(probe)
-    root = probe
-    while root != "/" and os.stat(os.path.dirname(root)).st_dev == os.stat(root).st_dev:
-        root = os.path.dirname(root)
+    """(device, relpath) of a path inside a mounted famfs (shadowdir.locate_in_mount)."""
     try:
-        device = recorded_device(os.fsdecode(shadow))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: famfs mount at {root}, but its device is unknown: {err}") from None
-    relpath = os.path.relpath(absolute, root)
-    return device, "" if relpath == "." else relpath
+        found = shadowdir.locate_in_mount(path)
+    except shadowdir.MountError as err:
+        raise UsageError(f"{err}; use --device DEV RELPATH") from None
+    return found.device, found.relpath
 
 
 def target(args: argparse.Namespace, path: str, *, root_ok: bool = False) -> tuple[str, str]:

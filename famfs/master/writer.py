@@ -195,19 +195,41 @@ class Session:
             if fill is not None:
                 self._write(entry, fill)
             return Created(relpath, None, entry)
+        entry = self.reserve(relpath, size, owner, layout=layout)
+        try:
+            if fill is not None:
+                self._write(entry, fill)
+            return Created(relpath, self.commit(entry), entry)
+        except BaseException:
+            self.abandon(entry)
+            raise
+
+    def reserve(self, relpath: str, size: int, owner: Ownership, *,
+                layout: alloc.InterleaveParams | None = None) -> fmt.FileEntry:
+        """Allocate a new file's space and hold it for this session, not yet logged: the caller
+        puts the data in place, then commit()s the entry, or abandon()s it."""
         self.check_new(relpath, owner)  # before allocating: the name's own problems come first
         index = self._next_index()
         extents, stripes = self._allocate(size, layout)
         entry = fmt.FileEntry(relpath=relpath, size=size, mode=owner.mode, uid=owner.uid, gid=owner.gid,
                               extents=extents, stripes=stripes)
         self._check(index, entry)
-        if fill is not None:
-            self._write(entry, fill)
-        self._append([entry])
-        self._warn_if_shadowed(relpath)
-        log.info("creat", device=self.log.path, path=relpath, size=size, index=index,
+        self.namespace.units.claim(entry.all_extents())  # no other reservation gets this space
+        return entry
+
+    def commit(self, entry: fmt.FileEntry) -> int:
+        """Log a reserved file whose data is in place; its index. The name is checked again: the
+        space was checked by reserve() and is held, but another entry may have taken the name."""
+        self.check_new(entry.relpath, Ownership(entry.mode, entry.uid, entry.gid))
+        index = self._append([entry])
+        self._warn_if_shadowed(entry.relpath)
+        log.info("creat", device=self.log.path, path=entry.relpath, size=entry.size, index=index,
                  extents=[(hex(e.offset), hex(e.length)) for e in entry.all_extents()])
-        return Created(relpath, index, entry)
+        return index
+
+    def abandon(self, entry: fmt.FileEntry) -> None:
+        """Give a reserved, unlogged file's space back to this session."""
+        self.namespace.units.release(entry.all_extents())
 
     def _write(self, entry: fmt.FileEntry, blocks: Iterator[bytes]) -> None:
         """Lay `blocks` (the file's bytes in order) onto the file's device ranges."""

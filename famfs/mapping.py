@@ -1,0 +1,242 @@
+"""famfs files mapped straight from the device: one contiguous range of this process's address
+space over a file's extents, as the famfs kernel's iomap gives a mapped file (docs/library.md).
+
+The range is reserved once (anonymous, PROT_NONE), then each extent, or each interleave chunk, of
+the device is mapped at its place with MAP_SHARED | MAP_FIXED. No byte is copied and no page
+cache of a FUSE mount sits in between: on devdax and pmem the process touches the shared memory
+itself; on an image file it shares the file's page cache with every other process of the host.
+
+The mapping lives as long as the last view of it: closing a file drops its own view, and the
+pages are unmapped when nothing (a numpy array, an Arrow buffer, a slice) refers to them any more,
+so no view is ever left pointing at unmapped memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import errno
+import mmap
+import os
+import weakref
+from types import TracebackType
+
+from famfs import format as fmt
+from famfs import shadowdir
+from famfs.device import Device, map_alignment, probe
+from famfs.famfslog import FamfsLog
+from famfs.shadowyaml import parse_file_yaml
+
+MODES = ("r", "r+")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FAILED = ctypes.c_void_p(-1).value
+MAP_FIXED = 0x10  # <sys/mman.h>; Python's mmap module does not export it
+PROT_NONE = 0  # neither is PROT_NONE
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+def _mmap(address: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    got = _libc.mmap(address, length, prot, flags, fd, offset)
+    if got == MAP_FAILED or got is None:
+        code = ctypes.get_errno()
+        raise OSError(code, f"mmap of {length:#x} bytes at device offset {offset:#x}: {os.strerror(code)}")
+    return int(got)
+
+
+def _munmap(address: int, length: int) -> None:
+    _libc.munmap(address, length)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Piece:
+    """`length` bytes of the file at `file_offset` live at `device_offset`."""
+
+    file_offset: int
+    device_offset: int
+    length: int
+
+
+def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
+    """The file's first `span` bytes (its size rounded up to the mapping granule) as device
+    pieces in file order, neighbours that are contiguous on the device joined (fewer mmaps)."""
+    whole = dataclasses.replace(entry, size=span)
+    joined: list[Piece] = []
+    position = 0
+    for device_offset, length in fmt.device_ranges(whole):
+        last = joined[-1] if joined else None
+        if last is not None and last.device_offset + last.length == device_offset:
+            joined[-1] = Piece(last.file_offset, last.device_offset, last.length + length)
+        else:
+            joined.append(Piece(position, device_offset, length))
+        position += length
+    return joined
+
+
+def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str) -> memoryview:
+    """A memoryview of exactly entry.size bytes over the file's extents of device `fd`.
+
+    Every extent must already be checked against the device and its log (check_extents).
+    """
+    if entry.size == 0:
+        return memoryview(bytearray(0)) if writable else memoryview(b"")
+    span = fmt.round_up(entry.size, granule)
+    found = pieces(entry, span) if span <= entry.capacity() else []
+    misaligned = [p for p in found if (p.device_offset | p.length) % granule]
+    if not found or misaligned:
+        raise OSError(errno.EINVAL, f"{device}: {entry.relpath}: extents are not whole {granule:#x}-byte pieces of "
+                      f"the device, which it maps only in those")
+    # Reserve the whole range first so the pieces land side by side, aligned to the allocation
+    # unit (devdax needs its alignment; on other devices it lets the kernel use large pages).
+    align = max(granule, fmt.ALLOC_UNIT)
+    reserved = _mmap(None, span + align, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    base = fmt.round_up(reserved, align)
+    if base > reserved:
+        _munmap(reserved, base - reserved)
+    if reserved + align > base:
+        _munmap(base + span, reserved + align - base)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    try:
+        for piece in found:
+            _mmap(base + piece.file_offset, piece.length, prot, mmap.MAP_SHARED | MAP_FIXED, fd, piece.device_offset)
+    except OSError as err:
+        _munmap(base, span)
+        raise OSError(err.errno, f"{device}: {entry.relpath}: {err.strerror}") from None
+    window = (ctypes.c_ubyte * entry.size).from_address(base)
+    # The pages go when the last view of `window` goes (not at interpreter exit, when views
+    # may still be alive), never before.
+    weakref.finalize(window, _munmap, base, span).atexit = False
+    view = memoryview(window).cast("B")
+    return view if writable else view.toreadonly()
+
+
+class MappedFile:
+    """A famfs file mapped from the device. `.buffer` is a memoryview of exactly its size.
+
+    Closing drops this object's view; the memory is unmapped once no other view (numpy array,
+    Arrow buffer, slice) refers to it. A famfs file's size is fixed: the buffer never grows.
+    """
+
+    def __init__(self, relpath: str, entry: fmt.FileEntry, device: str, mode: str, view: memoryview) -> None:
+        self.relpath = relpath
+        self.entry = entry
+        self.device = device
+        self.mode = mode
+        self._view: memoryview | None = view
+        # The mapped window itself (not this view): alive while any view of it is.
+        self._window = weakref.ref(view.obj) if entry.size else None
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    @property
+    def closed(self) -> bool:
+        return self._view is None
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the pages are still mapped (after close: whether some view still holds them)."""
+        return self._window is not None and self._window() is not None
+
+    @property
+    def buffer(self) -> memoryview:
+        if self._view is None:
+            raise ValueError(f"{self.relpath}: I/O operation on a closed famfs file")
+        return self._view
+
+    def close(self) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass  # something holds a buffer of it: the pages stay until that goes
+
+    def __enter__(self) -> MappedFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"size={self.size}"
+        return f"<famfs.MappedFile {self.relpath!r} on {self.device} mode={self.mode!r} {state}>"
+
+
+def live_file(famfs_log: FamfsLog, relpath: str) -> fmt.FileEntry:
+    """The FILE entry that names relpath now, from the log: the first valid FILE entry for it
+    whose parent directory was logged before it, until a DELETE of that entry. FileNotFoundError
+    if there is none (never logged, deleted, or refused)."""
+    dirs = {""}
+    live: dict[str, tuple[int, fmt.FileEntry]] = {}
+    for index, entry in famfs_log.entries():
+        match entry:
+            case fmt.MkdirEntry() if os.path.dirname(entry.relpath) in dirs and entry.relpath not in live:
+                dirs.add(entry.relpath)
+            case fmt.FileEntry() if os.path.dirname(entry.relpath) in dirs and entry.relpath not in dirs | live.keys():
+                live[entry.relpath] = (index, entry)
+            case fmt.DeleteEntry() if live.get(entry.relpath, (None,))[0] == entry.target_index:
+                del live[entry.relpath]
+    if relpath in dirs:
+        raise IsADirectoryError(errno.EISDIR, f"{famfs_log.path}: {relpath or '/'}: is a directory")
+    if relpath not in live:
+        raise FileNotFoundError(errno.ENOENT, f"{famfs_log.path}: {relpath}: no such famfs file")
+    return live[relpath][1]
+
+
+def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
+    """The entry the mount serves for a path: its shadow file (never following a symlink)."""
+    path = os.path.join(found.shadow, shadowdir.ROOT, found.relpath)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: no such famfs file ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as shadow_file:
+        try:
+            return parse_file_yaml(shadow_file.read())
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{path}: {err}") from None
+
+
+def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None) -> MappedFile:
+    """Map a famfs file from the device (docs/library.md).
+
+    `path` is a path inside a famfs mount (the device is the one famfs-agent recorded for the
+    mount's shadow dir, the extents those the mount serves), or, with `device`, a relpath read
+    from that device's log: no mount and no agent needed. `mode` "r" maps read-only, "r+"
+    writable (the size stays fixed). Every extent is checked against the device and its log
+    before anything is mapped.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: famfs files open as 'r' or 'r+' (a file's size is fixed)")
+    if device is None:
+        found = shadowdir.locate_in_mount(path)
+        device_path, relpath, entry = found.device, found.relpath, _shadow_entry(found)
+    else:
+        device_path, relpath, entry = os.fspath(device), os.fspath(path).rstrip("/"), None
+        try:
+            fmt.check_relpath(relpath.encode())
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{relpath!r}: not a famfs relpath: {err}") from None
+    granule = map_alignment(probe(device_path))  # before the device is mapped at all (fsdev_dax)
+    with Device(device_path, writable=mode == "r+") as opened:
+        famfs_log = FamfsLog(opened)
+        if entry is None:
+            entry = live_file(famfs_log, relpath)
+        sb = famfs_log.superblock
+        try:
+            fmt.check_extents(entry, sb.dev_size, sb.log_len, sb.alloc_unit,
+                              metadata=relpath.split("/", 1)[0] == shadowdir.META_DIR)
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{device_path}: {relpath}: {err}; nothing mapped") from None
+        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path)
+    return MappedFile(relpath, entry, device_path, mode, view)
+

@@ -1,0 +1,203 @@
+"""famfs.Master: the master's writing API for programs (docs/library.md).
+
+Built on the writer's Session (famfs.master.writer): the same lock, the same rules, the same
+order (data in place before its entry). What it adds: files created as writable mappings of their
+own extents, logged when committed, and batch(), which holds the device lock once for many
+operations instead of once per call (famfsctl pays an interpreter start and a log replay per call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from famfs import config, identity
+from famfs import format as fmt
+from famfs.device import map_alignment
+from famfs.mapping import MappedFile, map_file
+from famfs.master import alloc, writer
+from famfs.master.writer import MasterError
+
+__all__ = ["Master", "NewFile", "MasterError"]
+
+log = structlog.get_logger("famfs.master")
+
+
+class NewFile(MappedFile):
+    """A created file, mapped writable over its extents and not yet in the log.
+
+    Put its bytes in `.buffer`, then commit() (or close(), or leave its `with` block): the entry
+    is appended only then, so no host ever sees the file before its data. Leaving the `with`
+    block on an exception abandons it instead: nothing is logged and its space is given back.
+    """
+
+    def __init__(self, master: Master, entry: fmt.FileEntry, view: memoryview) -> None:
+        super().__init__(entry.relpath, entry, master.device, "r+", view)
+        self._master = master
+        self.index: int | None = None  # the log index, once committed
+        self._abandoned = False
+
+    @property
+    def committed(self) -> bool:
+        return self.index is not None
+
+    def commit(self) -> int:
+        """Append the file's entry (its data must be in place); its log index. Idempotent."""
+        if self._abandoned:
+            raise MasterError(f"{self.device}: {self.relpath}: abandoned, cannot be committed")
+        if self.index is None:
+            self.index = self._master._commit(self)
+        return self.index
+
+    def abandon(self) -> None:
+        """Drop an uncommitted file: nothing is logged. Its space is given back to this session
+        only if no view of the mapping is left (a stale view must never reach another file)."""
+        if self.index is not None:
+            raise MasterError(f"{self.device}: {self.relpath}: already logged (index {self.index}); use Master.remove")
+        if self._abandoned:
+            return
+        self._abandoned = True
+        super().close()
+        self._master._abandon(self, reuse_space=not self.mapped)
+
+    def close(self) -> None:
+        """Commit (unless abandoned), then drop this object's view."""
+        if not self._abandoned:
+            self.commit()
+        super().close()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None and not self.committed:
+            self.abandon()
+        else:
+            self.close()
+
+
+class Master:
+    """The master host's writing API on one device. Not thread-safe: one Master per thread.
+
+    Each operation outside batch() takes the device lock and replays the log for itself; inside
+    batch() the lock is taken and the log replayed once for all of them. A file from create()
+    holds the lock until it is committed or abandoned (its space is reserved in that session).
+    """
+
+    def __init__(self, device: str | os.PathLike[str], *, system_uuid_file: str | os.PathLike[str] | None = None,
+                 rng: alloc.Shuffler | None = None) -> None:
+        self.device = os.fspath(device)
+        flag = os.fspath(system_uuid_file) if system_uuid_file is not None else None
+        # Found as famfsctl finds it: the argument, $FAMFS_SYSTEM_UUID_FILE, famfs-agent.toml.
+        self.uuid_file: Path = identity.system_uuid_file(flag, config.load().host.system_uuid_file)
+        self._rng = rng
+        self._stack: contextlib.ExitStack | None = None
+        self._session: writer.Session | None = None
+        self._holds = 0
+        self._pending: dict[str, NewFile] = {}
+        with self._held():  # a client, a missing device or a broken log is refused here, at once
+            pass
+
+    # -- the lock, held while anyone needs it --
+
+    def _acquire(self) -> writer.Session:
+        if self._session is None:
+            stack = contextlib.ExitStack()
+            self._session = stack.enter_context(writer.session(self.device, self.uuid_file, self._rng))
+            self._stack = stack
+        self._holds += 1
+        return self._session
+
+    def _release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self._stack is not None:
+            stack, self._stack, self._session = self._stack, None, None
+            stack.close()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[writer.Session]:
+        session = self._acquire()
+        try:
+            yield session
+        finally:
+            self._release()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Master]:
+        """Hold the device lock for every operation in the block. Files still uncommitted at
+        its end are committed, or abandoned if the block raised."""
+        with self._held():
+            before = set(self._pending)
+            try:
+                yield self
+            except BaseException:
+                for new in [self._pending[name] for name in set(self._pending) - before]:
+                    new.abandon()
+                raise
+            for new in [self._pending[name] for name in set(self._pending) - before]:
+                new.commit()
+
+    # -- operations --
+
+    def mkdir(self, relpath: str, mode: int = 0o755, uid: int | None = None, gid: int | None = None, *,
+              parents: bool = False) -> None:
+        """Log a directory (with `parents`, each missing parent too; an existing one is fine)."""
+        with self._held() as session:
+            session.mkdir(relpath, _owner(mode, uid, gid), parents=parents)
+
+    def create(self, relpath: str, size: int, mode: int = 0o644, uid: int | None = None, gid: int | None = None, *,
+               layout: alloc.InterleaveParams | None = None) -> NewFile:
+        """Allocate a file of `size` bytes (fixed for ever) and map it writable; it is logged
+        when committed. `layout`: interleave it (InterleaveParams), else one contiguous extent."""
+        if relpath in self._pending:
+            raise MasterError(f"{self.device}: {relpath}: already being created (not yet committed)")
+        session = self._acquire()
+        try:
+            entry = session.reserve(relpath, size, _owner(mode, uid, gid), layout=layout)
+            try:
+                view = map_file(session.device.fd, entry, map_alignment(session.device.info), writable=True,
+                                device=self.device)
+            except BaseException:
+                session.abandon(entry)
+                raise
+        except BaseException:
+            self._release()
+            raise
+        new = self._pending[relpath] = NewFile(self, entry, view)
+        return new
+
+    def remove(self, relpath: str) -> None:
+        """Log the deletion of a file. Its space is never reused, so a process that still maps
+        it keeps reading what was there (docs/format.md)."""
+        with self._held() as session:
+            session.remove(relpath)
+
+    # -- for NewFile --
+
+    def _commit(self, new: NewFile) -> int:
+        assert self._session is not None and self._pending.get(new.relpath) is new
+        index = self._session.commit(new.entry)
+        del self._pending[new.relpath]
+        self._release()
+        return index
+
+    def _abandon(self, new: NewFile, *, reuse_space: bool) -> None:
+        assert self._session is not None and self._pending.get(new.relpath) is new
+        if reuse_space:
+            self._session.abandon(new.entry)
+        else:
+            log.warning("abandoned_space_kept", device=self.device, path=new.relpath,
+                        reason="a view of the mapping is still alive")
+        del self._pending[new.relpath]
+        self._release()
+
+
+def _owner(mode: int, uid: int | None, gid: int | None) -> writer.Ownership:
+    if not 0 <= mode <= 0o7777:
+        raise MasterError(f"mode {mode:#o} is outside 0..0o7777")
+    for name, value in (("uid", uid), ("gid", gid)):
+        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+            raise MasterError(f"{name} {value} is not a 32-bit id")
+    return writer.Ownership(mode, os.geteuid() if uid is None else uid, os.getegid() if gid is None else gid)

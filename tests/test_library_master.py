@@ -1,0 +1,106 @@
+"""famfs.Master on real images: a batch logs what it says under one lock, a created file is in
+the log only once committed (data first), an abandoned one leaves nothing, and refusals change
+nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import famfs
+from famfs import format as fmt
+from tests.famfsctl_util import digest, entries, famfsctl, file_bytes, make_image
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def device(tmp_path: Path, system_uuid_file: Path) -> Path:
+    return make_image(tmp_path / "dev.img", "1g")
+
+
+@pytest.fixture
+def master(device: Path, system_uuid_file: Path) -> famfs.Master:
+    return famfs.Master(device, system_uuid_file=system_uuid_file)
+
+
+def test_a_batch_logs_every_operation_and_fsck_is_clean(device: Path, master: famfs.Master) -> None:
+    with master.batch():
+        master.mkdir("a/b/c", mode=0o750, uid=7, gid=8, parents=True)
+        for n in range(20):
+            with master.create(f"a/b/c/f{n}", 100 + n, mode=0o600, uid=1, gid=2) as new:
+                new.buffer[:] = bytes([n]) * (100 + n)
+        master.remove("a/b/c/f3")
+    logged = entries(device)
+    assert [type(e).__name__ for e in logged] == ["MkdirEntry"] * 3 + ["FileEntry"] * 20 + ["DeleteEntry"]
+    assert logged[2] == fmt.MkdirEntry("a/b/c", 0o750, 7, 8)
+    assert logged[-1] == fmt.DeleteEntry("a/b/c/f3", target_index=6)
+    assert (logged[3].mode, logged[3].uid, logged[3].gid, logged[3].size) == (0o600, 1, 2, 100)
+    assert file_bytes(device, "a/b/c/f19") == bytes([19]) * 119
+    assert famfsctl("fsck", device).returncode == 0
+
+
+def test_a_file_is_logged_only_when_committed(device: Path, master: famfs.Master) -> None:
+    new = master.create("f", 3 * MiB)
+    assert entries(device) == [] and not new.committed
+    new.buffer[-1:] = b"z"
+    assert new.commit() == 0 and new.commit() == 0  # idempotent
+    assert [e.relpath for e in entries(device)] == ["f"]
+    new.buffer[:1] = b"a"  # still mapped, as any writer of a logged file
+    new.close()
+    assert file_bytes(device, "f")[::3 * MiB - 1] == b"az"
+    # The lock was given back: another process writes the log now.
+    famfsctl("mkdir", "--device", device, "d")
+
+
+def test_an_exception_abandons_uncommitted_files_and_their_space(device: Path, master: famfs.Master) -> None:
+    before = digest(device)
+    with pytest.raises(RuntimeError, match="half-way"), master.batch():
+        first = master.create("one", MiB)
+        with master.create("two", MiB):
+            raise RuntimeError("half-way")
+    assert entries(device) == [] and digest(device) == before and first.closed
+    with master.create("three", MiB) as again:
+        pass
+    assert again.entry.extents == first.entry.extents  # the abandoned space was free again
+
+
+def test_refusals_change_nothing(tmp_path: Path, device: Path, master: famfs.Master) -> None:
+    master.mkdir("d")
+    with master.create("d/f", MiB):
+        pass
+    before = digest(device)
+    refused = [
+        (lambda: master.create("d/f", MiB), "a file of that name exists"),
+        (lambda: master.create("nodir/f", MiB), "parent directory 'nodir' does not exist"),
+        (lambda: master.create("x" * 80, MiB), "the limit is 79"),
+        (lambda: master.create("huge", 2 << 30), "cannot allocate"),
+        (lambda: master.mkdir("d"), "a directory of that name exists"),
+        (lambda: master.remove("d"), "is a directory"),
+        (lambda: master.remove("nope"), "no such file"),
+        (lambda: master.mkdir("m", mode=0o17777), "outside"),
+        (lambda: master.create("u", MiB, uid=1 << 32), "not a 32-bit id"),
+    ]
+    for call, why in refused:
+        with pytest.raises(famfs.MasterError, match=why):
+            call()
+    with master.batch():
+        pending = master.create("p", MiB)
+        with pytest.raises(famfs.MasterError, match="already being created"):
+            master.create("p", MiB)
+        pending.abandon()
+        with pytest.raises(famfs.MasterError, match="abandoned"):
+            pending.commit()
+    assert digest(device) == before
+
+
+def test_a_client_is_refused_with_the_clis_message(tmp_path: Path, device: Path) -> None:
+    code = (f"import famfs\ntry:\n    famfs.Master({str(device)!r})\nexcept famfs.MasterError as err:\n"
+            f"    print(err)\n")
+    # The identity comes from $FAMFS_SYSTEM_UUID_FILE, as for famfsctl: another host's here.
+    other = {"FAMFS_SYSTEM_UUID_FILE": str(tmp_path / "client" / "uuid"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=other, timeout=60)
+    assert done.returncode == 0 and f"{device}: this host is a client of file system" in done.stdout

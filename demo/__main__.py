@@ -20,7 +20,7 @@ from types import FrameType
 
 from demo.cluster import Cluster, HarnessError
 from demo.story import Narrator, run, show_logs
-from famfs import env
+from famfs import env, logsetup
 
 
 class Terminated(BaseException):
@@ -39,6 +39,7 @@ def main() -> int:
     parent.mkdir(parents=True, exist_ok=True)
     namespaces = None if os.environ.get(env.DEMO_NAMESPACES, "") != "0" else False
     say = Narrator()
+    logsetup.configure(level="warning")  # the demo's own famfs.Master: the narration says what it did
     print("famfs demo: one shared memory device (emulated by a file), one master and two client hosts.\n"
           "Each host runs famfs-agent (follows the device's log into its own shadow tree) and\n"
           "famfs-fuse-mount (serves that tree as a file system; file bytes come from the device).")

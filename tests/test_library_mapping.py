@@ -106,6 +106,20 @@ def test_numpy_and_arrow_use_the_mapping_without_copies(device: Path, system_uui
         # Reading every byte of a 64 MiB table did not copy it into this process's memory.
         assert rss_anon() - before < mapped.size // 2
         del read, column, array
+    # The IPC stream format maps the same way.
+    stream = pyarrow.BufferOutputStream()
+    with pyarrow.ipc.new_stream(stream, table.schema) as writer:
+        writer.write_table(table.slice(0, 1000))
+    payload = stream.getvalue()
+    with master.create("table.stream", payload.size) as new:
+        new.buffer[:] = payload.to_pybytes()
+    with famfs.open("table.stream", device=device) as mapped:
+        read = pyarrow.ipc.open_stream(pyarrow.py_buffer(mapped.buffer)).read_all()
+        assert read.equals(table.slice(0, 1000))
+        start = address(mapped.buffer)
+        assert all(start <= buf.address < start + mapped.size
+                   for buf in read.column("y").chunk(0).buffers() if buf is not None)
+        del read
 
 
 def test_views_outlive_close_and_a_closed_buffer_is_an_error(device: Path, system_uuid_file: Path) -> None:

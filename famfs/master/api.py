@@ -130,14 +130,18 @@ class Master:
         its end are committed, or abandoned if the block raised."""
         with self._held():
             before = set(self._pending)
+
+            def started() -> list[NewFile]:
+                return [self._pending[name] for name in set(self._pending) - before]
+
             try:
                 yield self
+                for new in started():
+                    new.commit()
             except BaseException:
-                for new in [self._pending[name] for name in set(self._pending) - before]:
+                for new in started():  # (a commit that failed above included)
                     new.abandon()
                 raise
-            for new in [self._pending[name] for name in set(self._pending) - before]:
-                new.commit()
 
     # -- operations --
 

@@ -98,8 +98,7 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     base = fmt.round_up(reserved, align)
     if base > reserved:
         _munmap(reserved, base - reserved)
-    if reserved + align > base:
-        _munmap(base + span, reserved + align - base)
+    _munmap(base + span, reserved + align - base)  # the tail of the slack: never empty (base < reserved + align)
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
         for piece in found:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import subprocess
 from pathlib import Path
 
 import numpy
@@ -221,3 +222,19 @@ def test_pieces_of_a_striped_file_lie_in_file_order() -> None:
     found = mapping.pieces(entry, entry.size)
     assert [(p.file_offset, p.device_offset) for p in found] == [
         (2 * MiB * c, strips[c % 3].offset + (c // 3) * 2 * MiB) for c in range(6)]
+
+
+def test_a_block_device_maps_like_the_image(tmp_path: Path, device: Path, system_uuid_file: Path) -> None:
+    """A loop device over the image is a block device (the pmem path): the same bytes through it."""
+    master = famfs.Master(device, system_uuid_file=system_uuid_file)
+    with master.create("f", 3 * MiB, layout=STRIPED) as new:
+        fill(new.buffer, 5)
+    attached = subprocess.run(["losetup", "--find", "--show", str(device)], capture_output=True, text=True, timeout=30)
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    loop = attached.stdout.strip()
+    try:
+        with famfs.open("f", device=loop) as mapped:
+            assert prng.first_mismatch(5, [mapped.buffer]) is None
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=30)

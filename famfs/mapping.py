@@ -23,7 +23,7 @@ import weakref
 from types import TracebackType
 
 from famfs import format as fmt
-from famfs import shadowdir
+from famfs import rules, shadowdir
 from famfs.device import Device, map_alignment, probe
 from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import parse_file_yaml
@@ -81,7 +81,7 @@ def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
 def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str) -> memoryview:
     """A memoryview of exactly entry.size bytes over the file's extents of device `fd`.
 
-    Every extent must already be checked against the device and its log (check_extents).
+    Every extent must already be checked against the device and its log (rules.check_extents).
     """
     if entry.size == 0:
         return memoryview(bytearray(0)) if writable else memoryview(b"")
@@ -169,24 +169,26 @@ class MappedFile:
 
 
 def live_file(famfs_log: FamfsLog, relpath: str) -> fmt.FileEntry:
-    """The FILE entry that names relpath now, from the log: the first valid FILE entry for it
-    whose parent directory was logged before it, until a DELETE of that entry. FileNotFoundError
-    if there is none (never logged, deleted, or refused)."""
-    dirs = {""}
-    live: dict[str, tuple[int, fmt.FileEntry]] = {}
-    for index, entry in famfs_log.entries():
-        match entry:
-            case fmt.MkdirEntry() if os.path.dirname(entry.relpath) in dirs and entry.relpath not in live:
-                dirs.add(entry.relpath)
-            case fmt.FileEntry() if os.path.dirname(entry.relpath) in dirs and entry.relpath not in dirs | live.keys():
-                live[entry.relpath] = (index, entry)
-            case fmt.DeleteEntry() if live.get(entry.relpath, (None,))[0] == entry.target_index:
-                del live[entry.relpath]
-    if relpath in dirs:
+    """The FILE entry that names relpath now: the log replayed by the rule book, as every
+    reader replays it. FileNotFoundError if there is none; FormatError naming the rule if the
+    entries for it were left out because they break one."""
+    refused: list[rules.Problem] = []
+
+    def note(found: rules.Problem) -> None:
+        if getattr(found.entry, "relpath", None) == relpath:
+            refused.append(found)
+
+    namespace = rules.replay(famfs_log, note)
+    kind = namespace.kind(relpath)
+    if kind is rules.Kind.DIR:
         raise IsADirectoryError(errno.EISDIR, f"{famfs_log.path}: {relpath or '/'}: is a directory")
-    if relpath not in live:
+    if kind is None:
+        if refused:
+            last = refused[-1]
+            raise fmt.FormatError(f"{famfs_log.path}: {relpath}: log entry {last.index} is left out by every reader: "
+                                  f"{last.violation}; nothing mapped")
         raise FileNotFoundError(errno.ENOENT, f"{famfs_log.path}: {relpath}: no such famfs file")
-    return live[relpath][1]
+    return namespace.files[relpath][1]
 
 
 def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
@@ -230,10 +232,9 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
         famfs_log = FamfsLog(opened)
         if entry is None:
             entry = live_file(famfs_log, relpath)
-        sb = famfs_log.superblock
         try:
-            fmt.check_extents(entry, sb.dev_size, sb.log_len, sb.alloc_unit,
-                              metadata=relpath.split("/", 1)[0] == shadowdir.META_DIR)
+            rules.check_extents(entry, rules.Geometry.of(famfs_log.superblock),
+                                metadata=relpath.split("/", 1)[0] == shadowdir.META_DIR)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device_path}: {relpath}: {err}; nothing mapped") from None
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path)

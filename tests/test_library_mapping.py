@@ -25,6 +25,7 @@ from famfs.master import prng
 from famfs.master.alloc import InterleaveParams
 from famfs.shadowdir import MountError
 from famfs.shadowyaml import emit_file_yaml
+from tests.agent_util import append
 from tests.famfsctl_util import digest, famfsctl, make_image
 from tests.fuse_util import Mount, play, put_yaml, wait_for
 
@@ -196,6 +197,14 @@ def test_bad_inputs_are_one_clear_error_and_change_nothing(tmp_path: Path, devic
             put_yaml(shadow, name, emit_file_yaml(bad))
             with pytest.raises(fmt.FormatError, match=f"{why}.*nothing mapped"):
                 famfs.open(mount.mountpoint / name)
+    assert digest(device) == before
+
+    # A logged entry every reader leaves out (its extents overlap the log) is named, not mapped.
+    append(device, [fmt.FileEntry(relpath="over_log", size=MiB, mode=0o644, uid=0, gid=0,
+                                  extents=(fmt.Extent(fmt.LOG_OFFSET, 2 * MiB),))])
+    before = digest(device)
+    with pytest.raises(fmt.FormatError, match="log entry 2 is left out by every reader: .*nothing mapped"):
+        famfs.open("over_log", device=device)
     assert digest(device) == before
 
 

@@ -133,7 +133,7 @@ def creates(where: Path, device: Path, master: famfs.Master, count: int, cli_cou
             with master.create(f"many/f{n}", len(data)) as new:
                 new.buffer[:] = data
     ours = count / (time.perf_counter() - start)
-    cli = [sys.executable, "-m", "famfs.master.cli", "creat", "-s", "4096", "--system-uuid-file",
+    cli = [sys.executable, "-m", "famfs.master.famfsctl", "creat", "-s", "4096", "--system-uuid-file",
            str(master.uuid_file), "--device", str(device)]
     start = time.perf_counter()
     for n in range(cli_count):

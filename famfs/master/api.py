@@ -172,11 +172,12 @@ class Master:
         new = self._pending[relpath] = NewFile(self, entry, view)
         return new
 
-    def remove(self, relpath: str) -> None:
-        """Log the deletion of a file. Its space is never reused, so a process that still maps
-        it keeps reading what was there (docs/format.md)."""
+    def remove(self, *relpaths: str) -> None:
+        """Log the deletion of files, all or none (each must be a live file, and the log must have
+        room for every DELETE). Their space is never reused, so a process that still maps one
+        keeps reading what was there (docs/format.md)."""
         with self._held() as session:
-            session.remove(relpath)
+            session.remove_all(relpaths)
 
     # -- for NewFile --
 

@@ -23,6 +23,7 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
 from famfs.master import alloc, copy, fsck, prng, units_install, writer
+from famfs.master.api import Master
 from famfs.master.mkfs import create_image, minimum_device_size, mkfs
 from famfs.progress import Progress
 from famfs.units import format_size
@@ -144,8 +145,8 @@ def owner(args: argparse.Namespace, default_mode: int) -> writer.Ownership:
 
 def cmd_mkdir(args: argparse.Namespace) -> int:
     device, relpath = target(args, args.path)
-    with writer.session(device, uuid_file(args)) as current:
-        current.mkdir(relpath, owner(args, 0o755), parents=args.parents)
+    mode = owner(args, 0o755)
+    Master(device, system_uuid_file=uuid_file(args)).mkdir(relpath, mode.mode, mode.uid, mode.gid, parents=args.parents)
     return 0
 
 
@@ -201,23 +202,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if len(devices) > 1:
         raise UsageError(f"the paths are on different famfs devices ({', '.join(sorted(devices))}): one at a time")
     device = targets[0][0]
-    relpaths = list(dict.fromkeys(relpath for _, relpath in targets))
-    with writer.session(device, uuid_file(args)) as current:
-        problems = []
-        for relpath in relpaths:
-            found = writer.lookup(current, relpath)
-            if found is None:
-                problems.append(f"{device}: {relpath}: no such file")
-            elif found == "dir":
-                problems.append(f"{device}: {relpath}: is a directory; only files can be removed")
-        header = current.log.header()
-        if not problems and len(relpaths) > header.slots - header.next_index:
-            problems.append(f"{device}: the log has {header.slots - header.next_index} free entries, "
-                            f"{len(relpaths)} needed")
-        if problems:
-            raise writer.MasterError("\n".join([*problems, "nothing removed"]))
-        for relpath in relpaths:
-            current.remove(relpath)
+    Master(device, system_uuid_file=uuid_file(args)).remove(*(relpath for _, relpath in targets))
     return 0
 
 

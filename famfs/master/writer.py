@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,6 +262,24 @@ class Session:
         self._append([entry])
         log.info("rm", device=self.log.path, path=relpath, index=index, target=live[0])
         return index
+
+    def remove_all(self, relpaths: Sequence[str]) -> list[int]:
+        """Log a DELETE for each path, all or none: every path must be a live file and the log
+        must have room for all of them, else nothing is logged and every problem is named."""
+        relpaths = list(dict.fromkeys(relpaths))
+        problems = []
+        for relpath in relpaths:
+            kind = self.namespace.kind(relpath)
+            if kind is not rules.Kind.FILE:
+                why = "is a directory; only files can be removed" if kind is rules.Kind.DIR else "no such file"
+                problems.append(f"{self.log.path}: {relpath}: {why}")
+        header = self.log.header()
+        if not problems and len(relpaths) > header.slots - header.next_index:
+            problems.append(f"{self.log.path}: the log has {header.slots - header.next_index} free entries, "
+                            f"{len(relpaths)} needed")
+        if problems:
+            raise MasterError("\n".join([*problems, "nothing removed"]))
+        return [self.remove(relpath) for relpath in relpaths]
 
 
 @contextlib.contextmanager

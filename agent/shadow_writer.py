@@ -184,12 +184,15 @@ class ShadowTree:
         kept: list[bytes] = []
         for line in (self.read_agent_file(DIRS_JOURNAL) or b"").splitlines(keepends=True):
             try:
-                index, relpath = json.loads(line)
+                index, relpath, *removed = json.loads(line)
             except (ValueError, TypeError):
                 break  # a line cut short by a kill: everything from here is past the cursor
             if index > applied_index:
                 break
-            self.dirs[relpath] = index
+            if removed:  # an RMDIR's line: [index, relpath, "rmdir"]
+                self.dirs.pop(relpath, None)
+            else:
+                self.dirs[relpath] = index
             kept.append(line)
         self.write_agent_file(DIRS_JOURNAL, b"".join(kept))
         self._open_journal()
@@ -242,6 +245,8 @@ class ShadowTree:
             return self.apply_mkdir(index, entry, famfs_log)
         if type(entry) is fmt.AddDaxdevEntry:
             return self.apply_add_daxdev(index, entry, famfs_log)
+        if type(entry) is fmt.RmdirEntry:
+            return self.apply_rmdir(index, entry, famfs_log)
         raise TypeError(f"entry {index}: {type(entry).__name__} is not applied by ShadowTree.apply")
 
     def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog) -> Outcome:
@@ -306,6 +311,20 @@ class ShadowTree:
         self.dirs[relpath] = index
         os.write(self._journal_fd, (json.dumps([index, relpath]) + "\n").encode())
 
+    def apply_rmdir(self, index: int, entry: fmt.RmdirEntry, famfs_log: FamfsLog) -> Outcome:
+        """Remove an empty directory, then journal it. Idempotent: a run killed between the two
+        finds the directory still in its table (the journal line is past the cursor) and gone
+        from the tree, and finishes."""
+        try:
+            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err), entry.relpath) from None
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(entry.relpath, dir_fd=self._root_fd)
+        del self.dirs[entry.relpath]
+        os.write(self._journal_fd, (json.dumps([index, entry.relpath, "rmdir"]) + "\n").encode())
+        return Outcome.APPLIED
+
     def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
         """Raise Rejected unless `entry` deletes the live file its target entry made."""
         try:
@@ -349,6 +368,20 @@ class ShadowTree:
 
     def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
         return self.read_tree_file(relpath) == emit_file_yaml(entry)
+
+    def dir_index(self, relpath: str) -> int | None:
+        return self.dirs.get(relpath)
+
+    def dir_empty(self, relpath: str) -> bool:
+        """From the tree itself: its files are the namespace (a rejected entry left nothing there)."""
+        try:
+            fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        try:
+            return not os.listdir(fd)
+        finally:
+            os.close(fd)
 
     def daxdev_uuids(self) -> list[uuid.UUID]:
         return [uuid.UUID(str(row["uuid"])) for row in self.daxdevs]

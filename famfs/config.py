@@ -123,6 +123,8 @@ class MountSettings:
     allow_other: bool = setting(False)
     read_only: bool = setting(False)
     metrics_address: str = setting("", address=True)  # HOST:PORT for Prometheus metrics; "" = off
+    staging_mib: int = setting(256, low=0, high=1_048_576)  # master: new files' bytes held until their last close
+    apply_wait_s: float = setting(10.0, low=0.1, high=3600.0)  # master: how long a change waits for the agent to play it
 
 
 @dataclass

@@ -45,6 +45,7 @@ class EntryType(enum.IntEnum):
     DELETE = 2  # reserved upstream, defined by us (docs/format.md)
     ADD_DAXDEV = 3
     INVALID = 4
+    RMDIR = 5  # ours, after upstream's last value: a directory delete (docs/format.md); upstream readers skip it
 
 
 class ExtentType(enum.IntEnum):
@@ -70,12 +71,15 @@ ADD_DAXDEV_ENTRY = struct.Struct(_ENTRY_HEAD + "Q16sI4x" + "488x" + "Q")
 # Ours (upstream reserves type 2 but never defined it): the index of the FILE entry being
 # deleted, then its relpath, so a reader can check that the two agree.
 DELETE_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "432x" + "Q")
+# RMDIR (ours) has DELETE's layout: the index of the MKDIR entry being undone, then its relpath.
+RMDIR_ENTRY = DELETE_ENTRY
 ENTRY_HEAD = struct.Struct(_ENTRY_HEAD)
 # Where each entry type keeps its relpath field (for raw scans and for naming bad entries).
 RELPATH_OFFSETS: dict[int, int] = {
     EntryType.FILE: ENTRY_HEAD.size + struct.calcsize("<QIIII"),  # after size, flags, uid, gid, mode
     EntryType.MKDIR: ENTRY_HEAD.size + struct.calcsize("<III"),  # after uid, gid, mode
     EntryType.DELETE: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
+    EntryType.RMDIR: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
 }
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
@@ -300,13 +304,19 @@ class DeleteEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class RmdirEntry:
+    relpath: str
+    target_index: int  # the MKDIR entry this undoes
+
+
+@dataclass(frozen=True, slots=True)
 class AddDaxdevEntry:
     dev_size: int
     dev_uuid: uuid.UUID
     dev_index: int
 
 
-Entry = FileEntry | MkdirEntry | DeleteEntry | AddDaxdevEntry
+Entry = FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +407,10 @@ def encode_entry(entry: Entry, seqnum: int) -> bytes:
             raw = DELETE_ENTRY.pack(
                 seqnum, EntryType.DELETE, entry.target_index, encode_relpath(entry.relpath), 0
             )
+        case RmdirEntry():
+            raw = RMDIR_ENTRY.pack(
+                seqnum, EntryType.RMDIR, entry.target_index, encode_relpath(entry.relpath), 0
+            )
         case AddDaxdevEntry():
             raw = ADD_DAXDEV_ENTRY.pack(
                 seqnum, EntryType.ADD_DAXDEV, entry.dev_size, entry.dev_uuid.bytes, entry.dev_index, 0
@@ -440,6 +454,9 @@ def _decode_body(raw: bytes, kind: int) -> Entry:
     if kind == EntryType.DELETE:
         _, _, target, relpath, _ = DELETE_ENTRY.unpack(raw)
         return DeleteEntry(relpath=_relpath_field(relpath), target_index=target)
+    if kind == EntryType.RMDIR:
+        _, _, target, relpath, _ = RMDIR_ENTRY.unpack(raw)
+        return RmdirEntry(relpath=_relpath_field(relpath), target_index=target)
     if kind == EntryType.ADD_DAXDEV:
         _, _, size, dev_uuid, dev_index, _ = ADD_DAXDEV_ENTRY.unpack(raw)
         return AddDaxdevEntry(dev_size=size, dev_uuid=uuid.UUID(bytes=dev_uuid), dev_index=dev_index)
@@ -474,7 +491,7 @@ def _decode_file(raw: bytes) -> FileEntry:
 
 
 def raw_relpath(raw: bytes | memoryview) -> bytes | None:
-    """The relpath bytes of a FILE, MKDIR or DELETE slot, read without validating the slot."""
+    """The relpath bytes of a FILE, MKDIR, DELETE or RMDIR slot, read without validating the slot."""
     start = RELPATH_OFFSETS.get(ENTRY_HEAD.unpack_from(raw)[1])
     if start is None:
         return None

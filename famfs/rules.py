@@ -135,6 +135,12 @@ class Model(Protocol):
     def daxdev_uuids(self) -> Sequence[uuid.UUID]:
         """The daxdev table in index order; device 0 is the superblock's."""
 
+    def dir_index(self, relpath: str) -> int | None:
+        """The index of the MKDIR entry that made the live directory `relpath`, else None."""
+
+    def dir_empty(self, relpath: str) -> bool:
+        """Whether the live directory `relpath` holds no live file or directory."""
+
 
 EntryAt = Callable[[int], fmt.Entry]  # decode an earlier slot (raises fmt.EntryError)
 
@@ -264,6 +270,22 @@ def delete_target_live(model: Model, entry: fmt.DeleteEntry, victim: fmt.FileEnt
         raise Violation(delete_target_live, f"DELETE target entry {entry.target_index} is not the live file at this path")
 
 
+def rmdir_target_is_that_directory(index: int, entry: fmt.RmdirEntry, model: Model) -> None:
+    """RMDIR names the MKDIR entry that made the live directory at its path (an earlier entry)."""
+    made_by = model.dir_index(entry.relpath)
+    if made_by is None or made_by < 0:  # the root (-1) is no entry's and is never removed
+        raise Violation(rmdir_target_is_that_directory, "RMDIR of a directory that does not exist")
+    if entry.target_index != made_by or not entry.target_index < index:
+        raise Violation(rmdir_target_is_that_directory, f"RMDIR target entry {entry.target_index} is not the MKDIR "
+                                                        f"of the live directory at this path (entry {made_by})")
+
+
+def rmdir_directory_empty(model: Model, entry: fmt.RmdirEntry) -> None:
+    """Only an empty directory goes: a file or directory below it would lose its parent."""
+    if not model.dir_empty(entry.relpath):
+        raise Violation(rmdir_directory_empty, "RMDIR of a directory that is not empty")
+
+
 def daxdev_dense(model: Model, entry: fmt.AddDaxdevEntry) -> None:
     expected = len(model.daxdev_uuids())
     if entry.dev_index != expected:
@@ -319,6 +341,9 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
             delete_target_earlier(index, entry)
             victim = delete_target_is_that_file(entry, entry_at)
             delete_target_live(model, entry, victim)
+        case fmt.RmdirEntry():
+            rmdir_target_is_that_directory(index, entry, model)
+            rmdir_directory_empty(model, entry)
         case fmt.AddDaxdevEntry():
             daxdev_dense(model, entry)
             daxdev_sized(entry)
@@ -359,6 +384,13 @@ class Namespace:
     def daxdev_uuids(self) -> Sequence[uuid.UUID]:
         return self.daxdevs
 
+    def dir_index(self, relpath: str) -> int | None:
+        return self.dirs.get(relpath)
+
+    def dir_empty(self, relpath: str) -> bool:
+        prefix = relpath + "/"
+        return not any(path.startswith(prefix) for path in itertools.chain(self.dirs, self.files))
+
     def record(self, index: int, entry: fmt.Entry) -> None:
         """Add an entry that passed check() (or was just appended after passing it)."""
         match entry:
@@ -371,6 +403,8 @@ class Namespace:
                 _, victim = self.files.pop(entry.relpath)
                 self.deleted[entry.target_index] = victim
                 self.deleted_paths.add(entry.relpath)
+            case fmt.RmdirEntry():
+                del self.dirs[entry.relpath]
             case fmt.AddDaxdevEntry():
                 self.daxdevs.append(entry.dev_uuid)
 

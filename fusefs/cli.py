@@ -10,6 +10,11 @@ the parent exits 0 only once the mount is live (else 1, with the daemon's reason
 (Type=notify) it reports readiness once the mount is live. SIGTERM, SIGINT and
 `fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line. While
 mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
+
+On the master host (this host's system UUID is the superblock's) a writable mount takes
+namespace changes (mkdir, new files, unlink, rmdir) through a famfs.namespace.NamespaceWriter that
+`main` is given by the composition root (famfs_fuse_mount/, the console script): fusefs itself
+never imports the master's writer (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +39,8 @@ from famfs import config, logsetup, service
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
+from famfs.identity import Role, role_of, system_uuid_file
+from famfs.namespace import NamespaceWriter
 from famfs.rules import Geometry
 from famfs.shadowdir import ROOT, agent_pid, recorded_device, state_path
 from fusefs import health
@@ -78,6 +85,9 @@ class MountConfig:
     log_format: str
     log_level: str
     metrics_address: str
+    system_uuid_file: str
+    staging_mib: int
+    apply_wait_s: float
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,6 +148,8 @@ def resolve(args: argparse.Namespace) -> MountConfig:
         foreground=args.foreground, log_file=os.path.abspath(args.log_file),
         log_format=args.log_format or settings.host.log_format, log_level=args.log_level or settings.host.log_level,
         metrics_address=mount.metrics_address if args.metrics_address is None else args.metrics_address,
+        system_uuid_file=str(system_uuid_file(None, settings.host.system_uuid_file)),
+        staging_mib=mount.staging_mib, apply_wait_s=mount.apply_wait_s,
     )
 
 
@@ -225,8 +237,10 @@ def fuse_options(cfg: MountConfig) -> set[str]:
 class Daemon:
     """What one mount owns; `run` is the trio main."""
 
-    def __init__(self, cfg: MountConfig, famfs_log: FamfsLog, shadow_root: str) -> None:
+    def __init__(self, cfg: MountConfig, famfs_log: FamfsLog, shadow_root: str,
+                 writer: NamespaceWriter | None = None) -> None:
         self.cfg = cfg
+        self.writer = writer
         self.famfs_log = famfs_log
         self.shadow_root = os.fsencode(shadow_root)
         self.notifier = Notifier()
@@ -253,9 +267,10 @@ class Daemon:
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
                                  negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only,
-                                 master=str(sb.system_uuid))
+                                 master=str(sb.system_uuid), staging_bytes=self.cfg.staging_mib << 20,
+                                 apply_wait_s=self.cfg.apply_wait_s)
             ops = FamfsOperations(self.table, DataPath(self.famfs_log.device), CapacityCache(self.famfs_log), policy,
-                                  os.fsencode(self.cfg.shadow), self.status)
+                                  os.fsencode(self.cfg.shadow), self.status, self.writer)
             try:
                 rest_socket = RestSocket(self.cfg.shadow)
             except RestError as err:
@@ -303,7 +318,8 @@ class Daemon:
         try:
             log.info("mounted", mountpoint=self.cfg.mountpoint, shadow=self.cfg.shadow, device=self.cfg.device,
                      cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid(),
-                     master_system_uuid=str(self.famfs_log.superblock.system_uuid))
+                     master_system_uuid=str(self.famfs_log.superblock.system_uuid),
+                     namespace="written here (master)" if self.writer is not None else "read-only here")
             if ready is not None:
                 os.write(ready, READY)
                 os.close(ready)
@@ -317,6 +333,7 @@ class Daemon:
                 nursery.start_soon(rest_socket.serve, endpoints)
                 nursery.start_soon(trio.to_thread.run_sync, set_readahead, self.cfg.mountpoint)
                 await pyfuse3.main()
+                ops.drop_all_staged("still open at unmount")
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
@@ -391,7 +408,22 @@ def daemonize(log_file: str) -> int | None:
     return write_end
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+WriterFactory = Callable[[FamfsLog], NamespaceWriter]
+
+
+def master_writer(cfg: MountConfig, famfs_log: FamfsLog, writer_for: WriterFactory | None) -> NamespaceWriter | None:
+    """The namespace writer of a writable mount on the master host; None anywhere else."""
+    if writer_for is None or cfg.read_only:
+        return None
+    try:
+        role = role_of(famfs_log.superblock, Path(cfg.system_uuid_file))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"system UUID file {cfg.system_uuid_file}: {err}") from None
+    return writer_for(famfs_log) if role is Role.MASTER else None
+
+
+def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = None) -> int:
+    """The mount; `writer_for` builds the master's namespace writer (famfs_fuse_mount passes it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["health"]:
         return health.main(argv[1:])
@@ -409,8 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in warnings_before_mounting(cfg):
             print(f"famfs-fuse-mount: warning: {warning}", file=sys.stderr)
         famfs_log = open_device(cfg)
+        writer = master_writer(cfg, famfs_log, writer_for)
         ready = None if cfg.foreground else daemonize(cfg.log_file)
-        daemon = Daemon(cfg, famfs_log, shadow_root)
+        daemon = Daemon(cfg, famfs_log, shadow_root, writer)
         trio.run(daemon.run, ready)
     except UsageError as err:
         print(f"famfs-fuse-mount: {err}", file=sys.stderr)  # the log file, once daemonized

@@ -80,6 +80,9 @@ class InodeTable:
             raise FileNotFoundError(f"{os.fsdecode(shadow_root)}: not a directory")
         self.nodes[ROOT_INODE] = Node(ROOT_INODE, ROOT_INODE, b"", b"", root_sig)
         self.by_path: dict[bytes, int] = {b"": ROOT_INODE}
+        # relpath -> the inode number a file created through the master's mount was given before
+        # it was logged: the node the agent's shadow file makes keeps it (the kernel knows it).
+        self.reserved: dict[bytes, int] = {}
         self._scan_children(self.nodes[ROOT_INODE])
 
     # --- queries --------------------------------------------------------------------------
@@ -141,6 +144,14 @@ class InodeTable:
         if node.opens == 0 and not node.present and node.lookups <= 0:
             del self.nodes[node.ino]
         return stale and node.present
+
+    def reserve(self, relpath: bytes) -> int:
+        """An inode number for a path that is not in the shadow tree yet (a file being written
+        through the master's mount); the node made when the path appears gets it."""
+        ino = self.next_ino
+        self.next_ino += 1
+        self.reserved[relpath] = ino
+        return ino
 
     # --- learning the shadow tree -----------------------------------------------------------
 
@@ -207,8 +218,11 @@ class InodeTable:
 
     def _add(self, parent: Node, name: bytes, sig: Signature) -> Node:
         relpath = parent.relpath + b"/" + name if parent.relpath else name
-        node = Node(self.next_ino, parent.ino, name, relpath, sig)
-        self.next_ino += 1
+        ino = self.reserved.pop(relpath, None)
+        if ino is None:
+            ino = self.next_ino
+            self.next_ino += 1
+        node = Node(ino, parent.ino, name, relpath, sig)
         self.nodes[node.ino] = node
         self.by_path[relpath] = node.ino
         assert parent.children is not None

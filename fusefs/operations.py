@@ -5,15 +5,22 @@ Every handler runs on the trio thread and returns without blocking on anything b
 tmpfs (a lazily parsed YAML) and the device mapping. No handler sends a kernel notification:
 they go to worker threads (fusefs/notify.py), started here only as new tasks.
 
-The namespace belongs to famfsctl on the master: create, mkdir, unlink, rmdir, rename, link,
-symlink, mknod, chmod, chown, utimes and truncate get EPERM (a refused operation, not a read-only
-file system: file data stays writable). Writes on a `ro` mount get EROFS, writes past a file's
-fixed size EFBIG. These are answers, not failures: only the first EPERM is logged, once, saying
-why and which host may change the namespace (an EPERM reads as a permissions problem otherwise).
+The namespace is written only on the master host. A client's mount (no `writer`) answers create,
+mkdir, unlink, rmdir, rename, link, symlink, mknod, chmod, chown, utimes and truncate with EPERM
+(a refused operation, not a read-only file system: file data stays writable). The master's mount
+is given a famfs.namespace.NamespaceWriter and turns mkdir, create + write + close, ftruncate of a
+new empty file, unlink and rmdir into log entries (docs/fusefs.md, "Writing the namespace on the
+master"): the writer runs in a worker thread (device lock, device writes), then the handler waits
+for famfs-agent to play the entry into the shadow tree and answers from the inode table, so what
+the mount shows is always what the log says. The rest stays refused (rename with EXDEV, so mv
+copies; the others with EPERM). Writes on a `ro` mount get EROFS, writes past a file's fixed size
+EFBIG. These are answers, not failures: only the first EPERM is logged, once, saying why and
+which host may change the namespace (an EPERM reads as a permissions problem otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -28,9 +35,13 @@ import trio
 
 from famfs import format as fmt
 from famfs import shadowdir
+from famfs.namespace import NamespaceError, NamespaceWriter, Owner
+from fusefs import shadow_reader
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataError, DataPath
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
+from fusefs.shadow_reader import Signature
+from fusefs.staging import Staged, StagingArea, StagingFull
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -38,6 +49,11 @@ SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)  # upstream's CLI (and famfsc
 STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans
 BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, the largest request libfuse negotiates
 NAME_MAX = 255
+# How often a handler that logged a change looks for famfs-agent's result in the shadow tree:
+# the agent on this host wakes on the device write and plays it in well under a millisecond.
+APPLY_POLL_MIN_S = 0.0002
+APPLY_POLL_MAX_S = 0.02
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -55,6 +71,8 @@ class MountPolicy:
     negative_timeout: float
     read_only: bool
     master: str = "?"  # the system UUID of the master host (the superblock's), named when EPERM is explained
+    staging_bytes: int = 0  # master: the bound on new files' bytes held until their last close
+    apply_wait_s: float = 10.0  # master: how long a logged change may take to appear in the shadow tree
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -79,8 +97,12 @@ def guarded(handler: Handler) -> Handler:
 
 class FamfsOperations(pyfuse3.Operations):
     def __init__(self, table: InodeTable, data: DataPath, capacity: CapacityCache, policy: MountPolicy,
-                 shadow_dir: bytes, status: Callable[[], str]) -> None:
+                 shadow_dir: bytes, status: Callable[[], str], writer: NamespaceWriter | None = None) -> None:
         super().__init__()
+        self.writer = writer  # None: a client's mount (or a read-only one): the namespace is refused
+        self.staging = StagingArea(policy.staging_bytes)
+        self.writer_slot = trio.CapacityLimiter(1)  # one writer call at a time: they serialize on the lock anyway
+        self.staging_full_explained = False
         self.table = table
         self.data = data
         self.capacity = capacity
@@ -89,7 +111,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.status = status
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
         self.lookups = LookupCounters()
-        self.file_handles: dict[int, Node] = {}
+        self.file_handles: dict[int, Node | Staged] = {}
         self.dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self.next_fh = 1
         self.denial_explained = False  # the first EPERM for a namespace change is logged, then no other
@@ -151,6 +173,10 @@ class FamfsOperations(pyfuse3.Operations):
             node = self._node(parent.parent)
         elif not parent.present:
             raise pyfuse3.FUSEError(errno.ENOENT)  # a deleted directory: nothing to cache
+        elif (staged := self.staging.named(parent.ino, name)) is not None:
+            self.lookups.searches += 1
+            staged.lookups += 1
+            return self._staged_attributes(staged)
         else:
             node = self.table.child(parent, name)
         self.lookups.searches += 1
@@ -164,15 +190,42 @@ class FamfsOperations(pyfuse3.Operations):
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
-            self.table.forget(ino, count)
+            staged = self.staging.by_ino.get(ino)
+            if staged is not None:
+                staged.lookups -= count
+            else:
+                self.table.forget(ino, count)
 
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        staged = self.staging.by_ino.get(inode)
+        if staged is not None:
+            return self._staged_attributes(staged)
         return self._attributes(self._node(inode))
 
+    @guarded
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise self._deny()
+        """Only a file still being written through the master's mount may change: nothing of it
+        is logged yet. Its mode and owner become the entry's; times are accepted and not kept
+        (famfs logs none: a file's times are its shadow file's); a size given to it while it is
+        empty is the fast path (allocated and logged at once, then written in place)."""
+        staged = self.staging.by_ino.get(inode)
+        if staged is None or staged.committing:
+            raise self._deny()
+        owner = staged.owner
+        staged.owner = Owner(stat.S_IMODE(attr.st_mode) if fields.update_mode else owner.mode,
+                             attr.st_uid if fields.update_uid else owner.uid,
+                             attr.st_gid if fields.update_gid else owner.gid)
+        if fields.update_size:
+            if attr.st_size > 0 and not staged.data:
+                await self._commit(staged, size=attr.st_size)
+                return self._attributes(self._node(inode))
+            try:
+                self.staging.truncate(staged, attr.st_size)
+            except StagingFull:
+                raise self._staging_full(staged) from None
+        return self._staged_attributes(staged)
 
     # --- directories --------------------------------------------------------------------------
 
@@ -209,6 +262,11 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        staged = self.staging.by_ino.get(inode)
+        if staged is not None and not staged.committing:
+            if flags & os.O_TRUNC:
+                self.staging.truncate(staged, 0)
+            return self._open_staged(staged)
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -225,19 +283,41 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> Any:
-        entry = self._entry(self.file_handles[fh])  # the current mapping: a re-map applies at once
+        handle = self.file_handles[fh]
+        if isinstance(handle, Staged):
+            if handle.gone:
+                raise pyfuse3.FUSEError(errno.EIO)  # dropped (its close said why)
+            return bytes(handle.data[off:off + size])
+        entry = self._entry(handle)  # the current mapping: a re-map applies at once
         return self.data.read(entry, off, size)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        entry = self._entry(self.file_handles[fh])
+        handle = self.file_handles[fh]
+        if isinstance(handle, Staged) and handle.committing:
+            await handle.settled.wait()  # being logged: the bytes go in place once it is
+            handle = self.file_handles[fh]
+        if isinstance(handle, Staged):
+            if handle.gone:
+                raise pyfuse3.FUSEError(errno.EIO)
+            try:
+                return self.staging.write(handle, off, buf)
+            except StagingFull:
+                raise self._staging_full(handle) from None
+        entry = self._entry(handle)
         try:
             return self.data.write(entry, off, buf)
         except DataError as err:
             raise pyfuse3.FUSEError(err.errno) from None
 
+    @guarded
     async def flush(self, fh: int) -> None:
-        return None  # writes went straight into the device mapping
+        """Logged files: nothing (writes went straight into the device mapping). A file being
+        written through the master's mount is logged at the close of its last handle, here, so
+        that close(2) reports a refusal (ENOSPC, say)."""
+        handle = self.file_handles.get(fh)
+        if isinstance(handle, Staged) and handle.opens == 1 and not (handle.gone or handle.committing or handle.unlinked):
+            await self._commit(handle)
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -246,6 +326,17 @@ class FamfsOperations(pyfuse3.Operations):
     @guarded
     async def release(self, fh: int) -> None:
         node = self.file_handles.pop(fh)
+        if isinstance(node, Staged):
+            node.opens -= 1
+            if node.opens == 0 and not (node.gone or node.committing):
+                if node.unlinked:
+                    self._drop(node, "unlinked before it was closed")
+                else:
+                    # A last close without a flush (the kernel always flushes; this is a backstop):
+                    # release cannot answer an error, so a refusal is only logged.
+                    with contextlib.suppress(pyfuse3.FUSEError):
+                        await self._commit(node)
+            return
         if self.table.release(node):
             self.spawn_notice(Notice(NoticeKind.INODE, node.ino))
 
@@ -283,14 +374,28 @@ class FamfsOperations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise self._deny()
 
-    # --- the namespace is famfsctl's --------------------------------------------------------
+    # --- the namespace: written on the master, refused elsewhere -------------------------------
 
+    @guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise self._deny()
+        writer, parent, raw, relpath = self._new_name(parent_inode, name)
+        owner = self._owner(parent, mode, ctx, directory=False)
+        await self._write_log(writer.check_new, relpath, owner)  # refused now, not at close
+        staged = Staged(ino=self.table.reserve(raw), parent=parent.ino, name=name, relpath=relpath, owner=owner)
+        staged.lookups = 1
+        self.staging.add(staged)
+        return self._open_staged(staged), self._staged_attributes(staged)
 
+    @guarded
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise self._deny()
+        writer, parent, raw, relpath = self._new_name(parent_inode, name)
+        await self._write_log(writer.mkdir, relpath, self._owner(parent, mode, ctx, directory=True))
+        node = await self._applied(raw, lambda sig: sig is not None and sig.is_dir, parent.ino, name)
+        if node is None or not node.is_dir:
+            raise pyfuse3.FUSEError(errno.EIO)  # changed again meanwhile (famfsctl): the next lookup tells
+        self.table.remember(node)
+        return self._attributes(node)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -304,25 +409,207 @@ class FamfsOperations(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
 
+    @guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._deny()
+        if self.writer is None:
+            raise self._deny()
+        parent = self._node(parent_inode)
+        staged = self.staging.named(parent.ino, name)
+        if staged is not None and staged.committing:
+            await staged.settled.wait()  # being logged: remove what was logged
+        elif staged is not None:
+            self.staging.unname(staged)  # never logged: it goes at its last close, nothing logged
+            if staged.opens == 0:
+                self._drop(staged, "unlinked")
+            return
+        node = self._existing(parent, name)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        await self._remove(self.writer.unlink, parent, node)
 
+    @guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._deny()
+        if self.writer is None:
+            raise self._deny()
+        parent = self._node(parent_inode)
+        node = self._existing(parent, name)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._remove(self.writer.rmdir, parent, node)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if self.writer is not None:
+            # The log has no rename; EXDEV makes mv copy and remove instead, which the log has.
+            raise pyfuse3.FUSEError(errno.EXDEV)
         raise self._deny()
 
     def _deny(self) -> pyfuse3.FUSEError:
         """EPERM for a change of the namespace; the first one is explained in the log."""
         if not self.denial_explained:
             self.denial_explained = True
-            log.warning("namespace_change_refused", errno="EPERM",
-                        why="files and directories are created, truncated, renamed and removed only by famfsctl on "
-                            "the master host, which logs the change for every host; file data stays writable here",
-                        master_system_uuid=self.policy.master, hint="famfsctl creat|cp|mkdir|rm on the master")
+            if self.writer is None:
+                log.warning("namespace_change_refused", errno="EPERM",
+                            why="files and directories are created, truncated, renamed and removed only on the master "
+                                "host (famfsctl or its mount), which logs the change for every host; file data stays "
+                                "writable here", master_system_uuid=self.policy.master,
+                            hint="famfsctl creat|cp|mkdir|rm, or cp/mkdir/rm in the mount, on the master")
+            else:
+                log.warning("namespace_change_refused", errno="EPERM",
+                            why="famfs logs files of a fixed size and owner: a logged file cannot be truncated, "
+                                "chmod'ed, chown'ed or given new times, and there are no links, symlinks or special "
+                                "files (docs/fusefs.md)")
         return pyfuse3.FUSEError(errno.EPERM)
+
+    # --- helpers of the master's namespace changes ---------------------------------------------
+
+    def _new_name(self, parent_inode: int, name: bytes) -> tuple[NamespaceWriter, Node, bytes, str]:
+        """The writer, the parent and the new path (bytes and text) of a name to be created."""
+        if self.writer is None:
+            raise self._deny()
+        parent = self._node(parent_inode)
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if not parent.present:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if self.table.child(parent, name) is not None or self.staging.named(parent.ino, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        raw = parent.relpath + b"/" + name if parent.relpath else name
+        try:
+            relpath = raw.decode()
+        except UnicodeDecodeError:
+            log.info("namespace_change_refused", errno="EINVAL", path=os.fsdecode(raw),
+                     reason="famfs paths are UTF-8 (upstream's YAML cannot hold anything else)")
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        return self.writer, parent, raw, relpath
+
+    def _existing(self, parent: Node, name: bytes) -> Node:
+        node = self.table.child(parent, name) if parent.is_dir and parent.present else None
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    @staticmethod
+    def _owner(parent: Node, mode: int, ctx: pyfuse3.RequestContext, *, directory: bool) -> Owner:
+        """The requester's owner and mode (umask applied), with the setgid directory rule the
+        kernel leaves to a FUSE file system: the parent's group, and setgid for a directory."""
+        perm = stat.S_IMODE(mode) & ~ctx.umask
+        gid = ctx.gid
+        if parent.sig.mode & stat.S_ISGID:
+            gid = parent.sig.gid
+            if directory:
+                perm |= stat.S_ISGID
+        return Owner(perm, ctx.uid, gid)
+
+    async def _write_log(self, call: Callable[..., T], *args: Any) -> T:
+        """One writer call in a worker thread (device lock and device writes never block the trio
+        thread); a refusal answers the request with its errno, said once in the log."""
+        try:
+            return await trio.to_thread.run_sync(functools.partial(call, *args), limiter=self.writer_slot)
+        except NamespaceError as err:
+            emit = log.warning if err.errno in (errno.ENOSPC, errno.EIO) else log.info
+            emit("namespace_change_refused", errno=errno.errorcode.get(err.errno, err.errno), reason=err.strerror)
+            raise pyfuse3.FUSEError(err.errno) from None
+
+    async def _applied(self, relpath: bytes, played: Callable[[Signature | None], bool], parent: int,
+                       name: bytes) -> Node | None:
+        """Wait until famfs-agent has played a logged change into the shadow tree (`played` says
+        when), then take it into the inode table; the node now at relpath. What the kernel must
+        forget is sent, except about this very name: the reply to this request tells it that. None:
+        nothing is at relpath now."""
+        path = self.table.shadow_path(relpath)
+        deadline = trio.current_time() + self.policy.apply_wait_s
+        pause = APPLY_POLL_MIN_S
+        while not played(shadow_reader.signature(path)):
+            if trio.current_time() >= deadline:
+                log.error("change_not_played", path=os.fsdecode(relpath), waited_s=self.policy.apply_wait_s,
+                          why="the entry is logged but famfs-agent has not played it into the shadow tree; "
+                              "is `famfs-agent --follow` running on this host?")
+                raise pyfuse3.FUSEError(errno.EIO)
+            await trio.sleep(pause)
+            pause = min(2 * pause, APPLY_POLL_MAX_S)
+        for notice in self.table.refresh(relpath):
+            if (notice.parent, notice.name) != (parent, name):
+                self.spawn_notice(notice)
+        ino = self.table.by_path.get(relpath)
+        return None if ino is None else self.table.nodes[ino]
+
+    async def _remove(self, call: Callable[[str], int], parent: Node, node: Node) -> None:
+        """Log an unlink or rmdir and wait until the agent has removed the shadow path."""
+        await self._write_log(call, node.relpath.decode())
+        before = node.sig.st_ino
+        await self._applied(node.relpath, lambda sig: sig is None or sig.st_ino != before, parent.ino, node.name)
+
+    def _open_staged(self, staged: Staged) -> pyfuse3.FileInfo:
+        staged.opens += 1
+        fh = self._new_fh()
+        self.file_handles[fh] = staged
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.policy.cache == "direct", keep_cache=False)
+
+    def _staged_attributes(self, staged: Staged) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = staged.ino
+        attrs.generation = 0
+        attrs.entry_timeout = attrs.attr_timeout = 0  # it changes with every write, and at its close
+        attrs.st_mode = stat.S_IFREG | staged.owner.mode
+        attrs.st_nlink = 1
+        attrs.st_uid, attrs.st_gid = staged.owner.uid, staged.owner.gid
+        attrs.st_size = len(staged.data)
+        attrs.st_blksize = BLOCK_IO_SIZE
+        return attrs
+
+    async def _commit(self, staged: Staged, size: int | None = None) -> None:
+        """Log a file written through the mount: allocate, copy its bytes into device memory,
+        append its entry (one writer call), then serve it from the inode table under the same
+        inode. With `size` (the fast path), allocate that size and log it at once, no bytes
+        copied: the writer then writes in place. A refusal drops the file whole."""
+        assert self.writer is not None
+        staged.committing = True
+        data = bytes(staged.data)
+        try:
+            await self._write_log(self.writer.create, staged.relpath, len(data) if size is None else size,
+                                  staged.owner, None if size is not None else (data,))
+        except pyfuse3.FUSEError:
+            self._drop(staged, "the log refused it")
+            raise
+        relpath = staged.relpath.encode()
+        try:
+            node = await self._applied(relpath, lambda sig: sig is not None and not sig.is_dir, staged.parent,
+                                       staged.name)
+        finally:
+            self.staging.remove(staged)  # logged: from now on served like any file (or, late, once played)
+        if node is None or node.ino != staged.ino:
+            self.table.reserved.pop(relpath, None)
+            log.error("logged file not served", path=staged.relpath, why="its shadow file is not the one logged")
+            raise pyfuse3.FUSEError(errno.EIO)
+        node.lookups += staged.lookups
+        node.opens += staged.opens
+        for fh, handle in self.file_handles.items():
+            if handle is staged:
+                self.file_handles[fh] = node
+
+    def _drop(self, staged: Staged, why: str) -> None:
+        """Forget a file that was never logged (nothing of it is on the device or in the log)."""
+        self.staging.remove(staged)
+        self.table.reserved.pop(staged.relpath.encode(), None)
+        log.warning("file_dropped", path=staged.relpath, reason=why, note="nothing was logged for it")
+        if staged.lookups > 0 and not staged.unlinked:
+            self.spawn_notice(Notice(NoticeKind.DELETED, staged.ino, staged.parent, staged.name))
+
+    def drop_all_staged(self, why: str) -> None:
+        """At unmount or SIGTERM: files still open are dropped whole, never logged half-written."""
+        for staged in list(self.staging.by_ino.values()):
+            if not staged.committing:
+                self._drop(staged, why)
+
+    def _staging_full(self, staged: Staged) -> pyfuse3.FUSEError:
+        if not self.staging_full_explained:
+            self.staging_full_explained = True
+            log.warning("staging_full", errno="EFBIG", path=staged.relpath, limit_mib=self.policy.staging_bytes >> 20,
+                        why="new files' bytes are held in memory until their last close, up to [mount] staging_mib",
+                        hint="give a large file its size first (ftruncate on the new, empty file): it is allocated "
+                             "at once and written in place")
+        return pyfuse3.FUSEError(errno.EFBIG)
 
     def _new_fh(self) -> int:
         fh = self.next_fh

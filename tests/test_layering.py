@@ -2,7 +2,9 @@
 
 Dependencies point one way: agent and fusefs use the core (famfs), never each other and never the
 master's tools (famfs.master); the core imports none of them; nothing outside tests imports
-tests. A violation fails here with the file, the line and the rule it breaks.
+tests. famfs_fuse_mount is the one composition root: it alone joins fusefs and famfs.master
+(the mount gets the master's writer as a famfs.namespace.NamespaceWriter), and nothing imports
+it. A violation fails here with the file, the line and the rule it breaks.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # package -> prefixes it must never import (a prefix matches the module and its submodules)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "famfs": ("famfs.master", "agent", "fusefs", "demo", "bench", "tests"),
-    "famfs.master": ("agent", "fusefs", "demo", "bench", "tests"),
-    "agent": ("famfs.master", "fusefs", "demo", "bench", "tests"),
-    "fusefs": ("famfs.master", "agent", "demo", "bench", "tests"),
-    "demo": ("bench", "tests"),
-    "bench": ("tests",),
+    "famfs": ("famfs.master", "agent", "fusefs", "famfs_fuse_mount", "demo", "bench", "tests"),
+    "famfs.master": ("agent", "fusefs", "famfs_fuse_mount", "demo", "bench", "tests"),
+    "agent": ("famfs.master", "fusefs", "famfs_fuse_mount", "demo", "bench", "tests"),
+    "fusefs": ("famfs.master", "agent", "famfs_fuse_mount", "demo", "bench", "tests"),
+    "famfs_fuse_mount": ("agent", "demo", "bench", "tests"),  # the composition root: fusefs + famfs.master
+    "demo": ("famfs_fuse_mount", "bench", "tests"),
+    "bench": ("famfs_fuse_mount", "tests"),
 }
 # famfs/__init__.py may name famfs.master lazily (module __getattr__), never at import time.
 LAZY_OK = {("famfs/__init__.py", "famfs.master")}
@@ -58,7 +61,7 @@ def imports(path: Path) -> list[tuple[int, str, bool]]:
 
 
 def sources() -> list[Path]:
-    return sorted(p for package in ("famfs", "agent", "fusefs", "demo", "bench") for p in (REPO / package).rglob("*.py"))
+    return sorted(p for package in ("famfs", "agent", "fusefs", "famfs_fuse_mount", "demo", "bench") for p in (REPO / package).rglob("*.py"))
 
 
 def violations(path: Path) -> list[str]:
@@ -89,3 +92,13 @@ def test_the_checker_catches_a_bad_import(tmp_path: Path) -> None:
         bad.unlink()
     assert len(found) == 3, found  # famfs.master (via `from famfs.master import writer`, twice), tests
     assert "fusefs never imports famfs.master" in found[0]
+
+
+def test_one_composition_root() -> None:
+    """Only famfs_fuse_mount joins the mount and the master's writer, and it is what runs."""
+    def reaches(path: Path, package: str) -> bool:
+        return any(module == package or module.startswith(package + ".") for _, module, _ in imports(path))
+
+    joined = [str(path.relative_to(REPO)) for path in sources() if reaches(path, "fusefs") and reaches(path, "famfs.master")]
+    assert joined == ["famfs_fuse_mount/__init__.py"]
+    assert 'famfs-fuse-mount = "famfs_fuse_mount:main"' in (REPO / "pyproject.toml").read_text()

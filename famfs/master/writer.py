@@ -35,7 +35,12 @@ log = structlog.get_logger("famfsctl")
 
 
 class MasterError(Exception):
-    """A request the writer refuses; the message names the device and the path or entry."""
+    """A request the writer refuses; the message names the device and the path or entry, and
+    `cause` is what refused it (a rules.Violation, a fmt.FormatError, an alloc.AllocError), if any."""
+
+    def __init__(self, message: str, cause: Exception | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def load(famfs_log: FamfsLog) -> rules.Namespace:
@@ -114,13 +119,13 @@ class Session:
         return first
 
     def refuse(self, relpath: str, why: object) -> MasterError:
-        return MasterError(f"{self.log.path}: {relpath}: {why}")
+        return MasterError(f"{self.log.path}: {relpath}: {why}", why if isinstance(why, Exception) else None)
 
     def _check(self, index: int, entry: fmt.Entry) -> None:
         """The rule book's verdict on `entry` as log entry `index`: refused, named, or nothing."""
         relpath = getattr(entry, "relpath", "?")
         try:
-            if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry | fmt.DeleteEntry):
+            if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry | fmt.DeleteEntry | fmt.RmdirEntry):
                 fmt.encode_relpath(entry.relpath)
             rules.check(index, entry, self.namespace, self.geometry, self.log.entry)
         except fmt.FormatError as err:
@@ -169,7 +174,7 @@ class Session:
                 return (alloc.allocate_contiguous(self.namespace.units, size),), ()
             got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng)
         except alloc.AllocError as err:
-            raise MasterError(f"{self.log.path}: cannot allocate {size} bytes: {err}") from None
+            raise MasterError(f"{self.log.path}: cannot allocate {size} bytes: {err}", err) from None
         return ((got,), ()) if isinstance(got, fmt.Extent) else ((), (got,))
 
     def check_new(self, relpath: str, owner: Ownership) -> None:
@@ -280,6 +285,20 @@ class Session:
         if problems:
             raise MasterError("\n".join([*problems, "nothing removed"]))
         return [self.remove(relpath) for relpath in relpaths]
+
+    def rmdir(self, relpath: str) -> int:
+        """Log an RMDIR of a live, empty directory (docs/format.md)."""
+        made_by = self.namespace.dir_index(relpath)
+        if made_by is None:
+            kind = self.namespace.kind(relpath)
+            raise self.refuse(relpath, "is a file; only directories are removed by rmdir" if kind is rules.Kind.FILE
+                              else "no such directory")
+        entry = fmt.RmdirEntry(relpath=relpath, target_index=made_by)
+        index = self._next_index()
+        self._check(index, entry)
+        self._append([entry])
+        log.info("rmdir", device=self.log.path, path=relpath, index=index, target=made_by)
+        return index
 
 
 @contextlib.contextmanager

@@ -1,0 +1,115 @@
+"""The master's writing Session behind the famfs.namespace.NamespaceWriter interface, for the
+master's own mount (famfs_fuse_mount/ hands it to fusefs).
+
+One Session is kept between calls and reused while the log has not moved behind its back (only
+the header's next_index is read under the lock to know); when famfsctl or another writer has
+appended meanwhile, the Session is rebuilt from the log. So famfsctl and the mount share one
+device lock and one rule book, and neither loses nor doubles the other's entries. A refused or
+failed call drops the Session too: the next call replays the log rather than trust a model that
+may have been half-updated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+from collections.abc import Iterable, Iterator
+
+import structlog
+
+from famfs import format as fmt
+from famfs import rules
+from famfs.device import DeviceError
+from famfs.famfslog import FamfsLog, LogFullError
+from famfs.master import alloc
+from famfs.master.writer import MasterError, Ownership, Session
+from famfs.namespace import NamespaceError, Owner
+
+log = structlog.get_logger("famfs-fuse-mount")
+
+# The errno a file-system request gets when a rule refuses its entry (the rest: EINVAL).
+RULE_ERRNO: dict[str, int] = {
+    rules.path_free.__name__: errno.EEXIST,
+    rules.parent_is_directory.__name__: errno.ENOENT,
+    rules.name_not_reserved.__name__: errno.EPERM,
+    rules.rmdir_directory_empty.__name__: errno.ENOTEMPTY,
+    rules.rmdir_target_is_that_directory.__name__: errno.ENOENT,
+    rules.delete_target_live.__name__: errno.ENOENT,
+}
+
+
+class SessionWriter:
+    """famfs.namespace.NamespaceWriter on the master's writer Session; thread-safe."""
+
+    def __init__(self, famfs_log: FamfsLog) -> None:
+        self.log = famfs_log
+        self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
+        self._session: Session | None = None
+        self._seen = -1  # the log's next_index after this Session's last append
+
+    @contextlib.contextmanager
+    def _locked(self, relpath: str) -> Iterator[Session]:
+        with self._lock, self.log.device.exclusive():
+            try:
+                if self._session is None or self.log.header().next_index != self._seen:
+                    self._session = Session(self.log)
+                yield self._session
+                self._seen = self.log.header().next_index
+            except Exception as err:
+                self._session = None
+                raise _refusal(relpath, err) from None
+
+    def mkdir(self, relpath: str, owner: Owner) -> int:
+        with self._locked(relpath) as session:
+            return session.mkdir(relpath, _ownership(owner))[0]
+
+    def check_new(self, relpath: str, owner: Owner) -> None:
+        with self._locked(relpath) as session:
+            session.check_new(relpath, _ownership(owner))
+
+    def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes]) -> tuple[int, fmt.FileEntry]:
+        with self._locked(relpath) as session:
+            made = session.create(relpath, size, _ownership(owner), fill=iter(data))
+            assert made.index is not None  # reuse is never asked for
+            return made.index, made.entry
+
+    def unlink(self, relpath: str) -> int:
+        with self._locked(relpath) as session:
+            kind = session.namespace.kind(relpath)
+            if kind is not rules.Kind.FILE:
+                raise NamespaceError(errno.EISDIR if kind else errno.ENOENT, f"{relpath}: {'is a directory' if kind else 'no such file'}")
+            return session.remove(relpath)
+
+    def rmdir(self, relpath: str) -> int:
+        with self._locked(relpath) as session:
+            kind = session.namespace.kind(relpath)
+            if kind is not rules.Kind.DIR:
+                raise NamespaceError(errno.ENOTDIR if kind else errno.ENOENT, f"{relpath}: {'not a directory' if kind else 'no such directory'}")
+            return session.rmdir(relpath)
+
+
+def _ownership(owner: Owner) -> Ownership:
+    return Ownership(owner.mode, owner.uid, owner.gid)
+
+
+def _refusal(relpath: str, err: Exception) -> NamespaceError:
+    """The errno and the one line for a refused or failed call."""
+    if isinstance(err, NamespaceError):
+        return err
+    if isinstance(err, LogFullError):
+        return NamespaceError(errno.ENOSPC, str(err))
+    if isinstance(err, DeviceError):
+        return NamespaceError(errno.EIO, str(err))
+    if isinstance(err, MasterError):
+        cause = err.cause
+        if isinstance(cause, alloc.AllocError):
+            return NamespaceError(errno.ENOSPC, str(err))
+        if isinstance(cause, rules.Violation):
+            return NamespaceError(RULE_ERRNO.get(cause.rule, errno.EINVAL), str(err))
+        if isinstance(cause, fmt.FormatError):
+            too_long = len(relpath.encode(errors="surrogateescape")) > fmt.MAX_RELPATH_BYTES
+            return NamespaceError(errno.ENAMETOOLONG if too_long else errno.EINVAL, str(err))
+        return NamespaceError(errno.EIO, str(err))  # the log itself is in a state the writer refuses
+    log.error("namespace change failed", path=relpath, error=repr(err))
+    return NamespaceError(errno.EIO, f"{relpath}: {err!r}")

@@ -1,0 +1,52 @@
+"""What the master's mount asks of the log's writer: the one interface between fusefs and famfs.master.
+
+fusefs may not import the master's tools (docs/architecture.md), yet on the master host its mount
+turns mkdir, create + write + close, fallocate, unlink and rmdir into log entries. So the mount
+is handed an object with this shape by its composition root (famfs_fuse_mount/), which builds it
+from the master's writing Session (famfs/master/mountwriter.py): the device lock and the rule
+book are the ones famfsctl uses.
+
+Every method blocks (device lock, device writes): callers run them in a worker thread. A refusal
+is a NamespaceError whose errno is the answer to the file-system request and whose message is
+the one line the mount logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from famfs import format as fmt
+
+
+class NamespaceError(OSError):
+    """A refused namespace change: `errno` answers the request, the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    mode: int  # permission bits only (the entry type says file or directory)
+    uid: int
+    gid: int
+
+
+class NamespaceWriter(Protocol):
+    """The master's log writer as the mount uses it. Each call is one locked session step:
+    checked by the rule book, data in place before its entry, the entry appended, or nothing."""
+
+    def mkdir(self, relpath: str, owner: Owner) -> int:
+        """Log a MKDIR; the new entry's index."""
+
+    def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes]) -> tuple[int, fmt.FileEntry]:
+        """Allocate `size` bytes, lay `data` (exactly `size` bytes, in order) onto them, then
+        log the FILE entry; its index and the entry."""
+
+    def check_new(self, relpath: str, owner: Owner) -> None:
+        """Raise NamespaceError if a new file or directory could not have this name now."""
+
+    def unlink(self, relpath: str) -> int:
+        """Log a DELETE of the live file at relpath (famfsctl rm's rule)."""
+
+    def rmdir(self, relpath: str) -> int:
+        """Log an RMDIR of the live, empty directory at relpath."""

@@ -231,6 +231,8 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        for staged in [staged for staged in self.staging.by_ino.values() if staged.parent == inode and staged.committing]:
+            await staged.settled.wait()  # files closed just before (cp, then ls or diff) are listed
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -263,7 +265,9 @@ class FamfsOperations(pyfuse3.Operations):
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         staged = self.staging.by_ino.get(inode)
-        if staged is not None and not staged.committing:
+        if staged is not None and staged.committing:
+            await staged.settled.wait()  # closed a moment ago and being logged: open what is logged
+        elif staged is not None:
             if flags & os.O_TRUNC:
                 self.staging.truncate(staged, 0)
             return self._open_staged(staged)
@@ -300,6 +304,7 @@ class FamfsOperations(pyfuse3.Operations):
         if isinstance(handle, Staged):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)
+            await self._check_space(handle, off + len(buf))
             try:
                 return self.staging.write(handle, off, buf)
             except StagingFull:
@@ -310,14 +315,11 @@ class FamfsOperations(pyfuse3.Operations):
         except DataError as err:
             raise pyfuse3.FUSEError(err.errno) from None
 
-    @guarded
     async def flush(self, fh: int) -> None:
-        """Logged files: nothing (writes went straight into the device mapping). A file being
-        written through the master's mount is logged at the close of its last handle, here, so
-        that close(2) reports a refusal (ENOSPC, say)."""
-        handle = self.file_handles.get(fh)
-        if isinstance(handle, Staged) and handle.opens == 1 and not (handle.gone or handle.committing or handle.unlinked):
-            await self._commit(handle)
+        # Logged files: writes went straight into the device mapping. A file being written through
+        # the master's mount is logged at release, not here: a flush comes at every close(2),
+        # of a dup'ed descriptor too (a shell's `> file` closes one before writing), never only the last.
+        return None
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -332,8 +334,9 @@ class FamfsOperations(pyfuse3.Operations):
                 if node.unlinked:
                     self._drop(node, "unlinked before it was closed")
                 else:
-                    # A last close without a flush (the kernel always flushes; this is a backstop):
-                    # release cannot answer an error, so a refusal is only logged.
+                    # The last close: log it now. The kernel does not wait for release, so a
+                    # refusal here can only be logged (file_dropped): the checks that can answer
+                    # the program come earlier (at create, and at writes: _check_space).
                     with contextlib.suppress(pyfuse3.FUSEError):
                         await self._commit(node)
             return
@@ -601,6 +604,21 @@ class FamfsOperations(pyfuse3.Operations):
         for staged in list(self.staging.by_ino.values()):
             if not staged.committing:
                 self._drop(staged, why)
+
+    async def _check_space(self, staged: Staged, end: int) -> None:
+        """ENOSPC for the write that takes a new file past the device's free space, checked each
+        time it grows into one more allocation unit past its first (every file gets one), so the
+        program hears it: a refusal at its last close could only be logged."""
+        unit = self.capacity.famfs_log.superblock.alloc_unit
+        units = -(-end // unit)
+        if units <= max(1, -(-len(staged.data) // unit)):
+            return
+        figures = await trio.to_thread.run_sync(self.capacity.current)
+        if units > figures.free_units:
+            log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
+                        reason=f"{units * unit} bytes do not fit: {figures.free_units * unit} bytes are free on "
+                               f"{self.capacity.famfs_log.path}")
+            raise pyfuse3.FUSEError(errno.ENOSPC)
 
     def _staging_full(self, staged: Staged) -> pyfuse3.FUSEError:
         if not self.staging_full_explained:

@@ -67,6 +67,8 @@ class SessionWriter:
     def check_new(self, relpath: str, owner: Owner) -> None:
         with self._locked(relpath) as session:
             session.check_new(relpath, _ownership(owner))
+            if self.log.header().full:  # the entry it will need: refused now rather than at its close
+                raise LogFullError(self.log.path, self.log.header().slots)
 
     def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes]) -> tuple[int, fmt.FileEntry]:
         with self._locked(relpath) as session:

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd rsync tar
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps install demo test bench bench-quick clean

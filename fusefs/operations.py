@@ -212,7 +212,7 @@ class FamfsOperations(pyfuse3.Operations):
         empty is the fast path (allocated and logged at once, then written in place)."""
         staged = self.staging.by_ino.get(inode)
         if staged is None or staged.committing:
-            raise self._deny()
+            return self._unchanged(self._node(inode), attr, fields)
         owner = staged.owner
         staged.owner = Owner(stat.S_IMODE(attr.st_mode) if fields.update_mode else owner.mode,
                              attr.st_uid if fields.update_uid else owner.uid,
@@ -463,6 +463,20 @@ class FamfsOperations(pyfuse3.Operations):
                                 "chmod'ed, chown'ed or given new times, and there are no links, symlinks or special "
                                 "files (docs/fusefs.md)")
         return pyfuse3.FUSEError(errno.EPERM)
+
+    def _unchanged(self, node: Node, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
+        """A logged file or directory: a chmod, chown or truncate to what it already is changes
+        nothing and is answered (cp -r sets a new directory's mode again, rsync --inplace truncates
+        to the size it wrote); anything else is refused."""
+        current = self._attributes(node)
+        same = (not (fields.update_atime or fields.update_mtime or fields.update_ctime)
+                and (not fields.update_size or attr.st_size == current.st_size)
+                and (not fields.update_mode or stat.S_IMODE(attr.st_mode) == stat.S_IMODE(current.st_mode))
+                and (not fields.update_uid or attr.st_uid == current.st_uid)
+                and (not fields.update_gid or attr.st_gid == current.st_gid))
+        if not same or self.writer is None:
+            raise self._deny()
+        return current
 
     # --- helpers of the master's namespace changes ---------------------------------------------
 

@@ -38,9 +38,10 @@ class NamespaceWriter(Protocol):
     def mkdir(self, relpath: str, owner: Owner) -> int:
         """Log a MKDIR; the new entry's index."""
 
-    def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes]) -> tuple[int, fmt.FileEntry]:
+    def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes] | None) -> tuple[int, fmt.FileEntry]:
         """Allocate `size` bytes, lay `data` (exactly `size` bytes, in order) onto them, then
-        log the FILE entry; its index and the entry."""
+        log the FILE entry; its index and the entry. Without `data` (the fast path) the entry is
+        logged at once and the bytes are the caller's to write in place, as after famfsctl creat."""
 
     def check_new(self, relpath: str, owner: Owner) -> None:
         """Raise NamespaceError if a new file or directory could not have this name now."""

@@ -224,6 +224,7 @@ class FamfsOperations(pyfuse3.Operations):
             try:
                 self.staging.truncate(staged, attr.st_size)
             except StagingFull:
+                staged.failed = "a truncate did not fit the staging area (EFBIG)"
                 raise self._staging_full(staged) from None
         return self._staged_attributes(staged)
 
@@ -304,11 +305,15 @@ class FamfsOperations(pyfuse3.Operations):
         if isinstance(handle, Staged):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)
-            await self._check_space(handle, off + len(buf))
             try:
+                await self._check_space(handle, off + len(buf))
                 return self.staging.write(handle, off, buf)
             except StagingFull:
+                handle.failed = "a write did not fit the staging area (EFBIG)"
                 raise self._staging_full(handle) from None
+            except pyfuse3.FUSEError as err:
+                handle.failed = f"a write was refused ({errno.errorcode.get(err.errno, err.errno)})"
+                raise
         entry = self._entry(handle)
         try:
             return self.data.write(entry, off, buf)
@@ -331,8 +336,8 @@ class FamfsOperations(pyfuse3.Operations):
         if isinstance(node, Staged):
             node.opens -= 1
             if node.opens == 0 and not (node.gone or node.committing):
-                if node.unlinked:
-                    self._drop(node, "unlinked before it was closed")
+                if node.unlinked or node.failed:
+                    self._drop(node, node.failed or "unlinked before it was closed")
                 else:
                     # The last close: log it now. The kernel does not wait for release, so a
                     # refusal here can only be logged (file_dropped): the checks that can answer

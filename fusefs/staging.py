@@ -36,6 +36,7 @@ class Staged:
     opens: int = 0  # open handles
     lookups: int = 0  # the kernel's lookup count while the file is staged
     unlinked: bool = False  # unlinked while open: dropped at the last close, nothing logged
+    failed: str | None = None  # a write was refused (EFBIG, ENOSPC): dropped at the last close, never logged short
     gone: bool = False  # logged (its node is in the inode table) or dropped: its handles moved on
     settled: trio.Event = field(default_factory=trio.Event)  # set once it is logged or dropped
     committing: bool = False

@@ -70,9 +70,9 @@ class SessionWriter:
             if self.log.header().full:  # the entry it will need: refused now rather than at its close
                 raise LogFullError(self.log.path, self.log.header().slots)
 
-    def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes]) -> tuple[int, fmt.FileEntry]:
+    def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes] | None) -> tuple[int, fmt.FileEntry]:
         with self._locked(relpath) as session:
-            made = session.create(relpath, size, _ownership(owner), fill=iter(data))
+            made = session.create(relpath, size, _ownership(owner), fill=None if data is None else iter(data))
             assert made.index is not None  # reuse is never asked for
             return made.index, made.entry
 

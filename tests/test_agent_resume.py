@@ -210,3 +210,20 @@ def test_an_unreadable_cursor_is_a_rebuild_that_says_why(tmp_path: Path, system_
     assert "rebuild" in result.stderr and "state.json is unreadable" in result.stderr, result.stderr
     assert snapshot(shadow / "root") == before
     assert agent_state(shadow)["applied_index"] == 1
+
+
+def test_a_resumed_agent_knows_the_directories_rmdir_removed(tmp_path: Path, system_uuid_file: Path) -> None:
+    """RMDIR lines in the directory journal: a resumed agent neither keeps a removed directory
+    (which would reject its re-creation as a duplicate) nor forgets one that is still there."""
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    append(image, [mkdir_entry("gone"), mkdir_entry("kept"), fmt.RmdirEntry("gone", target_index=0)])
+    run_agent("--shadow", shadow, "--no-progress", image, check=True)
+    assert sorted(path.name for path in (shadow / "root").iterdir() if path.name != ".meta") == ["kept"]
+    append(image, [mkdir_entry("gone", mode=0o700), fmt.RmdirEntry("kept", target_index=1), file_entry("gone/f", 0)])
+    resumed = run_agent("--shadow", shadow, "--no-progress", image, check=True)
+    assert "duplicate_path" not in resumed.stderr + resumed.stdout
+    assert sorted(path.name for path in (shadow / "root").iterdir() if path.name != ".meta") == ["gone"]
+    assert (shadow / "root" / "gone").stat().st_mode & 0o777 == 0o700
+    assert (shadow / "root" / "gone" / "f").read_bytes() == emit_file_yaml(file_entry("gone/f", 0))
+    assert agent_state(shadow)["rejected"] == 0

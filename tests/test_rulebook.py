@@ -102,10 +102,10 @@ IDS = st.sampled_from([0, 1000, 0xFFFFFFFF])
 class Op:
     """One step: a master operation through the writer, or a raw entry appended as is."""
 
-    kind: str  # mkdir | creat | rm | raw_file | raw_mkdir | raw_delete | raw_daxdev
+    kind: str  # mkdir | creat | rm | rmdir | raw_file | raw_mkdir | raw_delete | raw_rmdir | raw_daxdev
     path: str = "a"
     uid: int = 0
-    number: int = 0  # units (creat, raw_file), first unit (raw_file), target (raw_delete), index (raw_daxdev)
+    number: int = 0  # units (creat, raw_file), first unit (raw_file), target (raw_delete, raw_rmdir), index (raw_daxdev)
     extra: int = 1
 
 
@@ -113,9 +113,11 @@ OPS = st.one_of(
     st.builds(Op, st.just("mkdir"), PATHS, IDS),
     st.builds(Op, st.just("creat"), PATHS, IDS, st.integers(0, 3)),
     st.builds(Op, st.just("rm"), PATHS),
+    st.builds(Op, st.just("rmdir"), PATHS),
     st.builds(Op, st.just("raw_file"), PATHS, IDS, st.integers(0, 6), st.integers(1, 2)),
     st.builds(Op, st.just("raw_mkdir"), PATHS, IDS),
     st.builds(Op, st.just("raw_delete"), PATHS, st.just(0), st.integers(0, 12)),
+    st.builds(Op, st.just("raw_rmdir"), PATHS, st.just(0), st.integers(0, 12)),
     st.builds(Op, st.just("raw_daxdev"), st.just(""), st.just(0), st.integers(0, 3), st.integers(0, 1)),
 )
 OWNER = writer.Ownership(0o755, 0, 0)
@@ -127,7 +129,7 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
     logged. An operation the writer refuses is then logged raw, so the follower meets it too."""
     with Device(image) as device:
         index = FamfsLog(device).next_index()
-    if op.kind in ("mkdir", "creat", "rm"):
+    if op.kind in ("mkdir", "creat", "rm", "rmdir"):
         try:
             with writer.session(str(image), uuid_file) as session:
                 owner = writer.Ownership(0o755, op.uid, op.uid)
@@ -135,6 +137,8 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
                     session.mkdir(op.path, owner)
                 elif op.kind == "creat":
                     session.create(op.path, op.number * AU, owner)
+                elif op.kind == "rmdir":
+                    session.rmdir(op.path)
                 else:
                     session.remove(op.path)
             return index, True
@@ -147,6 +151,8 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
         elif op.kind == "creat":
             extent = alloc.allocate_contiguous(namespace.units, op.number * AU)
             refused = fmt.FileEntry(op.path, op.number * AU, 0o644, op.uid, op.uid, extents=(extent,))
+        elif op.kind == "rmdir":
+            refused = fmt.RmdirEntry(op.path, namespace.dirs.get(op.path, 0))
         else:
             live = namespace.files.get(op.path)
             refused = fmt.DeleteEntry(op.path, live[0] if live else 0)
@@ -160,6 +166,8 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
         raw = fmt.MkdirEntry(op.path, 0o755, op.uid, op.uid)
     elif op.kind == "raw_delete":
         raw = fmt.DeleteEntry(op.path, op.number)
+    elif op.kind == "raw_rmdir":
+        raw = fmt.RmdirEntry(op.path, op.number)
     else:
         raw = fmt.AddDaxdevEntry(dev_size=op.extra << 30, dev_uuid=uuid.UUID(int=op.number % 2 + 1), dev_index=op.number)
     append_raw(image, [fmt.encode_entry(raw, index)])

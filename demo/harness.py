@@ -83,9 +83,11 @@ def put_yaml(shadow: Path, relpath: str, text: bytes) -> Path:
 class Mount:
     """famfs-fuse-mount --foreground as a child process; always unmounted on exit."""
 
-    def __init__(self, shadow: Path, device: Path, mountpoint: Path, *options: str, log: Path | None = None) -> None:
+    def __init__(self, shadow: Path, device: Path, mountpoint: Path, *options: str, log: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.shadow, self.device, self.mountpoint = shadow, device, mountpoint
         self.options = options
+        self.env = env  # None: this process's (its host identity decides master or client)
         self.log_path = log or mountpoint.parent / f"{mountpoint.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -95,7 +97,8 @@ class Mount:
         for option in self.options:
             args += ["-o", option]
         with open(self.log_path, "ab") as log:
-            process = self.process = subprocess.Popen([*args, str(self.mountpoint)], stdout=log, stderr=log)
+            process = self.process = subprocess.Popen([*args, str(self.mountpoint)], stdout=log, stderr=log,
+                                                      env=self.env)
         wait_for(lambda: os.path.ismount(self.mountpoint) or process.poll() is not None, "the mount")
         assert process.poll() is None, f"famfs-fuse-mount exited: {self.log()}"
         os.listdir(self.mountpoint)  # the kernel's INIT has been answered

@@ -17,12 +17,19 @@ from demo.harness import (  # noqa: F401 - re-exported for the tests
     unmount,
     wait_for,
 )
+from famfs import env
 from tests.agent_util import run_agent
 
 
 def play(device: Path, shadow: Path) -> None:
     """One famfs-agent replay of the log into the shadow tree."""
     run_agent(device, "--shadow", shadow, "--no-progress", check=True)
+
+
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a client host: an identity that is not the device's master, so its
+    mount refuses namespace changes (the master's mount makes them: tests/test_master_mount.py)."""
+    return {**os.environ, env.SYSTEM_UUID_FILE: str(tmp_path / "client-host" / "system_uuid")}
 
 
 def write_device(device: Path, offset: int, data: bytes) -> None:

@@ -21,6 +21,7 @@ from tests.fuse_util import (
     MOUNT_CLI,
     WAIT_S,
     Mount,
+    client_env,
     mount_status,
     play,
     unmount,
@@ -84,8 +85,9 @@ def test_mkdir_warnings_and_the_first_eperm_explained(tmp_path: Path, tree: tupl
     shadow, device = tree
     mountpoint = tmp_path / "made" / "mnt"
     log = tmp_path / "daemon.log"
+    client = client_env(tmp_path)
     done = subprocess.run([MOUNT_CLI, "--mkdir", "--shadow", str(shadow), "--device", str(device), "--log-file",
-                           str(log), str(mountpoint)], capture_output=True, text=True, timeout=WAIT_S)
+                           str(log), str(mountpoint)], capture_output=True, text=True, timeout=WAIT_S, env=client)
     try:
         assert done.returncode == 0 and os.path.ismount(mountpoint), done.stderr
         assert done.stderr == f"famfs-fuse-mount: warning: no famfs-agent is running on {shadow}: the mount shows " \

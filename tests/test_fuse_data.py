@@ -19,6 +19,7 @@ from famfs.master import prng
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import (
     Mount,
+    client_env,
     empty_shadow,
     play,
     put_file,
@@ -119,11 +120,12 @@ def test_writes_reach_the_image_and_never_grow_the_file(tmp_path: Path, device: 
 
 
 def test_namespace_changes_are_refused_quietly(tmp_path: Path, device: Path) -> None:
+    """On a client (the master's mount makes these changes: tests/test_master_mount.py)."""
     famfsctl("mkdir", "--device", device, "dir")
     famfsctl("creat", "--device", device, "-s", "4096", "file")
     shadow = tmp_path / "shadow"
     play(device, shadow)
-    with Mount(shadow, device, tmp_path / "mnt") as mount:
+    with Mount(shadow, device, tmp_path / "mnt", env=client_env(tmp_path)) as mount:
         root = mount.mountpoint
         attempts = {
             "create": lambda: open(root / "new", "w"),

@@ -29,7 +29,7 @@ from famfs import config, logsetup
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
-from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
+from famfs.identity import SYSTEM_UUID_FLAG_HELP, IdentityError, system_uuid, system_uuid_file
 from famfs.shadowdir import STATE_FILE, agent_pid, state_path, tree_problem
 
 EXIT_UNHEALTHY = 1  # `health`: some check failed (the JSON line says which)
@@ -90,6 +90,11 @@ def play(argv: Sequence[str]) -> int:
         print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
         return EXIT_UNUSABLE
     uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
+    try:
+        system_uuid(uuid_file, create=False)  # read on every (re)start: a bad file is a usage error now
+    except IdentityError as err:
+        print(f"famfs-agent: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
     follower = Follower(
         device, args.shadow or settings.agent.shadow, settings.agent, uuid_file,
         follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",

@@ -1,7 +1,7 @@
 """This host's identity and its role in a file system.
 
-Upstream keeps the master's system UUID in /opt/famfs/system_uuid (36-char text, created on first
-use, mode 0444). We read and write the same file by default; its path can be changed (flag,
+Upstream keeps the master's system UUID in /opt/famfs/system_uuid (the 36 characters and a NUL:
+upstream writes them with `write(fd, uuid, 37)`; created on first use, mode 0444). We read and write the same file by default; its path can be changed (flag,
 FAMFS_SYSTEM_UUID_FILE, or `system_uuid_file` in famfs-agent.toml) so several simulated hosts on
 one machine each have their own identity.
 """
@@ -38,19 +38,27 @@ def system_uuid_file(flag: str | None, configured: str) -> Path:
     return Path(flag or os.environ.get(SYSTEM_UUID_ENV) or configured)
 
 
+class IdentityError(ValueError):
+    """The system-UUID file exists but holds no UUID; the message names the file."""
+
+
 def system_uuid(path: Path, *, create: bool = True) -> uuid.UUID | None:
     """This host's UUID, created (as upstream does) if missing and `create`."""
     try:
-        return uuid.UUID(path.read_text().strip())
+        # Upstream's file ends in the C string's NUL; a hand-made one may end in a newline.
+        text = path.read_bytes().rstrip(b"\0").strip().decode("ascii")
+        return uuid.UUID(text)
     except FileNotFoundError:
         if not create:
             return None
-    except ValueError as err:
-        raise ValueError(f"{path}: not a UUID: {err}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise IdentityError(f"{path}: not a UUID: {err}") from None
+    except OSError as err:
+        raise IdentityError(f"{path}: cannot read: {err.strerror}") from None
     value = uuid.uuid4()
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(str(value))  # upstream writes exactly the 36 characters
+    temp.write_text(str(value))  # the 36 characters; the reader above also takes upstream's trailing NUL
     temp.chmod(0o444)
     temp.rename(path)
     return value

@@ -142,13 +142,25 @@ class _BaseLoader(getattr(yaml, "CBaseLoader", yaml.BaseLoader)):  # type: ignor
     """Every scalar stays a string, as upstream's event parser sees it; numbers are ours to parse."""
 
 
-def _number(value: Any, key: str) -> int:
-    """strtoull(v, 0, 0) semantics: 0x.. hex, 0.. octal, else decimal."""
+# No field of a shadow file needs more: a u64 is 20 decimal digits (22 octal, 16 hex). A longer
+# string is refused before int() sees it (CPython raises ValueError past 4,300 digits anyway).
+MAX_NUMBER_CHARS = 24
+
+
+def _number(value: Any, key: str, *, signed: bool = False) -> int:
+    """strtoull(v, 0, 0) semantics: 0x.. hex, 0.. octal, else decimal. Only `signed` fields
+    (uid, gid: upstream prints them with %d) may be negative."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise FormatError(f"{key}: not a number: {value!r}")
     if isinstance(value, int):
         return value
     text = value.strip()
+    if len(text) > MAX_NUMBER_CHARS:
+        raise FormatError(f"{key}: a number of {len(text)} characters is not a famfs field")
+    if text.startswith("-") and not signed:
+        raise FormatError(f"{key}: negative: {value!r}")
+    if "_" in text:
+        raise FormatError(f"{key}: not a number: {value!r}")  # int() takes 1_000, strtoull does not
     try:
         if text.lower().startswith("0x"):
             return int(text, 16)
@@ -187,9 +199,10 @@ def _extent_list(raw: Any, limit: int, where: str) -> tuple[Extent, ...]:
 
 # The canonical shape of a simple file as emit_file_yaml writes it with a plain path.
 _CANONICAL_HEAD = re.compile(
-    rb"---\nfile:\n  path: ([^\n]+)\n  size: (\d+)\n  flags: (\d+)\n  mode: 0([0-7]*)\n"
-    rb"  uid: (-?\d+)\n  gid: (-?\d+)\n  nextents: \d+\n  simple_ext_list:\n")
-_CANONICAL_EXTENT = re.compile(rb"  - devindex: (\d+)\n    offset: 0x([0-9a-f]+)\n    length: 0x([0-9a-f]+)\n")
+    rb"---\nfile:\n  path: ([^\n]+)\n  size: (\d{1,20})\n  flags: (\d{1,20})\n  mode: 0([0-7]{0,22})\n"
+    rb"  uid: (-?\d{1,10})\n  gid: (-?\d{1,10})\n  nextents: \d{1,2}\n  simple_ext_list:\n")
+_CANONICAL_EXTENT = re.compile(
+    rb"  - devindex: (\d{1,20})\n    offset: 0x([0-9a-f]{1,16})\n    length: 0x([0-9a-f]{1,16})\n")
 
 
 def _parse_canonical(raw: bytes) -> FileEntry | None:
@@ -212,7 +225,23 @@ def _parse_canonical(raw: bytes) -> FileEntry | None:
 
 
 def parse_file_yaml(text: bytes | str) -> FileEntry:
-    """Parse a shadow file's YAML into a FileEntry (its relpath is the `path` key)."""
+    """Parse a shadow file's YAML into a FileEntry (its relpath is the `path` key).
+
+    FormatError is the only exception it raises, whatever the document: the shadow tree is a
+    directory any root process can write, and the mount must answer EIO, not crash, for it.
+    """
+    try:
+        return _parse(text)
+    except FormatError:
+        raise
+    except RecursionError:
+        # libyaml's constructor recurses once per nesting level (~340 levels end Python's stack).
+        raise FormatError("malformed YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        raise FormatError(f"malformed YAML: {type(err).__name__}: {err}") from None
+
+
+def _parse(text: bytes | str) -> FileEntry:
     if isinstance(text, bytes) and (canonical := _parse_canonical(text)) is not None:
         return canonical
     try:
@@ -240,8 +269,8 @@ def parse_file_yaml(text: bytes | str) -> FileEntry:
         size=_number(body["size"], "size"),
         flags=_number(body.get("flags", 0), "flags"),
         mode=_number(body["mode"], "mode") & 0o7777,
-        uid=_unsigned32(_number(body.get("uid", 0), "uid"), "uid"),
-        gid=_unsigned32(_number(body.get("gid", 0), "gid"), "gid"),
+        uid=_unsigned32(_number(body.get("uid", 0), "uid", signed=True), "uid"),
+        gid=_unsigned32(_number(body.get("gid", 0), "gid", signed=True), "gid"),
     )
     if "simple_ext_list" in body:
         extents = _extent_list(body["simple_ext_list"], MAX_SIMPLE_EXTENTS, "simple_ext_list")

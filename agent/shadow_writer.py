@@ -438,7 +438,8 @@ class ShadowTree:
     def read_tree_file(self, relpath: str) -> bytes | None:
         """The bytes of a regular file in root/, or None if there is none (or it is a directory)."""
         try:
-            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
+            # O_NONBLOCK: a FIFO someone put in the tree must not stop the agent until a writer comes.
+            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._root_fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         with contextlib.closing(os.fdopen(fd, "rb")) as handle:

@@ -95,12 +95,17 @@ def walk(root: bytes) -> dict[bytes, Signature]:
 def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
     """Parse and check one shadow file; fmt.FormatError says what is wrong with it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: this runs on the trio thread, and opening a FIFO put in place of a YAML
+        # would otherwise wait for a writer while every request to the mount waits behind it.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None
         raise fmt.FormatError(f"cannot open: {err.strerror}") from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise fmt.FormatError(f"not a regular file (mode {mode:#o})")
         raw = os.read(fd, MAX_YAML_BYTES + 1)
     finally:
         os.close(fd)

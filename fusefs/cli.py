@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import os
+import re
 import signal
 import stat
 import sys
@@ -63,6 +64,7 @@ DEFAULT_LOG_FILE = "/var/log/famfs-fuse-mount.log"
 # 128 KiB requests. 1 MiB (libfuse's largest request) measured 2.2 → 2.9 GB/s (docs/fusefs.md).
 READ_AHEAD_KB = 1024
 READY = b"ok\n"  # what the daemon tells the waiting parent once the mount is live; anything else is the reason it is not
+MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
 class UsageError(Exception):
@@ -331,9 +333,12 @@ class Daemon:
                 nursery.start_soon(self.sync.periodic, watcher)
                 nursery.start_soon(self._signals, signals)
                 nursery.start_soon(rest_socket.serve, endpoints)
-                nursery.start_soon(trio.to_thread.run_sync, set_readahead, self.cfg.mountpoint)
+                nursery.start_soon(self._set_readahead, ops.initialized)
                 await pyfuse3.main()
                 ops.drop_all_staged("still open at unmount")
+                # The request loop has stopped: from here on nothing may call into the mount
+                # (it would wait for an answer forever). Notifications are the only such calls.
+                await self.notifier.close()
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
@@ -345,17 +350,45 @@ class Daemon:
                 log.info("status", status=self.status())
             else:
                 log.info("signal: unmounting", signal=signal.Signals(signum).name)
+                # Notifications in flight may wait for the request loop: let them finish while
+                # it still answers, then stop it.
+                await self.notifier.close()
                 pyfuse3.terminate()
+
+    async def _set_readahead(self, initialized: trio.Event) -> None:
+        """Raise the mount's readahead once the kernel has the INIT reply (it caps readahead when
+        it receives it). No call into the mount: the loop may be stopping at any moment."""
+        await initialized.wait()
+        await trio.to_thread.run_sync(set_readahead, self.cfg.mountpoint, abandon_on_cancel=True)
+
+
+def mount_device_number(mountpoint: str) -> tuple[int, int] | None:
+    """major:minor of our mount at `mountpoint`, from /proc/self/mountinfo (a stat of the
+    mountpoint would be a request to our own loop); None if it is not mounted (any more)."""
+    try:
+        table = Path("/proc/self/mountinfo").read_bytes()
+    except OSError:
+        return None
+    wanted = os.fsencode(mountpoint)
+    found = None
+    for line in table.splitlines():
+        fields = line.split(b" ")
+        if b"-" not in fields:
+            continue
+        fstype = fields[fields.index(b"-") + 1:][:1]
+        # Mount points are octal-escaped (space, tab, newline, backslash); the last match is on top.
+        if fstype == [b"fuse.famfs"] and MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), fields[4]) == wanted:
+            major, minor = fields[2].split(b":")
+            found = (int(major), int(minor))
+    return found
 
 
 def set_readahead(mountpoint: str) -> None:
-    """Raise the mount's readahead. Run in a worker thread once the main loop serves requests:
-    the kernel caps readahead when it receives the INIT reply, so it must be set after."""
-    try:
-        st = os.stat(mountpoint)  # answered by our main loop: INIT is done once this returns
-    except OSError:
+    """Raise the mount's readahead (blocking sysfs I/O: a worker thread)."""
+    number = mount_device_number(mountpoint)
+    if number is None:
         return  # unmounted already
-    bdi = Path("/sys/class/bdi") / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" / "read_ahead_kb"
+    bdi = Path("/sys/class/bdi") / f"{number[0]}:{number[1]}" / "read_ahead_kb"
     try:
         bdi.write_text(str(READ_AHEAD_KB))
     except OSError as err:

@@ -38,9 +38,23 @@ class Notifier:
     def __init__(self, threads: int = WORKER_THREADS) -> None:
         self.limiter = trio.CapacityLimiter(threads)
         self.counters = NotifyCounters()
+        self.closed = False  # read by the worker threads before each notification
+        self.in_flight = 0  # groups handed to worker threads and not back yet
+        self._idle = trio.Event()
+
+    async def close(self) -> None:
+        """Send nothing more, and return once no worker thread is delivering a notification.
+
+        A notification can wait for the request loop to answer (the kernel takes the directory's
+        lock first): call this while the loop still runs, before pyfuse3.terminate().
+        """
+        self.closed = True
+        while self.in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     async def send(self, notices: Sequence[Notice]) -> None:
-        if not notices:
+        if not notices or self.closed:
             return
         groups: dict[int, list[Notice]] = defaultdict(list)
         for notice in notices:
@@ -50,16 +64,23 @@ class Notifier:
                 nursery.start_soon(self._send_group, group)
 
     async def _send_group(self, group: list[Notice]) -> None:
-        outcome = await trio.to_thread.run_sync(self._deliver, group, limiter=self.limiter)
+        self.in_flight += 1
+        try:
+            outcome = await trio.to_thread.run_sync(self._deliver, group, limiter=self.limiter)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
         # Counted here, on the trio thread, so worker threads share nothing mutable.
         self.counters.sent += outcome.sent
         self.counters.not_cached += outcome.not_cached
         self.counters.failed += outcome.failed
 
-    @staticmethod
-    def _deliver(group: list[Notice]) -> NotifyCounters:
+    def _deliver(self, group: list[Notice]) -> NotifyCounters:
         outcome = NotifyCounters()
         for notice in group:
+            if self.closed:
+                break  # the mount is going away: the kernel forgets everything anyway
             try:
                 match notice.kind:
                     case NoticeKind.NEW_NAME:

@@ -115,6 +115,12 @@ class FamfsOperations(pyfuse3.Operations):
         self.dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self.next_fh = 1
         self.denial_explained = False  # the first EPERM for a namespace change is logged, then no other
+        self.initialized = trio.Event()  # set when the kernel's INIT is answered
+
+    def init(self) -> None:
+        # pyfuse3 calls this (on the trio thread) just before it sends the INIT reply; waiters
+        # run only after this request returns, so by then the kernel has the reply.
+        self.initialized.set()
 
     # --- attributes ---------------------------------------------------------------------------
 

@@ -62,12 +62,14 @@ class Follower:
         self.state: AgentState | None = None
         self.stop_signal: int | None = None
         self.stats = AgentStats()  # read by the metrics collector (agent/metrics.py)
+        self.waiter: Waiter | None = None  # made by run(): signal.set_wakeup_fd needs the main thread
         self.debug = debug  # per-entry events cost time even when filtered out: skip building them
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.waiter = Waiter()
         try:
             try:
                 self.tree.open()
@@ -76,11 +78,18 @@ class Follower:
                 return EXIT_UNUSABLE
             return self._follow() if self.following else self._once()
         finally:
+            self.waiter.close()
+            self.waiter = None
             self.tree.close()
             if self.device is not None:
                 self.device.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _sleep(self, seconds: float) -> None:
+        """Every pause of the agent: ends at once on SIGTERM/SIGINT (the caller checks the flag)."""
+        assert self.waiter is not None
+        self.waiter.sleep(seconds)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag: the entry in hand is finished and the cursor saved by the loop.
@@ -338,7 +347,7 @@ class Follower:
                 if time.monotonic() >= deadline:
                     self._stall(index, seal_error)
                     return None
-                time.sleep(wait)
+                self._sleep(wait)
                 wait = min(wait * 2, 0.05)
                 continue
             try:
@@ -359,14 +368,15 @@ class Follower:
 
     def _follow(self) -> int:
         settings = self.settings
-        waiter: Waiter | None = None
+        waiter = self.waiter
+        assert waiter is not None
         problem = self._open_device()
         announced = None
         while problem is not None and self.stop_signal is None:
             if problem != announced:
                 log.error("device_unusable", device=self.device_path, error=problem, action="retrying")
                 announced = problem
-            time.sleep(DEVICE_RETRY_S)
+            self._sleep(DEVICE_RETRY_S)
             problem = self._open_device()
         if self.stop_signal is not None:
             return EXIT_OK
@@ -377,7 +387,7 @@ class Follower:
                 self._recover(err)
             assert self.device is not None
             hint = self._write_hint()
-            waiter = Waiter(hint)
+            waiter.watch(hint)
             idle_max = (settings.hint_poll_max_ms if hint else settings.poll_max_ms) / 1000
             interval = settings.poll_min_ms / 1000
             ready = False
@@ -401,8 +411,6 @@ class Follower:
                 else:
                     interval = min(interval * 2, idle_max)
         finally:
-            if waiter is not None:
-                waiter.close()
             if self.state is not None and self.famfs_log is not None:
                 self._save()
         log.info("stop", signal=signal.Signals(self.stop_signal).name if self.stop_signal else None,
@@ -419,7 +427,7 @@ class Follower:
             log.error("shadow_write_failed", shadow=str(self.tree.base), error=str(err), cursor=self.state.applied_index,
                       action=f"{'rebuilding the tree' if rebuild else 'retrying'} in {DEVICE_RETRY_S:.0f} s")
             self.state.last_error = str(err)
-            time.sleep(DEVICE_RETRY_S)
+            self._sleep(DEVICE_RETRY_S)
             try:
                 self._start(rebuild)
                 return
@@ -464,17 +472,21 @@ class Follower:
     def _reopen(self, why: str) -> bool:
         """The device changed under us: wait for a writer (mkfs) to finish, then start over."""
         assert self.state is not None
-        time.sleep(self.settings.inflight_retry_ms / 1000)
+        self._sleep(self.settings.inflight_retry_ms / 1000)
+        if self.stop_signal is not None:
+            return False
         problem = self._open_device()
         if problem is not None:
             if self.state.last_error != problem:
                 log.error("device_unusable", device=self.device_path, error=problem, action="retrying")
             self.state.last_error = problem
             while problem is not None and self.stop_signal is None:
-                time.sleep(DEVICE_RETRY_S)
+                self._sleep(DEVICE_RETRY_S)
                 problem = self._open_device()
             if problem is not None:
                 return False
         log.warning("device_changed", device=self.device_path, reason=why)
         self._start()
+        assert self.waiter is not None
+        self.waiter.watch(self._write_hint())  # the path may name another image file now
         return True

@@ -48,28 +48,45 @@ class ImageWriteWatch:
 
 
 class Waiter:
-    """Sleeps until a timeout, the write hint (if any) fires, or a signal arrives."""
+    """Sleeps until a timeout, the write hint (if any) fires, or a signal arrives.
 
-    def __init__(self, hint: ImageWriteWatch | None) -> None:
+    Every wait of the follower goes through one Waiter: signal.set_wakeup_fd writes to its pipe
+    as the signal arrives, so no wait, however long, outlives a SIGTERM.
+    """
+
+    def __init__(self, hint: ImageWriteWatch | None = None) -> None:
         self.hint = hint
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
-        self._fds = [self._signal_r] + ([hint.fd] if hint else [])
+
+    def watch(self, hint: ImageWriteWatch | None) -> None:
+        """Wake on `hint` from now on (the device was opened or re-opened)."""
+        if self.hint is not None:
+            self.hint.close()
+        self.hint = hint
 
     def wait(self, timeout_s: float) -> bool:
         """True if the write hint fired (the log probably changed)."""
-        ready, _, _ = select.select(self._fds, [], [], timeout_s)
-        if not ready:
-            return False
+        ready = self._select([self._signal_r] + ([self.hint.fd] if self.hint else []), timeout_s)
+        if self.hint is not None and self.hint.fd in ready:
+            self.hint.drain()
+            return True
+        return False
+
+    def sleep(self, timeout_s: float) -> None:
+        """Sleep `timeout_s`, or until a signal arrives."""
+        self._select([self._signal_r], timeout_s)
+
+    def _select(self, fds: list[int], timeout_s: float) -> list[int]:
+        # A signal that arrives before select() starts is already a byte in the pipe: no wait
+        # can miss it. The handler has set the caller's flag by the time this returns.
+        ready, _, _ = select.select(fds, [], [], timeout_s)
         if self._signal_r in ready:
             try:
                 os.read(self._signal_r, DRAIN_CHUNK)
             except BlockingIOError:
                 pass
-        if self.hint is not None and self.hint.fd in ready:
-            self.hint.drain()
-            return True
-        return False
+        return ready
 
     def close(self) -> None:
         signal.set_wakeup_fd(self._previous_wakeup_fd)

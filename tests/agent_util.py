@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import create_image, mkfs
+from demo.harness import wait_for
 from famfs.shadowdir import state_path
 from tests.conftest import DATA
 
@@ -22,6 +25,7 @@ AGENT = [sys.executable, "-m", "agent.cli"]
 IMAGE_SIZE = 64 << 30  # sparse: room for a distinct allocation unit per file in the long logs
 DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
 AU = fmt.ALLOC_UNIT
+FOLLOW_WAIT_S = 20.0  # bounded waits for a following agent (shared, loaded machines)
 
 Snapshot = dict[str, tuple[object, ...]]
 
@@ -100,3 +104,25 @@ def logged_dirs(name: str) -> dict[str, tuple[str, int, int, int]]:
             relpath = fields[1].encode()[:fmt.MAX_RELPATH_BYTES].decode()  # upstream cuts mkdir paths to 79
             dirs[relpath] = ("d", int(fields[2], 8), int(fields[3]), int(fields[4]))
     return dirs
+
+
+@contextmanager
+def following(image: Path, shadow: Path, *extra: str | os.PathLike[str]) -> Iterator[subprocess.Popen[str]]:
+    """A --follow agent, stopped with SIGTERM (and checked to exit 0) when the block ends."""
+    log_path = shadow.parent / f"{shadow.name}.log"
+    with open(log_path, "w") as log_file:
+        agent = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), *map(str, extra), str(image)],
+                                 stderr=log_file, text=True)
+    try:
+        wait_for(lambda: (shadow / ".agent" / "state.json").exists(), "the agent starts", FOLLOW_WAIT_S)
+        yield agent
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=FOLLOW_WAIT_S)
+        finally:
+            if agent.returncode is None:
+                agent.kill()
+                agent.wait()
+    log = agent.log = log_path.read_text()  # type: ignore[attr-defined]
+    assert agent.returncode == 0, log

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,10 +19,12 @@ from famfs.famfslog import FamfsLog
 from tests import fuse_util
 from tests.agent_util import (
     AGENT,
+    FOLLOW_WAIT_S,
     agent_state,
     append,
     append_raw,
     file_entry,
+    following,
     make_device,
     mkdir_entry,
     run_agent,
@@ -33,30 +32,8 @@ from tests.agent_util import (
 )
 from tests.famfsctl_util import famfsctl
 
-WAIT_S = 20.0
+WAIT_S = FOLLOW_WAIT_S
 wait_for = functools.partial(fuse_util.wait_for, timeout=WAIT_S)
-
-
-@contextmanager
-def following(image: Path, shadow: Path, *extra: str | os.PathLike[str]) -> Iterator[subprocess.Popen[str]]:
-    """A --follow agent, stopped with SIGTERM (and checked to exit 0) when the block ends."""
-    log_path = shadow.parent / f"{shadow.name}.log"
-    with open(log_path, "w") as log_file:
-        agent = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), *map(str, extra), str(image)],
-                                 stderr=log_file, text=True)
-    try:
-        wait_for(lambda: (shadow / ".agent" / "state.json").exists(), "the agent starts")
-        yield agent
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=WAIT_S)
-        finally:
-            if agent.returncode is None:
-                agent.kill()
-                agent.wait()
-    log = agent.log = log_path.read_text()  # type: ignore[attr-defined]
-    assert agent.returncode == 0, log
 
 
 @pytest.mark.parametrize("wake_hint", [True, False], ids=["inotify-hint", "polling-only"])

@@ -1,0 +1,63 @@
+"""famfs-agent under an adversarial user: upstream's identity file, waits that must end at once on
+SIGTERM, and a shadow tree damaged behind its back (repaired without a new log entry)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from tests.agent_util import agent_state, following, make_device, run_agent
+from tests.famfsctl_util import famfsctl, make_image
+
+SIGTERM_EXIT_S = 5.0
+
+
+def test_upstream_system_uuid_file_with_its_nul(tmp_path: Path, system_uuid_file: Path) -> None:
+    """Upstream writes the 36 characters and the C string's NUL: both tools take it as it is."""
+    host = uuid.uuid4()
+    system_uuid_file.parent.mkdir(parents=True)
+    system_uuid_file.write_bytes(str(host).encode() + b"\0")
+    assert len(system_uuid_file.read_bytes()) == 37
+    image = make_image(tmp_path / "dev.img")
+    with Device(image) as device:
+        assert FamfsLog(device).superblock.system_uuid == host  # mkfs read it: this host is the master
+    famfsctl("mkdir", "--device", image, "d")  # only the master may write
+    shadow = tmp_path / "shadow"
+    run_agent(image, "--shadow", shadow, "--no-progress", check=True)
+    assert agent_state(shadow)["role"] == "master"
+    assert (shadow / "root" / "d").is_dir()
+
+
+def test_unreadable_system_uuid_file_is_one_line_and_exit_2(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    system_uuid_file.chmod(0o644)
+    system_uuid_file.write_bytes(b"not a uuid\0")
+    done = run_agent(image, "--shadow", tmp_path / "shadow", "--no-progress")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "not a UUID" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_ends_a_long_wait_at_once(tmp_path: Path, system_uuid_file: Path) -> None:
+    """A log header past the last slot makes the follower wait inflight_retry_ms (here a minute)
+    before re-opening the device: SIGTERM ends that wait, not the minute."""
+    image = make_device(tmp_path, system_uuid_file)
+    config = tmp_path / "agent.toml"
+    config.write_text("[agent]\ninflight_retry_ms = 60000.0\n")
+    shadow = tmp_path / "shadow"
+    with following(image, shadow, "--config", config) as agent:
+        with Device(image, writable=True) as device:
+            past_end = fmt.log_capacity(FamfsLog(device).superblock.log_len) + 5
+            device.write(fmt.LOG_OFFSET + fmt.LOG_NEXT_SEQNUM_OFFSET, past_end.to_bytes(8, "little") * 2)
+        time.sleep(1.0)  # let the follower's next poll (every <= 100 ms) find it and start waiting
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=SIGTERM_EXIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"famfs-agent still running {SIGTERM_EXIT_S} s after SIGTERM") from None

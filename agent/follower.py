@@ -29,7 +29,7 @@ from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import Role, role_of
 from famfs.progress import Progress
-from famfs.shadowdir import STATE_FILE, AgentState, boot_id, tree_problem
+from famfs.shadowdir import STATE_FILE, AgentState, boot_id, image_identity, tree_problem
 
 log = structlog.get_logger("famfs-agent")
 
@@ -137,14 +137,20 @@ class Follower:
                 log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
                             action="shadow tree emptied and the log replayed from entry 0")
             state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid))
+            assert self.device is not None
+            state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
             self.state = state
-            self._save()  # first: a kill during the reset then restarts the reset
+            # First: a kill during the reset then restarts the reset, and a mount reading the
+            # state stops serving the old device before the tree shows the new file system.
+            self._save()
             self.tree.reset(sb, self.device_path)
         assert state is not None
         self.state = state
         role = role_of(sb, self.uuid_file)
         self.tree.write_meta(sb, master=role is Role.MASTER)
         state.device, state.role, state.boot_id = self.state_device, role.value, boot_id()
+        assert self.device is not None
+        state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
         state.pid, state.following, state.stalled_at = os.getpid(), self.following, None
         if state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
             # A run was killed around this DELETE's unlink, after checking it: finish it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ class AgentState:
 
     device: str
     fs_uuid: str
+    # An image file's identity (st_dev, st_ino of what the agent read): the mount serves bytes only
+    # from that file, not from one that replaced it at the same path. None on a devdax or pmem.
+    device_dev: int | None = None
+    device_ino: int | None = None
     applied_index: int = -1  # the cursor: every entry up to here is dealt with
     applied_seqnum: int | None = None
     applied_crc: int | None = None
@@ -73,6 +78,20 @@ class AgentState:
 
 def state_path(shadow_dir: str | os.PathLike[str]) -> Path:
     return Path(shadow_dir) / AGENT_DIR / STATE_FILE
+
+
+def read_state(shadow_dir: str | os.PathLike[str]) -> AgentState | None:
+    """The agent's saved state; None if there is none or it cannot be read."""
+    try:
+        return AgentState.parse(state_path(shadow_dir).read_bytes())
+    except OSError:
+        return None
+
+
+def image_identity(fd: int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of an open image file; None for a device node (its identity is the UUID)."""
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
 def recorded_device(shadow_dir: str | os.PathLike[str]) -> str:

@@ -42,11 +42,9 @@ from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import Role, role_of, system_uuid_file
 from famfs.namespace import NamespaceWriter
-from famfs.rules import Geometry
 from famfs.shadowdir import ROOT, agent_pid, recorded_device, state_path
 from fusefs import health
-from fusefs.capacity import CapacityCache
-from fusefs.datapath import DataPath
+from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
 from fusefs.operations import FamfsOperations, MountPolicy
@@ -250,6 +248,7 @@ class Daemon:
         self.table: InodeTable | None = None
         self.sync: TreeSync | None = None
         self.ready_sent = False  # the parent has been told the mount is live (its pipe is closed)
+        self.devices: DeviceCheck | None = None
 
     def status(self) -> str:
         assert self.table is not None and self.sync is not None
@@ -265,14 +264,15 @@ class Daemon:
         watcher.start()
         try:
             sb = self.famfs_log.superblock
-            self.table = InodeTable(self.shadow_root, Geometry.of(sb))
-            self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s)
+            devices = self.devices = DeviceCheck(self.famfs_log, self.cfg.shadow, writable=not self.cfg.read_only)
+            self.table = InodeTable(self.shadow_root, devices.served.geometry)
+            self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s, self._check_device)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
                                  negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only,
                                  master=str(sb.system_uuid), staging_bytes=self.cfg.staging_mib << 20,
                                  apply_wait_s=self.cfg.apply_wait_s)
-            ops = FamfsOperations(self.table, DataPath(self.famfs_log.device), CapacityCache(self.famfs_log), policy,
-                                  os.fsencode(self.cfg.shadow), self.status, self.writer)
+            ops = FamfsOperations(self.table, devices, policy, os.fsencode(self.cfg.shadow), self.status, self.writer)
+            await self._check_device()  # the state may already name another file system
             try:
                 rest_socket = RestSocket(self.cfg.shadow)
             except RestError as err:
@@ -334,6 +334,7 @@ class Daemon:
                 nursery.start_soon(self._signals, signals)
                 nursery.start_soon(rest_socket.serve, endpoints)
                 nursery.start_soon(self._set_readahead, ops.initialized)
+                nursery.start_soon(self._watch_device)
                 await pyfuse3.main()
                 ops.drop_all_staged("still open at unmount")
                 # The request loop has stopped: from here on nothing may call into the mount
@@ -354,6 +355,19 @@ class Daemon:
                 # it still answers, then stop it.
                 await self.notifier.close()
                 pyfuse3.terminate()
+
+    async def _check_device(self) -> None:
+        """Switch to a new device generation if the device changed (fusefs/devicecheck.py)."""
+        assert self.devices is not None and self.table is not None
+        switched = await self.devices.check()
+        if switched is not None:
+            await self.notifier.send(self.table.set_geometry(switched.geometry))
+
+    async def _watch_device(self) -> None:
+        # A superblock can change with no change of the shadow tree (no agent running).
+        while True:
+            await trio.sleep(CHECK_PERIOD_S)
+            await self._check_device()
 
     async def _set_readahead(self, initialized: trio.Event) -> None:
         """Raise the mount's readahead once the kernel has the INIT reply (it caps readahead when

@@ -209,12 +209,29 @@ class InodeTable:
         node.error = None
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
+        return self._drop_cached_data(node)
+
+    def _drop_cached_data(self, node: Node) -> list[Notice]:
+        """What the kernel must forget of a file whose bytes now come from elsewhere."""
         if node.lookups <= 0 and node.opens == 0:
             return []
         if node.opens > 0:
             node.data_stale = True
             return [Notice(NoticeKind.ATTRS, node.ino)]
         return [Notice(NoticeKind.INODE, node.ino)]
+
+    def set_geometry(self, geometry: Geometry) -> list[Notice]:
+        """Another device (or the file system re-made on it): every YAML is checked again, when
+        next used, against the new bounds, and the kernel forgets every file's cached bytes
+        (they came from the old device)."""
+        self.geometry = geometry
+        notices: list[Notice] = []
+        for node in self.nodes.values():
+            if not node.is_dir:
+                node.entry = None
+                node.error = None
+                notices.extend(self._drop_cached_data(node))
+        return notices
 
     def _add(self, parent: Node, name: bytes, sig: Signature) -> Node:
         relpath = parent.relpath + b"/" + name if parent.relpath else name

@@ -37,8 +37,8 @@ from famfs import format as fmt
 from famfs import shadowdir
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
-from fusefs.capacity import CapacityCache
-from fusefs.datapath import DataError, DataPath
+from fusefs.datapath import DataError
+from fusefs.devicecheck import DeviceCheck, Served
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
 from fusefs.shadow_reader import Signature
 from fusefs.staging import Staged, StagingArea, StagingFull
@@ -62,6 +62,12 @@ class LookupCounters:
 
     searches: int = 0
     misses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    node: Node
+    generation: int  # of the device it was opened on (fusefs/devicecheck.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,7 @@ def guarded(handler: Handler) -> Handler:
 
 
 class FamfsOperations(pyfuse3.Operations):
-    def __init__(self, table: InodeTable, data: DataPath, capacity: CapacityCache, policy: MountPolicy,
+    def __init__(self, table: InodeTable, devices: DeviceCheck, policy: MountPolicy,
                  shadow_dir: bytes, status: Callable[[], str], writer: NamespaceWriter | None = None) -> None:
         super().__init__()
         self.writer = writer  # None: a client's mount (or a read-only one): the namespace is refused
@@ -104,14 +110,13 @@ class FamfsOperations(pyfuse3.Operations):
         self.writer_slot = trio.CapacityLimiter(1)  # one writer call at a time: they serialize on the lock anyway
         self.staging_full_explained = False
         self.table = table
-        self.data = data
-        self.capacity = capacity
+        self.devices = devices
         self.policy = policy
         self.shadow_dir = shadow_dir
         self.status = status
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
         self.lookups = LookupCounters()
-        self.file_handles: dict[int, Node | Staged] = {}
+        self.file_handles: dict[int, Handle | Staged] = {}
         self.dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self.next_fh = 1
         self.denial_explained = False  # the first EPERM for a namespace change is logged, then no other
@@ -284,13 +289,26 @@ class FamfsOperations(pyfuse3.Operations):
         self._entry(node)
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
-        if flags & os.O_ACCMODE != os.O_RDONLY and (self.policy.read_only or not self.data.writable):
+        if not self.devices.intact():
+            raise pyfuse3.FUSEError(errno.EIO)  # the device is not the one the shadow tree describes
+        served = self.devices.served
+        if flags & os.O_ACCMODE != os.O_RDONLY and (self.policy.read_only or not served.data.writable):
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = self._new_fh()
-        self.file_handles[fh] = node
+        self.file_handles[fh] = Handle(node, served.generation)
         node.opens += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=self.policy.cache == "direct",
                                 keep_cache=self.policy.cache == "always")
+
+    def _served(self, handle: Handle) -> Served:
+        """The device to serve this handle's bytes from; ESTALE once the file system it was
+        opened on is gone (re-made, or the image replaced), EIO while nothing may be served."""
+        served = self.devices.served
+        if handle.generation != served.generation:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        if not self.devices.intact():
+            raise pyfuse3.FUSEError(errno.ESTALE if self.devices.refusal is None else errno.EIO)
+        return served
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> Any:
@@ -299,8 +317,9 @@ class FamfsOperations(pyfuse3.Operations):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)  # dropped (its close said why)
             return bytes(handle.data[off:off + size])
-        entry = self._entry(handle)  # the current mapping: a re-map applies at once
-        return self.data.read(entry, off, size)
+        served = self._served(handle)
+        entry = self._entry(handle.node)  # the current mapping: a re-map applies at once
+        return served.data.read(entry, off, size)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -320,9 +339,10 @@ class FamfsOperations(pyfuse3.Operations):
             except pyfuse3.FUSEError as err:
                 handle.failed = f"a write was refused ({errno.errorcode.get(err.errno, err.errno)})"
                 raise
-        entry = self._entry(handle)
+        served = self._served(handle)
+        entry = self._entry(handle.node)
         try:
-            return self.data.write(entry, off, buf)
+            return served.data.write(entry, off, buf)
         except DataError as err:
             raise pyfuse3.FUSEError(err.errno) from None
 
@@ -334,12 +354,16 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(self.data.device.map.flush)
+        handle = self.file_handles[fh]
+        if isinstance(handle, Staged):
+            return  # nothing of it is on the device before its last close
+        await trio.to_thread.run_sync(self._served(handle).data.device.map.flush)
 
     @guarded
     async def release(self, fh: int) -> None:
-        node = self.file_handles.pop(fh)
-        if isinstance(node, Staged):
+        handle = self.file_handles.pop(fh)
+        if isinstance(handle, Staged):
+            node = handle
             node.opens -= 1
             if node.opens == 0 and not (node.gone or node.committing):
                 if node.unlinked or node.failed:
@@ -351,6 +375,7 @@ class FamfsOperations(pyfuse3.Operations):
                     with contextlib.suppress(pyfuse3.FUSEError):
                         await self._commit(node)
             return
+        node = handle.node
         if self.table.release(node):
             self.spawn_notice(Notice(NoticeKind.INODE, node.ino))
 
@@ -358,7 +383,7 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        figures = await trio.to_thread.run_sync(self.capacity.current)
+        figures = await trio.to_thread.run_sync(self.devices.served.capacity.current)
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = figures.unit
         data.f_blocks = figures.total_units
@@ -614,7 +639,7 @@ class FamfsOperations(pyfuse3.Operations):
         node.opens += staged.opens
         for fh, handle in self.file_handles.items():
             if handle is staged:
-                self.file_handles[fh] = node
+                self.file_handles[fh] = Handle(node, self.devices.served.generation)
 
     def _drop(self, staged: Staged, why: str) -> None:
         """Forget a file that was never logged (nothing of it is on the device or in the log)."""
@@ -634,15 +659,15 @@ class FamfsOperations(pyfuse3.Operations):
         """ENOSPC for the write that takes a new file past the device's free space, checked each
         time it grows into one more allocation unit past its first (every file gets one), so the
         program hears it: a refusal at its last close could only be logged."""
-        unit = self.capacity.famfs_log.superblock.alloc_unit
+        unit = self.devices.served.geometry.alloc_unit
         units = -(-end // unit)
         if units <= max(1, -(-len(staged.data) // unit)):
             return
-        figures = await trio.to_thread.run_sync(self.capacity.current)
+        figures = await trio.to_thread.run_sync(self.devices.served.capacity.current)
         if units > figures.free_units:
             log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
                         reason=f"{units * unit} bytes do not fit: {figures.free_units * unit} bytes are free on "
-                               f"{self.capacity.famfs_log.path}")
+                               f"{self.devices.path}")
             raise pyfuse3.FUSEError(errno.ENOSPC)
 
     def _staging_full(self, staged: Staged) -> pyfuse3.FUSEError:

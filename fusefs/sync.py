@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
@@ -27,10 +28,14 @@ DEGRADED_PERIOD_S = 1.0  # how often the watcher is checked; the rescan period o
 
 
 class TreeSync:
-    def __init__(self, table: InodeTable, notifier: Notifier, period: float) -> None:
+    def __init__(self, table: InodeTable, notifier: Notifier, period: float,
+                 before_refresh: Callable[[], Awaitable[None]]) -> None:
         self.table = table
         self.notifier = notifier
         self.period = period
+        # Runs before any change is taken in: the device check (a new tree may describe a new
+        # file system, whose files must not be served from the old device).
+        self.before_refresh = before_refresh
         self.rescans = 0
         self.lost_rescans = 0  # rescans forced by events inotify lost
         self.batches = 0
@@ -50,6 +55,7 @@ class TreeSync:
                 await self.rescan("inotify lost events")
                 continue
             paths = sorted((path for path in batch if path is not None), key=lambda path: path.count(b"/"))
+            await self.before_refresh()
             await self.notifier.send(self._refresh_all(paths))
 
     def _refresh_all(self, paths: list[bytes]) -> list[Notice]:
@@ -82,6 +88,7 @@ class TreeSync:
     async def rescan(self, reason: str) -> None:
         disk = await trio.to_thread.run_sync(shadow_reader.walk, self.table.shadow_root)
         candidates = self.table.reconcile_candidates(disk)
+        await self.before_refresh()
         notices = self._refresh_all(candidates)
         self.rescans += 1
         # A routine rescan that found nothing is the normal case: keep it out of the info log.

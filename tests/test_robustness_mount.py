@@ -4,19 +4,20 @@ system re-made or the image replaced under it. Real mounts, real CLIs, real imag
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from famfs.shadowyaml import emit_file_yaml
-from tests.agent_util import file_entry, make_device
-from tests.famfsctl_util import famfsctl
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from tests.agent_util import following, make_device
+from tests.famfsctl_util import famfsctl, file_bytes
 from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, empty_shadow, play, unmount, wait_for
 
 SHUTDOWN_TRIALS = 30
@@ -30,11 +31,15 @@ def in_mountinfo(mountpoint: Path) -> bool:
 
 
 def run_bounded(argv: list[str], timeout: float = GONE_WITHIN_S) -> subprocess.CompletedProcess[bytes] | None:
-    """argv as a child; None if it has not finished within `timeout` (then it is killed)."""
+    """argv as a child; None if it has not finished within `timeout`. Then it is killed but not
+    waited for: a process stuck in a request to a hung mount dies only once the mount lets go."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        return subprocess.run(argv, capture_output=True, timeout=timeout)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.kill()
         return None
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 @pytest.fixture
@@ -72,3 +77,112 @@ def test_signal_the_instant_the_mount_appears(served: tuple[Path, Path], tmp_pat
                 process.kill()
                 process.wait()
             unmount(mountpoint)
+
+
+def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Path) -> None:
+    """A FIFO where the mount expects a never-read shadow YAML: the lookup that reads it gets an
+    error at once, and the mount keeps answering. The FIFO is bind-mounted over the YAML, which
+    raises no inotify event: the mount still believes a regular file is there when it opens it
+    (a rename over the YAML races the same way, for as long as the watcher takes)."""
+    device, shadow = served
+    famfsctl("mkdir", "--device", device, "d")  # never listed: its files are read at their first lookup
+    famfsctl("creat", "-s", "4k", "--device", device, "d/victim")
+    famfsctl("creat", "-s", "4k", "--device", device, "d/other")
+    play(device, shadow)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    victim = shadow / "root" / "d" / "victim"
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        subprocess.run(["mount", "--bind", str(fifo), str(victim)], check=True, capture_output=True)
+        try:
+            looked = run_bounded(["stat", str(mount.mountpoint / "d" / "victim")], timeout=WAIT_S)
+            assert looked is not None, "a lookup of the FIFO'd name hung the mount"
+            assert looked.returncode != 0  # EIO: a shadow file that is not a regular file
+            other = run_bounded(["stat", str(mount.mountpoint / "d" / "other")], timeout=1.0)
+            assert other is not None and other.returncode == 0, "the mount stopped answering"
+        finally:
+            # A daemon stuck in a blocking open is let go by a writer, so the test can end.
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            subprocess.run(["umount", "-l", str(victim)], capture_output=True)
+
+
+def following_mount(tmp_path: Path, device: Path) -> contextlib.ExitStack:
+    """An agent following `device` and a mount of its shadow tree, both stopped at the end."""
+    stack = contextlib.ExitStack()
+    shadow = tmp_path / "shadow"
+    stack.enter_context(following(device, shadow))
+    mount = stack.enter_context(Mount(shadow, device, tmp_path / "mnt"))
+    stack.mount = mount  # type: ignore[attr-defined]
+    return stack
+
+
+def test_handle_opened_before_mkfs_force_gets_an_error(tmp_path: Path, system_uuid_file: Path) -> None:
+    """The extents a handle holds belong to another file after mkfs --force: its reads and writes
+    fail, and the new file's bytes stay untouched."""
+    device = make_device(tmp_path, system_uuid_file)
+    famfsctl("creat", "-s", "2m", "--randomize", "--seed", "1", "--device", device, "old")
+    with following_mount(tmp_path, device) as stack:
+        mountpoint = stack.mount.mountpoint
+        wait_for(lambda: (mountpoint / "old").exists(), "the file in the mount")
+        with open(mountpoint / "old", "r+b", buffering=0) as handle:
+            assert handle.read(4096) == file_bytes(device, "old")[:4096]
+            famfsctl("mkfs", "--force", device)
+            famfsctl("creat", "-s", "2m", "--randomize", "--seed", "2", "--device", device, "new")
+            new_bytes = file_bytes(device, "new")
+            with pytest.raises(OSError) as failed:
+                handle.seek(0)
+                handle.write(b"X" * 4096)
+            assert failed.value.errno in (errno.ESTALE, errno.EIO)
+            with pytest.raises(OSError) as failed:
+                handle.seek(0)
+                handle.read(4096)
+            assert failed.value.errno in (errno.ESTALE, errno.EIO)
+        assert file_bytes(device, "new") == new_bytes
+
+
+def test_new_files_readable_after_mkfs_with_another_log_length(tmp_path: Path, system_uuid_file: Path) -> None:
+    """No remount: the mount takes the new superblock's bounds (data start, statfs)."""
+    device = make_device(tmp_path, system_uuid_file)
+    famfsctl("creat", "-s", "2m", "--device", device, "before")
+    with following_mount(tmp_path, device) as stack:
+        mountpoint = stack.mount.mountpoint
+        wait_for(lambda: (mountpoint / "before").exists(), "the first file in the mount")
+        famfsctl("mkfs", "--force", "--loglen", "64m", device)
+        famfsctl("creat", "-s", "3m", "--randomize", "--seed", "7", "--device", device, "after")
+        wait_for(lambda: (mountpoint / "after").exists(), "the new file in the mount")
+        assert (mountpoint / "after").read_bytes() == file_bytes(device, "after")
+        assert not (mountpoint / "before").exists()
+        statfs = os.statvfs(mountpoint)
+        with Device(device) as opened:
+            sb = FamfsLog(opened).superblock
+        data_units = (sb.dev_size - sb.data_start) // sb.alloc_unit
+        # Used: the new file's two units; the 64 MiB log takes 28 more units than the 8 MiB one.
+        assert statfs.f_bfree == data_units - 2
+
+
+def test_replaced_image_is_never_served(tmp_path: Path, system_uuid_file: Path) -> None:
+    """rm the image, make a new one at the same path, restart the agent: the mount serves the
+    new image's bytes (the old, deleted one it holds open is never read again)."""
+    device = make_device(tmp_path, system_uuid_file)
+    famfsctl("creat", "-s", "2m", "--randomize", "--seed", "1", "--device", device, "old")
+    shadow = tmp_path / "shadow"
+    with following(device, shadow):
+        wait_for(lambda: (shadow / "root" / "old").exists(), "the first play")
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        with open(mount.mountpoint / "old", "rb", buffering=0) as handle:
+            old_bytes = handle.read(4096)
+            device.unlink()
+            famfsctl("mkfs", "--size", "1g", device)
+            # Same extents as "old" had (the first allocation), other bytes.
+            famfsctl("creat", "-s", "2m", "--randomize", "--seed", "2", "--device", device, "new")
+            new_bytes = file_bytes(device, "new")
+            assert new_bytes[:4096] != old_bytes
+            with following(device, shadow):
+                wait_for(lambda: (mount.mountpoint / "new").exists(), "the new image's file in the mount")
+                assert (mount.mountpoint / "new").read_bytes() == new_bytes
+                with pytest.raises(OSError) as failed:
+                    handle.seek(0)
+                    handle.read(4096)
+                assert failed.value.errno in (errno.ESTALE, errno.EIO)
+        assert "device changed" in mount.log()

@@ -36,6 +36,9 @@ log = structlog.get_logger("famfs-agent")
 PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before progress is worth showing
 INFLIGHT_FIRST_WAIT_S = 0.0001
 DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no valid famfs
+# How often a follower checks its tree against the cursor (and its image path against the file it
+# holds): a stat per directory and a listing of each, ~30 ms per 100,000 files.
+TREE_CHECK_S = 2.0
 
 EXIT_OK = 0
 EXIT_REJECTED = 1  # one-shot: some entries rejected, or a corrupt entry stopped the play
@@ -131,12 +134,19 @@ class Follower:
                 resumed = True
             except ShadowError as err:
                 reason = str(err)
+            expected = state.live_files
+            if expected is not None and state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
+                expected -= 1  # the unlink below may have happened already
+            if resumed and (damage := self.tree.damage(state.applied_index, expected, exact=False)) is not None:
+                resumed, reason = False, f"the shadow tree was damaged behind the agent's back: {damage}"
+            elif resumed and state.live_files is None:
+                state.live_files = self.tree.count_files()  # a state from before files were counted
         if not resumed:
             if saved is not None and reason is not None:
                 self.stats.rebuilds += 1
                 log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
                             action="shadow tree emptied and the log replayed from entry 0")
-            state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid))
+            state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid), live_files=0)
             assert self.device is not None
             state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
             self.state = state
@@ -156,6 +166,8 @@ class Follower:
             # A run was killed around this DELETE's unlink, after checking it: finish it.
             self.tree.remove(str(state.pending_delete["path"]))
             self._advance(state.applied_index + 1)
+            if state.live_files is not None:
+                state.live_files -= 1
         state.pending_delete = None
         state.next_index_seen = self.famfs_log.next_index()
         self._save()
@@ -285,6 +297,10 @@ class Follower:
                     continue
                 counts[outcome] += 1
                 tally[type(entry), outcome] += 1
+                if outcome == "deleted":
+                    state.live_files = (state.live_files or 0) - 1
+                elif type(entry) is fmt.FileEntry and outcome in ("applied", "present"):
+                    state.live_files = (state.live_files or 0) + 1
                 done = index
                 if debug:
                     log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
@@ -397,11 +413,15 @@ class Follower:
             idle_max = (settings.hint_poll_max_ms if hint else settings.poll_max_ms) / 1000
             interval = settings.poll_min_ms / 1000
             ready = False
+            next_check = time.monotonic() + TREE_CHECK_S
             while self.stop_signal is None:
                 self.stats.polls += 1
                 self.stats.poll_interval_s = interval
                 try:
                     worked = self._poll()
+                    if not worked and time.monotonic() >= next_check:
+                        worked = self._check_tree()
+                        next_check = time.monotonic() + TREE_CHECK_S
                 except OSError as err:
                     self._recover(err)
                     continue
@@ -422,6 +442,26 @@ class Follower:
         log.info("stop", signal=signal.Signals(self.stop_signal).name if self.stop_signal else None,
                  cursor=self.state.applied_index if self.state else None)
         return EXIT_OK
+
+    def _check_tree(self) -> bool:
+        """Between batches the tree holds exactly what the cursor says: rebuild it if it does not
+        (root/ removed, files deleted behind the agent's back), re-open the device if its path
+        names another image now. True if it did either."""
+        assert self.device is not None and self.state is not None
+        if self.device.info.kind == "file":
+            try:
+                on_path = os.stat(self.device_path)
+                replaced = (on_path.st_dev, on_path.st_ino) != image_identity(self.device.fd)
+            except FileNotFoundError:
+                replaced = True
+            if replaced:
+                return self._reopen("the device path names another file now")
+        damage = self.tree.damage(self.state.applied_index, self.state.live_files, exact=True)
+        if damage is None:
+            return False
+        log.warning("shadow_damaged", shadow=str(self.tree.base), damage=damage, action="rebuilding the tree")
+        self._start(f"the shadow tree was damaged behind the agent's back: {damage}")
+        return True
 
     def _recover(self, err: OSError) -> None:
         """Applying failed. A tree changed behind the agent's back is rebuilt; anything else

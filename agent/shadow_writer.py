@@ -43,6 +43,7 @@ from famfs.shadowdir import (
     STAGING,
     SUPERBLOCK_YAML,
     UNITS_FILE,
+    tree_problem,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 
@@ -157,7 +158,12 @@ class ShadowTree:
             return None
 
     def reset(self, superblock: fmt.Superblock, device_path: str) -> None:
-        """Empty root/ (all but .meta) and the tables: the start of a rebuild."""
+        """Empty root/ (all but .meta) and the tables: the start of a rebuild. A root/ removed or
+        replaced behind the agent's back is made again first."""
+        if self.root_replaced():
+            self.root.mkdir(mode=0o755, exist_ok=True)
+            os.close(self._root_fd)
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         with os.scandir(self.root) as listing:
             for child in listing:
                 if child.name == META_DIR:
@@ -207,6 +213,44 @@ class ShadowTree:
         self.units = rules.Units(self.geometry)
         self._load_units(applied_index)
         self._resume_horizon = resume_horizon
+
+    # --- checking the tree against the cursor ------------------------------------------------
+
+    def root_replaced(self) -> bool:
+        """Whether root/ is gone or is no longer the directory the agent holds open."""
+        try:
+            on_path = os.stat(self.root, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        held = os.fstat(self._root_fd)
+        return (on_path.st_dev, on_path.st_ino) != (held.st_dev, held.st_ino)
+
+    def count_files(self) -> int:
+        """Shadow files in every logged directory (the .meta files are not counted)."""
+        files = 0
+        for relpath in self.dirs:
+            try:
+                with os.scandir(self.root / relpath) as listing:
+                    files += sum(1 for child in listing if child.is_file(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # damage() names it
+        return files
+
+    def damage(self, applied_index: int, live_files: int | None, *, exact: bool) -> str | None:
+        """How root/ differs from what the cursor says was applied, as far as a cheap look can
+        tell (None: it does not): root/ itself, the metadata and logged directories
+        (shadowdir.tree_problem), the number of files. `exact`: the count must match; else it may
+        be higher (entries past the cursor may be in the tree already, after a kill)."""
+        if self.root_replaced():
+            return f"{self.root} was removed or replaced"
+        problem = tree_problem(self.base, applied_index)
+        if problem is not None:
+            return problem
+        if live_files is not None:
+            files = self.count_files()
+            if files < live_files or (exact and files != live_files):
+                return f"{files} shadow files where the log has {live_files}"
+        return None
 
     def _open_journal(self) -> None:
         if self._journal_fd >= 0:

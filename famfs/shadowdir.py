@@ -51,6 +51,7 @@ class AgentState:
     applied_crc: int | None = None
     next_index_seen: int = 0  # the log's next_index when last polled
     rejected: int = 0  # entries up to the cursor that were rejected
+    live_files: int | None = None  # shadow files the tree holds as of the cursor (None: not counted yet)
     last_error: str | None = None
     stalled_at: int | None = None  # a corrupt entry progress is stopped at
     pending_delete: dict[str, object] | None = None  # {"index", "path"}: unlink may have happened

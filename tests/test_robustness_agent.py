@@ -3,17 +3,21 @@ SIGTERM, and a shadow tree damaged behind its back (repaired without a new log e
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
-from tests.agent_util import agent_state, following, make_device, run_agent
+from tests.agent_util import FOLLOW_WAIT_S, agent_state, following, make_device, run_agent, snapshot
 from tests.famfsctl_util import famfsctl, make_image
+from tests.fuse_util import wait_for
 
 SIGTERM_EXIT_S = 5.0
 
@@ -61,3 +65,45 @@ def test_sigterm_ends_a_long_wait_at_once(tmp_path: Path, system_uuid_file: Path
             agent.wait(timeout=SIGTERM_EXIT_S)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"famfs-agent still running {SIGTERM_EXIT_S} s after SIGTERM") from None
+
+
+def made_tree(tmp_path: Path, system_uuid_file: Path) -> Path:
+    """An image with files at the top, a directory and a file in it."""
+    image = make_device(tmp_path, system_uuid_file)
+    famfsctl("mkdir", "--device", image, "d")
+    for relpath in ("top1", "top2", "d/inner"):
+        famfsctl("creat", "-s", "4k", "--device", image, relpath)
+    return image
+
+
+@pytest.mark.parametrize("damage", ["contents", "root"])
+def test_following_agent_repairs_a_damaged_tree(tmp_path: Path, system_uuid_file: Path, damage: str) -> None:
+    """`rm -rf root/*` (files only at the top level too) and `rm -rf root`: the tree comes back
+    whole with no new log entry."""
+    image = made_tree(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    root = shadow / "root"
+    with following(image, shadow) as agent:
+        wait_for(lambda: (root / "d" / "inner").exists(), "the first play")
+        whole = snapshot(root)
+        if damage == "root":
+            shutil.rmtree(root)
+        else:
+            for child in root.iterdir():
+                if child.name != ".meta":  # what the shell's `root/*` matches
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        wait_for(lambda: root.is_dir() and snapshot(root) == whole, "the tree repaired", FOLLOW_WAIT_S)
+    assert "shadow_damaged" in agent.log  # type: ignore[attr-defined]
+
+
+def test_restarted_agent_repairs_a_tree_damaged_while_it_was_down(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = made_tree(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    root = shadow / "root"
+    run_agent(image, "--shadow", shadow, "--no-progress", check=True)
+    whole = snapshot(root)
+    (root / "top1").unlink()
+    shutil.rmtree(root / "d")
+    done = run_agent(image, "--shadow", shadow, "--no-progress", check=True)
+    assert snapshot(root) == whole
+    assert "damaged behind the agent's back" in done.stderr

@@ -45,7 +45,7 @@ from famfs.shadowdir import (
     UNITS_FILE,
     tree_problem,
 )
-from famfs.shadowyaml import emit_file_yaml, meta_file_entry
+from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
 
 log = structlog.get_logger("famfs-agent")
 
@@ -265,11 +265,9 @@ class ShadowTree:
             os.mkdir(temp, META_DIR_MODE, dir_fd=self._staging_fd)
             os.chmod(temp, META_DIR_MODE, dir_fd=self._staging_fd)
             os.rename(temp, META_DIR, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
-        metas = (
-            meta_file_entry(SUPERBLOCK_YAML, fmt.SUPERBLOCK_SIZE, 0, 0o444),
-            meta_file_entry(f"{META_DIR}/.log", superblock.log_len, fmt.LOG_OFFSET, 0o644 if master else 0o444),
-        )
-        for entry in metas:
+        modes = {SUPERBLOCK_YAML: 0o444, f"{META_DIR}/.log": 0o644 if master else 0o444}
+        for relpath, extent in meta_extents(superblock.log_len).items():
+            entry = meta_file_entry(relpath, extent.length, extent.offset, modes[relpath])
             data = emit_file_yaml(entry)
             if self.read_tree_file(entry.relpath) != data:
                 temp = self._stage_file(data)

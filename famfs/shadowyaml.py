@@ -20,13 +20,16 @@ from typing import Any
 import yaml
 
 from famfs.format import (
+    LOG_OFFSET,
     MAX_SIMPLE_EXTENTS,
     MAX_STRIPS,
+    SUPERBLOCK_SIZE,
     Extent,
     FileEntry,
     FormatError,
     Stripe,
 )
+from famfs.shadowdir import META_DIR, SUPERBLOCK_YAML
 
 _Emitter: Any = getattr(yaml, "CDumper", yaml.Dumper)
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -133,6 +136,13 @@ def meta_file_entry(relpath: str, size: int, offset: int, mode: int) -> FileEntr
     """The synthetic entries for `.meta/.superblock` and `.meta/.log` (flags 0, owner root)."""
     return FileEntry(relpath=relpath, size=size, mode=mode, uid=0, gid=0, flags=0,
                      extents=(Extent(offset=offset, length=size),))
+
+
+def meta_extents(log_len: int) -> dict[str, Extent]:
+    """The only two files that may map metadata, and exactly what each maps: the superblock
+    region and the log. Anything else under .meta/ is not ours."""
+    return {SUPERBLOCK_YAML: Extent(offset=0, length=SUPERBLOCK_SIZE),
+            f"{META_DIR}/.log": Extent(offset=LOG_OFFSET, length=log_len)}
 
 
 # --- parsing ---------------------------------------------------------------------------------

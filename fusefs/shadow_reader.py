@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from famfs import format as fmt
 from famfs.rules import Geometry, check_extents
 from famfs.shadowdir import META_DIR
-from famfs.shadowyaml import parse_file_yaml
+from famfs.shadowyaml import meta_extents, parse_file_yaml
 
 META_PREFIX = os.fsencode(META_DIR) + b"/"
 MAX_YAML_BYTES = 64 * 1024  # a 16-extent file is ~1.2 KiB; anything this big is not ours
@@ -114,5 +114,9 @@ def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
     entry = parse_file_yaml(raw)
     if entry.relpath.encode() != relpath:
         raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
-    check_extents(entry, geometry, metadata=relpath.startswith(META_PREFIX))
+    metadata = relpath.startswith(META_PREFIX)
+    check_extents(entry, geometry, metadata=metadata)
+    if metadata and (entry.stripes or entry.extents != (meta_extents(geometry.log_len).get(entry.relpath),)):
+        # Only the two files the agent writes may map the superblock or the log, and only that.
+        raise fmt.FormatError("under .meta/ but not the superblock or log file as the agent writes them")
     return entry

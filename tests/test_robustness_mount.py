@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
+from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from tests.agent_util import following, make_device
 from tests.famfsctl_util import famfsctl, file_bytes
-from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, empty_shadow, play, unmount, wait_for
+from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, empty_shadow, play, put_yaml, unmount, wait_for
 
 SHUTDOWN_TRIALS = 30
 GONE_WITHIN_S = 5.0
@@ -186,3 +188,35 @@ def test_replaced_image_is_never_served(tmp_path: Path, system_uuid_file: Path) 
                     handle.read(4096)
                 assert failed.value.errno in (errno.ESTALE, errno.EIO)
         assert "device changed" in mount.log()
+
+
+def test_hostile_shadow_yaml_is_refused(served: tuple[Path, Path], tmp_path: Path) -> None:
+    """Shadow files no agent writes: each is EIO through the mount, which keeps serving."""
+    device, shadow = served
+    famfsctl("creat", "-s", "4k", "--device", device, "good")
+    play(device, shadow)
+    good = (shadow / "root" / "good").read_bytes()
+    log_extent = emit_file_yaml(meta_file_entry(".meta/evil", 4096, fmt.LOG_OFFSET, 0o644))
+    hostile = {
+        ".meta/evil": log_extent,  # a file under .meta/ mapping the log
+        ".meta/.superblock": emit_file_yaml(meta_file_entry(".meta/.superblock", 4096, fmt.LOG_OFFSET, 0o444)),
+        "negative": good.replace(b"path: good", b"path: negative").replace(b"size: 4096", b"size: -4096"),
+        "huge_number": good.replace(b"path: good", b"path: huge_number").replace(b"size: 4096", b"size: " + b"9" * 4400),
+        "nested": b"[" * 400 + b"]" * 400,
+    }
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        for relpath, text in hostile.items():
+            put_yaml(shadow, relpath, text)
+        for relpath in hostile:
+            target = mount.mountpoint / relpath
+            wait_for(lambda: _eio(target), f"{relpath} answered with EIO")
+        assert (mount.mountpoint / "good").stat().st_size == 4096
+    assert "bad shadow file" in mount.log()
+
+
+def _eio(path: Path) -> bool:
+    try:
+        path.stat()
+    except OSError as err:
+        return err.errno == errno.EIO
+    return False

@@ -98,7 +98,8 @@ class Units:
             self.taken[span.start:span.stop] = b"\1" * len(span)
 
     def release(self, extents: Sequence[fmt.Extent]) -> None:
-        """Undo claim() of space that was never logged (a writer's abandoned reservation)."""
+        """Undo claim() of space that was never logged (a writer's abandoned reservation), or of a
+        file famfs-fuse-mount no longer serves (its model is of live files, not of the log)."""
         for extent in extents:
             span = self.span(extent)
             self.taken[span.start:span.stop] = bytes(len(span))

@@ -17,11 +17,13 @@ import enum
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import pyfuse3
 import structlog
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.rules import Geometry
 from fusefs import shadow_reader
 from fusefs.shadow_reader import Signature
@@ -47,8 +49,8 @@ class Notice:
 
 
 class Node:
-    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "children", "lookups", "opens",
-                 "present", "data_stale")
+    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "conflict", "children", "lookups",
+                 "opens", "present", "data_stale")
 
     def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature) -> None:
         self.ino = ino
@@ -58,6 +60,7 @@ class Node:
         self.sig = sig
         self.entry: fmt.FileEntry | None = None  # files: parsed on first use
         self.error: str | None = None  # files: why the YAML was refused (served as EIO)
+        self.conflict: str | None = None  # files: its space is another live file's (EIO; looked at again)
         self.children: dict[bytes, int] | None = {} if sig.is_dir else None
         self.lookups = 0  # the kernel's lookup count
         self.opens = 0
@@ -69,10 +72,35 @@ class Node:
         return self.sig.is_dir
 
 
+class LiveUnits:
+    """The allocation units the files being served hold: the rule book's space_unclaimed applied
+    to live files, so no two files the mount serves share device memory. Unlike the log's model
+    (where freed space is never reused) a file leaving the namespace, or re-mapped, gives its
+    units back. The metadata files are never claimed: the units model counts them as taken."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.units = rules.Units(geometry)  # the one attribute of rules.Model that space_unclaimed reads
+        self.held: dict[int, tuple[fmt.Extent, ...]] = {}  # ino -> the extents it claimed
+
+    def claim(self, ino: int, entry: fmt.FileEntry) -> None:
+        """Raise rules.Violation (space_unclaimed) if another live file holds any of its units."""
+        self.release(ino)
+        rules.space_unclaimed(cast(rules.Model, self), entry)
+        extents = tuple(entry.all_extents())
+        self.units.claim(extents)
+        self.held[ino] = extents
+
+    def release(self, ino: int) -> None:
+        extents = self.held.pop(ino, None)
+        if extents:
+            self.units.release(extents)
+
+
 class InodeTable:
     def __init__(self, shadow_root: bytes, geometry: Geometry) -> None:
         self.shadow_root = shadow_root
         self.geometry = geometry
+        self.live = LiveUnits(geometry)
         self.nodes: dict[int, Node] = {}
         self.next_ino = ROOT_INODE + 1
         root_sig = shadow_reader.signature(shadow_root)
@@ -105,8 +133,18 @@ class InodeTable:
                 node.error = "deleted before it was read"  # its path may name a newer file now
                 return None
             try:
-                node.entry = shadow_reader.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
+                entry = shadow_reader.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
+                if not node.relpath.startswith(shadow_reader.META_PREFIX):
+                    self.live.claim(node.ino, entry)
+                node.entry, node.conflict = entry, None
             except fmt.FormatError as err:
+                if isinstance(err, rules.Violation) and err.rule == rules.space_unclaimed.__name__:
+                    # Not cached as an error: once the other file is gone this one is served.
+                    if node.conflict != str(err):
+                        log.error("shadow file overlaps another live file, served as EIO",
+                                  shadow_path=os.fsdecode(self.shadow_path(node.relpath)), reason=str(err))
+                    node.conflict = str(err)
+                    return None
                 node.error = str(err)
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
                 node.error = f"unreadable: {err!r}"
@@ -207,6 +245,7 @@ class InodeTable:
         had_entry = node.entry
         node.entry = None
         node.error = None
+        self.live.release(node.ino)
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
         return self._drop_cached_data(node)
@@ -225,6 +264,7 @@ class InodeTable:
         next used, against the new bounds, and the kernel forgets every file's cached bytes
         (they came from the old device)."""
         self.geometry = geometry
+        self.live = LiveUnits(geometry)
         notices: list[Notice] = []
         for node in self.nodes.values():
             if not node.is_dir:
@@ -270,6 +310,7 @@ class InodeTable:
                 pending.extend(self.nodes[ino] for ino in current.children.values())
                 current.children = {}
             current.present = False
+            self.live.release(current.ino)
             self.by_path.pop(current.relpath, None)
             if current.lookups <= 0 and current.opens == 0:
                 del self.nodes[current.ino]

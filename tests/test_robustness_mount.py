@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
-from tests.agent_util import following, make_device
+from fusefs.inodes import ROOT_INODE, InodeTable
+from tests.agent_util import file_entry, following, make_device
 from tests.famfsctl_util import famfsctl, file_bytes
-from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, empty_shadow, play, put_yaml, unmount, wait_for
+from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, empty_shadow, play, put_file, put_yaml, unmount, wait_for
 
 SHUTDOWN_TRIALS = 30
 GONE_WITHIN_S = 5.0
@@ -191,7 +193,8 @@ def test_replaced_image_is_never_served(tmp_path: Path, system_uuid_file: Path) 
 
 
 def test_hostile_shadow_yaml_is_refused(served: tuple[Path, Path], tmp_path: Path) -> None:
-    """Shadow files no agent writes: each is EIO through the mount, which keeps serving."""
+    """Shadow files no agent writes: each is EIO through the mount, which keeps serving (the
+    thief's extents are the live file good's, which the mount's first listing loaded)."""
     device, shadow = served
     famfsctl("creat", "-s", "4k", "--device", device, "good")
     play(device, shadow)
@@ -203,6 +206,7 @@ def test_hostile_shadow_yaml_is_refused(served: tuple[Path, Path], tmp_path: Pat
         "negative": good.replace(b"path: good", b"path: negative").replace(b"size: 4096", b"size: -4096"),
         "huge_number": good.replace(b"path: good", b"path: huge_number").replace(b"size: 4096", b"size: " + b"9" * 4400),
         "nested": b"[" * 400 + b"]" * 400,
+        "thief": good.replace(b"path: good", b"path: thief"),  # the live file good's memory
     }
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         for relpath, text in hostile.items():
@@ -220,3 +224,22 @@ def _eio(path: Path) -> bool:
     except OSError as err:
         return err.errno == errno.EIO
     return False
+
+
+def test_overlap_refusal_lasts_only_while_the_other_file_lives(tmp_path: Path) -> None:
+    """The first live file keeps its memory; a YAML claiming it is EIO, and is served once the
+    first file has left the namespace (a conflict is not a cached error)."""
+    shadow = empty_shadow(tmp_path / "shadow")
+    first, second = file_entry("first", 0), file_entry("second", 0)  # the same allocation unit
+    put_file(shadow, first)
+    put_file(shadow, second)
+    table = InodeTable(os.fsencode(shadow / "root"), rules.Geometry(dev_size=1 << 30, log_len=fmt.DEFAULT_LOG_LEN))
+    root = table.get(ROOT_INODE)
+    assert root is not None
+    first_node, second_node = table.child(root, b"first"), table.child(root, b"second")
+    assert first_node is not None and second_node is not None
+    assert table.file_entry(first_node) == first
+    assert table.file_entry(second_node) is None and second_node.conflict and second_node.error is None
+    (shadow / "root" / "first").unlink()
+    table.refresh(b"first")
+    assert table.file_entry(second_node) == second

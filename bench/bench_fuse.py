@@ -39,9 +39,16 @@ def make_device(where: Path, size: int) -> Path:
     return image
 
 
-def file_entry(relpath: str, size: int, offset: int = DATA_START) -> fmt.FileEntry:
+def file_entry(relpath: str, size: int, unit: int = 0) -> fmt.FileEntry:
+    """A file at the `unit`-th allocation unit of data space: the caller gives each file of one
+    shadow tree its own units (the mount refuses a file whose memory another live file holds)."""
     return fmt.FileEntry(relpath=relpath, size=size, mode=0o644, uid=0, gid=0,
-                         extents=(fmt.Extent(offset=offset, length=fmt.round_up(size, UNIT)),))
+                         extents=(fmt.Extent(offset=DATA_START + unit * UNIT, length=fmt.round_up(size, UNIT)),))
+
+
+def device_size(files: int) -> int:
+    """A sparse device with a unit of data space for each of `files` small files (8 GiB at least)."""
+    return max(8 << 30, DATA_START + files * UNIT)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -76,7 +83,7 @@ def propagation(where: Path, device: Path, count: int) -> list[Result]:
                 if prefix == "n":
                     assert not (mount.mountpoint / name).exists()  # cache the negative lookup
                 staged = staging / name
-                staged.write_bytes(emit_file_yaml(file_entry(name, 4096)))
+                staged.write_bytes(emit_file_yaml(file_entry(name, 4096, 2 * n + (prefix == "n"))))
                 start = time.perf_counter()
                 staged.rename(shadow / "root" / name)
                 latencies.append(time.perf_counter() - start + spin_until_exists(mount.mountpoint / name))
@@ -115,7 +122,7 @@ def stat_rates(where: Path, device: Path, count: int) -> list[Result]:
     shadow = empty_shadow(where / "shadow_stat")
     (shadow / "root" / "d").mkdir()  # not the root: mounting lists the root, which would warm it
     for n in range(count):
-        put_file(shadow, file_entry(f"d/f{n}", 4096 + n))
+        put_file(shadow, file_entry(f"d/f{n}", 4096 + n, n))
     names = [f"d/f{n}" for n in range(count)]
     shadow_paths = [shadow / "root" / name for name in names]
     stat_rate(shadow_paths, 1)
@@ -217,7 +224,7 @@ def memory(where: Path, device: Path, count: int) -> list[Result]:
     for n in range(count):
         if n % per_dir == 0:
             (shadow / "root" / f"d{n // per_dir}").mkdir()
-        put_file(shadow, file_entry(f"d{n // per_dir}/f{n}", 4096))
+        put_file(shadow, file_entry(f"d{n // per_dir}/f{n}", 4096, n))
     with Mount(shadow, device, where / "mnt_many") as mount:
         assert mount.process is not None
         for directory in os.scandir(mount.mountpoint):
@@ -230,11 +237,12 @@ def memory(where: Path, device: Path, count: int) -> list[Result]:
 
 def run(quick: bool) -> list[Result]:
     with scratch("bench_fuse_") as where:
-        device = make_device(where, 8 << 30)
+        files = 1000 if quick else 100_000  # the memory figure's: the most files of any tree below
+        device = make_device(where, device_size(files))
         results = propagation(where, device, 20 if quick else 300)
         results += stat_rates(where, device, 200 if quick else 5000)
         results += sequential_reads(where, device, (16 if quick else 1024) * MiB)
-        results += memory(where, device, 1000 if quick else 100_000)
+        results += memory(where, device, files)
         return results
 
 

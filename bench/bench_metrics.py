@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.bench_agent import follower_process
-from bench.bench_fuse import file_entry, make_device, stat_rate
+from bench.bench_fuse import device_size, file_entry, make_device, stat_rate
 from bench.common import Result, scratch
 from demo.harness import Mount, empty_shadow, materialize_reference, put_file
 from famfs import env
@@ -130,12 +130,12 @@ def bench_fuse(quick: bool) -> list[Result]:
     count = 200 if quick else STAT_FILES
     read_size = READ_SIZE // 8 if quick else READ_SIZE
     with scratch("bench_metrics_") as work:
-        device = make_device(work, 1 << 30)
+        device = make_device(work, device_size(count) + read_size)
         shadow = empty_shadow(work / "shadow")
         (shadow / "root" / "d").mkdir()
         for n in range(count):
-            put_file(shadow, file_entry(f"d/f{n}", 4096))
-        put_file(shadow, file_entry("big", read_size))
+            put_file(shadow, file_entry(f"d/f{n}", 4096, n))
+        put_file(shadow, file_entry("big", read_size, count))
         stats = {True: 0.0, False: 0.0}
         reads = {True: 0.0, False: 0.0}
         for run in range(runs):

@@ -65,7 +65,7 @@ def test_bad_shadow_files_get_eio_and_one_log_line(tmp_path: Path, device: Path)
         assert len((root / "good").read_bytes()) == 12345
         assert sorted(os.listdir(root)) == ["good"]  # refused files are left out of listings
         # Fixing a bad file (a good YAML renamed over it) makes it work.
-        put_file(shadow, entry("truncated", size=77))
+        put_file(shadow, entry("truncated", size=77, offset=DATA_START + 2 * UNIT))  # not good's memory
         wait_for(lambda: not _eio(root / "truncated"), "the repaired file")
         assert (root / "truncated").stat().st_size == 77
         assert mount.process is not None and mount.process.poll() is None

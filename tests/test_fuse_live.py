@@ -38,6 +38,8 @@ def device(tmp_path: Path, system_uuid_file: Path) -> Path:
 
 
 def file_at(relpath: str, unit: int, size: int = UNIT, mode: int = 0o644) -> fmt.FileEntry:
+    """A file at data unit `unit`: live files of one tree need units of their own (the mount
+    refuses a file whose memory another live file holds)."""
     return fmt.FileEntry(relpath=relpath, size=size, mode=mode, uid=0, gid=0,
                          extents=(fmt.Extent(offset=DATA_START + unit * UNIT, length=fmt.round_up(size, UNIT)),))
 
@@ -92,7 +94,7 @@ def test_hand_made_changes_under_a_mount(tmp_path: Path, device: Path) -> None:
         staged = shadow / ".agent" / "staging" / "tree"
         (staged / "inner").mkdir(parents=True)
         for n in range(20):
-            (staged / "inner" / f"f{n}").write_bytes(emit_file_yaml(file_at(f"tree/inner/f{n}", 0, size=100 + n)))
+            (staged / "inner" / f"f{n}").write_bytes(emit_file_yaml(file_at(f"tree/inner/f{n}", 2 + n, size=100 + n)))
         assert not exists(root / "tree")
         staged.rename(shadow / "root" / "tree")
         wait_for(lambda: exists(root / "tree" / "inner" / "f19"), "files of a directory renamed into place")
@@ -109,7 +111,7 @@ def test_lookup_counts_release_deleted_inodes(tmp_path: Path, device: Path) -> N
     shadow = empty_shadow(tmp_path / "shadow")
     (shadow / "root" / "big").mkdir()
     for n in range(1000):
-        put_file(shadow, file_at(f"big/f{n:05}", 0, size=n + 1))
+        put_file(shadow, file_at(f"big/f{n:05}", n, size=n + 1))
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         baseline = mount_status(mount.mountpoint)["inodes"]
         names = os.listdir(mount.mountpoint / "big")  # readdirplus: a lookup per entry, in several batches
@@ -134,7 +136,7 @@ def test_overflow_forces_a_rescan(tmp_path: Path, device: Path) -> None:
         mount.signal(signal.SIGSTOP)  # nothing drains inotify while we make 400 changes
         try:
             for n in range(400):
-                put_file(shadow, file_at(f"f{n:05}", 0, size=n + 1))
+                put_file(shadow, file_at(f"f{n:05}", n, size=n + 1))
         finally:
             mount.signal(signal.SIGCONT)
         wait_for(lambda: mount_status(mountpoint)["lost_event_rescans"] >= 1, "a rescan after the overflow")

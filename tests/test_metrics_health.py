@@ -187,14 +187,19 @@ def test_agent_health_follows_failures_and_recovery(tmp_path: Path, system_uuid_
         famfsctl("mkdir", "--device", image, "again")
         until(lambda: agent_health(shadow), True, "the re-made device followed")
         assert (shadow / "root" / "again").is_dir() and not (shadow / "root" / "kept").exists()
-        # The tree wiped behind the agent's back.
+        # The tree wiped behind a following agent's back: it repairs it (docs/agent.md, self-repair).
         for child in (shadow / "root").iterdir():
             shutil.rmtree(child)
-        answer = until(lambda: agent_health(shadow), False, "a wiped tree")
-        assert "missing" in answer["checks"]["tree"]  # type: ignore[index]
+        until(lambda: agent_health(shadow), True, "the wiped tree repaired by the following agent")
+        assert (shadow / "root" / "again").is_dir()
     answer = until(lambda: agent_health(shadow), False, "the agent stopped")
     assert answer["checks"]["following"] == "the agent is not running"  # type: ignore[index]
-    with following(image, shadow) as agent:  # a restart rebuilds the wiped tree
+    # Wiped while no agent runs: the probe sees it, and a restart rebuilds it.
+    for child in (shadow / "root").iterdir():
+        shutil.rmtree(child)
+    code, answer = agent_health(shadow)
+    assert code == 1 and "missing" in answer["checks"]["tree"]  # type: ignore[index]
+    with following(image, shadow) as agent:
         until(lambda: agent_health(shadow), True, "the restarted agent")
     assert "rebuild" in agent.log and (shadow / "root" / "again").is_dir()  # type: ignore[attr-defined]
 

@@ -1,7 +1,8 @@
 """The replay loop: play the log into the shadow tree once, or follow it live (docs/agent.md).
 
 The cursor (file-system UUID, index, seqnum and CRC of the last entry dealt with) lives in
-`<shadow>/.agent/state.json`, replaced atomically once per batch. Entries past the cursor may
+`<shadow>/.agent/state.json`, replaced atomically once per batch (a first play into an empty tree
+builds the tree in staging/ and saves the cursor once, when the tree has moved in). Entries past the cursor may
 already be in the tree after a kill; ShadowTree applies them idempotently, and a DELETE is
 bracketed by two cursor writes (pending, then done) so a restart knows whether it happened.
 """
@@ -258,9 +259,20 @@ class Follower:
     def _play(self, stop: int, progress: Progress | None = None) -> None:
         """Apply entries up to `stop` (exclusive) in batches, until done, stalled or signalled."""
         assert self.state is not None
-        while self.stop_signal is None and self.state.stalled_at is None and self.state.applied_index + 1 < stop:
-            first = self.state.applied_index + 1
-            self._batch(first, min(stop, first + self.settings.batch_max), progress)
+        # Nothing dealt with since the reset: root/ is empty, so the tree is built whole in
+        # staging/ and moved in at the end (no rename per file), the cursor saved only then.
+        build = self.state.applied_index < 0 and self.state.applied_index + 1 < stop
+        if build:
+            self.tree.begin_build()
+        try:
+            while self.stop_signal is None and self.state.stalled_at is None and self.state.applied_index + 1 < stop:
+                first = self.state.applied_index + 1
+                self._batch(first, min(stop, first + self.settings.batch_max), progress)
+        finally:
+            # Also when applying failed: every entry up to the cursor is whole in the built tree.
+            if build:
+                self.tree.finish_build()
+                self._save()
 
     def _batch(self, first: int, stop: int, progress: Progress | None) -> None:
         famfs_log, state, tree = self.famfs_log, self.state, self.tree
@@ -316,7 +328,8 @@ class Follower:
                 self._advance(done)
                 self._forget_log_pages(first, done)
             state.next_index_seen = max(state.next_index_seen, famfs_log.next_index())
-            self._save()
+            if not tree.building:  # a built tree's cursor is saved once it has moved in (_play)
+                self._save()
         elapsed = time.perf_counter() - started
         if done >= first:
             log.info("batch", first=first, last=done, entries=done + 1 - first,
@@ -334,9 +347,14 @@ class Follower:
                 self.device.map.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def _delete(self, index: int, entry: fmt.DeleteEntry, done: int) -> None:
-        """Check, then unlink between two cursor writes: a restart knows if the unlink happened."""
+        """Check, then unlink between two cursor writes: a restart knows if the unlink happened
+        (in a tree being built no cursor is written: a kill discards the whole tree)."""
         assert self.famfs_log is not None and self.state is not None
         self.tree.check_delete(index, entry, self.famfs_log)
+        if self.tree.building:
+            self.tree.remove(entry.relpath)
+            self._advance(index)
+            return
         if done >= 0:
             self._advance(done)
         self.state.pending_delete = {"index": index, "path": entry.relpath}

@@ -6,6 +6,12 @@ never clobbered by accident and the kernel, not a racy stat, tells us it exists)
 is renamed over the old one; a deleted file is unlinked. A process killed at any instant leaves
 at most a stale name in staging/, which `open()` removes.
 
+A first play into an empty root/ (`begin_build`) writes every file and directory straight into a
+tree under staging/ (one open or mkdir each, no rename) and moves its top-level names into root/
+at the end (`finish_build`), each a whole subtree. The follower saves no cursor meanwhile: a kill
+leaves root/ empty or partly moved in, with the cursor still before entry 0, so the next run
+resets and plays again.
+
 The tree itself is the namespace of files: the agent keeps no per-file table (a 256 MiB log
 holds half a million of them), so memory stays flat. Directories are few and their order matters
 (a file whose parent was logged later is rejected), so they are kept with the index of the MKDIR
@@ -104,6 +110,9 @@ class ShadowTree:
         self._root_fd = -1
         self._staging_fd = -1
         self._journal_fd = -1
+        # Where entries are applied: root/, or the tree a first play builds in staging/.
+        self._tree_fd = -1
+        self._build: str | None = None  # that tree's name in staging/ while building
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
         self._owner_warned = False
 
@@ -132,12 +141,16 @@ class ShadowTree:
         self.staging.mkdir(mode=0o700)
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._staging_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._tree_fd = self._root_fd
 
     def close(self) -> None:
+        if self._tree_fd != self._root_fd:
+            os.close(self._tree_fd)
         for fd in (self._journal_fd, self._staging_fd, self._root_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
-        self._journal_fd = self._staging_fd = self._root_fd = self._lock_fd = -1
+        self._journal_fd = self._staging_fd = self._root_fd = self._lock_fd = self._tree_fd = -1
+        self._build = None
 
     def __enter__(self) -> ShadowTree:
         self.open()
@@ -160,10 +173,15 @@ class ShadowTree:
     def reset(self, superblock: fmt.Superblock, device_path: str) -> None:
         """Empty root/ (all but .meta) and the tables: the start of a rebuild. A root/ removed or
         replaced behind the agent's back is made again first."""
+        if self._build is not None:  # a first play that failed before moving in: start over
+            os.close(self._tree_fd)
+            self._tree_fd = self._root_fd
+            shutil.rmtree(self.staging / self._build)
+            self._build = None
         if self.root_replaced():
             self.root.mkdir(mode=0o755, exist_ok=True)
             os.close(self._root_fd)
-            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root_fd = self._tree_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         with os.scandir(self.root) as listing:
             for child in listing:
                 if child.name == META_DIR:
@@ -273,6 +291,35 @@ class ShadowTree:
                 temp = self._stage_file(data)
                 os.rename(temp, entry.relpath, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
 
+    # --- a first play: the whole tree built in staging/, moved in once ---------------------------
+
+    @property
+    def building(self) -> bool:
+        return self._build is not None
+
+    def begin_build(self) -> None:
+        """Apply entries to a new tree in staging/ until finish_build(): for a first play into an
+        empty root/ (the caller's to know: the cursor is before entry 0)."""
+        assert self._build is None
+        build = self._temp_name()
+        os.mkdir(build, 0o755, dir_fd=self._staging_fd)
+        self._tree_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._staging_fd)
+        self._build = build
+
+    def finish_build(self) -> None:
+        """Move the built tree's top-level names into root/, each a whole subtree in one rename
+        (a watcher of root/ sees IN_MOVED_TO for each), then apply to root/ again."""
+        assert self._build is not None
+        with os.scandir(self._tree_fd) as listing:
+            names = [child.name for child in listing]
+        for name in names:
+            if not self._place_new(name, name, None, src_fd=self._tree_fd):
+                raise ShadowError(errno.EEXIST, f"shadow {self.root}: {name!r} appeared behind the agent's back")
+        os.close(self._tree_fd)
+        self._tree_fd = self._root_fd
+        os.rmdir(self._build, dir_fd=self._staging_fd)
+        self._build = None
+
     # --- applying entries ---------------------------------------------------------------------
 
     def apply(self, index: int, entry: fmt.Entry, famfs_log: FamfsLog) -> Outcome:
@@ -303,7 +350,9 @@ class ShadowTree:
                 self.units.claim(entry.all_extents())
                 return Outcome.PRESENT
             return self._duplicate(index, relpath, famfs_log)
-        if not self._place_new(self._stage_file(data), relpath, os.unlink):
+        if self._build is not None:
+            self._write_new(relpath, data, self._tree_fd)  # not visible before finish_build: no rename
+        elif not self._place_new(self._stage_file(data), relpath, os.unlink):
             # The rules found the name free: something made it behind the agent's back.
             raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
         self.units.claim(entry.all_extents())
@@ -328,17 +377,13 @@ class ShadowTree:
             if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.DIR:
                 raise Rejected(index, str(err), relpath) from None
             return self._duplicate(index, relpath, famfs_log)
+        if self._build is not None:
+            # Not visible before finish_build: made in place. The rules found the name free.
+            self._make_dir(index, entry, relpath, self._tree_fd)
+            self._add_dir(index, relpath)
+            return Outcome.APPLIED
         temp = self._temp_name()
-        os.mkdir(temp, 0o700, dir_fd=self._staging_fd)
-        # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
-        try:
-            os.chown(temp, entry.uid, entry.gid, dir_fd=self._staging_fd)
-        except PermissionError:
-            if not self._owner_warned:  # once: an agent not run as root cannot give directories away
-                log.warning("owner_not_set", index=index, path=relpath, uid=entry.uid, gid=entry.gid,
-                            reason="not permitted (the agent is not root): directories keep the agent's owner")
-                self._owner_warned = True
-        os.chmod(temp, entry.mode & 0o7777, dir_fd=self._staging_fd)
+        self._make_dir(index, entry, temp, self._staging_fd)
         if not self._place_new(temp, relpath, os.rmdir):
             if not stat.S_ISDIR(os.lstat(relpath, dir_fd=self._root_fd).st_mode):
                 raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a directory")
@@ -348,6 +393,18 @@ class ShadowTree:
             return Outcome.PRESENT
         self._add_dir(index, relpath)
         return Outcome.APPLIED
+
+    def _make_dir(self, index: int, entry: fmt.MkdirEntry, name: str, dir_fd: int) -> None:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
+        try:
+            os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd)
+        except PermissionError:
+            if not self._owner_warned:  # once: an agent not run as root cannot give directories away
+                log.warning("owner_not_set", index=index, path=entry.relpath, uid=entry.uid, gid=entry.gid,
+                            reason="not permitted (the agent is not root): directories keep the agent's owner")
+                self._owner_warned = True
+        os.chmod(name, entry.mode & 0o7777, dir_fd=dir_fd)
 
     def _add_dir(self, index: int, relpath: str) -> None:
         self.dirs[relpath] = index
@@ -362,7 +419,7 @@ class ShadowTree:
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.relpath) from None
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(entry.relpath, dir_fd=self._root_fd)
+            os.rmdir(entry.relpath, dir_fd=self._tree_fd)
         del self.dirs[entry.relpath]
         os.write(self._journal_fd, (json.dumps([index, entry.relpath, "rmdir"]) + "\n").encode())
         return Outcome.APPLIED
@@ -377,7 +434,7 @@ class ShadowTree:
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
         try:
-            os.unlink(relpath, dir_fd=self._root_fd)
+            os.unlink(relpath, dir_fd=self._tree_fd)
         except FileNotFoundError:
             return False
         return True
@@ -403,7 +460,7 @@ class ShadowTree:
         if relpath in self.dirs:
             return rules.Kind.DIR
         try:
-            mode = os.lstat(relpath, dir_fd=self._root_fd).st_mode
+            mode = os.lstat(relpath, dir_fd=self._tree_fd).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return None
         return rules.Kind.FILE if stat.S_ISREG(mode) else None
@@ -417,7 +474,7 @@ class ShadowTree:
     def dir_empty(self, relpath: str) -> bool:
         """From the tree itself: its files are the namespace (a rejected entry left nothing there)."""
         try:
-            fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
+            fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._tree_fd)
         except (FileNotFoundError, NotADirectoryError):
             return True
         try:
@@ -452,13 +509,16 @@ class ShadowTree:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None]) -> bool:
-        """Rename staged `temp` to root/`relpath` unless that name exists: then False, and `temp`
-        is discarded (os.unlink or os.rmdir) so staging/ keeps nothing."""
-        if _renameat2(self._staging_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
+    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None] | None, src_fd: int | None = None) -> bool:
+        """Rename staged `temp` (in staging/, or in directory `src_fd`) to root/`relpath` unless
+        that name exists: then False, and `temp` is discarded with `discard` (os.unlink or
+        os.rmdir; None leaves it to the next run, which empties staging/)."""
+        src_fd = self._staging_fd if src_fd is None else src_fd
+        if _renameat2(src_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
             return True
         failure = ctypes.get_errno()
-        discard(temp, dir_fd=self._staging_fd)
+        if discard is not None:
+            discard(temp, dir_fd=src_fd)
         if failure != errno.EEXIST:
             raise ShadowError(failure, f"shadow {self.root}: cannot create {relpath!r}: {os.strerror(failure)}")
         return False
@@ -470,18 +530,26 @@ class ShadowTree:
 
     def _stage_file(self, data: bytes) -> str:
         temp = self._temp_name()
-        fd = os.open(temp, STAGED_FILE_FLAGS, SHADOW_FILE_MODE, dir_fd=self._staging_fd)
+        self._write_new(temp, data, self._staging_fd)
+        return temp
+
+    @staticmethod
+    def _write_new(name: str, data: bytes, dir_fd: int) -> None:
+        """A new file holding `data`; on failure none (a built tree must hold no partial file)."""
+        fd = os.open(name, STAGED_FILE_FLAGS, SHADOW_FILE_MODE, dir_fd=dir_fd)
         try:
             os.write(fd, data)
-        finally:
+        except BaseException:
             os.close(fd)
-        return temp
+            os.unlink(name, dir_fd=dir_fd)
+            raise
+        os.close(fd)
 
     def read_tree_file(self, relpath: str) -> bytes | None:
         """The bytes of a regular file in root/, or None if there is none (or it is a directory)."""
         try:
             # O_NONBLOCK: a FIFO someone put in the tree must not stop the agent until a writer comes.
-            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._root_fd)
+            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._tree_fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         with contextlib.closing(os.fdopen(fd, "rb")) as handle:
@@ -504,4 +572,3 @@ class ShadowTree:
             elif kind == fmt.EntryType.DELETE and raw[delete_field:delete_field + fmt.MAX_PATHLEN] == wanted:
                 live = None
         return live
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, IdentityError, system_uuid, system_uuid_file
 from famfs.shadowdir import STATE_FILE, agent_pid, state_path, tree_problem
+from famfs.version import add_version_flag
 
 EXIT_UNHEALTHY = 1  # `health`: some check failed (the JSON line says which)
 HEALTH_POLL_S = 0.01  # how often `health` re-reads the cursor while it waits for the agent
@@ -48,7 +48,7 @@ def play_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=logsetup.LEVELS,
                         help="default: [host] log_level; debug logs every entry")
     parser.add_argument("--system-uuid-file", help=SYSTEM_UUID_FLAG_HELP)
-    parser.add_argument("--version", action="version", version=version())
+    add_version_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (terminal) or progress events (elsewhere) for a long one-shot play")
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
                         help="with --follow: serve Prometheus metrics there (default: [agent] metrics_address)")
@@ -61,10 +61,6 @@ def status_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return parser
-
-
-def version() -> str:
-    return f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})"
 
 
 def health_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import os
 import re
 import signal
@@ -43,6 +42,7 @@ from famfs.famfslog import FamfsLog
 from famfs.identity import Role, role_of, system_uuid_file
 from famfs.namespace import NamespaceWriter
 from famfs.shadowdir import ROOT, agent_pid, recorded_device, state_path
+from famfs.version import add_version_flag
 from fusefs import health
 from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
 from fusefs.inodes import InodeTable
@@ -101,8 +101,7 @@ def parser() -> argparse.ArgumentParser:
                         "negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
     p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize; log to stderr")
     p.add_argument("--mkdir", action="store_true", help="create MOUNTPOINT (and its parents) if it does not exist")
-    p.add_argument("--version", action="version",
-                   version=f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})")
+    add_version_flag(p)
     p.add_argument("--log-file", default=DEFAULT_LOG_FILE, help=f"the daemon's log (default {DEFAULT_LOG_FILE})")
     p.add_argument("--log-format", choices=logsetup.FORMATS, help="default: [host] log_format")
     p.add_argument("--log-level", choices=logsetup.LEVELS, help="default: [host] log_level")

@@ -10,7 +10,6 @@ file is wrong (nothing was done).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import sys
 import uuid
@@ -27,6 +26,7 @@ from famfs.master.api import Master
 from famfs.master.mkfs import create_image, minimum_device_size, mkfs
 from famfs.progress import Progress
 from famfs.units import format_size
+from famfs.version import add_version_flag
 
 ROOT_NAMES = ("", ".", "/")
 VERIFY_PIECE = 1 << 20  # read a file this much at a time: memory stays flat for any file size
@@ -300,10 +300,6 @@ class CommandParser(argparse.ArgumentParser):
             self._intermixing = False
 
 
-def version() -> str:
-    return f"%(prog)s {importlib.metadata.version('famfs-agent')} (famfs format version {fmt.CURRENT_VERSION})"
-
-
 def add_common(parser: argparse.ArgumentParser, default: object) -> None:
     """The options every command takes, before the command name or after it. After it they
     default to SUPPRESS, so they do not undo the same option given before it."""
@@ -337,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="famfsctl", description="famfs master tools and checks. Exit status: 0 done, 1 failed (one line on "
         "stderr each problem), 2 bad command line or config file. `famfsctl COMMAND --help` for each command.")
-    parser.add_argument("--version", action="version", version=version())
+    add_version_flag(parser)
     add_common(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 

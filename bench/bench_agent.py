@@ -3,6 +3,10 @@
 Baselines, measured in the same run:
 - replay: a plain Python loop writing the same files (same paths, same bytes) by temp file +
   rename into the same tmpfs, directories made first: the syscalls alone, no log at all;
+- a client's cold start (`famfs-agent` playing the full 8 MiB log as a new process, interpreter
+  start-up included): the same program's start-up alone (`famfs-agent --version`). The issue's
+  target is absolute: 1.5x faster than upstream's logplay measured on this machine (0.315 s), so
+  <= 0.21 s; upstream's binary is not installed here to run beside it;
 - follow latency: the time the appending process itself takes to append one entry (what a
   reader can never beat), next to the agent's append-to-file-exists latency;
 - idle CPU and RSS have no baseline worth the name: they carry their target in the note.
@@ -93,6 +97,34 @@ def bench_replay(quick: bool) -> Result:
     return Result(name=f"one-shot replay, full 8 MiB log ({entries:,} entries) to tmpfs", ours=entries / ours,
                   unit="entries/s", baseline=entries / baseline, baseline_name="tmp+rename loop, same files",
                   note=f"target >= 30,000/s and >= 0.5x baseline; best of {runs}")
+
+
+def process_seconds(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_client_start(quick: bool) -> Result:
+    """Median of paired runs: a one-shot play of the full 8 MiB log by a new famfs-agent process
+    into an empty shadow, and the same program's start-up alone."""
+    configure("console", "warning")
+    runs = 1 if quick else 11
+    with scratch("bench_agent_") as work:
+        image = materialize_reference("c_full", work / "c_full.img")
+        with Device(image) as device:
+            entries = FamfsLog(device).header().next_index
+        plays, starts = [], []
+        for run in range(runs):
+            shadow = work / f"client{run}"
+            plays.append(process_seconds([*AGENT, "--shadow", str(shadow), "--log-level", "warning", str(image)]))
+            starts.append(process_seconds([*AGENT, "--version"]))
+            shutil.rmtree(shadow)
+    return Result(name=f"client cold start: one-shot play of the full 8 MiB log ({entries:,} entries), whole process",
+                  ours=statistics.median(plays) * 1000, unit="ms", baseline=statistics.median(starts) * 1000,
+                  baseline_name="famfs-agent --version (start-up alone)",
+                  note=f"lower is better; median of {runs} paired runs; target <= 210 ms (upstream logplay 315 ms / 1.5, "
+                       "measured on this machine when quiet)")
 
 
 # --- following ----------------------------------------------------------------------------------
@@ -311,7 +343,8 @@ def bench_big_log(quick: bool) -> list[Result]:
         elapsed, big_peaks = replay_subprocess(big, work / "big_shadow")
     return [
         Result(name=f"one-shot replay, full {log_len >> 20} MiB log ({slots:,} entries)", ours=slots / elapsed,
-               unit="entries/s", note=f"whole process incl. interpreter start, {elapsed:.1f} s"),
+               unit="entries/s", note=f"whole process incl. interpreter start, {elapsed:.1f} s; target <= 7.5 s "
+                                      "(upstream logplay 13.5 s / 1.5 when the log is 256 MiB)"),
         Result(name=f"peak RSS replaying the {log_len >> 20} MiB log", ours=big_peaks.get("VmRSS", 0) / 1024, unit="MiB",
                baseline=small_peak, baseline_name="same agent, 8 MiB log",
                note=f"flat memory: entries are streamed; anon {big_peaks.get('RssAnon', 0) / 1024:.0f} MiB, "
@@ -320,7 +353,7 @@ def bench_big_log(quick: bool) -> list[Result]:
 
 
 def run(quick: bool) -> list[Result]:
-    results = [bench_replay(quick)]
+    results = [bench_replay(quick), bench_client_start(quick)]
     for wake_hint in (True, False):
         results += bench_follow(quick, wake_hint)
         results.append(bench_idle_cpu(quick, wake_hint))

@@ -286,7 +286,7 @@ class FileEntry:
         return self.extents
 
     def capacity(self) -> int:
-        return sum(extent.length for extent in self.all_extents())
+        return sum([extent.length for extent in self.all_extents()])
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ counts must agree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+from types import ModuleType
 from typing import Any
-
-import yaml
 
 from famfs.format import (
     LOG_OFFSET,
@@ -31,8 +31,16 @@ from famfs.format import (
 )
 from famfs.shadowdir import META_DIR, SUPERBLOCK_YAML
 
-_Emitter: Any = getattr(yaml, "CDumper", yaml.Dumper)
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+@functools.cache
+def _libyaml() -> tuple[ModuleType, Any, Any]:
+    """PyYAML, its C emitter, and the loader that keeps every scalar a string (as upstream's event
+    parser sees them; numbers are ours to parse). Imported on first use: most documents take the
+    template and the canonical parser, and importing costs every program's start-up ~10 ms."""
+    import yaml
+
+    return yaml, getattr(yaml, "CDumper", yaml.Dumper), getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+
 
 # Paths libyaml writes plain and unfolded: no indicator at the start, nothing that needs quotes.
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+=-]{0,70}|\.[A-Za-z0-9_][A-Za-z0-9_./+=-]{0,69}")
@@ -56,36 +64,35 @@ def _scalar_fields(entry: FileEntry) -> list[tuple[str, str]]:
     ]
 
 
-def _extent_lines(extents: tuple[Extent, ...], indent: str) -> list[str]:
-    lines = []
-    for extent in extents:
-        lines.append(f"{indent}- devindex: {extent.devindex}")
-        lines.append(f"{indent}  offset: 0x{extent.offset:x}")
-        lines.append(f"{indent}  length: 0x{extent.length:x}")
-    return lines
+# The template emit_file_yaml fills for a plain path: the same text as _scalar_fields' pairs in
+# libyaml's layout (the tests compare the two). One format call per part: it runs once per file
+# replayed by the agent and once per file the mount parses.
+_HEAD = ("---\nfile:\n  path: {}\n  size: {}\n  flags: {}\n  mode: 0{:o}\n  uid: {}\n  gid: {}\n  nextents: {}\n")
+_EXTENT = "{0}- devindex: {1}\n{0}  offset: 0x{2:x}\n{0}  length: 0x{3:x}\n"
+_STRIPE = "  - nstrips: {}\n    chunk_size: 0x{:x}\n    simple_ext_list:\n"
+
+
+def _extent_lines(extents: tuple[Extent, ...], indent: str) -> str:
+    return "".join([_EXTENT.format(indent, extent.devindex, extent.offset, extent.length) for extent in extents])
 
 
 def emit_file_yaml(entry: FileEntry) -> bytes:
     """The shadow YAML for a file, byte for byte as upstream's famfs_emit_file_yaml."""
     if not _PLAIN_PATH.fullmatch(entry.relpath):
         return _emit_with_libyaml(entry)
-    lines = ["---", "file:", f"  path: {entry.relpath}"]
-    lines += [f"  {key}: {value}" for key, value in _scalar_fields(entry)]
-    if entry.stripes:
-        lines.append("  striped_ext_list:")
-        for stripe in entry.stripes:
-            lines.append(f"  - nstrips: {stripe.nstrips}")
-            lines.append(f"    chunk_size: 0x{stripe.chunk_size:x}")
-            lines.append("    simple_ext_list:")
-            lines += _extent_lines(stripe.strips, "    ")
+    stripes = entry.stripes
+    head = _HEAD.format(entry.relpath, entry.size, entry.flags, entry.mode, _signed32(entry.uid), _signed32(entry.gid),
+                        len(stripes) if stripes else len(entry.extents))
+    if stripes:
+        body = "  striped_ext_list:\n" + "".join(
+            [_STRIPE.format(stripe.nstrips, stripe.chunk_size) + _extent_lines(stripe.strips, "    ") for stripe in stripes])
     else:
-        lines.append("  simple_ext_list:")
-        lines += _extent_lines(entry.extents, "  ")
-    lines.append("...\n")
-    return "\n".join(lines).encode()
+        body = "  simple_ext_list:\n" + _extent_lines(entry.extents, "  ")
+    return (head + body + "...\n").encode()
 
 
 def _emit_with_libyaml(entry: FileEntry) -> bytes:
+    yaml, emitter, _ = _libyaml()
     ev = yaml.events
 
     def scalar(text: str) -> Any:
@@ -128,7 +135,7 @@ def _emit_with_libyaml(entry: FileEntry) -> bytes:
         ev.DocumentEndEvent(explicit=True),
         ev.StreamEndEvent(),
     ]
-    text = yaml.emit(events, Dumper=_Emitter, allow_unicode=False, width=80, indent=2)
+    text = yaml.emit(events, Dumper=emitter, allow_unicode=False, width=80, indent=2)
     return text.encode() if isinstance(text, str) else text
 
 
@@ -146,10 +153,6 @@ def meta_extents(log_len: int) -> dict[str, Extent]:
 
 
 # --- parsing ---------------------------------------------------------------------------------
-
-
-class _BaseLoader(getattr(yaml, "CBaseLoader", yaml.BaseLoader)):  # type: ignore[misc]
-    """Every scalar stays a string, as upstream's event parser sees it; numbers are ours to parse."""
 
 
 # No field of a shadow file needs more: a u64 is 20 decimal digits (22 octal, 16 hex). A longer
@@ -225,12 +228,13 @@ def _parse_canonical(raw: bytes) -> FileEntry | None:
     if head is None:
         return None
     path, size, flags, mode, uid, gid = head.groups()
-    extents = tuple(Extent(devindex=int(d), offset=int(o, 16), length=int(n, 16))
-                    for d, o, n in _CANONICAL_EXTENT.findall(raw, head.end()))
-    if not 1 <= len(extents) <= MAX_SIMPLE_EXTENTS:
+    found = _CANONICAL_EXTENT.findall(raw, head.end())
+    if not 1 <= len(found) <= MAX_SIMPLE_EXTENTS:
         return None
-    entry = FileEntry(relpath=path.decode(errors="replace"), size=int(size), flags=int(flags), mode=int(mode or b"0", 8),
-                      uid=int(uid) & 0xFFFFFFFF, gid=int(gid) & 0xFFFFFFFF, extents=extents)
+    # Positional arguments: every file the mount looks up comes through here.
+    extents = tuple([Extent(int(offset, 16), int(length, 16), int(devindex)) for devindex, offset, length in found])
+    entry = FileEntry(path.decode(errors="replace"), int(size), int(mode or b"0", 8), int(uid) & 0xFFFFFFFF,
+                      int(gid) & 0xFFFFFFFF, extents, (), int(flags))
     return entry if entry.mode <= 0o7777 and emit_file_yaml(entry) == raw else None
 
 
@@ -254,8 +258,9 @@ def parse_file_yaml(text: bytes | str) -> FileEntry:
 def _parse(text: bytes | str) -> FileEntry:
     if isinstance(text, bytes) and (canonical := _parse_canonical(text)) is not None:
         return canonical
+    yaml, _, loader = _libyaml()
     try:
-        docs = list(yaml.load_all(text, Loader=_BaseLoader))
+        docs = list(yaml.load_all(text, Loader=loader))
     except yaml.YAMLError as err:
         raise FormatError(f"malformed YAML: {str(err).splitlines()[0]}") from None
     if len(docs) != 1 or not isinstance(docs[0], dict) or list(docs[0]) != ["file"]:

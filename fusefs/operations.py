@@ -47,6 +47,7 @@ log = structlog.get_logger("famfs-fuse-mount")
 
 SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)  # upstream's CLI (and famfsctl) find the shadow dir with it
 STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans
+USER_XATTRS = b"user."  # the only namespace served: the two above, on the root
 BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, the largest request libfuse negotiates
 NAME_MAX = 255
 # How often a handler that logged a change looks for famfs-agent's result in the shadow tree:
@@ -395,6 +396,10 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(USER_XATTRS):
+            # security.*, system.posix_acl_*: not supported here. ls -l asks for two of them per
+            # file (each a request); EOPNOTSUPP makes it stop asking on this file system.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self._node(inode)
         if inode == ROOT_INODE and name == SHADOW_XATTR:
             return self.shadow_dir

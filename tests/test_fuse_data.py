@@ -153,6 +153,28 @@ def test_namespace_changes_are_refused_quietly(tmp_path: Path, device: Path) -> 
     assert "error" not in mount.log() and "Traceback" not in mount.log()
 
 
+def test_only_user_xattrs_are_served(tmp_path: Path, device: Path) -> None:
+    """Other namespaces are EOPNOTSUPP: ls -l then stops asking for an SELinux label and an ACL
+    on every file (each a FUSE request)."""
+    famfsctl("creat", "--device", device, "-s", "4096", "-m", "0640", "file")
+    shadow = tmp_path / "shadow"
+    play(device, shadow)
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        root = mount.mountpoint
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+            with pytest.raises(OSError) as unsupported:
+                os.getxattr(root / "file", name, follow_symlinks=False)
+            assert unsupported.value.errno == errno.EOPNOTSUPP, name
+        with pytest.raises(OSError) as absent:
+            os.getxattr(root / "file", "user.famfs.shadow")
+        assert absent.value.errno == errno.ENODATA
+        assert os.getxattr(root, "user.famfs.shadow") == os.fsencode(shadow)
+        listing = subprocess.run(["ls", "-l", str(root)], capture_output=True, text=True, check=True)
+        assert listing.stderr == ""
+        assert "-rw-r----- 1 root root 4096" in listing.stdout
+    assert "error" not in mount.log() and "Traceback" not in mount.log()
+
+
 def test_read_only_mount_refuses_writes(tmp_path: Path, device: Path) -> None:
     famfsctl("creat", "--device", device, "-s", "4096", "-r", "-S", "3", "file")
     shadow = tmp_path / "shadow"

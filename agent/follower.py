@@ -2,9 +2,10 @@
 
 The cursor (file-system UUID, index, seqnum and CRC of the last entry dealt with) lives in
 `<shadow>/.agent/state.json`, replaced atomically once per batch (a first play into an empty tree
-builds the tree in staging/ and saves the cursor once, when the tree has moved in). Entries past the cursor may
-already be in the tree after a kill; ShadowTree applies them idempotently, and a DELETE is
-bracketed by two cursor writes (pending, then done) so a restart knows whether it happened.
+builds the tree in staging/ and saves the cursor once, when the tree has moved in). Entries past
+the cursor may already be in the tree after a kill; ShadowTree applies them idempotently, and a
+DELETE is bracketed by two cursor writes (pending, then done) so a restart knows whether it
+happened.
 """
 
 from __future__ import annotations

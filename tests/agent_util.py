@@ -13,11 +13,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from demo.harness import wait_for
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import create_image, mkfs
-from demo.harness import wait_for
 from famfs.shadowdir import state_path
 from tests.conftest import DATA
 

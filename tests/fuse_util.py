@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,3 +59,12 @@ def proc_setting(path: str, value: int) -> Iterator[None]:
         yield
     finally:
         Path(path).write_text(old)
+
+
+def stat_gives_eio(path: Path) -> bool:
+    """Whether stat() of a path in a mount answers EIO (a file the mount refuses to serve)."""
+    try:
+        path.stat()
+    except OSError as err:
+        return err.errno == errno.EIO
+    return False

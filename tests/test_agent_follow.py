@@ -18,7 +18,6 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from tests import fuse_util
 from tests.agent_util import (
-    AGENT,
     FOLLOW_WAIT_S,
     agent_state,
     append,

@@ -13,7 +13,15 @@ import pytest
 from famfs import format as fmt
 from famfs.shadowyaml import emit_file_yaml
 from tests.famfsctl_util import make_image
-from tests.fuse_util import MOUNT_CLI, Mount, empty_shadow, put_file, put_yaml, wait_for
+from tests.fuse_util import (
+    MOUNT_CLI,
+    Mount,
+    empty_shadow,
+    put_file,
+    put_yaml,
+    stat_gives_eio,
+    wait_for,
+)
 
 MiB = 1 << 20
 UNIT = 2 * MiB
@@ -54,10 +62,10 @@ def test_bad_shadow_files_get_eio_and_one_log_line(tmp_path: Path, device: Path)
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         root = mount.mountpoint
         put_yaml(shadow, "late_bad", b"file: {path: late_bad}\n")  # one more, while mounted
-        wait_for(lambda: "late_bad" in os.listdir(shadow / "root") and _eio(root / "late_bad"), "the late bad file")
+        wait_for(lambda: "late_bad" in os.listdir(shadow / "root") and stat_gives_eio(root / "late_bad"), "the late bad file")
         for name in [*table, "late_bad"]:
             for _ in range(3):
-                assert _eio(root / name), name
+                assert stat_gives_eio(root / name), name
             with pytest.raises(OSError) as opened:
                 open(root / name, "rb")
             assert opened.value.errno == errno.EIO, name
@@ -66,7 +74,7 @@ def test_bad_shadow_files_get_eio_and_one_log_line(tmp_path: Path, device: Path)
         assert sorted(os.listdir(root)) == ["good"]  # refused files are left out of listings
         # Fixing a bad file (a good YAML renamed over it) makes it work.
         put_file(shadow, entry("truncated", size=77, offset=DATA_START + 2 * UNIT))  # not good's memory
-        wait_for(lambda: not _eio(root / "truncated"), "the repaired file")
+        wait_for(lambda: not stat_gives_eio(root / "truncated"), "the repaired file")
         assert (root / "truncated").stat().st_size == 77
         assert mount.process is not None and mount.process.poll() is None
     log = mount.log()
@@ -76,13 +84,6 @@ def test_bad_shadow_files_get_eio_and_one_log_line(tmp_path: Path, device: Path)
         assert "bad shadow file" in lines[0]
     assert "Traceback" not in log
 
-
-def _eio(path: Path) -> bool:
-    try:
-        path.stat()
-    except OSError as err:
-        return err.errno == errno.EIO
-    return False
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

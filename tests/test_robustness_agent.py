@@ -15,7 +15,14 @@ import pytest
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
-from tests.agent_util import FOLLOW_WAIT_S, agent_state, following, make_device, run_agent, snapshot
+from tests.agent_util import (
+    FOLLOW_WAIT_S,
+    agent_state,
+    following,
+    make_device,
+    run_agent,
+    snapshot,
+)
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import wait_for
 

@@ -22,7 +22,18 @@ from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs.inodes import ROOT_INODE, InodeTable
 from tests.agent_util import file_entry, following, make_device
 from tests.famfsctl_util import famfsctl, file_bytes
-from tests.fuse_util import MOUNT_CLI, WAIT_S, Mount, empty_shadow, play, put_file, put_yaml, unmount, wait_for
+from tests.fuse_util import (
+    MOUNT_CLI,
+    WAIT_S,
+    Mount,
+    empty_shadow,
+    play,
+    put_file,
+    put_yaml,
+    stat_gives_eio,
+    unmount,
+    wait_for,
+)
 
 SHUTDOWN_TRIALS = 30
 GONE_WITHIN_S = 5.0
@@ -213,17 +224,10 @@ def test_hostile_shadow_yaml_is_refused(served: tuple[Path, Path], tmp_path: Pat
             put_yaml(shadow, relpath, text)
         for relpath in hostile:
             target = mount.mountpoint / relpath
-            wait_for(lambda: _eio(target), f"{relpath} answered with EIO")
+            wait_for(lambda: stat_gives_eio(target), f"{relpath} answered with EIO")
         assert (mount.mountpoint / "good").stat().st_size == 4096
     assert "bad shadow file" in mount.log()
 
-
-def _eio(path: Path) -> bool:
-    try:
-        path.stat()
-    except OSError as err:
-        return err.errno == errno.EIO
-    return False
 
 
 def test_overlap_refusal_lasts_only_while_the_other_file_lives(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The README's "A host, by hand" block, run exactly as written in a fresh copy of the repository.
+"""The README's "A host, by hand" block, then its Python block, run exactly as written in a fresh
+copy of the repository.
 
 The block names fixed paths (/var/tmp/famfs.img, /run/famfs/shadow, /mnt/famfs, and the mount's
 log in /var/log): it runs in a private mount namespace with a tmpfs over each of those
@@ -30,6 +31,12 @@ def readme_block() -> str:
     return found[1]
 
 
+def readme_python_block() -> str:
+    found = re.search(r"^```python\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
+    assert found, "README.md has no Python block"
+    return found[1]
+
+
 def fresh_copy(target: Path) -> Path:
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
@@ -46,9 +53,11 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     clone = fresh_copy(tmp_path / "famfs-agent")
     block = readme_block()
     (tmp_path / "block.sh").write_text(block)
+    (tmp_path / "block.py").write_text(readme_python_block())  # runs after the shell block, on its image
     mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {path}" for path in PRIVATE_TMPFS)
     # -e: the first failing line fails the test; the block's own commands are untouched.
-    script = f"{mounts} && cd {shlex.quote(str(clone))} && exec bash -e {shlex.quote(str(tmp_path / 'block.sh'))}"
+    script = (f"{mounts} && cd {shlex.quote(str(clone))} && bash -e {shlex.quote(str(tmp_path / 'block.sh'))}"
+              f" && exec .venv/bin/python {shlex.quote(str(tmp_path / 'block.py'))}")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "FAMFS_"))}
     env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if ".venv" not in part)
     process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
@@ -70,3 +79,4 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     assert "famfs made" in output and "copied 3 files" in output
     assert "/mnt/famfs/data/sets/r1: 100 MiB (104857600 bytes) match seed 42" in output
     assert "fsck: clean" in output
+    assert "1000000 499999500000" in output  # the Python block: its table written by Master, read back mapped

@@ -86,7 +86,7 @@ def bring_up(cluster: Cluster, say: Narrator) -> None:
     if cluster.namespaced:
         say.say("each host's mount runs in its own mount namespace (unshare -m), as on separate machines")
     elif os.environ.get(env.DEMO_NAMESPACES) == "0":
-        say.say("FAMFS_DEMO_NAMESPACES=0: every host's mount is in this machine's own mount namespace")
+        say.say(f"{env.DEMO_NAMESPACES}=0: every host's mount is in this machine's own mount namespace")
     else:
         say.say("mount namespaces do not work here: every host's mount is in this machine's own namespace")
     for host in cluster.hosts:

@@ -122,12 +122,12 @@ class Mount:
 def unmount(mountpoint: Path, process: subprocess.Popen[bytes] | None = None) -> None:
     """fusermount3 -u, then the process must end; a lazy umount and a kill as a last resort."""
     if os.path.ismount(mountpoint):
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, timeout=WAIT_S)
     if process is not None:
         try:
             process.wait(timeout=WAIT_S)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.wait(timeout=WAIT_S)
     if os.path.ismount(mountpoint):
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=WAIT_S)

@@ -13,10 +13,13 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master import writer
 
+FAMFSCTL_TIMEOUT_S = 300  # a whole cp or verify of the tests' largest files; a stuck one fails, never hangs
+
 
 def famfsctl(*args: object, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """famfsctl ARGS... as its own process; with `check`, a failure shows its stderr."""
     done = subprocess.run([sys.executable, "-m", "famfs.master.famfsctl", *map(str, args)], capture_output=True, text=True,
+                          timeout=FAMFSCTL_TIMEOUT_S,
                           env=env)
     if check and done.returncode != 0:
         raise AssertionError(f"famfsctl {' '.join(map(str, args))} exited {done.returncode}: {done.stderr}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from demo.harness import (  # noqa: F401 - re-exported for the tests
     MOUNT_CLI,
@@ -20,6 +22,8 @@ from demo.harness import (  # noqa: F401 - re-exported for the tests
 )
 from famfs import env
 from tests.agent_util import run_agent
+
+T = TypeVar("T")
 
 
 def play(device: Path, shadow: Path) -> None:
@@ -45,8 +49,20 @@ def read_device(device: Path, offset: int, length: int) -> bytes:
         return image.read(length)
 
 
+def bounded(call: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+    """call() in a worker thread, failing the test after `timeout`: a call into a stuck mount
+    blocks in the kernel, and the test must get to its clean-up (which unmounts) all the same."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(call)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            pool.shutdown(wait=False)
+            raise AssertionError(f"{what}: no answer from the mount within {timeout} s") from None
+
+
 def mount_status(mountpoint: Path) -> dict[str, int]:
-    line = os.getxattr(mountpoint, "user.famfs.status").decode()
+    line = bounded(lambda: os.getxattr(mountpoint, "user.famfs.status"), "getxattr user.famfs.status").decode()
     return {key: int(value) for key, value in (word.split("=") for word in line.split())}
 
 
@@ -64,7 +80,7 @@ def proc_setting(path: str, value: int) -> Iterator[None]:
 def stat_gives_eio(path: Path) -> bool:
     """Whether stat() of a path in a mount answers EIO (a file the mount refuses to serve)."""
     try:
-        path.stat()
+        bounded(path.stat, f"stat {path}")
     except OSError as err:
         return err.errno == errno.EIO
     return False

@@ -18,6 +18,7 @@ from famfs.famfslog import FamfsLog
 from famfs.master import prng
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import (
+    WAIT_S,
     Mount,
     client_env,
     empty_shadow,
@@ -146,7 +147,8 @@ def test_namespace_changes_are_refused_quietly(tmp_path: Path, device: Path) -> 
                 attempt()
             assert refused.value.errno == errno.EPERM, what
         # fallocate(2) itself (glibc's posix_fallocate would fall back to writes).
-        fallocate = subprocess.run(["fallocate", "-l", "8192", str(root / "file")], capture_output=True, text=True)
+        fallocate = subprocess.run(["fallocate", "-l", "8192", str(root / "file")], capture_output=True, text=True,
+                                   timeout=WAIT_S)
         assert fallocate.returncode != 0 and "not supported" in fallocate.stderr
         assert (root / "file").stat().st_size == 4096
         assert sorted(os.listdir(root)) == [".meta", "dir", "file"]
@@ -169,7 +171,7 @@ def test_only_user_xattrs_are_served(tmp_path: Path, device: Path) -> None:
             os.getxattr(root / "file", "user.famfs.shadow")
         assert absent.value.errno == errno.ENODATA
         assert os.getxattr(root, "user.famfs.shadow") == os.fsencode(shadow)
-        listing = subprocess.run(["ls", "-l", str(root)], capture_output=True, text=True, check=True)
+        listing = subprocess.run(["ls", "-l", str(root)], capture_output=True, text=True, check=True, timeout=WAIT_S)
         assert listing.stderr == ""
         assert "-rw-r----- 1 root root 4096" in listing.stdout
     assert "error" not in mount.log() and "Traceback" not in mount.log()

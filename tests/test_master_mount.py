@@ -125,8 +125,7 @@ def test_tar_x_and_rsync_r(cluster: Cluster, source: tuple[Path, int], workdir: 
                 master.mountpoint / "bytar")
     assert clean(untar) == (0, "", "")
     same_tree_on_client(cluster, tree, "bytar")
-    if shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed (make deps installs it)")
+    assert shutil.which("rsync"), "rsync is not installed (make deps installs it)"
     assert clean(run(master, "mkdir", master.mountpoint / "byrsync")) == (0, "", "")
     # --inplace: rsync's temp file + rename needs a rename famfs has not. --chmod=F600: rsync creates
     # each file 0600 and sets its mode after closing it, when it is logged; with 0600 it need not.

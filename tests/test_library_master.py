@@ -104,3 +104,29 @@ def test_a_client_is_refused_with_the_clis_message(tmp_path: Path, device: Path)
     other = {"FAMFS_SYSTEM_UUID_FILE": str(tmp_path / "client" / "uuid"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=other, timeout=60)
     assert done.returncode == 0 and f"{device}: this host is a client of file system" in done.stdout
+
+
+def test_calls_reuse_the_replayed_log_only_while_nothing_else_wrote_it(
+        device: Path, master: famfs.Master, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from famfs.master import writer
+
+    replays = []
+    real_load = writer.load
+    monkeypatch.setattr(writer, "load", lambda famfs_log: replays.append(1) or real_load(famfs_log))
+    master.mkdir("a")
+    master.mkdir("b")
+    assert replays == []  # the constructor's replay, kept and carried forward
+    famfsctl("mkdir", "--device", device, "c")  # another writer: the next call replays
+    with pytest.raises(famfs.MasterError, match="exists"):
+        master.mkdir("c")
+    assert len(replays) == 1
+    with pytest.raises(famfs.MasterError):
+        master.mkdir("no/parent")  # a refusal: the namespace it touched is not trusted again
+    master.mkdir("d")
+    assert len(replays) == 3
+    # A file system re-made under it, with as many entries as before: replayed, not reused.
+    famfsctl("mkfs", "--force", device)
+    for name in ("a", "b", "c", "d"):
+        famfsctl("mkdir", "--device", device, name + "2")
+    master.mkdir("a")
+    assert [e.relpath for e in entries(device)] == ["a2", "b2", "c2", "d2", "a"]

@@ -95,6 +95,7 @@ class Master:
         self._rng = rng
         self._stack: contextlib.ExitStack | None = None
         self._session: writer.Session | None = None
+        self._known: writer.Replayed | None = None  # the last session's namespace, if it ended cleanly
         self._holds = 0
         self._pending: dict[str, NewFile] = {}
         with self._held():  # a client, a missing device or a broken log is refused here, at once
@@ -105,15 +106,23 @@ class Master:
     def _acquire(self) -> writer.Session:
         if self._session is None:
             stack = contextlib.ExitStack()
-            self._session = stack.enter_context(writer.session(self.device, self.uuid_file, self._rng))
+            known, self._known = self._known, None
+            self._session = stack.enter_context(writer.session(self.device, self.uuid_file, self._rng, known))
             self._stack = stack
         self._holds += 1
         return self._session
 
-    def _release(self) -> None:
+    def _release(self, *, clean: bool = True) -> None:
+        """Let go of one hold; the last one unlocks. A session that ended cleanly leaves its
+        namespace for the next one (reused only if the log has not changed meanwhile); one that
+        failed part-way leaves nothing: the next session replays the log."""
         self._holds -= 1
+        if self._session is not None and not clean:
+            self._session.failed = True
         if self._holds == 0 and self._stack is not None:
-            stack, self._stack, self._session = self._stack, None, None
+            stack, session, self._stack, self._session = self._stack, self._session, None, None
+            if session is not None and not session.failed:
+                self._known = session.replayed()
             stack.close()
 
     @contextlib.contextmanager
@@ -121,8 +130,10 @@ class Master:
         session = self._acquire()
         try:
             yield session
-        finally:
-            self._release()
+        except BaseException:
+            self._release(clean=False)
+            raise
+        self._release()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[Master]:
@@ -167,7 +178,7 @@ class Master:
                 session.abandon(entry)
                 raise
         except BaseException:
-            self._release()
+            self._release(clean=False)
             raise
         new = self._pending[relpath] = NewFile(self, entry, view)
         return new
@@ -183,7 +194,11 @@ class Master:
 
     def _commit(self, new: NewFile) -> int:
         assert self._session is not None and self._pending.get(new.relpath) is new
-        index = self._session.commit(new.entry)
+        try:
+            index = self._session.commit(new.entry)
+        except BaseException:
+            self._session.failed = True  # (the file's hold goes when it is abandoned)
+            raise
         del self._pending[new.relpath]
         self._release()
         return index

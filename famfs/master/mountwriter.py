@@ -1,9 +1,9 @@
 """The master's writing Session behind the famfs.namespace.NamespaceWriter interface, for the
 master's own mount (famfs_fuse_mount/ hands it to fusefs).
 
-One Session is kept between calls and reused while the log has not moved behind its back (only
-the header's next_index is read under the lock to know); when famfsctl or another writer has
-appended meanwhile, the Session is rebuilt from the log. So famfsctl and the mount share one
+Each call's Session starts from the namespace the previous call left, while the log has not
+moved behind its back (writer.Replayed: its entry count and last seal, read under the lock);
+when famfsctl or another writer has appended meanwhile, the log is replayed. So famfsctl and the mount share one
 device lock and one rule book, and neither loses nor doubles the other's entries. A refused or
 failed call drops the Session too: the next call replays the log rather than trust a model that
 may have been half-updated.
@@ -23,7 +23,7 @@ from famfs import rules
 from famfs.device import DeviceError
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.master import alloc
-from famfs.master.writer import MasterError, Ownership, Session
+from famfs.master.writer import MasterError, Ownership, Replayed, Session
 from famfs.namespace import NamespaceError, Owner
 
 log = structlog.get_logger("famfs-fuse-mount")
@@ -45,19 +45,17 @@ class SessionWriter:
     def __init__(self, famfs_log: FamfsLog) -> None:
         self.log = famfs_log
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
-        self._session: Session | None = None
-        self._seen = -1  # the log's next_index after this Session's last append
+        self._known: Replayed | None = None  # what the last call that succeeded left
 
     @contextlib.contextmanager
     def _locked(self, relpath: str) -> Iterator[Session]:
         with self._lock, self.log.device.exclusive():
+            known, self._known = self._known, None
             try:
-                if self._session is None or self.log.header().next_index != self._seen:
-                    self._session = Session(self.log)
-                yield self._session
-                self._seen = self.log.header().next_index
+                session = Session(self.log, known=known)
+                yield session
+                self._known = session.replayed()
             except Exception as err:
-                self._session = None
                 raise _refusal(relpath, err) from None
 
     def mkdir(self, relpath: str, owner: Owner) -> int:

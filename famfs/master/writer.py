@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,32 @@ def load(famfs_log: FamfsLog) -> rules.Namespace:
 
 
 @dataclass(frozen=True, slots=True)
+class Replayed:
+    """A session's namespace and the log it describes: the file system (its UUID), the number
+    of entries and the seal of the last one. A later session of the same process reuses the
+    namespace only if all three are unchanged, so a log that another writer appended to, or a
+    file system re-made meanwhile, is always replayed again."""
+
+    namespace: rules.Namespace
+    fs_uuid: uuid.UUID
+    next_index: int
+    last_seal: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, famfs_log: FamfsLog, namespace: rules.Namespace) -> Replayed:
+        return cls(namespace, *cls._where(famfs_log))
+
+    @staticmethod
+    def _where(famfs_log: FamfsLog) -> tuple[uuid.UUID, int, tuple[int, int] | None]:
+        count = famfs_log.header().next_index
+        seal = fmt.entry_seal(famfs_log.raw_entry(count - 1)) if count else None
+        return famfs_log.superblock.fs_uuid, count, seal
+
+    def still(self, famfs_log: FamfsLog) -> bool:
+        return self._where(famfs_log) == (self.fs_uuid, self.next_index, self.last_seal)
+
+
+@dataclass(frozen=True, slots=True)
 class Ownership:
     mode: int
     uid: int
@@ -91,12 +118,20 @@ class Created:
 class Session:
     """The master's view of one device while it holds the exclusive lock."""
 
-    def __init__(self, famfs_log: FamfsLog, rng: alloc.Shuffler | None = None) -> None:
+    def __init__(self, famfs_log: FamfsLog, rng: alloc.Shuffler | None = None,
+                 known: Replayed | None = None) -> None:
+        """`known`: the namespace a session of this process left behind; used instead of a
+        replay if the log is still exactly as that session left it (checked under the lock)."""
         self.log = famfs_log
         self.device = famfs_log.device
         self.geometry = rules.Geometry.of(famfs_log.superblock)
-        self.namespace = load(famfs_log)
+        self.namespace = known.namespace if known is not None and known.still(famfs_log) else load(famfs_log)
         self.rng = rng or random.Random()
+        self.failed = False  # set by a caller that saw an operation fail part-way: its namespace is not reused
+
+    def replayed(self) -> Replayed:
+        """What a later session may start from instead of replaying the log (see Replayed)."""
+        return Replayed.of(self.log, self.namespace)
 
     # -- helpers --
 
@@ -302,8 +337,9 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None) -> Iterator[Session]:
-    """Open the device for writing, check this host is the master, lock, load."""
+def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None,
+            known: Replayed | None = None) -> Iterator[Session]:
+    """Open the device for writing, check this host is the master, lock, load (or reuse `known`)."""
     with Device(device_path, writable=True) as device:
         famfs_log = FamfsLog(device)
         try:
@@ -311,7 +347,7 @@ def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None
         except NotMasterError as err:
             raise MasterError(f"{device_path}: {err}") from None
         with device.exclusive():
-            yield Session(famfs_log, rng)
+            yield Session(famfs_log, rng, known)
 
 
 def lookup(current: Session, relpath: str) -> fmt.FileEntry | str | None:

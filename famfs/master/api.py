@@ -81,8 +81,9 @@ class NewFile(MappedFile):
 class Master:
     """The master host's writing API on one device. Not thread-safe: one Master per thread.
 
-    Each operation outside batch() takes the device lock and replays the log for itself; inside
-    batch() the lock is taken and the log replayed once for all of them. A file from create()
+    Each operation outside batch() takes the device lock for itself; inside batch() the lock is
+    taken once for all of them. The log is replayed only when it changed since this Master's last
+    clean session (writer.Replayed). A file from create()
     holds the lock until it is committed or abandoned (its space is reserved in that session).
     """
 

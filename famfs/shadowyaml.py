@@ -224,7 +224,8 @@ _EXTENT_TEXT = rb"  - devindex: " + _DEC + rb"\n    offset: " + _HEX + rb"\n    
 _CANONICAL = re.compile(
     rb"---\nfile:\n  path: (" + _PLAIN_PATH.pattern.encode() + rb")\n  size: " + _DEC + rb"\n  flags: " + _DEC
     + rb"\n  mode: 0(0|[1-7][0-7]{0,3})\n  uid: " + _ID + rb"\n  gid: " + _ID + rb"\n  nextents: ([1-9][0-9]?)\n"
-    rb"  simple_ext_list:\n((?:" + _EXTENT_TEXT.replace(b"(", b"(?:") + rb"){1,%d})\.\.\.\n" % MAX_SIMPLE_EXTENTS)
+    rb"  simple_ext_list:\n" + _EXTENT_TEXT  # the first extent, captured: most files have only it
+    + rb"((?:" + _EXTENT_TEXT.replace(b"(", b"(?:") + rb"){0,%d})\.\.\.\n" % (MAX_SIMPLE_EXTENTS - 1))
 _CANONICAL_EXTENT = re.compile(_EXTENT_TEXT)
 _ID_MIN, _ID_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -238,15 +239,17 @@ def _parse_canonical(raw: bytes) -> FileEntry | None:
     match = _CANONICAL.fullmatch(raw)
     if match is None:
         return None
-    path, size, flags, mode, uid_text, gid_text, nextents, _ = match.groups()
+    path, size, flags, mode, uid_text, gid_text, nextents, devindex, offset, length, more = match.groups()
     uid, gid = int(uid_text), int(gid_text)
     if not (_ID_MIN <= uid <= _ID_MAX and _ID_MIN <= gid <= _ID_MAX):
         return None  # upstream prints them signed: 4294967295 is written -1
-    found = _CANONICAL_EXTENT.findall(raw, match.start(8), match.end(8))
-    if int(nextents) != len(found):
-        return None  # the full parser says what is wrong
     # Positional arguments: every file the mount looks up comes through here.
-    extents = tuple([Extent(int(offset, 16), int(length, 16), int(devindex)) for devindex, offset, length in found])
+    extents: tuple[Extent, ...] = (Extent(int(offset, 16), int(length, 16), int(devindex)),)
+    if more:
+        found = _CANONICAL_EXTENT.findall(raw, match.start(11), match.end(11))
+        extents += tuple([Extent(int(off, 16), int(span, 16), int(dev)) for dev, off, span in found])
+    if int(nextents) != len(extents):
+        return None  # the full parser says what is wrong
     return FileEntry(path.decode(), int(size), int(mode, 8), uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, extents, (), int(flags))
 
 

@@ -210,32 +210,47 @@ def _extent_list(raw: Any, limit: int, where: str) -> tuple[Extent, ...]:
     return tuple(_extent(item, f"{where}[{n}]") for n, item in enumerate(raw))
 
 
-# The canonical shape of a simple file as emit_file_yaml writes it with a plain path.
-_CANONICAL_HEAD = re.compile(
-    rb"---\nfile:\n  path: ([^\n]+)\n  size: (\d{1,20})\n  flags: (\d{1,20})\n  mode: 0([0-7]{0,22})\n"
-    rb"  uid: (-?\d{1,10})\n  gid: (-?\d{1,10})\n  nextents: \d{1,2}\n  simple_ext_list:\n")
-_CANONICAL_EXTENT = re.compile(
-    rb"  - devindex: (\d{1,20})\n    offset: 0x([0-9a-f]{1,16})\n    length: 0x([0-9a-f]{1,16})\n")
+# The canonical shape of a simple file, exactly as emit_file_yaml writes it with a plain path: a
+# plain path (_PLAIN_PATH), decimal numbers without leading zeros, the mode as "0" and its octal
+# digits, uid and gid signed, lower-case hex extents without leading zeros, "...\n" at the end.
+# Every document this matches is emit_file_yaml's output for the entry read from it (the two
+# range checks _parse_canonical adds cover what a regular expression cannot: uid and gid within
+# 32 bits signed, nextents equal to the extents listed); tests/test_shadowyaml.py checks that
+# emitting the result gives the same bytes back, over random and mutated documents.
+_DEC = rb"(0|[1-9][0-9]{0,19})"
+_HEX = rb"0x(0|[1-9a-f][0-9a-f]{0,15})"
+_ID = rb"(0|-?[1-9][0-9]{0,9})"
+_EXTENT_TEXT = rb"  - devindex: " + _DEC + rb"\n    offset: " + _HEX + rb"\n    length: " + _HEX + rb"\n"
+_CANONICAL = re.compile(
+    rb"---\nfile:\n  path: (" + _PLAIN_PATH.pattern.encode() + rb")\n  size: " + _DEC + rb"\n  flags: " + _DEC
+    + rb"\n  mode: 0(0|[1-7][0-7]{0,3})\n  uid: " + _ID + rb"\n  gid: " + _ID + rb"\n  nextents: ([1-9][0-9]?)\n"
+    rb"  simple_ext_list:\n" + _EXTENT_TEXT  # the first extent, captured: most files have only it
+    + rb"((?:" + _EXTENT_TEXT.replace(b"(", b"(?:") + rb"){0,%d})\.\.\.\n" % (MAX_SIMPLE_EXTENTS - 1))
+_CANONICAL_EXTENT = re.compile(_EXTENT_TEXT)
+_ID_MIN, _ID_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def _parse_canonical(raw: bytes) -> FileEntry | None:
     """The common case without a YAML parser: a document in exactly the shape we emit.
 
-    Accepted only if re-emitting the result gives back the same bytes, so whatever this returns
-    is what the full parser would return; anything else goes to the full parser.
+    One match of the whole document (no re-emission needed: see _CANONICAL); whatever this returns
+    is what the full parser would return, and anything else goes to the full parser.
     """
-    head = _CANONICAL_HEAD.match(raw)
-    if head is None:
+    match = _CANONICAL.fullmatch(raw)
+    if match is None:
         return None
-    path, size, flags, mode, uid, gid = head.groups()
-    found = _CANONICAL_EXTENT.findall(raw, head.end())
-    if not 1 <= len(found) <= MAX_SIMPLE_EXTENTS:
-        return None
+    path, size, flags, mode, uid_text, gid_text, nextents, devindex, offset, length, more = match.groups()
+    uid, gid = int(uid_text), int(gid_text)
+    if not (_ID_MIN <= uid <= _ID_MAX and _ID_MIN <= gid <= _ID_MAX):
+        return None  # upstream prints them signed: 4294967295 is written -1
     # Positional arguments: every file the mount looks up comes through here.
-    extents = tuple([Extent(int(offset, 16), int(length, 16), int(devindex)) for devindex, offset, length in found])
-    entry = FileEntry(path.decode(errors="replace"), int(size), int(mode or b"0", 8), int(uid) & 0xFFFFFFFF,
-                      int(gid) & 0xFFFFFFFF, extents, (), int(flags))
-    return entry if entry.mode <= 0o7777 and emit_file_yaml(entry) == raw else None
+    extents: tuple[Extent, ...] = (Extent(int(offset, 16), int(length, 16), int(devindex)),)
+    if more:
+        found = _CANONICAL_EXTENT.findall(raw, match.start(11), match.end(11))
+        extents += tuple([Extent(int(off, 16), int(span, 16), int(dev)) for dev, off, span in found])
+    if int(nextents) != len(extents):
+        return None  # the full parser says what is wrong
+    return FileEntry(path.decode(), int(size), int(mode, 8), uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, extents, (), int(flags))
 
 
 def parse_file_yaml(text: bytes | str) -> FileEntry:

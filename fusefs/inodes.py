@@ -126,14 +126,16 @@ class InodeTable:
         ino = parent.children.get(name)
         return None if ino is None else self.nodes[ino]
 
-    def file_entry(self, node: Node) -> fmt.FileEntry | None:
-        """The node's parsed YAML, loading it on first use; None (and node.error) if refused."""
+    def file_entry(self, node: Node, dir_fd: int | None = None) -> fmt.FileEntry | None:
+        """The node's parsed YAML, loading it on first use; None (and node.error) if refused.
+        `dir_fd`: its parent directory, open (shadow_reader.open_dir), to load it by name."""
         if node.entry is None and node.error is None:
             if not node.present:
                 node.error = "deleted before it was read"  # its path may name a newer file now
                 return None
             try:
-                entry = shadow_reader.load_file(self.shadow_path(node.relpath), node.relpath, self.geometry)
+                path = node.name if dir_fd is not None else self.shadow_path(node.relpath)
+                entry = shadow_reader.load_file(path, node.relpath, self.geometry, dir_fd)
                 if not node.relpath.startswith(shadow_reader.META_PREFIX):
                     self.live.claim(node.ino, entry)
                 node.entry, node.conflict = entry, None

@@ -118,7 +118,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
         self.lookups = LookupCounters()
         self.file_handles: dict[int, Handle | Staged] = {}
-        self.dir_handles: dict[int, list[tuple[bytes, int]]] = {}
+        self.dir_handles: dict[int, tuple[Node, list[tuple[bytes, int]]]] = {}
         self.next_fh = 1
         self.denial_explained = False  # the first EPERM for a namespace change is logged, then no other
         self.initialized = trio.Event()  # set when the kernel's INIT is answered
@@ -252,22 +252,31 @@ class FamfsOperations(pyfuse3.Operations):
         assert node.children is not None
         # A sorted snapshot: offsets stay meaningful however the directory changes meanwhile.
         fh = self._new_fh()
-        self.dir_handles[fh] = sorted(node.children.items())
+        self.dir_handles[fh] = (node, sorted(node.children.items()))
         return fh
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self.dir_handles[fh]
-        for index in range(start_id, len(listing)):
-            name, ino = listing[index]
-            node = self.table.get(ino)
-            if node is None or not node.present:
-                continue
-            if not node.is_dir and self.table.file_entry(node) is None:
-                continue  # a refused YAML: lookup answers EIO, the listing leaves it out
-            if not pyfuse3.readdir_reply(token, name, self._attributes(node), index + 1):
-                return
-            self.table.remember(node)  # readdirplus: every entry the kernel took is a lookup
+        directory, listing = self.dir_handles[fh]
+        table = self.table
+        dir_fd: int | None = None  # opened for the first YAML this call loads (a cold listing loads hundreds)
+        try:
+            for index in range(start_id, len(listing)):
+                name, ino = listing[index]
+                node = table.nodes.get(ino)
+                if node is None or not node.present:
+                    continue
+                if not node.is_dir:
+                    if node.entry is None and node.error is None and dir_fd is None and directory.present:
+                        dir_fd = shadow_reader.open_dir(table.shadow_path(directory.relpath))
+                    if table.file_entry(node, dir_fd) is None:
+                        continue  # a refused YAML: lookup answers EIO, the listing leaves it out
+                if not pyfuse3.readdir_reply(token, name, self._attributes(node), index + 1):
+                    return
+                table.remember(node)  # readdirplus: every entry the kernel took is a lookup
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
 
     @guarded
     async def releasedir(self, fh: int) -> None:

@@ -92,12 +92,27 @@ def walk(root: bytes) -> dict[bytes, Signature]:
     return tree
 
 
-def load_file(path: bytes, relpath: bytes, geometry: Geometry) -> fmt.FileEntry:
-    """Parse and check one shadow file; fmt.FormatError says what is wrong with it."""
+# O_NONBLOCK: loading runs on the trio thread, and opening a FIFO put in place of a YAML (or of
+# a directory) would otherwise wait for a writer while every request to the mount waits behind it.
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_DIR = _OPEN_FILE | os.O_DIRECTORY
+
+
+def open_dir(path: bytes) -> int | None:
+    """A directory's descriptor, for loading many of its files by name (a directory listing
+    loads them by the hundred); None if it cannot be opened (each file is then opened by path
+    and says what is wrong with it)."""
     try:
-        # O_NONBLOCK: this runs on the trio thread, and opening a FIFO put in place of a YAML
-        # would otherwise wait for a writer while every request to the mount waits behind it.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(path, _OPEN_DIR)
+    except OSError:
+        return None
+
+
+def load_file(path: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | None = None) -> fmt.FileEntry:
+    """Parse and check one shadow file; fmt.FormatError says what is wrong with it. With
+    `dir_fd`, `path` is the file's name in that directory (one path component to resolve)."""
+    try:
+        fd = os.open(path, _OPEN_FILE, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None

@@ -110,6 +110,39 @@ def test_shadow_file_checks(shadow: Path) -> None:
         shadow_reader.load_file(os.fsencode(root / "link"), b"link", GEOMETRY)
 
 
+def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
+    """A directory listing loads its files by name through one descriptor of the directory: the
+    same checks as by path (a FIFO is refused at once, never waited on; a symlink is refused)."""
+    root = shadow / "root"
+    (root / "d").mkdir()
+    put_file(shadow, entry("d/good", size=7))
+    os.mkfifo(root / "d" / "fifo")
+    os.symlink(root / "d" / "good", root / "d" / "link")
+    put_yaml(shadow, "d/moved", emit_file_yaml(entry("d/elsewhere", unit=1)))
+    dir_fd = shadow_reader.open_dir(os.fsencode(root / "d"))
+    assert dir_fd is not None
+    try:
+        assert shadow_reader.load_file(b"good", b"d/good", GEOMETRY, dir_fd) == entry("d/good", size=7)
+        with pytest.raises(fmt.FormatError, match="not a regular file"):
+            shadow_reader.load_file(b"fifo", b"d/fifo", GEOMETRY, dir_fd)
+        with pytest.raises(fmt.FormatError, match="symlink"):
+            shadow_reader.load_file(b"link", b"d/link", GEOMETRY, dir_fd)
+        with pytest.raises(fmt.FormatError, match="path key"):
+            shadow_reader.load_file(b"moved", b"d/moved", GEOMETRY, dir_fd)
+        # Through the table: the node's name in its parent's descriptor.
+        (root / "d" / "fifo").unlink()
+        put_file(shadow, entry("d/late", unit=2))
+        table = table_of(shadow)
+        directory = table.child(table.nodes[ROOT_INODE], b"d")
+        assert directory is not None
+        late = table.child(directory, b"late")
+        assert late is not None and table.file_entry(late, dir_fd) == entry("d/late", unit=2)
+    finally:
+        os.close(dir_fd)
+    assert shadow_reader.open_dir(os.fsencode(root / "d" / "good")) is None  # not a directory
+    assert shadow_reader.open_dir(os.fsencode(root / "missing")) is None
+
+
 def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:
     image = tmp_path / "dev.img"
     create_image(image, 64 * MiB)

@@ -94,8 +94,10 @@ def test_signal_the_instant_the_mount_appears(served: tuple[Path, Path], tmp_pat
             unmount(mountpoint)
 
 
-def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Path) -> None:
-    """A FIFO where the mount expects a never-read shadow YAML: the lookup that reads it gets an
+@pytest.mark.parametrize("first_touch", ["stat", "listing"])
+def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Path, first_touch: str) -> None:
+    """A FIFO where the mount expects a never-read shadow YAML: the lookup (or the directory
+    listing, which loads its files through a descriptor of the directory) that reads it gets an
     error at once, and the mount keeps answering. The FIFO is bind-mounted over the YAML, which
     raises no inotify event: the mount still believes a regular file is there when it opens it
     (a rename over the YAML races the same way, for as long as the watcher takes)."""
@@ -110,6 +112,10 @@ def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Pat
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         subprocess.run(["mount", "--bind", str(fifo), str(victim)], check=True, capture_output=True)
         try:
+            if first_touch == "listing":
+                listed = run_bounded(["ls", str(mount.mountpoint / "d")], timeout=WAIT_S)
+                assert listed is not None, "a listing of the FIFO'd name's directory hung the mount"
+                assert listed.stdout.split() == [b"other"]  # the refused file is left out
             looked = run_bounded(["stat", str(mount.mountpoint / "d" / "victim")], timeout=WAIT_S)
             assert looked is not None, "a lookup of the FIFO'd name hung the mount"
             assert looked.returncode != 0  # EIO: a shadow file that is not a regular file

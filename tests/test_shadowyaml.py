@@ -8,7 +8,9 @@ import pytest
 
 from famfs import format as fmt
 from famfs.shadowyaml import (
+    _PLAIN_PATH,
     _emit_with_libyaml,
+    _parse_canonical,
     emit_file_yaml,
     meta_file_entry,
     parse_file_yaml,
@@ -119,3 +121,38 @@ def test_canonical_fast_parse_agrees_with_the_yaml_parser(name: str) -> None:
 def test_non_canonical_but_valid_yaml_takes_the_full_parser(variant: str) -> None:
     raw = variant.encode()
     assert parse_file_yaml(raw) == _full_parse(raw)
+
+
+def _random_canonical_entry(rng: random.Random) -> fmt.FileEntry:
+    def number(bits: int) -> int:
+        return rng.choice([0, 1, rng.randrange(1 << bits), (1 << bits) - 1])
+
+    extents = tuple(fmt.Extent(offset=number(64), length=number(64), devindex=rng.choice([0, 0, 1, number(20)]))
+                    for _ in range(rng.randint(1, 16)))
+    path = "".join(rng.choice("abcXYZ019_./+=-") for _ in range(rng.randint(0, 70)))
+    return fmt.FileEntry(relpath=rng.choice("aZ0_.") + path, size=number(64), mode=number(12), uid=number(32),
+                         gid=number(32), extents=extents, flags=number(32))
+
+
+def test_canonical_fast_parse_accepts_only_what_emit_writes() -> None:
+    """_parse_canonical checks no re-emission: whatever it accepts must be emit_file_yaml's own
+    output for what it returns (and so what the full parser returns), mutated documents included."""
+    rng = random.Random(13)
+    alphabet = b"0123456789abcdefxX- \n:.+"
+    accepted_mutants = 0
+    for _ in range(2000):
+        entry = _random_canonical_entry(rng)
+        raw = emit_file_yaml(entry)
+        parsed = _parse_canonical(raw)
+        if _PLAIN_PATH.fullmatch(entry.relpath):  # the template's shape
+            assert parsed == entry, raw
+        for _ in range(4):
+            position = rng.randrange(len(raw))
+            cut = rng.choice([0, 0, 1])
+            mutant = raw[:position] + bytes(rng.choices(alphabet, k=rng.choice([0, 1, 1, 2]))) + raw[position + cut:]
+            got = _parse_canonical(mutant)
+            if got is not None:
+                accepted_mutants += 1
+                assert emit_file_yaml(got) == mutant, mutant
+                assert got == _full_parse(mutant), mutant
+    assert accepted_mutants > 100  # the mutations do reach documents the fast path takes

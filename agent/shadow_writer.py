@@ -49,6 +49,8 @@ from famfs.shadowdir import (
     STAGING,
     SUPERBLOCK_YAML,
     UNITS_FILE,
+    dirs_journal_line,
+    read_dirs_journal,
     tree_problem,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
@@ -204,21 +206,10 @@ class ShadowTree:
 
     def load(self, applied_index: int, resume_horizon: int, superblock: fmt.Superblock, device_path: str) -> None:
         """Tables as of the cursor; later journal lines are from a run killed before its cursor."""
-        self.dirs = {"": -1}
-        kept: list[bytes] = []
-        for line in (self.read_agent_file(DIRS_JOURNAL) or b"").splitlines(keepends=True):
-            try:
-                index, relpath, *removed = json.loads(line)
-            except (ValueError, TypeError):
-                break  # a line cut short by a kill: everything from here is past the cursor
-            if index > applied_index:
-                break
-            if removed:  # an RMDIR's line: [index, relpath, "rmdir"]
-                self.dirs.pop(relpath, None)
-            else:
-                self.dirs[relpath] = index
-            kept.append(line)
-        self.write_agent_file(DIRS_JOURNAL, b"".join(kept))
+        journal = self.read_agent_file(DIRS_JOURNAL) or b""
+        dirs, used = read_dirs_journal(journal, applied_index)
+        self.dirs = {"": -1, **dirs}
+        self.write_agent_file(DIRS_JOURNAL, journal[:used])
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
         try:
@@ -408,7 +399,7 @@ class ShadowTree:
 
     def _add_dir(self, index: int, relpath: str) -> None:
         self.dirs[relpath] = index
-        os.write(self._journal_fd, (json.dumps([index, relpath]) + "\n").encode())
+        os.write(self._journal_fd, dirs_journal_line(index, relpath))
 
     def apply_rmdir(self, index: int, entry: fmt.RmdirEntry, famfs_log: FamfsLog) -> Outcome:
         """Remove an empty directory, then journal it. Idempotent: a run killed between the two
@@ -421,7 +412,7 @@ class ShadowTree:
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(entry.relpath, dir_fd=self._tree_fd)
         del self.dirs[entry.relpath]
-        os.write(self._journal_fd, (json.dumps([index, entry.relpath, "rmdir"]) + "\n").encode())
+        os.write(self._journal_fd, dirs_journal_line(index, entry.relpath, removed=True))
         return Outcome.APPLIED
 
     def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:

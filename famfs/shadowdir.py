@@ -21,7 +21,7 @@ STAGING = "staging"  # in .agent/: everything is built here, then renamed into r
 STATE_FILE = "state.json"  # in .agent/: the cursor, and the device other processes read
 DAXDEVS_FILE = "daxdevs.json"
 UNITS_FILE = "units"  # in .agent/: the allocation units taken as of the cursor (famfs.rules.Units)
-DIRS_JOURNAL = "dirs.jsonl"  # one [index, relpath] per applied MKDIR, in log order
+DIRS_JOURNAL = "dirs.jsonl"  # in .agent/: the directories' journal (dirs_journal_line, read_dirs_journal)
 LOCK_FILE = "lock"  # flock held by the running agent; holds its pid
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
@@ -137,12 +137,40 @@ def agent_pid(shadow: str | os.PathLike[str]) -> int | None:
     return None
 
 
+def dirs_journal_line(index: int, relpath: str, *, removed: bool = False) -> bytes:
+    """One line of the directories' journal, appended in log order: `[index, relpath]` for an
+    applied MKDIR, `[index, relpath, "rmdir"]` for an applied RMDIR."""
+    return (json.dumps([index, relpath, "rmdir"] if removed else [index, relpath]) + "\n").encode()
+
+
+def read_dirs_journal(raw: bytes, applied_index: int) -> tuple[dict[str, int], int]:
+    """The logged directories live as of the cursor (relpath: the index of the MKDIR that made
+    it), and how many leading bytes of `raw` hold them: what follows is from a run killed before
+    its cursor moved (or a line the kill cut short)."""
+    dirs: dict[str, int] = {}
+    used = 0
+    for line in raw.splitlines(keepends=True):
+        try:
+            index, relpath, *removed = json.loads(line)
+        except (ValueError, TypeError):
+            break
+        if index > applied_index:
+            break
+        if removed:
+            dirs.pop(relpath, None)
+        else:
+            dirs[relpath] = index
+        used += len(line)
+    return dirs, used
+
+
 def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str | None:
     """Why `<shadow>/root` does not hold what the cursor says was applied, or None.
 
     Cheap enough for a probe (one stat per logged directory): root/ and its .meta/.superblock
-    exist, and so does every directory the journal says a MKDIR up to the cursor made. It catches
-    a tree wiped or replaced behind the agent's back, not a single file changed.
+    exist, and so does every directory the journal says is live at the cursor (made by a MKDIR,
+    not removed by an RMDIR since). It catches a tree wiped or replaced behind the agent's back,
+    not a single file changed.
     """
     base = Path(shadow_dir)
     root = base / ROOT
@@ -155,13 +183,7 @@ def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str 
         journal = b""
     except OSError as err:
         return f"{base / AGENT_DIR / DIRS_JOURNAL}: {err.strerror}"
-    for line in journal.splitlines():
-        try:
-            index, relpath = json.loads(line)
-        except (ValueError, TypeError):
-            break  # cut short by a kill: past the cursor
-        if index > applied_index:
-            break
+    for relpath, index in read_dirs_journal(journal, applied_index)[0].items():
         if not (root / relpath).is_dir():
             return f"directory {relpath!r} (log entry {index}) is missing from {root}"
     return None

@@ -18,7 +18,7 @@ from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import mkfs
-from famfs.shadowdir import UNITS_FILE
+from famfs.shadowdir import UNITS_FILE, tree_problem
 from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import (
     AGENT,
@@ -221,8 +221,11 @@ def test_a_resumed_agent_knows_the_directories_rmdir_removed(tmp_path: Path, sys
     run_agent("--shadow", shadow, "--no-progress", image, check=True)
     assert sorted(path.name for path in (shadow / "root").iterdir() if path.name != ".meta") == ["kept"]
     append(image, [mkdir_entry("gone", mode=0o700), fmt.RmdirEntry("kept", target_index=1), file_entry("gone/f", 0)])
+    assert tree_problem(shadow, 2) is None  # the self-check reads the RMDIR lines too
     resumed = run_agent("--shadow", shadow, "--no-progress", image, check=True)
     assert "duplicate_path" not in resumed.stderr + resumed.stdout
+    assert "shadow_damaged" not in resumed.stderr + resumed.stdout  # no needless rebuild on start
+    assert tree_problem(shadow, 5) is None
     assert sorted(path.name for path in (shadow / "root").iterdir() if path.name != ".meta") == ["gone"]
     assert (shadow / "root" / "gone").stat().st_mode & 0o777 == 0o700
     assert (shadow / "root" / "gone" / "f").read_bytes() == emit_file_yaml(file_entry("gone/f", 0))

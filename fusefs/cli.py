@@ -472,7 +472,7 @@ def daemonize(log_file: str) -> int | None:
     return write_end
 
 
-WriterFactory = Callable[[FamfsLog], NamespaceWriter]
+WriterFactory = Callable[[str, Path], NamespaceWriter]  # (device path, system UUID file)
 
 
 def master_writer(cfg: MountConfig, famfs_log: FamfsLog, writer_for: WriterFactory | None) -> NamespaceWriter | None:
@@ -483,7 +483,7 @@ def master_writer(cfg: MountConfig, famfs_log: FamfsLog, writer_for: WriterFacto
         role = role_of(famfs_log.superblock, Path(cfg.system_uuid_file))
     except (OSError, ValueError) as err:
         raise UsageError(f"system UUID file {cfg.system_uuid_file}: {err}") from None
-    return writer_for(famfs_log) if role is Role.MASTER else None
+    return writer_for(cfg.device, Path(cfg.system_uuid_file)) if role is Role.MASTER else None
 
 
 def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = None) -> int:

@@ -373,21 +373,19 @@ class FamfsOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self.file_handles.pop(fh)
         if isinstance(handle, Staged):
-            node = handle
-            node.opens -= 1
-            if node.opens == 0 and not (node.gone or node.committing):
-                if node.unlinked or node.failed:
-                    self._drop(node, node.failed or "unlinked before it was closed")
+            handle.opens -= 1
+            if handle.opens == 0 and not (handle.gone or handle.committing):
+                if handle.unlinked or handle.failed:
+                    self._drop(handle, handle.failed or "unlinked before it was closed")
                 else:
                     # The last close: log it now. The kernel does not wait for release, so a
                     # refusal here can only be logged (file_dropped): the checks that can answer
                     # the program come earlier (at create, and at writes: _check_space).
                     with contextlib.suppress(pyfuse3.FUSEError):
-                        await self._commit(node)
+                        await self._commit(handle)
             return
-        node = handle.node
-        if self.table.release(node):
-            self.spawn_notice(Notice(NoticeKind.INODE, node.ino))
+        if self.table.release(handle.node):
+            self.spawn_notice(Notice(NoticeKind.INODE, handle.node.ino))
 
     # --- file system --------------------------------------------------------------------------
 
@@ -574,9 +572,10 @@ class FamfsOperations(pyfuse3.Operations):
         try:
             return await trio.to_thread.run_sync(functools.partial(call, *args), limiter=self.writer_slot)
         except NamespaceError as err:
-            emit = log.warning if err.errno in (errno.ENOSPC, errno.EIO) else log.info
-            emit("namespace_change_refused", errno=errno.errorcode.get(err.errno, err.errno), reason=err.strerror)
-            raise pyfuse3.FUSEError(err.errno) from None
+            code = err.errno or errno.EIO  # (a NamespaceError always has one)
+            emit = log.warning if code in (errno.ENOSPC, errno.EIO) else log.info
+            emit("namespace_change_refused", errno=errno.errorcode.get(code, code), reason=err.strerror)
+            raise pyfuse3.FUSEError(code) from None
 
     async def _applied(self, relpath: bytes, played: Callable[[Signature | None], bool], parent: int,
                        name: bytes) -> Node | None:

@@ -21,7 +21,7 @@ from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs.inodes import ROOT_INODE, InodeTable
 from tests.agent_util import file_entry, following, make_device
-from tests.famfsctl_util import famfsctl, file_bytes
+from tests.famfsctl_util import entries, famfsctl, file_bytes
 from tests.fuse_util import (
     MOUNT_CLI,
     WAIT_S,
@@ -180,6 +180,30 @@ def test_new_files_readable_after_mkfs_with_another_log_length(tmp_path: Path, s
         data_units = (sb.dev_size - sb.data_start) // sb.alloc_unit
         # Used: the new file's two units; the 64 MiB log takes 28 more units than the 8 MiB one.
         assert statfs.f_bfree == data_units - 2
+
+
+def test_the_master_mount_writes_the_file_system_now_on_the_device(tmp_path: Path, system_uuid_file: Path) -> None:
+    """mkfs --force with another log length under the master's mount: what is then written
+    through the mount goes into the new log, allocated past the new log's end (a writer still on
+    the old superblock would put data inside the new, longer log)."""
+    device = make_device(tmp_path, system_uuid_file)
+    with following_mount(tmp_path, device) as stack:
+        mountpoint = stack.mount.mountpoint
+        (mountpoint / "before").mkdir()
+        famfsctl("mkfs", "--force", "--loglen", "64m", device)
+        wait_for(lambda: not (mountpoint / "before").exists(), "the re-made file system in the mount")
+        (mountpoint / "after").mkdir()
+        payload = os.urandom(3 << 20)
+        (mountpoint / "after" / "f").write_bytes(payload)
+        wait_for(lambda: len(entries(device)) == 2, "the new file's entry")
+        made = entries(device)
+        assert made[0] == fmt.MkdirEntry("after", 0o755, os.getuid(), os.getgid())
+        assert isinstance(made[1], fmt.FileEntry) and made[1].relpath == "after/f"
+        with Device(device) as opened:
+            data_start = FamfsLog(opened).superblock.data_start
+        assert all(extent.offset >= data_start for extent in made[1].all_extents())
+        assert file_bytes(device, "after/f") == payload
+        assert famfsctl("fsck", device).returncode == 0
 
 
 def test_replaced_image_is_never_served(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -15,14 +15,16 @@ import contextlib
 import errno
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import structlog
 
 from famfs import format as fmt
 from famfs import rules
 from famfs.device import DeviceError
-from famfs.famfslog import FamfsLog, LogFullError
-from famfs.master import alloc
+from famfs.famfslog import LogFullError
+from famfs.identity import NotMasterError
+from famfs.master import alloc, writer
 from famfs.master.writer import MasterError, Ownership, Replayed, Session
 from famfs.namespace import NamespaceError, Owner
 
@@ -40,21 +42,27 @@ RULE_ERRNO: dict[str, int] = {
 
 
 class SessionWriter:
-    """famfs.namespace.NamespaceWriter on the master's writer Session; thread-safe."""
+    """famfs.namespace.NamespaceWriter on the master's writer Session; thread-safe.
 
-    def __init__(self, famfs_log: FamfsLog) -> None:
-        self.log = famfs_log
+    Each call opens the device at its path and reads its superblock anew, as famfsctl does: a file
+    system re-made under the mount (another log length, another master) or an image file
+    replaced is written as it now is, never through a superblock or a descriptor of the old one.
+    """
+
+    def __init__(self, device_path: str, uuid_file: Path) -> None:
+        self.device_path = device_path
+        self.uuid_file = uuid_file
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
         self._known: Replayed | None = None  # what the last call that succeeded left
 
     @contextlib.contextmanager
     def _locked(self, relpath: str) -> Iterator[Session]:
-        with self._lock, self.log.device.exclusive():
+        with self._lock:
             known, self._known = self._known, None
             try:
-                session = Session(self.log, known=known)
-                yield session
-                self._known = session.replayed()
+                with writer.session(self.device_path, self.uuid_file, known=known) as current:
+                    yield current
+                    self._known = current.replayed()
             except Exception as err:
                 raise _refusal(relpath, err) from None
 
@@ -65,8 +73,8 @@ class SessionWriter:
     def check_new(self, relpath: str, owner: Owner) -> None:
         with self._locked(relpath) as session:
             session.check_new(relpath, _ownership(owner))
-            if self.log.header().full:  # the entry it will need: refused now rather than at its close
-                raise LogFullError(self.log.path, self.log.header().slots)
+            if session.log.header().full:  # the entry it will need: refused now rather than at its close
+                raise LogFullError(session.log.path, session.log.header().slots)
 
     def create(self, relpath: str, size: int, owner: Owner, data: Iterable[bytes] | None) -> tuple[int, fmt.FileEntry]:
         with self._locked(relpath) as session:
@@ -103,6 +111,8 @@ def _refusal(relpath: str, err: Exception) -> NamespaceError:
         return NamespaceError(errno.EIO, str(err))
     if isinstance(err, MasterError):
         cause = err.cause
+        if isinstance(cause, NotMasterError):
+            return NamespaceError(errno.EPERM, str(err))  # the device at the path now has another master
         if isinstance(cause, alloc.AllocError):
             return NamespaceError(errno.ENOSPC, str(err))
         if isinstance(cause, rules.Violation):

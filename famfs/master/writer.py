@@ -345,7 +345,7 @@ def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None
         try:
             require_master(famfs_log.superblock, uuid_file)
         except NotMasterError as err:
-            raise MasterError(f"{device_path}: {err}") from None
+            raise MasterError(f"{device_path}: {err}", err) from None
         with device.exclusive():
             yield Session(famfs_log, rng, known)
 

@@ -224,3 +224,7 @@ def test_writer_fsck_and_follower_apply_one_rule_book(tmp_path_factory: pytest.T
                                    for path, entry in made_dirs.items() if isinstance(entry, fmt.MkdirEntry)}
     expected |= {path: emit_file_yaml(entry) for path, (_, entry) in namespace.files.items()}
     assert tree_of(work / "shadow" / "root") == expected
+    # the agent's self-check (at start, and every 2 s while following) finds that tree whole
+    with structlog.testing.capture_logs() as events:
+        Follower(str(image), str(work / "shadow"), AgentSettings(), uuid_file, follow=False).run()
+    assert [event for event in events if event["log_level"] in ("warning", "error")] == [], (events, ops)

@@ -83,8 +83,8 @@ class Master:
 
     Each operation outside batch() takes the device lock for itself; inside batch() the lock is
     taken once for all of them. The log is replayed only when it changed since this Master's last
-    clean session (writer.Replayed). A file from create()
-    holds the lock until it is committed or abandoned (its space is reserved in that session).
+    clean session (writer.Replayed). A file from create() holds the lock until it is committed
+    or abandoned (its space is reserved in that session).
     """
 
     def __init__(self, device: str | os.PathLike[str], *, system_uuid_file: str | os.PathLike[str] | None = None,

@@ -1,12 +1,13 @@
 """The master's writing Session behind the famfs.namespace.NamespaceWriter interface, for the
 master's own mount (famfs_fuse_mount/ hands it to fusefs).
 
-Each call's Session starts from the namespace the previous call left, while the log has not
-moved behind its back (writer.Replayed: its entry count and last seal, read under the lock);
-when famfsctl or another writer has appended meanwhile, the log is replayed. So famfsctl and the mount share one
-device lock and one rule book, and neither loses nor doubles the other's entries. A refused or
-failed call drops the Session too: the next call replays the log rather than trust a model that
-may have been half-updated.
+Each call opens the device and starts a Session from the namespace the previous call left, while
+the log has not moved behind its back (writer.Replayed: the file system's UUID, the entry count
+and the last entry's seal, read under the lock); when famfsctl or another writer has appended
+meanwhile, the log is replayed. So famfsctl and the mount share one device lock and one rule
+book, and neither loses nor doubles the other's entries. A refused or failed call leaves
+nothing behind: the next call replays the log rather than trust a model that may have been
+half-updated.
 """
 
 from __future__ import annotations

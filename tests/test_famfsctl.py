@@ -7,6 +7,8 @@ import re
 import uuid
 from pathlib import Path
 
+import pytest
+
 from famfs import env
 from famfs import format as fmt
 from famfs.master import prng
@@ -21,6 +23,9 @@ from tests.famfsctl_util import (
 from tests.fuse_util import Mount, play
 
 MIB = 1 << 20
+# Each famfsctl run is bounded (tests.famfsctl_util), the mount's start and stop too
+# (demo.harness.Mount); this bounds a whole test, whatever else it waits for.
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_mkfs_makes_a_sparse_image_and_refuses_to_overwrite_without_force(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(60)  # it parses files and starts nothing; bounded all the same
 
 # package -> prefixes it must never import (a prefix matches the module and its submodules)
 FORBIDDEN: dict[str, tuple[str, ...]] = {

@@ -85,16 +85,10 @@ class SessionWriter:
 
     def unlink(self, relpath: str) -> int:
         with self._locked(relpath) as session:
-            kind = session.namespace.kind(relpath)
-            if kind is not rules.Kind.FILE:
-                raise NamespaceError(errno.EISDIR if kind else errno.ENOENT, f"{relpath}: {'is a directory' if kind else 'no such file'}")
             return session.remove(relpath)
 
     def rmdir(self, relpath: str) -> int:
         with self._locked(relpath) as session:
-            kind = session.namespace.kind(relpath)
-            if kind is not rules.Kind.DIR:
-                raise NamespaceError(errno.ENOTDIR if kind else errno.ENOENT, f"{relpath}: {'not a directory' if kind else 'no such directory'}")
             return session.rmdir(relpath)
 
 
@@ -114,6 +108,8 @@ def _refusal(relpath: str, err: Exception) -> NamespaceError:
         cause = err.cause
         if isinstance(cause, NotMasterError):
             return NamespaceError(errno.EPERM, str(err))  # the device at the path now has another master
+        if isinstance(cause, OSError) and cause.errno:
+            return NamespaceError(cause.errno, str(err))  # a path missing, or of the other kind
         if isinstance(cause, alloc.AllocError):
             return NamespaceError(errno.ENOSPC, str(err))
         if isinstance(cause, rules.Violation):

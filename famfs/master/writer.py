@@ -16,6 +16,7 @@ with that problem named, before anything is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import uuid
@@ -290,12 +291,24 @@ class Session:
         if written != entry.size:
             raise MasterError(f"{self.log.path}: {entry.relpath}: source gave {written} bytes, expected {entry.size}")
 
+    def _not_removable(self, relpath: str, wanted: rules.Kind) -> MasterError:
+        """The refusal of a removal whose path is missing or of the other kind. Its cause carries
+        the errno a file-system caller gets for it (ENOENT, EISDIR, ENOTDIR)."""
+        kind = self.namespace.kind(relpath)
+        why: OSError
+        if kind is None:
+            why = FileNotFoundError(errno.ENOENT, f"no such {'file' if wanted is rules.Kind.FILE else 'directory'}")
+        elif wanted is rules.Kind.FILE:
+            why = IsADirectoryError(errno.EISDIR, "is a directory; only files can be removed")
+        else:
+            why = NotADirectoryError(errno.ENOTDIR, "is a file; only directories are removed by rmdir")
+        return MasterError(f"{self.log.path}: {relpath}: {why.strerror}", why)
+
     def remove(self, relpath: str) -> int:
         """Log a DELETE of a live file. Its space stays allocated (docs/format.md says why)."""
         live = self.namespace.files.get(relpath)
         if live is None:
-            kind = self.namespace.kind(relpath)
-            raise self.refuse(relpath, "is a directory; only files can be removed" if kind is rules.Kind.DIR else "no such file")
+            raise self._not_removable(relpath, rules.Kind.FILE)
         entry = fmt.DeleteEntry(relpath=relpath, target_index=live[0])
         index = self._next_index()
         self._check(index, entry)
@@ -309,10 +322,8 @@ class Session:
         relpaths = list(dict.fromkeys(relpaths))
         problems = []
         for relpath in relpaths:
-            kind = self.namespace.kind(relpath)
-            if kind is not rules.Kind.FILE:
-                why = "is a directory; only files can be removed" if kind is rules.Kind.DIR else "no such file"
-                problems.append(f"{self.log.path}: {relpath}: {why}")
+            if self.namespace.kind(relpath) is not rules.Kind.FILE:
+                problems.append(str(self._not_removable(relpath, rules.Kind.FILE)))
         header = self.log.header()
         if not problems and len(relpaths) > header.slots - header.next_index:
             problems.append(f"{self.log.path}: the log has {header.slots - header.next_index} free entries, "
@@ -325,9 +336,7 @@ class Session:
         """Log an RMDIR of a live, empty directory (docs/format.md)."""
         made_by = self.namespace.dir_index(relpath)
         if made_by is None:
-            kind = self.namespace.kind(relpath)
-            raise self.refuse(relpath, "is a file; only directories are removed by rmdir" if kind is rules.Kind.FILE
-                              else "no such directory")
+            raise self._not_removable(relpath, rules.Kind.DIR)
         entry = fmt.RmdirEntry(relpath=relpath, target_index=made_by)
         index = self._next_index()
         self._check(index, entry)

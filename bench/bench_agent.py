@@ -48,6 +48,13 @@ LOAD_RATE = 2000  # entries/s appended by the background writer
 # --- one-shot replay ---------------------------------------------------------------------------------
 
 
+def full_reference_log(work: Path) -> tuple[Path, int]:
+    """upstream's full 8 MiB reference log as an image in `work`, and its number of entries."""
+    image = materialize_reference("c_full", work / "c_full.img")
+    with Device(image) as device:
+        return image, FamfsLog(device).header().next_index
+
+
 def replay_once(image: Path, shadow: Path) -> float:
     """Seconds for a one-shot play into an empty shadow, in this process (no interpreter start)."""
     follower = Follower(str(image), str(shadow), AgentSettings(), shadow.parent / "no_such_uuid", follow=False)
@@ -83,9 +90,7 @@ def bench_replay(quick: bool) -> Result:
     configure("console", "warning")
     runs = 1 if quick else 3
     with scratch("bench_agent_") as work:
-        image = materialize_reference("c_full", work / "c_full.img")
-        with Device(image) as device:
-            entries = FamfsLog(device).header().next_index
+        image, entries = full_reference_log(work)
         ours = baseline = float("inf")
         for run in range(runs):
             ours = min(ours, replay_once(image, work / f"shadow{run}"))
@@ -111,9 +116,7 @@ def bench_client_start(quick: bool) -> Result:
     configure("console", "warning")
     runs = 1 if quick else 11
     with scratch("bench_agent_") as work:
-        image = materialize_reference("c_full", work / "c_full.img")
-        with Device(image) as device:
-            entries = FamfsLog(device).header().next_index
+        image, entries = full_reference_log(work)
         plays, starts = [], []
         for run in range(runs):
             shadow = work / f"client{run}"

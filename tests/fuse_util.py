@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -51,14 +51,26 @@ def read_device(device: Path, offset: int, length: int) -> bytes:
 
 def bounded(call: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
     """call() in a worker thread, failing the test after `timeout`: a call into a stuck mount
-    blocks in the kernel, and the test must get to its clean-up (which unmounts) all the same."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(call)
+    blocks in the kernel, and the test must get to its clean-up (which unmounts) all the same.
+    The thread is a daemon: one left stuck never holds up the test run's exit (an executor's
+    thread would, at its shutdown and again at the interpreter's)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            pool.shutdown(wait=False)
-            raise AssertionError(f"{what}: no answer from the mount within {timeout} s") from None
+            outcome.append(call())
+        except BaseException as err:  # handed to the caller
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name=f"bounded: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise AssertionError(f"{what}: no answer from the mount within {timeout} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def mount_status(mountpoint: Path) -> dict[str, int]:

@@ -51,6 +51,7 @@ from famfs.shadowdir import (
     UNITS_FILE,
     dirs_journal_line,
     read_dirs_journal,
+    read_shadow_file,
     tree_problem,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
@@ -537,16 +538,12 @@ class ShadowTree:
         os.close(fd)
 
     def read_tree_file(self, relpath: str) -> bytes | None:
-        """The bytes of a regular file in root/, or None if there is none (or it is a directory)."""
+        """The bytes of a shadow file in root/, or None if there is none (or something else than
+        a file the agent could have written: a directory, a FIFO, a file too large)."""
         try:
-            # O_NONBLOCK: a FIFO someone put in the tree must not stop the agent until a writer comes.
-            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._tree_fd)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return read_shadow_file(relpath, self._tree_fd)
+        except (FileNotFoundError, NotADirectoryError, fmt.FormatError):
             return None
-        with contextlib.closing(os.fdopen(fd, "rb")) as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            return handle.read()
 
     @staticmethod
     def live_file_index(famfs_log: FamfsLog, relpath: str, before: int) -> int | None:

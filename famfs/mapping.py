@@ -197,14 +197,16 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        raw = shadowdir.read_shadow_file(path)
     except OSError as err:
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: no such famfs file ({err.strerror})") from None
-    with os.fdopen(fd, "rb") as shadow_file:
-        try:
-            return parse_file_yaml(shadow_file.read())
-        except fmt.FormatError as err:
-            raise fmt.FormatError(f"{path}: {err}") from None
+    try:
+        entry = parse_file_yaml(raw)
+        if entry.relpath != found.relpath:  # as the mount refuses it: not the file at this path
+            raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
+    except fmt.FormatError as err:
+        raise fmt.FormatError(f"{path}: {err}") from None
+    return entry
 
 
 def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None) -> MappedFile:

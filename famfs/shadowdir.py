@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from famfs.format import FormatError
+
 ROOT = "root"  # the tree the mount serves
 META_DIR = ".meta"  # upstream's, inside root/; reserved: no log entry may name it
 SUPERBLOCK_YAML = f"{META_DIR}/.superblock"  # in root/: the superblock as upstream's mount writes it
@@ -135,6 +137,30 @@ def agent_pid(shadow: str | os.PathLike[str]) -> int | None:
             if os.makedev(major, minor) == info.st_dev:
                 return int(fields[4])
     return None
+
+
+# Opening a shadow file: a shadow tree is a directory any root process can write, so every reader
+# (the agent, the mount, famfs.open) opens without following a symlink and without waiting for a
+# writer on a FIFO put in a file's place (O_NONBLOCK), and reads only a regular file of the size
+# the agent writes.
+SHADOW_FILE_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_SHADOW_FILE_BYTES = 64 * 1024  # a 16-extent file is ~1.2 KiB; anything this big is not ours
+
+
+def read_shadow_file(path: str | bytes, dir_fd: int | None = None) -> bytes:
+    """The bytes of the shadow file at `path` (a name in `dir_fd`, if given). OSError if it
+    cannot be opened (ELOOP: a symlink); FormatError if it is not a regular file or is too large."""
+    fd = os.open(path, SHADOW_FILE_OPEN, dir_fd=dir_fd)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FormatError(f"not a regular file (mode {mode:#o})")
+        raw = os.read(fd, MAX_SHADOW_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SHADOW_FILE_BYTES:
+        raise FormatError(f"larger than {MAX_SHADOW_FILE_BYTES} bytes")
+    return raw
 
 
 def dirs_journal_line(index: int, relpath: str, *, removed: bool = False) -> bytes:

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 
 from famfs import format as fmt
 from famfs.rules import Geometry, check_extents
-from famfs.shadowdir import META_DIR
+from famfs.shadowdir import META_DIR, SHADOW_FILE_OPEN, read_shadow_file
 from famfs.shadowyaml import meta_extents, parse_file_yaml
 
 META_PREFIX = os.fsencode(META_DIR) + b"/"
-MAX_YAML_BYTES = 64 * 1024  # a 16-extent file is ~1.2 KiB; anything this big is not ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +91,9 @@ def walk(root: bytes) -> dict[bytes, Signature]:
     return tree
 
 
-# O_NONBLOCK: loading runs on the trio thread, and opening a FIFO put in place of a YAML (or of
-# a directory) would otherwise wait for a writer while every request to the mount waits behind it.
-_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_DIR = _OPEN_FILE | os.O_DIRECTORY
+# Loading runs on the trio thread: a FIFO put in place of a YAML or a directory must not make
+# every request to the mount wait for a writer (SHADOW_FILE_OPEN has O_NONBLOCK).
+_OPEN_DIR = SHADOW_FILE_OPEN | os.O_DIRECTORY
 
 
 def open_dir(path: bytes) -> int | None:
@@ -112,20 +110,11 @@ def load_file(path: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | Non
     """Parse and check one shadow file; fmt.FormatError says what is wrong with it. With
     `dir_fd`, `path` is the file's name in that directory (one path component to resolve)."""
     try:
-        fd = os.open(path, _OPEN_FILE, dir_fd=dir_fd)
+        raw = read_shadow_file(path, dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None
         raise fmt.FormatError(f"cannot open: {err.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise fmt.FormatError(f"not a regular file (mode {mode:#o})")
-        raw = os.read(fd, MAX_YAML_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_YAML_BYTES:
-        raise fmt.FormatError(f"larger than {MAX_YAML_BYTES} bytes")
     entry = parse_file_yaml(raw)
     if entry.relpath.encode() != relpath:
         raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")

@@ -27,7 +27,7 @@ from famfs.shadowdir import MountError
 from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import append
 from tests.famfsctl_util import digest, famfsctl, make_image
-from tests.fuse_util import Mount, play, put_yaml, wait_for
+from tests.fuse_util import Mount, bounded, play, put_yaml, wait_for
 
 MiB = 1 << 20
 STRIPED = InterleaveParams(nbuckets=2, nstrips=2, chunk_size=2 * MiB)
@@ -197,6 +197,14 @@ def test_bad_inputs_are_one_clear_error_and_change_nothing(tmp_path: Path, devic
             put_yaml(shadow, name, emit_file_yaml(bad))
             with pytest.raises(fmt.FormatError, match=f"{why}.*nothing mapped"):
                 famfs.open(mount.mountpoint / name)
+        # Hostile shadow files, refused as the mount refuses them: a FIFO (opened without
+        # waiting for a writer) and a YAML whose path key names another file.
+        os.mkfifo(shadow / "root" / "fifo")
+        with pytest.raises(fmt.FormatError, match="not a regular file"):
+            bounded(lambda: famfs.open(mount.mountpoint / "fifo"), "famfs.open of a FIFO'd shadow file")
+        put_yaml(shadow, "moved", emit_file_yaml(good))
+        with pytest.raises(fmt.FormatError, match="path key 'dir/f' is not where it sits"):
+            famfs.open(mount.mountpoint / "moved")
     assert digest(device) == before
 
     # A logged entry every reader leaves out (its extents overlap the log) is named, not mapped.

@@ -264,15 +264,21 @@ class Follower:
         # staging/ and moved in at the end (no rename per file), the cursor saved only then.
         build = self.state.applied_index < 0 and self.state.applied_index + 1 < stop
         if build:
+            before = self.state.applied_index, self.state.applied_seqnum, self.state.applied_crc
             self.tree.begin_build()
         try:
             while self.stop_signal is None and self.state.stalled_at is None and self.state.applied_index + 1 < stop:
                 first = self.state.applied_index + 1
                 self._batch(first, min(stop, first + self.settings.batch_max), progress)
         finally:
-            # Also when applying failed: every entry up to the cursor is whole in the built tree.
+            # Also when applying failed: every entry up to the cursor is whole in the built tree,
+            # unless a file could not be made: then the tree is dropped, the cursor as before.
             if build:
-                self.tree.finish_build()
+                try:
+                    self.tree.finish_build()
+                except OSError:
+                    self.state.applied_index, self.state.applied_seqnum, self.state.applied_crc = before
+                    raise
                 self._save()
 
     def _batch(self, first: int, stop: int, progress: Progress | None) -> None:
@@ -287,9 +293,12 @@ class Follower:
             for index in range(first, stop):
                 if self.stop_signal is not None:
                     break
+                raw = famfs_log.raw_entry(index)
+                checked: bytes | None = raw  # the bytes `entry` comes from, if read once
                 try:
-                    entry: fmt.Entry = famfs_log.entry(index)
+                    entry: fmt.Entry = fmt.decode_entry(raw, index)
                 except fmt.EntryError:
+                    checked = None
                     settled = self._settle(index)
                     if settled is None:
                         break
@@ -304,7 +313,7 @@ class Follower:
                         self._delete(index, entry, done)
                         outcome = "deleted"
                     else:
-                        outcome = tree.apply(index, entry, famfs_log).value
+                        outcome = tree.apply(index, entry, famfs_log, checked).value
                 except Rejected as err:
                     tally[type(entry), "rejected"] += 1
                     self._reject(err, counts)

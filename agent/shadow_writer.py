@@ -7,8 +7,9 @@ is renamed over the old one; a deleted file is unlinked. A process killed at any
 at most a stale name in staging/, which `open()` removes.
 
 A first play into an empty root/ (`begin_build`) writes every file and directory straight into a
-tree under staging/ (one open or mkdir each, no rename) and moves its top-level names into root/
-at the end (`finish_build`), each a whole subtree. The follower saves no cursor meanwhile: a kill
+tree under staging/ (one open or mkdir each, no rename; the files made by a forked process,
+agent/first_play.py) and moves its top-level names into root/ at the end (`finish_build`), each a
+whole subtree. The follower saves no cursor meanwhile: a kill
 leaves root/ empty or partly moved in, with the cursor still before entry 0, so the next run
 resets and plays again.
 
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.first_play import FileCreator, NameFilter, write_new_file
 from famfs import format as fmt
 from famfs import rules
 from famfs.famfslog import FamfsLog
@@ -58,12 +60,10 @@ from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
 
 log = structlog.get_logger("famfs-agent")
 
-SHADOW_FILE_MODE = 0o644  # upstream's shadow files are 0644 whatever the logged mode
 META_DIR_MODE = 0o755
 NO_OWNER = 0xFFFFFFFF  # (uid_t)-1: chown(2) reads it as "leave unchanged"
 RENAME_NOREPLACE = 1
 UNITS_HEADER = struct.Struct("<qQ")  # .agent/units: cursor index, unit count; then a byte per unit
-STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
@@ -94,6 +94,35 @@ class ShadowBusy(ShadowError):
     pass
 
 
+class _BuildView:
+    """The rule book's view of a tree being built (ShadowTree.begin_build): the tree's own, with one
+    short cut. A name the agent never sent to the file creator is not a file there (directories
+    are all in the table), which the filter answers from memory; only a name it may have sent is
+    looked up in the tree, after the creator has caught up."""
+
+    def __init__(self, tree: ShadowTree, sent: NameFilter) -> None:
+        self.tree = tree
+        self.sent = sent
+        self.units = tree.units  # the tree's: a reset or load ends the build first
+
+    def kind(self, relpath: str) -> rules.Kind | None:
+        if relpath in self.tree.dirs:
+            return rules.Kind.DIR
+        return self.tree.kind(relpath) if self.sent.may_hold(relpath) else None
+
+    def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
+        return self.tree.holds(relpath, index, entry)
+
+    def daxdev_uuids(self) -> list[uuid.UUID]:
+        return self.tree.daxdev_uuids()
+
+    def dir_index(self, relpath: str) -> int | None:
+        return self.tree.dir_index(relpath)
+
+    def dir_empty(self, relpath: str) -> bool:
+        return self.tree.dir_empty(relpath)
+
+
 class ShadowTree:
     """One host's shadow directory, held exclusively (flock) while open."""
 
@@ -116,6 +145,8 @@ class ShadowTree:
         # Where entries are applied: root/, or the tree a first play builds in staging/.
         self._tree_fd = -1
         self._build: str | None = None  # that tree's name in staging/ while building
+        self._creator: FileCreator | None = None  # the process making that tree's files
+        self._rules_view: rules.Model = self  # or, while building, a _BuildView of this tree
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
         self._owner_warned = False
 
@@ -147,6 +178,9 @@ class ShadowTree:
         self._tree_fd = self._root_fd
 
     def close(self) -> None:
+        if self._creator is not None:
+            self._creator.abandon()  # what it made is in staging/, emptied by the next open()
+            self._creator = None
         if self._tree_fd != self._root_fd:
             os.close(self._tree_fd)
         for fd in (self._journal_fd, self._staging_fd, self._root_fd, self._lock_fd):
@@ -177,10 +211,7 @@ class ShadowTree:
         """Empty root/ (all but .meta) and the tables: the start of a rebuild. A root/ removed or
         replaced behind the agent's back is made again first."""
         if self._build is not None:  # a first play that failed before moving in: start over
-            os.close(self._tree_fd)
-            self._tree_fd = self._root_fd
-            shutil.rmtree(self.staging / self._build)
-            self._build = None
+            self._drop_build()
         if self.root_replaced():
             self.root.mkdir(mode=0o755, exist_ok=True)
             os.close(self._root_fd)
@@ -291,17 +322,29 @@ class ShadowTree:
 
     def begin_build(self) -> None:
         """Apply entries to a new tree in staging/ until finish_build(): for a first play into an
-        empty root/ (the caller's to know: the cursor is before entry 0)."""
+        empty root/ (the caller's to know: the cursor is before entry 0). Its files are made by a
+        forked process (agent/first_play.py)."""
         assert self._build is None
         build = self._temp_name()
         os.mkdir(build, 0o755, dir_fd=self._staging_fd)
         self._tree_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._staging_fd)
         self._build = build
+        self._creator = FileCreator(self._tree_fd, close_in_child=(self._lock_fd,))
+        self._rules_view = _BuildView(self, NameFilter(fmt.log_capacity(self.geometry.log_len)))
 
     def finish_build(self) -> None:
-        """Move the built tree's top-level names into root/, each a whole subtree in one rename
-        (a watcher of root/ sees IN_MOVED_TO for each), then apply to root/ again."""
-        assert self._build is not None
+        """Wait for the built tree's files, then move its top-level names into root/, each a whole
+        subtree in one rename (a watcher of root/ sees IN_MOVED_TO for each), and apply to root/
+        again. If a file could not be made, the whole tree is dropped (CreatorFailed): none of it
+        is moved in, and no cursor was saved for it."""
+        assert self._build is not None and self._creator is not None
+        try:
+            self._creator.close()
+        except OSError:
+            self._drop_build()
+            raise
+        self._creator = None
+        self._rules_view = self
         with os.scandir(self._tree_fd) as listing:
             names = [child.name for child in listing]
         for name in names:
@@ -312,16 +355,33 @@ class ShadowTree:
         os.rmdir(self._build, dir_fd=self._staging_fd)
         self._build = None
 
+    def _drop_build(self) -> None:
+        assert self._build is not None
+        if self._creator is not None:
+            self._creator.abandon()
+            self._creator = None
+        self._rules_view = self
+        os.close(self._tree_fd)
+        self._tree_fd = self._root_fd
+        shutil.rmtree(self.staging / self._build)
+        self._build = None
+
+    def _files_made(self) -> None:
+        """Before the built tree is read or changed by name: every file sent is made."""
+        if self._creator is not None:
+            self._creator.drain()
+
     # --- applying entries ---------------------------------------------------------------------
 
-    def apply(self, index: int, entry: fmt.Entry, famfs_log: FamfsLog) -> Outcome:
+    def apply(self, index: int, entry: fmt.Entry, famfs_log: FamfsLog, raw: bytes | None = None) -> Outcome:
         """Apply one decoded entry; raise Rejected if it breaks a rule (nothing is then changed).
+        `raw`: the slot's bytes `entry` was decoded from (a first play makes the file from them).
 
         DELETE is not handled here: the follower brackets it with its cursor (check_delete, then
         remove) so a restart knows whether the unlink happened.
         """
         if type(entry) is fmt.FileEntry:
-            return self.apply_file(index, entry, famfs_log)
+            return self.apply_file(index, entry, famfs_log, raw)
         if type(entry) is fmt.MkdirEntry:
             return self.apply_mkdir(index, entry, famfs_log)
         if type(entry) is fmt.AddDaxdevEntry:
@@ -330,21 +390,25 @@ class ShadowTree:
             return self.apply_rmdir(index, entry, famfs_log)
         raise TypeError(f"entry {index}: {type(entry).__name__} is not applied by ShadowTree.apply")
 
-    def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog) -> Outcome:
+    def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog, raw: bytes | None = None) -> Outcome:
         relpath = entry.relpath
-        data = emit_file_yaml(entry)
         try:
-            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.FILE:
                 raise Rejected(index, str(err), relpath) from None
-            if index <= self._resume_horizon and self.read_tree_file(relpath) == data:
+            if index <= self._resume_horizon and self.read_tree_file(relpath) == emit_file_yaml(entry):
                 self.units.claim(entry.all_extents())
                 return Outcome.PRESENT
             return self._duplicate(index, relpath, famfs_log)
-        if self._build is not None:
-            self._write_new(relpath, data, self._tree_fd)  # not visible before finish_build: no rename
-        elif not self._place_new(self._stage_file(data), relpath, os.unlink):
+        if self._creator is not None:  # not visible before finish_build: made in place, no rename
+            if raw is not None:
+                self._creator.create(raw)
+            else:  # an entry read again after a wait (the follower's _settle): made here
+                write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
+            assert isinstance(self._rules_view, _BuildView)
+            self._rules_view.sent.add(relpath)
+        elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
             # The rules found the name free: something made it behind the agent's back.
             raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
         self.units.claim(entry.all_extents())
@@ -364,7 +428,7 @@ class ShadowTree:
     def apply_mkdir(self, index: int, entry: fmt.MkdirEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath
         try:
-            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.DIR:
                 raise Rejected(index, str(err), relpath) from None
@@ -407,7 +471,7 @@ class ShadowTree:
         finds the directory still in its table (the journal line is past the cursor) and gone
         from the tree, and finishes."""
         try:
-            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.relpath) from None
         with contextlib.suppress(FileNotFoundError):
@@ -419,12 +483,13 @@ class ShadowTree:
     def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
         """Raise Rejected unless `entry` deletes the live file its target entry made."""
         try:
-            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.relpath) from None
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
+        self._files_made()
         try:
             os.unlink(relpath, dir_fd=self._tree_fd)
         except FileNotFoundError:
@@ -436,7 +501,7 @@ class ShadowTree:
         if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].get("log_index") == index:
             return Outcome.PRESENT
         try:
-            rules.check(index, entry, self, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err)) from None
         self.daxdevs.append({"index": entry.dev_index, "uuid": str(entry.dev_uuid), "size": entry.dev_size,
@@ -451,6 +516,7 @@ class ShadowTree:
         memory). A directory the journal does not know is not in the namespace yet."""
         if relpath in self.dirs:
             return rules.Kind.DIR
+        self._files_made()
         try:
             mode = os.lstat(relpath, dir_fd=self._tree_fd).st_mode
         except (FileNotFoundError, NotADirectoryError):
@@ -465,6 +531,7 @@ class ShadowTree:
 
     def dir_empty(self, relpath: str) -> bool:
         """From the tree itself: its files are the namespace (a rejected entry left nothing there)."""
+        self._files_made()
         try:
             fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._tree_fd)
         except (FileNotFoundError, NotADirectoryError):
@@ -522,24 +589,13 @@ class ShadowTree:
 
     def _stage_file(self, data: bytes) -> str:
         temp = self._temp_name()
-        self._write_new(temp, data, self._staging_fd)
+        write_new_file(temp, data, self._staging_fd)
         return temp
-
-    @staticmethod
-    def _write_new(name: str, data: bytes, dir_fd: int) -> None:
-        """A new file holding `data`; on failure none (a built tree must hold no partial file)."""
-        fd = os.open(name, STAGED_FILE_FLAGS, SHADOW_FILE_MODE, dir_fd=dir_fd)
-        try:
-            os.write(fd, data)
-        except BaseException:
-            os.close(fd)
-            os.unlink(name, dir_fd=dir_fd)
-            raise
-        os.close(fd)
 
     def read_tree_file(self, relpath: str) -> bytes | None:
         """The bytes of a shadow file in root/, or None if there is none (or something else than
         a file the agent could have written: a directory, a FIFO, a file too large)."""
+        self._files_made()
         try:
             return read_shadow_file(relpath, self._tree_fd)
         except (FileNotFoundError, NotADirectoryError, fmt.FormatError):

@@ -65,7 +65,7 @@ class Piece:
 def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
     """The file's first `span` bytes (its size rounded up to the mapping granule) as device
     pieces in file order, neighbours that are contiguous on the device joined (fewer mmaps)."""
-    whole = dataclasses.replace(entry, size=span)
+    whole = entry._replace(size=span)
     joined: list[Piece] = []
     position = 0
     for device_offset, length in fmt.device_ranges(whole):

@@ -13,7 +13,6 @@ counts must agree.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from types import ModuleType
@@ -306,7 +305,7 @@ def _parse(text: bytes | str) -> FileEntry:
         extents = _extent_list(body["simple_ext_list"], MAX_SIMPLE_EXTENTS, "simple_ext_list")
         if nextents != len(extents):
             raise FormatError(f"nextents {nextents} but {len(extents)} extents listed")
-        return dataclasses.replace(without_extents, extents=extents)
+        return without_extents._replace(extents=extents)
     stripes_raw = body["striped_ext_list"]
     if not isinstance(stripes_raw, list) or len(stripes_raw) != 1:
         raise FormatError("striped_ext_list must hold exactly one interleaved extent")
@@ -319,4 +318,4 @@ def _parse(text: bytes | str) -> FileEntry:
     if _number(stripe_raw["nstrips"], "nstrips") != len(strips):
         raise FormatError(f"nstrips {stripe_raw['nstrips']} but {len(strips)} strips listed")
     stripe = Stripe(chunk_size=_number(stripe_raw["chunk_size"], "chunk_size"), strips=strips)
-    return dataclasses.replace(without_extents, stripes=(stripe,))
+    return without_extents._replace(stripes=(stripe,))

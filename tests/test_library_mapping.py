@@ -4,7 +4,6 @@ use it without copying, views outlive close() safely, and every bad input is one
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import subprocess
@@ -193,7 +192,7 @@ def test_bad_inputs_are_one_clear_error_and_change_nothing(tmp_path: Path, devic
         size = os.path.getsize(device)
         for name, offset, why in (("past_end", size - MiB * 2, "past the device end"),
                                   ("over_log", fmt.LOG_OFFSET, "overlaps the superblock/log")):
-            bad = dataclasses.replace(good, relpath=name, extents=(fmt.Extent(offset, 4 * MiB),))
+            bad = good._replace(relpath=name, extents=(fmt.Extent(offset, 4 * MiB),))
             put_yaml(shadow, name, emit_file_yaml(bad))
             with pytest.raises(fmt.FormatError, match=f"{why}.*nothing mapped"):
                 famfs.open(mount.mountpoint / name)

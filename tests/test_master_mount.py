@@ -105,8 +105,8 @@ def test_cp_r_through_the_mount_logs_what_famfsctl_cp_logs(cluster: Cluster, sou
         for entry in logged:
             if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry) and entry.relpath.startswith(prefix + "/"):
                 found[entry.relpath.removeprefix(prefix)] = dataclasses.replace(entry, relpath="") if isinstance(
-                    entry, fmt.MkdirEntry) else dataclasses.replace(entry, relpath="", extents=tuple(
-                        dataclasses.replace(extent, offset=0) for extent in entry.extents))
+                    entry, fmt.MkdirEntry) else entry._replace(relpath="", extents=tuple(
+                        extent._replace(offset=0) for extent in entry.extents))
         return found
 
     assert form("bycp") == form("byctl")

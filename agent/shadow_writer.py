@@ -96,9 +96,9 @@ class ShadowBusy(ShadowError):
 
 class _BuildView:
     """The rule book's view of a tree being built (ShadowTree.begin_build): the tree's own, with one
-    short cut. A name the agent never sent to the file creator is not a file there (directories
-    are all in the table), which the filter answers from memory; only a name it may have sent is
-    looked up in the tree, after the creator has caught up."""
+    short cut. A name never made in that tree (sent to the file creator, or made by the agent
+    itself) is not a file there (directories are all in the table), which the filter answers from
+    memory; only a name it may hold is looked up in the tree, after the creator has caught up."""
 
     def __init__(self, tree: ShadowTree, sent: NameFilter) -> None:
         self.tree = tree
@@ -329,7 +329,10 @@ class ShadowTree:
         os.mkdir(build, 0o755, dir_fd=self._staging_fd)
         self._tree_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._staging_fd)
         self._build = build
-        self._creator = FileCreator(self._tree_fd, close_in_child=(self._lock_fd,))
+        try:
+            self._creator = FileCreator(self._tree_fd, close_in_child=(self._lock_fd,))
+        except OSError as err:  # no process to be had (EAGAIN, ENOMEM): the same tree, on one core
+            log.warning("file_creator_unavailable", error=str(err), action="the agent makes the files itself")
         self._rules_view = _BuildView(self, NameFilter(fmt.log_capacity(self.geometry.log_len)))
 
     def finish_build(self) -> None:
@@ -337,9 +340,10 @@ class ShadowTree:
         subtree in one rename (a watcher of root/ sees IN_MOVED_TO for each), and apply to root/
         again. If a file could not be made, the whole tree is dropped (CreatorFailed): none of it
         is moved in, and no cursor was saved for it."""
-        assert self._build is not None and self._creator is not None
+        assert self._build is not None
         try:
-            self._creator.close()
+            if self._creator is not None:
+                self._creator.close()
         except OSError:
             self._drop_build()
             raise
@@ -401,10 +405,10 @@ class ShadowTree:
                 self.units.claim(entry.all_extents())
                 return Outcome.PRESENT
             return self._duplicate(index, relpath, famfs_log)
-        if self._creator is not None:  # not visible before finish_build: made in place, no rename
-            if raw is not None:
+        if self._build is not None:  # not visible before finish_build: made in place, no rename
+            if self._creator is not None and raw is not None:
                 self._creator.create(raw)
-            else:  # an entry read again after a wait (the follower's _settle): made here
+            else:  # no creator, or an entry read again after a wait (the follower's _settle)
                 write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
             assert isinstance(self._rules_view, _BuildView)
             self._rules_view.sent.add(relpath)

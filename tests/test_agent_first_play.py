@@ -6,6 +6,7 @@ sequence is a first play.)"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -13,7 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+import structlog
+
+from agent import first_play
 from agent.first_play import NameFilter
+from agent.follower import Follower
+from famfs.config import AgentSettings
 from tests.agent_util import (
     AGENT,
     agent_state,
@@ -120,3 +127,24 @@ def test_a_follower_whose_creator_is_killed_plays_again(tmp_path: Path, system_u
     fresh = tmp_path / "fresh"
     run_agent("--shadow", fresh, image, check=True)
     assert snapshot(shadow / "root") == snapshot(fresh / "root")
+
+
+def test_without_a_second_process_the_agent_makes_the_same_tree_itself(tmp_path: Path, system_uuid_file: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    image = logged_tree(tmp_path, system_uuid_file)
+    append(image, [file_entry("d/f0", FILES + 1)])  # a duplicate: looked up in the tree, as with a creator
+
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(first_play.os, "fork", no_fork)
+    with structlog.testing.capture_logs() as events:
+        Follower(str(image), str(tmp_path / "shadow"), AgentSettings(), system_uuid_file, follow=False).run()
+    assert [event["event"] for event in events if event["log_level"] == "warning"] == [
+        "file_creator_unavailable", "duplicate_path"]
+    monkeypatch.undo()
+    run_agent("--shadow", tmp_path / "fresh", image)
+    made, fresh = snapshot(tmp_path / "shadow" / "root"), snapshot(tmp_path / "fresh" / "root")
+    assert len(made) == 1 + FILES + 3  # d and its files (the duplicate is not one), .meta and its two
+    assert {path: value for path, value in made.items() if not path.startswith(".meta")} == {
+        path: value for path, value in fresh.items() if not path.startswith(".meta")}

@@ -1,4 +1,5 @@
-"""A first play on two cores: a forked process creates the built tree's files (docs/agent.md, "A first play").
+"""A first play on two cores: a forked process creates the built tree's files (docs/agent.md,
+"How the tree changes").
 
 A first play (ShadowTree.begin_build) spends about half of each FILE entry on the rule book and
 half on making its shadow file: decoding the slot again, emitting the YAML, and three system
@@ -9,8 +10,8 @@ through a pipe with the raw slots the agent checked, in log order.
 The agent may not read the built tree while files are still queued: `FileCreator.drain` waits
 until the child has made every file sent. To answer the rule `path_free` without reading the tree
 (or a per-file table: memory stays flat), the agent keeps a `NameFilter` of the file names it has
-sent: a name it has never sent is free; a name it may have sent is looked up in the tree, after a
-drain.
+sent: a name it has never sent is no file in the tree; a name it may have sent is looked up in
+the tree, after a drain.
 
 Failure: the child reports the first error and exits; the agent learns it at the next send or
 drain, and the build is dropped whole (no cursor was saved for it). The child dies with the agent
@@ -47,7 +48,8 @@ def write_new_file(name: str, data: bytes, dir_fd: int) -> None:
     partial file)."""
     fd = os.open(name, NEW_FILE_FLAGS, SHADOW_FILE_MODE, dir_fd=dir_fd)
     try:
-        os.write(fd, data)
+        if os.write(fd, data) != len(data):  # a file system filling up mid-write
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     except BaseException:
         os.close(fd)
         os.unlink(name, dir_fd=dir_fd)

@@ -105,7 +105,9 @@ class FileCreator:
         parent = os.getpid()
         with warnings.catch_warnings():
             # Python 3.12+ warns of fork() in a process with threads: the child below takes no
-            # lock another thread could hold (no logging, no imports) and ends in os._exit.
+            # lock another thread could hold (it never logs; its one possible import, PyYAML for
+            # a path the YAML template cannot write, is safe: CPython re-creates the import lock
+            # in a forked child) and ends in os._exit.
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:

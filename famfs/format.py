@@ -89,15 +89,14 @@ RELPATH_OFFSETS: dict[int, int] = {
 }
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
-SEAL_WORD = struct.Struct("<Q")  # the seqnum at +0 and the CRC at +ENTRY_CRC_SPAN of a slot
+SLOT_SEAL = struct.Struct(f"<Q{ENTRY_CRC_SPAN - 8}xQ")  # a slot's seqnum (+0) and CRC (+ENTRY_CRC_SPAN), one unpack
 
 for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXDEV_ENTRY, DELETE_ENTRY):
     assert _layout.size == ENTRY_SIZE, _layout.format
 assert SUPERBLOCK.size == 200 and LOG_HEADER.size == 48 and FILE_HEAD.size == 136
 
 
-def crc32(data: bytes | bytearray | memoryview) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
+crc32 = zlib.crc32  # the format's CRC (unsigned in Python 3: no mask)
 
 
 def log_capacity(log_len: int) -> int:
@@ -437,12 +436,13 @@ def encode_entry(entry: Entry, seqnum: int) -> bytes:
 
 def entry_seal(raw: bytes | memoryview) -> tuple[int, int]:
     """(seqnum, stored CRC) of a slot: what a reader's cursor remembers of the last entry."""
-    return SEAL_WORD.unpack_from(raw, 0)[0], SEAL_WORD.unpack_from(raw, ENTRY_CRC_SPAN)[0]
+    seqnum, crc = SLOT_SEAL.unpack_from(raw)
+    return seqnum, crc
 
 
 def check_entry_seal(raw: bytes, index: int) -> None:
     """Upstream's famfs_validate_log_entry: seqnum == index and a good CRC."""
-    seqnum, stored = entry_seal(raw)
+    seqnum, stored = SLOT_SEAL.unpack_from(raw)  # not entry_seal(): a replay's hot path
     if seqnum != index:
         raise EntryError(index, f"seqnum {seqnum} != index {index}")
     if stored != crc32(raw[:ENTRY_CRC_SPAN]):

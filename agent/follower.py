@@ -10,8 +10,6 @@ happened.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import signal
 import sys
@@ -336,7 +334,7 @@ class Follower:
             # `done` is whole in the tree, so the cursor may say so.
             if done >= first:
                 self._advance(done)
-                self._forget_log_pages(first, done)
+                famfs_log.forget(first, done + 1)  # flat memory whatever the log's size
             state.next_index_seen = max(state.next_index_seen, famfs_log.next_index())
             if not tree.building:  # a built tree's cursor is saved once it has moved in (_play)
                 self._save()
@@ -344,17 +342,6 @@ class Follower:
         if done >= first:
             log.info("batch", first=first, last=done, entries=done + 1 - first,
                      rate_per_s=round((done + 1 - first) / max(elapsed, 1e-9)), **counts)
-
-    def _forget_log_pages(self, first: int, last: int) -> None:
-        """Unmap the log pages of a finished batch from this process (the data stays on the
-        device and in the page cache): a 256 MiB log then costs no more resident memory than an
-        8 MiB one."""
-        assert self.device is not None and self.famfs_log is not None
-        start = self.famfs_log.slot_offset(first) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = self.famfs_log.slot_offset(last + 1) // mmap.PAGESIZE * mmap.PAGESIZE
-        if stop > start:
-            with contextlib.suppress(OSError):  # a mapping that cannot (devdax) simply keeps them
-                self.device.map.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def _delete(self, index: int, entry: fmt.DeleteEntry, done: int) -> None:
         """Check, then unlink between two cursor writes: a restart knows if the unlink happened

@@ -63,6 +63,7 @@ log = structlog.get_logger("famfs-agent")
 META_DIR_MODE = 0o755
 NO_OWNER = 0xFFFFFFFF  # (uid_t)-1: chown(2) reads it as "leave unchanged"
 RENAME_NOREPLACE = 1
+LIVE_FILES_KEPT = 256  # paths whose live FILE entry live_file_index remembers
 UNITS_HEADER = struct.Struct("<qQ")  # .agent/units: cursor index, unit count; then a byte per unit
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -149,6 +150,7 @@ class ShadowTree:
         self._rules_view: rules.Model = self  # or, while building, a _BuildView of this tree
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
         self._owner_warned = False
+        self._live_files: dict[str, tuple[int, int | None]] = {}  # relpath -> (searched up to, live FILE)
 
     # --- opening, state files, rebuild --------------------------------------------------------
 
@@ -228,6 +230,7 @@ class ShadowTree:
                 else:
                     os.unlink(child.name, dir_fd=self._root_fd)
         self.dirs = {"": -1}
+        self._live_files.clear()
         self.write_agent_file(DIRS_JOURNAL, b"")
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
@@ -241,6 +244,7 @@ class ShadowTree:
         journal = self.read_agent_file(DIRS_JOURNAL) or b""
         dirs, used = read_dirs_journal(journal, applied_index)
         self.dirs = {"": -1, **dirs}
+        self._live_files.clear()
         self.write_agent_file(DIRS_JOURNAL, journal[:used])
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
@@ -370,10 +374,14 @@ class ShadowTree:
         shutil.rmtree(self.staging / self._build)
         self._build = None
 
-    def _files_made(self) -> None:
-        """Before the built tree is read or changed by name: every file sent is made."""
-        if self._creator is not None:
-            self._creator.drain()
+    def _creator_caught_up(self) -> bool:
+        """While building, wait until every file sent to the creator exists (True; else False).
+        What the built tree shows is true of the files already there: a name it lacks, or a
+        file it shows short, may still be on its way, so the look is taken again after this."""
+        if self._creator is None:
+            return False
+        self._creator.drain()
+        return True
 
     # --- applying entries ---------------------------------------------------------------------
 
@@ -493,12 +501,14 @@ class ShadowTree:
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
-        self._files_made()
-        try:
-            os.unlink(relpath, dir_fd=self._tree_fd)
-        except FileNotFoundError:
-            return False
-        return True
+        for _ in range(2):  # once more after the creator has caught up, while building
+            try:
+                os.unlink(relpath, dir_fd=self._tree_fd)
+                return True
+            except FileNotFoundError:
+                if not self._creator_caught_up():
+                    break
+        return False
 
     def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
         """The daxdev table for fusefs (upstream's table rules are the rule book's)."""
@@ -520,22 +530,35 @@ class ShadowTree:
         memory). A directory the journal does not know is not in the namespace yet."""
         if relpath in self.dirs:
             return rules.Kind.DIR
-        self._files_made()
+        mode = self._mode_in_tree(relpath)
+        if mode is None and self._creator_caught_up():
+            mode = self._mode_in_tree(relpath)
+        return rules.Kind.FILE if mode is not None and stat.S_ISREG(mode) else None
+
+    def _mode_in_tree(self, relpath: str) -> int | None:
         try:
-            mode = os.lstat(relpath, dir_fd=self._tree_fd).st_mode
+            return os.lstat(relpath, dir_fd=self._tree_fd).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return rules.Kind.FILE if stat.S_ISREG(mode) else None
 
     def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
-        return self.read_tree_file(relpath) == emit_file_yaml(entry)
+        made = emit_file_yaml(entry)
+        held = self.read_tree_file(relpath) == made
+        if not held and self._creator_caught_up():
+            held = self.read_tree_file(relpath) == made
+        return held
 
     def dir_index(self, relpath: str) -> int | None:
         return self.dirs.get(relpath)
 
     def dir_empty(self, relpath: str) -> bool:
         """From the tree itself: its files are the namespace (a rejected entry left nothing there)."""
-        self._files_made()
+        empty = self._listing_empty(relpath)
+        if empty and self._creator_caught_up():
+            empty = self._listing_empty(relpath)
+        return empty
+
+    def _listing_empty(self, relpath: str) -> bool:
         try:
             fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._tree_fd)
         except (FileNotFoundError, NotADirectoryError):
@@ -599,24 +622,24 @@ class ShadowTree:
     def read_tree_file(self, relpath: str) -> bytes | None:
         """The bytes of a shadow file in root/, or None if there is none (or something else than
         a file the agent could have written: a directory, a FIFO, a file too large)."""
-        self._files_made()
         try:
             return read_shadow_file(relpath, self._tree_fd)
         except (FileNotFoundError, NotADirectoryError, fmt.FormatError):
             return None
 
-    @staticmethod
-    def live_file_index(famfs_log: FamfsLog, relpath: str, before: int) -> int | None:
-        """Which FILE entry before `before` owns `relpath` now: a raw scan, for duplicates only."""
-        wanted = relpath.encode().ljust(fmt.MAX_PATHLEN, b"\0")
-        file_field = fmt.RELPATH_OFFSETS[fmt.EntryType.FILE]
-        delete_field = fmt.RELPATH_OFFSETS[fmt.EntryType.DELETE]
-        live: int | None = None
-        for index in range(before):
-            raw = famfs_log.raw_entry(index)
-            kind = fmt.ENTRY_HEAD.unpack_from(raw)[1]
-            if kind == fmt.EntryType.FILE and raw[file_field:file_field + fmt.MAX_PATHLEN] == wanted:
+    def live_file_index(self, famfs_log: FamfsLog, relpath: str, before: int) -> int | None:
+        """Which FILE entry before `before` owns `relpath` now, from the raw slots naming it (for
+        duplicate warnings only). Resumed from the last answer for that path, kept for a few
+        hundred paths: a log that repeats one name over and over is still read once."""
+        start, live = self._live_files.pop(relpath, (0, None))
+        if start > before:
+            start, live = 0, None
+        for index, kind in famfs_log.slots_naming(relpath, start, before):
+            if kind == fmt.EntryType.FILE:
                 live = index if live is None else live
-            elif kind == fmt.EntryType.DELETE and raw[delete_field:delete_field + fmt.MAX_PATHLEN] == wanted:
+            elif kind == fmt.EntryType.DELETE:
                 live = None
+        if len(self._live_files) >= LIVE_FILES_KEPT:
+            del self._live_files[next(iter(self._live_files))]  # the least recently asked
+        self._live_files[relpath] = (before, live)
         return live

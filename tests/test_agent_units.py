@@ -56,13 +56,19 @@ def test_live_file_index_follows_deletes(tmp_path: Path, system_uuid_file: Path)
     image = make_device(tmp_path, system_uuid_file)
     append(image, [mkdir_entry("d"), file_entry("d/f", 0), file_entry("d/g", 1)])
     append(image, [fmt.DeleteEntry(relpath="d/f", target_index=1), file_entry("d/f", 2)])
+    # The same bytes elsewhere in a slot are no match: a longer name, and one ending in "d/f".
+    append(image, [file_entry("d/ff", 3), mkdir_entry("dd"), file_entry("dd/f", 4)])
+    tree = ShadowTree(tmp_path / "shadow")
     with Device(image) as device:
         famfs_log = FamfsLog(device)
-        assert ShadowTree.live_file_index(famfs_log, "d/f", 3) == 1
-        assert ShadowTree.live_file_index(famfs_log, "d/f", 4) is None
-        assert ShadowTree.live_file_index(famfs_log, "d/f", 5) == 4
-        assert ShadowTree.live_file_index(famfs_log, "d/g", 5) == 2
-        assert ShadowTree.live_file_index(famfs_log, "d", 5) is None  # a directory is not a FILE
+        assert tree.live_file_index(famfs_log, "d/f", 3) == 1
+        assert tree.live_file_index(famfs_log, "d/f", 4) is None  # resumed from entry 3
+        assert tree.live_file_index(famfs_log, "d/f", 5) == 4
+        assert tree.live_file_index(famfs_log, "d/f", 2) == 1  # before where it left off: from the start
+        assert tree.live_file_index(famfs_log, "d/g", 5) == 2
+        assert tree.live_file_index(famfs_log, "d", 5) is None  # a directory is not a FILE
+        assert tree.live_file_index(famfs_log, "d/f", 8) == 4
+        assert [index for index, _ in famfs_log.slots_naming("d/f", 0, 8)] == [1, 3, 4]
 
 
 def test_opening_a_shadow_clears_staging_and_keeps_root(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import ctypes
 import errno
 import fcntl
 import json
+import operator
 import os
 import shutil
 import stat
@@ -34,6 +35,7 @@ import uuid
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -59,6 +61,7 @@ from famfs.shadowdir import (
 from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
 
 log = structlog.get_logger("famfs-agent")
+_T = TypeVar("_T")
 
 META_DIR_MODE = 0o755
 NO_OWNER = 0xFFFFFFFF  # (uid_t)-1: chown(2) reads it as "leave unchanged"
@@ -147,7 +150,7 @@ class ShadowTree:
         self._tree_fd = -1
         self._build: str | None = None  # that tree's name in staging/ while building
         self._creator: FileCreator | None = None  # the process making that tree's files
-        self._rules_view: rules.Model = self  # or, while building, a _BuildView of this tree
+        self._build_view: _BuildView | None = None  # the rule book's view of that tree
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
         self._owner_warned = False
         self._live_files: dict[str, tuple[int, int | None]] = {}  # relpath -> (searched up to, live FILE)
@@ -337,7 +340,7 @@ class ShadowTree:
             self._creator = FileCreator(self._tree_fd, close_in_child=(self._lock_fd,))
         except OSError as err:  # no process to be had (EAGAIN, ENOMEM): the same tree, on one core
             log.warning("file_creator_unavailable", error=str(err), action="the agent makes the files itself")
-        self._rules_view = _BuildView(self, NameFilter(fmt.log_capacity(self.geometry.log_len)))
+        self._build_view = _BuildView(self, NameFilter(fmt.log_capacity(self.geometry.log_len)))
 
     def finish_build(self) -> None:
         """Wait for the built tree's files, then move its top-level names into root/, each a whole
@@ -352,7 +355,7 @@ class ShadowTree:
             self._drop_build()
             raise
         self._creator = None
-        self._rules_view = self
+        self._build_view = None
         with os.scandir(self._tree_fd) as listing:
             names = [child.name for child in listing]
         for name in names:
@@ -368,20 +371,27 @@ class ShadowTree:
         if self._creator is not None:
             self._creator.abandon()
             self._creator = None
-        self._rules_view = self
+        self._build_view = None
         os.close(self._tree_fd)
         self._tree_fd = self._root_fd
         shutil.rmtree(self.staging / self._build)
         self._build = None
 
-    def _creator_caught_up(self) -> bool:
-        """While building, wait until every file sent to the creator exists (True; else False).
-        What the built tree shows is true of the files already there: a name it lacks, or a
-        file it shows short, may still be on its way, so the look is taken again after this."""
-        if self._creator is None:
-            return False
-        self._creator.drain()
-        return True
+    @property
+    def _rules_view(self) -> rules.Model:
+        """What the rule book reads: this tree, or while building the _BuildView of it."""
+        return self if self._build_view is None else self._build_view
+
+    def _look(self, look: Callable[[], _T], found: Callable[[_T], bool]) -> _T:
+        """`look` at the tree entries are applied to. While building, what it shows is true of
+        the files already there, but a file it lacks (or shows short) may still be on its way to
+        the creator: when `found` says no, wait until the creator has made every file sent, and
+        look again."""
+        seen = look()
+        if not found(seen) and self._creator is not None:
+            self._creator.drain()
+            seen = look()
+        return seen
 
     # --- applying entries ---------------------------------------------------------------------
 
@@ -413,13 +423,12 @@ class ShadowTree:
                 self.units.claim(entry.all_extents())
                 return Outcome.PRESENT
             return self._duplicate(index, relpath, famfs_log)
-        if self._build is not None:  # not visible before finish_build: made in place, no rename
+        if self._build_view is not None:  # not visible before finish_build: made in place, no rename
             if self._creator is not None and raw is not None:
                 self._creator.create(raw)
             else:  # no creator, or an entry read again after a wait (the follower's _settle)
                 write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
-            assert isinstance(self._rules_view, _BuildView)
-            self._rules_view.sent.add(relpath)
+            self._build_view.sent.add(relpath)
         elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
             # The rules found the name free: something made it behind the agent's back.
             raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
@@ -501,14 +510,14 @@ class ShadowTree:
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
-        for _ in range(2):  # once more after the creator has caught up, while building
-            try:
-                os.unlink(relpath, dir_fd=self._tree_fd)
-                return True
-            except FileNotFoundError:
-                if not self._creator_caught_up():
-                    break
-        return False
+        return self._look(lambda: self._unlinked(relpath), bool)
+
+    def _unlinked(self, relpath: str) -> bool:
+        try:
+            os.unlink(relpath, dir_fd=self._tree_fd)
+        except FileNotFoundError:
+            return False
+        return True
 
     def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
         """The daxdev table for fusefs (upstream's table rules are the rule book's)."""
@@ -530,9 +539,7 @@ class ShadowTree:
         memory). A directory the journal does not know is not in the namespace yet."""
         if relpath in self.dirs:
             return rules.Kind.DIR
-        mode = self._mode_in_tree(relpath)
-        if mode is None and self._creator_caught_up():
-            mode = self._mode_in_tree(relpath)
+        mode = self._look(lambda: self._mode_in_tree(relpath), lambda mode: mode is not None)
         return rules.Kind.FILE if mode is not None and stat.S_ISREG(mode) else None
 
     def _mode_in_tree(self, relpath: str) -> int | None:
@@ -543,20 +550,14 @@ class ShadowTree:
 
     def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
         made = emit_file_yaml(entry)
-        held = self.read_tree_file(relpath) == made
-        if not held and self._creator_caught_up():
-            held = self.read_tree_file(relpath) == made
-        return held
+        return self._look(lambda: self.read_tree_file(relpath) == made, bool)
 
     def dir_index(self, relpath: str) -> int | None:
         return self.dirs.get(relpath)
 
     def dir_empty(self, relpath: str) -> bool:
         """From the tree itself: its files are the namespace (a rejected entry left nothing there)."""
-        empty = self._listing_empty(relpath)
-        if empty and self._creator_caught_up():
-            empty = self._listing_empty(relpath)
-        return empty
+        return self._look(lambda: self._listing_empty(relpath), operator.not_)
 
     def _listing_empty(self, relpath: str) -> bool:
         try:

@@ -26,7 +26,7 @@ from famfs import format as fmt
 from famfs import rules, shadowdir
 from famfs.device import Device, map_alignment, probe
 from famfs.famfslog import FamfsLog
-from famfs.shadowyaml import parse_file_yaml
+from famfs.shadowyaml import parse_shadow_file
 
 MODES = ("r", "r+")
 
@@ -201,12 +201,9 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
     except OSError as err:
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: no such famfs file ({err.strerror})") from None
     try:
-        entry = parse_file_yaml(raw)
-        if entry.relpath != found.relpath:  # as the mount refuses it: not the file at this path
-            raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
+        return parse_shadow_file(raw, found.relpath)
     except fmt.FormatError as err:
         raise fmt.FormatError(f"{path}: {err}") from None
-    return entry
 
 
 def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None) -> MappedFile:

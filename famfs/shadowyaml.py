@@ -269,6 +269,16 @@ def parse_file_yaml(text: bytes | str) -> FileEntry:
         raise FormatError(f"malformed YAML: {type(err).__name__}: {err}") from None
 
 
+def parse_shadow_file(raw: bytes, relpath: str | bytes) -> FileEntry:
+    """The entry of the shadow file at `relpath` (under root/): parse_file_yaml, and its `path`
+    key must name that very path. A YAML copied or moved elsewhere in the tree describes another
+    file: what every reader (the mount, famfs.open) refuses rather than serve it under this name."""
+    entry = parse_file_yaml(raw)
+    if (entry.relpath.encode() if isinstance(relpath, bytes) else entry.relpath) != relpath:
+        raise FormatError(f"its path key {entry.relpath!r} is not where it sits")
+    return entry
+
+
 def _parse(text: bytes | str) -> FileEntry:
     if isinstance(text, bytes) and (canonical := _parse_canonical(text)) is not None:
         return canonical

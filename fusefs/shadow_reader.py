@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from famfs import format as fmt
 from famfs.rules import Geometry, check_extents
 from famfs.shadowdir import META_DIR, SHADOW_FILE_OPEN, read_shadow_file
-from famfs.shadowyaml import meta_extents, parse_file_yaml
+from famfs.shadowyaml import meta_extents, parse_shadow_file
 
 META_PREFIX = os.fsencode(META_DIR) + b"/"
 
@@ -115,9 +115,7 @@ def load_file(path: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | Non
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None
         raise fmt.FormatError(f"cannot open: {err.strerror}") from None
-    entry = parse_file_yaml(raw)
-    if entry.relpath.encode() != relpath:
-        raise fmt.FormatError(f"its path key {entry.relpath!r} is not where it sits")
+    entry = parse_shadow_file(raw, relpath)
     metadata = relpath.startswith(META_PREFIX)
     check_extents(entry, geometry, metadata=metadata)
     if metadata and (entry.stripes or entry.extents != (meta_extents(geometry.log_len).get(entry.relpath),)):

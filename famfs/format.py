@@ -247,7 +247,7 @@ class LogHeader:
 
 # Extent, Stripe and FileEntry are named tuples, not frozen dataclasses: as immutable, and made
 # 2 to 3 times faster (a replay makes one FileEntry and its Extents per FILE entry, in the agent
-# and again in its file-creating process: docs/agent.md, "A first play").
+# and again in its file-creating process: docs/agent.md, "How the tree changes").
 
 
 class Extent(NamedTuple):

@@ -7,11 +7,12 @@ calls. The rule book must run in log order in one place; making the files need n
 agent keeps the rules, and a child forked for the build (`FileCreator`) makes the files, fed
 through a pipe with the raw slots the agent checked, in log order.
 
-The agent may not read the built tree while files are still queued: `FileCreator.drain` waits
-until the child has made every file sent. To answer the rule `path_free` without reading the tree
-(or a per-file table: memory stays flat), the agent keeps a `NameFilter` of the file names it has
-sent: a name it has never sent is no file in the tree; a name it may have sent is looked up in
-the tree, after a drain.
+What the built tree shows the agent is true of the files already there, but a file sent may not
+be made yet: when the agent finds no file where it looks, `FileCreator.drain` waits until the
+child has made every file sent, and it looks again (ShadowTree._look). To answer the rule
+`path_free` without reading the tree (or a per-file table: memory stays flat), the agent keeps a
+`NameFilter` of the file names it has sent: a name it has never sent is no file in the tree; a
+name it may have sent is looked up in the tree.
 
 Failure: the child reports the first error and exits; the agent learns it at the next send or
 drain, and the build is dropped whole (no cursor was saved for it). The child dies with the agent

@@ -11,6 +11,7 @@ import copy
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,19 @@ def test_probe_commands_exist() -> None:
     assert commands == {("famfs-agent", "health"), ("famfs-fuse-mount", "health")}
     for program, subcommand in commands:
         subprocess.run([str(bin_dir / program), subcommand, "--help"], capture_output=True, timeout=60, check=True)
+
+
+
+def test_the_container_build_stage_copies_every_package() -> None:
+    """deploy/Containerfile's build stage makes the wheel from the files its COPY lines bring in:
+    every package pyproject names must be among them (one left out fails the image's build)."""
+    build_stage = (REPO / "deploy" / "Containerfile").read_text().split("\nFROM ")[1]
+    copied = {Path(source) for line in build_stage.splitlines() if line.startswith("COPY ")
+              for source in line.split()[1:-1]}
+    assert {"pyproject.toml", "README.md"} <= {str(source) for source in copied}
+    with open(REPO / "pyproject.toml", "rb") as pyproject:
+        packages = tomllib.load(pyproject)["tool"]["setuptools"]["packages"]
+    for package in packages:
+        path = Path(*package.split("."))
+        assert any(path == source or source in path.parents for source in copied), f"{path} is not copied"
+        assert (REPO / path / "__init__.py").exists()

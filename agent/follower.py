@@ -288,10 +288,9 @@ class Follower:
         debug = self.debug
         tally = self.stats.entries
         try:
-            for index in range(first, stop):
+            for index, raw in zip(range(first, stop), famfs_log.raw_entries(first, stop)):
                 if self.stop_signal is not None:
                     break
-                raw = famfs_log.raw_entry(index)
                 checked: bytes | None = raw  # the bytes `entry` comes from, if read once
                 try:
                     entry: fmt.Entry = fmt.decode_entry(raw, index)

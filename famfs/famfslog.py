@@ -18,6 +18,9 @@ from famfs import format as fmt
 from famfs.device import Device, DeviceError
 
 
+RAW_CHUNK = 256  # slots read at once by raw_entries: 136 KiB
+
+
 class LogFullError(OSError):
     def __init__(self, device: str, slots: int) -> None:
         super().__init__(errno.ENOSPC, f"{device}: log full ({slots} of {slots} entries used); nothing appended")
@@ -63,6 +66,14 @@ class FamfsLog:
     def raw_entry(self, index: int) -> bytes:
         return self.device.read(self.slot_offset(index), fmt.ENTRY_SIZE)
 
+    def raw_entries(self, start: int, stop: int) -> Iterator[bytes]:
+        """The bytes of slots [start, stop), in order: read from the map RAW_CHUNK slots at a
+        time (a replay's hot path: one read per slot took twice as long)."""
+        for first in range(start, stop, RAW_CHUNK):
+            block = self.device.read(self.slot_offset(first), (min(stop, first + RAW_CHUNK) - first) * fmt.ENTRY_SIZE)
+            for offset in range(0, len(block), fmt.ENTRY_SIZE):
+                yield block[offset:offset + fmt.ENTRY_SIZE]
+
     def entry(self, index: int) -> fmt.Entry:
         """Decode slot `index` (the format's checks; the rule book's are famfs.rules.check)."""
         return fmt.decode_entry(self.raw_entry(index), index)
@@ -101,9 +112,9 @@ class FamfsLog:
     def entries(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, fmt.Entry | fmt.EntryError]]:
         """(index, entry or the error that slot raised) for each slot in [start, stop)."""
         end = self.header().next_index if stop is None else stop
-        for index in range(start, end):
+        for index, raw in zip(range(start, end), self.raw_entries(start, end)):
             try:
-                yield index, self.entry(index)
+                yield index, fmt.decode_entry(raw, index)
             except fmt.EntryError as err:
                 yield index, err
 

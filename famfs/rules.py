@@ -81,29 +81,34 @@ class Units:
         self.taken[: self.first_data_unit] = b"\1" * self.first_data_unit
 
     def span(self, extent: fmt.Extent) -> range:
-        unit = self.unit  # ceiling division inline: twice per file replayed
-        return range(extent.offset // unit, min(-(-(extent.offset + extent.length) // unit), self.nunits))
+        return range(*self._bounds(extent))
+
+    def _bounds(self, extent: fmt.Extent) -> tuple[int, int]:
+        """The units [start, stop) `extent` touches, inside the device's whole units. A tuple,
+        not a range, and no min(): it runs twice per file replayed."""
+        unit, last = self.unit, self.nunits
+        stop = -(-(extent.offset + extent.length) // unit)
+        return extent.offset // unit, stop if stop < last else last
 
     def first_taken(self, extents: Sequence[fmt.Extent]) -> int | None:
         """The first unit of `extents` that is already taken, or None."""
         for extent in extents:
-            span = self.span(extent)
-            found = self.taken.find(1, span.start, span.stop)
+            found = self.taken.find(1, *self._bounds(extent))
             if found >= 0:
                 return found
         return None
 
     def claim(self, extents: Sequence[fmt.Extent]) -> None:
         for extent in extents:
-            span = self.span(extent)
-            self.taken[span.start:span.stop] = b"\1" * len(span)
+            start, stop = self._bounds(extent)
+            self.taken[start:stop] = b"\1" * (stop - start)
 
     def release(self, extents: Sequence[fmt.Extent]) -> None:
         """Undo claim() of space that was never logged (a writer's abandoned reservation), or of a
         file famfs-fuse-mount no longer serves (its model is of live files, not of the log)."""
         for extent in extents:
-            span = self.span(extent)
-            self.taken[span.start:span.stop] = bytes(len(span))
+            start, stop = self._bounds(extent)
+            self.taken[start:stop] = bytes(stop - start)
 
     def find_free(self, count: int, start: int = 0, stop: int | None = None) -> int | None:
         """First unit of the first run of `count` free units inside [start, stop), or None."""

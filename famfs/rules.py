@@ -57,14 +57,17 @@ class Geometry:
     dev_size: int
     log_len: int
     alloc_unit: int = fmt.ALLOC_UNIT
+    # Derived once, not per call: the extent rules read them for every file replayed.
+    data_start: int = field(init=False)  # file data starts past the superblock and the log
+    units_end: int = field(init=False)  # the end of the device's last whole allocation unit
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_start", fmt.data_start(self.log_len))
+        object.__setattr__(self, "units_end", self.dev_size - self.dev_size % self.alloc_unit)
 
     @classmethod
     def of(cls, superblock: fmt.Superblock) -> Geometry:
         return cls(superblock.dev_size, superblock.log_len, superblock.alloc_unit)
-
-    @property
-    def data_start(self) -> int:
-        return fmt.data_start(self.log_len)
 
 
 class Units:
@@ -209,14 +212,14 @@ def extents_past_log(entry: fmt.FileEntry, geometry: Geometry) -> None:
 def extents_inside_device(entry: fmt.FileEntry, geometry: Geometry) -> None:
     """Inside the device's whole allocation units (upstream never checks, and its allocator can
     hand out the partial unit past the last whole one: docs/format.md §9 item 11)."""
-    end = geometry.dev_size - geometry.dev_size % geometry.alloc_unit
     for n, extent in enumerate(entry.all_extents()):
-        if extent.end > geometry.dev_size:
-            raise Violation(extents_inside_device, f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) "
+        if (stop := extent.end) <= geometry.units_end:
+            continue
+        if stop > geometry.dev_size:
+            raise Violation(extents_inside_device, f"extent {n}: [{extent.offset:#x}, {stop:#x}) "
                                                    f"past the device end {geometry.dev_size:#x}")
-        if extent.end > end:
-            raise Violation(extents_inside_device, f"extent {n}: [{extent.offset:#x}, {extent.end:#x}) "
-                                                   f"past the last whole allocation unit (ends at {end:#x})")
+        raise Violation(extents_inside_device, f"extent {n}: [{extent.offset:#x}, {stop:#x}) "
+                                               f"past the last whole allocation unit (ends at {geometry.units_end:#x})")
 
 
 def extents_disjoint(entry: fmt.FileEntry) -> None:

@@ -298,6 +298,11 @@ class FileEntry(NamedTuple):
         return sum([extent.length for extent in extents])
 
 
+# A named tuple from all its fields, in order, without the generated __new__ (Python code, with
+# defaults: twice the time). For the hot paths that make one per file replayed or parsed.
+from_fields = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class MkdirEntry:
     relpath: str
@@ -484,9 +489,6 @@ def _decode_body(raw: bytes, kind: int) -> Entry:
     raise FormatError(f"unknown entry type {kind}")
 
 
-_make = tuple.__new__  # a named tuple of all its fields, in order (no defaults, no checks)
-
-
 def _decode_file(raw: bytes) -> FileEntry:
     _, _, size, flags, uid, gid, mode, relpath_raw, ext_type, count = FILE_HEAD.unpack_from(raw)
     if ext_type == ExtentType.SIMPLE:
@@ -494,13 +496,12 @@ def _decode_file(raw: bytes) -> FileEntry:
         if not 1 <= count <= MAX_SIMPLE_EXTENTS:
             raise FormatError(f"extent count {count} outside 1..{MAX_SIMPLE_EXTENTS}")
         words = EXTENT_WORDS[count].unpack_from(raw, FILE_HEAD.size)
-        # The hot path of every replay: the named tuples made by tuple.__new__ (their generated
-        # __new__ is Python code, twice the time), and a file's one extent without a loop.
+        # The hot path of every replay: from_fields, and a file's one extent without a loop.
         if count == 1:
-            extents: tuple[Extent, ...] = (_make(Extent, (words[1], words[2], words[0])),)
+            extents: tuple[Extent, ...] = (from_fields(Extent, (words[1], words[2], words[0])),)
         else:
-            extents = tuple([_make(Extent, (words[i + 1], words[i + 2], words[i])) for i in range(0, len(words), 3)])
-        return _make(FileEntry, (relpath, size, mode, uid, gid, extents, (), flags))
+            extents = tuple([from_fields(Extent, (words[i + 1], words[i + 2], words[i])) for i in range(0, len(words), 3)])
+        return from_fields(FileEntry, (relpath, size, mode, uid, gid, extents, (), flags))
     if ext_type != ExtentType.INTERLEAVE:
         raise FormatError(f"unknown extent type {ext_type}")
     relpath = _relpath_field(relpath_raw)

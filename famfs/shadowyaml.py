@@ -27,6 +27,7 @@ from famfs.format import (
     FileEntry,
     FormatError,
     Stripe,
+    from_fields,
 )
 from famfs.shadowdir import META_DIR, SUPERBLOCK_YAML
 
@@ -249,14 +250,15 @@ def _parse_canonical(raw: bytes) -> FileEntry | None:
     uid, gid = int(uid_text), int(gid_text)
     if not (_ID_MIN <= uid <= _ID_MAX and _ID_MIN <= gid <= _ID_MAX):
         return None  # upstream prints them signed: 4294967295 is written -1
-    # Positional arguments: every file the mount looks up comes through here.
-    extents: tuple[Extent, ...] = (Extent(int(offset, 16), int(length, 16), int(devindex)),)
+    # from_fields: every file the mount looks up comes through here.
+    extents: tuple[Extent, ...] = (from_fields(Extent, (int(offset, 16), int(length, 16), int(devindex))),)
     if more:
         found = _CANONICAL_EXTENT.findall(raw, match.start(11), match.end(11))
-        extents += tuple([Extent(int(off, 16), int(span, 16), int(dev)) for dev, off, span in found])
+        extents += tuple([from_fields(Extent, (int(off, 16), int(span, 16), int(dev))) for dev, off, span in found])
     if int(nextents) != len(extents):
         return None  # the full parser says what is wrong
-    return FileEntry(path.decode(), int(size), int(mode, 8), uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, extents, (), int(flags))
+    return from_fields(FileEntry, (path.decode(), int(size), int(mode, 8), uid & 0xFFFFFFFF, gid & 0xFFFFFFFF,
+                                   extents, (), int(flags)))
 
 
 def parse_file_yaml(text: bytes | str) -> FileEntry:

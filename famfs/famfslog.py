@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 
-
 RAW_CHUNK = 256  # slots read at once by raw_entries: 136 KiB
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
@@ -263,5 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
 
 
+def entry() -> NoReturn:
+    """The famfs-agent command (main() is the same, returning its exit code, for in-process callers)."""
+    logsetup.exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -9,9 +9,10 @@ line is written (famfs/progress.py).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -82,3 +83,17 @@ def configure(log_format: str = "console", level: str = "info") -> None:
     root.addHandler(_Handler(formatter, printer))
     root.setLevel(max(threshold, logging.WARNING))  # libraries' info chatter is not ours to show
     logging.captureWarnings(True)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` without the interpreter's teardown: 20 to 30 ms of freeing
+    objects and modules the kernel frees anyway, a tenth of a client's cold start. For a command's
+    very end only, once every file it wrote is closed: what Python still buffers (stdout, stderr,
+    logging's handlers) is flushed here."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe or stream: there is no one left to tell
+    os._exit(code)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from famfs import famfslog
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -68,6 +69,17 @@ def shadow_listing(name: str) -> tuple[set[str], set[str]]:
         if relpath and relpath != ".meta" and not relpath.startswith(".meta/"):
             (dirs if attrs.endswith(" d") else files).add(relpath)
     return dirs, files
+
+
+def test_raw_entries_are_the_slots_one_by_one(reference_image: Callable[[str], Path]) -> None:
+    """FamfsLog.raw_entries reads slots a chunk at a time: the same bytes as one read per slot,
+    over ranges that start and end inside chunks, span several, or hold one slot or none."""
+    with Device(reference_image("c_full")) as device:
+        famfs_log = FamfsLog(device)
+        stop = famfs_log.header().next_index
+        chunk = famfslog.RAW_CHUNK
+        for start, end in ((0, stop), (0, 0), (5, 6), (chunk - 1, chunk + 1), (chunk + 3, 3 * chunk + 7), (stop - 9, stop)):
+            assert list(famfs_log.raw_entries(start, end)) == [famfs_log.raw_entry(index) for index in range(start, end)]
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)

@@ -47,6 +47,8 @@ class EntryType(enum.IntEnum):
     ADD_DAXDEV = 3
     INVALID = 4
     RMDIR = 5  # ours, after upstream's last value: a directory delete (docs/format.md); upstream readers skip it
+    RECLAIM = 6  # ours: deleted files' units are free again (docs/reclaim.md); upstream readers skip it
+    FENCE = 7  # ours: the master stops waiting for a host incarnation (docs/reclaim.md); skipped upstream
 
 
 class ExtentType(enum.IntEnum):
@@ -74,6 +76,12 @@ ADD_DAXDEV_ENTRY = struct.Struct(_ENTRY_HEAD + "Q16sI4x" + "488x" + "Q")
 DELETE_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "432x" + "Q")
 # RMDIR (ours) has DELETE's layout: the index of the MKDIR entry being undone, then its relpath.
 RMDIR_ENTRY = DELETE_ENTRY
+# RECLAIM (ours): a count, then (FILE index, DELETE index) pairs naming deleted files whose
+# units are free from this entry on (docs/reclaim.md).
+RECLAIM_MAX_TARGETS = 32
+RECLAIM_ENTRY = struct.Struct(_ENTRY_HEAD + "I4x" + f"{2 * RECLAIM_MAX_TARGETS}Q" + "Q")
+# FENCE (ours): the host incarnation the master stops waiting for, why, and what it last saw of it.
+FENCE_ENTRY = struct.Struct(_ENTRY_HEAD + "16sQII" + "QQ" + "472x" + "Q")
 ENTRY_HEAD = struct.Struct(_ENTRY_HEAD)
 # A FILE entry decoded in two steps (a replay's hot path): its fixed head, up to the extent
 # union, then only the extent words its count names, not all 48 of the union.
@@ -91,12 +99,27 @@ ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
 SLOT_SEAL = struct.Struct(f"<Q{ENTRY_CRC_SPAN - 8}xQ")  # a slot's seqnum (+0) and CRC (+ENTRY_CRC_SPAN), one unpack
 
-for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXDEV_ENTRY, DELETE_ENTRY):
+for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXDEV_ENTRY, DELETE_ENTRY, RECLAIM_ENTRY,
+                FENCE_ENTRY):
     assert _layout.size == ENTRY_SIZE, _layout.format
 assert SUPERBLOCK.size == 200 and LOG_HEADER.size == 48 and FILE_HEAD.size == 136
 
 
 crc32 = zlib.crc32  # the format's CRC (unsigned in Python 3: no mask)
+
+# The host table (ours, docs/reclaim.md): in the superblock region past the struct, which upstream
+# never reads or writes; one 256-byte record per host, each written by its host only. 256 bytes:
+# two hosts never share a cache line nor an adjacent-line prefetch pair.
+HOST_TABLE_OFFSET = 0x100000
+HOST_RECORD_SIZE = 256
+HOST_SLOTS = (SUPERBLOCK_SIZE - HOST_TABLE_OFFSET) // HOST_RECORD_SIZE  # 4,096
+HOST_MAGIC = int.from_bytes(b"FAMFSHST", "little")
+HOST_RECORD_VERSION = 1
+HOST_RECORD_CRC_SPAN = 248
+# magic, version, state, slot, system UUID, incarnation, heartbeat, log epoch, applied, pin floor,
+# renewed (CLOCK_BOOTTIME ns), serve window (ns), pid, flags, hostname, zeros, CRC
+HOST_RECORD = struct.Struct("<QHHI16s" + "7Q" + "II64s" + "88x" + "Q")
+assert HOST_RECORD.size == HOST_RECORD_SIZE and SUPERBLOCK.size <= HOST_TABLE_OFFSET
 
 
 def log_capacity(log_len: int) -> int:
@@ -330,7 +353,28 @@ class AddDaxdevEntry:
     dev_index: int
 
 
-Entry = FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry
+class FenceReason(enum.IntEnum):
+    LEASE_EXPIRED = 1  # the heartbeat stood still for a lease, by the master's clock
+    OPERATOR = 2  # famfsctl host fence
+    RECORD_LOST = 3  # the host's record is gone or unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimEntry:
+    targets: tuple[tuple[int, int], ...]  # (FILE index, DELETE index) of each file whose units are free again
+
+
+@dataclass(frozen=True, slots=True)
+class FenceEntry:
+    system_uuid: uuid.UUID
+    incarnation: int
+    slot: int
+    reason: FenceReason
+    heartbeat: int  # the last heartbeat the master saw
+    applied: int  # the last applied count the master saw
+
+
+Entry = FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry | ReclaimEntry | FenceEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +484,17 @@ def encode_entry(entry: Entry, seqnum: int) -> bytes:
             raw = ADD_DAXDEV_ENTRY.pack(
                 seqnum, EntryType.ADD_DAXDEV, entry.dev_size, entry.dev_uuid.bytes, entry.dev_index, 0
             )
+        case ReclaimEntry():
+            if not 1 <= len(entry.targets) <= RECLAIM_MAX_TARGETS:
+                raise FormatError(f"a RECLAIM names 1..{RECLAIM_MAX_TARGETS} files")
+            words = [w for pair in entry.targets for w in pair]
+            words += [0] * (2 * RECLAIM_MAX_TARGETS - len(words))
+            raw = RECLAIM_ENTRY.pack(seqnum, EntryType.RECLAIM, len(entry.targets), *words, 0)
+        case FenceEntry():
+            raw = FENCE_ENTRY.pack(
+                seqnum, EntryType.FENCE, entry.system_uuid.bytes, entry.incarnation, entry.slot, entry.reason,
+                entry.heartbeat, entry.applied, 0,
+            )
         case _:
             raise TypeError(f"not a log entry: {entry!r}")
     return _seal(bytearray(raw))
@@ -486,7 +541,26 @@ def _decode_body(raw: bytes, kind: int) -> Entry:
     if kind == EntryType.ADD_DAXDEV:
         _, _, size, dev_uuid, dev_index, _ = ADD_DAXDEV_ENTRY.unpack(raw)
         return AddDaxdevEntry(dev_size=size, dev_uuid=uuid.UUID(bytes=dev_uuid), dev_index=dev_index)
+    if kind == EntryType.RECLAIM:
+        return _decode_reclaim(raw)
+    if kind == EntryType.FENCE:
+        _, _, host, incarnation, slot, reason, heartbeat, applied, _ = FENCE_ENTRY.unpack(raw)
+        try:
+            why = FenceReason(reason)
+        except ValueError:
+            raise FormatError(f"unknown fence reason {reason}") from None
+        return FenceEntry(system_uuid=uuid.UUID(bytes=host), incarnation=incarnation, slot=slot, reason=why,
+                          heartbeat=heartbeat, applied=applied)
     raise FormatError(f"unknown entry type {kind}")
+
+
+def _decode_reclaim(raw: bytes) -> ReclaimEntry:
+    _, _, count, *words, _ = RECLAIM_ENTRY.unpack(raw)
+    if not 1 <= count <= RECLAIM_MAX_TARGETS:
+        raise FormatError(f"reclaim target count {count} outside 1..{RECLAIM_MAX_TARGETS}")
+    if any(words[2 * count:]):
+        raise FormatError("reclaim: nonzero bytes past its last target")
+    return ReclaimEntry(targets=tuple((words[i], words[i + 1]) for i in range(0, 2 * count, 2)))
 
 
 def _decode_file(raw: bytes) -> FileEntry:

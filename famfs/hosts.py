@@ -1,0 +1,168 @@
+"""The host table: every host's record in the shared device (docs/reclaim.md).
+
+Each record is written by its own host only (one store of 256 bytes, CRC last) and read by anyone.
+The layout is famfs.format's HOST_RECORD; this module encodes, decodes, reads the whole table and
+picks a host's slot. Nothing here decides anything: the coordinator (famfs.master) and the agent
+apply the protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from famfs import format as fmt
+
+NO_PIN = (1 << 64) - 1  # pin floor when nothing deleted is pinned
+FLAG_FENCED = 1  # the agent played a FENCE of this incarnation
+CRC_RETRIES = 3  # a bad CRC may be a store in progress: read again this many times
+
+
+class HostState(enum.IntEnum):
+    ACTIVE = 1
+    LEFT = 2  # a clean stop
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    slot: int
+    system_uuid: uuid.UUID
+    incarnation: int
+    state: HostState = HostState.ACTIVE
+    heartbeat: int = 0
+    log_epoch: int = 0
+    applied: int = 0  # every entry with index < applied is played
+    pin_floor: int = NO_PIN  # smallest FILE index of a deleted file still pinned here
+    renewed_ns: int = 0  # CLOCK_BOOTTIME of the last renewal's start: for this host's own mount only
+    serve_window_ns: int = 0  # 0: this host does not self-fence (a one-shot play)
+    pid: int = 0
+    flags: int = 0
+    hostname: str = ""
+
+    @property
+    def fenced_seen(self) -> bool:
+        return bool(self.flags & FLAG_FENCED)
+
+    @property
+    def identity(self) -> tuple[uuid.UUID, int]:
+        return self.system_uuid, self.incarnation
+
+    def renewed(self, *, applied: int, pin_floor: int, renewed_ns: int, log_epoch: int | None = None) -> HostRecord:
+        """The record after one more renewal."""
+        return replace(self, heartbeat=self.heartbeat + 1, applied=applied, pin_floor=pin_floor,
+                       renewed_ns=renewed_ns, log_epoch=self.log_epoch if log_epoch is None else log_epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedSlot:
+    """A slot whose record stays unreadable (bad magic, version, slot or CRC): maybe a host we
+    cannot name, so it blocks reclaim until an operator fences it."""
+
+    slot: int
+    reason: str
+
+
+def encode(record: HostRecord) -> bytes:
+    raw = bytearray(fmt.HOST_RECORD.pack(
+        fmt.HOST_MAGIC, fmt.HOST_RECORD_VERSION, record.state, record.slot, record.system_uuid.bytes,
+        record.incarnation, record.heartbeat, record.log_epoch, record.applied, record.pin_floor,
+        record.renewed_ns, record.serve_window_ns, record.pid, record.flags,
+        record.hostname.encode()[:63], 0,
+    ))
+    raw[fmt.HOST_RECORD_CRC_SPAN:] = fmt.crc32(raw[:fmt.HOST_RECORD_CRC_SPAN]).to_bytes(8, "little")
+    return bytes(raw)
+
+
+def decode(raw: bytes, slot: int) -> HostRecord | DamagedSlot | None:
+    """The record in `raw` (slot `slot`); None for an empty (all-zero) slot."""
+    if not any(raw):
+        return None
+    (magic, version, state, stored_slot, host, incarnation, heartbeat, epoch, applied, pin_floor, renewed,
+     window, pid, flags, hostname, crc) = fmt.HOST_RECORD.unpack(raw)
+    if crc != fmt.crc32(raw[:fmt.HOST_RECORD_CRC_SPAN]):
+        return DamagedSlot(slot, "bad CRC")
+    if magic != fmt.HOST_MAGIC or version != fmt.HOST_RECORD_VERSION:
+        return DamagedSlot(slot, f"bad magic or version {version}")
+    if stored_slot != slot:
+        return DamagedSlot(slot, f"a record of slot {stored_slot}")
+    try:
+        host_state = HostState(state)
+    except ValueError:
+        return DamagedSlot(slot, f"unknown state {state}")
+    return HostRecord(slot=slot, system_uuid=uuid.UUID(bytes=host), incarnation=incarnation, state=host_state,
+                      heartbeat=heartbeat, log_epoch=epoch, applied=applied, pin_floor=pin_floor,
+                      renewed_ns=renewed, serve_window_ns=window, pid=pid, flags=flags,
+                      hostname=hostname.split(b"\0", 1)[0].decode(errors="replace"))
+
+
+def slot_offset(slot: int) -> int:
+    if not 0 <= slot < fmt.HOST_SLOTS:
+        raise ValueError(f"host slot {slot} outside 0..{fmt.HOST_SLOTS - 1}")
+    return fmt.HOST_TABLE_OFFSET + slot * fmt.HOST_RECORD_SIZE
+
+
+def read_slot(view: bytes | memoryview, slot: int) -> HostRecord | DamagedSlot | None:
+    """One slot of a mapped device (`view` covers the device from offset 0), read again while its
+    CRC is bad (a store in progress on another host)."""
+    start = slot_offset(slot)
+    found: HostRecord | DamagedSlot | None = None
+    for _ in range(CRC_RETRIES):
+        found = decode(bytes(view[start:start + fmt.HOST_RECORD_SIZE]), slot)
+        if not isinstance(found, DamagedSlot):
+            return found
+    return found
+
+
+def read_table(view: bytes | memoryview) -> Iterator[HostRecord | DamagedSlot]:
+    """Every occupied slot, in slot order. One pass over the 1 MiB table; empty slots cost a
+    zero test of 256 bytes."""
+    table = bytes(view[fmt.HOST_TABLE_OFFSET:fmt.HOST_TABLE_OFFSET + fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE])
+    for slot in range(fmt.HOST_SLOTS):
+        start = slot * fmt.HOST_RECORD_SIZE
+        raw = table[start:start + fmt.HOST_RECORD_SIZE]
+        if not any(raw):
+            continue
+        found = decode(raw, slot)
+        if isinstance(found, DamagedSlot):
+            found = read_slot(view, slot)
+        if found is not None:
+            yield found
+
+
+def home_slot(system_uuid: uuid.UUID) -> int:
+    """Where a host starts looking for its slot: stable across its restarts."""
+    return int.from_bytes(hashlib.sha256(system_uuid.bytes).digest()[:4], "little") % fmt.HOST_SLOTS
+
+
+def choose_slot(view: bytes | memoryview, system_uuid: uuid.UUID) -> int:
+    """The slot this host already has, if any (an earlier incarnation's record is replaced, never
+    left behind to block reclaim); else, from its home slot on, the first empty slot."""
+    for found in read_table(view):
+        if isinstance(found, HostRecord) and found.system_uuid == system_uuid:
+            return found.slot
+    start = home_slot(system_uuid)
+    for step in range(fmt.HOST_SLOTS):
+        slot = (start + step) % fmt.HOST_SLOTS
+        if read_slot(view, slot) is None:
+            return slot
+    raise OSError(f"the host table is full ({fmt.HOST_SLOTS} slots): fence and clear hosts that are gone")
+
+
+def new_incarnation() -> int:
+    """Random, nonzero, 63 bits (prints as a positive number everywhere)."""
+    return int.from_bytes(os.urandom(8), "little") >> 1 or 1
+
+
+def boottime_ns() -> int:
+    """The clock a host's renewals and its mount's self-fence use: it counts suspend."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def this_hostname() -> str:
+    return socket.gethostname()

@@ -20,7 +20,7 @@ import trio
 from watchdog import events as wd_events
 from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.inotify_c import CallbackId, InotifyFD, Mask, WatchCallback, WatchDescriptor
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -117,17 +117,32 @@ def check_watch_limit(root: bytes) -> None:
 
 
 def _observer(lost: Callable[[str], None]) -> BaseObserver:
-    """An inotify observer whose watch groups report overflows and missing watches to `lost`."""
+    """An inotify observer that reports overflows and directories left without a watch to `lost`."""
+
+    class ReportingInotifyFD(InotifyFD):
+        # Every watch watchdog adds (at start, for each new directory, after an overflow) goes
+        # through here, so a failure is seen with its errno and costs nothing when there is none.
+        # (Asking the watch group whether the path got a watch instead rebuilds its whole path
+        # map per directory in watchdog >= 7: quadratic, 100 s of start-up for 15,420 directories.)
+        def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
+            try:
+                wd = super().add_callback(path, mask, callback, id_)
+            except OSError as err:
+                self._unwatched(path, err.strerror or str(err))
+                raise  # watchdog drops it below the root, and fails the start for the root
+            if wd < 0:  # EACCES: watchdog's inotify_c returns the failed call's -1 as a descriptor
+                self._unwatched(path, "permission denied")
+            return wd
+
+        @staticmethod
+        def _unwatched(path: bytes, why: str) -> None:
+            if os.path.isdir(path):  # a directory that vanished meanwhile needs no watch
+                lost(f"no inotify watch for {os.fsdecode(path)}: {why} (watch limit?)")
 
     class ReportingWatchGroup(InotifyWatchGroup):
         def on_queue_overflow(self) -> None:
             super().on_queue_overflow()
             lost("inotify queue overflow")
-
-        def _add_callback(self, path: bytes) -> None:
-            super()._add_callback(path)
-            if path not in self._active_callbacks_by_path and os.path.isdir(path):
-                lost(f"no inotify watch for {os.fsdecode(path)} (watch limit?)")
 
     class ReportingEmitter(InotifyEmitter):
         def on_thread_start(self) -> None:
@@ -139,7 +154,7 @@ def _observer(lost: Callable[[str], None]) -> BaseObserver:
 
     class ReportingObserver(BaseObserver):
         def __init__(self) -> None:
-            self._inotify_fd = InotifyFD()
+            self._inotify_fd = ReportingInotifyFD()
             self._inotify_fd.start()
             super().__init__(ReportingEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd)
 

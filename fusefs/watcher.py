@@ -116,28 +116,36 @@ def check_watch_limit(root: bytes) -> None:
                   "inotify misses", directories=directories, max_user_watches=limit, error=err.strerror)
 
 
+class ReportingInotifyFD(InotifyFD):
+    """watchdog's inotify instance, telling `lost` about each directory that could not get a watch.
+
+    Every watch watchdog adds (at start, for each new directory, after an overflow) goes through
+    add_callback, so a failure is seen with its errno and success costs nothing. (Asking the
+    watch group afterwards whether the path got a watch rebuilds its whole path map per call in
+    watchdog 7: start-up was quadratic, 79 s for 15,420 directories.)
+    """
+
+    def __init__(self, lost: Callable[[str], None]) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
+        try:
+            wd = super().add_callback(path, mask, callback, id_)
+        except OSError as err:
+            self._unwatched(path, err.strerror or str(err))
+            raise  # watchdog drops it below the root (a warning), and fails the start for the root
+        if wd < 0:  # EACCES: watchdog returns the failed call's -1 as a descriptor
+            self._unwatched(path, "permission denied")
+        return wd
+
+    def _unwatched(self, path: bytes, why: str) -> None:
+        if os.path.isdir(path):  # a directory that vanished meanwhile needs no watch
+            self.lost(f"no inotify watch for {os.fsdecode(path)}: {why} (watch limit?)")
+
+
 def _observer(lost: Callable[[str], None]) -> BaseObserver:
     """An inotify observer that reports overflows and directories left without a watch to `lost`."""
-
-    class ReportingInotifyFD(InotifyFD):
-        # Every watch watchdog adds (at start, for each new directory, after an overflow) goes
-        # through here, so a failure is seen with its errno and costs nothing when there is none.
-        # (Asking the watch group whether the path got a watch instead rebuilds its whole path
-        # map per directory in watchdog >= 7: quadratic, 100 s of start-up for 15,420 directories.)
-        def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
-            try:
-                wd = super().add_callback(path, mask, callback, id_)
-            except OSError as err:
-                self._unwatched(path, err.strerror or str(err))
-                raise  # watchdog drops it below the root, and fails the start for the root
-            if wd < 0:  # EACCES: watchdog's inotify_c returns the failed call's -1 as a descriptor
-                self._unwatched(path, "permission denied")
-            return wd
-
-        @staticmethod
-        def _unwatched(path: bytes, why: str) -> None:
-            if os.path.isdir(path):  # a directory that vanished meanwhile needs no watch
-                lost(f"no inotify watch for {os.fsdecode(path)}: {why} (watch limit?)")
 
     class ReportingWatchGroup(InotifyWatchGroup):
         def on_queue_overflow(self) -> None:
@@ -154,7 +162,7 @@ def _observer(lost: Callable[[str], None]) -> BaseObserver:
 
     class ReportingObserver(BaseObserver):
         def __init__(self) -> None:
-            self._inotify_fd = ReportingInotifyFD()
+            self._inotify_fd = ReportingInotifyFD(lost)
             self._inotify_fd.start()
             super().__init__(ReportingEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd)
 

@@ -205,3 +205,41 @@ def test_a_deleted_shadow_root_degrades_to_rescans(tmp_path: Path, device: Path)
         wait_for(lambda: os.listdir(mount.mountpoint) == ["after"], "the new root's contents")
         assert (mount.mountpoint / "after").stat().st_size == 20
     assert "the inotify watcher stopped" in mount.log()
+
+
+def inotify_watches(pid: int) -> int:
+    """How many inotify watches the process holds (its inotify instances' fdinfo lists each one)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(
+        (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text().count("inotify wd:")
+        for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:inotify"
+    )
+
+
+def test_a_mount_over_thousands_of_directories_watches_each_one(tmp_path: Path, device: Path) -> None:
+    """Watches are really set up everywhere at start (the set-up used to be quadratic, so it is
+    the code a fix would touch), and on directories that appear afterwards. rescan=0: only
+    inotify can tell the mount about a change."""
+    shadow = empty_shadow(tmp_path / "shadow")
+    root = shadow / "root"
+    for top in range(40):
+        for sub in range(50):
+            (root / f"d{top:02}" / f"s{sub:02}").mkdir(parents=True)
+    deepest = root / "deep" / "/".join(f"l{level:02}" for level in range(30))
+    deepest.mkdir(parents=True)
+    directories = sum(1 for _ in os.walk(root))  # 2,071, the root included
+    with Mount(shadow, device, tmp_path / "mnt", "rescan=0") as mount:
+        assert mount.process is not None
+        assert inotify_watches(mount.process.pid) == directories
+        mounted = mount.mountpoint
+        for relpath in ("d39/s49/last", f"{deepest.relative_to(root)}/deepest"):
+            assert not exists(mounted / relpath)  # cached as a negative lookup for an hour
+            put_file(shadow, file_at(relpath, 0, size=10))
+            wait_for(lambda relpath=relpath: exists(mounted / relpath), f"{relpath} created after the start")
+            (root / relpath).unlink()
+        (root / "new").mkdir()
+        wait_for(lambda: exists(mounted / "new"), "a directory made after the start")
+        assert not exists(mounted / "new" / "f")
+        put_file(shadow, file_at("new/f", 1, size=20))
+        wait_for(lambda: exists(mounted / "new" / "f"), "a file in the directory made after the start")
+        assert inotify_watches(mount.process.pid) == directories + 1

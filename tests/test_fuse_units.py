@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import pytest
+from watchdog.observers.inotify_c import CallbackId, Mask, WatchCallback
 
 from famfs import format as fmt
 from famfs.device import Device
@@ -16,6 +18,7 @@ from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
 from fusefs.inodes import ROOT_INODE, InodeTable, NoticeKind
 from fusefs.shadow_reader import Geometry
+from fusefs.watcher import ReportingInotifyFD
 from tests.fuse_util import empty_shadow, put_file, put_yaml
 
 MiB = 1 << 20
@@ -165,3 +168,20 @@ def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) 
             data.write(striped, striped.size, b"x")
         assert bytes(data.read(striped, striped.size - 2, 2)) == b"xy"
         data.close()
+
+
+def test_a_directory_the_kernel_will_not_watch_is_reported(tmp_path: Path) -> None:
+    """The hook that turns a missing watch (the watch limit, in production) into a rescan: here
+    the kernel refuses an empty event mask (EINVAL); a path already gone is not reported."""
+    reasons: list[str] = []
+    unused = cast(WatchCallback, object())  # every add fails: nothing is ever called back
+    inotify = ReportingInotifyFD(reasons.append)
+    try:
+        with pytest.raises(OSError):
+            inotify.add_callback(os.fsencode(tmp_path), Mask(0), unused, CallbackId(1))
+        assert len(reasons) == 1 and str(tmp_path) in reasons[0]
+        with pytest.raises(OSError):
+            inotify.add_callback(os.fsencode(tmp_path / "gone"), Mask(1), unused, CallbackId(1))
+        assert len(reasons) == 1
+    finally:
+        inotify.close()

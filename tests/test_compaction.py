@@ -18,6 +18,7 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master import compact, fsck, writer
 from famfs.master.writer import load
+from tests.agent_util import run_agent, snapshot
 from tests.famfsctl_util import famfsctl, make_image
 
 MiB = 1 << 20
@@ -158,3 +159,17 @@ def test_a_compaction_needs_room_for_its_staging_copy(tmp_path: Path, system_uui
     assert failed.returncode == 1 and "no free run" in failed.stderr and "Traceback" not in failed.stderr
     with Device(image) as device:
         assert FamfsLog(device).location.epoch == 0 and fsck.check(device).clean
+
+
+def test_an_agent_plays_a_compacted_log_into_the_same_tree(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = churned_image(tmp_path, system_uuid_file)
+    before = tmp_path / "before.img"
+    shutil.copyfile(image, before)
+    famfsctl("compact", image)
+    trees = []
+    for device, shadow in ((before, tmp_path / "shadow-before"), (image, tmp_path / "shadow-after")):
+        played = run_agent("--shadow", shadow, device)
+        assert played.returncode == 0, played.stderr
+        trees.append({path: content for path, content in snapshot(shadow / "root").items()
+                      if not path.startswith(".meta")})
+    assert trees[0] == trees[1] and len(trees[0]) > 20

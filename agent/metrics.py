@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # the follower owns the stats; only the collector looks back 
 PREFIX = "famfs_agent"
 # The `type` label of famfs_agent_entries_total; an entry that cannot be decoded is "unreadable".
 ENTRY_TYPES: dict[type, str] = {fmt.FileEntry: "file", fmt.MkdirEntry: "mkdir", fmt.DeleteEntry: "delete",
-                                fmt.RmdirEntry: "rmdir", fmt.AddDaxdevEntry: "add_daxdev", fmt.EntryError: "unreadable"}
+                                fmt.RmdirEntry: "rmdir", fmt.AddDaxdevEntry: "add_daxdev", fmt.HoldEntry: "hold",
+                                fmt.EntryError: "unreadable"}
 
 
 @dataclass

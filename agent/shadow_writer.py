@@ -410,6 +410,8 @@ class ShadowTree:
             return self.apply_add_daxdev(index, entry, famfs_log)
         if type(entry) is fmt.RmdirEntry:
             return self.apply_rmdir(index, entry, famfs_log)
+        if type(entry) is fmt.HoldEntry:
+            return self.apply_hold(index, entry, famfs_log)
         raise TypeError(f"entry {index}: {type(entry).__name__} is not applied by ShadowTree.apply")
 
     def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog, raw: bytes | None = None) -> Outcome:
@@ -518,6 +520,16 @@ class ShadowTree:
         except FileNotFoundError:
             return False
         return True
+
+    def apply_hold(self, index: int, entry: fmt.HoldEntry, famfs_log: FamfsLog) -> Outcome:
+        """A deleted file a compaction carried over (docs/reclaim.md): its units stay taken until
+        reclaimed; nothing appears in the tree."""
+        try:
+            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err), entry.file.relpath) from None
+        self.units.claim(entry.file.all_extents())
+        return Outcome.APPLIED
 
     def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
         """The daxdev table for fusefs (upstream's table rules are the rule book's)."""

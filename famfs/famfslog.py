@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from famfs import format as fmt
+from famfs.compaction import LogLocation, read_record
 from famfs.device import Device, DeviceError
 
 RAW_CHUNK = 256  # slots read at once by raw_entries: 136 KiB
@@ -39,7 +40,11 @@ class FamfsLog:
         if self.superblock.dev_size > device.size:
             raise fmt.FormatError(
                 f"{device.path}: superblock says the device is {self.superblock.dev_size} bytes, it has {device.size}")
-        self.log_base = self.superblock.log_offset
+        try:
+            self.location = LogLocation.of(read_record(device.map), self.superblock, device.size)
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{device.path}: {err}") from None
+        self.log_base = self.location.base  # the staging copy while a committed compaction is copied
         self.header()  # validate now: a bad header is a bad device
 
     @property

@@ -49,6 +49,7 @@ class EntryType(enum.IntEnum):
     RMDIR = 5  # ours, after upstream's last value: a directory delete (docs/format.md); upstream readers skip it
     RECLAIM = 6  # ours: deleted files' units are free again (docs/reclaim.md); upstream readers skip it
     FENCE = 7  # ours: the master stops waiting for a host incarnation (docs/reclaim.md); skipped upstream
+    HOLD = 8  # ours: a deleted file's units kept across a compaction, FILE's layout (docs/reclaim.md)
 
 
 class ExtentType(enum.IntEnum):
@@ -94,6 +95,7 @@ RELPATH_OFFSETS: dict[int, int] = {
     EntryType.MKDIR: ENTRY_HEAD.size + struct.calcsize("<III"),  # after uid, gid, mode
     EntryType.DELETE: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
     EntryType.RMDIR: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
+    EntryType.HOLD: ENTRY_HEAD.size + struct.calcsize("<QIIII"),  # FILE's layout
 }
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
@@ -120,6 +122,16 @@ HOST_RECORD_CRC_SPAN = 248
 # renewed (CLOCK_BOOTTIME ns), serve window (ns), pid, flags, hostname, zeros, CRC
 HOST_RECORD = struct.Struct("<QHHI16s" + "7Q" + "II64s" + "88x" + "Q")
 assert HOST_RECORD.size == HOST_RECORD_SIZE and SUPERBLOCK.size <= HOST_TABLE_OFFSET
+
+# The compaction record (ours, docs/reclaim.md "Log compaction"): where the log is while a
+# compacted log is copied over the old one. Written by the master only; its store is the commit.
+COMPACTION_RECORD_OFFSET = 0x10000
+COMPACTION_MAGIC = int.from_bytes(b"FAMFSCMP", "little")
+COMPACTION_RECORD_VERSION = 1
+# magic, version, state, epoch, staging offset, staged bytes, staged entries, staged bytes' CRC, CRC
+COMPACTION_RECORD = struct.Struct("<QHH4x" + "5Q" + "Q")
+COMPACTION_RECORD_CRC_SPAN = COMPACTION_RECORD.size - 8
+assert COMPACTION_RECORD_OFFSET + COMPACTION_RECORD.size <= HOST_TABLE_OFFSET
 
 
 def log_capacity(log_len: int) -> int:
@@ -374,7 +386,16 @@ class FenceEntry:
     applied: int  # the last applied count the master saw
 
 
-Entry = FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry | ReclaimEntry | FenceEntry
+@dataclass(frozen=True, slots=True)
+class HoldEntry:
+    """A deleted, not yet reclaimed file carried into a compacted log: its units stay taken until a
+    RECLAIM names this entry (as both its FILE and its DELETE index); its relpath is kept for the
+    hosts' pins, not as a name: a HOLD is no file of the namespace."""
+
+    file: FileEntry
+
+
+Entry = FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry | ReclaimEntry | FenceEntry | HoldEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +516,9 @@ def encode_entry(entry: Entry, seqnum: int) -> bytes:
                 seqnum, EntryType.FENCE, entry.system_uuid.bytes, entry.incarnation, entry.slot, entry.reason,
                 entry.heartbeat, entry.applied, 0,
             )
+        case HoldEntry():
+            raw = bytearray(encode_entry(entry.file, seqnum))
+            struct.pack_into("<I", raw, ENTRY_HEAD.size - 8, EntryType.HOLD)
         case _:
             raise TypeError(f"not a log entry: {entry!r}")
     return _seal(bytearray(raw))
@@ -543,6 +567,8 @@ def _decode_body(raw: bytes, kind: int) -> Entry:
         return AddDaxdevEntry(dev_size=size, dev_uuid=uuid.UUID(bytes=dev_uuid), dev_index=dev_index)
     if kind == EntryType.RECLAIM:
         return _decode_reclaim(raw)
+    if kind == EntryType.HOLD:
+        return HoldEntry(file=_decode_file(raw))
     if kind == EntryType.FENCE:
         _, _, host, incarnation, slot, reason, heartbeat, applied, _ = FENCE_ENTRY.unpack(raw)
         try:

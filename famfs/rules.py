@@ -361,6 +361,9 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
             daxdev_dense(model, entry)
             daxdev_sized(entry)
             daxdev_unique(model, entry)
+        case fmt.HoldEntry():  # a deleted file carried by a compaction: its units, no name
+            check_extents(entry.file, geometry)
+            space_unclaimed(model, entry.file)
         case _:
             raise TypeError(f"not a log entry: {entry!r}")
 
@@ -420,6 +423,9 @@ class Namespace:
                 del self.dirs[entry.relpath]
             case fmt.AddDaxdevEntry():
                 self.daxdevs.append(entry.dev_uuid)
+            case fmt.HoldEntry():
+                self.units.claim(entry.file.all_extents())
+                self.deleted[index] = entry.file
 
     def forget_dir(self, relpath: str) -> None:
         """Undo record() of a MKDIR that was not appended after all (a refused `mkdir -p`)."""

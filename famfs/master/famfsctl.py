@@ -270,6 +270,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if usable else 1
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    with writer.session(checked_device(args), uuid_file(args)) as current:
+        done = current.compact()
+    print(f"{current.log.path}: log compacted to epoch {done.epoch}: {done.entries_before} -> {done.entries_after} "
+          f"entries ({done.held} held by deleted files not yet reclaimed), {done.seconds * 1000:.1f} ms")
+    return 0
+
+
 def cmd_install_units(args: argparse.Namespace) -> int:
     written = units_install.install(Path(args.unit_dir), Path(args.bindir) if args.bindir else None)
     for path in written:
@@ -388,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = add(name, run, text, [targeted])
         sub.add_argument("device_path", metavar="DEVICE", nargs="?",
                          help="the device or image, or a directory of a mounted famfs (or give --device)")
+
+    sub = add("compact", cmd_compact, "replace the log by one holding only the live namespace (docs/reclaim.md): "
+              "every host follows; a kill at any instant leaves the old log or the new one", [targeted])
+    sub.add_argument("device_path", metavar="DEVICE", nargs="?",
+                     help="the device or image, or a directory of a mounted famfs (or give --device)")
 
     sub = add("install-units", cmd_install_units, "install the systemd units of famfs-agent and famfs-fuse-mount, "
               "pointing at this installation's programs")

@@ -20,7 +20,7 @@ import errno
 import os
 import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
+from famfs.master import compact as compaction
 
 log = structlog.get_logger("famfsctl")
 
@@ -85,6 +86,7 @@ class Replayed:
 
     namespace: rules.Namespace
     fs_uuid: uuid.UUID
+    epoch: int  # a compaction replaces the log: a new epoch (docs/reclaim.md)
     next_index: int
     last_seal: tuple[int, int] | None
 
@@ -93,13 +95,13 @@ class Replayed:
         return cls(namespace, *cls._where(famfs_log))
 
     @staticmethod
-    def _where(famfs_log: FamfsLog) -> tuple[uuid.UUID, int, tuple[int, int] | None]:
+    def _where(famfs_log: FamfsLog) -> tuple[uuid.UUID, int, int, tuple[int, int] | None]:
         count = famfs_log.header().next_index
         seal = fmt.entry_seal(famfs_log.raw_entry(count - 1)) if count else None
-        return famfs_log.superblock.fs_uuid, count, seal
+        return famfs_log.superblock.fs_uuid, famfs_log.location.epoch, count, seal
 
     def still(self, famfs_log: FamfsLog) -> bool:
-        return self._where(famfs_log) == (self.fs_uuid, self.next_index, self.last_seal)
+        return self._where(famfs_log) == (self.fs_uuid, self.epoch, self.next_index, self.last_seal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +334,14 @@ class Session:
             raise MasterError("\n".join([*problems, "nothing removed"]))
         return [self.remove(relpath) for relpath in relpaths]
 
+    def compact(self, step: Callable[[str], None] = lambda _: None) -> compaction.Compacted:
+        """Replace the log by one holding only the live namespace (famfs/master/compact.py), then
+        go on from the new log."""
+        done = compaction.compact(self.log, self.namespace, step)
+        self.log = FamfsLog(self.device)
+        self.namespace = load(self.log)
+        return done
+
     def rmdir(self, relpath: str) -> int:
         """Log an RMDIR of a live, empty directory (docs/format.md)."""
         made_by = self.namespace.dir_index(relpath)
@@ -356,6 +366,8 @@ def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None
         except NotMasterError as err:
             raise MasterError(f"{device_path}: {err}", err) from None
         with device.exclusive():
+            if compaction.roll_forward(famfs_log):
+                famfs_log = FamfsLog(device)
             yield Session(famfs_log, rng, known)
 
 

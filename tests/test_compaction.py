@@ -1,0 +1,175 @@
+"""Log compaction (famfs/master/compact.py, docs/reclaim.md "Log compaction"): the compacted log
+holds exactly the live namespace, and a kill at any step leaves a device that our readers read as
+the old namespace or the new one, and upstream's logplay as one of the two or not at all: never a
+mix. The next master session finishes a committed compaction."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from famfs import Master
+from famfs import format as fmt
+from famfs.compaction import CompactionState, read_record
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import compact, fsck, writer
+from famfs.master.writer import load
+from tests.agent_util import run_agent, snapshot
+from tests.famfsctl_util import famfsctl, make_image
+
+MiB = 1 << 20
+
+
+class Killed(Exception):
+    """Stands for kill -9: nothing after the step runs."""
+
+
+def live_view(image: Path) -> tuple[dict[str, tuple], set[str], int]:
+    """What our readers see: files (path -> size, mode, uid, gid, extents), directories, units taken."""
+    with Device(image) as device:
+        namespace = load(FamfsLog(device))
+    files = {path: (e.size, e.mode, e.uid, e.gid, e.all_extents()) for path, (_, e) in namespace.files.items()}
+    return files, set(namespace.dirs) - {""}, namespace.units.used_units
+
+
+def upstream_logplay(image: Path) -> set[str] | None:
+    """Upstream's logplay (docs/format.md §3.2) reading the log at 2 MiB: None if it refuses the
+    header (bad magic or CRC), else the paths it shows (first wins; types it does not know skipped;
+    a bad slot ends the replay)."""
+    raw = image.read_bytes()[:fmt.LOG_OFFSET + 16 * MiB]
+    base = fmt.LOG_OFFSET
+    magic, _, _, crc, _, next_index = fmt.LOG_HEADER.unpack_from(raw, base)
+    if magic != fmt.LOG_MAGIC or crc != fmt.crc32(raw[base:base + fmt.LOG_HEADER_CRC_SPAN]):
+        return None
+    shown: set[str] = set()
+    for index in range(next_index):
+        slot = raw[base + fmt.entry_offset(index):base + fmt.entry_offset(index + 1)]
+        seqnum, stored = fmt.SLOT_SEAL.unpack_from(slot)
+        if seqnum != index or stored != fmt.crc32(slot[:fmt.ENTRY_CRC_SPAN]):
+            break
+        kind = struct.unpack_from("<I", slot, 8)[0]
+        if kind in (fmt.EntryType.FILE, fmt.EntryType.MKDIR):
+            shown.add(fmt.raw_relpath(slot).decode())
+    return shown
+
+
+def churned_image(tmp_path: Path, system_uuid_file: Path) -> Path:
+    """A log with live and deleted files, removed directories and a path used twice."""
+    image = make_image(tmp_path / "dev.img", "2g")
+    master = Master(str(image), system_uuid_file=system_uuid_file)
+    with master.batch():
+        master.mkdir("keep/sub", parents=True)
+        master.mkdir("gone")
+        for n in range(30):
+            new = master.create(f"keep/f{n}", MiB + n, mode=0o600 + n % 8, uid=n, gid=2 * n)
+            new.buffer[:8] = n.to_bytes(8, "little")
+        master.create("gone/tmp", 3 * MiB)
+        master.create("keep/sub/again", MiB)
+    master.remove(*(f"keep/f{n}" for n in range(0, 30, 3)), "gone/tmp", "keep/sub/again")
+    with writer.session(str(image), system_uuid_file) as current:
+        current.rmdir("gone")
+    master.create("keep/sub/again", 2 * MiB).commit()  # the path again, on other units
+    return image
+
+
+def test_the_compacted_log_holds_exactly_the_live_namespace(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = churned_image(tmp_path, system_uuid_file)
+    before = live_view(image)
+    entries_before = len(list(FamfsLog(Device(image)).entries()))
+    done = famfsctl("compact", image)
+    assert "log compacted to epoch 1" in done.stdout
+    after = live_view(image)
+    assert after == before  # same files at the same extents, same directories, same units taken (held too)
+    with Device(image) as device:
+        famfs_log = FamfsLog(device)
+        assert famfs_log.location.epoch == 1 and not famfs_log.location.staged
+        kept = [entry for _, entry in famfs_log.entries()]
+    assert len(kept) < entries_before
+    holds = [entry for entry in kept if isinstance(entry, fmt.HoldEntry)]
+    assert len(holds) == 12  # the deleted files' units stay taken until reclaimed
+    assert not any(isinstance(entry, fmt.DeleteEntry | fmt.RmdirEntry) for entry in kept)
+    assert upstream_logplay(image) == set(before[0]) | before[1]  # upstream shows the live namespace
+    with Device(image) as device:
+        assert fsck.check(device).clean
+    # The file system goes on: a new file, a delete, a second compaction.
+    master = Master(str(image), system_uuid_file=system_uuid_file)
+    master.create("keep/new", MiB).commit()
+    master.remove("keep/f1")
+    famfsctl("compact", image)
+    files, dirs, _ = live_view(image)
+    assert "keep/new" in files and "keep/f1" not in files and "gone" not in dirs
+    with Device(image) as device:
+        assert FamfsLog(device).location.epoch == 2
+
+
+@pytest.mark.parametrize("stop_after", compact.STEPS)
+def test_a_kill_at_any_step_leaves_the_old_or_the_new_log_never_a_mix(
+        tmp_path: Path, system_uuid_file: Path, stop_after: str) -> None:
+    image = churned_image(tmp_path, system_uuid_file)
+    old_view, old_upstream = live_view(image), upstream_logplay(image)
+    reference = tmp_path / "reference.img"
+    shutil.copyfile(image, reference)
+    famfsctl("compact", reference)
+    new_upstream = upstream_logplay(reference)
+
+    def step(name: str) -> None:
+        if name == stop_after:
+            raise Killed(name)
+
+    with pytest.raises(Killed), writer.session(str(image), system_uuid_file) as current:
+        current.compact(step)
+
+    committed = compact.STEPS.index(stop_after) >= compact.STEPS.index("committed")
+    with Device(image) as device:
+        record = read_record(device.map)
+        famfs_log = FamfsLog(device)
+        assert famfs_log.location.staged == (committed and stop_after != "done")
+        assert record.state == (CompactionState.DONE if stop_after == "done" else
+                                CompactionState.COPYING if committed else CompactionState.NONE)
+    assert live_view(image) == old_view  # the same namespace either way: the compacted log is its image
+    assert upstream_logplay(image) in (old_upstream, new_upstream, None)
+
+    with writer.session(str(image), system_uuid_file) as current:  # the next master session rolls forward
+        assert current.log.location.epoch == (1 if committed else 0)
+    assert live_view(image) == old_view
+    assert upstream_logplay(image) == (new_upstream if committed else old_upstream)
+    with Device(image) as device:
+        assert fsck.check(device).clean
+        assert read_record(device.map).state != CompactionState.COPYING
+
+
+def test_a_compaction_needs_room_for_its_staging_copy(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "dev.img", "1g")
+    master = Master(str(image), system_uuid_file=system_uuid_file)
+    with master.batch():  # every free unit taken, 2 MiB files
+
+        n = 0
+        while True:
+            try:
+                master.create(f"f{n}", 2 * MiB)
+            except writer.MasterError:
+                break
+            n += 1
+    assert n > 400
+    failed = famfsctl("compact", image, check=False)
+    assert failed.returncode == 1 and "no free run" in failed.stderr and "Traceback" not in failed.stderr
+    with Device(image) as device:
+        assert FamfsLog(device).location.epoch == 0 and fsck.check(device).clean
+
+
+def test_an_agent_plays_a_compacted_log_into_the_same_tree(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = churned_image(tmp_path, system_uuid_file)
+    before = tmp_path / "before.img"
+    shutil.copyfile(image, before)
+    famfsctl("compact", image)
+    trees = []
+    for device, shadow in ((before, tmp_path / "shadow-before"), (image, tmp_path / "shadow-after")):
+        played = run_agent("--shadow", shadow, device)
+        assert played.returncode == 0, played.stderr
+        trees.append({path: content for path, content in snapshot(shadow / "root").items()
+                      if not path.startswith(".meta")})
+    assert trees[0] == trees[1] and len(trees[0]) > 20

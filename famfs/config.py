@@ -133,6 +133,7 @@ class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     mount: MountSettings = field(default_factory=MountSettings)
     source: str | None = None  # the file these came from, if any
+    given: set[str] = field(default_factory=set)  # "section.key" of every key the file set
 
 
 SECTIONS: dict[str, type[Any]] = {"host": HostSettings, "agent": AgentSettings, "mount": MountSettings}
@@ -175,6 +176,7 @@ def load(explicit: str | None = None) -> Settings:
         if section_name not in SECTIONS or not isinstance(values, dict):
             raise ConfigError(f"config file {path}: unknown section [{section_name}]")
         _overlay(getattr(settings, section_name), values, f"config file {path} [{section_name}]")
+        settings.given.update(f"{section_name}.{key}" for key in values)
     settings.source = str(path)
     return settings
 

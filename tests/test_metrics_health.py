@@ -144,7 +144,8 @@ def test_mount_metrics_count_requests(tmp_path: Path, system_uuid_file: Path, co
     famfsctl("creat", "--device", image, "-s", "64k", "--randomize", "--seed", "7", "dir/data")
     shadow = tmp_path / "shadow"
     client = fuse_util.client_env(tmp_path)  # its mkdir below is refused
-    with following(image, shadow), Mount(shadow, image, tmp_path / "mnt", "timeout=0", env=client) as mount:
+    with following(image, shadow, "--system-uuid-file", fuse_util.client_uuid_file(tmp_path)), \
+            Mount(shadow, image, tmp_path / "mnt", "timeout=0", env=client) as mount:
         port = config[1]
         before = scrape(port)
         data = (mount.mountpoint / "dir" / "data").read_bytes()

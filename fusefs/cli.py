@@ -335,7 +335,7 @@ class Daemon:
         stats = MountStats()
         try:
             server = MetricsServer(self.cfg.metrics_address, MountCollector(
-                stats, ops, self.table, self.sync, self.notifier, fs_uuid, self.cfg.device))
+                stats, ops, self.table, self.sync, self.notifier, fs_uuid))
         except MetricsError as err:
             raise UsageError(str(err)) from None
         instrument(ops, stats)

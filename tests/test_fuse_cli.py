@@ -106,7 +106,7 @@ def test_mkdir_warnings_and_the_first_eperm_explained(tmp_path: Path, tree: tupl
     finally:
         unmount(mountpoint)
     (mountpoint / "left-here").write_text("")
-    with Mount(shadow, device, mountpoint) as mount:
+    with Mount(shadow, device, mountpoint, env=client) as mount:
         assert f"mount point {mountpoint} is not empty: its files are hidden while famfs is mounted" in mount.log()
 
 

@@ -105,11 +105,12 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     (tmp_path / "block.py").write_text(readme_python_block())  # runs after the shell block, on its image
     mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {path}" for path in PRIVATE_TMPFS)
     # -e: the first failing line fails the test; the block's own commands are untouched.
-    # The client block's two halves run in one shell: its `kill %1` is its own agent's job.
-    client = (f"bash -ec {shlex.quote(f'. {tmp_path}/client_head.sh; .venv/bin/python {tmp_path}/client_check.py; '
-                                      f'. {tmp_path}/client_tail.sh')}")
-    script = (f"{mounts} && cd {shlex.quote(str(clone))} && bash -e {shlex.quote(str(tmp_path / 'block.sh'))}"
-              f" && {client} && exec .venv/bin/python {shlex.quote(str(tmp_path / 'block.py'))}")
+    # One shell, as a reader's: the client block runs where the first left off (its venv active),
+    # checked between its lines; its `kill %1` is its own agent's job.
+    shell = (f". {tmp_path}/block.sh; . {tmp_path}/client_head.sh; .venv/bin/python {tmp_path}/client_check.py; "
+             f". {tmp_path}/client_tail.sh")
+    script = (f"{mounts} && cd {shlex.quote(str(clone))} && bash -ec {shlex.quote(shell)}"
+              f" && exec .venv/bin/python {shlex.quote(str(tmp_path / 'block.py'))}")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "FAMFS_"))}
     env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if ".venv" not in part)
     process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],

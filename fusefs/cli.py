@@ -14,9 +14,10 @@ mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
 The mount's identity (system UUID) is its agent's, from state.json; an identity given on purpose
 (--system-uuid-file, $FAMFS_SYSTEM_UUID_FILE, [host] system_uuid_file) that differs is refused
 (exit 2): one host, one identity (famfs.identity.agents_identity). On the master host (that
-identity is the superblock's) a writable mount takes namespace changes (mkdir, new files, unlink, rmdir) through a famfs.namespace.NamespaceWriter that
-`main` is given by the composition root (famfs_fuse_mount/, the console script): fusefs itself
-never imports the master's writer (docs/architecture.md).
+identity is the superblock's) a writable mount takes namespace changes (mkdir, new files,
+unlink, rmdir) through a famfs.namespace.NamespaceWriter that `main` is given by the
+composition root (famfs_fuse_mount/, the console script): fusefs itself never imports the
+master's writer (docs/architecture.md).
 """
 
 from __future__ import annotations

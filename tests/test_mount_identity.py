@@ -103,7 +103,8 @@ def test_without_an_agent_the_given_identity_decides(tmp_path: Path, device: Pat
     with Mount(shadow, device, tmp_path / "mnt", env={**NO_IDENTITY, env.SYSTEM_UUID_FILE: str(master)}) as mount:
         pass
     assert "namespace='written here (master)'" in mount.log() and f"identity_from='{master}'" in mount.log()
-    with Mount(shadow, device, tmp_path / "mnt2", env={**NO_IDENTITY, env.SYSTEM_UUID_FILE: str(tmp_path / "x")}) as mount:
+    elsewhere = {**NO_IDENTITY, env.SYSTEM_UUID_FILE: str(tmp_path / "x")}
+    with Mount(shadow, device, tmp_path / "mnt2", env=elsewhere) as mount:
         pass
     assert "namespace='read-only here'" in mount.log()
 

@@ -19,8 +19,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
-
 import structlog
 
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
@@ -264,10 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
 
 
-def entry() -> NoReturn:
-    """The famfs-agent command (main() is the same, returning its exit code, for in-process callers)."""
-    logsetup.exit_now(main())
-
-
 if __name__ == "__main__":
-    entry()
+    from agent.entry import entry
+    entry(main)  # the console script starts at agent.entry, which loads this module after taking the signals

@@ -27,7 +27,7 @@ from famfs import service
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
-from famfs.identity import Role, role_of
+from famfs.identity import HostIdentity, Role, system_uuid
 from famfs.progress import Progress
 from famfs.shadowdir import STATE_FILE, AgentState, boot_id, image_identity, tree_problem
 
@@ -158,9 +158,12 @@ class Follower:
             self.tree.reset(sb, self.device_path)
         assert state is not None
         self.state = state
-        role = role_of(sb, self.uuid_file)
+        mine = HostIdentity(self.uuid_file, system_uuid(self.uuid_file, create=False), str(self.uuid_file))
+        role = mine.role(sb)
         self.tree.write_meta(sb, master=role is Role.MASTER)
         state.device, state.role, state.boot_id = self.state_device, role.value, boot_id()
+        state.system_uuid_file = os.path.abspath(self.uuid_file)  # the mount reads it from any directory
+        state.system_uuid = str(mine.system_uuid) if mine.system_uuid else None
         assert self.device is not None
         state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
         state.pid, state.following, state.stalled_at = os.getpid(), self.following, None

@@ -45,8 +45,9 @@ class AgentCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from famfs.metrics import build_info
+        from famfs.metrics import build_info, filesystem_info
 
+        yield build_info(PREFIX)
         stats, state = self.follower.stats, self.follower.state
         if state is not None:
             lag = max(state.next_index_seen - state.applied_index - 1, 0)
@@ -62,7 +63,7 @@ class AgentCollector:
             }
             for name, (doc, value) in gauges.items():
                 yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-            yield build_info(PREFIX, state.fs_uuid, role=state.role, device=state.device)
+            yield filesystem_info(PREFIX, state.fs_uuid, role=state.role)
         entries = CounterMetricFamily(f"{PREFIX}_entries", "Log entries dealt with, by entry type and outcome "
                                       "(applied, present, duplicate, deleted, rejected)", labels=["type", "outcome"])
         for (kind, outcome), count in dict(stats.entries).items():  # a copy: the follower adds keys

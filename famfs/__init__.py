@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["open", "MappedFile", "Master", "NewFile", "MasterError"]
+__all__ = ["open", "MappedFile", "ImageTruncated", "Master", "NewFile", "MasterError"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("open", "MappedFile"):
+    if name in ("open", "MappedFile", "ImageTruncated"):
         from famfs import mapping
 
         return getattr(mapping, name)

@@ -27,6 +27,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CACHE_MODES = ("direct", "auto", "always")  # docs/consistency.md
 POLL_RANGE = (0.001, 60_000.0)  # milliseconds: a microsecond up to a minute
 SECONDS_RANGE = (0.0, 31_536_000.0)  # up to a year, as upstream's longest cache timeout
+LOOPBACK = "127.0.0.1"  # where an address without a host (":PORT") binds
 RULE = "famfs.config.rule"  # the key of a field's Rule in its metadata
 
 
@@ -42,7 +43,7 @@ class Rule:
     high: float | None = None
     choices: tuple[str, ...] = ()
     nonempty: bool = False
-    address: bool = False  # HOST:PORT, :PORT or [V6]:PORT, or empty (off)
+    address: bool = False  # HOST:PORT, :PORT (loopback) or [V6]:PORT, or empty (off)
 
     def describe(self, default: Any) -> str:
         """The allowed values of a key with this default, as docs/config.md's table shows them."""
@@ -53,7 +54,7 @@ class Rule:
         if self.low is not None and self.high is not None:
             return f"{_number(self.low)} .. {_number(self.high)}"
         if self.address:
-            return "HOST:PORT or :PORT, or empty: off"
+            return "HOST:PORT, or :PORT (127.0.0.1), or empty: off"
         return "non-empty path" if self.nonempty else "a path, or empty: not set"
 
     def check(self, value: Any) -> str | None:
@@ -74,12 +75,14 @@ class Rule:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """"HOST:PORT", ":PORT" (every interface) or "[V6]:PORT" -> (host, port); ValueError if not."""
+    """"HOST:PORT", ":PORT" or "[V6]:PORT" -> (host, port); ValueError if not. No host means
+    loopback: a daemon's figures reach other machines only when an address names a host that
+    does (0.0.0.0, [::], an interface's address)."""
     host, colon, port_text = address.rpartition(":")
     if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"must be HOST:PORT or :PORT with a port 0-65535, not {address!r}")
     host = host.removeprefix("[").removesuffix("]")
-    return host or "0.0.0.0", int(port_text)
+    return host or LOOPBACK, int(port_text)
 
 
 def _number(value: float) -> str:
@@ -133,6 +136,7 @@ class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     mount: MountSettings = field(default_factory=MountSettings)
     source: str | None = None  # the file these came from, if any
+    given: set[str] = field(default_factory=set)  # "section.key" of every key the file set
 
 
 SECTIONS: dict[str, type[Any]] = {"host": HostSettings, "agent": AgentSettings, "mount": MountSettings}
@@ -175,6 +179,7 @@ def load(explicit: str | None = None) -> Settings:
         if section_name not in SECTIONS or not isinstance(values, dict):
             raise ConfigError(f"config file {path}: unknown section [{section_name}]")
         _overlay(getattr(settings, section_name), values, f"config file {path} [{section_name}]")
+        settings.given.update(f"{section_name}.{key}" for key in values)
     settings.source = str(path)
     return settings
 

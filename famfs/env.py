@@ -1,7 +1,7 @@
 """Every environment variable a famfs-agent program reads, named once (part of the documented
 command-line contract: README.md, famfs-agent.toml)."""
 
-SYSTEM_UUID_FILE = "FAMFS_SYSTEM_UUID_FILE"  # this host's identity file (famfsctl, famfs-agent)
+SYSTEM_UUID_FILE = "FAMFS_SYSTEM_UUID_FILE"  # this host's identity file (all three programs)
 AGENT_CONFIG = "FAMFS_AGENT_CONFIG"  # the famfs-agent.toml to read (all three programs)
 DEMO_DIR = "FAMFS_DEMO_DIR"  # `make demo`: where its work directory is made
 DEMO_SIZE = "FAMFS_DEMO_SIZE"  # `make demo`: the size of the sparse device image

@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from famfs import env
 from famfs import format as fmt
-from famfs.config import HostSettings
+from famfs.config import HostSettings, Settings
 
 SYSTEM_UUID_ENV = env.SYSTEM_UUID_FILE
 SYSTEM_UUID_FLAG_HELP = (f"this host's identity (default: ${SYSTEM_UUID_ENV}, then [host] system_uuid_file "
@@ -38,8 +39,20 @@ def system_uuid_file(flag: str | None, configured: str) -> Path:
     return Path(flag or os.environ.get(SYSTEM_UUID_ENV) or configured)
 
 
+def given_system_uuid_file(flag: str | None, settings: Settings) -> Path | None:
+    """The identity file named on purpose (the flag, $FAMFS_SYSTEM_UUID_FILE, or a config file's
+    `[host] system_uuid_file`); None when only the built-in default would apply."""
+    if flag or os.environ.get(SYSTEM_UUID_ENV) or "host.system_uuid_file" in settings.given:
+        return system_uuid_file(flag, settings.host.system_uuid_file)
+    return None
+
+
 class IdentityError(ValueError):
     """The system-UUID file exists but holds no UUID; the message names the file."""
+
+
+class IdentityConflict(IdentityError):
+    """A program was given one identity and the host's agent runs with another."""
 
 
 def system_uuid(path: Path, *, create: bool = True) -> uuid.UUID | None:
@@ -62,6 +75,48 @@ def system_uuid(path: Path, *, create: bool = True) -> uuid.UUID | None:
     temp.chmod(0o444)
     temp.rename(path)
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class HostIdentity:
+    """Who this host is: the identity file, the UUID it held when read (None: no file, a client)
+    and where the choice came from (for the log and for error messages)."""
+
+    uuid_file: Path
+    system_uuid: uuid.UUID | None
+    source: str
+
+    def role(self, superblock: fmt.Superblock) -> Role:
+        return Role.MASTER if self.system_uuid == superblock.system_uuid else Role.CLIENT
+
+
+def agents_identity(recorded_file: str | None, recorded_uuid: str | None, given: Path | None,
+                    default: Path, agent: str) -> HostIdentity:
+    """The identity a program beside an agent must use: the one the agent recorded (its
+    state.json: `recorded_file`, `recorded_uuid`), so that a host never acts as two hosts.
+
+    `given` (an identity file named on purpose) must hold the agent's UUID, or IdentityConflict.
+    With nothing recorded (no agent, or one from before agents recorded it), `given`, else
+    `default`, is read. `agent` names the agent's state in messages.
+    """
+    if recorded_file is None:
+        path = given or default
+        return HostIdentity(path, system_uuid(path, create=False), str(path))
+    try:
+        recorded = uuid.UUID(recorded_uuid) if recorded_uuid else None
+    except ValueError:
+        raise IdentityError(f"{agent}: system_uuid {recorded_uuid!r} is not a UUID") from None
+    mine = HostIdentity(Path(recorded_file), recorded, f"the agent ({agent})")
+    if given is not None and (other := system_uuid(given, create=False)) != recorded:
+        raise IdentityConflict(
+            f"this host has two identities: the agent runs as {_who(recorded, recorded_file)} ({agent}), "
+            f"this program was given {_who(other, given)}; give both the same --system-uuid-file, "
+            "or none here to take the agent's")
+    return mine
+
+
+def _who(value: uuid.UUID | None, path: str | os.PathLike[str]) -> str:
+    return f"{value} from {os.fspath(path)}" if value else f"no UUID ({os.fspath(path)} does not exist)"
 
 
 def role_of(superblock: fmt.Superblock, path: Path) -> Role:

@@ -9,6 +9,13 @@ itself; on an image file it shares the file's page cache with every other proces
 The mapping lives as long as the last view of it: closing a file drops its own view, and the
 pages are unmapped when nothing (a numpy array, an Arrow buffer, a slice) refers to them any more,
 so no view is ever left pointing at unmapped memory.
+
+An image file shrunk under a mapping (truncate(1), a shell's `>`; famfs's own tools never shrink
+one) makes a touch of a page past its new end a SIGBUS, which kills the process: Python cannot
+turn a fault in mapped memory into an exception. What can be checked is checked: the image's size
+at open (FamfsLog refuses an image shorter than its superblock says) and at every `.buffer`
+(ImageTruncated, an OSError, instead of a view that would fault). A view already handed out
+cannot be checked (docs/library.md).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import dataclasses
 import errno
 import mmap
 import os
+import stat
 import weakref
 from types import TracebackType
 
@@ -114,14 +122,34 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     return view if writable else view.toreadonly()
 
 
+class ImageTruncated(OSError):
+    """The image file is now too short for the file's bytes: touching them would be a SIGBUS."""
+
+
+def data_end(entry: fmt.FileEntry) -> int:
+    """The device offset just past the file's last byte: an image must be at least that long."""
+    return max((offset + length for offset, length in fmt.device_ranges(entry)), default=0)
+
+
+def check_image_size(fd: int, entry: fmt.FileEntry, where: str) -> None:
+    """ImageTruncated if `fd` is an image file shorter than the file's bytes need."""
+    st = os.fstat(fd)
+    needed = data_end(entry)
+    if stat.S_ISREG(st.st_mode) and st.st_size < needed:
+        raise ImageTruncated(errno.EIO, f"{where}: the image file is {st.st_size} bytes, the file's bytes reach "
+                             f"{needed}: it was truncated, and touching them would kill this process (SIGBUS)")
+
+
 class MappedFile:
     """A famfs file mapped from the device. `.buffer` is a memoryview of exactly its size.
 
     Closing drops this object's view; the memory is unmapped once no other view (numpy array,
     Arrow buffer, slice) refers to it. A famfs file's size is fixed: the buffer never grows.
+    On an image file, `.buffer` first checks the image is still long enough (ImageTruncated).
     """
 
-    def __init__(self, relpath: str, entry: fmt.FileEntry, device: str, mode: str, view: memoryview) -> None:
+    def __init__(self, relpath: str, entry: fmt.FileEntry, device: str, mode: str, view: memoryview,
+                 image_fd: int | None = None) -> None:
         self.relpath = relpath
         self.entry = entry
         self.device = device
@@ -129,6 +157,10 @@ class MappedFile:
         self._view: memoryview | None = view
         # The mapped window itself (not this view): alive while any view of it is.
         self._window = weakref.ref(view.obj) if entry.size else None
+        # An image file's descriptor, kept to fstat it (not its path: it may be replaced); closed
+        # by close() or, at the latest, with this object.
+        self._image_fd = image_fd
+        self._close_fd = weakref.finalize(self, os.close, image_fd) if image_fd is not None else None
 
     @property
     def size(self) -> int:
@@ -147,9 +179,14 @@ class MappedFile:
     def buffer(self) -> memoryview:
         if self._view is None:
             raise ValueError(f"{self.relpath}: I/O operation on a closed famfs file")
+        if self._image_fd is not None:
+            check_image_size(self._image_fd, self.entry, f"{self.device}: {self.relpath}")
         return self._view
 
     def close(self) -> None:
+        if self._close_fd is not None:
+            self._close_fd()
+            self._image_fd = self._close_fd = None
         view, self._view = self._view, None
         if view is not None:
             try:
@@ -237,5 +274,6 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device_path}: {relpath}: {err}; nothing mapped") from None
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path)
-    return MappedFile(relpath, entry, device_path, mode, view)
+        image_fd = os.dup(opened.fd) if stat.S_ISREG(os.fstat(opened.fd).st_mode) else None
+    return MappedFile(relpath, entry, device_path, mode, view, image_fd)
 

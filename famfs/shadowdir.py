@@ -40,7 +40,7 @@ def boot_id() -> str:
 @dataclass
 class AgentState:
     """The schema of state.json, read and written only through this class. famfsctl and
-    famfs-fuse-mount read `device` from it."""
+    famfs-fuse-mount read `device` from it; famfs-fuse-mount its identity too."""
 
     device: str
     fs_uuid: str
@@ -58,6 +58,11 @@ class AgentState:
     stalled_at: int | None = None  # a corrupt entry progress is stopped at
     pending_delete: dict[str, object] | None = None  # {"index", "path"}: unlink may have happened
     role: str = "client"  # identity.Role.value
+    # The host's identity the agent runs with (identity.HostIdentity): the absolute path of its
+    # system-UUID file and the UUID it held (None: no such file, a client). famfs-fuse-mount takes
+    # its identity from here (identity.agents_identity): one host, one identity.
+    system_uuid_file: str | None = None
+    system_uuid: str | None = None
     boot_id: str = field(default_factory=boot_id)
     pid: int = field(default_factory=os.getpid)
     following: bool = False

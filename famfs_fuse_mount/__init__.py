@@ -2,7 +2,8 @@
 
 The one module allowed to import both (docs/architecture.md, tests/test_layering.py): fusefs
 knows the writer only as the famfs.namespace.NamespaceWriter interface, and this module hands it
-famfs.master's implementation, used only when the mount is writable and on the master host.
+famfs.master's implementation, used only when the mount is writable and its identity (its
+agent's, fusefs.cli.host_identity) is the superblock's master.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """famfs-fuse-mount: serve a famfs shadow tree as a file system, file bytes from the device.
 
     famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] [--mkdir]
-                     [--metrics-address HOST:PORT] MOUNTPOINT
+                     [--system-uuid-file F] [--metrics-address HOST:PORT] MOUNTPOINT
     famfs-fuse-mount health [--timeout S] MOUNTPOINT     (fusefs/health.py)
 
 Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shadow), then the
@@ -11,10 +11,13 @@ the parent exits 0 only once the mount is live (else 1, with the daemon's reason
 `fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line. While
 mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
 
-On the master host (this host's system UUID is the superblock's) a writable mount takes
-namespace changes (mkdir, new files, unlink, rmdir) through a famfs.namespace.NamespaceWriter that
-`main` is given by the composition root (famfs_fuse_mount/, the console script): fusefs itself
-never imports the master's writer (docs/architecture.md).
+The mount's identity (system UUID) is its agent's, from state.json; an identity given on purpose
+(--system-uuid-file, $FAMFS_SYSTEM_UUID_FILE, [host] system_uuid_file) that differs is refused
+(exit 2): one host, one identity (famfs.identity.agents_identity). On the master host (that
+identity is the superblock's) a writable mount takes namespace changes (mkdir, new files,
+unlink, rmdir) through a famfs.namespace.NamespaceWriter that `main` is given by the
+composition root (famfs_fuse_mount/, the console script): fusefs itself never imports the
+master's writer (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from famfs import config, logsetup, service
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
-from famfs.identity import Role, role_of, system_uuid_file
+from famfs.identity import (SYSTEM_UUID_FLAG_HELP, HostIdentity, IdentityError, Role, agents_identity,
+                            given_system_uuid_file, system_uuid_file)
 from famfs.namespace import NamespaceWriter
-from famfs.shadowdir import ROOT, agent_pid, recorded_device, state_path
+from famfs.shadowdir import ROOT, agent_pid, read_state, recorded_device, state_path
 from famfs.version import add_version_flag
 from fusefs import health
 from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
@@ -66,6 +70,10 @@ READY = b"ok\n"  # what the daemon tells the waiting parent once the mount is li
 MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
+EXIT_REFUSED = 1  # a usage error: the message says why
+EXIT_IDENTITY = 2  # this host's identity is unusable or not the agent's
+
+
 class UsageError(Exception):
     """A bad argument or environment; the message is printed as-is and the exit code is 1."""
 
@@ -86,7 +94,8 @@ class MountConfig:
     log_format: str
     log_level: str
     metrics_address: str
-    system_uuid_file: str
+    system_uuid_file: str | None  # given on purpose (flag, environment, config file), else None
+    default_uuid_file: str  # read when neither the agent's state nor the above names one
     staging_mib: int
     apply_wait_s: float
 
@@ -102,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
                         "negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
     p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize; log to stderr")
     p.add_argument("--mkdir", action="store_true", help="create MOUNTPOINT (and its parents) if it does not exist")
+    p.add_argument("--system-uuid-file", help=f"{SYSTEM_UUID_FLAG_HELP}; with an agent, its identity is used "
+                   "and this must agree with it")
     add_version_flag(p)
     p.add_argument("--log-file", default=DEFAULT_LOG_FILE, help=f"the daemon's log (default {DEFAULT_LOG_FILE})")
     p.add_argument("--log-format", choices=logsetup.FORMATS, help="default: [host] log_format")
@@ -148,7 +159,8 @@ def resolve(args: argparse.Namespace) -> MountConfig:
         foreground=args.foreground, log_file=os.path.abspath(args.log_file),
         log_format=args.log_format or settings.host.log_format, log_level=args.log_level or settings.host.log_level,
         metrics_address=mount.metrics_address if args.metrics_address is None else args.metrics_address,
-        system_uuid_file=str(system_uuid_file(None, settings.host.system_uuid_file)),
+        system_uuid_file=str(given) if (given := given_system_uuid_file(args.system_uuid_file, settings)) else None,
+        default_uuid_file=str(system_uuid_file(None, settings.host.system_uuid_file)),
         staging_mib=mount.staging_mib, apply_wait_s=mount.apply_wait_s,
     )
 
@@ -253,9 +265,10 @@ def quiet_collector() -> None:
 class Daemon:
     """What one mount owns; `run` is the trio main."""
 
-    def __init__(self, cfg: MountConfig, famfs_log: FamfsLog, shadow_root: str,
+    def __init__(self, cfg: MountConfig, famfs_log: FamfsLog, shadow_root: str, identity: HostIdentity,
                  writer: NamespaceWriter | None = None) -> None:
         self.cfg = cfg
+        self.identity = identity
         self.writer = writer
         self.famfs_log = famfs_log
         self.shadow_root = os.fsencode(shadow_root)
@@ -323,7 +336,7 @@ class Daemon:
         stats = MountStats()
         try:
             server = MetricsServer(self.cfg.metrics_address, MountCollector(
-                stats, ops, self.table, self.sync, self.notifier, fs_uuid, self.cfg.device))
+                stats, ops, self.table, self.sync, self.notifier, fs_uuid))
         except MetricsError as err:
             raise UsageError(str(err)) from None
         instrument(ops, stats)
@@ -338,6 +351,7 @@ class Daemon:
             log.info("mounted", mountpoint=self.cfg.mountpoint, shadow=self.cfg.shadow, device=self.cfg.device,
                      cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid(),
                      master_system_uuid=str(self.famfs_log.superblock.system_uuid),
+                     system_uuid=str(self.identity.system_uuid or "none"), identity_from=self.identity.source,
                      namespace="written here (master)" if self.writer is not None else "read-only here")
             if ready is not None:
                 os.write(ready, READY)
@@ -475,15 +489,21 @@ def daemonize(log_file: str) -> int | None:
 WriterFactory = Callable[[str, Path], NamespaceWriter]  # (device path, system UUID file)
 
 
-def master_writer(cfg: MountConfig, famfs_log: FamfsLog, writer_for: WriterFactory | None) -> NamespaceWriter | None:
-    """The namespace writer of a writable mount on the master host; None anywhere else."""
-    if writer_for is None or cfg.read_only:
+def host_identity(cfg: MountConfig) -> HostIdentity:
+    """This host's identity: its agent's (state.json), checked against one given on purpose."""
+    state = read_state(cfg.shadow)
+    return agents_identity(state.system_uuid_file if state else None, state.system_uuid if state else None,
+                           Path(cfg.system_uuid_file) if cfg.system_uuid_file else None,
+                           Path(cfg.default_uuid_file), str(state_path(cfg.shadow)))
+
+
+def master_writer(cfg: MountConfig, famfs_log: FamfsLog, identity: HostIdentity,
+                  writer_for: WriterFactory | None) -> NamespaceWriter | None:
+    """The namespace writer of a writable mount whose identity is the superblock's master; None
+    anywhere else. The writer checks the identity file again at each change (require_master)."""
+    if writer_for is None or cfg.read_only or identity.role(famfs_log.superblock) is not Role.MASTER:
         return None
-    try:
-        role = role_of(famfs_log.superblock, Path(cfg.system_uuid_file))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"system UUID file {cfg.system_uuid_file}: {err}") from None
-    return writer_for(cfg.device, Path(cfg.system_uuid_file)) if role is Role.MASTER else None
+    return writer_for(cfg.device, identity.uuid_file)
 
 
 def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = None) -> int:
@@ -501,20 +521,25 @@ def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = N
             raise UsageError(str(err)) from None
         logsetup.configure(cfg.log_format, cfg.log_level)
         shadow_root = check_shadow(cfg.shadow)
+        try:
+            identity = host_identity(cfg)
+        except IdentityError as err:
+            print(f"famfs-fuse-mount: {err}", file=sys.stderr)
+            return EXIT_IDENTITY
         check_mountpoint(cfg.mountpoint, args.mkdir)
         for warning in warnings_before_mounting(cfg):
             print(f"famfs-fuse-mount: warning: {warning}", file=sys.stderr)
         famfs_log = open_device(cfg)
-        writer = master_writer(cfg, famfs_log, writer_for)
+        writer = master_writer(cfg, famfs_log, identity, writer_for)
         ready = None if cfg.foreground else daemonize(cfg.log_file)
-        daemon = Daemon(cfg, famfs_log, shadow_root, writer)
+        daemon = Daemon(cfg, famfs_log, shadow_root, identity, writer)
         trio.run(daemon.run, ready)
     except UsageError as err:
         print(f"famfs-fuse-mount: {err}", file=sys.stderr)  # the log file, once daemonized
         if ready is not None and not (daemon is not None and daemon.ready_sent):
             with contextlib.suppress(OSError):  # the waiting parent prints the reason too
                 os.write(ready, str(err).encode())
-        return 1
+        return EXIT_REFUSED
     return 0
 
 

@@ -27,7 +27,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from famfs.metrics import build_info
+from famfs.metrics import build_info, filesystem_info
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
 from fusefs.operations import FamfsOperations
@@ -84,12 +84,13 @@ def _timed(handler: Callable[..., Awaitable[Any]], figures: OperationStats,
 
 class MountCollector:
     def __init__(self, stats: MountStats, ops: FamfsOperations, table: InodeTable, sync: TreeSync,
-                 notifier: Notifier, fs_uuid: str, device: str) -> None:
+                 notifier: Notifier, fs_uuid: str) -> None:
         self.stats, self.ops, self.table, self.sync, self.notifier = stats, ops, table, sync, notifier
-        self.fs_uuid, self.device = fs_uuid, device
+        self.fs_uuid = fs_uuid
 
     def collect(self) -> Iterator[Metric]:
-        yield build_info(PREFIX, self.fs_uuid, device=self.device)
+        yield build_info(PREFIX)
+        yield filesystem_info(PREFIX, self.fs_uuid)
         latency = HistogramMetricFamily(f"{PREFIX}_request_duration_seconds",
                                         "FUSE requests by operation: time in the handler (_count = requests)",
                                         labels=["operation"])

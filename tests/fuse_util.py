@@ -26,15 +26,21 @@ from tests.agent_util import run_agent
 T = TypeVar("T")
 
 
-def play(device: Path, shadow: Path) -> None:
+def play(device: Path, shadow: Path, *extra: str | os.PathLike[str]) -> None:
     """One famfs-agent replay of the log into the shadow tree."""
-    run_agent(device, "--shadow", shadow, "--no-progress", check=True)
+    run_agent(device, "--shadow", shadow, "--no-progress", *extra, check=True)
+
+
+def client_uuid_file(tmp_path: Path) -> Path:
+    """A client host's identity file (not created: a host without one is a client)."""
+    return tmp_path / "client-host" / "system_uuid"
 
 
 def client_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a client host: an identity that is not the device's master, so its
-    mount refuses namespace changes (the master's mount makes them: tests/test_master_mount.py)."""
-    return {**os.environ, env.SYSTEM_UUID_FILE: str(tmp_path / "client-host" / "system_uuid")}
+    mount refuses namespace changes (the master's mount makes them: tests/test_master_mount.py).
+    Its agent must run with the same identity (client_uuid_file), or the mount refuses to start."""
+    return {**os.environ, env.SYSTEM_UUID_FILE: str(client_uuid_file(tmp_path))}
 
 
 def write_device(device: Path, offset: int, data: bytes) -> None:

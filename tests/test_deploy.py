@@ -75,6 +75,9 @@ def test_configmap_configs_load(key: str, tmp_path: Path) -> None:
     path.write_text(configmap["data"][key])
     settings = config.load(str(path))
     assert settings.agent.metrics_address and settings.mount.metrics_address
+    # Prometheus scrapes the pod's IP: an address without a host would be the pod's loopback.
+    assert {config.parse_address(address)[0] for address in (settings.agent.metrics_address,
+                                                              settings.mount.metrics_address)} == {"0.0.0.0"}
     ports = {int(address.rpartition(":")[2]) for address in (settings.agent.metrics_address, settings.mount.metrics_address)}
     declared = {port["containerPort"] for ds in daemonsets().values() for container in ds["spec"]["template"]["spec"]["containers"]
                 for port in container["ports"]}

@@ -22,6 +22,7 @@ from tests.fuse_util import (
     WAIT_S,
     Mount,
     client_env,
+    client_uuid_file,
     mount_status,
     play,
     unmount,
@@ -86,6 +87,7 @@ def test_mkdir_warnings_and_the_first_eperm_explained(tmp_path: Path, tree: tupl
     mountpoint = tmp_path / "made" / "mnt"
     log = tmp_path / "daemon.log"
     client = client_env(tmp_path)
+    play(device, shadow, "--system-uuid-file", client_uuid_file(tmp_path))  # the agent is this client's
     done = subprocess.run([MOUNT_CLI, "--mkdir", "--shadow", str(shadow), "--device", str(device), "--log-file",
                            str(log), str(mountpoint)], capture_output=True, text=True, timeout=WAIT_S, env=client)
     try:
@@ -104,7 +106,7 @@ def test_mkdir_warnings_and_the_first_eperm_explained(tmp_path: Path, tree: tupl
     finally:
         unmount(mountpoint)
     (mountpoint / "left-here").write_text("")
-    with Mount(shadow, device, mountpoint) as mount:
+    with Mount(shadow, device, mountpoint, env=client) as mount:
         assert f"mount point {mountpoint} is not empty: its files are hidden while famfs is mounted" in mount.log()
 
 

@@ -21,6 +21,7 @@ from tests.fuse_util import (
     WAIT_S,
     Mount,
     client_env,
+    client_uuid_file,
     empty_shadow,
     play,
     put_file,
@@ -125,7 +126,7 @@ def test_namespace_changes_are_refused_quietly(tmp_path: Path, device: Path) -> 
     famfsctl("mkdir", "--device", device, "dir")
     famfsctl("creat", "--device", device, "-s", "4096", "file")
     shadow = tmp_path / "shadow"
-    play(device, shadow)
+    play(device, shadow, "--system-uuid-file", client_uuid_file(tmp_path))
     with Mount(shadow, device, tmp_path / "mnt", env=client_env(tmp_path)) as mount:
         root = mount.mountpoint
         attempts = {

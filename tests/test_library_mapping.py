@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy
@@ -146,6 +148,48 @@ def test_views_outlive_close_and_a_closed_buffer_is_an_error(device: Path, syste
     assert not held.mapped  # no other view: close unmapped it
     with pytest.raises(ValueError, match="released memoryview"):
         buffer[0]  # noqa: B018
+
+
+# A view taken before the image shrank: touching it is a SIGBUS, which no Python code can catch.
+TOUCH_AFTER_TRUNCATE = """
+import os, sys, famfs
+image, relpath = sys.argv[1:]
+mapped = famfs.open(relpath, device=image)
+view = mapped.buffer
+os.truncate(image, mapped.entry.extents[0].offset)
+print("truncated", flush=True)
+view[0]
+print("never printed")
+"""
+
+
+def test_an_image_truncated_under_a_mapping(device: Path, system_uuid_file: Path, tmp_path: Path) -> None:
+    """Caught: the image's size, checked at open (FormatError) and at every `.buffer`
+    (ImageTruncated): the process lives on. Not catchable: touching a view taken before the
+    truncation (SIGBUS kills the process)."""
+    master = famfs.Master(device, system_uuid_file=system_uuid_file)
+    with master.create("f", 4 * MiB) as new:
+        fill(new.buffer, 9)
+    image = tmp_path / "copy.img"
+    subprocess.run(["cp", "--sparse=always", str(device), str(image)], check=True, timeout=60)
+    mapped = famfs.open("f", device=image)
+    end = mapped.entry.extents[0].offset + 4 * MiB
+    assert prng.first_mismatch(9, [mapped.buffer]) is None
+    os.truncate(image, end - 1)  # one byte short: the last page is past the end
+    with pytest.raises(famfs.ImageTruncated) as short:
+        mapped.buffer  # noqa: B018
+    assert short.value.errno == errno.EIO
+    assert str(short.value) == (f"[Errno 5] {image}: f: the image file is {end - 1} bytes, the file's bytes reach "
+                                f"{end}: it was truncated, and touching them would kill this process (SIGBUS)")
+    with pytest.raises(fmt.FormatError, match=f"superblock says the device is 2147483648 bytes, it has {end - 1}"):
+        famfs.open("f", device=image)  # nothing mapped
+    os.truncate(image, end)  # long enough again (the bytes past the cut now read as zeros)
+    assert len(mapped.buffer) == 4 * MiB
+    mapped.close()
+    os.truncate(image, device.stat().st_size)  # whole again, for the next process
+    done = subprocess.run([sys.executable, "-c", TOUCH_AFTER_TRUNCATE, str(image), "f"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == -signal.SIGBUS and done.stdout == "truncated\n", done
 
 
 def test_a_deleted_file_stays_readable_and_its_space_is_not_reused(device: Path, system_uuid_file: Path) -> None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from famfs import env
 from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import mkfs
+from famfs.metrics import METRICS_PATH, MetricsServer, build_info
 from tests import fuse_util
 from tests.agent_util import AGENT, make_device
 from tests.famfsctl_util import entries, famfsctl, file_bytes
@@ -37,10 +41,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def scrape_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=fuse_util.WAIT_S) as reply:
+        return str(reply.read().decode())
+
+
 def scrape(port: int) -> Samples:
     """Every sample at /metrics, parsed by prometheus_client: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=fuse_util.WAIT_S) as reply:
-        text = reply.read().decode()
+    text = scrape_text(port)
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
@@ -66,6 +74,41 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 def labels_of(samples: Samples, name: str) -> dict[str, str]:
     return next(dict(lbls) for (n, lbls) in samples if n == name)
+
+
+def entries_fs_uuid(image: Path) -> str:
+    with Device(image) as device:
+        return str(FamfsLog(device).superblock.fs_uuid)
+
+
+class VersionsOnly:
+    def collect(self) -> list[object]:
+        return [build_info("famfs_test")]
+
+
+@pytest.mark.parametrize(("address", "bound"), [(":0", "127.0.0.1"), ("127.0.0.1:0", "127.0.0.1"),
+                                                ("0.0.0.0:0", "0.0.0.0"), ("[::1]:0", "::1"), ("[::]:0", "::")])
+def test_metrics_bind_to_loopback_unless_the_address_names_a_host(address: str, bound: str) -> None:
+    server = MetricsServer(address, VersionsOnly())
+    try:
+        assert server.server.server_address[0] == bound
+    finally:
+        server.close()
+
+
+def test_only_the_metrics_path_is_served() -> None:
+    """/metrics answers; any other path (/, /favicon.ico, /metrics/x, /anything) is 404."""
+    server = MetricsServer(":0", VersionsOnly())
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(base + METRICS_PATH, timeout=fuse_util.WAIT_S) as reply:
+            assert reply.status == 200 and b"famfs_test_build_info{" in reply.read()
+        for path in ("/", "/favicon.ico", "/metrics/x", "/anything", "/metricsx"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base + path, timeout=fuse_util.WAIT_S)
+            assert refused.value.code == 404, path
+    finally:
+        server.close()
 
 
 def health(*args: str | os.PathLike[str]) -> tuple[int, dict[str, object]]:
@@ -115,6 +158,7 @@ def test_agent_metrics_follow_the_log(tmp_path: Path, system_uuid_file: Path, co
         logged = entries(image)
         samples = scrape_until(config[0], lambda s: value(s, "famfs_agent_applied_index") == len(logged) - 1
                                and value(s, "famfs_agent_lag_entries") == 0, "the agent's metrics catch up")
+        assert str(image) not in scrape_text(config[0]) and str(tmp_path) not in scrape_text(config[0])
     kinds = {"file": fmt.FileEntry, "mkdir": fmt.MkdirEntry}
     for label, kind in kinds.items():
         assert total(samples, "famfs_agent_entries_total", type=label) == sum(type(e) is kind for e in logged)
@@ -124,9 +168,9 @@ def test_agent_metrics_follow_the_log(tmp_path: Path, system_uuid_file: Path, co
     assert value(samples, "famfs_agent_lag_seconds") == 0
     assert value(samples, "famfs_agent_polls_total") > 0 and value(samples, "famfs_agent_wakeups_total") > 0
     assert value(samples, "famfs_agent_rebuilds_total") == value(samples, "famfs_agent_device_errors_total") == 0
-    info = labels_of(samples, "famfs_agent_build_info")
-    assert info["fs_uuid"] == json.loads((shadow / ".agent" / "state.json").read_text())["fs_uuid"]
-    assert info["role"] == "master" and info["device"] == str(image)
+    assert set(labels_of(samples, "famfs_agent_build_info")) == {"version", "python"}
+    info = labels_of(samples, "famfs_agent_filesystem_info")
+    assert info == {"fs_uuid": json.loads((shadow / ".agent" / "state.json").read_text())["fs_uuid"], "role": "master"}
     with pytest.raises(OSError):  # the server went with the agent
         scrape(config[0])
 
@@ -144,7 +188,8 @@ def test_mount_metrics_count_requests(tmp_path: Path, system_uuid_file: Path, co
     famfsctl("creat", "--device", image, "-s", "64k", "--randomize", "--seed", "7", "dir/data")
     shadow = tmp_path / "shadow"
     client = fuse_util.client_env(tmp_path)  # its mkdir below is refused
-    with following(image, shadow), Mount(shadow, image, tmp_path / "mnt", "timeout=0", env=client) as mount:
+    with following(image, shadow, "--system-uuid-file", fuse_util.client_uuid_file(tmp_path)), \
+            Mount(shadow, image, tmp_path / "mnt", "timeout=0", env=client) as mount:
         port = config[1]
         before = scrape(port)
         data = (mount.mountpoint / "dir" / "data").read_bytes()
@@ -158,6 +203,7 @@ def test_mount_metrics_count_requests(tmp_path: Path, system_uuid_file: Path, co
         famfsctl("creat", "--device", image, "-s", "4k", "dir/later")
         wait_for(lambda: (mount.mountpoint / "dir" / "later").exists(), "the new file in the mount")
         after = scrape_until(port, lambda s: value(s, "famfs_fuse_open_files") == 0, "the handle released")
+        assert str(image) not in scrape_text(port) and str(tmp_path) not in scrape_text(port)
     count = "famfs_fuse_request_duration_seconds_count"
     assert value(after, count, operation="read") >= value(before, count, operation="read") + 2
     assert value(after, count, operation="open") >= value(before, count, operation="open") + 2
@@ -167,7 +213,9 @@ def test_mount_metrics_count_requests(tmp_path: Path, system_uuid_file: Path, co
     assert value(after, "famfs_fuse_errors_total", errno="EPERM") >= 1
     assert total(after, "famfs_fuse_notifications_total") > total(before, "famfs_fuse_notifications_total")
     assert value(after, "famfs_fuse_inodes") >= 5  # root, .meta and its two files, dir, data, later
-    assert labels_of(after, "famfs_fuse_build_info")["fs_uuid"] == labels_of(before, "famfs_fuse_build_info")["fs_uuid"]
+    assert set(labels_of(after, "famfs_fuse_build_info")) == {"version", "python"}
+    assert labels_of(after, "famfs_fuse_filesystem_info") == labels_of(before, "famfs_fuse_filesystem_info") == \
+        {"fs_uuid": entries_fs_uuid(image)}
 
 
 def test_agent_health_follows_failures_and_recovery(tmp_path: Path, system_uuid_file: Path) -> None:

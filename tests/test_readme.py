@@ -1,5 +1,5 @@
-"""The README's "A host, by hand" block, then its Python block, run exactly as written in a fresh
-copy of the repository.
+"""The README's "A host, by hand" block, its client block, then its Python block, run exactly as
+written in a fresh copy of the repository.
 
 The block names fixed paths (/var/tmp/famfs.img, /run/famfs/shadow, /mnt/famfs, and the mount's
 log in /var/log): it runs in a private mount namespace with a tmpfs over each of those
@@ -29,6 +29,54 @@ def readme_block() -> str:
     return found[1]
 
 
+CLIENT_UNMOUNT = "fusermount3 -u /mnt/client"  # the client block's line before which its mount is checked
+
+
+def readme_client_blocks() -> tuple[str, str]:
+    """The README's client block, cut before its unmount: (up to the live client mount, the rest)."""
+    found = re.search(r"^A client is the same pair.*?\n```\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
+    assert found, "README.md has no client block"
+    head, cut, tail = found[1].partition(CLIENT_UNMOUNT)
+    assert cut, f"the README's client block has no {CLIENT_UNMOUNT!r}"
+    return head, cut + tail
+
+
+# Run in the client's mount, between the README's lines: every namespace change is EPERM and the
+# log (superblock and log, compared byte for byte) is unchanged; the mount said it is a client.
+CLIENT_CHECK = """
+import errno, os, sys
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+
+def metadata():
+    with Device("/var/tmp/famfs.img") as device:
+        return device.read(0, FamfsLog(device).superblock.data_start)
+
+before = metadata()
+m = "/mnt/client/data"
+changes = {
+    "mkdir": lambda: os.mkdir(f"{m}/d"), "creat": lambda: open(f"{m}/new", "x"),
+    "touch": lambda: os.close(os.open(f"{m}/t", os.O_WRONLY | os.O_CREAT, 0o644)),
+    "rm": lambda: os.unlink(f"{m}/sets/r1"), "rmdir": lambda: os.rmdir(f"{m}/sets"),
+    "rename": lambda: os.rename(f"{m}/sets/r1", f"{m}/r2"), "truncate": lambda: os.truncate(f"{m}/sets/r1", 5),
+}
+for name, change in changes.items():
+    try:
+        change()
+    except PermissionError:
+        continue
+    except OSError as err:
+        sys.exit(f"client {name}: {err}, not EPERM")
+    sys.exit(f"client {name}: done; it must get EPERM")
+assert os.path.getsize(f"{m}/sets/r1") == 100 << 20 and not os.path.exists(f"{m}/d")
+assert metadata() == before, "the client's mount changed the log"
+mounted = [line for line in open("/var/log/famfs-fuse-mount.log")
+           if "event='mounted'" in line and "mountpoint='/mnt/client'" in line]
+assert mounted and "namespace='read-only here'" in mounted[-1], mounted
+print("client: every namespace change EPERM, the log unchanged")
+"""
+
+
 def readme_python_block() -> str:
     found = re.search(r"^```python\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
     assert found, "README.md has no Python block"
@@ -50,10 +98,18 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     clone = fresh_copy(tmp_path / "famfs-agent")
     block = readme_block()
     (tmp_path / "block.sh").write_text(block)
+    client_head, client_tail = readme_client_blocks()
+    (tmp_path / "client_head.sh").write_text(client_head)
+    (tmp_path / "client_check.py").write_text(CLIENT_CHECK)
+    (tmp_path / "client_tail.sh").write_text(client_tail)
     (tmp_path / "block.py").write_text(readme_python_block())  # runs after the shell block, on its image
     mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {path}" for path in PRIVATE_TMPFS)
     # -e: the first failing line fails the test; the block's own commands are untouched.
-    script = (f"{mounts} && cd {shlex.quote(str(clone))} && bash -e {shlex.quote(str(tmp_path / 'block.sh'))}"
+    # One shell, as a reader's: the client block runs where the first left off (its venv active),
+    # checked between its lines; its `kill %1` is its own agent's job.
+    shell = (f". {tmp_path}/block.sh; . {tmp_path}/client_head.sh; .venv/bin/python {tmp_path}/client_check.py; "
+             f". {tmp_path}/client_tail.sh")
+    script = (f"{mounts} && cd {shlex.quote(str(clone))} && bash -ec {shlex.quote(shell)}"
               f" && exec .venv/bin/python {shlex.quote(str(tmp_path / 'block.py'))}")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "FAMFS_"))}
     env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if ".venv" not in part)
@@ -76,4 +132,7 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     assert "famfs made" in output and "copied 3 files" in output
     assert "/mnt/famfs/data/sets/r1: 100 MiB (104857600 bytes) match seed 42" in output
     assert "fsck: clean" in output
+    assert "/mnt/client/data/sets/r1: 100 MiB (104857600 bytes) match seed 42" in output
+    assert "refused: only the master writes the log" in output
+    assert "client: every namespace change EPERM, the log unchanged" in output
     assert "1000000 499999500000" in output  # the Python block: its table written by Master, read back mapped

@@ -3,9 +3,11 @@ SIGTERM, and a shadow tree damaged behind its back (repaired without a new log e
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +29,9 @@ from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import wait_for
 
 SIGTERM_EXIT_S = 5.0
+AGENT_SCRIPT = Path(sys.executable).parent / "famfs-agent"  # the console script, as installed
+EARLY_TRIES = 30
+EARLY_WINDOW_S = 0.3  # the agent's start-up: the interpreter, the imports, the first play
 
 
 def test_upstream_system_uuid_file_with_its_nul(tmp_path: Path, system_uuid_file: Path) -> None:
@@ -72,6 +77,75 @@ def test_sigterm_ends_a_long_wait_at_once(tmp_path: Path, system_uuid_file: Path
             agent.wait(timeout=SIGTERM_EXIT_S)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"famfs-agent still running {SIGTERM_EXIT_S} s after SIGTERM") from None
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM now (the SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def test_sigterm_at_any_instant_of_the_start_is_a_clean_exit(tmp_path: Path, system_uuid_file: Path) -> None:
+    """SIGTERM at random instants of an agent's first 0.3 s: once the process has any handler
+    (it takes one before loading the program: agent/entry.py) the exit is 0, with no traceback,
+    and the shadow tree it leaves is one the next play takes up without a rebuild. Before that,
+    only Python's own start-up runs, and the signal's default action may end it (docs/agent.md)."""
+    image = make_device(tmp_path, system_uuid_file)
+    famfsctl("mkdir", "--device", image, "d")
+    rng = random.Random(21)
+    handled = 0
+    for attempt in range(EARLY_TRIES):
+        shadow = tmp_path / f"shadow{attempt}"
+        agent = subprocess.Popen([AGENT_SCRIPT, "--follow", "--shadow", str(shadow), str(image)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(rng.uniform(0.0, EARLY_WINDOW_S))
+            installed = catches_sigterm(agent.pid)
+            agent.send_signal(signal.SIGTERM)
+            _, stderr = agent.communicate(timeout=SIGTERM_EXIT_S)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+        assert "Traceback" not in stderr, stderr
+        if installed:
+            handled += 1
+            assert agent.returncode == 0, f"try {attempt}: exit {agent.returncode}\n{stderr}"
+        else:
+            assert agent.returncode in (0, -signal.SIGTERM), f"try {attempt}: exit {agent.returncode}\n{stderr}"
+        replay = run_agent(image, "--shadow", shadow, "--no-progress", check=True)
+        assert "rebuild" not in replay.stderr and (shadow / "root" / "d").is_dir(), replay.stderr
+    assert handled >= EARLY_TRIES // 2, f"only {handled} of {EARLY_TRIES} stops came after the handler"
+
+
+# Runs famfs-agent's entry with a SIGTERM sent to itself the moment a given module starts loading:
+# a stop at a known instant of the start-up, before the follower exists.
+STOP_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+module, *sys.argv[1:] = sys.argv[1:]
+
+class StopWhileLoading(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, StopWhileLoading())
+sys.argv[0] = "famfs-agent"
+from agent.entry import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("module", ["agent.cli", "structlog", "agent.follower", "agent.shadow_writer"])
+def test_sigterm_while_the_program_loads_is_exit_0(module: str, tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    done = subprocess.run([sys.executable, "-c", STOP_WHILE_LOADING, module, "--follow", "--shadow", str(shadow),
+                           str(image)], capture_output=True, text=True, timeout=SIGTERM_EXIT_S * 4)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert not shadow.exists()  # stopped before anything was written
 
 
 def made_tree(tmp_path: Path, system_uuid_file: Path) -> Path:

@@ -288,8 +288,11 @@ def cmd_reclaimd(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    device = args.device_path or args.settings.agent.device
+    if not device:
+        raise UsageError("no device: give DEVICE, or set [agent] device in the config file")
     try:
-        coordinator = reclaim.Coordinator(args.device_path, uuid_file(args), settings, stop=stop)
+        coordinator = reclaim.Coordinator(device, uuid_file(args), settings, stop=stop)
     except reclaim.CoordinatorError as err:
         print(f"famfsctl reclaimd: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -382,7 +385,8 @@ def cmd_install_units(args: argparse.Namespace) -> int:
     for path in written:
         print(f"installed {path}")
     print("next: put the host's settings in /etc/famfs/famfs-agent.toml (config/ has examples), then "
-          "systemctl daemon-reload && systemctl enable --now famfs-agent famfs-fuse-mount")
+          "systemctl daemon-reload && systemctl enable --now famfs-agent famfs-fuse-mount (and on the master, "
+          "for reclaim: famfs-reclaimd)")
     return 0
 
 
@@ -500,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
               "once every host is past them (docs/reclaim.md); SIGTERM stops it")
     sub.add_argument("--metrics-address", help="HOST:PORT to serve Prometheus metrics on (':PORT' for every interface; '' = off; default: "
                      "[master] metrics_address)")
-    sub.add_argument("device_path", metavar="DEVICE", help="the device or image")
+    sub.add_argument("device_path", metavar="DEVICE", nargs="?", help="the device or image (default: [agent] device)")
 
     sub = add("host", lambda args: 0, "the host table: list the hosts, fence one")
     hosts_commands = sub.add_subparsers(dest="host_command", required=True, metavar="ACTION", parser_class=CommandParser)
@@ -517,8 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     fence.add_argument("device_path", metavar="DEVICE", help="the device or image")
     fence.add_argument("host_uuid", metavar="UUID", nargs="?", type=uuid.UUID, help="the host's system UUID")
 
-    sub = add("install-units", cmd_install_units, "install the systemd units of famfs-agent and famfs-fuse-mount, "
-              "pointing at this installation's programs")
+    sub = add("install-units", cmd_install_units, "install the systemd units of famfs-agent, famfs-fuse-mount and "
+              "the reclaim coordinator (famfs-reclaimd), pointing at this installation's programs")
     sub.add_argument("--unit-dir", default=str(units_install.UNIT_DIR), help=f"default {units_install.UNIT_DIR}")
     sub.add_argument("--bindir", help=f"where the programs are (default: {units_install.scripts_dir()})")
     return parser

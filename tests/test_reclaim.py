@@ -370,3 +370,64 @@ def test_alloc_finds_reclaimed_units_between_taken_ones() -> None:
         alloc.allocate_contiguous(units, AU)
     units.release(files[3])
     assert alloc.allocate_contiguous(units, 2 * AU) == files[3][0]
+
+
+# --- the coordinator's loop on a real image, in process, with a fake clock --------------------------
+
+
+def write_record(image: Path, record: HostRecord) -> None:
+    with Device(image, writable=True) as device:
+        device.write(hosts.slot_offset(record.slot), hosts.encode(record))
+
+
+def test_the_loop_fences_a_silent_host_then_reclaims_and_one_coordinator_runs(
+        tmp_path: Path, system_uuid_file: Path) -> None:
+    from famfs.config import MasterSettings  # noqa: PLC0415
+    from famfs.master.reclaim import Coordinator, CoordinatorError  # noqa: PLC0415
+
+    image = make_device(tmp_path, system_uuid_file)
+    pairs = made(image, system_uuid_file, ["a"])
+    stuck = host(slot=3, applied=pairs["a"][1])  # never renews, and never played the DELETE
+    write_record(image, stuck)
+    now = [0.0]
+    coordinator = Coordinator(str(image), system_uuid_file, MasterSettings(host_lease=LEASE, auto_fence=True),
+                              clock=lambda: now[0])
+    try:
+        with pytest.raises(CoordinatorError, match="another reclaim coordinator"):
+            Coordinator(str(image), system_uuid_file, MasterSettings())
+        assert coordinator.poll().reclaim == []
+        now[0] = LEASE
+        verdict = coordinator.poll()  # silent for a lease: fenced, and the file still waits this round
+        assert verdict.fence == [stuck] and verdict.reclaim == []
+        assert coordinator.namespace.fenced == {stuck.identity: pairs["a"][1] + 1}
+        now[0] = LEASE + 1
+        assert coordinator.poll().reclaim == [pairs["a"]]
+        assert coordinator.figures.fences == 1 and coordinator.figures.reclaimed_bytes == AU
+        assert coordinator.poll().reclaim == []  # reclaimed once
+    finally:
+        coordinator.close()
+    namespace, problems = replayed(image)
+    assert problems == [] and set(namespace.reclaimed) == {pairs["a"][0]}
+
+
+def test_operator_fence_of_a_host_and_of_a_damaged_slot(tmp_path: Path, system_uuid_file: Path) -> None:
+    from tests.famfsctl_util import famfsctl  # noqa: PLC0415
+
+    image = make_device(tmp_path, system_uuid_file)
+    write_record(image, host(slot=4))
+    with Device(image, writable=True) as device:
+        device.write(hosts.slot_offset(5), b"\1" * fmt.HOST_RECORD_SIZE)  # a damaged slot
+    listed = famfsctl("host", "list", image).stdout
+    assert "damaged" in listed and "h4" in listed, listed
+    done = famfsctl("host", "fence", image, str(HOST_A))
+    assert "fenced (log entry 0)" in done.stdout, done.stdout
+    assert "already fenced" in famfsctl("host", "fence", image, "--slot", "4").stdout
+    assert "fenced (log entry 1)" in famfsctl("host", "fence", image, "--slot", "5").stdout
+    assert famfsctl("host", "fence", image, "--slot", "6", check=False).returncode == 1
+    assert famfsctl("host", "fence", image, check=False).returncode == 2
+    listed = famfsctl("host", "list", image).stdout
+    assert "fenced" in listed, listed
+    namespace, problems = replayed(image)
+    assert problems == [] and namespace.fenced == {(HOST_A, 7): 0} and [slot for slot, _ in namespace.fenced_damage] == [5]
+    report = famfsctl("fsck", image).stdout
+    assert "hosts: 1 damaged, 1 fenced" in report and report.endswith("fsck: clean\n"), report

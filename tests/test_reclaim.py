@@ -353,6 +353,19 @@ def test_a_left_host_counts_until_it_has_been_seen_left_for_a_lease() -> None:
     assert reclaimed(verdict) == {1, 2} and verdict.silent == []  # type: ignore[attr-defined]
 
 
+def test_an_erased_record_blocks_everything_for_a_lease_unless_it_was_fenced() -> None:
+    clock = Clock()
+    clock.at(0, host())
+    assert reclaimed(clock.at(LEASE, host(heartbeat=1))) == {1, 2}
+    assert reclaimed(clock.at(LEASE + 1)) == set()  # the slot reads empty: its host may still serve
+    assert reclaimed(clock.at(2 * LEASE)) == set()
+    assert reclaimed(clock.at(2 * LEASE + 1)) == {1, 2}
+    fenced = Clock(view=LogView(VIEW.deletions, {(HOST_A, 7): 10}, {}, 11))
+    fenced.at(0, host())
+    assert reclaimed(fenced.at(LEASE, host(heartbeat=1))) == {1, 2}
+    assert reclaimed(fenced.at(LEASE + 1)) == {1, 2}
+
+
 def test_another_log_epoch_blocks_everything() -> None:
     clock = Clock()
     clock.at(0, host())

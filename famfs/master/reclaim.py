@@ -69,6 +69,8 @@ class Seen:
     heartbeat_changed: float = 0.0  # the heartbeat last read different (first_seen at first)
     left_since: float | None = None  # first read with state left
     damage_crc: int | None = None  # a damaged slot: the CRC-32 of its 256 bytes as read
+    last: HostRecord | None = None  # the record as last read
+    vanished_at: float | None = None  # the slot read empty since then (a record erased)
 
 
 @dataclass(slots=True)
@@ -80,26 +82,30 @@ class Observations:
 
     def observe(self, table: Iterable[HostRecord | DamagedSlot], now: float,
                 damage_crcs: Mapping[int, int] | None = None) -> None:
-        """Fold one read of the table in. A slot missing from `table` (empty) is forgotten."""
+        """Fold one read of the table in. A slot that was occupied and reads empty keeps a
+        tombstone (`vanished_at`): an erased record's host may still serve until its lease ends."""
         present: set[int] = set()
         for found in table:
             present.add(found.slot)
             seen = self.slots.get(found.slot)
             if isinstance(found, DamagedSlot):
                 crc = (damage_crcs or {}).get(found.slot, 0)
-                if seen is None or seen.identity is not None or seen.damage_crc != crc:
+                if seen is None or seen.identity is not None or seen.damage_crc != crc or seen.vanished_at is not None:
                     self.slots[found.slot] = Seen(None, now, heartbeat_changed=now, damage_crc=crc)
                 continue
-            if seen is None or seen.identity != found.identity:
+            if seen is None or seen.identity != found.identity or seen.vanished_at is not None:
                 seen = self.slots[found.slot] = Seen(found.identity, now, found.heartbeat, now)
             elif seen.heartbeat != found.heartbeat:
                 seen.heartbeat, seen.heartbeat_changed = found.heartbeat, now
+            seen.last = found
             if found.state is HostState.LEFT:
                 seen.left_since = now if seen.left_since is None else seen.left_since
             else:
                 seen.left_since = None
         for slot in set(self.slots) - present:
-            del self.slots[slot]
+            gone = self.slots[slot]
+            if gone.vanished_at is None:
+                gone.vanished_at = now
 
 
 # --- the verdict ------------------------------------------------------------------------------
@@ -164,6 +170,19 @@ def _ignored(record: HostRecord, seen: Seen, view: LogView, now: float, policy: 
     return seen.left_since is not None and now - seen.left_since >= policy.lease(record)
 
 
+def _gone_for_good(seen: Seen, view: LogView, now: float, policy: Policy) -> bool:
+    """An erased slot no longer holds anything: its record was fenced or long-left when erased,
+    or a lease has passed since (the host's mount, finding its slot not its own, stopped serving
+    by then: docs/reclaim.md, case 3)."""
+    assert seen.vanished_at is not None
+    record = seen.last
+    if record is None:  # a damaged slot erased: nothing trusted it; its lease is the base one
+        return now - seen.vanished_at >= policy.lease_s
+    if _ignored(record, seen, view, seen.vanished_at, policy):
+        return True
+    return now - seen.vanished_at >= policy.lease(record)
+
+
 def decide(view: LogView, table: Sequence[HostRecord | DamagedSlot], observations: Observations, now: float,
            policy: Policy) -> Verdict:
     """The verdict of one poll (docs/reclaim.md, "The coordinator"). `table` is the read folded
@@ -206,6 +225,10 @@ def decide(view: LogView, table: Sequence[HostRecord | DamagedSlot], observation
         pinned = tuple(i for i in view.deletions if i >= found.pin_floor and i not in behind)
         if pinned:
             holds.append(Hold(who, f"pins deleted files (pin floor: entry {found.pin_floor})", pinned))
+    for slot, seen in observations.slots.items():
+        if seen.vanished_at is not None and not _gone_for_good(seen, view, now, policy):
+            holds.append(Hold(f"slot {slot}", f"its record was erased {now - seen.vanished_at:.1f} s ago: its host may "
+                              "serve until its lease ends", everything))
     for hold in holds:
         blocked.update(hold.files)
     reclaim = [(i, view.deletions[i]) for i in everything if i not in blocked]

@@ -417,6 +417,12 @@ def test_the_loop_fences_a_silent_host_then_reclaims_and_one_coordinator_runs(
         assert coordinator.poll().reclaim == [pairs["a"]]
         assert coordinator.figures.fences == 1 and coordinator.figures.reclaimed_bytes == AU
         assert coordinator.poll().reclaim == []  # reclaimed once
+        from famfs.master.reclaim_metrics import ReclaimCollector  # noqa: PLC0415
+        samples = {sample.name: sample.value for family in ReclaimCollector(coordinator).collect()
+                   for sample in family.samples if not sample.labels or "slot" in sample.labels}
+        assert samples["famfs_reclaim_reclaimed_bytes_total"] == AU and samples["famfs_reclaim_fences_total"] == 1
+        assert samples["famfs_reclaim_reclaimable_bytes"] == 0 and samples["famfs_reclaim_latency_seconds_count"] == 1
+        assert samples["famfs_reclaim_host_applied_lag_entries"] == coordinator.played - stuck.applied
     finally:
         coordinator.close()
     namespace, problems = replayed(image)

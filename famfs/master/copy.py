@@ -23,16 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from famfs import format as fmt
-from famfs import rules
+from famfs import logsetup, rules
 from famfs.master import alloc
 from famfs.master.writer import Created, MasterError, Ownership, Session, lookup
 from famfs.progress import Progress
 from famfs.units import format_size
 
-log = structlog.get_logger("famfsctl")
+log = logsetup.get_logger("famfsctl")
 
 COPY_PIECE = 1 << 20  # read a source this much at a time: memory stays flat for any file size
 PROBLEMS_SHOWN = 20  # a tree with thousands of bad names: the first ones say enough

@@ -24,16 +24,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from famfs import format as fmt
-from famfs import rules
+from famfs import logsetup, rules
 from famfs.device import Device
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
 
-log = structlog.get_logger("famfsctl")
+log = logsetup.get_logger("famfsctl")
 
 
 class MasterError(Exception):

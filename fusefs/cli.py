@@ -295,7 +295,8 @@ class Daemon:
             except RestError as err:
                 raise UsageError(str(err)) from None
             endpoints = Endpoints(self.table, ops.lookups, self.log_level, self.status,
-                                  {"fs_uuid": str(sb.fs_uuid), "device": self.cfg.device, "mountpoint": self.cfg.mountpoint})
+                                  lambda: {**devices.identity(), "device": self.cfg.device,
+                                           "mountpoint": self.cfg.mountpoint})
             metrics = self._metrics(ops, str(sb.fs_uuid))
             try:
                 # Signals are ours from before the mount exists: a SIGTERM at any moment unmounts.

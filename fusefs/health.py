@@ -7,8 +7,9 @@ command line. Checks, in order (each needs the one before):
 - answering: the mount's root answers getxattr(user.famfs.shadow) within --timeout; a hung
              daemon cannot hang the probe (the call runs in a daemon thread)
 - daemon:    the daemon answers `/identity` on its REST socket `<shadow>/sock` within --timeout
-- device:    the device the daemon mapped still holds the file system it serves (re-made or
-             replaced under a running mount, it would serve another file system's bytes)
+- device:    the daemon serves bytes, and the device holds the file system it serves now (after
+             `mkfs --force` or a replaced image the mount switches to the new file system once
+             its agent has played it: unhealthy in between, healthy again after)
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def check(mountpoint: str, timeout_s: float) -> dict[str, object]:
         checks["daemon"] = "ok"
         answer.update(identity)
         device, served = str(identity.get("device")), str(identity.get("fs_uuid"))
+        if identity.get("refusal"):
+            raise Unhealthy(f"the mount serves no bytes: {identity['refusal']}")
         try:
             current = device_fs_uuid(device)
         except (DeviceError, fmt.FormatError) as err:

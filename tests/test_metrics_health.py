@@ -215,9 +215,15 @@ def test_mount_health_sees_a_replaced_device(tmp_path: Path, system_uuid_file: P
     with Mount(shadow, image, mountpoint):
         code, answer = health(MOUNT_CLI, "health", mountpoint)
         assert code == 0 and answer["device"] == str(image), answer
+        served = answer["fs_uuid"]
         mkfs(str(image), uuid_file=system_uuid_file, force=True)  # a new file system under the mount
         code, answer = health(MOUNT_CLI, "health", mountpoint)
-        assert code == 1 and "now holds file system" in answer["checks"]["device"], answer  # type: ignore[index]
+        device_check = str(answer["checks"]["device"])  # type: ignore[index]
+        assert code == 1 and ("now holds file system" in device_check or "serves no bytes" in device_check), answer
+        # The agent plays the new file system: the mount switches to it, and health agrees.
+        play(image, shadow)
+        answer = until(lambda: health(MOUNT_CLI, "health", mountpoint), True, "the mount serving the re-made device")
+        assert answer["fs_uuid"] != served and answer["generation"] == 2, answer
     play(image, shadow)
     with Mount(shadow, image, mountpoint):  # remounted: healthy again
         code, answer = health(MOUNT_CLI, "health", mountpoint)

@@ -21,9 +21,11 @@ def reference_image(tmp_path: Path) -> Callable[[str], Path]:
     return lambda name: materialize_reference(name, tmp_path / f"{name}.img")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def system_uuid_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private host identity for this test (never /opt/famfs), also exported to subprocesses."""
+    """A private host identity for this test (never /opt/famfs), also exported to subprocesses.
+    Every test has it, asked for or not: a test that forgot it would write /opt/famfs/system_uuid
+    on the host (mkfs makes the file when it is missing)."""
     path = tmp_path / "host" / "system_uuid"
     monkeypatch.setenv(env.SYSTEM_UUID_FILE, str(path))
     return path

@@ -153,3 +153,19 @@ def test_progress_is_logged_when_not_on_a_terminal(monkeypatch: pytest.MonkeyPat
     line = capsys.readouterr().err
     assert "event='progress'" in line and "what='copying'" in line and "done='1 MiB'" in line and "total='4 MiB'" in line
     assert "eta=" in line and line.count("\n") == 1
+
+
+def test_double_dash_ends_the_options_of_every_command(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "dev.img")
+    (tmp_path / "-src").write_bytes(b"dash\n")
+    famfsctl("mkdir", "--device", image, "--", "-dash")
+    famfsctl("mkdir", "-p", "--device", image, "--", "-x/-y")
+    famfsctl("creat", "-s", "1m", "--device", image, "--", "-dash/-f")
+    famfsctl("creat", "-s", "1m", "--device", image, "--", "--device")  # an option's name, as a file name
+    famfsctl("cp", "--device", image, "--", tmp_path / "-src", "-x/-y/")
+    famfsctl("rm", "--device", image, "--", "--device")
+    assert file_bytes(image, "-x/-y/-src") == b"dash\n"
+    assert [entry.relpath for entry in entries(image)] == ["-dash", "-x", "-x/-y", "-dash/-f", "--device",
+                                                           "-x/-y/-src", "--device"]
+    done = famfsctl("mkdir", "--device", image, "--", check=False)
+    assert done.returncode == 2 and "required: PATH" in done.stderr

@@ -282,10 +282,23 @@ def cmd_install_units(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+OPERAND_MARK = "\0"  # no command-line argument holds a NUL: a placeholder can never be a real one
+
+
+def _unmark(value: object, operands: dict[str, str]) -> object:
+    if isinstance(value, str):
+        return operands.get(value, value)
+    if isinstance(value, list):
+        return [_unmark(item, operands) for item in value]
+    return value
+
+
 class CommandParser(argparse.ArgumentParser):
     """A subcommand's parser: options may come between operands (`cp SRC --device DEV DEST`),
-    as coreutils allow. argparse's intermixed parsing calls parse_known_args itself: the flag
-    keeps that inner call the plain one."""
+    as coreutils allow, and `--` ends the options (`mkdir -- -dash`), as everywhere. argparse's
+    intermixed parsing calls parse_known_args itself: the flag keeps that inner call the plain
+    one. It also mishandles `--`, so each operand after it is handed over as a placeholder no
+    option can look like, and put back in the result."""
 
     _intermixing = False
 
@@ -293,11 +306,21 @@ class CommandParser(argparse.ArgumentParser):
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
         if self._intermixing:
             return super().parse_known_args(args, namespace)
+        given = list(sys.argv[1:] if args is None else args)
+        operands: dict[str, str] = {}
+        if "--" in given:
+            end = given.index("--")
+            for operand in given[end + 1:]:
+                operands[f"{OPERAND_MARK}{len(operands)}"] = operand
+            given = given[:end] + list(operands)
         self._intermixing = True
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            parsed, rest = self.parse_known_intermixed_args(given, namespace)
         finally:
             self._intermixing = False
+        for name, value in vars(parsed).items():
+            setattr(parsed, name, _unmark(value, operands))
+        return parsed, [str(_unmark(item, operands)) for item in rest]
 
 
 def add_common(parser: argparse.ArgumentParser, default: object) -> None:

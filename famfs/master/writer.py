@@ -30,6 +30,7 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
+from famfs.units import describe_size
 
 log = logsetup.get_logger("famfsctl")
 
@@ -208,7 +209,7 @@ class Session:
                 return (alloc.allocate_contiguous(self.namespace.units, size),), ()
             got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng)
         except alloc.AllocError as err:
-            raise MasterError(f"{self.log.path}: cannot allocate {size} bytes: {err}", err) from None
+            raise MasterError(f"{self.log.path}: cannot allocate {describe_size(size)}: {err}", err) from None
         return ((got,), ()) if isinstance(got, fmt.Extent) else ((), (got,))
 
     def check_new(self, relpath: str, owner: Ownership) -> None:

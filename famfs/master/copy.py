@@ -47,6 +47,10 @@ class CopyRefused(MasterError):
                          f"problem{'s' if len(problems) != 1 else ''} found before writing")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT during a copy or a fill; the message says what was logged before it."""
+
+
 @dataclass(frozen=True, slots=True)
 class CopyRequest:
     """What `famfsctl cp` asks for. `mode`, `uid`, `gid` override the source's when set."""
@@ -293,6 +297,10 @@ def copy_in(current: Session, request: CopyRequest) -> CopyResult:
             else:
                 created.append(current.create(step.target, step.size, step.owner, layout=request.layout,
                                               fill=_blocks(step.source, step.size, progress), reuse=True))
+    except KeyboardInterrupt:
+        # Each entry is appended whole after its data: what was logged is what completed.
+        raise Interrupted(f"{len(created)} of {len(files)} files and {dirs} directories were logged; the rest "
+                          f"was not (run the same cp again: files of the same size are reused)") from None
     finally:
         progress.finish()
     result = CopyResult(created, len(files), dirs, total, plan.links_skipped, plan.specials_skipped)

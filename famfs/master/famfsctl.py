@@ -32,6 +32,7 @@ ROOT_NAMES = ("", ".", "/")
 VERIFY_PIECE = 1 << 20  # read a file this much at a time: memory stays flat for any file size
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
 
 
 class UsageError(Exception):
@@ -164,9 +165,17 @@ def cmd_creat(args: argparse.Namespace) -> int:
     try:
         with writer.session(device, uuid_file(args)) as current:
             current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True)
+    except KeyboardInterrupt:
+        raise copy.Interrupted(f"{relpath}: {'in the log' if logged(device, relpath) else 'nothing was logged'}") from None
     finally:
         progress.finish()
     return 0
+
+
+def logged(device: str, relpath: str) -> bool:
+    """Whether the log holds a file `relpath` now (after an interrupted creat: it may, or not)."""
+    with Device(device) as opened:
+        return relpath in writer.load(FamfsLog(opened)).files
 
 
 def counted(blocks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
@@ -443,8 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (writer.MasterError, fmt.FormatError, fmt.EntryError, OSError, ValueError) as err:
         print("\n".join(f"famfsctl: {line}" for line in describe(err).splitlines()), file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 128 + 2
+    except KeyboardInterrupt as err:
+        print(f"famfsctl {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`famfs-fuse-mount health MOUNTPOINT`: is this mount serving, and serving the right device?
+"""`famfs-fuse-mount health [MOUNTPOINT]`: is this mount serving, and serving the right device?
 
 For an exec probe (docs/operations.md): one JSON line, exit 0 healthy, 1 unhealthy, 2 bad
 command line. Checks, in order (each needs the one before):
@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from famfs import config
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -31,7 +32,7 @@ from famfs.shadowdir import SHADOW_XATTR, SOCKET
 
 FSTYPE = "fuse.famfs"  # fusefs/cli.py mounts with subtype=famfs
 DEFAULT_TIMEOUT_S = 2.0
-EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
 MOUNTINFO = Path("/proc/self/mountinfo")
 T = TypeVar("T")
 
@@ -40,10 +41,14 @@ class Unhealthy(Exception):
     """A check failed; the message says why."""
 
 
+SUMMARY = "famfs-fuse-mount health [--timeout S] [--config FILE] [MOUNTPOINT] probes a mount: one JSON line, exit 0 healthy."
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="famfs-fuse-mount health", description="Probe a famfs FUSE mount: one JSON line; "
                                 "exit 0 healthy, 1 unhealthy.")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="default: [mount] mountpoint")
+    p.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"how long the mount and its daemon may take to answer (default {DEFAULT_TIMEOUT_S})")
     return p
@@ -137,7 +142,16 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     if not args.timeout > 0:
         parser().error(f"--timeout {args.timeout}: must be > 0")
-    answer = check(os.path.abspath(args.mountpoint), args.timeout)
+    mountpoint = args.mountpoint
+    if mountpoint is None:
+        try:
+            mountpoint = config.load(args.config).mount.mountpoint
+        except config.ConfigError as err:
+            print(f"famfs-fuse-mount health: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        if not mountpoint:
+            parser().error("no MOUNTPOINT given and no [mount] mountpoint in the config")
+    answer = check(os.path.abspath(mountpoint), args.timeout)
     print(json.dumps(answer))
     sys.stdout.flush()
     return EXIT_HEALTHY if answer["healthy"] else EXIT_UNHEALTHY

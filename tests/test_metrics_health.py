@@ -228,3 +228,21 @@ def test_mount_health_sees_a_replaced_device(tmp_path: Path, system_uuid_file: P
     with Mount(shadow, image, mountpoint):  # remounted: healthy again
         code, answer = health(MOUNT_CLI, "health", mountpoint)
         assert code == 0, answer
+
+
+def test_health_is_in_the_help_and_the_mount_probe_reads_the_configured_mountpoint(
+        tmp_path: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for program in (AGENT, [MOUNT_CLI]):
+        done = subprocess.run([*program, "--help"], capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S)
+        assert done.returncode == 0 and " health" in done.stdout, done.stdout
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    play(image, shadow)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    config = tmp_path / "famfs-agent.toml"
+    config.write_text(f'[mount]\nmountpoint = "{mountpoint}"\n')
+    monkeypatch.setenv(env.AGENT_CONFIG, str(config))
+    with Mount(shadow, image, mountpoint):
+        code, answer = health(MOUNT_CLI, "health")
+        assert code == 0 and answer["mountpoint"] == str(mountpoint), answer

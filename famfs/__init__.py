@@ -1,7 +1,7 @@
 """famfs: the core every famfs-agent program shares (docs/architecture.md), and its public
 Python API (docs/library.md):
 
-    famfs.open(path, mode="r")            a famfs file mapped from the device, zero-copy
+    famfs.open(path, mode="r", wait=0)    a famfs file mapped from the device, zero-copy (wait: for the agent)
     famfs.Master(device)                  the master's batch API: mkdir, create, remove, batch()
     famfs.logsetup.configure(level=...)   show famfs's log events (by default: warnings, on stderr)
 

@@ -572,6 +572,13 @@ class ShadowTree:
     def daxdev_uuids(self) -> list[uuid.UUID]:
         return [uuid.UUID(str(row["uuid"])) for row in self.daxdevs]
 
+    def units_freed(self, file_index: int, famfs_log: FamfsLog) -> None:
+        """Reclaim's hook (docs/reclaim.md, RECLAIM): the deleted FILE at `file_index` no longer
+        holds its units. The follower has checked the RECLAIM names a deleted, unreclaimed file."""
+        entry = famfs_log.entry(file_index)
+        assert isinstance(entry, fmt.FileEntry)
+        self.units.release(entry.all_extents())
+
     def save_units(self, applied_index: int) -> None:
         """The units as of the cursor, written just before the cursor itself (load() checks that
         the two agree; a kill between the two writes costs a rebuild, never a wrong verdict)."""

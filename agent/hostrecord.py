@@ -1,0 +1,132 @@
+"""This host's record in the device's host table: join, renew, leave, fenced (docs/reclaim.md,
+"A host"; the layout and the table's reading are famfs.hosts').
+
+The agent maps the device read-only; the record is the one thing it writes there, through a
+descriptor of its own: pwrite(2) on an image file (the page cache every process of this host
+maps), a writable mapping of the superblock region on a devdax or pmem device. Nothing else of
+the device is ever writable in the agent.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import uuid
+from dataclasses import replace
+
+import structlog
+
+from famfs import format as fmt
+from famfs import hosts
+from famfs.device import Device, DeviceError
+from famfs.hosts import HostRecord, HostState
+
+log = structlog.get_logger("famfs-agent")
+
+
+class RecordLost(Exception):
+    """The slot holds another identity now: this host's record was overwritten (docs/reclaim.md,
+    "Why no host sees reused memory", case 3)."""
+
+
+class RecordWriter:
+    """Stores 256-byte records in the host table of one device, and nothing else."""
+
+    def __init__(self, device: Device) -> None:
+        self.kind = device.info.kind
+        try:
+            self.fd = os.open(device.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as err:
+            raise DeviceError(err.errno, f"{device.path}: cannot open for writing this host's record in the host "
+                              f"table: {err.strerror}") from None
+        self.region: mmap.mmap | None = None
+        if self.kind != "file":
+            # The superblock region only: devdax maps in 2 MiB pieces, which is exactly its size.
+            self.region = mmap.mmap(self.fd, fmt.SUPERBLOCK_SIZE, mmap.MAP_SHARED, access=mmap.ACCESS_WRITE)
+
+    def store(self, record: HostRecord) -> None:
+        raw = hosts.encode(record)
+        offset = hosts.slot_offset(record.slot)
+        if self.region is None:
+            os.pwrite(self.fd, raw, offset)
+        else:
+            self.region[offset:offset + len(raw)] = raw
+
+    def close(self) -> None:
+        if self.region is not None:
+            self.region.close()
+        os.close(self.fd)
+
+
+class Membership:
+    """One incarnation of this host in one device's table: joined once, renewed, left or fenced."""
+
+    def __init__(self, device: Device, system_uuid: uuid.UUID, serve_window_ns: int) -> None:
+        self.device = device
+        self.system_uuid = system_uuid
+        self.serve_window_ns = serve_window_ns
+        self.writer = RecordWriter(device)
+        self.record: HostRecord | None = None
+        self.renewals_stopped = False  # lost or fenced: the mount stops serving within the window
+
+    @property
+    def slot(self) -> int:
+        assert self.record is not None
+        return self.record.slot
+
+    @property
+    def incarnation(self) -> int:
+        assert self.record is not None
+        return self.record.incarnation
+
+    def join(self) -> HostRecord:
+        """Step 1: the slot this host had (or the first free one from its home slot), a new
+        incarnation, nothing applied, renewed 0 (its mount serves nothing yet)."""
+        slot = hosts.choose_slot(self.device.map, self.system_uuid)
+        self.record = HostRecord(slot=slot, system_uuid=self.system_uuid, incarnation=hosts.new_incarnation(),
+                                 serve_window_ns=self.serve_window_ns, pid=os.getpid(),
+                                 hostname=hosts.this_hostname())
+        self.writer.store(self.record)
+        self.renewals_stopped = False
+        log.info("host_joined", slot=slot, incarnation=self.record.incarnation, system_uuid=str(self.system_uuid),
+                 serve_window_s=self.serve_window_ns / 1e9)
+        return self.record
+
+    def check_mine(self) -> None:
+        """Raise RecordLost unless the slot still holds this incarnation's record."""
+        assert self.record is not None
+        found = hosts.read_slot(self.device.map, self.record.slot)
+        if not isinstance(found, HostRecord) or found.identity != self.record.identity:
+            self.renewals_stopped = True
+            holder = found.identity if isinstance(found, HostRecord) else found
+            log.error("host_record_lost", slot=self.record.slot, incarnation=self.record.incarnation,
+                      found=str(holder), action="renewals stopped; rejoining with a new incarnation and a fresh play")
+            raise RecordLost(f"host slot {self.record.slot} holds {holder}")
+
+    def renew(self, renewed_ns: int, applied: int, pin_floor: int) -> None:
+        """Step 3's store: heartbeat + 1, what is applied and pinned, and when this pass began."""
+        assert self.record is not None
+        if self.renewals_stopped:
+            return
+        self.record = self.record.renewed(applied=applied, pin_floor=pin_floor, renewed_ns=renewed_ns)
+        self.writer.store(self.record)
+
+    def mark_fenced(self) -> None:
+        """Step 5: the agent played a FENCE of this incarnation. The record says so (its mount
+        stops at once) and is never renewed again."""
+        assert self.record is not None
+        self.renewals_stopped = True
+        self.record = replace(self.record, flags=self.record.flags | hosts.FLAG_FENCED)
+        self.writer.store(self.record)
+
+    def leave(self) -> None:
+        """Step 7: a clean stop. Not after a loss or a fence: the slot may be another's now."""
+        if self.record is None or self.renewals_stopped:
+            return
+        self.record = replace(self.record, state=HostState.LEFT)
+        self.writer.store(self.record)
+        log.info("host_left", slot=self.record.slot, incarnation=self.record.incarnation)
+
+    def close(self) -> None:
+        self.writer.close()
+

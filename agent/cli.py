@@ -24,6 +24,7 @@ from typing import NoReturn
 import structlog
 
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
+from agent.hostrecord import table_lines, table_report
 from agent.shadow_writer import ShadowTree
 from famfs import config, logsetup
 from famfs import format as fmt
@@ -130,12 +131,13 @@ def status_report(shadow: Path) -> dict[str, object]:
         "agent_running": holder is not None, "agent_pid": holder or state.pid, "following": state.following,
         "applied_index": state.applied_index, "log_next_index": None, "lag_entries": None, "lag_seconds": None,
         "rejected": state.rejected, "stalled_at": state.stalled_at, "last_error": state.last_error,
-        "updated_at": _iso(state.updated_at), "device_error": None,
+        "updated_at": _iso(state.updated_at), "device_error": None, "hosts": None,
     }
     try:
         with Device(state.device) as device:
             famfs_log = FamfsLog(device)
             next_index = famfs_log.header().next_index
+            report["hosts"] = table_report(device.map, next_index, state.host_slot, state.incarnation)
             if str(famfs_log.superblock.fs_uuid) != state.fs_uuid:
                 report["device_error"] = f"the device now holds file system {famfs_log.superblock.fs_uuid}"
     except (DeviceError, fmt.FormatError) as err:
@@ -178,6 +180,9 @@ def status(argv: Sequence[str]) -> int:
         lines.append(("device error", report["device_error"]))
     for key, value in lines:
         print(f"{key + ':':16} {value}")
+    if report.get("hosts") is not None:
+        print("hosts:           (* this host)")
+        print("\n".join(table_lines(report["hosts"])))  # type: ignore[arg-type]
     return EXIT_OK
 
 

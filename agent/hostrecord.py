@@ -130,3 +130,38 @@ class Membership:
     def close(self) -> None:
         self.writer.close()
 
+
+
+def table_report(view: bytes | memoryview, next_index: int, slot: int | None, incarnation: int | None) -> list[dict[str, object]]:
+    """The host table as `famfs-agent status` shows it: one row per occupied slot, this host's
+    record (`slot`, `incarnation` from state.json) marked. The heartbeat's age is not shown: a
+    record's `renewed` is another host's clock; the master's coordinator times heartbeats."""
+    rows: list[dict[str, object]] = []
+    for found in hosts.read_table(view):
+        if isinstance(found, hosts.DamagedSlot):
+            rows.append({"slot": found.slot, "damaged": found.reason, "this_host": False})
+            continue
+        rows.append({
+            "slot": found.slot, "system_uuid": str(found.system_uuid), "hostname": found.hostname,
+            "incarnation": found.incarnation, "state": found.state.name.lower(), "fenced": found.fenced_seen,
+            "heartbeat": found.heartbeat, "applied": found.applied, "lag_entries": max(next_index - found.applied, 0),
+            "pin_floor": None if found.pin_floor == hosts.NO_PIN else found.pin_floor,
+            "serve_window_s": found.serve_window_ns / 1e9, "pid": found.pid,
+            "this_host": found.slot == slot and found.incarnation == incarnation,
+        })
+    return rows
+
+
+def table_lines(rows: list[dict[str, object]]) -> list[str]:
+    """The rows as text: a header and one line per slot, `*` marking this host."""
+    lines = [f"  {'slot':>5} {'system uuid':36} {'hostname':16} {'state':8} {'applied':>8} {'lag':>6} {'pin floor':>9}"]
+    for row in rows:
+        mark = "*" if row["this_host"] else " "
+        if "damaged" in row:
+            lines.append(f"{mark} {row['slot']:>5} damaged: {row['damaged']}")
+            continue
+        state = "fenced" if row["fenced"] else str(row["state"])
+        floor = "-" if row["pin_floor"] is None else str(row["pin_floor"])
+        lines.append(f"{mark} {row['slot']:>5} {row['system_uuid']:36} {str(row['hostname'])[:16]:16} {state:8} "
+                     f"{row['applied']:>8} {row['lag_entries']:>6} {floor:>9}")
+    return lines

@@ -219,6 +219,7 @@ class Follower:
             raise
         self.member = member
         self.renew_due = 0.0
+        pins.ensure_dir(self.tree.base)  # sticky and open to all: any process that maps a file may pin it
 
     def _drop_membership(self) -> None:
         if self.member is not None:

@@ -312,7 +312,7 @@ class FamfsOperations(pyfuse3.Operations):
         served = self.devices.served
         if flags & os.O_ACCMODE != os.O_RDONLY and (self.policy.read_only or not served.data.writable):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if self.lease.refusal(served.data.view, None) is not None:
+        if self.lease.refusal(served.famfs_log.device.map, None) is not None:
             raise pyfuse3.FUSEError(errno.EIO)  # famfs.open maps through an open: none while self-fenced
         pinned = await self._pin(node, look=True)
         fh = self._new_fh()
@@ -717,7 +717,7 @@ class FamfsOperations(pyfuse3.Operations):
     def _leased(self, served: Served, handle: Handle) -> None:
         """Raise EIO (or ESTALE for a fenced incarnation's handle) unless the agent's lease
         allows serving bytes now."""
-        code = self.lease.refusal(served.data.view, handle.incarnation)
+        code = self.lease.refusal(served.famfs_log.device.map, handle.incarnation)
         if code is not None:
             raise pyfuse3.FUSEError(code)
 

@@ -24,7 +24,7 @@ from typing import NoReturn
 import structlog
 
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
-from agent.hostrecord import table_lines, table_report
+from agent.hostrecord import settings_problem, table_lines, table_report
 from agent.shadow_writer import ShadowTree
 from famfs import config, logsetup
 from famfs import format as fmt
@@ -86,6 +86,9 @@ def play(argv: Sequence[str]) -> int:
     device = args.device or settings.agent.device
     if not device:
         print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.follow and (problem := settings_problem(settings.agent.serve_window, settings.agent.heartbeat_interval)):
+        print(f"famfs-agent: {problem}", file=sys.stderr)
         return EXIT_UNUSABLE
     uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
     try:

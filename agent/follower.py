@@ -19,13 +19,14 @@ from types import FrameType
 
 import structlog
 
+from agent import borndead
 from agent.deleted import DeletedFiles, NotReclaimable
 from agent.hostrecord import Membership, RecordLost
 from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
-from famfs import hosts, pins, service
+from famfs import hosts, pins, rules, service
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -82,6 +83,7 @@ class Follower:
         self.fenced_by: fmt.FenceEntry | None = None
         self.dropped_incarnations: list[int] = []  # the tree they served is being dropped
         self.renew_due = 0.0  # time.monotonic() of the next renewal
+        self.born_dead: dict[int, tuple[int, str]] = {}  # of this play: FILE index -> (DELETE index, relpath)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -362,9 +364,13 @@ class Follower:
         # Nothing dealt with since the reset: root/ is empty, so the tree is built whole in
         # staging/ and moved in at the end (no rename per file), the cursor saved only then.
         build = self.state.applied_index < 0 and self.state.applied_index + 1 < stop
+        self.born_dead = {}
         if build:
             before = self.state.applied_index, self.state.applied_seqnum, self.state.applied_crc
             self.tree.begin_build()
+        elif self.state.applied_index + 1 < stop:
+            assert self.famfs_log is not None
+            self.born_dead = borndead.pairs(self.famfs_log, self.state.applied_index + 1, stop)
         try:
             while (self.stop_signal is None and self.state.stalled_at is None and self.fenced_by is None
                    and self.state.applied_index + 1 < stop):
@@ -388,7 +394,7 @@ class Follower:
         famfs_log, state, tree = self.famfs_log, self.state, self.tree
         assert famfs_log is not None and state is not None
         started = time.perf_counter()
-        counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected"), 0)
+        counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected", "born_dead"), 0)
         done = first - 1  # the last entry dealt with
         debug = self.debug
         tally = self.stats.entries
@@ -411,7 +417,10 @@ class Follower:
                         continue
                     entry = settled
                 try:
-                    if type(entry) is fmt.DeleteEntry:
+                    if (index in self.born_dead or str(index) in state.born_dead) and (
+                            unborn := self._born_dead(index, entry)) is not None:
+                        outcome = unborn
+                    elif type(entry) is fmt.DeleteEntry:
                         self._delete(index, entry, done)
                         outcome = "deleted"
                     elif type(entry) is fmt.ReclaimEntry or type(entry) is fmt.FenceEntry:
@@ -450,6 +459,27 @@ class Follower:
         if done >= first:
             log.info("batch", first=first, last=done, entries=done + 1 - first,
                      rate_per_s=round((done + 1 - first) / max(elapsed, 1e-9)), **counts)
+
+    def _born_dead(self, index: int, entry: fmt.Entry) -> str | None:
+        """A born-dead file's FILE (checked, units taken, no YAML) or its DELETE (noted deleted);
+        None: play the entry as usual (the name is in the tree already: a run killed before its
+        cursor made it)."""
+        assert self.state is not None and self.famfs_log is not None
+        if type(entry) is fmt.FileEntry:
+            delete_index, relpath = self.born_dead.pop(index)
+            if self.tree.kind(relpath) is not None:
+                return None
+            try:
+                rules.check(index, entry, self.tree, self.tree.geometry, self.famfs_log.entry)
+            except rules.Violation as err:
+                raise Rejected(index, str(err), relpath) from None
+            self.tree.units.claim(entry.all_extents())
+            self.state.born_dead[str(delete_index)] = [index, relpath]
+            return "born_dead"
+        file_index, relpath = self.state.born_dead.pop(str(index))
+        assert type(entry) is fmt.DeleteEntry and (entry.target_index, entry.relpath) == (file_index, relpath)
+        self.deleted.deleted(int(file_index), index, str(relpath))  # type: ignore[call-overload]
+        return "born_dead"
 
     def _host_entry(self, index: int, entry: fmt.ReclaimEntry | fmt.FenceEntry) -> str:
         """RECLAIM: the files' units are free (ShadowTree.units_freed, the owner map's hook).

@@ -165,3 +165,12 @@ def table_lines(rows: list[dict[str, object]]) -> list[str]:
         lines.append(f"{mark} {row['slot']:>5} {row['system_uuid']:36} {str(row['hostname'])[:16]:16} {state:8} "
                      f"{row['applied']:>8} {row['lag_entries']:>6} {floor:>9}")
     return lines
+
+
+def settings_problem(serve_window: float, heartbeat_interval: float) -> str | None:
+    """Why a following agent cannot keep its mount serving with these settings, or None: a
+    renewal every heartbeat_interval must land well inside the window (two of them, at least)."""
+    if serve_window <= 2 * heartbeat_interval:
+        return (f"[agent] serve_window ({serve_window:g} s) must be more than twice heartbeat_interval "
+                f"({heartbeat_interval:g} s): the mount would stop serving between renewals")
+    return None

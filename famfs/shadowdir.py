@@ -74,6 +74,9 @@ class AgentState:
     # Incarnations whose tree was dropped (fenced, or the record lost): the mount answers their
     # handles ESTALE. The most recent STALE_KEPT.
     stale_incarnations: list[int] = field(default_factory=list)
+    # Born-dead files (agent/borndead.py) whose FILE is at or below the cursor and whose DELETE is
+    # not: "DELETE index": [FILE index, relpath]. Their YAML was never made.
+    born_dead: dict[str, list[object]] = field(default_factory=dict)
 
     def dump(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode() + b"\n"

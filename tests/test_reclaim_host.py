@@ -21,6 +21,7 @@ import pytest
 import famfs
 from agent.deleted import DeletedFiles
 from agent.follower import Follower
+from agent.shadow_writer import ShadowTree
 from famfs import config, hosts, pins
 from famfs import format as fmt
 from famfs.device import Device
@@ -307,3 +308,60 @@ def test_a_lost_record_is_rejoined(tmp_path: Path, device: Path, agent_config: P
                             and r.incarnation not in (joined.incarnation, thief.incarnation) and r, "rejoined")
         assert rejoined.slot != joined.slot  # the slot is another host's now
     assert "host_record_lost" in (tmp_path / "shadow.agent.log").read_text()
+
+
+def test_a_resumed_catch_up_never_shows_a_file_deleted_within_it(tmp_path: Path, device: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 system_uuid_file: Path) -> None:
+    shadow = tmp_path / "shadow"
+
+    def play_once() -> Follower:
+        follower = Follower(str(device), str(shadow), config.AgentSettings(), system_uuid_file, follow=False)
+        assert follower.run() == 0
+        return follower
+
+    play_once()  # a first play: a and b
+    placed: list[str] = []
+    real_place = ShadowTree._place_new
+
+    def place_new(self: ShadowTree, temp: str, relpath: str, *args: object) -> bool:
+        placed.append(relpath)
+        return real_place(self, temp, relpath, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ShadowTree, "_place_new", place_new)
+    append(device, [file_entry("c", 2), file_entry("d", 3), fmt.DeleteEntry(relpath="c", target_index=2),
+                    fmt.MkdirEntry(relpath="dir", mode=0o755, uid=0, gid=0), file_entry("dir/e", 4),
+                    file_entry("f", 5),
+                    fmt.DeleteEntry(relpath="dir/e", target_index=6)])
+    follower = play_once()
+    assert "c" not in placed and "dir/e" not in placed and {"d", "f"} <= set(placed)
+    state = agent_state(shadow)
+    assert (state["rejected"], state["live_files"], state["born_dead"]) == (0, 4, {})
+    assert sorted(os.listdir(shadow / "root")) == [".meta", "a", "b", "d", "dir", "f"]
+    assert {found.relpath for found in follower.deleted.files.values()} == {"c", "dir/e"}
+
+
+def test_a_born_dead_pair_split_by_a_stop_is_finished_by_the_next_run(tmp_path: Path, device: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       system_uuid_file: Path) -> None:
+    shadow = tmp_path / "shadow"
+    settings = config.AgentSettings(batch_max=1)
+    assert Follower(str(device), str(shadow), settings, system_uuid_file, follow=False).run() == 0
+    append(device, [file_entry("c", 2), file_entry("d", 3), fmt.DeleteEntry(relpath="c", target_index=2)])
+    real_batch = Follower._batch
+
+    def batch(self: Follower, first: int, stop: int, progress: object) -> None:
+        real_batch(self, first, stop, progress)  # type: ignore[arg-type]
+        if first == 2:
+            self.stop_signal = signal.SIGTERM  # stopped with c taken, its DELETE not yet played
+
+    monkeypatch.setattr(Follower, "_batch", batch)
+    assert Follower(str(device), str(shadow), settings, system_uuid_file, follow=False).run() == 0
+    assert agent_state(shadow)["born_dead"] == {"4": [2, "c"]}
+    monkeypatch.setattr(Follower, "_batch", real_batch)
+    follower = Follower(str(device), str(shadow), settings, system_uuid_file, follow=False)
+    assert follower.run() == 0
+    state = agent_state(shadow)
+    assert (state["applied_index"], state["rejected"], state["live_files"], state["born_dead"]) == (4, 0, 3, {})
+    assert not (shadow / "root" / "c").exists()
+    assert [found.relpath for found in follower.deleted.files.values()] == ["c"]

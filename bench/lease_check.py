@@ -1,0 +1,84 @@
+"""The mount's per-request lease check (fusefs/lease.py), measured: `python -m bench.lease_check`.
+
+A fresh image on /dev/shm, a following famfs-agent (serve window 1 h, so the lease holds for the
+whole run), then `Lease.refusal` called in a loop on the agent's record as the mount calls it
+(the device's mmap, a handle's incarnation), and, for scale, the decode of a changed record and
+the extra copy a read under a lease makes (1 MiB). Best and median of 5 runs, nanoseconds.
+Not part of `make bench`: a number for docs/fusefs.md, with the command that gives it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from demo.harness import wait_for
+from famfs import hosts
+from famfs.device import Device
+from famfs.master.mkfs import create_image, mkfs
+from fusefs.lease import Lease
+
+CALLS = 200_000
+RUNS = 5
+
+
+def per_call_ns(call: Callable[[], object], calls: int) -> tuple[float, float]:
+    runs = []
+    for _ in range(RUNS):
+        started = time.perf_counter_ns()
+        for _ in range(calls):
+            call()
+        runs.append((time.perf_counter_ns() - started) / calls)
+    return min(runs), statistics.median(runs)
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="lease_check_", dir="/dev/shm"))
+    agent = None
+    try:
+        image, shadow = work / "dev.img", work / "shadow"
+        create_image(image, 1 << 30)
+        mkfs(str(image), uuid_file=work / "master_uuid")
+        (work / "agent.toml").write_text("[agent]\nserve_window = 3600.0\n")
+        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "--follow", "--shadow", str(shadow), "--config",
+                                  str(work / "agent.toml"), "--system-uuid-file", str(work / "host_uuid"), str(image)],
+                                 stderr=subprocess.DEVNULL)
+        def renewed() -> Lease | None:
+            candidate = Lease(str(shadow))
+            if candidate.slot is None:
+                return None
+            with Device(image) as opened:
+                return candidate if candidate.refusal(opened.map, candidate.incarnation) is None else None
+        lease = wait_for(renewed, "the agent's first renewal", 30)
+        with Device(image) as opened:
+            device_map, me = opened.map, lease.incarnation
+            check = per_call_ns(lambda: lease.refusal(device_map, me), CALLS)
+            assert lease.slot is not None
+            start = hosts.slot_offset(lease.slot)
+            raw = bytes(device_map[start:start + 256])
+            decode = per_call_ns(lambda: hosts.decode(raw, lease.slot), CALLS // 10)  # type: ignore[arg-type]
+            view = memoryview(device_map)
+            copy = per_call_ns(lambda: bytes(view[0:1 << 20]), 2000)
+            view.release()
+        print(f"lease check (refusal, record unchanged): best {check[0]:.0f} ns, median {check[1]:.0f} ns")
+        print(f"record decode (a changed record, once per renewal): best {decode[0]:.0f} ns, median {decode[1]:.0f} ns")
+        print(f"a read's extra copy under a lease, 1 MiB: best {copy[0] / 1000:.0f} us, median {copy[1] / 1000:.0f} us")
+        print(f"load average: {os.getloadavg()[0]:.1f}")
+        return 0
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -338,7 +338,7 @@ class Follower:
                     progress.finish()
                 self._renew(renewed_ns)  # one record of what is applied and pinned: window 0, never renewed again
                 break
-        except fmt.FormatError as err:
+        except (fmt.FormatError, DeviceError) as err:  # DeviceError: this host's record cannot be written
             log.error("device_unusable", device=self.device_path, error=str(err))
             return EXIT_UNUSABLE
         except OSError as err:

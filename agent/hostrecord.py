@@ -18,7 +18,7 @@ import structlog
 
 from famfs import format as fmt
 from famfs import hosts
-from famfs.device import Device, DeviceError
+from famfs.device import Device, DeviceError, map_alignment
 from famfs.hosts import HostRecord, HostState
 
 log = structlog.get_logger("famfs-agent")
@@ -40,9 +40,18 @@ class RecordWriter:
             raise DeviceError(err.errno, f"{device.path}: cannot open for writing this host's record in the host "
                               f"table: {err.strerror}") from None
         self.region: mmap.mmap | None = None
+        self.base = 0  # the device offset `region` starts at
         if self.kind != "file":
-            # The superblock region only: devdax maps in 2 MiB pieces, which is exactly its size.
-            self.region = mmap.mmap(self.fd, fmt.SUPERBLOCK_SIZE, mmap.MAP_SHARED, access=mmap.ACCESS_WRITE)
+            # The host table only, where the device maps in pieces that small (pmem: pages);
+            # devdax maps in 2 MiB pieces: the superblock region, of which only the table is written.
+            whole_table = map_alignment(device.info) <= fmt.HOST_TABLE_OFFSET
+            self.base = fmt.HOST_TABLE_OFFSET if whole_table else 0
+            try:
+                self.region = mmap.mmap(self.fd, fmt.SUPERBLOCK_SIZE - self.base, mmap.MAP_SHARED,
+                                        access=mmap.ACCESS_WRITE, offset=self.base)
+            except OSError as err:
+                os.close(self.fd)
+                raise DeviceError(err.errno, f"{device.path}: cannot map the host table for writing: {err.strerror}") from None
 
     def store(self, record: HostRecord) -> None:
         raw = hosts.encode(record)
@@ -50,7 +59,7 @@ class RecordWriter:
         if self.region is None:
             os.pwrite(self.fd, raw, offset)
         else:
-            self.region[offset:offset + len(raw)] = raw
+            self.region[offset - self.base:offset - self.base + len(raw)] = raw
 
     def close(self) -> None:
         if self.region is not None:

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from demo.harness import wait_for
-from famfs import hosts
+from famfs import env, hosts
 from famfs.device import Device
-from famfs.master.mkfs import create_image, mkfs
 from fusefs.lease import Lease
 
 CALLS = 200_000
@@ -45,8 +44,9 @@ def main() -> int:
     agent = None
     try:
         image, shadow = work / "dev.img", work / "shadow"
-        create_image(image, 1 << 30)
-        mkfs(str(image), uuid_file=work / "master_uuid")
+        # famfsctl as a program: a module that imports the mount's code may not import the master's.
+        subprocess.run([sys.executable, "-m", "famfs.master.famfsctl", "mkfs", "--size", "1g", str(image)], check=True,
+                       capture_output=True, env={**os.environ, env.SYSTEM_UUID_FILE: str(work / "master_uuid")})
         (work / "agent.toml").write_text("[agent]\nserve_window = 3600.0\n")
         agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "--follow", "--shadow", str(shadow), "--config",
                                   str(work / "agent.toml"), "--system-uuid-file", str(work / "host_uuid"), str(image)],

@@ -4,11 +4,14 @@ A fresh image on /dev/shm, a following famfs-agent (serve window 1 h, so the lea
 whole run), then `Lease.refusal` called in a loop on the agent's record as the mount calls it
 (the device's mmap, a handle's incarnation), and, for scale, the decode of a changed record and
 the extra copy a read under a lease makes (1 MiB). Best and median of 5 runs, nanoseconds.
-Not part of `make bench`: a number for docs/fusefs.md, with the command that gives it.
+Then end to end: `cache=direct` sequential 1 MiB reads of a 512 MiB file through a mount whose
+agent is a one-shot play (no lease: zero-copy) and a follower (a lease), two rounds each.
+Not part of `make bench`: numbers for docs/fusefs.md, with the command that gives them.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import signal
@@ -20,9 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from demo.harness import wait_for
+from demo.harness import Mount, wait_for
 from famfs import env, hosts
 from famfs.device import Device
+from famfs.shadowdir import read_state
 from fusefs.lease import Lease
 
 CALLS = 200_000
@@ -37,6 +41,45 @@ def per_call_ns(call: Callable[[], object], calls: int) -> tuple[float, float]:
             call()
         runs.append((time.perf_counter_ns() - started) / calls)
     return min(runs), statistics.median(runs)
+
+
+def read_rate(path: Path) -> tuple[float, float]:
+    """GB/s of sequential 1 MiB reads of the whole file (page-aligned buffer): best, median of 5."""
+    buffer = mmap.mmap(-1, 1 << 20)
+    fd = os.open(path, os.O_RDONLY)
+    rates = []
+    try:
+        for _ in range(RUNS):
+            started, offset = time.perf_counter(), 0
+            while (done := os.preadv(fd, [buffer], offset)) > 0:
+                offset += done
+            rates.append(offset / (time.perf_counter() - started) / 1e9)
+    finally:
+        os.close(fd)
+        buffer.close()
+    return max(rates), statistics.median(rates)
+
+
+def reads(work: Path, image: Path) -> None:
+    subprocess.run([sys.executable, "-m", "famfs.master.famfsctl", "creat", "--device", str(image), "-s", "512m", "big"],
+                   check=True, capture_output=True, env={**os.environ, env.SYSTEM_UUID_FILE: str(work / "master_uuid")})
+    for round_no, mode in enumerate(("one-shot", "follow") * 2):
+        shadow = work / f"shadow{round_no}"
+        follow = ["--follow", "--config", str(work / "agent.toml")] if mode == "follow" else ["--no-progress"]
+        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", *follow, "--shadow", str(shadow),
+                                  "--system-uuid-file", str(work / "host_uuid"), str(image)], stderr=subprocess.DEVNULL)
+        try:
+            if mode == "one-shot":
+                assert agent.wait(timeout=60) == 0
+            wait_for(lambda: (state := read_state(shadow)) is not None and state.caught_up_at is not None, "caught up", 30)
+            time.sleep(0.2)  # the follower's first renewal
+            with Mount(shadow, image, work / f"mnt{round_no}", "cache=direct") as mount:
+                best, median = read_rate(mount.mountpoint / "big")
+            print(f"cache=direct 1 MiB reads, {mode:8} agent: best {best:.2f} GB/s, median {median:.2f} GB/s")
+        finally:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(timeout=30)
 
 
 def main() -> int:
@@ -71,6 +114,10 @@ def main() -> int:
         print(f"lease check (refusal, record unchanged): best {check[0]:.0f} ns, median {check[1]:.0f} ns")
         print(f"record decode (a changed record, once per renewal): best {decode[0]:.0f} ns, median {decode[1]:.0f} ns")
         print(f"a read's extra copy under a lease, 1 MiB: best {copy[0] / 1000:.0f} us, median {copy[1] / 1000:.0f} us")
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+        agent = None
+        reads(work, image)
         print(f"load average: {os.getloadavg()[0]:.1f}")
         return 0
     finally:

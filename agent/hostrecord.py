@@ -108,8 +108,12 @@ class Membership:
         if not isinstance(found, HostRecord) or found.identity != self.record.identity:
             self.renewals_stopped = True
             holder = found.identity if isinstance(found, HostRecord) else found
+            same_host = isinstance(found, HostRecord) and found.system_uuid == self.system_uuid
             log.error("host_record_lost", slot=self.record.slot, incarnation=self.record.incarnation,
-                      found=str(holder), action="renewals stopped; rejoining with a new incarnation and a fresh play")
+                      found=str(holder), action="renewals stopped; rejoining with a new incarnation and a fresh play",
+                      why="another famfs-agent with this host's system UUID joined this device: run one agent per "
+                          "host and device (or give each its own [host] system_uuid_file)" if same_host else
+                          "another host's claim overwrote this slot")
             raise RecordLost(f"host slot {self.record.slot} holds {holder}")
 
     def renew(self, renewed_ns: int, applied: int, pin_floor: int) -> None:

@@ -398,6 +398,7 @@ class Follower:
         done = first - 1  # the last entry dealt with
         debug = self.debug
         tally = self.stats.entries
+        unborn = bool(self.born_dead or state.born_dead)  # pairs are added only from born_dead: none if both are empty
         try:
             for index, raw in zip(range(first, stop), famfs_log.raw_entries(first, stop)):
                 if self.stop_signal is not None:
@@ -417,9 +418,9 @@ class Follower:
                         continue
                     entry = settled
                 try:
-                    if (index in self.born_dead or str(index) in state.born_dead) and (
-                            unborn := self._born_dead(index, entry)) is not None:
-                        outcome = unborn
+                    if unborn and (index in self.born_dead or str(index) in state.born_dead) and (
+                            skipped := self._born_dead(index, entry)) is not None:
+                        outcome = skipped
                     elif type(entry) is fmt.DeleteEntry:
                         self._delete(index, entry, done)
                         outcome = "deleted"

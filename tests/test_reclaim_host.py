@@ -365,3 +365,14 @@ def test_a_born_dead_pair_split_by_a_stop_is_finished_by_the_next_run(tmp_path: 
     assert (state["applied_index"], state["rejected"], state["live_files"], state["born_dead"]) == (4, 0, 3, {})
     assert not (shadow / "root" / "c").exists()
     assert [found.relpath for found in follower.deleted.files.values()] == ["c"]
+
+
+def test_the_table_read_finds_every_occupied_slot_and_damage() -> None:
+    table = bytearray(fmt.HOST_TABLE_OFFSET + fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE)
+    records = [HostRecord(slot=slot, system_uuid=uuid.uuid4(), incarnation=slot + 1) for slot in (0, 15, 16, 2047, 4095)]
+    for found in records:
+        table[hosts.slot_offset(found.slot):hosts.slot_offset(found.slot) + fmt.HOST_RECORD_SIZE] = hosts.encode(found)
+    table[hosts.slot_offset(100) + 255] = 1  # one stray byte in an empty slot: a damaged slot, not an empty one
+    read = list(hosts.read_table(bytes(table)))
+    assert [found for found in read if isinstance(found, HostRecord)] == records
+    assert [found.slot for found in read if isinstance(found, hosts.DamagedSlot)] == [100]

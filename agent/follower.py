@@ -141,6 +141,8 @@ class Follower:
         sb = self.famfs_log.superblock
         if self.member is None:
             self._join()  # before the log is read for playing (docs/reclaim.md, step 1)
+        if self.dropped_incarnations:  # also when the _start of a rejoin failed and is retried
+            rebuild = rebuild or "the tree of a fenced incarnation, or one whose record was lost, is dropped"
         saved = self.tree.read_agent_file(STATE_FILE)
         state = AgentState.parse(saved)
         previous = state
@@ -192,13 +194,14 @@ class Follower:
             if state.live_files is not None:
                 state.live_files -= 1
         state.pending_delete = None
-        self._host_fields(previous, state)
+        self._host_fields(state if not resumed else previous, state)
         if resumed:
             self.deleted.rebuild(self.famfs_log, state.applied_index + 1)
         else:
             self.deleted.clear()
         state.next_index_seen = self.famfs_log.next_index()
         self._save()
+        self.dropped_incarnations = []  # in state.json's stale_incarnations now
         log.info("start", device=self.device_path, shadow=str(self.tree.base), fs_uuid=state.fs_uuid,
                  role=state.role, mode="follow" if self.following else "once", cursor=state.applied_index,
                  log_next_index=state.next_index_seen)
@@ -259,13 +262,10 @@ class Follower:
             log.error("fenced", incarnation=self.member.incarnation, slot=self.member.slot,
                       reason=self.fenced_by.reason.name.lower(), heartbeat_seen=self.fenced_by.heartbeat,
                       applied_seen=self.fenced_by.applied, action="tree dropped; rejoining with a fresh play")
-        self.dropped_incarnations = list(self.state.tree_incarnations)
+        self.dropped_incarnations += [old for old in self.state.tree_incarnations if old not in self.dropped_incarnations]
         self.fenced_by = None
         self._drop_membership()
-        try:
-            self._start(why)
-        finally:
-            self.dropped_incarnations = []
+        self._start(why)  # a failure leaves dropped_incarnations for the _start that succeeds
 
     def _names_me(self, entry: fmt.FenceEntry) -> bool:
         assert self.member is not None and self.state is not None
@@ -601,7 +601,10 @@ class Follower:
                     if renewal is not None and self.stop_signal is None and self.member is not None:
                         self._renew(renewal)
                 except (Fenced, RecordLost) as err:
-                    self._rejoin(str(err))
+                    try:
+                        self._rejoin(str(err))
+                    except OSError as failed:
+                        self._recover(failed)
                     continue
                 except OSError as err:
                     self._recover(err)

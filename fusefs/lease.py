@@ -49,6 +49,9 @@ class Lease:
         self._deadline: int | None = None
         self._state_read = -1.0
         self._said: str | None = None  # the last refusal logged (each is logged once)
+        # The last refusal is of an agent starting (its record not yet in its slot, or not yet
+        # renewed): worth a short wait (FamfsOperations._lease_ready), unlike an expired lease.
+        self.starting = False
         self._load_state()
 
     def _load_state(self) -> None:
@@ -95,6 +98,7 @@ class Lease:
 
     def _examine(self, view: mmap.mmap, incarnation: int | None) -> int | None:
         """refusal() without the fast path."""
+        self.starting = False
         if self.slot is None:
             if time.monotonic() - self._state_read >= 1.0:
                 self._load_state()  # an agent that joins later (its state is written after the mount starts)
@@ -108,6 +112,7 @@ class Lease:
                     return errno.ESTALE
                 record = self._current(view) if self.slot is not None else None
             if not (isinstance(record, HostRecord) and record.incarnation == self.incarnation):
+                self.starting = True
                 return self._refuse(errno.EIO, f"host slot {self.slot} does not hold the agent's record "
                                     f"(incarnation {self.incarnation}) now")
         if record.fenced_seen:
@@ -116,6 +121,7 @@ class Lease:
                                 f"the agent was fenced (incarnation {record.incarnation})")
         if record.serve_window_ns == 0:
             return None  # a one-shot play: no lease (docs/reclaim.md, step 6)
+        self.starting = record.renewed_ns == 0
         if record.renewed_ns == 0 or hosts.boottime_ns() - record.renewed_ns >= record.serve_window_ns:
             return self._refuse(errno.EIO, "the agent's lease expired (no renewal within the serve window)"
                                 if record.renewed_ns else "the agent has not finished its first catch-up")

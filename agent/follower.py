@@ -598,8 +598,8 @@ class Follower:
                         worked = self._check_tree()
                         now = time.monotonic()
                         next_check = now + max(TREE_CHECK_S, TREE_CHECK_COST * (now - started))
-                    if renewal is not None and self.stop_signal is None and self.member is not None:
-                        self._renew(renewal)
+                    if renewal is not None and self.stop_signal is None and self.member is renewal[0]:
+                        self._renew(renewal[1])  # not after a rejoin in this pass: its catch-up is still to come
                 except (Fenced, RecordLost) as err:
                     try:
                         self._rejoin(str(err))
@@ -629,15 +629,15 @@ class Follower:
                  cursor=self.state.applied_index if self.state else None)
         return EXIT_OK
 
-    def _renewal_start(self) -> int | None:
-        """If a renewal is due: CLOCK_BOOTTIME now (before this pass reads the header), once the
-        slot is checked to hold this incarnation still (RecordLost if not); else None."""
+    def _renewal_start(self) -> tuple[Membership, int] | None:
+        """If a renewal is due: the membership and CLOCK_BOOTTIME now (before this pass reads the
+        header), once the slot is checked to hold this incarnation still (RecordLost if not)."""
         if self.member is None or time.monotonic() < self.renew_due:
             return None
         now = hosts.boottime_ns()
         self.member.check_mine()
         self.renew_due = time.monotonic() + self.settings.heartbeat_interval
-        return now
+        return self.member, now
 
     def _check_tree(self) -> bool:
         """Between batches the tree holds exactly what the cursor says: rebuild it if it does not

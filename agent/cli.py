@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
+from agent.hostrecord import settings_problem, table_lines, table_report
 from agent.shadow_writer import ShadowTree
 from famfs import config, logsetup
 from famfs import format as fmt
@@ -85,6 +86,9 @@ def play(argv: Sequence[str]) -> int:
     if not device:
         print("famfs-agent: no DEVICE given and no [agent] device in the config", file=sys.stderr)
         return EXIT_UNUSABLE
+    if args.follow and (problem := settings_problem(settings.agent.serve_window, settings.agent.heartbeat_interval)):
+        print(f"famfs-agent: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
     uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
     try:
         system_uuid(uuid_file, create=False)  # read on every (re)start: a bad file is a usage error now
@@ -129,12 +133,13 @@ def status_report(shadow: Path) -> dict[str, object]:
         "agent_running": holder is not None, "agent_pid": holder or state.pid, "following": state.following,
         "applied_index": state.applied_index, "log_next_index": None, "lag_entries": None, "lag_seconds": None,
         "rejected": state.rejected, "stalled_at": state.stalled_at, "last_error": state.last_error,
-        "updated_at": _iso(state.updated_at), "device_error": None,
+        "updated_at": _iso(state.updated_at), "device_error": None, "hosts": None,
     }
     try:
         with Device(state.device) as device:
             famfs_log = FamfsLog(device)
             next_index = famfs_log.header().next_index
+            report["hosts"] = table_report(device.map, next_index, state.host_slot, state.incarnation)
             if str(famfs_log.superblock.fs_uuid) != state.fs_uuid:
                 report["device_error"] = f"the device now holds file system {famfs_log.superblock.fs_uuid}"
     except (DeviceError, fmt.FormatError) as err:
@@ -177,6 +182,9 @@ def status(argv: Sequence[str]) -> int:
         lines.append(("device error", report["device_error"]))
     for key, value in lines:
         print(f"{key + ':':16} {value}")
+    if report.get("hosts") is not None:
+        print("hosts:           (* this host)")
+        print("\n".join(table_lines(report["hosts"])))  # type: ignore[arg-type]
     return EXIT_OK
 
 

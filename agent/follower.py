@@ -20,17 +20,20 @@ from types import FrameType
 
 import structlog
 
+from agent import borndead
+from agent.deleted import DeletedFiles
+from agent.hostrecord import Membership, RecordLost
 from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
-from famfs import madedirs, service
+from famfs import hosts, madedirs, pins, rules, service
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import HostIdentity, Role, system_uuid
 from famfs.progress import Progress
-from famfs.shadowdir import STATE_FILE, AgentState, boot_id, image_identity, tree_problem
+from famfs.shadowdir import STALE_KEPT, STATE_FILE, AgentState, boot_id, image_identity, tree_problem
 
 log = structlog.get_logger("famfs-agent")
 
@@ -46,6 +49,10 @@ TREE_CHECK_COST = 20
 EXIT_OK = 0
 EXIT_REJECTED = 1  # one-shot: some entries rejected, or a corrupt entry stopped the play
 EXIT_UNUSABLE = 2  # the device or the shadow directory cannot be used
+
+
+class Fenced(Exception):
+    """A FENCE named one of the incarnations that served this tree (docs/reclaim.md, step 5)."""
 
 
 class Follower:
@@ -70,6 +77,15 @@ class Follower:
         self.stats = AgentStats()  # read by the metrics collector (agent/metrics.py)
         self.waiter: Waiter | None = None  # made by run(): signal.set_wakeup_fd needs the main thread
         self.debug = debug  # per-entry events cost time even when filtered out: skip building them
+        # Reclaim (docs/reclaim.md, "A host"): this host's record, the deleted files it may still
+        # pin, and what a fence or a lost record leaves for the next _start.
+        self.member: Membership | None = None
+        self.deleted = DeletedFiles()
+        self.tree.deleted_by = self.deleted.deleted_by  # the rule book's view of deleted files is the follower's list
+        self.fenced_by: fmt.FenceEntry | None = None
+        self.dropped_incarnations: list[int] = []  # the tree they served is being dropped
+        self.renew_due = 0.0  # time.monotonic() of the next renewal
+        self.born_dead: dict[int, tuple[int, str]] = {}  # of this play: FILE index -> (DELETE index, relpath)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -93,6 +109,7 @@ class Follower:
             if code != EXIT_OK and made and locked and self.tree.read_agent_file(STATE_FILE) is None:
                 shutil.rmtree(self.tree.base, ignore_errors=True)  # made by this run, never played: all ours
             self.tree.close()
+            self._drop_membership()
             madedirs.undo(made)
             if self.device is not None:
                 self.device.close()
@@ -110,6 +127,7 @@ class Follower:
 
     def _open_device(self) -> str | None:
         """Open (or re-open) the device; the reason it is unusable, or None."""
+        self._drop_membership()  # a record is of one device: a (re)opened one is joined again
         if self.device is not None:
             self.device.close()
             self.device = self.famfs_log = None
@@ -130,8 +148,13 @@ class Follower:
         when `rebuild` gives a reason)."""
         assert self.famfs_log is not None
         sb = self.famfs_log.superblock
+        if self.member is None:
+            self._join()  # before the log is read for playing (docs/reclaim.md, step 1)
+        if self.dropped_incarnations:  # also when the _start of a rejoin failed and is retried
+            rebuild = rebuild or "the tree of a fenced incarnation, or one whose record was lost, is dropped"
         saved = self.tree.read_agent_file(STATE_FILE)
         state = AgentState.parse(saved)
+        previous = state
         if saved is not None and state is None:
             rebuild = rebuild or f"{STATE_FILE} is unreadable"  # said in the log: not a silent rebuild
         reason = rebuild or self._rebuild_reason(state)
@@ -159,6 +182,7 @@ class Follower:
             state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid), live_files=0)
             assert self.device is not None
             state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
+            self._host_fields(previous, state)
             self.state = state
             # First: a kill during the reset then restarts the reset, and a mount reading the
             # state stops serving the old device before the tree shows the new file system.
@@ -182,11 +206,82 @@ class Follower:
             if state.live_files is not None:
                 state.live_files -= 1
         state.pending_delete = None
+        self._host_fields(state if not resumed else previous, state)
+        if resumed:
+            self.deleted.rebuild(self.famfs_log, state.applied_index + 1)
+        else:
+            self.deleted.clear()
         state.next_index_seen = self.famfs_log.next_index()
         self._save()
+        self.dropped_incarnations = []  # in state.json's stale_incarnations now
         log.info("start", device=self.device_path, shadow=str(self.tree.base), fs_uuid=state.fs_uuid,
                  role=state.role, mode="follow" if self.following else "once", cursor=state.applied_index,
                  log_next_index=state.next_index_seen)
+
+    # --- this host's record (docs/reclaim.md, "A host"; agent/hostrecord.py) ----------------
+
+    def _join(self) -> None:
+        """Step 1: a record in the host table (new incarnation, renewed 0) before any log read
+        for playing. A follower's mount then self-fences by serve_window; a one-shot play's
+        record has window 0 (its mount serves without a lease, docs/reclaim.md step 6)."""
+        assert self.device is not None
+        me = system_uuid(self.uuid_file)
+        assert me is not None  # created if missing, as upstream does
+        window_ns = int(self.settings.serve_window * 1e9) if self.following else 0
+        member = Membership(self.device, me, window_ns)
+        try:
+            member.join()
+        except BaseException:
+            member.close()
+            raise
+        self.member = member
+        self.renew_due = 0.0
+        pins.ensure_dir(self.tree.base)  # sticky and open to all: any process that maps a file may pin it
+
+    def _drop_membership(self) -> None:
+        if self.member is not None:
+            self.member.close()
+            self.member = None
+
+    def _host_fields(self, previous: AgentState | None, state: AgentState) -> None:
+        """state.json's view of the record for the mount: slot, incarnation, which incarnations
+        served this tree and which trees were dropped (their handles get ESTALE)."""
+        assert self.member is not None
+        me = self.member.incarnation
+        served = list(previous.tree_incarnations) if previous is not None else []
+        stale = list(previous.stale_incarnations) if previous is not None else []
+        if self.dropped_incarnations:
+            stale += [old for old in self.dropped_incarnations if old not in stale]
+            served = []
+        if me not in served:
+            served.append(me)
+        state.host_slot, state.incarnation = self.member.slot, me
+        state.tree_incarnations, state.stale_incarnations = served[-STALE_KEPT:], stale[-STALE_KEPT:]
+
+    def _renew(self, renewed_ns: int) -> None:
+        """Step 3's end: the pins of deleted files tested (after the DELETEs were applied), then
+        the record stored with heartbeat + 1, applied, the pin floor and `renewed_ns`."""
+        assert self.member is not None and self.state is not None
+        floor = self.deleted.pin_floor(pins.pins_dir(self.tree.base))
+        self.member.renew(renewed_ns, self.state.applied_index + 1, floor)
+
+    def _rejoin(self, why: str) -> None:
+        """Fenced, or the record lost: the tree those incarnations served is dropped (their
+        handles in the mount get ESTALE), then a new incarnation joins and plays afresh."""
+        assert self.state is not None and self.member is not None
+        if self.fenced_by is not None:
+            self.member.mark_fenced()
+            log.error("fenced", incarnation=self.member.incarnation, slot=self.member.slot,
+                      reason=self.fenced_by.reason.name.lower(), heartbeat_seen=self.fenced_by.heartbeat,
+                      applied_seen=self.fenced_by.applied, action="tree dropped; rejoining with a fresh play")
+        self.dropped_incarnations += [old for old in self.state.tree_incarnations if old not in self.dropped_incarnations]
+        self.fenced_by = None
+        self._drop_membership()
+        self._start(why)  # a failure leaves dropped_incarnations for the _start that succeeds
+
+    def _names_me(self, entry: fmt.FenceEntry) -> bool:
+        assert self.member is not None and self.state is not None
+        return entry.system_uuid == self.member.system_uuid and entry.incarnation in self.state.tree_incarnations
 
     def _rebuild_reason(self, state: AgentState | None) -> str | None:
         assert self.famfs_log is not None
@@ -238,15 +333,24 @@ class Follower:
             return EXIT_UNUSABLE
         try:
             self._start()
-            assert self.famfs_log is not None and self.state is not None
-            stop = self.famfs_log.header().next_index
-            progress = None
-            if self.progress and stop - self.state.applied_index - 1 >= PROGRESS_MIN_ENTRIES:
-                progress = Progress("replaying", stop, unit="entries", start=self.state.applied_index + 1)
-            self._play(stop, progress)
-            if progress is not None:
-                progress.finish()
-        except fmt.FormatError as err:
+            while True:
+                assert self.famfs_log is not None and self.state is not None and self.member is not None
+                renewed_ns = hosts.boottime_ns()  # before the header read this play goes up to
+                stop = self.famfs_log.header().next_index
+                progress = None
+                if self.progress and stop - self.state.applied_index - 1 >= PROGRESS_MIN_ENTRIES:
+                    progress = Progress("replaying", stop, unit="entries", start=self.state.applied_index + 1)
+                try:
+                    self.member.check_mine()
+                    self._play(stop, progress)
+                except (Fenced, RecordLost) as err:
+                    self._rejoin(str(err))
+                    continue
+                if progress is not None:
+                    progress.finish()
+                self._renew(renewed_ns)  # one record of what is applied and pinned: window 0, never renewed again
+                break
+        except (fmt.FormatError, DeviceError) as err:  # DeviceError: this host's record cannot be written
             log.error("device_unusable", device=self.device_path, error=str(err))
             return EXIT_UNUSABLE
         except OSError as err:
@@ -272,11 +376,16 @@ class Follower:
         # Nothing dealt with since the reset: root/ is empty, so the tree is built whole in
         # staging/ and moved in at the end (no rename per file), the cursor saved only then.
         build = self.state.applied_index < 0 and self.state.applied_index + 1 < stop
+        self.born_dead = {}
         if build:
             before = self.state.applied_index, self.state.applied_seqnum, self.state.applied_crc
             self.tree.begin_build()
+        elif self.state.applied_index + 1 < stop:
+            assert self.famfs_log is not None
+            self.born_dead = borndead.pairs(self.famfs_log, self.state.applied_index + 1, stop)
         try:
-            while self.stop_signal is None and self.state.stalled_at is None and self.state.applied_index + 1 < stop:
+            while (self.stop_signal is None and self.state.stalled_at is None and self.fenced_by is None
+                   and self.state.applied_index + 1 < stop):
                 first = self.state.applied_index + 1
                 self._batch(first, min(stop, first + self.settings.batch_max), progress)
         finally:
@@ -289,15 +398,19 @@ class Follower:
                     self.state.applied_index, self.state.applied_seqnum, self.state.applied_crc = before
                     raise
                 self._save()
+        if self.fenced_by is not None:
+            raise Fenced(f"fenced by the master (log entry {self.state.applied_index}, "
+                         f"reason {self.fenced_by.reason.name.lower()})")
 
     def _batch(self, first: int, stop: int, progress: Progress | None) -> None:
         famfs_log, state, tree = self.famfs_log, self.state, self.tree
         assert famfs_log is not None and state is not None
         started = time.perf_counter()
-        counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected"), 0)
+        counts = dict.fromkeys(("applied", "present", "duplicate", "deleted", "rejected", "born_dead"), 0)
         done = first - 1  # the last entry dealt with
         debug = self.debug
         tally = self.stats.entries
+        unborn = bool(self.born_dead or state.born_dead)  # pairs are added only from born_dead: none if both are empty
         try:
             for index, raw in zip(range(first, stop), famfs_log.raw_entries(first, stop)):
                 if self.stop_signal is not None:
@@ -317,11 +430,18 @@ class Follower:
                         continue
                     entry = settled
                 try:
-                    if type(entry) is fmt.DeleteEntry:
+                    if unborn and (index in self.born_dead or str(index) in state.born_dead) and (
+                            skipped := self._born_dead(index, entry)) is not None:
+                        outcome = skipped
+                    elif type(entry) is fmt.DeleteEntry:
                         self._delete(index, entry, done)
                         outcome = "deleted"
+                    elif type(entry) is fmt.ReclaimEntry or type(entry) is fmt.FenceEntry:
+                        outcome = self._host_entry(index, entry)
                     else:
                         outcome = tree.apply(index, entry, famfs_log, checked).value
+                        if type(entry) is fmt.HoldEntry:  # a compaction's deleted file: its own DELETE
+                            self.deleted.deleted(index, index, entry.file.relpath)
                 except Rejected as err:
                     tally[type(entry), "rejected"] += 1
                     self._reject(err, counts)
@@ -334,6 +454,8 @@ class Follower:
                 elif type(entry) is fmt.FileEntry and outcome in ("applied", "present"):
                     state.live_files = (state.live_files or 0) + 1
                 done = index
+                if self.fenced_by is not None:
+                    break  # nothing more is applied to a fenced tree
                 if debug:
                     log.debug("entry", index=index, kind=type(entry).__name__, path=getattr(entry, "relpath", None),
                               outcome=outcome)
@@ -353,6 +475,43 @@ class Follower:
             log.info("batch", first=first, last=done, entries=done + 1 - first,
                      rate_per_s=round((done + 1 - first) / max(elapsed, 1e-9)), **counts)
 
+    def _born_dead(self, index: int, entry: fmt.Entry) -> str | None:
+        """A born-dead file's FILE (checked, units taken, no YAML) or its DELETE (noted deleted);
+        None: play the entry as usual (the name is in the tree already: a run killed before its
+        cursor made it)."""
+        assert self.state is not None and self.famfs_log is not None
+        if type(entry) is fmt.FileEntry:
+            delete_index, relpath = self.born_dead.pop(index)
+            if self.tree.kind(relpath) is not None:
+                return None
+            try:
+                rules.check(index, entry, self.tree, self.tree.geometry, self.famfs_log.entry)
+            except rules.Violation as err:
+                raise Rejected(index, str(err), relpath) from None
+            self.tree.units.claim(entry.all_extents())
+            self.state.born_dead[str(delete_index)] = [index, relpath]
+            return "born_dead"
+        file_index, relpath = self.state.born_dead.pop(str(index))
+        assert type(entry) is fmt.DeleteEntry and (entry.target_index, entry.relpath) == (file_index, relpath)
+        self.deleted.deleted(int(file_index), index, str(relpath))  # type: ignore[call-overload]
+        return "born_dead"
+
+    def _host_entry(self, index: int, entry: fmt.ReclaimEntry | fmt.FenceEntry) -> str:
+        """RECLAIM: the files' units are free (ShadowTree.units_freed, the owner map's hook).
+        FENCE of an incarnation that served this tree: noted; the batch stops, _play raises."""
+        if isinstance(entry, fmt.FenceEntry):
+            if self.member is not None and self._names_me(entry):
+                self.fenced_by = entry
+            return "applied"
+        assert self.famfs_log is not None
+        try:  # the one rule book: its RECLAIM rules ask the tree's model which DELETE deleted a file
+            rules.check(index, entry, self.tree.rules_view, self.tree.geometry, self.famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err)) from None
+        for gone in self.deleted.reclaimed(entry):
+            self.tree.units_freed(gone.file_index, self.famfs_log)
+        return "applied"
+
     def _delete(self, index: int, entry: fmt.DeleteEntry, done: int) -> None:
         """Check, then unlink between two cursor writes: a restart knows if the unlink happened
         (in a tree being built no cursor is written: a kill discards the whole tree)."""
@@ -360,6 +519,7 @@ class Follower:
         self.tree.check_delete(index, entry, self.famfs_log)
         if self.tree.building:
             self.tree.remove(entry.relpath)
+            self.deleted.deleted(entry.target_index, index, entry.relpath)
             self._advance(index)
             return
         if done >= 0:
@@ -367,6 +527,7 @@ class Follower:
         self.state.pending_delete = {"index": index, "path": entry.relpath}
         self._save()
         self.tree.remove(entry.relpath)
+        self.deleted.deleted(entry.target_index, index, entry.relpath)
         self.state.pending_delete = None
         self._advance(index)
         self._save()
@@ -445,11 +606,20 @@ class Follower:
                 self.stats.polls += 1
                 self.stats.poll_interval_s = interval
                 try:
+                    renewal = self._renewal_start()
                     worked = self._poll()
                     if not worked and (started := time.monotonic()) >= next_check:
                         worked = self._check_tree()
                         now = time.monotonic()
                         next_check = now + max(TREE_CHECK_S, TREE_CHECK_COST * (now - started))
+                    if renewal is not None and self.stop_signal is None and self.member is renewal[0]:
+                        self._renew(renewal[1])  # not after a rejoin in this pass: its catch-up is still to come
+                except (Fenced, RecordLost) as err:
+                    try:
+                        self._rejoin(str(err))
+                    except OSError as failed:
+                        self._recover(failed)
+                    continue
                 except OSError as err:
                     self._recover(err)
                     continue
@@ -467,9 +637,21 @@ class Follower:
         finally:
             if self.state is not None and self.famfs_log is not None:
                 self._save()
+            if self.member is not None and self.stop_signal is not None:
+                self.member.leave()  # step 7: a clean stop
         log.info("stop", signal=signal.Signals(self.stop_signal).name if self.stop_signal else None,
                  cursor=self.state.applied_index if self.state else None)
         return EXIT_OK
+
+    def _renewal_start(self) -> tuple[Membership, int] | None:
+        """If a renewal is due: the membership and CLOCK_BOOTTIME now (before this pass reads the
+        header), once the slot is checked to hold this incarnation still (RecordLost if not)."""
+        if self.member is None or time.monotonic() < self.renew_due:
+            return None
+        now = hosts.boottime_ns()
+        self.member.check_mine()
+        self.renew_due = time.monotonic() + self.settings.heartbeat_interval
+        return self.member, now
 
     def _check_tree(self) -> bool:
         """Between batches the tree holds exactly what the cursor says: rebuild it if it does not

@@ -126,6 +126,9 @@ class _BuildView:
     def dir_empty(self, relpath: str) -> bool:
         return self.tree.dir_empty(relpath)
 
+    def deleted_by(self, file_index: int) -> int | None:
+        return self.tree.deleted_by(file_index)
+
 
 class ShadowTree:
     """One host's shadow directory, held exclusively (flock) while open."""
@@ -140,6 +143,9 @@ class ShadowTree:
         # Until reset() or load() reads the superblock: no device, no units.
         self.geometry = rules.Geometry(dev_size=0, log_len=fmt.DEFAULT_LOG_LEN)
         self.units = rules.Units(self.geometry)
+        # rules.Model.deleted_by: which DELETE deleted a FILE not yet reclaimed (the follower's
+        # list of deleted files answers it: agent/deleted.py).
+        self.deleted_by: Callable[[int], int | None] = lambda file_index: None
         self._temp_prefix = ""
         self._temp_seq = 0
         self._lock_fd = -1
@@ -378,7 +384,7 @@ class ShadowTree:
         self._build = None
 
     @property
-    def _rules_view(self) -> rules.Model:
+    def rules_view(self) -> rules.Model:
         """What the rule book reads: this tree, or while building the _BuildView of it."""
         return self if self._build_view is None else self._build_view
 
@@ -417,7 +423,7 @@ class ShadowTree:
     def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog, raw: bytes | None = None) -> Outcome:
         relpath = entry.relpath
         try:
-            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.FILE:
                 raise Rejected(index, str(err), relpath) from None
@@ -451,7 +457,7 @@ class ShadowTree:
     def apply_mkdir(self, index: int, entry: fmt.MkdirEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath
         try:
-            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.DIR:
                 raise Rejected(index, str(err), relpath) from None
@@ -494,7 +500,7 @@ class ShadowTree:
         finds the directory still in its table (the journal line is past the cursor) and gone
         from the tree, and finishes."""
         try:
-            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.relpath) from None
         with contextlib.suppress(FileNotFoundError):
@@ -506,7 +512,7 @@ class ShadowTree:
     def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
         """Raise Rejected unless `entry` deletes the live file its target entry made."""
         try:
-            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.relpath) from None
 
@@ -525,7 +531,7 @@ class ShadowTree:
         """A deleted file a compaction carried over (docs/reclaim.md): its units stay taken until
         reclaimed; nothing appears in the tree."""
         try:
-            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.file.relpath) from None
         self.units.claim(entry.file.all_extents())
@@ -536,7 +542,7 @@ class ShadowTree:
         if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].get("log_index") == index:
             return Outcome.PRESENT
         try:
-            rules.check(index, entry, self._rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err)) from None
         self.daxdevs.append({"index": entry.dev_index, "uuid": str(entry.dev_uuid), "size": entry.dev_size,
@@ -583,6 +589,14 @@ class ShadowTree:
 
     def daxdev_uuids(self) -> list[uuid.UUID]:
         return [uuid.UUID(str(row["uuid"])) for row in self.daxdevs]
+
+    def units_freed(self, file_index: int, famfs_log: FamfsLog) -> None:
+        """Reclaim's hook (docs/reclaim.md, RECLAIM): the deleted FILE at `file_index` no longer
+        holds its units. The follower has checked the RECLAIM names a deleted, unreclaimed file."""
+        entry = famfs_log.entry(file_index)
+        file = entry.file if isinstance(entry, fmt.HoldEntry) else entry  # a HOLD: a compaction's deleted file
+        assert isinstance(file, fmt.FileEntry)
+        self.units.release(file.all_extents())
 
     def save_units(self, applied_index: int) -> None:
         """The units as of the cursor, written just before the cursor itself (load() checks that

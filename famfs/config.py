@@ -114,6 +114,10 @@ class AgentSettings:
     progress: bool = setting(True)  # progress of long one-shot replays
     metrics_address: str = setting("", address=True)  # HOST:PORT for Prometheus metrics while following; "" = off
     health_max_lag_s: float = setting(5.0, low=0.0, high=SECONDS_RANGE[1])  # `health`: how long the agent may take to reach the tail
+    # Reclaim (docs/reclaim.md): a following agent renews its host record this often, and its
+    # mount serves bytes for serve_window seconds after the start of the last renewal.
+    heartbeat_interval: float = setting(1.0, low=0.01, high=60.0)
+    serve_window: float = setting(10.0, low=0.05, high=3600.0)
 
 
 @dataclass

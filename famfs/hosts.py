@@ -119,15 +119,28 @@ def read_slot(view: bytes | memoryview, slot: int) -> HostRecord | DamagedSlot |
     return found
 
 
+PAGE = 4096  # the zero test's first step: a page of 16 slots
+
+
+def occupied_slots(table: bytes) -> list[int]:
+    """The slots of the table's bytes that are not all zero, in order: a count of zero bytes per
+    page, then per slot of a page that has others (C loops; a zero test per slot in Python took
+    11 ms of a host's start-up)."""
+    slots: list[int] = []
+    size = fmt.HOST_RECORD_SIZE
+    for page in range(0, len(table), PAGE):
+        if table.count(0, page, page + PAGE) == PAGE:
+            continue
+        slots += [start // size for start in range(page, page + PAGE, size) if table.count(0, start, start + size) != size]
+    return slots
+
+
 def read_table(view: bytes | memoryview) -> Iterator[HostRecord | DamagedSlot]:
-    """Every occupied slot, in slot order. One pass over the 1 MiB table; empty slots cost a
-    zero test of 256 bytes."""
+    """Every occupied slot, in slot order, from one copy of the 1 MiB table."""
     table = bytes(view[fmt.HOST_TABLE_OFFSET:fmt.HOST_TABLE_OFFSET + fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE])
-    for slot in range(fmt.HOST_SLOTS):
+    for slot in occupied_slots(table):
         start = slot * fmt.HOST_RECORD_SIZE
         raw = table[start:start + fmt.HOST_RECORD_SIZE]
-        if not any(raw):
-            continue
         found = decode(raw, slot)
         if isinstance(found, DamagedSlot):
             found = read_slot(view, slot)

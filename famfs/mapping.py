@@ -31,8 +31,8 @@ import time
 import weakref
 from types import TracebackType
 
+from famfs import config, pins, rules, shadowdir
 from famfs import format as fmt
-from famfs import rules, shadowdir
 from famfs.device import Device, map_alignment, probe
 from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import parse_shadow_file
@@ -91,12 +91,23 @@ def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
     return joined
 
 
-def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str) -> memoryview:
+def _unmap(address: int, length: int, pin_fd: int | None) -> None:
+    _munmap(address, length)
+    if pin_fd is not None:
+        os.close(pin_fd)  # the mapping is gone: so is what it pinned
+
+
+def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str,
+             pin_fd: int | None = None) -> memoryview:
     """A memoryview of exactly entry.size bytes over the file's extents of device `fd`.
 
     Every extent must already be checked against the device and its log (rules.check_extents).
+    `pin_fd` (docs/reclaim.md, "Pins") is closed when the pages are unmapped, not before; it is
+    the caller's to close if this raises.
     """
     if entry.size == 0:
+        if pin_fd is not None:
+            os.close(pin_fd)  # nothing mapped: nothing to pin
         return memoryview(bytearray(0)) if writable else memoryview(b"")
     span = fmt.round_up(entry.size, granule)
     found = pieces(entry, span) if span <= entry.capacity() else []
@@ -122,7 +133,7 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     window = (ctypes.c_ubyte * entry.size).from_address(base)
     # The pages go when the last view of `window` goes (not at interpreter exit, when views
     # may still be alive), never before.
-    weakref.finalize(window, _munmap, base, span).atexit = False
+    weakref.finalize(window, _unmap, base, span, pin_fd).atexit = False
     view = memoryview(window).cast("B")
     return view if writable else view.toreadonly()
 
@@ -264,8 +275,35 @@ def _awaited_shadow_entry(found: shadowdir.MountTarget, wait: float) -> fmt.File
             pause = min(2 * pause, WAIT_MAX_PAUSE_S)
 
 
+def _mount_pin(found: shadowdir.MountTarget) -> int:
+    """A read-only descriptor of the file through the mount: the mount's pin of it for as long
+    as it is open (docs/reclaim.md, "Pins"), taken before the shadow YAML is read."""
+    try:
+        return os.open(os.path.join(found.root, found.relpath), os.O_RDONLY | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory") from None
+    except OSError as err:
+        raise type(err)(err.errno, f"{found.root}/{found.relpath}: cannot open through the mount: "
+                        f"{err.strerror}") from None
+
+
+def _device_pin(fs_uuid: str, relpath: str, shadow: str | os.PathLike[str] | None) -> int | None:
+    """The flock pin of `relpath` in the shadow dir of this host's agent, if that agent follows
+    this file system with a host record (`shadow`, else [agent] shadow of the settings); None if
+    none does: then no host record stands for this process (docs/library.md)."""
+    if shadow is None:
+        try:
+            shadow = config.load().agent.shadow
+        except config.ConfigError:
+            return None
+    state = shadowdir.read_state(shadow)
+    if state is None or state.fs_uuid != fs_uuid or state.host_slot is None:
+        return None
+    return pins.pin(shadow, relpath)
+
+
 def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None,
-         wait: float = 0) -> MappedFile:
+         wait: float = 0, shadow: str | os.PathLike[str] | None = None) -> MappedFile:
     """Map a famfs file from the device (docs/library.md).
 
     `path` is a path inside a famfs mount (the device is the one famfs-agent recorded for the
@@ -273,13 +311,28 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
     from that device's log: no mount and no agent needed. `mode` "r" maps read-only, "r+"
     writable (the size stays fixed). Every extent is checked against the device and its log
     before anything is mapped. `wait` (a path in a mount only): seconds to wait for this host's
-    agent to show a file it does not show yet (one the master just logged).
+    agent to show a file it does not show yet (one the master just logged). The file stays
+    pinned while it is mapped (docs/reclaim.md): through the mount by a descriptor open on it,
+    with `device` by a flock in the shadow dir of this host's agent (`shadow`, default
+    [agent] shadow), if one follows that file system.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: famfs files open as 'r' or 'r+' (a file's size is fixed)")
     if wait < 0 or (wait and device is not None):
         raise ValueError(f"wait={wait!r}: a number of seconds >= 0, for a path in a mount (with device=, "
                          f"the log itself is read: a logged file is there at once)")
+    taken: list[int] = []  # the pin, until map_file owns it
+    try:
+        return _open(path, mode, device, wait, shadow, taken)
+    except BaseException:
+        for fd in taken:
+            os.close(fd)
+        raise
+
+
+def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str] | None, wait: float,
+          shadow: str | os.PathLike[str] | None, pin_fd_out: list[int]) -> MappedFile:
+    """open(), the pin it takes put in `pin_fd_out` until map_file owns it."""
     if device is None:
         found = shadowdir.locate_in_mount(path)
         device_path, relpath, entry = found.device, found.relpath, _awaited_shadow_entry(found, wait)
@@ -293,13 +346,23 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
     with Device(device_path, writable=mode == "r+") as opened:
         famfs_log = FamfsLog(opened)
         if entry is None:
+            pin_fd = _device_pin(str(famfs_log.superblock.fs_uuid), relpath, shadow)
+            if pin_fd is not None:
+                pin_fd_out.append(pin_fd)  # pin, then look
             entry = live_file(famfs_log, relpath)
         try:
             rules.check_extents(entry, rules.Geometry.of(famfs_log.superblock),
                                 metadata=relpath.split("/", 1)[0] == shadowdir.META_DIR)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device_path}: {relpath}: {err}; nothing mapped") from None
-        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path)
+        if device is None:
+            # Pin, then look: the look that counts is the one after the pin (the first gave
+            # the errors above in the library's words).
+            pin_fd_out.append(_mount_pin(found))
+            if _shadow_entry(found) != entry:
+                raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
+        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path,
+                        pin_fd=pin_fd_out[0] if pin_fd_out else None)
+        pin_fd_out.clear()  # map_file owns it now
         image_fd = os.dup(opened.fd) if stat.S_ISREG(os.fstat(opened.fd).st_mode) else None
     return MappedFile(relpath, entry, device_path, mode, view, image_fd)
-

@@ -25,9 +25,11 @@ DAXDEVS_FILE = "daxdevs.json"
 UNITS_FILE = "units"  # in .agent/: the allocation units taken as of the cursor (famfs.rules.Units)
 DIRS_JOURNAL = "dirs.jsonl"  # in .agent/: the directories' journal (dirs_journal_line, read_dirs_journal)
 LOCK_FILE = "lock"  # flock held by the running agent; holds its pid
+PINS_DIR = "pins"  # in .agent/: a pin file per path opened (famfs/pins.py, docs/reclaim.md)
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+STALE_KEPT = 16  # AgentState.stale_incarnations kept: a mount's handle older than that many fences is rare
 
 
 def boot_id() -> str:
@@ -68,6 +70,18 @@ class AgentState:
     following: bool = False
     updated_at: float = field(default_factory=time.time)
     caught_up_at: float | None = None  # last time the tree held every logged entry
+    # Reclaim (docs/reclaim.md): this agent's record in the host table, for its mount's self-fence.
+    host_slot: int | None = None  # None: no record (an agent from before reclaim, or a hand-made tree)
+    incarnation: int | None = None  # the record's incarnation while this agent runs
+    # Incarnations that served the tree as it is now (since its last fresh play); a FENCE naming
+    # any of them fences the tree. Their handles in the mount stay good across agent restarts.
+    tree_incarnations: list[int] = field(default_factory=list)
+    # Incarnations whose tree was dropped (fenced, or the record lost): the mount answers their
+    # handles ESTALE. The most recent STALE_KEPT.
+    stale_incarnations: list[int] = field(default_factory=list)
+    # Born-dead files (agent/borndead.py) whose FILE is at or below the cursor and whose DELETE is
+    # not: "DELETE index": [FILE index, relpath]. Their YAML was never made.
+    born_dead: dict[str, list[object]] = field(default_factory=dict)
 
     def dump(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode() + b"\n"

@@ -35,11 +35,13 @@ import trio
 
 from famfs import format as fmt
 from famfs import shadowdir
+from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
 from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
+from fusefs.lease import Lease
 from fusefs.shadow_reader import Signature
 from fusefs.staging import Staged, StagingArea, StagingFull
 
@@ -54,6 +56,11 @@ NAME_MAX = 255
 # the agent on this host wakes on the device write and plays it in well under a millisecond.
 APPLY_POLL_MIN_S = 0.0002
 APPLY_POLL_MAX_S = 0.02
+PIN_WAIT_S = 1.0  # the agent holds a pin file's LOCK_EX for microseconds: a pin refused this long is EIO
+# A request that finds the agent starting (joined, not yet renewed after its catch-up) waits this
+# long for the lease before it is answered EIO: a restarted agent resumes in well under a second.
+LEASE_WAIT_S = 2.0
+LEASE_POLL_S = 0.005
 T = TypeVar("T")
 
 
@@ -69,6 +76,8 @@ class LookupCounters:
 class Handle:
     node: Node
     generation: int  # of the device it was opened on (fusefs/devicecheck.py)
+    incarnation: int | None = None  # the agent's, when it was opened (fusefs/lease.py)
+    pinned: bytes | None = None  # the relpath whose pin it holds (famfs/pins.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +131,9 @@ class FamfsOperations(pyfuse3.Operations):
         self.next_fh = 1
         self.denial_explained = False  # the first EPERM for a namespace change is logged, then no other
         self.initialized = trio.Event()  # set when the kernel's INIT is answered
+        # Reclaim (docs/reclaim.md): serve bytes only under the agent's lease; pin what is open.
+        self.lease = Lease(os.fsdecode(shadow_dir))
+        self.pins = PathPins(shadow_dir)
 
     def init(self) -> None:
         # pyfuse3 calls this (on the trio thread) just before it sends the INIT reply; waiters
@@ -304,8 +316,12 @@ class FamfsOperations(pyfuse3.Operations):
         served = self.devices.served
         if flags & os.O_ACCMODE != os.O_RDONLY and (self.policy.read_only or not served.data.writable):
             raise pyfuse3.FUSEError(errno.EROFS)
+        await self._lease_ready(None)
+        if self.lease.refusal(served.famfs_log.device.map, None) is not None:
+            raise pyfuse3.FUSEError(errno.EIO)  # famfs.open maps through an open: none while self-fenced
+        pinned = await self._pin(node, look=True)
         fh = self._new_fh()
-        self.file_handles[fh] = Handle(node, served.generation)
+        self.file_handles[fh] = Handle(node, served.generation, self.lease.incarnation, pinned)
         node.opens += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=self.policy.cache == "direct",
                                 keep_cache=self.policy.cache == "always")
@@ -327,9 +343,15 @@ class FamfsOperations(pyfuse3.Operations):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)  # dropped (its close said why)
             return bytes(handle.data[off:off + size])
+        await self._lease_ready(handle.incarnation)
         served = self._served(handle)
         entry = self._entry(handle.node)  # the current mapping: a re-map applies at once
-        return served.data.read(entry, off, size)
+        self._leased(served, handle)
+        if not self.lease.guarded():
+            return served.data.read(entry, off, size)
+        data = bytes(served.data.read(entry, off, size))  # copied now, then checked: a late copy is never answered
+        self._leased(served, handle)
+        return data
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -349,8 +371,10 @@ class FamfsOperations(pyfuse3.Operations):
             except pyfuse3.FUSEError as err:
                 handle.failed = f"a write was refused ({errno.errorcode.get(err.errno, err.errno)})"
                 raise
+        await self._lease_ready(handle.incarnation)
         served = self._served(handle)
         entry = self._entry(handle.node)
+        self._leased(served, handle)
         try:
             return served.data.write(entry, off, buf)
         except DataError as err:
@@ -384,6 +408,8 @@ class FamfsOperations(pyfuse3.Operations):
                     with contextlib.suppress(pyfuse3.FUSEError):
                         await self._commit(handle)
             return
+        if handle.pinned is not None:
+            self.pins.drop(handle.pinned)
         if self.table.release(handle.node):
             self.spawn_notice(Notice(NoticeKind.INODE, handle.node.ino))
 
@@ -650,9 +676,10 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         node.lookups += staged.lookups
         node.opens += staged.opens
-        for fh, handle in self.file_handles.items():
+        for fh, handle in list(self.file_handles.items()):
             if handle is staged:
-                self.file_handles[fh] = Handle(node, self.devices.served.generation)
+                self.file_handles[fh] = Handle(node, self.devices.served.generation, self.lease.incarnation,
+                                               await self._pin(node, look=False))
 
     def _drop(self, staged: Staged, why: str) -> None:
         """Forget a file that was never logged (nothing of it is on the device or in the log)."""
@@ -691,6 +718,46 @@ class FamfsOperations(pyfuse3.Operations):
                         hint="give a large file its size first (ftruncate on the new, empty file): it is allocated "
                              "at once and written in place")
         return pyfuse3.FUSEError(errno.EFBIG)
+
+    # --- reclaim: the lease and pins (fusefs/lease.py, famfs/pins.py) ----------------------------
+
+    async def _lease_ready(self, incarnation: int | None) -> None:
+        """While the agent is starting (a restart's catch-up), wait a little for its lease rather
+        than answer EIO at once; the checks that decide come after (_leased)."""
+        if self.lease.slot is None:
+            return
+        deadline = trio.current_time() + LEASE_WAIT_S
+        while (self.lease.refusal(self.devices.served.famfs_log.device.map, incarnation) is not None
+               and self.lease.starting and trio.current_time() < deadline):
+            await trio.sleep(LEASE_POLL_S)
+
+    def _leased(self, served: Served, handle: Handle) -> None:
+        """Raise EIO (or ESTALE for a fenced incarnation's handle) unless the agent's lease
+        allows serving bytes now."""
+        code = self.lease.refusal(served.famfs_log.device.map, handle.incarnation)
+        if code is not None:
+            raise pyfuse3.FUSEError(code)
+
+    async def _pin(self, node: Node, *, look: bool) -> bytes | None:
+        """Pin the node's path (None: no agent record, nothing to pin for), then, with `look`,
+        check its YAML is still the one served: ENOENT if it is gone or another (*pin, then
+        look*: the agent unlinks before it tests the pin)."""
+        if self.lease.slot is None:
+            return None
+        relpath = node.relpath
+        deadline = trio.current_time() + PIN_WAIT_S
+        try:
+            while not self.pins.try_take(relpath):
+                if trio.current_time() >= deadline:
+                    raise pyfuse3.FUSEError(errno.EIO)
+                await trio.sleep(RETRY_S)
+        except OSError as err:
+            log.error("pin failed", path=os.fsdecode(relpath), error=str(err))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if look and shadow_reader.signature(self.table.shadow_path(relpath)) != node.sig:
+            self.pins.drop(relpath)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return relpath
 
     def _new_fh(self) -> int:
         fh = self.next_fh

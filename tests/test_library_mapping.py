@@ -232,6 +232,7 @@ def test_bad_inputs_are_one_clear_error_and_change_nothing(tmp_path: Path, devic
     # Extents past the device end or over the log, as a mount's shadow file would name them.
     shadow = tmp_path / "shadow"
     play(device, shadow)
+    before = digest(device)  # the play wrote this host's record in the host table (docs/reclaim.md)
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         good = famfs.open(mount.mountpoint / "dir" / "f").entry
         size = os.path.getsize(device)

@@ -1,0 +1,378 @@
+"""Reclaim, the host's side (docs/reclaim.md, "A host" and "Pins"): the agent's record in the host
+table (join, renew, leave, fenced), the mount's self-fence, pins by the mount and famfs.open.
+
+Real agents and mounts as processes, a short serve window (0.6 s) so a lease runs out quickly;
+every wait is bounded polling, nothing is timed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import famfs
+from agent.deleted import DeletedFiles
+from agent.follower import Follower
+from agent.shadow_writer import ShadowTree
+from famfs import config, hosts, pins
+from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.hosts import HostRecord
+from famfs.identity import system_uuid
+from tests.agent_util import AGENT, agent_state, append, file_entry, make_device
+from tests.fuse_util import Mount, bounded, wait_for
+
+WINDOW_S = 0.6
+HEARTBEAT_S = 0.05
+ALL_UNPINNED = None  # a row's pin floor when nothing deleted is pinned
+
+
+@pytest.fixture
+def agent_config(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"[agent]\nheartbeat_interval = {HEARTBEAT_S}\nserve_window = {WINDOW_S}\n")
+    return path
+
+
+@pytest.fixture
+def device(tmp_path: Path, system_uuid_file: Path) -> Path:
+    image = make_device(tmp_path, system_uuid_file)
+    append(image, [file_entry("a", 0, size=4096), file_entry("b", 1, size=4096)])
+    with Device(image, writable=True) as opened:  # known bytes in a's and b's first pages
+        opened.write(file_entry("a", 0).extents[0].offset, b"A" * 4096)
+        opened.write(file_entry("b", 1).extents[0].offset, b"B" * 4096)
+    return image
+
+
+def record_of(image: Path, shadow: Path) -> HostRecord:
+    """The record in the slot this host's agent says is its own."""
+    slot = agent_state(shadow)["host_slot"]
+    assert isinstance(slot, int)
+    with Device(image) as opened:
+        found = hosts.read_slot(opened.map, slot)
+    assert isinstance(found, HostRecord), found
+    return found
+
+
+def current(image: Path, shadow: Path) -> HostRecord | None:
+    """The agent's record once state.json and the slot agree on its incarnation."""
+    if not (shadow / ".agent" / "state.json").exists():
+        return None
+    state = agent_state(shadow)
+    if state.get("host_slot") is None:
+        return None
+    found = record_of(image, shadow)
+    return found if found.incarnation == state["incarnation"] else None
+
+
+@contextmanager
+def agent(image: Path, shadow: Path, agent_config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A following agent; killed (SIGKILL) if the test left it running."""
+    log = open(shadow.parent / f"{shadow.name}.agent.log", "ab")
+    process = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), "--config", str(agent_config), str(image)],
+                               stderr=log)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+
+
+def serving(image: Path, shadow: Path) -> Callable[[], HostRecord | None]:
+    """The agent's record, once it has renewed after its catch-up (the mount may serve)."""
+    def check() -> HostRecord | None:
+        found = current(image, shadow)
+        return found if found is not None and found.renewed_ns and found.heartbeat >= 1 else None
+    return check
+
+
+def read_errno(path: Path) -> int:
+    """0 if a read through the mount answers the file's bytes, else its errno."""
+    def attempt() -> int:
+        try:
+            with open(path, "rb") as handle:
+                return 0 if handle.read(16) else -1
+        except OSError as err:
+            return err.errno or -1
+    return bounded(attempt, f"read {path}")
+
+
+def fd_read_errno(fd: int) -> int:
+    def attempt() -> int:
+        try:
+            return 0 if os.pread(fd, 16, 0) else -1
+        except OSError as err:
+            return err.errno or -1
+    return bounded(attempt, "pread of an open handle")
+
+
+def test_join_comes_before_the_first_log_read(tmp_path: Path, device: Path, monkeypatch: pytest.MonkeyPatch,
+                                              system_uuid_file: Path) -> None:
+    seen: list[bool] = []
+    real_next_index = FamfsLog.next_index
+
+    def next_index(self: FamfsLog) -> int:
+        me = system_uuid(system_uuid_file, create=False)
+        seen.append(any(isinstance(r, HostRecord) and r.system_uuid == me for r in hosts.read_table(self.device.map)))
+        return real_next_index(self)
+
+    monkeypatch.setattr(FamfsLog, "next_index", next_index)
+    shadow = tmp_path / "shadow"
+    follower = Follower(str(device), str(shadow), config.AgentSettings(), system_uuid_file, follow=False)
+    assert follower.run() == 0
+    assert seen and all(seen), "the log was read before this host's record was in the table"
+    found = record_of(device, shadow)
+    # A one-shot play: window 0 (no lease), one store of what it applied; it stays active.
+    assert (found.serve_window_ns, found.applied, found.state, found.pin_floor) == (0, 2, hosts.HostState.ACTIVE,
+                                                                                     hosts.NO_PIN)
+    assert found.system_uuid == system_uuid(system_uuid_file, create=False)
+
+
+def test_renewals_advance_heartbeat_and_applied_and_a_clean_stop_leaves(tmp_path: Path, device: Path,
+                                                                         agent_config: Path) -> None:
+    shadow = tmp_path / "shadow"
+    with agent(device, shadow, agent_config) as process:
+        first = wait_for(serving(device, shadow), "the first renewal")
+        assert first.applied == 2 and first.serve_window_ns == int(WINDOW_S * 1e9)
+        append(device, [file_entry("c", 2)])
+        later = wait_for(lambda: (r := current(device, shadow)) is not None and r.applied == 3 and r, "applied 3")
+        assert later.heartbeat > first.heartbeat and later.renewed_ns > first.renewed_ns
+        assert later.incarnation == first.incarnation and later.pid == process.pid
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert record_of(device, shadow).state is hosts.HostState.LEFT
+
+
+def test_the_mount_self_fences_when_its_agent_dies_or_stops(tmp_path: Path, device: Path, agent_config: Path) -> None:
+    shadow = tmp_path / "shadow"
+    with agent(device, shadow, agent_config) as process:
+        joined = wait_for(serving(device, shadow), "the agent serves")
+        with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
+            path = mount.mountpoint / "a"
+            assert read_errno(path) == 0
+            handle = os.open(path, os.O_RDONLY)
+            try:
+                # SIGSTOP past the window: EIO by the mount's own clock; SIGCONT: served again.
+                process.send_signal(signal.SIGSTOP)
+                wait_for(lambda: fd_read_errno(handle) == errno.EIO, "EIO once the lease runs out")
+                assert read_errno(path) == errno.EIO
+                process.send_signal(signal.SIGCONT)
+                wait_for(lambda: fd_read_errno(handle) == 0, "served again after SIGCONT")
+                # kill -9: the heartbeat stands still, the mount stops serving.
+                process.kill()
+                process.wait(timeout=30)
+                frozen = record_of(device, shadow)
+                wait_for(lambda: fd_read_errno(handle) == errno.EIO, "EIO after the agent is killed")
+                assert record_of(device, shadow).heartbeat == frozen.heartbeat
+                assert frozen.state is hosts.HostState.ACTIVE
+                # A new agent: the same slot, a new incarnation; the old handle is served again.
+                with agent(device, shadow, agent_config):
+                    again = wait_for(lambda: (r := serving(device, shadow)()) is not None
+                                     and r.incarnation != joined.incarnation and r, "the new agent serves")
+                    assert again.slot == joined.slot
+                    wait_for(lambda: fd_read_errno(handle) == 0, "served again by the new incarnation")
+                    assert os.pread(handle, 4, 0) == b"AAAA"
+            finally:
+                os.close(handle)
+        assert "the agent's lease expired" in mount.log()
+
+
+def test_a_fence_of_this_host_drops_its_tree_and_its_handles(tmp_path: Path, device: Path, agent_config: Path,
+                                                            system_uuid_file: Path) -> None:
+    shadow = tmp_path / "shadow"
+    with agent(device, shadow, agent_config):
+        joined = wait_for(serving(device, shadow), "the agent serves")
+        with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
+            handle = os.open(mount.mountpoint / "a", os.O_RDONLY)
+            try:
+                assert fd_read_errno(handle) == 0
+                append(device, [fmt.FenceEntry(system_uuid=joined.system_uuid, incarnation=joined.incarnation,
+                                               slot=joined.slot, reason=fmt.FenceReason.OPERATOR,
+                                               heartbeat=joined.heartbeat, applied=joined.applied)])
+                rejoined = wait_for(lambda: (r := serving(device, shadow)()) is not None
+                                    and r.incarnation != joined.incarnation and r, "a new incarnation serves")
+                assert rejoined.slot == joined.slot and rejoined.applied == 3  # a fresh play, past the FENCE
+                state = agent_state(shadow)
+                assert joined.incarnation in state["stale_incarnations"]  # type: ignore[operator]
+                assert state["tree_incarnations"] == [rejoined.incarnation]
+                wait_for(lambda: fd_read_errno(handle) == errno.ESTALE, "the old handle is stale")
+                assert read_errno(mount.mountpoint / "a") == 0  # a new open is served
+            finally:
+                os.close(handle)
+    assert "fenced" in (tmp_path / "shadow.agent.log").read_text()
+
+
+def floor_of(image: Path, shadow: Path) -> int | None:
+    found = current(image, shadow)
+    return None if found is None or found.pin_floor == hosts.NO_PIN else found.pin_floor
+
+
+def deleted_and_renewed(image: Path, shadow: Path, applied: int) -> Callable[[], HostRecord | None]:
+    def check() -> HostRecord | None:
+        found = current(image, shadow)
+        return found if found is not None and found.applied >= applied else None
+    return check
+
+
+def test_an_open_handle_and_a_mapping_pin_a_deleted_file(tmp_path: Path, device: Path, agent_config: Path) -> None:
+    shadow = tmp_path / "shadow"
+    with agent(device, shadow, agent_config):
+        wait_for(serving(device, shadow), "the agent serves")
+        with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
+            handle = os.open(mount.mountpoint / "a", os.O_RDONLY)
+            mapped = famfs.open(mount.mountpoint / "b")  # pinned through the mount while mapped
+            by_device = famfs.open("b", device=device, shadow=shadow)  # its own flock pin
+            try:
+                append(device, [fmt.DeleteEntry(relpath="a", target_index=0), fmt.DeleteEntry(relpath="b", target_index=1)])
+                wait_for(deleted_and_renewed(device, shadow, 4), "the DELETEs applied")
+                wait_for(lambda: floor_of(device, shadow) == 0, "a's FILE index is the pin floor")
+                assert bytes(mapped.buffer[:4]) == b"BBBB"
+            finally:
+                os.close(handle)
+            wait_for(lambda: floor_of(device, shadow) == 1, "with a closed, b (mapped twice) is the floor")
+            mapped.close()
+            wait_for(lambda: floor_of(device, shadow) == 1, "b still mapped with device=")
+            by_device.close()
+            wait_for(lambda: floor_of(device, shadow) is ALL_UNPINNED, "nothing pinned")
+            # Pin, then look: a deleted file cannot be opened or mapped again.
+            with pytest.raises(FileNotFoundError):
+                famfs.open("a", device=device, shadow=shadow)
+            # Free pin files (the one this refused open made, too) go at the agent's next test.
+            wait_for(lambda: os.listdir(pins.pins_dir(shadow)) == [], "no pin file left")
+
+
+def test_a_reclaim_frees_units_and_a_bad_one_is_rejected(tmp_path: Path, device: Path, agent_config: Path) -> None:
+    shadow = tmp_path / "shadow"
+    with agent(device, shadow, agent_config):
+        wait_for(serving(device, shadow), "the agent serves")
+        append(device, [fmt.DeleteEntry(relpath="a", target_index=0),
+                        fmt.ReclaimEntry(targets=((0, 2),)),  # valid: a, deleted by entry 2
+                        fmt.ReclaimEntry(targets=((0, 2),)),  # already reclaimed
+                        fmt.ReclaimEntry(targets=((1, 2),))])  # b is live
+        wait_for(deleted_and_renewed(device, shadow, 6), "the entries applied")
+        state = agent_state(shadow)
+        assert state["rejected"] == 2, state
+    units = (shadow / ".agent" / "units").read_bytes()[16:]
+    first = (file_entry("a", 0).extents[0].offset - fmt.data_start(fmt.DEFAULT_LOG_LEN)) // fmt.ALLOC_UNIT
+    data_units = fmt.data_start(fmt.DEFAULT_LOG_LEN) // fmt.ALLOC_UNIT
+    assert units[data_units + first] == 0 and units[data_units + first + 1] == 1  # a's unit free, b's held
+
+
+def test_deleted_files_are_rebuilt_from_the_log(tmp_path: Path, device: Path) -> None:
+    append(device, [fmt.DeleteEntry(relpath="a", target_index=0), fmt.DeleteEntry(relpath="b", target_index=1),
+                    fmt.ReclaimEntry(targets=((0, 2),))])
+    with Device(device) as opened:
+        deleted = DeletedFiles()
+        deleted.rebuild(FamfsLog(opened), 5)
+        assert {found.file_index: found.relpath for found in deleted.files.values()} == {1: "b"}
+        deleted.rebuild(FamfsLog(opened), 3)  # as of a cursor before the second DELETE
+        assert {found.file_index for found in deleted.files.values()} == {0}
+
+
+def test_pins_take_test_and_survive_the_agents_unlink(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    (shadow / ".agent").mkdir(parents=True)  # the agent's
+    directory = pins.ensure_dir(shadow)
+    held = pins.pin(shadow, "dir/f")
+    name = pins.pin_name("dir/f")
+    assert pins.pinned(directory, [name, pins.pin_name("other")]) == {name}
+    os.close(held)
+    assert pins.pinned(directory, [name]) == set() and not os.path.exists(os.path.join(directory, name))
+    # A pin file unlinked between a pinner's open and its lock is not trusted: it pins anew.
+    again = pins.try_pin(shadow, "dir/f")
+    assert again is not None and os.path.exists(os.path.join(directory, name))
+    assert pins.pinned(directory, [name]) == {name}
+    os.close(again)
+
+
+def test_a_lost_record_is_rejoined(tmp_path: Path, device: Path, agent_config: Path) -> None:
+    shadow = tmp_path / "shadow"
+    with agent(device, shadow, agent_config):
+        joined = wait_for(serving(device, shadow), "the agent serves")
+        thief = HostRecord(slot=joined.slot, system_uuid=uuid.uuid4(), incarnation=hosts.new_incarnation())
+        with Device(device, writable=True) as opened:
+            opened.write(hosts.slot_offset(joined.slot), hosts.encode(thief))
+        rejoined = wait_for(lambda: (r := serving(device, shadow)()) is not None
+                            and r.incarnation not in (joined.incarnation, thief.incarnation) and r, "rejoined")
+        assert rejoined.slot != joined.slot  # the slot is another host's now
+    assert "host_record_lost" in (tmp_path / "shadow.agent.log").read_text()
+
+
+def test_a_resumed_catch_up_never_shows_a_file_deleted_within_it(tmp_path: Path, device: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 system_uuid_file: Path) -> None:
+    shadow = tmp_path / "shadow"
+
+    def play_once() -> Follower:
+        follower = Follower(str(device), str(shadow), config.AgentSettings(), system_uuid_file, follow=False)
+        assert follower.run() == 0
+        return follower
+
+    play_once()  # a first play: a and b
+    placed: list[str] = []
+    real_place = ShadowTree._place_new
+
+    def place_new(self: ShadowTree, temp: str, relpath: str, *args: object) -> bool:
+        placed.append(relpath)
+        return real_place(self, temp, relpath, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ShadowTree, "_place_new", place_new)
+    append(device, [file_entry("c", 2), file_entry("d", 3), fmt.DeleteEntry(relpath="c", target_index=2),
+                    fmt.MkdirEntry(relpath="dir", mode=0o755, uid=0, gid=0), file_entry("dir/e", 4),
+                    file_entry("f", 5),
+                    fmt.DeleteEntry(relpath="dir/e", target_index=6)])
+    follower = play_once()
+    assert "c" not in placed and "dir/e" not in placed and {"d", "f"} <= set(placed)
+    state = agent_state(shadow)
+    assert (state["rejected"], state["live_files"], state["born_dead"]) == (0, 4, {})
+    assert sorted(os.listdir(shadow / "root")) == [".meta", "a", "b", "d", "dir", "f"]
+    assert {found.relpath for found in follower.deleted.files.values()} == {"c", "dir/e"}
+
+
+def test_a_born_dead_pair_split_by_a_stop_is_finished_by_the_next_run(tmp_path: Path, device: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       system_uuid_file: Path) -> None:
+    shadow = tmp_path / "shadow"
+    settings = config.AgentSettings(batch_max=1)
+    assert Follower(str(device), str(shadow), settings, system_uuid_file, follow=False).run() == 0
+    append(device, [file_entry("c", 2), file_entry("d", 3), fmt.DeleteEntry(relpath="c", target_index=2)])
+    real_batch = Follower._batch
+
+    def batch(self: Follower, first: int, stop: int, progress: object) -> None:
+        real_batch(self, first, stop, progress)  # type: ignore[arg-type]
+        if first == 2:
+            self.stop_signal = signal.SIGTERM  # stopped with c taken, its DELETE not yet played
+
+    monkeypatch.setattr(Follower, "_batch", batch)
+    assert Follower(str(device), str(shadow), settings, system_uuid_file, follow=False).run() == 0
+    assert agent_state(shadow)["born_dead"] == {"4": [2, "c"]}
+    monkeypatch.setattr(Follower, "_batch", real_batch)
+    follower = Follower(str(device), str(shadow), settings, system_uuid_file, follow=False)
+    assert follower.run() == 0
+    state = agent_state(shadow)
+    assert (state["applied_index"], state["rejected"], state["live_files"], state["born_dead"]) == (4, 0, 3, {})
+    assert not (shadow / "root" / "c").exists()
+    assert [found.relpath for found in follower.deleted.files.values()] == ["c"]
+
+
+def test_the_table_read_finds_every_occupied_slot_and_damage() -> None:
+    table = bytearray(fmt.HOST_TABLE_OFFSET + fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE)
+    records = [HostRecord(slot=slot, system_uuid=uuid.uuid4(), incarnation=slot + 1) for slot in (0, 15, 16, 2047, 4095)]
+    for found in records:
+        table[hosts.slot_offset(found.slot):hosts.slot_offset(found.slot) + fmt.HOST_RECORD_SIZE] = hosts.encode(found)
+    table[hosts.slot_offset(100) + 255] = 1  # one stray byte in an empty slot: a damaged slot, not an empty one
+    read = list(hosts.read_table(bytes(table)))
+    assert [found for found in read if isinstance(found, HostRecord)] == records
+    assert [found.slot for found in read if isinstance(found, hosts.DamagedSlot)] == [100]

@@ -138,7 +138,6 @@ class MountSettings:
 class MasterSettings:
     """The reclaim coordinator's (docs/reclaim.md; famfsctl reclaimd)."""
 
-    reclaim: bool = setting(False)  # the master's famfs-fuse-mount runs the reclaim coordinator itself
     host_lease: float = setting(30.0, low=1.0, high=86_400.0)  # seconds: admission, silence, left hosts
     auto_fence: bool = setting(False)  # fence a host silent for a lease (else log host_silent and wait)
     reclaim_poll: float = setting(0.2, low=0.01, high=60.0)  # seconds between two reads of the host table

@@ -108,23 +108,6 @@ print("client: every namespace change EPERM, the log unchanged")
 """
 
 
-def readme_python_block() -> str:
-    found = re.search(r"^```python\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
-    assert found, "README.md has no Python block"
-    return found[1]
-
-
-def fresh_copy(target: Path) -> Path:
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():  # (a file deleted in the worktree but still tracked is left out)
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name, follow_symlinks=False)
-    return target
-
-
 def doc_blocks(doc: Path) -> list[tuple[str, str]]:
     """The (language, text) of each block of `doc` that runs, in order."""
     return [(language, text) for language, text in FENCE.findall(doc.read_text()) if language in RUN]

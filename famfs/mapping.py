@@ -29,7 +29,9 @@ import os
 import stat
 import time
 import weakref
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 from famfs import config, pins, rules, shadowdir
 from famfs import format as fmt
@@ -38,6 +40,7 @@ from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import parse_shadow_file
 
 MODES = ("r", "r+")
+_T = TypeVar("_T")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -259,14 +262,14 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
         raise fmt.FormatError(f"{path}: {err}") from None
 
 
-def _awaited_shadow_entry(found: shadowdir.MountTarget, wait: float) -> fmt.FileEntry:
-    """_shadow_entry, looked for again until `wait` seconds passed: this host's agent shows a
-    file some milliseconds after the master logged it. The last FileNotFoundError if it never does."""
-    deadline = time.monotonic() + wait
+def _awaited(look: Callable[[], _T], deadline: float) -> _T:
+    """look(), again until `deadline` (time.monotonic()) while it raises FileNotFoundError: this
+    host's agent shows a file some milliseconds after the master logged it, and its mount a moment
+    after that. The last FileNotFoundError if it never does."""
     pause = WAIT_FIRST_PAUSE_S
     while True:
         try:
-            return _shadow_entry(found)
+            return look()
         except FileNotFoundError:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -333,9 +336,10 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
 def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str] | None, wait: float,
           shadow: str | os.PathLike[str] | None, pin_fd_out: list[int]) -> MappedFile:
     """open(), the pin it takes put in `pin_fd_out` until map_file owns it."""
+    deadline = time.monotonic() + wait
     if device is None:
         found = shadowdir.locate_in_mount(path)
-        device_path, relpath, entry = found.device, found.relpath, _awaited_shadow_entry(found, wait)
+        device_path, relpath, entry = found.device, found.relpath, _awaited(lambda: _shadow_entry(found), deadline)
     else:
         device_path, relpath, entry = os.fspath(device), os.fspath(path).rstrip("/"), None
         try:
@@ -358,7 +362,7 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
         if device is None:
             # Pin, then look: the look that counts is the one after the pin (the first gave
             # the errors above in the library's words).
-            pin_fd_out.append(_mount_pin(found))
+            pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))
             if _shadow_entry(found) != entry:
                 raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path,

@@ -280,7 +280,7 @@ class InodeTable:
         """A node for a new path; None for a directory the log does not account for (not served)."""
         relpath = parent.relpath + b"/" + name if parent.relpath else name
         logged = None
-        if sig.is_dir:
+        if sig.is_dir and relpath != shadow_reader.META_NAME:  # .meta: no entry, checked file by file
             logged = self._logged_dir(relpath)
             if logged is None:
                 return None

@@ -20,7 +20,8 @@ from famfs.rules import Geometry, check_extents
 from famfs.shadowdir import DIR_XATTR, META_DIR, SHADOW_FILE_OPEN, read_shadow_file
 from famfs.shadowyaml import meta_extents, parse_shadow_file
 
-META_PREFIX = os.fsencode(META_DIR) + b"/"
+META_NAME = os.fsencode(META_DIR)
+META_PREFIX = META_NAME + b"/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,16 @@ def snapshot(root: Path) -> Snapshot:
     return tree
 
 
+def dir_attrs(path: Path) -> tuple[int, int, int]:
+    """(mode, uid, gid) the agent logged for shadow directory `path` (its trusted.famfs.dir),
+    once the directory itself is checked to be the agent's 0755."""
+    info = path.lstat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o755, os.geteuid()), f"{path}: not the agent's 0755"
+    record = DirRecord.decode(os.getxattr(path, DIR_XATTR, follow_symlinks=False))
+    assert record is not None, f"{path}: no trusted.famfs.dir"
+    return record.mode, record.uid, record.gid
+
+
 def agent_state(shadow: Path) -> dict[str, object]:
     return json.loads(state_path(shadow).read_text())
 

@@ -247,33 +247,17 @@ def test_hostile_shadow_yaml_is_refused(served: tuple[Path, Path], tmp_path: Pat
         "negative": good.replace(b"path: good", b"path: negative").replace(b"size: 4096", b"size: -4096"),
         "huge_number": good.replace(b"path: good", b"path: huge_number").replace(b"size: 4096", b"size: " + b"9" * 4400),
         "nested": b"[" * 400 + b"]" * 400,
-        "thief": good.replace(b"path: good", b"path: thief"),  # the live file good's memory
     }
+    thief = good.replace(b"path: good", b"path: thief")  # the live file good's memory: not the log's
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         for relpath, text in hostile.items():
             put_yaml(shadow, relpath, text)
+        put_yaml(shadow, "thief", thief)
         for relpath in hostile:
             target = mount.mountpoint / relpath
             wait_for(lambda: stat_gives_eio(target), f"{relpath} answered with EIO")
-        assert (mount.mountpoint / "good").stat().st_size == 4096
+        wait_for(lambda: not os.path.exists(mount.mountpoint / "thief"), "thief not served (ENOENT)")
+        assert "thief" not in os.listdir(mount.mountpoint)
+        assert (mount.mountpoint / "good").read_bytes() == file_bytes(device, "good")
     assert "bad shadow file" in mount.log()
-
-
-
-def test_overlap_refusal_lasts_only_while_the_other_file_lives(tmp_path: Path) -> None:
-    """The first live file keeps its memory; a YAML claiming it is EIO, and is served once the
-    first file has left the namespace (a conflict is not a cached error)."""
-    shadow = empty_shadow(tmp_path / "shadow")
-    first, second = file_entry("first", 0), file_entry("second", 0)  # the same allocation unit
-    put_file(shadow, first)
-    put_file(shadow, second)
-    table = InodeTable(os.fsencode(shadow / "root"), rules.Geometry(dev_size=1 << 30, log_len=fmt.DEFAULT_LOG_LEN))
-    root = table.get(ROOT_INODE)
-    assert root is not None
-    first_node, second_node = table.child(root, b"first"), table.child(root, b"second")
-    assert first_node is not None and second_node is not None
-    assert table.file_entry(first_node) == first
-    assert table.file_entry(second_node) is None and second_node.conflict and second_node.error is None
-    (shadow / "root" / "first").unlink()
-    table.refresh(b"first")
-    assert table.file_entry(second_node) == second
+    assert "maps units of log entry" in mount.log()

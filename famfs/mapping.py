@@ -19,14 +19,16 @@ import dataclasses
 import errno
 import mmap
 import os
+import stat
 import weakref
 from types import TracebackType
 
 from famfs import format as fmt
-from famfs import rules, shadowdir
+from famfs import rules, safepath, shadowdir
 from famfs.device import Device, map_alignment, probe
 from famfs.famfslog import FamfsLog
-from famfs.shadowyaml import parse_shadow_file
+from famfs.ownership import ShadowCheck
+from famfs.shadowyaml import meta_extents, parse_shadow_file
 
 MODES = ("r", "r+")
 
@@ -192,18 +194,38 @@ def live_file(famfs_log: FamfsLog, relpath: str) -> fmt.FileEntry:
 
 
 def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
-    """The entry the mount serves for a path: its shadow file (never following a symlink)."""
-    path = os.path.join(found.shadow, shadowdir.ROOT, found.relpath)
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
+    """The entry the mount serves for a path: its shadow file, resolved beneath the shadow root
+    (no symlink or mount point on the way: famfs.safepath), parsed."""
+    root = os.path.join(found.shadow, shadowdir.ROOT)
+    path = os.path.join(root, found.relpath)
     try:
-        raw = shadowdir.read_shadow_file(path)
+        root_fd = safepath.open_root(root)
+        try:
+            if stat.S_ISDIR(safepath.lstat_beneath(root_fd, found.relpath).st_mode):
+                raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
+            raw = shadowdir.read_shadow_file(found.relpath, root_fd)
+        finally:
+            os.close(root_fd)
+    except IsADirectoryError:
+        raise
     except OSError as err:
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: no such famfs file ({err.strerror})") from None
     try:
         return parse_shadow_file(raw, found.relpath)
     except fmt.FormatError as err:
         raise fmt.FormatError(f"{path}: {err}") from None
+
+
+def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEntry) -> None:
+    """FileNotFoundError unless the log holds `entry` for its path, as the mount checks it
+    (famfs.ownership): a shadow file planted by anyone is never mapped."""
+    check = ShadowCheck(famfs_log, os.path.join(found.shadow, shadowdir.AGENT_DIR, shadowdir.OWNERS_FILE))
+    try:
+        problem = check.file_problem(entry)
+    finally:
+        check.close()
+    if problem is not None:
+        raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: not served: its shadow file {problem}")
 
 
 def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None) -> MappedFile:
@@ -217,6 +239,7 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: famfs files open as 'r' or 'r+' (a file's size is fixed)")
+    found: shadowdir.MountTarget | None = None
     if device is None:
         found = shadowdir.locate_in_mount(path)
         device_path, relpath, entry = found.device, found.relpath, _shadow_entry(found)
@@ -231,11 +254,17 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
         famfs_log = FamfsLog(opened)
         if entry is None:
             entry = live_file(famfs_log, relpath)
+        metadata = relpath.split("/", 1)[0] == shadowdir.META_DIR
         try:
-            rules.check_extents(entry, rules.Geometry.of(famfs_log.superblock),
-                                metadata=relpath.split("/", 1)[0] == shadowdir.META_DIR)
+            rules.check_extents(entry, rules.Geometry.of(famfs_log.superblock), metadata=metadata)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device_path}: {relpath}: {err}; nothing mapped") from None
+        if found is not None and metadata:
+            if entry.stripes or entry.extents != (meta_extents(famfs_log.superblock.log_len).get(relpath),):
+                raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: not the superblock or log file "
+                                        f"as the agent writes them; nothing mapped")
+        elif found is not None:
+            _served(found, famfs_log, entry)
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path)
     return MappedFile(relpath, entry, device_path, mode, view)
 

@@ -95,12 +95,26 @@ def _log(shadow: Path, entry: fmt.Entry) -> int | None:
         return FamfsLog(opened).append([entry])
 
 
-def own_file(shadow: Path, entry: fmt.FileEntry) -> None:
-    """Log `entry` on the shadow's hand device and give its units to it in the owner map (what
-    the master and then the agent do before the agent's shadow file appears)."""
-    index = _log(shadow, entry)
-    if index is None:
+def _logged_index(device: Path, entry: fmt.FileEntry) -> int:
+    """The index of the last FILE entry naming entry's path (a file a writer has logged)."""
+    with Device(str(device)) as opened:
+        famfs_log = FamfsLog(opened)
+        for index in range(famfs_log.next_index() - 1, -1, -1):
+            found = famfs_log.entry(index)
+            if isinstance(found, fmt.FileEntry) and found.relpath == entry.relpath:
+                return index
+    raise LookupError(f"{device}: no FILE entry for {entry.relpath}")
+
+
+def own_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> None:
+    """Log `entry` on the shadow's hand device (`logged`: a writer has, find it) and give its
+    units to it in the owner map (what the master and then the agent do before the agent's
+    shadow file appears)."""
+    device = _HAND_DEVICES.get(shadow)
+    if device is None:
         return
+    index = _logged_index(device, entry) if logged else _log(shadow, entry)
+    assert index is not None
     with Device(str(_HAND_DEVICES[shadow])) as opened:
         sb = FamfsLog(opened).superblock
     fd = os.open(shadow / ".agent" / OWNERS_FILE, os.O_RDWR)
@@ -119,10 +133,10 @@ def own_dir(shadow: Path, path: Path, relpath: str, mode: int = 0o755, uid: int 
         os.setxattr(path, DIR_XATTR, DirRecord(index, mode, uid, gid).encode())
 
 
-def put_file(shadow: Path, entry: fmt.FileEntry) -> Path:
-    """Write a shadow file the agent's way: logged and owned first (with a hand device), then
-    whole, in staging, renamed into root/."""
-    own_file(shadow, entry)
+def put_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> Path:
+    """Write a shadow file the agent's way: logged (`logged`: already, by a writer) and owned
+    first (with a hand device), then whole, in staging, renamed into root/."""
+    own_file(shadow, entry, logged=logged)
     return put_yaml(shadow, entry.relpath, emit_file_yaml(entry))
 
 

@@ -171,7 +171,7 @@ class ShadowTree:
             if problem is not None:  # before anything is made in it (docs/security.md)
                 raise ShadowError(errno.EPERM, f"shadow {self.base} refused: {problem}")
             self.root.mkdir(mode=SHADOW_DIR_MODE, exist_ok=True)
-            self.agent_dir.mkdir(mode=AGENT_DIR_MODE, exist_ok=True)
+            self.agent_dir.mkdir(mode=AGENT_DIR_MODE, exist_ok=True)  # chmod below: no umask
             os.chmod(self.agent_dir, AGENT_DIR_MODE, follow_symlinks=False)
             self._lock_fd = os.open(self.agent_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as err:

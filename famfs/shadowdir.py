@@ -35,7 +35,9 @@ OWNERS_FILE = "owners"  # in .agent/: which live log entry owns each allocation 
 # CAP_SYS_ADMIN sets trusted.* attributes: an unprivileged user cannot forge it (docs/security.md).
 DIR_XATTR = "trusted.famfs.dir"
 SHADOW_DIR_MODE = 0o755  # every directory under root/, whatever mode the log gives it
-AGENT_DIR_MODE = 0o700
+# .agent/: nobody but the agent lists or writes it; state.json and owners (0644) are read by name
+# by the mount, famfsctl and famfs.open, which may run as a user (staging/ inside is 0700).
+AGENT_DIR_MODE = 0o711
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 

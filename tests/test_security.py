@@ -89,7 +89,7 @@ def test_directories_are_roots_0755_and_served_with_their_logged_modes(
             assert dir_attrs(shadow / "root" / relpath) == logged
             info = (mount.mountpoint / relpath).stat()
             assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == logged, relpath
-        assert stat.S_IMODE((shadow / AGENT_DIR).stat().st_mode) == 0o700
+        assert stat.S_IMODE((shadow / AGENT_DIR).stat().st_mode) == 0o711
 
 
 def test_unprivileged_swap_hidden_and_symlink_are_refused(

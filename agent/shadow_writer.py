@@ -96,6 +96,33 @@ class Rejected(Exception):
         self.relpath = relpath
 
 
+def _clear(path: Path) -> None:
+    """Remove whatever is at `path` (a tree, a file, a symlink: never followed)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _open_own_dir(path: Path) -> int:
+    """The directory at `path`, made (0755) if missing; anything else there (a symlink above
+    all: never followed) is removed first, so the agent writes only where it made the tree."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkdir(path, SHADOW_DIR_MODE)
+    except FileExistsError:
+        pass
+    return os.open(path, safepath.DIR_OPEN)
+
+
 class ShadowError(OSError):
     """The shadow directory cannot be used, or root/ was changed behind the agent's back."""
 
@@ -188,10 +215,13 @@ class ShadowTree:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self._temp_prefix = f"{os.getpid()}."
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(mode=0o700)
-        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._staging_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _clear(self.staging)
+            self.staging.mkdir(mode=0o700)
+            self._root_fd = _open_own_dir(self.root)
+            self._staging_fd = _open_own_dir(self.staging)
+        except OSError as err:
+            raise ShadowError(err.errno, f"shadow {self.base}: {err.strerror}") from None
         self._tree_fd = self._root_fd
         self._check_trusted_xattrs()
 
@@ -245,9 +275,8 @@ class ShadowTree:
         if self._build is not None:  # a first play that failed before moving in: start over
             self._drop_build()
         if self.root_replaced():
-            self.root.mkdir(mode=0o755, exist_ok=True)
             os.close(self._root_fd)
-            self._root_fd = self._tree_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root_fd = self._tree_fd = _open_own_dir(self.root)
         with os.scandir(self.root) as listing:
             for child in listing:
                 if child.name == META_DIR:

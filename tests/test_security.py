@@ -115,6 +115,14 @@ def test_unprivileged_swap_hidden_and_symlink_are_refused(
         assert made.returncode != 0 and "Permission denied" in made.stderr
         planted = as_user("sh", "-c", f"cat > '{root / 'tmpdir' / 'gone'}' < /dev/null")
         assert planted.returncode != 0
+        # (2) a YAML of the secret's memory planted beside it: the user cannot write it anywhere.
+        thief = place / "thief.yaml"
+        thief.write_bytes(emit_file_yaml(_live(image, "shared/secret")._replace(relpath="tmpdir/thief", mode=0o666)))
+        os.chown(thief, *user)
+        for target in (root / "tmpdir" / "thief", root / "thief", shadow / "thief"):
+            copied = as_user("cp", thief, target)
+            assert copied.returncode != 0 and "Permission denied" in copied.stderr, target
+        assert not (mount.mountpoint / "tmpdir" / "thief").exists()
         # (c) symlink: a logged subdirectory replaced by a link to a root-only directory.
         (place / "rootonly").mkdir(mode=0o700)
         renamed = as_user("mv", root / "tmpdir" / "sub", root / "tmpdir" / "elsewhere")
@@ -265,3 +273,18 @@ def test_owner_map_ordering_and_verification_cost(tmp_path: Path, system_uuid_fi
         print(f"verify_file: {(time.perf_counter() - began) / rounds * 1e6:.1f} us per shadow file")
         assert isinstance(check.dir_problem("tmpdir", os.getxattr(shadow / "root" / "tmpdir", DIR_XATTR)), DirRecord)
         check.close()
+
+
+def test_a_shadow_root_replaced_by_a_symlink_is_never_followed(
+        tmp_path: Path, system_uuid_file: Path, place: Path) -> None:
+    image, shadow = served(tmp_path, system_uuid_file, place)
+    run_agent("--shadow", shadow, "--no-progress", image, check=True)
+    outside = place / "rootonly"
+    outside.mkdir(mode=0o700)
+    shutil.rmtree(shadow / "root")
+    os.symlink(outside, shadow / "root")
+    again = run_agent("--shadow", shadow, "--no-progress", image)
+    assert again.returncode == 0, again.stderr
+    assert list(outside.iterdir()) == []
+    assert not (shadow / "root").is_symlink() and (shadow / "root" / "shared").is_dir()
+    assert dir_attrs(shadow / "root" / "tmpdir") == (0o1777, 0, 0)

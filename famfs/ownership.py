@@ -135,6 +135,7 @@ class OwnerReader:
         self.nunits = nunits
         self.unit = unit
         self.fd = -1
+        self.generation: int | None = None  # of the file held open
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -142,15 +143,21 @@ class OwnerReader:
             self.fd = -1
 
     def _header_ok(self) -> str | None:
+        """Why the file held open is not (any more) the map to read; None if it is."""
         if self.fd < 0:
             return "not open"
-        return _header_problem(os.pread(self.fd, HEADER.size, 0), self.nunits, self.unit)
+        raw = os.pread(self.fd, HEADER.size, 0)
+        problem = _header_problem(raw, self.nunits, self.unit)
+        if problem is None and self.generation is not None and HEADER.unpack_from(raw)[4] != self.generation:
+            return "another generation"
+        return problem
 
     def _ready(self) -> None:
         """The file open and its header this device's; OwnerMapError saying why not."""
         if self._header_ok() is None:
             return
         self.close()
+        self.generation = None
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
@@ -158,6 +165,7 @@ class OwnerReader:
         problem = self._header_ok()
         if problem is not None:
             raise OwnerMapError(errno.EINVAL, f"{self.path}: {problem}")
+        self.generation = HEADER.unpack_from(os.pread(self.fd, HEADER.size, 0))[4]
 
     def owners(self, start: int, stop: int) -> bytes:
         """The raw little-endian u32s of units [start, stop)."""

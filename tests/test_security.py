@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -246,6 +247,13 @@ def test_shadow_permission_rule(tmp_path: Path, place: Path, user: tuple[int, in
     assert "without the sticky bit" in (shadow_permission_problem(open_parent / "shadow") or "")
     refused = run_agent("--shadow", open_parent / "shadow", make_image(place / "img"))
     assert refused.returncode == 2 and "without the sticky bit" in refused.stderr
+    # An agent that cannot set trusted.* xattrs (not root here) refuses to start, in one line.
+    mine = place / "users_shadow"
+    mine.mkdir(mode=0o755)
+    os.chown(mine, *user)
+    as_nobody = as_user(sys.executable, "-m", "agent.cli", "--shadow", mine, place / "img")
+    assert as_nobody.returncode == 2, as_nobody.stderr
+    assert "cannot set the trusted.famfs.dir xattr" in as_nobody.stderr
 
 
 def test_owner_map_ordering_and_verification_cost(tmp_path: Path, system_uuid_file: Path, place: Path) -> None:

@@ -88,12 +88,15 @@ class OwnerMap:
 
     def set(self, extents: Sequence[fmt.Extent], value: int) -> None:
         """Give every unit of `extents` to `value` (a log index + 1, or HELD)."""
+        table = self.table
         for extent in extents:
             start, stop = self.span(extent)
-            run = array("I", [value]) * (stop - start)
-            self.table[start:stop] = run
+            if stop - start == 1:  # most files: no run to build (a first play sets one per file)
+                table[start] = value
+            else:
+                table[start:stop] = array("I", [value]) * (stop - start)
             if not self.deferred and self.fd >= 0:
-                os.pwrite(self.fd, _le(run), HEADER.size + SLOT * start)
+                os.pwrite(self.fd, _le(table[start:stop]), HEADER.size + SLOT * start)
 
     def flush(self) -> None:
         """Write the whole map in place (the end of a deferred stretch)."""

@@ -23,6 +23,7 @@ import pyfuse3
 import structlog
 
 from famfs import format as fmt
+from famfs import safepath
 from famfs.rules import Geometry
 from famfs.shadowdir import DirRecord
 from fusefs import shadow_reader
@@ -46,6 +47,13 @@ class Notice:
     ino: int
     parent: int = 0
     name: bytes = b""
+
+
+class _Unread:
+    """A directory's xattr not read yet (None is "read: it has none")."""
+
+
+_UNREAD = _Unread()
 
 
 class Checker(Protocol):
@@ -276,12 +284,15 @@ class InodeTable:
                 notices.extend(self._drop_cached_data(node))
         return notices
 
-    def _add(self, parent: Node, name: bytes, sig: Signature) -> Node | None:
-        """A node for a new path; None for a directory the log does not account for (not served)."""
+    def _add(self, parent: Node, name: bytes, sig: Signature, record: bytes | None | _Unread = _UNREAD) -> Node | None:
+        """A node for a new path; None for a directory the log does not account for (not served).
+        `record`: a directory's trusted.famfs.dir if already read (shadow_reader.scan_dir)."""
         relpath = parent.relpath + b"/" + name if parent.relpath else name
         logged = None
         if sig.is_dir and relpath != shadow_reader.META_NAME:  # .meta: no entry, checked file by file
-            logged = self._logged_dir(relpath)
+            if isinstance(record, _Unread):
+                record = shadow_reader.dir_xattr(self.shadow_root, relpath)
+            logged = self._logged_dir(relpath, record)
             if logged is None:
                 return None
         ino = self.reserved.pop(relpath, None)
@@ -295,12 +306,12 @@ class InodeTable:
         parent.children[name] = node.ino
         return node
 
-    def _logged_dir(self, relpath: bytes) -> DirRecord | None:
+    def _logged_dir(self, relpath: bytes, raw: bytes | None) -> DirRecord | None:
         """The logged attributes of shadow directory `relpath`, from its trusted.famfs.dir checked
         against the MKDIR it names; None (warned once per path and reason) if it has none that
         holds: the directory is then not served, nor anything below it."""
         try:
-            found = self.checker.dir_problem(os.fsdecode(relpath), shadow_reader.dir_xattr(self.shadow_root, relpath))
+            found = self.checker.dir_problem(os.fsdecode(relpath), raw)
         except Exception as err:  # noqa: BLE001 - no shadow directory may take the daemon down
             found = f"cannot be checked against the log: {err!r}"
         if isinstance(found, DirRecord):
@@ -314,12 +325,23 @@ class InodeTable:
     def _scan_children(self, directory: Node) -> None:
         """Add everything below a directory that has just appeared (inotify cannot tell us about
         what was already inside it when it was renamed into place)."""
+        try:
+            root_fd = safepath.open_root(self.shadow_root)
+        except OSError:
+            return  # the root is gone: the rescan it leads to looks again
+        try:
+            self._scan_below(directory, root_fd)
+        finally:
+            os.close(root_fd)
+
+    def _scan_below(self, directory: Node, root_fd: int) -> None:
         pending = [directory]
         while pending:
             current = pending.pop()
-            for name, sig in shadow_reader.list_dir(self.shadow_root, current.relpath).items():
+            listing, records = shadow_reader.scan_dir(self.shadow_root, current.relpath, root_fd=root_fd)
+            for name, sig in listing.items():
                 if self.child(current, name) is None:
-                    node = self._add(current, name, sig)
+                    node = self._add(current, name, sig, records.get(name))
                     if node is not None and node.is_dir:
                         pending.append(node)
 

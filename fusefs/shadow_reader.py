@@ -108,11 +108,23 @@ def signature_of(st: os.stat_result) -> Signature | None:
 def list_dir(root: bytes, relpath: bytes) -> dict[bytes, Signature]:
     """Name → signature of every file and directory in `relpath` below `root` (others, and
     races, skipped; nothing if the way there is not a directory or crosses a symlink)."""
+    return scan_dir(root, relpath, xattrs=False)[0]
+
+
+def scan_dir(root: bytes, relpath: bytes, *, xattrs: bool = True,
+             root_fd: int | None = None) -> tuple[dict[bytes, Signature], dict[bytes, bytes | None]]:
+    """list_dir, and (with `xattrs`) each subdirectory's trusted.famfs.dir, read through the
+    directory's own descriptor (one open of each subdirectory by name, never followed).
+    `root_fd`: `root` already open (a scan of many directories opens it once)."""
     found: dict[bytes, Signature] = {}
+    records: dict[bytes, bytes | None] = {}
     try:
-        fd = open_beneath_root(root, relpath, _OPEN_DIR)
+        if root_fd is None:
+            fd = open_beneath_root(root, relpath, _OPEN_DIR)
+        else:
+            fd = safepath.open_beneath(root_fd, os.fsdecode(relpath), _OPEN_DIR) if relpath else os.dup(root_fd)
     except OSError:
-        return found
+        return found, records
     try:
         with os.scandir(fd) as entries:
             for entry in entries:
@@ -120,13 +132,30 @@ def list_dir(root: bytes, relpath: bytes) -> dict[bytes, Signature]:
                     sig = signature_of(entry.stat(follow_symlinks=False))
                 except FileNotFoundError:
                     continue
-                if sig is not None:
-                    found[os.fsencode(entry.name)] = sig
+                if sig is None:
+                    continue
+                name = os.fsencode(entry.name)
+                found[name] = sig
+                if xattrs and sig.is_dir:
+                    records[name] = _xattr_at(fd, entry.name)
     except (FileNotFoundError, NotADirectoryError):
         pass
     finally:
         os.close(fd)
-    return found
+    return found, records
+
+
+def _xattr_at(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.getxattr(fd, DIR_XATTR)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def walk(root: bytes) -> dict[bytes, Signature]:

@@ -202,6 +202,9 @@ class Follower:
         if state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
             # A run was killed around this DELETE's unlink, after checking it: finish it.
             self.tree.remove(str(state.pending_delete["path"]))
+            pending = self.famfs_log.entry(state.applied_index + 1)
+            if isinstance(pending, fmt.DeleteEntry):
+                self.tree.disown(pending, self.famfs_log)
             self._advance(state.applied_index + 1)
             if state.live_files is not None:
                 state.live_files -= 1
@@ -520,6 +523,7 @@ class Follower:
         if self.tree.building:
             self.tree.remove(entry.relpath)
             self.deleted.deleted(entry.target_index, index, entry.relpath)
+            self.tree.disown(entry, self.famfs_log)
             self._advance(index)
             return
         if done >= 0:
@@ -528,6 +532,7 @@ class Follower:
         self._save()
         self.tree.remove(entry.relpath)
         self.deleted.deleted(entry.target_index, index, entry.relpath)
+        self.tree.disown(entry, self.famfs_log)  # after the unlink: its units are then no live file's
         self.state.pending_delete = None
         self._advance(index)
         self._save()

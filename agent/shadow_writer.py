@@ -31,6 +31,7 @@ import os
 import shutil
 import stat
 import struct
+import time
 import uuid
 from collections.abc import Callable
 from enum import Enum
@@ -41,21 +42,28 @@ import structlog
 
 from agent.first_play import FileCreator, NameFilter, write_new_file
 from famfs import format as fmt
-from famfs import rules
+from famfs import rules, safepath
 from famfs.famfslog import FamfsLog
+from famfs.ownership import FREE, HELD, OwnerMap, OwnerMapError
 from famfs.shadowdir import (
     AGENT_DIR,
+    AGENT_DIR_MODE,
     DAXDEVS_FILE,
+    DIR_XATTR,
     DIRS_JOURNAL,
     LOCK_FILE,
     META_DIR,
+    OWNERS_FILE,
     ROOT,
+    SHADOW_DIR_MODE,
     STAGING,
     SUPERBLOCK_YAML,
     UNITS_FILE,
+    DirRecord,
     dirs_journal_line,
     read_dirs_journal,
     read_shadow_file,
+    shadow_permission_problem,
     tree_problem,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
@@ -63,8 +71,6 @@ from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
 log = structlog.get_logger("famfs-agent")
 _T = TypeVar("_T")
 
-META_DIR_MODE = 0o755
-NO_OWNER = 0xFFFFFFFF  # (uid_t)-1: chown(2) reads it as "leave unchanged"
 RENAME_NOREPLACE = 1
 LIVE_FILES_KEPT = 256  # paths whose live FILE entry live_file_index remembers
 UNITS_HEADER = struct.Struct("<qQ")  # .agent/units: cursor index, unit count; then a byte per unit
@@ -88,6 +94,33 @@ class Rejected(Exception):
         super().__init__(str(fmt.EntryError(index, reason, relpath)))
         self.index = index
         self.relpath = relpath
+
+
+def _clear(path: Path) -> None:
+    """Remove whatever is at `path` (a tree, a file, a symlink: never followed)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _open_own_dir(path: Path) -> int:
+    """The directory at `path`, made (0755) if missing; anything else there (a symlink above
+    all: never followed) is removed first, so the agent writes only where it made the tree."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkdir(path, SHADOW_DIR_MODE)
+    except FileExistsError:
+        pass
+    return os.open(path, safepath.DIR_OPEN)
 
 
 class ShadowError(OSError):
@@ -158,7 +191,7 @@ class ShadowTree:
         self._creator: FileCreator | None = None  # the process making that tree's files
         self._build_view: _BuildView | None = None  # the rule book's view of that tree
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
-        self._owner_warned = False
+        self.owners: OwnerMap | None = None  # .agent/owners, kept in place (famfs.ownership)
         self._live_files: dict[str, tuple[int, int | None]] = {}  # relpath -> (searched up to, live FILE)
 
     # --- opening, state files, rebuild --------------------------------------------------------
@@ -167,10 +200,16 @@ class ShadowTree:
         """Create what is missing, take the lock, and drop whatever a killed run left staged."""
         try:
             self.base.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run/famfs/shadow on a fresh boot
-            for directory in (self.root, self.agent_dir, self.staging):
-                directory.mkdir(mode=0o755, exist_ok=True)
-            self._lock_fd = os.open(self.agent_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            problem = shadow_permission_problem(self.base)
+            if problem is not None:  # before anything is made in it (docs/security.md)
+                raise ShadowError(errno.EPERM, f"shadow {self.base} refused: {problem}")
+            self.root.mkdir(mode=SHADOW_DIR_MODE, exist_ok=True)
+            self.agent_dir.mkdir(mode=AGENT_DIR_MODE, exist_ok=True)  # chmod below: no umask
+            os.chmod(self.agent_dir, AGENT_DIR_MODE, follow_symlinks=False)
+            self._lock_fd = os.open(self.agent_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as err:
+            if isinstance(err, ShadowError):
+                raise
             raise ShadowError(err.errno, f"shadow {self.base}: {err.strerror}") from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -182,11 +221,26 @@ class ShadowTree:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self._temp_prefix = f"{os.getpid()}."
-        shutil.rmtree(self.staging)
-        self.staging.mkdir(mode=0o700)
-        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._staging_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _clear(self.staging)
+            self.staging.mkdir(mode=0o700)
+            self._root_fd = _open_own_dir(self.root)
+            self._staging_fd = _open_own_dir(self.staging)
+        except OSError as err:
+            raise ShadowError(err.errno, f"shadow {self.base}: {err.strerror}") from None
         self._tree_fd = self._root_fd
+        self._check_trusted_xattrs()
+
+    def _check_trusted_xattrs(self) -> None:
+        """Refuse a shadow whose file system (or whose agent: not root) cannot keep trusted.*
+        xattrs: the mount serves a directory only from one (docs/security.md)."""
+        try:
+            os.setxattr(self._staging_fd, DIR_XATTR, b"probe")
+            os.removexattr(self._staging_fd, DIR_XATTR)
+        except OSError as err:
+            raise ShadowError(err.errno, f"shadow {self.base}: cannot set the {DIR_XATTR} xattr the mount serves "
+                              f"directories from ({err.strerror}): run famfs-agent as root, the shadow on tmpfs "
+                              f"or ext4") from None
 
     def close(self) -> None:
         if self._creator is not None:
@@ -197,6 +251,9 @@ class ShadowTree:
         for fd in (self._journal_fd, self._staging_fd, self._root_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
+        if self.owners is not None:
+            self.owners.attach(-1)
+            self.owners = None
         self._journal_fd = self._staging_fd = self._root_fd = self._lock_fd = self._tree_fd = -1
         self._build = None
 
@@ -224,9 +281,8 @@ class ShadowTree:
         if self._build is not None:  # a first play that failed before moving in: start over
             self._drop_build()
         if self.root_replaced():
-            self.root.mkdir(mode=0o755, exist_ok=True)
             os.close(self._root_fd)
-            self._root_fd = self._tree_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root_fd = self._tree_fd = _open_own_dir(self.root)
         with os.scandir(self.root) as listing:
             for child in listing:
                 if child.name == META_DIR:
@@ -246,7 +302,45 @@ class ShadowTree:
         self._save_daxdevs()
         self.geometry = rules.Geometry.of(superblock)
         self.units = rules.Units(self.geometry)
+        self._new_owners()
         self._resume_horizon = -1
+
+    def _new_owners(self) -> None:
+        """A fresh owner map (the metadata's units held, every other free), replacing the file:
+        the old one's header is cleared first, so a reader holding it opens the new one."""
+        units = self.units
+        owners = OwnerMap(units.nunits, units.unit, units.first_data_unit, time.time_ns())
+        temp = self._stage_file(owners.image())
+        if self.owners is not None:
+            self.owners.retire()
+        else:
+            with contextlib.suppress(OSError):
+                stale = os.open(self.agent_dir / OWNERS_FILE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                os.pwrite(stale, bytes(32), 0)
+                os.close(stale)
+        os.rename(temp, self.agent_dir / OWNERS_FILE, src_dir_fd=self._staging_fd)
+        owners.attach(os.open(self.agent_dir / OWNERS_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        self.owners = owners
+
+    def _load_owners(self) -> None:
+        try:
+            fd = os.open(self.agent_dir / OWNERS_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            raise ShadowError(err.errno, f"{self.agent_dir / OWNERS_FILE}: {err.strerror} (no owner map)") from None
+        try:
+            owners = OwnerMap.load(fd, self.units.nunits, self.units.unit)
+        except OwnerMapError as err:
+            os.close(fd)
+            raise ShadowError(errno.EINVAL, f"{self.agent_dir / OWNERS_FILE}: {err.strerror}") from None
+        if self.owners is not None:
+            self.owners.attach(-1)
+        self.owners = owners
+
+    def disown(self, delete: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
+        """A deleted file's units: held by no live file, after its shadow file is unlinked."""
+        target = famfs_log.entry(delete.target_index)
+        if type(target) is fmt.FileEntry and self.owners is not None:
+            self.owners.set(target.all_extents(), HELD)
 
     def load(self, applied_index: int, resume_horizon: int, superblock: fmt.Superblock, device_path: str) -> None:
         """Tables as of the cursor; later journal lines are from a run killed before its cursor."""
@@ -266,6 +360,7 @@ class ShadowTree:
         self.geometry = rules.Geometry.of(superblock)
         self.units = rules.Units(self.geometry)
         self._load_units(applied_index)
+        self._load_owners()
         self._resume_horizon = resume_horizon
 
     # --- checking the tree against the cursor ------------------------------------------------
@@ -284,10 +379,14 @@ class ShadowTree:
         files = 0
         for relpath in self.dirs:
             try:
-                with os.scandir(self.root / relpath) as listing:
+                fd = safepath.open_beneath(self._root_fd, relpath, safepath.DIR_OPEN)
+            except OSError:
+                continue  # damage() names it (missing, or a symlink: never followed)
+            try:
+                with os.scandir(fd) as listing:
                     files += sum(1 for child in listing if child.is_file(follow_symlinks=False))
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # damage() names it
+            finally:
+                os.close(fd)
         return files
 
     def damage(self, applied_index: int, live_files: int | None, *, exact: bool) -> str | None:
@@ -314,10 +413,14 @@ class ShadowTree:
     def write_meta(self, superblock: fmt.Superblock, master: bool) -> None:
         """`.meta/.superblock` and `.meta/.log` as upstream's mount writes them (.log is 0644 on
         the master, 0444 on a client), replaced only if they differ."""
-        if not os.path.isdir(self.root / META_DIR):
+        try:
+            meta_is_dir = stat.S_ISDIR(os.lstat(META_DIR, dir_fd=self._root_fd).st_mode)
+        except FileNotFoundError:
+            meta_is_dir = False
+        if not meta_is_dir:
             temp = self._temp_name()
-            os.mkdir(temp, META_DIR_MODE, dir_fd=self._staging_fd)
-            os.chmod(temp, META_DIR_MODE, dir_fd=self._staging_fd)
+            os.mkdir(temp, SHADOW_DIR_MODE, dir_fd=self._staging_fd)
+            os.chmod(temp, SHADOW_DIR_MODE, dir_fd=self._staging_fd)
             os.rename(temp, META_DIR, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
         modes = {SUPERBLOCK_YAML: 0o444, f"{META_DIR}/.log": 0o644 if master else 0o444}
         for relpath, extent in meta_extents(superblock.log_len).items():
@@ -339,7 +442,7 @@ class ShadowTree:
         forked process (agent/first_play.py)."""
         assert self._build is None
         build = self._temp_name()
-        os.mkdir(build, 0o755, dir_fd=self._staging_fd)
+        os.mkdir(build, SHADOW_DIR_MODE, dir_fd=self._staging_fd)
         self._tree_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._staging_fd)
         self._build = build
         try:
@@ -347,6 +450,8 @@ class ShadowTree:
         except OSError as err:  # no process to be had (EAGAIN, ENOMEM): the same tree, on one core
             log.warning("file_creator_unavailable", error=str(err), action="the agent makes the files itself")
         self._build_view = _BuildView(self, NameFilter(fmt.log_capacity(self.geometry.log_len)))
+        if self.owners is not None:
+            self.owners.deferred = True  # written whole before the tree moves in
 
     def finish_build(self) -> None:
         """Wait for the built tree's files, then move its top-level names into root/, each a whole
@@ -362,6 +467,8 @@ class ShadowTree:
             raise
         self._creator = None
         self._build_view = None
+        if self.owners is not None:
+            self.owners.flush()  # every file's owner set before any of them is in root/
         with os.scandir(self._tree_fd) as listing:
             names = [child.name for child in listing]
         for name in names:
@@ -429,8 +536,10 @@ class ShadowTree:
                 raise Rejected(index, str(err), relpath) from None
             if index <= self._resume_horizon and self.read_tree_file(relpath) == emit_file_yaml(entry):
                 self.units.claim(entry.all_extents())
+                self._own(index, entry)
                 return Outcome.PRESENT
             return self._duplicate(index, relpath, famfs_log)
+        self._own(index, entry)  # before its shadow file can be seen: a reader checks it against the map
         if self._build_view is not None:  # not visible before finish_build: made in place, no rename
             if self._creator is not None and raw is not None:
                 self._creator.create(raw)
@@ -442,6 +551,10 @@ class ShadowTree:
             raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
         self.units.claim(entry.all_extents())
         return Outcome.APPLIED
+
+    def _own(self, index: int, entry: fmt.FileEntry) -> None:
+        if self.owners is not None:
+            self.owners.set(entry.all_extents(), index + 1)
 
     def _duplicate(self, index: int, relpath: str, famfs_log: FamfsLog) -> Outcome:
         """The follower's policy for rule path_free when the name has the same kind (a file over a
@@ -470,7 +583,7 @@ class ShadowTree:
         temp = self._temp_name()
         self._make_dir(index, entry, temp, self._staging_fd)
         if not self._place_new(temp, relpath, os.rmdir):
-            if not stat.S_ISDIR(os.lstat(relpath, dir_fd=self._root_fd).st_mode):
+            if not stat.S_ISDIR(safepath.lstat_beneath(self._root_fd, relpath).st_mode):
                 raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a directory")
             # A directory no journal line accounts for can only be this entry's, made by a run
             # killed before its journal line: the journal is exact up to the cursor.
@@ -480,16 +593,16 @@ class ShadowTree:
         return Outcome.APPLIED
 
     def _make_dir(self, index: int, entry: fmt.MkdirEntry, name: str, dir_fd: int) -> None:
-        os.mkdir(name, 0o700, dir_fd=dir_fd)
-        # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
+        """The agent's own 0755 directory; the logged mode and owner go in its trusted xattr,
+        which the mount serves them from (docs/security.md): the shadow directory is never the
+        logged 0777 or 1777 that would let a user write the tree."""
+        os.mkdir(name, SHADOW_DIR_MODE, dir_fd=dir_fd)
+        fd = os.open(name, safepath.DIR_OPEN, dir_fd=dir_fd)
         try:
-            os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd)
-        except PermissionError:
-            if not self._owner_warned:  # once: an agent not run as root cannot give directories away
-                log.warning("owner_not_set", index=index, path=entry.relpath, uid=entry.uid, gid=entry.gid,
-                            reason="not permitted (the agent is not root): directories keep the agent's owner")
-                self._owner_warned = True
-        os.chmod(name, entry.mode & 0o7777, dir_fd=dir_fd)
+            os.chmod(fd, SHADOW_DIR_MODE)  # exactly: no umask
+            os.setxattr(fd, DIR_XATTR, DirRecord(index, entry.mode & 0o7777, entry.uid, entry.gid).encode())
+        finally:
+            os.close(fd)
 
     def _add_dir(self, index: int, relpath: str) -> None:
         self.dirs[relpath] = index
@@ -503,8 +616,8 @@ class ShadowTree:
             rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.relpath) from None
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(entry.relpath, dir_fd=self._tree_fd)
+        with contextlib.suppress(FileNotFoundError), safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
+            os.rmdir(name, dir_fd=parent)
         del self.dirs[entry.relpath]
         os.write(self._journal_fd, dirs_journal_line(index, entry.relpath, removed=True))
         return Outcome.APPLIED
@@ -522,7 +635,8 @@ class ShadowTree:
 
     def _unlinked(self, relpath: str) -> bool:
         try:
-            os.unlink(relpath, dir_fd=self._tree_fd)
+            with safepath.parent_of(self._tree_fd, relpath) as (parent, name):
+                os.unlink(name, dir_fd=parent)
         except FileNotFoundError:
             return False
         return True
@@ -535,6 +649,8 @@ class ShadowTree:
         except rules.Violation as err:
             raise Rejected(index, str(err), entry.file.relpath) from None
         self.units.claim(entry.file.all_extents())
+        if self.owners is not None:
+            self.owners.set(entry.file.all_extents(), HELD)  # no live file's: never served
         return Outcome.APPLIED
 
     def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
@@ -562,7 +678,7 @@ class ShadowTree:
 
     def _mode_in_tree(self, relpath: str) -> int | None:
         try:
-            return os.lstat(relpath, dir_fd=self._tree_fd).st_mode
+            return safepath.lstat_beneath(self._tree_fd, relpath).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return None
 
@@ -579,7 +695,7 @@ class ShadowTree:
 
     def _listing_empty(self, relpath: str) -> bool:
         try:
-            fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._tree_fd)
+            fd = safepath.open_beneath(self._tree_fd, relpath, safepath.DIR_OPEN)
         except (FileNotFoundError, NotADirectoryError):
             return True
         try:
@@ -597,6 +713,8 @@ class ShadowTree:
         file = entry.file if isinstance(entry, fmt.HoldEntry) else entry  # a HOLD: a compaction's deleted file
         assert isinstance(file, fmt.FileEntry)
         self.units.release(file.all_extents())
+        if self.owners is not None:
+            self.owners.set(file.all_extents(), FREE)
 
     def save_units(self, applied_index: int) -> None:
         """The units as of the cursor, written just before the cursor itself (load() checks that
@@ -627,9 +745,13 @@ class ShadowTree:
         that name exists: then False, and `temp` is discarded with `discard` (os.unlink or
         os.rmdir; None leaves it to the next run, which empties staging/)."""
         src_fd = self._staging_fd if src_fd is None else src_fd
-        if _renameat2(src_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
-            return True
-        failure = ctypes.get_errno()
+        try:
+            with safepath.parent_of(self._root_fd, relpath) as (parent, name):
+                if _renameat2(src_fd, temp.encode(), parent, name.encode(), RENAME_NOREPLACE) == 0:
+                    return True
+                failure = ctypes.get_errno()
+        except OSError as err:  # the parent is missing, or a symlink: damage, never followed
+            failure = err.errno or errno.EIO
         if discard is not None:
             discard(temp, dir_fd=src_fd)
         if failure != errno.EEXIST:

@@ -24,14 +24,17 @@ import time
 from pathlib import Path
 
 from bench.common import Result, scratch
-from demo.harness import Mount, empty_shadow, put_file
+from demo.harness import Mount, empty_shadow, own_file, put_dir, put_file
 from famfs import format as fmt
 from famfs.master.mkfs import create_image, mkfs
 from famfs.shadowyaml import emit_file_yaml
 
 MiB = 1 << 20
 UNIT = 2 * MiB
-DATA_START = fmt.data_start(fmt.DEFAULT_LOG_LEN)
+# Every file the benchmarks put in a shadow is logged first (the mount serves only what the log
+# holds: docs/security.md), and the largest tree (100,000 files) needs a log that holds it.
+LOG_LEN = 128 << 20
+DATA_START = fmt.data_start(LOG_LEN)
 READ_BLOCK = MiB
 BEST_OF = 3
 
@@ -39,7 +42,7 @@ BEST_OF = 3
 def make_device(where: Path, size: int) -> Path:
     image = where / "dev.img"
     create_image(image, size)
-    mkfs(str(image), uuid_file=where / "system_uuid")
+    mkfs(str(image), uuid_file=where / "system_uuid", log_len=LOG_LEN)
     return image
 
 
@@ -75,7 +78,7 @@ def spin_until_exists(path: Path) -> float:
 
 
 def propagation(where: Path, device: Path, count: int) -> list[Result]:
-    shadow = empty_shadow(where / "shadow_prop")
+    shadow = empty_shadow(where / "shadow_prop", device)
     staging = shadow / ".agent" / "staging"
     cold: list[float] = []
     negative: list[float] = []
@@ -87,7 +90,9 @@ def propagation(where: Path, device: Path, count: int) -> list[Result]:
                 if prefix == "n":
                     assert not (mount.mountpoint / name).exists()  # cache the negative lookup
                 staged = staging / name
-                staged.write_bytes(emit_file_yaml(file_entry(name, 4096, 2 * n + (prefix == "n"))))
+                entry = file_entry(name, 4096, 2 * n + (prefix == "n"))
+                own_file(shadow, entry)  # logged, as the master and the agent do before the YAML appears
+                staged.write_bytes(emit_file_yaml(entry))
                 start = time.perf_counter()
                 staged.rename(shadow / "root" / name)
                 latencies.append(time.perf_counter() - start + spin_until_exists(mount.mountpoint / name))
@@ -123,8 +128,8 @@ def stat_rate(paths: list[Path], rounds: int) -> float:
 
 
 def stat_rates(where: Path, device: Path, count: int) -> list[Result]:
-    shadow = empty_shadow(where / "shadow_stat")
-    (shadow / "root" / "d").mkdir()  # not the root: mounting lists the root, which would warm it
+    shadow = empty_shadow(where / "shadow_stat", device)
+    put_dir(shadow, "d")  # not the root: mounting lists the root, which would warm it
     for n in range(count):
         put_file(shadow, file_entry(f"d/f{n}", 4096 + n, n))
     names = [f"d/f{n}" for n in range(count)]
@@ -197,7 +202,7 @@ def sequential_reads(where: Path, device: Path, size: int) -> list[Result]:
         for offset in range(0, size, READ_BLOCK):
             image.seek(DATA_START + offset)
             image.write(block)
-    shadow = empty_shadow(where / "shadow_read")
+    shadow = empty_shadow(where / "shadow_read", device)
     put_file(shadow, file_entry("big", size))
     read_rate(device, size, DATA_START)  # page cache hot
     results: list[Result] = []
@@ -236,16 +241,16 @@ def command_seconds(command: tuple[str, ...], where: Path) -> float:
 PER_DIR = 1000
 
 
-def many_files(where: Path, count: int) -> Path:
+def many_files(where: Path, device: Path, count: int) -> Path:
     """A shadow of `count` 4 KiB files, PER_DIR to a directory (made once, shared by the walks and
     the memory figure)."""
     shadow = where / "shadow_many"
     if shadow.exists():
         return shadow
-    empty_shadow(shadow)
+    empty_shadow(shadow, device)
     for n in range(count):
         if n % PER_DIR == 0:
-            (shadow / "root" / f"d{n // PER_DIR}").mkdir()
+            put_dir(shadow, f"d{n // PER_DIR}")
         put_file(shadow, file_entry(f"d{n // PER_DIR}/f{n}", 4096, n))
     return shadow
 
@@ -253,7 +258,7 @@ def many_files(where: Path, count: int) -> Path:
 def cold_walks(where: Path, device: Path, count: int, runs: int) -> list[Result]:
     """Each command through a fresh mount (nothing looked up, no YAML parsed), beside the same
     command over the shadow tree (dentries hot: the best a walk can do). Medians of `runs`."""
-    shadow = many_files(where, count)
+    shadow = many_files(where, device, count)
     results = []
     for command in WALKS:
         ours, base = [], []
@@ -280,11 +285,11 @@ def rss_kib(pid: int) -> int:
 
 
 def memory(where: Path, device: Path, count: int) -> list[Result]:
-    empty = empty_shadow(where / "shadow_empty")
+    empty = empty_shadow(where / "shadow_empty", device)
     with Mount(empty, device, where / "mnt_empty") as mount:
         assert mount.process is not None
         base = rss_kib(mount.process.pid)
-    shadow = many_files(where, count)
+    shadow = many_files(where, device, count)
     with Mount(shadow, device, where / "mnt_many") as mount:
         assert mount.process is not None
         for directory in os.scandir(mount.mountpoint):

@@ -71,7 +71,7 @@ def reads(where: Path, device: Path, master: famfs.Master, size: int) -> list[Re
     layouts = {"simple": None, "striped (4 strips, 2 MiB chunks)": InterleaveParams(nbuckets=4, nstrips=4, chunk_size=2 * MiB)}
     label = f"{size // MiB} MiB"
     results: list[Result] = []
-    shadow = empty_shadow(where / "shadow_read")
+    shadow = empty_shadow(where / "shadow_read", device)
     for name, layout in layouts.items():
         relpath = "simple" if layout is None else "striped"
         with master.create(relpath, size, layout=layout) as new:
@@ -83,7 +83,7 @@ def reads(where: Path, device: Path, master: famfs.Master, size: int) -> list[Re
             ours, base = paired(lambda: copy_rate(mapped.buffer), lambda: copy_rate(region))
         results.append(Result(f"famfs.open read {label}, {name}", ours, "GB/s", base, "plain mmap of the device region",
                               "1 MiB copies out of .buffer (the baseline: the same loop), best of 3; target >= 0.9x"))
-        put_file(shadow, new.entry)
+        put_file(shadow, new.entry, logged=True)
     for cache in CACHE_MODES:
         with Mount(shadow, device, where / f"mnt_{cache}", f"cache={cache}") as mount, \
                 device_region(device, base_offset, size) as region:
@@ -96,8 +96,8 @@ def reads(where: Path, device: Path, master: famfs.Master, size: int) -> list[Re
 
 def arrow(where: Path, device: Path, master: famfs.Master, rows: int, runs: int) -> list[Result]:
     new = write_table(master, "table.arrow", rows)
-    shadow = empty_shadow(where / "shadow_arrow")
-    put_file(shadow, new.entry)
+    shadow = empty_shadow(where / "shadow_arrow", device)
+    put_file(shadow, new.entry, logged=True)
     local = where / "local_copy.arrow"
     python = [sys.executable]
     reports = {}

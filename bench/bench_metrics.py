@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.bench_agent import follower_process
 from bench.bench_fuse import device_size, file_entry, make_device, stat_rate
 from bench.common import Result, scratch
-from demo.harness import Mount, empty_shadow, materialize_reference, put_file
+from demo.harness import Mount, empty_shadow, materialize_reference, put_dir, put_file
 from famfs import env
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -131,8 +131,8 @@ def bench_fuse(quick: bool) -> list[Result]:
     read_size = READ_SIZE // 8 if quick else READ_SIZE
     with scratch("bench_metrics_") as work:
         device = make_device(work, device_size(count) + read_size)
-        shadow = empty_shadow(work / "shadow")
-        (shadow / "root" / "d").mkdir()
+        shadow = empty_shadow(work / "shadow", device)
+        put_dir(shadow, "d")
         for n in range(count):
             put_file(shadow, file_entry(f"d/f{n}", 4096, n))
         put_file(shadow, file_entry("big", read_size, count))

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.ownership import OwnerMap
+from famfs.shadowdir import DIR_XATTR, OWNERS_FILE, DirRecord
 from famfs.shadowyaml import emit_file_yaml
 from famfs.units import parse_size
 
@@ -59,17 +63,92 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
         time.sleep(0.005)
 
 
-def empty_shadow(shadow: Path) -> Path:
-    """A shadow dir with an empty root/ and a staging dir, as the agent lays it out."""
+# Hand-made shadow trees whose entries are logged on a device, as the agent would (empty_shadow
+# with a device): their files and directories are then served by a mount, which serves nothing
+# the log does not hold (docs/security.md).
+_HAND_DEVICES: dict[Path, Path] = {}
+
+
+def empty_shadow(shadow: Path, device: Path | None = None) -> Path:
+    """A shadow dir with an empty root/ and a staging dir, as the agent lays it out. With
+    `device`, put_file and put_dir also log what they make on it and keep the owner map, as
+    the master and the agent would; without, nothing put there is ever served by a mount."""
     (shadow / "root").mkdir(parents=True, mode=0o755)
-    (shadow / ".agent" / "staging").mkdir(parents=True, mode=0o755)
+    (shadow / ".agent" / "staging").mkdir(parents=True, mode=0o700)
     shadow.chmod(0o755)
+    if device is not None:
+        _HAND_DEVICES[shadow] = device
+        with Device(str(device)) as opened:
+            sb = FamfsLog(opened).superblock
+        owners = OwnerMap(sb.dev_size // sb.alloc_unit, sb.alloc_unit,
+                          fmt.round_up(fmt.data_start(sb.log_len), sb.alloc_unit) // sb.alloc_unit, time.time_ns())
+        (shadow / ".agent" / OWNERS_FILE).write_bytes(owners.image())
     return shadow
 
 
-def put_file(shadow: Path, entry: fmt.FileEntry) -> Path:
-    """Write a shadow file the agent's way: whole, in staging, then renamed into root/."""
+def _log(shadow: Path, entry: fmt.Entry) -> int | None:
+    """Append `entry` to the log of the shadow's hand device, if it has one; its index."""
+    device = _HAND_DEVICES.get(shadow)
+    if device is None:
+        return None
+    with Device(str(device), writable=True) as opened:
+        return FamfsLog(opened).append([entry])
+
+
+def _logged_index(device: Path, entry: fmt.FileEntry) -> int:
+    """The index of the last FILE entry naming entry's path (a file a writer has logged)."""
+    with Device(str(device)) as opened:
+        famfs_log = FamfsLog(opened)
+        for index in range(famfs_log.next_index() - 1, -1, -1):
+            found = famfs_log.entry(index)
+            if isinstance(found, fmt.FileEntry) and found.relpath == entry.relpath:
+                return index
+    raise LookupError(f"{device}: no FILE entry for {entry.relpath}")
+
+
+def own_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> None:
+    """Log `entry` on the shadow's hand device (`logged`: a writer has, find it) and give its
+    units to it in the owner map (what the master and then the agent do before the agent's
+    shadow file appears)."""
+    device = _HAND_DEVICES.get(shadow)
+    if device is None:
+        return
+    index = _logged_index(device, entry) if logged else _log(shadow, entry)
+    assert index is not None
+    with Device(str(_HAND_DEVICES[shadow])) as opened:
+        sb = FamfsLog(opened).superblock
+    fd = os.open(shadow / ".agent" / OWNERS_FILE, os.O_RDWR)
+    try:
+        OwnerMap.load(fd, sb.dev_size // sb.alloc_unit, sb.alloc_unit).set(entry.all_extents(), index + 1)
+    finally:
+        os.close(fd)
+
+
+def own_dir(shadow: Path, path: Path, relpath: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
+    """Log a MKDIR of `relpath` on the shadow's hand device and record it on directory `path`
+    (trusted.famfs.dir), made 0755 as the agent makes it."""
+    path.chmod(0o755)
+    index = _log(shadow, fmt.MkdirEntry(relpath=relpath, mode=mode, uid=uid, gid=gid))
+    if index is not None:
+        os.setxattr(path, DIR_XATTR, DirRecord(index, mode, uid, gid).encode())
+
+
+def put_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> Path:
+    """Write a shadow file the agent's way: logged (`logged`: already, by a writer) and owned
+    first (with a hand device), then whole, in staging, renamed into root/."""
+    own_file(shadow, entry, logged=logged)
     return put_yaml(shadow, entry.relpath, emit_file_yaml(entry))
+
+
+def put_dir(shadow: Path, relpath: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Path:
+    """A directory made the agent's way: logged (with a hand device), 0755 with its logged
+    attributes in trusted.famfs.dir, renamed into root/."""
+    staged = shadow / ".agent" / "staging" / f"{os.getpid()}.{time.monotonic_ns()}"
+    staged.mkdir()
+    own_dir(shadow, staged, relpath, mode, uid, gid)
+    target = shadow / "root" / relpath
+    staged.rename(target)
+    return target
 
 
 def put_yaml(shadow: Path, relpath: str, text: bytes) -> Path:

@@ -33,11 +33,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from famfs import config, pins, rules, shadowdir
+from famfs import config, pins, rules, safepath, shadowdir
 from famfs import format as fmt
 from famfs.device import Device, map_alignment, probe
 from famfs.famfslog import FamfsLog
-from famfs.shadowyaml import parse_shadow_file
+from famfs.ownership import ShadowCheck
+from famfs.shadowyaml import meta_extents, parse_shadow_file
 
 MODES = ("r", "r+")
 _T = TypeVar("_T")
@@ -248,18 +249,38 @@ def live_file(famfs_log: FamfsLog, relpath: str) -> fmt.FileEntry:
 
 
 def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
-    """The entry the mount serves for a path: its shadow file (never following a symlink)."""
-    path = os.path.join(found.shadow, shadowdir.ROOT, found.relpath)
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
+    """The entry the mount serves for a path: its shadow file, resolved beneath the shadow root
+    (no symlink or mount point on the way: famfs.safepath), parsed."""
+    root = os.path.join(found.shadow, shadowdir.ROOT)
+    path = os.path.join(root, found.relpath)
     try:
-        raw = shadowdir.read_shadow_file(path)
+        root_fd = safepath.open_root(root)
+        try:
+            if stat.S_ISDIR(safepath.lstat_beneath(root_fd, found.relpath).st_mode):
+                raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
+            raw = shadowdir.read_shadow_file(found.relpath, root_fd)
+        finally:
+            os.close(root_fd)
+    except IsADirectoryError:
+        raise
     except OSError as err:
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: no such famfs file ({err.strerror})") from None
     try:
         return parse_shadow_file(raw, found.relpath)
     except fmt.FormatError as err:
         raise fmt.FormatError(f"{path}: {err}") from None
+
+
+def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEntry) -> None:
+    """FileNotFoundError unless the log holds `entry` for its path, as the mount checks it
+    (famfs.ownership): a shadow file planted by anyone is never mapped."""
+    check = ShadowCheck(famfs_log, os.path.join(found.shadow, shadowdir.AGENT_DIR, shadowdir.OWNERS_FILE))
+    try:
+        problem = check.file_problem(entry)
+    finally:
+        check.close()
+    if problem is not None:
+        raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: not served: its shadow file {problem}")
 
 
 def _awaited(look: Callable[[], _T], deadline: float) -> _T:
@@ -354,12 +375,18 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
             if pin_fd is not None:
                 pin_fd_out.append(pin_fd)  # pin, then look
             entry = live_file(famfs_log, relpath)
+        metadata = relpath.split("/", 1)[0] == shadowdir.META_DIR
         try:
-            rules.check_extents(entry, rules.Geometry.of(famfs_log.superblock),
-                                metadata=relpath.split("/", 1)[0] == shadowdir.META_DIR)
+            rules.check_extents(entry, rules.Geometry.of(famfs_log.superblock), metadata=metadata)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device_path}: {relpath}: {err}; nothing mapped") from None
         if device is None:
+            if metadata:
+                if entry.stripes or entry.extents != (meta_extents(famfs_log.superblock.log_len).get(relpath),):
+                    raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: not the superblock or log file "
+                                            f"as the agent writes them; nothing mapped")
+            else:
+                _served(found, famfs_log, entry)
             # Pin, then look: the look that counts is the one after the pin (the first gave
             # the errors above in the library's words).
             pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))

@@ -10,9 +10,11 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from famfs import safepath
 from famfs.format import FormatError
 
 ROOT = "root"  # the tree the mount serves
@@ -28,8 +30,67 @@ LOCK_FILE = "lock"  # flock held by the running agent; holds its pid
 PINS_DIR = "pins"  # in .agent/: a pin file per path opened (famfs/pins.py, docs/reclaim.md)
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
+OWNERS_FILE = "owners"  # in .agent/: which live log entry owns each allocation unit (famfs.ownership)
+# On every directory the agent makes under root/ (itself root's, 0755): the MKDIR entry it was made
+# from and the logged attributes the mount serves, b"<index> <mode octal> <uid> <gid>". Only
+# CAP_SYS_ADMIN sets trusted.* attributes: an unprivileged user cannot forge it (docs/security.md).
+DIR_XATTR = "trusted.famfs.dir"
+SHADOW_DIR_MODE = 0o755  # every directory under root/, whatever mode the log gives it
+# .agent/: nobody but the agent lists or writes it; state.json and owners (0644) are read by name
+# by the mount, famfsctl and famfs.open, which may run as a user (staging/ inside is 0700).
+AGENT_DIR_MODE = 0o711
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 STALE_KEPT = 16  # AgentState.stale_incarnations kept: a mount's handle older than that many fences is rare
+
+
+@dataclass(frozen=True, slots=True)
+class DirRecord:
+    """The value of DIR_XATTR: which MKDIR made a shadow directory, and what it logged."""
+
+    index: int
+    mode: int
+    uid: int
+    gid: int
+
+    def encode(self) -> bytes:
+        return f"{self.index} {self.mode:o} {self.uid} {self.gid}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DirRecord | None:
+        """The record, or None if `raw` is not one (the directory is then not served)."""
+        try:
+            index, mode, uid, gid = raw.decode("ascii").split(" ")
+            return cls(int(index, 10), int(mode, 8), int(uid, 10), int(gid, 10))
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+
+def shadow_permission_problem(shadow_dir: str | os.PathLike[str], euid: int | None = None) -> str | None:
+    """Why `shadow_dir` may be written by someone other than `euid` (default: ours), or None.
+
+    As sshd's StrictModes: the directory must be owned by euid and not group/other-writable, and
+    every ancestor must be owned by root or euid and not writable by group/other unless sticky
+    (a sticky /tmp lets nobody replace another user's entry)."""
+    euid = os.geteuid() if euid is None else euid
+    path = Path(os.path.abspath(shadow_dir))
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError as err:
+        return f"{path}: {err.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path}: not a directory (a symlink is not accepted)"
+    if st.st_uid != euid:
+        return f"{path}: owned by uid {st.st_uid}, not by this process's uid {euid}: only it may write the shadow tree"
+    if st.st_mode & 0o022:
+        return f"{path}: mode {stat.S_IMODE(st.st_mode):04o} is group/other-writable: only its owner may write it"
+    for ancestor in path.parents:
+        st = os.stat(ancestor)
+        if st.st_uid not in (0, euid):
+            return f"{ancestor}: an ancestor of the shadow directory owned by uid {st.st_uid}, who could replace it"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return (f"{ancestor}: an ancestor of the shadow directory is group/other-writable "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}) without the sticky bit: others could replace it")
+    return None
 
 
 def boot_id() -> str:
@@ -167,9 +228,13 @@ MAX_SHADOW_FILE_BYTES = 64 * 1024  # a 16-extent file is ~1.2 KiB; anything this
 
 
 def read_shadow_file(path: str | bytes, dir_fd: int | None = None) -> bytes:
-    """The bytes of the shadow file at `path` (a name in `dir_fd`, if given). OSError if it
-    cannot be opened (ELOOP: a symlink); FormatError if it is not a regular file or is too large."""
-    fd = os.open(path, SHADOW_FILE_OPEN, dir_fd=dir_fd)
+    """The bytes of the shadow file at `path` (a relative path beneath `dir_fd`, if given). OSError
+    if it cannot be opened (ELOOP: a symlink on the way); FormatError if it is not a regular file
+    or is too large."""
+    if dir_fd is None:
+        fd = os.open(path, SHADOW_FILE_OPEN)
+    else:  # no component of `path` followed, none leaving dir_fd's tree (famfs.safepath)
+        fd = safepath.open_beneath(dir_fd, path, SHADOW_FILE_OPEN)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -219,9 +284,22 @@ def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str 
     """
     base = Path(shadow_dir)
     root = base / ROOT
-    superblock_yaml = root / SUPERBLOCK_YAML
-    if not superblock_yaml.is_file():
-        return f"{superblock_yaml} is missing"
+    try:
+        root_fd = safepath.open_root(root)
+    except OSError as err:
+        return f"{root}: {err.strerror}"
+    try:
+        return _tree_problem(base, root_fd, applied_index)
+    finally:
+        os.close(root_fd)
+
+
+def _tree_problem(base: Path, root_fd: int, applied_index: int) -> str | None:
+    """tree_problem in root/ open as `root_fd`: nothing followed (a symlink where a logged
+    directory should be is damage, never a way out of the tree)."""
+    root = base / ROOT
+    if _mode_beneath(root_fd, SUPERBLOCK_YAML, stat.S_ISREG) is not True:
+        return f"{root / SUPERBLOCK_YAML} is missing"
     try:
         journal = (base / AGENT_DIR / DIRS_JOURNAL).read_bytes()
     except FileNotFoundError:
@@ -229,9 +307,21 @@ def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str 
     except OSError as err:
         return f"{base / AGENT_DIR / DIRS_JOURNAL}: {err.strerror}"
     for relpath, index in read_dirs_journal(journal, applied_index)[0].items():
-        if not (root / relpath).is_dir():
+        found = _mode_beneath(root_fd, relpath, stat.S_ISDIR)
+        if found is None:
             return f"directory {relpath!r} (log entry {index}) is missing from {root}"
+        if not found:
+            return f"directory {relpath!r} (log entry {index}) in {root} is not a directory (a symlink?)"
     return None
+
+
+def _mode_beneath(root_fd: int, relpath: str, kind: Callable[[int], bool]) -> bool | None:
+    """Whether `relpath` beneath root_fd is of `kind`; None if it is missing or lies beyond a
+    symlink or a mount point."""
+    try:
+        return kind(safepath.lstat_beneath(root_fd, relpath).st_mode)
+    except OSError:
+        return None
 
 
 class MountError(ValueError):

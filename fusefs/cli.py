@@ -46,7 +46,7 @@ from famfs.famfslog import FamfsLog
 from famfs.identity import (SYSTEM_UUID_FLAG_HELP, HostIdentity, IdentityError, Role, agents_identity,
                             given_system_uuid_file, system_uuid_file)
 from famfs.namespace import NamespaceWriter
-from famfs.shadowdir import ROOT, agent_pid, read_state, recorded_device, state_path
+from famfs.shadowdir import ROOT, agent_pid, read_state, recorded_device, shadow_permission_problem, state_path
 from famfs.version import add_version_flag
 from fusefs import health
 from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
@@ -200,6 +200,9 @@ def check_shadow(shadow: str) -> str:
                              "could map any device bytes into the mount")
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise UsageError(f"shadow {path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+    problem = shadow_permission_problem(shadow, 0)  # and no ancestor lets another user replace it
+    if problem is not None:
+        raise UsageError(f"shadow {shadow} refused: {problem}")
     return root
 
 
@@ -297,7 +300,7 @@ class Daemon:
         try:
             sb = self.famfs_log.superblock
             devices = self.devices = DeviceCheck(self.famfs_log, self.cfg.shadow, writable=not self.cfg.read_only)
-            self.table = InodeTable(self.shadow_root, devices.served.geometry)
+            self.table = InodeTable(self.shadow_root, devices.served.geometry, devices.served.check)
             quiet_collector()
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s, self._check_device)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
@@ -396,7 +399,7 @@ class Daemon:
         assert self.devices is not None and self.table is not None
         switched = await self.devices.check()
         if switched is not None:
-            await self.notifier.send(self.table.set_geometry(switched.geometry))
+            await self.notifier.send(self.table.set_geometry(switched.geometry, switched.check))
 
     async def _watch_device(self) -> None:
         # A superblock can change with no change of the shadow tree (no agent running).

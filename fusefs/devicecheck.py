@@ -25,8 +25,9 @@ import trio
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
+from famfs.ownership import ShadowCheck
 from famfs.rules import Geometry
-from famfs.shadowdir import AgentState, image_identity, read_state
+from famfs.shadowdir import AGENT_DIR, OWNERS_FILE, AgentState, image_identity, read_state
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
 
@@ -46,19 +47,20 @@ class Served:
     geometry: Geometry
     superblock_raw: bytes  # as it was when this generation began
     image: tuple[int, int] | None  # (st_dev, st_ino) of an image file
+    check: ShadowCheck  # every shadow file and directory against this log and the agent's owner map
 
     @classmethod
-    def of(cls, famfs_log: FamfsLog, generation: int) -> Served:
+    def of(cls, famfs_log: FamfsLog, generation: int, shadow_dir: str) -> Served:
         sb = famfs_log.superblock
         return cls(generation, famfs_log, DataPath(famfs_log.device), CapacityCache(famfs_log),
                    Geometry.of(sb), famfs_log.device.read(0, fmt.SUPERBLOCK.size),
-                   image_identity(famfs_log.device.fd))
+                   image_identity(famfs_log.device.fd), ShadowCheck(famfs_log, os.path.join(shadow_dir, AGENT_DIR, OWNERS_FILE)))
 
     @classmethod
-    def open(cls, path: str, writable: bool, generation: int) -> Served:
+    def open(cls, path: str, writable: bool, generation: int, shadow_dir: str) -> Served:
         device = Device(path, writable=writable)
         try:
-            return cls.of(FamfsLog(device), generation)
+            return cls.of(FamfsLog(device), generation, shadow_dir)
         except BaseException:
             device.close()
             raise
@@ -68,6 +70,7 @@ class Served:
 
     def close(self) -> bool:
         """Unmap; False while a slice of the mapping is still referenced (try again later)."""
+        self.check.close()
         self.data.close()
         try:
             self.famfs_log.device.close()
@@ -95,7 +98,7 @@ class DeviceCheck:
         self.path = famfs_log.path
         self.shadow_dir = shadow_dir
         self.writable = writable
-        self.served = Served.of(famfs_log, 1)
+        self.served = Served.of(famfs_log, 1, shadow_dir)
         self.refusal: str | None = None  # why nothing is served now
         self.retired: list[Served] = []  # generations whose mapping a reply still referenced
         self.lock = trio.Lock()  # one check at a time: each may open the device anew
@@ -148,7 +151,7 @@ class DeviceCheck:
         if not moved:
             return disagreement(state, served)
         try:
-            candidate = Served.open(self.path, self.writable, served.generation + 1)
+            candidate = Served.open(self.path, self.writable, served.generation + 1, self.shadow_dir)
         except (DeviceError, fmt.FormatError) as err:
             return f"device {self.path}: {err}"
         why = disagreement(state, candidate)

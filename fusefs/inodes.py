@@ -17,14 +17,15 @@ import enum
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol
 
 import pyfuse3
 import structlog
 
 from famfs import format as fmt
-from famfs import rules
+from famfs import safepath
 from famfs.rules import Geometry
+from famfs.shadowdir import DirRecord
 from fusefs import shadow_reader
 from fusefs.shadow_reader import Signature
 
@@ -48,11 +49,28 @@ class Notice:
     name: bytes = b""
 
 
-class Node:
-    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "conflict", "children", "lookups",
-                 "opens", "present", "data_stale")
+class _Unread:
+    """A directory's xattr not read yet (None is "read: it has none")."""
 
-    def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature) -> None:
+
+_UNREAD = _Unread()
+
+
+class Checker(Protocol):
+    """What the table asks of famfs.ownership.ShadowCheck: is a shadow file or directory the
+    log's (docs/security.md)."""
+
+    def file_problem(self, entry: fmt.FileEntry) -> str | None: ...
+
+    def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str: ...
+
+
+class Node:
+    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "refused", "children", "lookups",
+                 "opens", "present", "data_stale", "logged")
+
+    def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature,
+                 logged: DirRecord | None = None) -> None:
         self.ino = ino
         self.parent = parent
         self.name = name
@@ -60,7 +78,9 @@ class Node:
         self.sig = sig
         self.entry: fmt.FileEntry | None = None  # files: parsed on first use
         self.error: str | None = None  # files: why the YAML was refused (served as EIO)
-        self.conflict: str | None = None  # files: its space is another live file's (EIO; looked at again)
+        # files: why the log does not hold this YAML (not served: ENOENT; looked at again on use)
+        self.refused: str | None = None
+        self.logged = logged  # directories: the logged mode and owner served (None: the root)
         self.children: dict[bytes, int] | None = {} if sig.is_dir else None
         self.lookups = 0  # the kernel's lookup count
         self.opens = 0
@@ -72,35 +92,12 @@ class Node:
         return self.sig.is_dir
 
 
-class LiveUnits:
-    """The allocation units the files being served hold: the rule book's space_unclaimed applied
-    to live files, so no two files the mount serves share device memory. Unlike the log's model
-    (where freed space is never reused) a file leaving the namespace, or re-mapped, gives its
-    units back. The metadata files are never claimed: the units model counts them as taken."""
-
-    def __init__(self, geometry: Geometry) -> None:
-        self.units = rules.Units(geometry)  # the one attribute of rules.Model that space_unclaimed reads
-        self.held: dict[int, tuple[fmt.Extent, ...]] = {}  # ino -> the extents it claimed
-
-    def claim(self, ino: int, entry: fmt.FileEntry) -> None:
-        """Raise rules.Violation (space_unclaimed) if another live file holds any of its units."""
-        self.release(ino)
-        rules.space_unclaimed(cast(rules.Model, self), entry)
-        extents = tuple(entry.all_extents())
-        self.units.claim(extents)
-        self.held[ino] = extents
-
-    def release(self, ino: int) -> None:
-        extents = self.held.pop(ino, None)
-        if extents:
-            self.units.release(extents)
-
-
 class InodeTable:
-    def __init__(self, shadow_root: bytes, geometry: Geometry) -> None:
+    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker) -> None:
         self.shadow_root = shadow_root
         self.geometry = geometry
-        self.live = LiveUnits(geometry)
+        self.checker = checker
+        self.refused_dirs: dict[bytes, str] = {}  # directories not served, and why (warned once each)
         self.nodes: dict[int, Node] = {}
         self.next_ino = ROOT_INODE + 1
         root_sig = shadow_reader.signature(shadow_root)
@@ -127,33 +124,42 @@ class InodeTable:
         return None if ino is None else self.nodes[ino]
 
     def file_entry(self, node: Node, dir_fd: int | None = None) -> fmt.FileEntry | None:
-        """The node's parsed YAML, loading it on first use; None (and node.error) if refused.
-        `dir_fd`: its parent directory, open (shadow_reader.open_dir), to load it by name."""
+        """The node's parsed YAML, loading it on first use; None (and node.error or
+        node.refused) if it is not served. `dir_fd`: its parent directory, open
+        (shadow_reader.open_dir), to load it by name."""
         if node.entry is None and node.error is None:
             if not node.present:
                 node.error = "deleted before it was read"  # its path may name a newer file now
                 return None
             try:
-                path = node.name if dir_fd is not None else self.shadow_path(node.relpath)
-                entry = shadow_reader.load_file(path, node.relpath, self.geometry, dir_fd)
-                if not node.relpath.startswith(shadow_reader.META_PREFIX):
-                    self.live.claim(node.ino, entry)
-                node.entry, node.conflict = entry, None
+                entry = shadow_reader.load_file(self.shadow_root, node.relpath, self.geometry, dir_fd)
             except fmt.FormatError as err:
-                if isinstance(err, rules.Violation) and err.rule == rules.space_unclaimed.__name__:
-                    # Not cached as an error: once the other file is gone this one is served.
-                    if node.conflict != str(err):
-                        log.error("shadow file overlaps another live file, served as EIO",
-                                  shadow_path=os.fsdecode(self.shadow_path(node.relpath)), reason=str(err))
-                    node.conflict = str(err)
-                    return None
                 node.error = str(err)
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
                 node.error = f"unreadable: {err!r}"
+            else:
+                self._verify(node, entry)
             if node.error is not None:
                 log.error("bad shadow file, served as EIO", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                           reason=node.error)
         return node.entry
+
+    def _verify(self, node: Node, entry: fmt.FileEntry) -> None:
+        """Serve `entry` only if the log holds it for this path (famfs.ownership): else it is
+        not served, and looked at again next time (the agent may be about to own it)."""
+        problem = None
+        if not node.relpath.startswith(shadow_reader.META_PREFIX):  # checked by load_file
+            try:
+                problem = self.checker.file_problem(entry)
+            except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+                problem = f"cannot be checked against the log: {err!r}"
+        if problem is None:
+            node.entry, node.refused = entry, None
+            return
+        if node.refused != problem:
+            log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                        reason=problem)
+        node.refused = problem
 
     def count(self) -> int:
         return len(self.nodes)
@@ -206,12 +212,14 @@ class InodeTable:
         parent = self.nodes[parent_ino]
         if not parent.is_dir:
             return []  # a stale event below what is now a file
-        sig = shadow_reader.signature(self.shadow_path(relpath))
+        sig = shadow_reader.signature_beneath(self.shadow_root, relpath)
         current = self.child(parent, name)
         notices: list[Notice] = []
         # The kernel can cache a name (or its absence) only under a directory it has looked up.
         parent_known = parent.lookups > 0 or parent.ino == ROOT_INODE
-        if current is not None and (sig is None or sig.is_dir != current.is_dir):
+        # Another directory at the path (a new st_ino) is checked again: its xattr may differ.
+        replaced = current is not None and current.is_dir and sig is not None and sig.st_ino != current.sig.st_ino
+        if current is not None and (sig is None or sig.is_dir != current.is_dir or replaced):
             if current.lookups > 0:
                 notices.append(Notice(NoticeKind.DELETED, current.ino, parent.ino, name))
             self._remove(current)
@@ -220,6 +228,8 @@ class InodeTable:
             return notices
         if current is None:
             node = self._add(parent, name, sig)
+            if node is None:
+                return notices
             if node.is_dir:
                 self._scan_children(node)
             if parent_known:
@@ -246,8 +256,7 @@ class InodeTable:
             return []
         had_entry = node.entry
         node.entry = None
-        node.error = None
-        self.live.release(node.ino)
+        node.error = node.refused = None
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
         return self._drop_cached_data(node)
@@ -261,43 +270,79 @@ class InodeTable:
             return [Notice(NoticeKind.ATTRS, node.ino)]
         return [Notice(NoticeKind.INODE, node.ino)]
 
-    def set_geometry(self, geometry: Geometry) -> list[Notice]:
+    def set_geometry(self, geometry: Geometry, checker: Checker) -> list[Notice]:
         """Another device (or the file system re-made on it): every YAML is checked again, when
-        next used, against the new bounds, and the kernel forgets every file's cached bytes
-        (they came from the old device)."""
+        next used, against the new bounds and log, and the kernel forgets every file's cached
+        bytes (they came from the old device)."""
         self.geometry = geometry
-        self.live = LiveUnits(geometry)
+        self.checker = checker
         notices: list[Notice] = []
         for node in self.nodes.values():
             if not node.is_dir:
                 node.entry = None
-                node.error = None
+                node.error = node.refused = None
                 notices.extend(self._drop_cached_data(node))
         return notices
 
-    def _add(self, parent: Node, name: bytes, sig: Signature) -> Node:
+    def _add(self, parent: Node, name: bytes, sig: Signature, record: bytes | None | _Unread = _UNREAD) -> Node | None:
+        """A node for a new path; None for a directory the log does not account for (not served).
+        `record`: a directory's trusted.famfs.dir if already read (shadow_reader.scan_dir)."""
         relpath = parent.relpath + b"/" + name if parent.relpath else name
+        logged = None
+        if sig.is_dir and relpath != shadow_reader.META_NAME:  # .meta: no entry, checked file by file
+            if isinstance(record, _Unread):
+                record = shadow_reader.dir_xattr(self.shadow_root, relpath)
+            logged = self._logged_dir(relpath, record)
+            if logged is None:
+                return None
         ino = self.reserved.pop(relpath, None)
         if ino is None:
             ino = self.next_ino
             self.next_ino += 1
-        node = Node(ino, parent.ino, name, relpath, sig)
+        node = Node(ino, parent.ino, name, relpath, sig, logged)
         self.nodes[node.ino] = node
         self.by_path[relpath] = node.ino
         assert parent.children is not None
         parent.children[name] = node.ino
         return node
 
+    def _logged_dir(self, relpath: bytes, raw: bytes | None) -> DirRecord | None:
+        """The logged attributes of shadow directory `relpath`, from its trusted.famfs.dir checked
+        against the MKDIR it names; None (warned once per path and reason) if it has none that
+        holds: the directory is then not served, nor anything below it."""
+        try:
+            found = self.checker.dir_problem(os.fsdecode(relpath), raw)
+        except Exception as err:  # noqa: BLE001 - no shadow directory may take the daemon down
+            found = f"cannot be checked against the log: {err!r}"
+        if isinstance(found, DirRecord):
+            self.refused_dirs.pop(relpath, None)
+            return found
+        if self.refused_dirs.get(relpath) != found:
+            log.warning("shadow directory not served", shadow_path=os.fsdecode(self.shadow_path(relpath)), reason=found)
+            self.refused_dirs[relpath] = found
+        return None
+
     def _scan_children(self, directory: Node) -> None:
         """Add everything below a directory that has just appeared (inotify cannot tell us about
         what was already inside it when it was renamed into place)."""
+        try:
+            root_fd = safepath.open_root(self.shadow_root)
+        except OSError:
+            return  # the root is gone: the rescan it leads to looks again
+        try:
+            self._scan_below(directory, root_fd)
+        finally:
+            os.close(root_fd)
+
+    def _scan_below(self, directory: Node, root_fd: int) -> None:
         pending = [directory]
         while pending:
             current = pending.pop()
-            for name, sig in shadow_reader.list_dir(self.shadow_path(current.relpath)).items():
+            listing, records = shadow_reader.scan_dir(self.shadow_root, current.relpath, root_fd=root_fd)
+            for name, sig in listing.items():
                 if self.child(current, name) is None:
-                    node = self._add(current, name, sig)
-                    if node.is_dir:
+                    node = self._add(current, name, sig, records.get(name))
+                    if node is not None and node.is_dir:
                         pending.append(node)
 
     def _remove(self, node: Node) -> None:
@@ -312,7 +357,6 @@ class InodeTable:
                 pending.extend(self.nodes[ino] for ino in current.children.values())
                 current.children = {}
             current.present = False
-            self.live.release(current.ino)
             self.by_path.pop(current.relpath, None)
             if current.lookups <= 0 and current.opens == 0:
                 del self.nodes[current.ino]
@@ -323,7 +367,8 @@ class InodeTable:
         The walk ran in another thread and may be older than the table, so the caller re-checks
         each candidate with `refresh` (which looks at the disk now) rather than trusting it.
         """
-        differing = {relpath for relpath, sig in disk.items() if self._sig_of(relpath) != sig}
+        differing = {relpath for relpath, sig in disk.items()
+                     if self._sig_of(relpath) != sig and relpath not in self.refused_dirs}
         differing.update(relpath for relpath in self.by_path if relpath not in disk)
         return sorted(differing, key=lambda relpath: (relpath.count(b"/"), relpath))
 

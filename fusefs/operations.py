@@ -154,9 +154,10 @@ class FamfsOperations(pyfuse3.Operations):
         attrs.st_ctime_ns = sig.ctime_ns
         attrs.st_blksize = BLOCK_IO_SIZE
         if node.is_dir:
-            attrs.st_mode = stat.S_IFDIR | sig.mode
+            logged = node.logged  # the log's mode and owner, never the shadow directory's 0755 root
+            attrs.st_mode = stat.S_IFDIR | (sig.mode if logged is None else logged.mode)
             attrs.st_nlink = sig.nlink
-            attrs.st_uid, attrs.st_gid = sig.uid, sig.gid
+            attrs.st_uid, attrs.st_gid = (sig.uid, sig.gid) if logged is None else (logged.uid, logged.gid)
             attrs.st_size = sig.size
             attrs.st_blocks = 0
             return attrs
@@ -170,8 +171,8 @@ class FamfsOperations(pyfuse3.Operations):
 
     def _entry(self, node: Node) -> fmt.FileEntry:
         entry = self.table.file_entry(node)
-        if entry is None:
-            raise pyfuse3.FUSEError(errno.EIO)
+        if entry is None:  # not the log's: no such file; else a YAML that cannot be read
+            raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None else errno.EIO)
         return entry
 
     def _node(self, ino: int) -> Node:
@@ -280,9 +281,9 @@ class FamfsOperations(pyfuse3.Operations):
                     continue
                 if not node.is_dir:
                     if node.entry is None and node.error is None and dir_fd is None and directory.present:
-                        dir_fd = shadow_reader.open_dir(table.shadow_path(directory.relpath))
+                        dir_fd = shadow_reader.open_dir(table.shadow_root, directory.relpath)
                     if table.file_entry(node, dir_fd) is None:
-                        continue  # a refused YAML: lookup answers EIO, the listing leaves it out
+                        continue  # a refused YAML: lookup answers EIO (ENOENT: not the log's), not listed
                 if not pyfuse3.readdir_reply(token, name, self._attributes(node), index + 1):
                     return
                 table.remember(node)  # readdirplus: every entry the kernel took is a lookup
@@ -609,10 +610,9 @@ class FamfsOperations(pyfuse3.Operations):
         when), then take it into the inode table; the node now at relpath. What the kernel must
         forget is sent, except about this very name: the reply to this request tells it that. None:
         nothing is at relpath now."""
-        path = self.table.shadow_path(relpath)
         deadline = trio.current_time() + self.policy.apply_wait_s
         pause = APPLY_POLL_MIN_S
-        while not played(shadow_reader.signature(path)):
+        while not played(shadow_reader.signature_beneath(self.table.shadow_root, relpath)):
             if trio.current_time() >= deadline:
                 log.error("change_not_played", path=os.fsdecode(relpath), waited_s=self.policy.apply_wait_s,
                           why="the entry is logged but famfs-agent has not played it into the shadow tree; "

@@ -1,6 +1,9 @@
 """Reading the shadow tree: what is at a path (without following symlinks), a directory's
 names, and a shadow file's YAML parsed and checked against the device geometry.
 
+Every path below the shadow root is resolved beneath it with famfs.safepath: no component is a
+symlink or a mount point, so nothing read can come from outside the tree (docs/security.md).
+
 Everything here is plain blocking I/O on the shadow tmpfs; callers decide which thread runs it.
 """
 
@@ -12,11 +15,13 @@ import stat
 from dataclasses import dataclass, field
 
 from famfs import format as fmt
+from famfs import safepath
 from famfs.rules import Geometry, check_extents
-from famfs.shadowdir import META_DIR, SHADOW_FILE_OPEN, read_shadow_file
+from famfs.shadowdir import DIR_XATTR, META_DIR, SHADOW_FILE_OPEN, read_shadow_file
 from famfs.shadowyaml import meta_extents, parse_shadow_file
 
-META_PREFIX = os.fsencode(META_DIR) + b"/"
+META_NAME = os.fsencode(META_DIR)
+META_PREFIX = META_NAME + b"/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,50 @@ def signature(path: bytes) -> Signature | None:
     return signature_of(st)
 
 
+def signature_beneath(root: bytes, relpath: bytes) -> Signature | None:
+    """signature() of `relpath` below `root`, no component on the way followed."""
+    if not relpath:
+        return signature(root)
+    try:
+        with _RootFd(root) as root_fd:
+            return signature_of(safepath.lstat_beneath(root_fd, os.fsdecode(relpath)))
+    except OSError:
+        return None  # missing, or beyond a symlink or mount point: not in the tree
+
+
+class _RootFd:
+    """The shadow root open (itself not followed if a symlink) for the length of one look."""
+
+    def __init__(self, root: bytes) -> None:
+        self.fd = safepath.open_root(root)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def open_beneath_root(root: bytes, relpath: bytes, flags: int) -> int:
+    """A descriptor for `relpath` below `root` (b"": root itself), nothing followed."""
+    with _RootFd(root) as root_fd:
+        return safepath.open_beneath(root_fd, os.fsdecode(relpath), flags) if relpath else os.dup(root_fd)
+
+
+def dir_xattr(root: bytes, relpath: bytes) -> bytes | None:
+    """The trusted.famfs.dir value of shadow directory `relpath`, or None if it has none."""
+    try:
+        fd = open_beneath_root(root, relpath, _OPEN_DIR)
+    except OSError:
+        return None
+    try:
+        return os.getxattr(fd, DIR_XATTR)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def signature_of(st: os.stat_result) -> Signature | None:
     if stat.S_ISDIR(st.st_mode):
         is_dir = True
@@ -56,21 +105,57 @@ def signature_of(st: os.stat_result) -> Signature | None:
                      st.st_uid, st.st_gid, st.st_nlink, st.st_atime_ns)
 
 
-def list_dir(path: bytes) -> dict[bytes, Signature]:
-    """Name → signature of every file and directory in `path` (others, and races, skipped)."""
+def list_dir(root: bytes, relpath: bytes) -> dict[bytes, Signature]:
+    """Name → signature of every file and directory in `relpath` below `root` (others, and
+    races, skipped; nothing if the way there is not a directory or crosses a symlink)."""
+    return scan_dir(root, relpath, xattrs=False)[0]
+
+
+def scan_dir(root: bytes, relpath: bytes, *, xattrs: bool = True,
+             root_fd: int | None = None) -> tuple[dict[bytes, Signature], dict[bytes, bytes | None]]:
+    """list_dir, and (with `xattrs`) each subdirectory's trusted.famfs.dir, read through the
+    directory's own descriptor (one open of each subdirectory by name, never followed).
+    `root_fd`: `root` already open (a scan of many directories opens it once)."""
     found: dict[bytes, Signature] = {}
+    records: dict[bytes, bytes | None] = {}
     try:
-        with os.scandir(path) as entries:
+        if root_fd is None:
+            fd = open_beneath_root(root, relpath, _OPEN_DIR)
+        else:
+            fd = safepath.open_beneath(root_fd, os.fsdecode(relpath), _OPEN_DIR) if relpath else os.dup(root_fd)
+    except OSError:
+        return found, records
+    try:
+        with os.scandir(fd) as entries:
             for entry in entries:
                 try:
                     sig = signature_of(entry.stat(follow_symlinks=False))
                 except FileNotFoundError:
                     continue
-                if sig is not None:
-                    found[entry.name] = sig
+                if sig is None:
+                    continue
+                name = os.fsencode(entry.name)
+                found[name] = sig
+                if xattrs and sig.is_dir:
+                    records[name] = _xattr_at(fd, entry.name)
     except (FileNotFoundError, NotADirectoryError):
         pass
-    return found
+    finally:
+        os.close(fd)
+    return found, records
+
+
+def _xattr_at(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.getxattr(fd, DIR_XATTR)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def walk(root: bytes) -> dict[bytes, Signature]:
@@ -83,7 +168,7 @@ def walk(root: bytes) -> dict[bytes, Signature]:
     pending = [b""]
     while pending:
         rel = pending.pop()
-        for name, sig in list_dir(os.path.join(root, rel) if rel else root).items():
+        for name, sig in list_dir(root, rel).items():
             child = rel + b"/" + name if rel else name
             tree[child] = sig
             if sig.is_dir:
@@ -96,21 +181,25 @@ def walk(root: bytes) -> dict[bytes, Signature]:
 _OPEN_DIR = SHADOW_FILE_OPEN | os.O_DIRECTORY
 
 
-def open_dir(path: bytes) -> int | None:
-    """A directory's descriptor, for loading many of its files by name (a directory listing
-    loads them by the hundred); None if it cannot be opened (each file is then opened by path
-    and says what is wrong with it)."""
+def open_dir(root: bytes, relpath: bytes) -> int | None:
+    """Directory `relpath` below `root` open, for loading many of its files by name (a
+    directory listing loads them by the hundred); None if it cannot be opened (each file is
+    then opened by its path and says what is wrong with it)."""
     try:
-        return os.open(path, _OPEN_DIR)
+        return open_beneath_root(root, relpath, _OPEN_DIR)
     except OSError:
         return None
 
 
-def load_file(path: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | None = None) -> fmt.FileEntry:
-    """Parse and check one shadow file; fmt.FormatError says what is wrong with it. With
-    `dir_fd`, `path` is the file's name in that directory (one path component to resolve)."""
+def load_file(root: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | None = None) -> fmt.FileEntry:
+    """Parse and check one shadow file (`relpath` below `root`, or its last component in
+    directory `dir_fd`); fmt.FormatError says what is wrong with it."""
     try:
-        raw = read_shadow_file(path, dir_fd)
+        if dir_fd is not None:
+            raw = read_shadow_file(relpath.rpartition(b"/")[2], dir_fd)
+        else:
+            with _RootFd(root) as root_fd:
+                raw = read_shadow_file(relpath, root_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None

@@ -18,7 +18,7 @@ from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import create_image, mkfs
-from famfs.shadowdir import state_path
+from famfs.shadowdir import DIR_XATTR, DirRecord, state_path
 from tests.conftest import DATA
 
 AGENT = [sys.executable, "-m", "agent.cli"]
@@ -78,17 +78,41 @@ def run_agent(*args: str | os.PathLike[str], check: bool = False, timeout: float
 
 
 def snapshot(root: Path) -> Snapshot:
-    """relpath -> ("d", mode, uid, gid) for directories, ("f", bytes) for files."""
+    """relpath -> ("d", mode, uid, gid) for directories, ("f", bytes) for files.
+
+    A directory's mode and owner are the logged ones the agent records in its trusted.famfs.dir
+    xattr (what the mount serves); the shadow directory itself must be the agent's 0755, or the
+    entry says so ("d: not the agent's 0755", ...) and no comparison with a logged tree holds."""
     tree: Snapshot = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames:
             path = Path(dirpath, name)
             info = path.lstat()
-            tree[str(path.relative_to(root))] = ("d", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+            on_disk = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+            try:
+                record = DirRecord.decode(os.getxattr(path, DIR_XATTR, follow_symlinks=False))
+            except OSError:
+                record = None
+            if record is None:  # .meta, or not the agent's: what is on disk
+                tree[str(path.relative_to(root))] = ("d", *on_disk)
+            elif on_disk[:2] != (0o755, os.geteuid()):
+                tree[str(path.relative_to(root))] = ("d: not the agent's 0755", *on_disk)
+            else:
+                tree[str(path.relative_to(root))] = ("d", record.mode, record.uid, record.gid)
         for name in filenames:
             path = Path(dirpath, name)
             tree[str(path.relative_to(root))] = ("f", path.read_bytes())
     return tree
+
+
+def dir_attrs(path: Path) -> tuple[int, int, int]:
+    """(mode, uid, gid) the agent logged for shadow directory `path` (its trusted.famfs.dir),
+    once the directory itself is checked to be the agent's 0755."""
+    info = path.lstat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o755, os.geteuid()), f"{path}: not the agent's 0755"
+    record = DirRecord.decode(os.getxattr(path, DIR_XATTR, follow_symlinks=False))
+    assert record is not None, f"{path}: no trusted.famfs.dir"
+    return record.mode, record.uid, record.gid
 
 
 def agent_state(shadow: Path) -> dict[str, object]:

@@ -20,6 +20,7 @@ from tests import fuse_util
 from tests.agent_util import (
     FOLLOW_WAIT_S,
     agent_state,
+    dir_attrs,
     append,
     append_raw,
     file_entry,
@@ -61,8 +62,7 @@ def test_follow_applies_famfsctl_writes_from_other_processes(wake_hint: bool, tm
         status = run_agent("status", "--shadow", shadow, check=True).stdout
         assert f"agent:           running (pid {agent.pid}, following)" in status
     assert agent_state(shadow)["following"] is True
-    info = (root / "live").stat()
-    assert (info.st_mode & 0o7777, info.st_uid, info.st_gid) == (0o2770, 1000, 0)
+    assert dir_attrs(root / "live") == (0o2770, 1000, 0)
     fresh = tmp_path / "fresh"
     run_agent("--shadow", fresh, image, check=True)
     assert snapshot(root) == snapshot(fresh / "root")

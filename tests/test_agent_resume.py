@@ -23,6 +23,7 @@ from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import (
     AGENT,
     agent_state,
+    dir_attrs,
     append,
     file_entry,
     make_device,
@@ -227,6 +228,6 @@ def test_a_resumed_agent_knows_the_directories_rmdir_removed(tmp_path: Path, sys
     assert "shadow_damaged" not in resumed.stderr + resumed.stdout  # no needless rebuild on start
     assert tree_problem(shadow, 5) is None
     assert sorted(path.name for path in (shadow / "root").iterdir() if path.name != ".meta") == ["gone"]
-    assert (shadow / "root" / "gone").stat().st_mode & 0o777 == 0o700
+    assert dir_attrs(shadow / "root" / "gone")[0] == 0o700
     assert (shadow / "root" / "gone" / "f").read_bytes() == emit_file_yaml(file_entry("gone/f", 0))
     assert agent_state(shadow)["rejected"] == 0

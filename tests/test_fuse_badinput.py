@@ -54,7 +54,7 @@ def device(tmp_path: Path, system_uuid_file: Path) -> Path:
 
 
 def test_bad_shadow_files_get_eio_and_one_log_line(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     table = bad_yaml_table()
     for name, text in table.items():
         put_yaml(shadow, name, text)
@@ -91,7 +91,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_unsafe_shadow_dirs_and_bad_mount_points_are_refused(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     common = ["--shadow", str(shadow), "--device", str(device)]

@@ -85,7 +85,7 @@ def test_hand_built_striped_and_multi_extent_files(tmp_path: Path, device: Path)
     multi_content = os.urandom(multi.size)
     write_device(device, pieces[0].offset, multi_content[:CHUNK])
     write_device(device, pieces[1].offset, multi_content[CHUNK:])
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     put_file(shadow, entry)
     put_file(shadow, multi)
     with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:

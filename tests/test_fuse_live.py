@@ -20,8 +20,11 @@ from tests.fuse_util import (
     Mount,
     empty_shadow,
     mount_status,
+    own_dir,
+    own_file,
     play,
     proc_setting,
+    put_dir,
     put_file,
     wait_for,
     write_device,
@@ -77,7 +80,7 @@ def test_hand_made_changes_under_a_mount(tmp_path: Path, device: Path) -> None:
     first, second = os.urandom(UNIT), os.urandom(UNIT)
     write_device(device, DATA_START, first)
     write_device(device, DATA_START + UNIT, second)
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     put_file(shadow, file_at("remapped", 0, size=UNIT - 10))
     with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
         root = mount.mountpoint
@@ -93,7 +96,10 @@ def test_hand_made_changes_under_a_mount(tmp_path: Path, device: Path) -> None:
         # A directory that appears already populated (inotify cannot report its contents).
         staged = shadow / ".agent" / "staging" / "tree"
         (staged / "inner").mkdir(parents=True)
+        own_dir(shadow, staged, "tree")
+        own_dir(shadow, staged / "inner", "tree/inner")
         for n in range(20):
+            own_file(shadow, file_at(f"tree/inner/f{n}", 2 + n, size=100 + n))
             (staged / "inner" / f"f{n}").write_bytes(emit_file_yaml(file_at(f"tree/inner/f{n}", 2 + n, size=100 + n)))
         assert not exists(root / "tree")
         staged.rename(shadow / "root" / "tree")
@@ -108,8 +114,8 @@ def test_hand_made_changes_under_a_mount(tmp_path: Path, device: Path) -> None:
 
 
 def test_lookup_counts_release_deleted_inodes(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
-    (shadow / "root" / "big").mkdir()
+    shadow = empty_shadow(tmp_path / "shadow", device)
+    put_dir(shadow, "big")
     for n in range(1000):
         put_file(shadow, file_at(f"big/f{n:05}", n, size=n + 1))
     with Mount(shadow, device, tmp_path / "mnt") as mount:
@@ -126,7 +132,7 @@ def test_lookup_counts_release_deleted_inodes(tmp_path: Path, device: Path) -> N
 
 
 def test_overflow_forces_a_rescan(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     mountpoint = tmp_path / "mnt"
     # The queue limit is read when the inotify instance is made: only this mount gets it.
     with proc_setting("/proc/sys/fs/inotify/max_queued_events", 16):
@@ -148,7 +154,7 @@ def test_overflow_forces_a_rescan(tmp_path: Path, device: Path) -> None:
 
 
 def test_symlinks_in_the_shadow_are_never_followed(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_text("not famfs")
@@ -167,7 +173,7 @@ def test_remap_while_open_drops_cached_data_at_last_close(tmp_path: Path, device
     first, second = os.urandom(UNIT), os.urandom(UNIT)
     write_device(device, DATA_START + 4 * UNIT, first)
     write_device(device, DATA_START + 5 * UNIT, second)
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     put_file(shadow, file_at("data", 4))
     with Mount(shadow, device, tmp_path / "mnt", "cache=always") as mount:  # page cache kept across opens
         path = mount.mountpoint / "data"
@@ -180,12 +186,13 @@ def test_remap_while_open_drops_cached_data_at_last_close(tmp_path: Path, device
 
 
 def test_periodic_rescan_catches_what_inotify_never_reports(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     target = put_file(shadow, file_at("quiet", 0, size=1000))
     with Mount(shadow, device, tmp_path / "mnt", "rescan=0.2") as mount:
         path = mount.mountpoint / "quiet"
         assert path.stat().st_size == 1000  # cached for an hour
         # A write through a shared mapping raises no inotify event at all; only a rescan sees it.
+        own_file(shadow, file_at("quiet", 0, size=2000))  # logged, as every file served must be
         with open(target, "r+b") as handle, mmap.mmap(handle.fileno(), 0) as mapped:
             at = mapped.find(b"size: 1000")
             mapped[at:at + 10] = b"size: 2000"
@@ -194,7 +201,7 @@ def test_periodic_rescan_catches_what_inotify_never_reports(tmp_path: Path, devi
 
 
 def test_a_deleted_shadow_root_degrades_to_rescans(tmp_path: Path, device: Path) -> None:
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)
     put_file(shadow, file_at("before", 0, size=10))
     with Mount(shadow, device, tmp_path / "mnt", "rescan=0") as mount:
         assert os.listdir(mount.mountpoint) == ["before"]

@@ -19,7 +19,7 @@ from fusefs.datapath import DataError, DataPath
 from fusefs.inodes import ROOT_INODE, InodeTable, NoticeKind
 from fusefs.shadow_reader import Geometry
 from fusefs.watcher import ReportingInotifyFD
-from tests.fuse_util import empty_shadow, put_file, put_yaml
+from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml
 
 MiB = 1 << 20
 UNIT = 2 * MiB
@@ -38,7 +38,7 @@ def shadow(tmp_path: Path) -> Path:
 
 
 def table_of(shadow: Path) -> InodeTable:
-    return InodeTable(os.fsencode(shadow / "root"), GEOMETRY)
+    return InodeTable(os.fsencode(shadow / "root"), GEOMETRY, TrustingChecker())
 
 
 def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
@@ -99,18 +99,19 @@ def test_shadow_file_checks(shadow: Path) -> None:
     root = shadow / "root"
     put_yaml(shadow, "elsewhere", emit_file_yaml(entry("other")))
     with pytest.raises(fmt.FormatError, match="path key"):
-        shadow_reader.load_file(os.fsencode(root / "elsewhere"), b"elsewhere", GEOMETRY)
+        shadow_reader.load_file(os.fsencode(root), b"elsewhere", GEOMETRY)
     (root / ".meta").mkdir()
     superblock = meta_file_entry(".meta/.superblock", fmt.SUPERBLOCK_SIZE, 0, 0o444)
     put_file(shadow, superblock)
-    assert shadow_reader.load_file(os.fsencode(root / ".meta/.superblock"), b".meta/.superblock", GEOMETRY) == superblock
+    assert shadow_reader.load_file(os.fsencode(root), b".meta/.superblock", GEOMETRY) == superblock
     put_file(shadow, meta_file_entry(".meta/.log", 1 << 31, fmt.LOG_OFFSET, 0o444))
     with pytest.raises(fmt.FormatError, match="past the device end"):
-        shadow_reader.load_file(os.fsencode(root / ".meta/.log"), b".meta/.log", GEOMETRY)
+        shadow_reader.load_file(os.fsencode(root), b".meta/.log", GEOMETRY)
     os.symlink(root / "elsewhere", root / "link")
     assert shadow_reader.signature(os.fsencode(root / "link")) is None
+    assert shadow_reader.signature_beneath(os.fsencode(root), b"link") is None
     with pytest.raises(fmt.FormatError, match="symlink"):
-        shadow_reader.load_file(os.fsencode(root / "link"), b"link", GEOMETRY)
+        shadow_reader.load_file(os.fsencode(root), b"link", GEOMETRY)
 
 
 def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
@@ -122,16 +123,16 @@ def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
     os.mkfifo(root / "d" / "fifo")
     os.symlink(root / "d" / "good", root / "d" / "link")
     put_yaml(shadow, "d/moved", emit_file_yaml(entry("d/elsewhere", unit=1)))
-    dir_fd = shadow_reader.open_dir(os.fsencode(root / "d"))
+    dir_fd = shadow_reader.open_dir(os.fsencode(root), b"d")
     assert dir_fd is not None
     try:
-        assert shadow_reader.load_file(b"good", b"d/good", GEOMETRY, dir_fd) == entry("d/good", size=7)
+        assert shadow_reader.load_file(os.fsencode(root), b"d/good", GEOMETRY, dir_fd) == entry("d/good", size=7)
         with pytest.raises(fmt.FormatError, match="not a regular file"):
-            shadow_reader.load_file(b"fifo", b"d/fifo", GEOMETRY, dir_fd)
+            shadow_reader.load_file(os.fsencode(root), b"d/fifo", GEOMETRY, dir_fd)
         with pytest.raises(fmt.FormatError, match="symlink"):
-            shadow_reader.load_file(b"link", b"d/link", GEOMETRY, dir_fd)
+            shadow_reader.load_file(os.fsencode(root), b"d/link", GEOMETRY, dir_fd)
         with pytest.raises(fmt.FormatError, match="path key"):
-            shadow_reader.load_file(b"moved", b"d/moved", GEOMETRY, dir_fd)
+            shadow_reader.load_file(os.fsencode(root), b"d/moved", GEOMETRY, dir_fd)
         # Through the table: the node's name in its parent's descriptor.
         (root / "d" / "fifo").unlink()
         put_file(shadow, entry("d/late", unit=2))
@@ -142,8 +143,8 @@ def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
         assert late is not None and table.file_entry(late, dir_fd) == entry("d/late", unit=2)
     finally:
         os.close(dir_fd)
-    assert shadow_reader.open_dir(os.fsencode(root / "d" / "good")) is None  # not a directory
-    assert shadow_reader.open_dir(os.fsencode(root / "missing")) is None
+    assert shadow_reader.open_dir(os.fsencode(root), b"d/good") is None  # not a directory
+    assert shadow_reader.open_dir(os.fsencode(root), b"missing") is None
 
 
 def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:

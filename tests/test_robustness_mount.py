@@ -18,6 +18,8 @@ from famfs import format as fmt
 from famfs import rules
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
+from famfs.ownership import ShadowCheck
+from famfs.shadowdir import OWNERS_FILE
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs.inodes import ROOT_INODE, InodeTable
 from tests.agent_util import file_entry, following, make_device
@@ -27,8 +29,8 @@ from tests.fuse_util import (
     WAIT_S,
     Mount,
     empty_shadow,
+    own_file,
     play,
-    put_file,
     put_yaml,
     stat_gives_eio,
     unmount,
@@ -248,33 +250,42 @@ def test_hostile_shadow_yaml_is_refused(served: tuple[Path, Path], tmp_path: Pat
         "negative": good.replace(b"path: good", b"path: negative").replace(b"size: 4096", b"size: -4096"),
         "huge_number": good.replace(b"path: good", b"path: huge_number").replace(b"size: 4096", b"size: " + b"9" * 4400),
         "nested": b"[" * 400 + b"]" * 400,
-        "thief": good.replace(b"path: good", b"path: thief"),  # the live file good's memory
     }
+    thief = good.replace(b"path: good", b"path: thief")  # the live file good's memory: not the log's
     with Mount(shadow, device, tmp_path / "mnt") as mount:
         for relpath, text in hostile.items():
             put_yaml(shadow, relpath, text)
+        put_yaml(shadow, "thief", thief)
         for relpath in hostile:
             target = mount.mountpoint / relpath
             wait_for(lambda: stat_gives_eio(target), f"{relpath} answered with EIO")
-        assert (mount.mountpoint / "good").stat().st_size == 4096
+        wait_for(lambda: not os.path.exists(mount.mountpoint / "thief"), "thief not served (ENOENT)")
+        assert "thief" not in os.listdir(mount.mountpoint)
+        assert (mount.mountpoint / "good").read_bytes() == file_bytes(device, "good")
     assert "bad shadow file" in mount.log()
+    assert "maps units of log entry" in mount.log()
 
 
-
-def test_overlap_refusal_lasts_only_while_the_other_file_lives(tmp_path: Path) -> None:
-    """The first live file keeps its memory; a YAML claiming it is EIO, and is served once the
-    first file has left the namespace (a conflict is not a cached error)."""
-    shadow = empty_shadow(tmp_path / "shadow")
-    first, second = file_entry("first", 0), file_entry("second", 0)  # the same allocation unit
-    put_file(shadow, first)
-    put_file(shadow, second)
-    table = InodeTable(os.fsencode(shadow / "root"), rules.Geometry(dev_size=1 << 30, log_len=fmt.DEFAULT_LOG_LEN))
-    root = table.get(ROOT_INODE)
-    assert root is not None
-    first_node, second_node = table.child(root, b"first"), table.child(root, b"second")
-    assert first_node is not None and second_node is not None
-    assert table.file_entry(first_node) == first
-    assert table.file_entry(second_node) is None and second_node.conflict and second_node.error is None
-    (shadow / "root" / "first").unlink()
-    table.refresh(b"first")
-    assert table.file_entry(second_node) == second
+def test_a_yaml_ahead_of_the_owner_map_is_served_once_the_agent_owns_it(tmp_path: Path, system_uuid_file: Path) -> None:
+    """A YAML written before the agent gave its units to its entry (upstream's CLI writes the
+    shadow file itself) is refused, and not cached as an error: once the owner map names its
+    entry, the same YAML is served. A YAML of the same memory at another path never is."""
+    device = make_device(tmp_path, system_uuid_file)
+    shadow = empty_shadow(tmp_path / "shadow", device)
+    real, thief = file_entry("real", 0), file_entry("thief", 0)  # the same allocation unit
+    put_yaml(shadow, "thief", emit_file_yaml(thief))
+    put_yaml(shadow, "real", emit_file_yaml(real))  # ahead of its log entry and owner
+    with Device(str(device)) as opened:
+        famfs_log = FamfsLog(opened)
+        check = ShadowCheck(famfs_log, shadow / ".agent" / OWNERS_FILE)
+        table = InodeTable(os.fsencode(shadow / "root"), rules.Geometry.of(famfs_log.superblock), check)
+        root = table.get(ROOT_INODE)
+        assert root is not None
+        thief_node, real_node = table.child(root, b"thief"), table.child(root, b"real")
+        assert thief_node is not None and real_node is not None
+        assert table.file_entry(thief_node) is None and "free device space" in (thief_node.refused or "")
+        assert table.file_entry(real_node) is None and real_node.error is None
+        own_file(shadow, real)  # the log entry, then the agent's owner map
+        assert table.file_entry(thief_node) is None and "at path 'real'" in (thief_node.refused or "")
+        assert table.file_entry(real_node) == real
+        check.close()

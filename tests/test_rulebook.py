@@ -31,6 +31,7 @@ from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import (
     append,
     append_raw,
+    dir_attrs,
     file_entry,
     make_device,
     mkdir_entry,
@@ -190,8 +191,8 @@ def tree_of(root: Path) -> dict[str, object]:
             if relpath == ".meta" or relpath.startswith(".meta/"):
                 continue
             info = path.lstat()
-            tree[relpath] = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) if stat.S_ISDIR(info.st_mode) \
-                else path.read_bytes()
+            # A directory: the logged mode and owner the agent records on it (trusted.famfs.dir).
+            tree[relpath] = dir_attrs(path) if stat.S_ISDIR(info.st_mode) else path.read_bytes()
     return tree
 
 

@@ -45,9 +45,11 @@ from fusefs.staging import Staged, StagingArea, StagingFull
 
 log = structlog.get_logger("famfs-fuse-mount")
 
-SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)  # upstream's CLI (and famfsctl) find the shadow dir with it
-STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans
-USER_XATTRS = b"user."  # the only namespace served: the two above, on the root
+# Upstream's CLI (and famfsctl) find the shadow dir with it, asking on the path they are handed:
+# answered on every inode, as famfs_fused does.
+SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)
+STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans (the root only)
+USER_XATTRS = b"user."  # the only namespace served: the two above
 BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, the largest request libfuse negotiates
 NAME_MAX = 255
 # How often a handler that logged a change looks for famfs-agent's result in the shadow tree:
@@ -80,6 +82,7 @@ class MountPolicy:
     master: str = "?"  # the system UUID of the master host (the superblock's), named when EPERM is explained
     staging_bytes: int = 0  # master: the bound on new files' bytes held until their last close
     apply_wait_s: float = 10.0  # master: how long a logged change may take to appear in the shadow tree
+    read_only_namespace: bool = False  # -o ro_namespace: refused on the master too (upstream's CLI writes the log)
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -407,8 +410,9 @@ class FamfsOperations(pyfuse3.Operations):
             # security.*, system.posix_acl_*: not supported here. ls -l asks for two of them per
             # file (each a request); EOPNOTSUPP makes it stop asking on this file system.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        self._node(inode)
-        if inode == ROOT_INODE and name == SHADOW_XATTR:
+        if inode not in self.staging.by_ino:
+            self._node(inode)
+        if name == SHADOW_XATTR:
             return self.shadow_dir
         if inode == ROOT_INODE and name == STATUS_XATTR:
             return self.status().encode()
@@ -499,7 +503,12 @@ class FamfsOperations(pyfuse3.Operations):
         """EPERM for a change of the namespace; the first one is explained in the log."""
         if not self.denial_explained:
             self.denial_explained = True
-            if self.writer is None:
+            if self.policy.read_only_namespace:
+                log.warning("namespace_change_refused", errno="EPERM",
+                            why="this mount serves the namespace read-only (-o ro_namespace, as upstream's famfs_fused): "
+                                "files and directories are made and removed with the famfs CLI, which logs them; "
+                                "file data stays writable", master_system_uuid=self.policy.master)
+            elif self.writer is None:
                 log.warning("namespace_change_refused", errno="EPERM",
                             why="files and directories are created, truncated, renamed and removed only on the master "
                                 "host (famfsctl or its mount), which logs the change for every host; file data stays "

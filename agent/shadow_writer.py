@@ -360,11 +360,42 @@ class ShadowTree:
             names = [child.name for child in listing]
         for name in names:
             if not self._place_new(name, name, None, src_fd=self._tree_fd):
-                raise ShadowError(errno.EEXIST, f"shadow {self.root}: {name!r} appeared behind the agent's back")
+                self._merge_built(self._tree_fd, self._root_fd, name, name)
         os.close(self._tree_fd)
         self._tree_fd = self._root_fd
         os.rmdir(self._build, dir_fd=self._staging_fd)
         self._build = None
+
+    def _merge_built(self, src_fd: int, dst_fd: int, name: str, relpath: str) -> None:
+        """Move built `name` into directory `dst_fd`, where the name exists already: upstream's
+        CLI makes the shadow directories and files of what it logs itself, so they may be in
+        root/ before a first play moves its tree in. What is there is the entries played if it
+        is what the agent built: a directory (given the built one's logged mode and owner, its
+        built contents merged in), or a file holding the built bytes or a prefix of them (the
+        CLI mid-write: the built file replaces it). Anything else appeared behind the agent's
+        back: ShadowError, and the tree is rebuilt."""
+        built, found = os.lstat(name, dir_fd=src_fd), os.lstat(name, dir_fd=dst_fd)
+        if stat.S_ISDIR(built.st_mode) and stat.S_ISDIR(found.st_mode):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            built_fd, found_fd = os.open(name, flags, dir_fd=src_fd), os.open(name, flags, dir_fd=dst_fd)
+            try:
+                for child in os.listdir(built_fd):
+                    if not self._place_new(child, f"{relpath}/{child}", None, src_fd=built_fd, dst_fd=found_fd,
+                                           dst_name=child):
+                        self._merge_built(built_fd, found_fd, child, f"{relpath}/{child}")
+                with contextlib.suppress(PermissionError):  # not root: _make_dir has said so
+                    os.fchown(found_fd, built.st_uid, built.st_gid)
+                os.fchmod(found_fd, stat.S_IMODE(built.st_mode))
+            finally:
+                os.close(built_fd)
+                os.close(found_fd)
+            os.rmdir(name, dir_fd=src_fd)
+        elif stat.S_ISREG(built.st_mode) and stat.S_ISREG(found.st_mode) and \
+                read_shadow_file(name, src_fd).startswith(read_shadow_file(name, dst_fd)):
+            os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        else:
+            raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} appeared behind the agent's back")
+        log.info("ahead_written_accepted", path=relpath, kind="directory" if stat.S_ISDIR(built.st_mode) else "file")
 
     def _drop_build(self) -> None:
         assert self._build is not None
@@ -424,6 +455,10 @@ class ShadowTree:
             if index <= self._resume_horizon and self.read_tree_file(relpath) == emit_file_yaml(entry):
                 self.units.claim(entry.all_extents())
                 return Outcome.PRESENT
+            if self._build_view is None and self.live_file_index(famfs_log, relpath, index) is None:
+                self._take_ahead_file(index, entry)  # no earlier entry made it: written ahead of us
+                self.units.claim(entry.all_extents())
+                return Outcome.APPLIED
             return self._duplicate(index, relpath, famfs_log)
         if self._build_view is not None:  # not visible before finish_build: made in place, no rename
             if self._creator is not None and raw is not None:
@@ -432,10 +467,27 @@ class ShadowTree:
                 write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
             self._build_view.sent.add(relpath)
         elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
-            # The rules found the name free: something made it behind the agent's back.
-            raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
+            # The rules found the name free, and it has appeared since: upstream's CLI writing
+            # the entry's YAML at this moment, or else damage.
+            self._take_ahead_file(index, entry)
         self.units.claim(entry.all_extents())
         return Outcome.APPLIED
+
+    def _take_ahead_file(self, index: int, entry: fmt.FileEntry) -> None:
+        """A shadow file no earlier entry made, at the path of FILE entry `index`: upstream's CLI
+        writes the YAML of what it just logged itself, in place, maybe before this agent plays the
+        entry. If it is what the agent writes for the entry, byte for byte (or a prefix of it:
+        the CLI may be mid-write), it is that entry played: the agent's own copy is renamed over
+        it (atomic; the CLI's bytes are never served half-written by the agent's tree). Anything
+        else is damage: ShadowError, and the tree is rebuilt."""
+        relpath = entry.relpath
+        made = emit_file_yaml(entry)
+        found = self.read_tree_file(relpath)
+        if found is None or not made.startswith(found):
+            raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} is not what log entry {index} "
+                                            "logs, and no earlier entry made it")
+        os.rename(self._stage_file(made), relpath, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
+        log.info("ahead_written_accepted", index=index, path=relpath, kind="file", whole=found == made)
 
     def _duplicate(self, index: int, relpath: str, famfs_log: FamfsLog) -> Outcome:
         """The follower's policy for rule path_free when the name has the same kind (a file over a
@@ -466,8 +518,11 @@ class ShadowTree:
         if not self._place_new(temp, relpath, os.rmdir):
             if not stat.S_ISDIR(os.lstat(relpath, dir_fd=self._root_fd).st_mode):
                 raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a directory")
-            # A directory no journal line accounts for can only be this entry's, made by a run
-            # killed before its journal line: the journal is exact up to the cursor.
+            # A directory no journal line accounts for is this entry's: made by a run killed
+            # before its journal line (the journal is exact up to the cursor), or by upstream's
+            # CLI, which makes the directory it just logged in the shadow itself (its umask may
+            # have changed the mode): the agent gives it the logged mode and owner.
+            self._own_dir(index, entry, relpath)
             self._add_dir(index, relpath)
             return Outcome.PRESENT
         self._add_dir(index, relpath)
@@ -475,6 +530,9 @@ class ShadowTree:
 
     def _make_dir(self, index: int, entry: fmt.MkdirEntry, name: str, dir_fd: int) -> None:
         os.mkdir(name, 0o700, dir_fd=dir_fd)
+        self._set_dir_attributes(index, entry, name, dir_fd)
+
+    def _set_dir_attributes(self, index: int, entry: fmt.MkdirEntry, name: str, dir_fd: int) -> None:
         # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
         try:
             os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd)
@@ -484,6 +542,15 @@ class ShadowTree:
                             reason="not permitted (the agent is not root): directories keep the agent's owner")
                 self._owner_warned = True
         os.chmod(name, entry.mode & 0o7777, dir_fd=dir_fd)
+
+    def _own_dir(self, index: int, entry: fmt.MkdirEntry, relpath: str) -> None:
+        """Set the logged mode and owner on a directory found at a MKDIR's path (see above)."""
+        st = os.lstat(relpath, dir_fd=self._root_fd)
+        if stat.S_IMODE(st.st_mode) == entry.mode & 0o7777 and (st.st_uid, st.st_gid) == (entry.uid, entry.gid):
+            return
+        self._set_dir_attributes(index, entry, relpath, self._root_fd)
+        log.info("ahead_written_accepted", index=index, path=relpath, kind="directory",
+                 mode_found=f"{stat.S_IMODE(st.st_mode):04o}", owner_found=f"{st.st_uid}:{st.st_gid}")
 
     def _add_dir(self, index: int, relpath: str) -> None:
         self.dirs[relpath] = index
@@ -608,12 +675,15 @@ class ShadowTree:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None] | None, src_fd: int | None = None) -> bool:
-        """Rename staged `temp` (in staging/, or in directory `src_fd`) to root/`relpath` unless
-        that name exists: then False, and `temp` is discarded with `discard` (os.unlink or
-        os.rmdir; None leaves it to the next run, which empties staging/)."""
+    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None] | None, src_fd: int | None = None,
+                   dst_fd: int | None = None, dst_name: str | None = None) -> bool:
+        """Rename staged `temp` (in staging/, or in directory `src_fd`) to root/`relpath` (or to
+        `dst_name` in directory `dst_fd`) unless that name exists: then False, and `temp` is
+        discarded with `discard` (os.unlink or os.rmdir; None leaves it to the next run, which
+        empties staging/)."""
         src_fd = self._staging_fd if src_fd is None else src_fd
-        if _renameat2(src_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
+        dst_fd, target = (self._root_fd, relpath) if dst_fd is None or dst_name is None else (dst_fd, dst_name)
+        if _renameat2(src_fd, temp.encode(), dst_fd, target.encode(), RENAME_NOREPLACE) == 0:
             return True
         failure = ctypes.get_errno()
         if discard is not None:

@@ -35,6 +35,7 @@ import trio
 
 from famfs import format as fmt
 from famfs import shadowdir
+from famfs.shadowdir import read_state
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
 from fusefs.datapath import DataError
@@ -56,6 +57,9 @@ NAME_MAX = 255
 # the agent on this host wakes on the device write and plays it in well under a millisecond.
 APPLY_POLL_MIN_S = 0.0002
 APPLY_POLL_MAX_S = 0.02
+# How long a lookup of a name the shadow tree holds but the table does not serve (a YAML
+# upstream's CLI wrote ahead of this host's agent) waits for the agent to catch up with the log.
+AHEAD_WAIT_S = 1.0
 T = TypeVar("T")
 
 
@@ -194,6 +198,8 @@ class FamfsOperations(pyfuse3.Operations):
             return self._staged_attributes(staged)
         else:
             node = self.table.child(parent, name)
+            if node is None or not self._servable(node):
+                node = await self._from_shadow(parent, name)
         self.lookups.searches += 1
         if node is None:
             self.lookups.misses += 1
@@ -201,6 +207,49 @@ class FamfsOperations(pyfuse3.Operations):
         attrs = self._attributes(node)
         self.table.remember(node)
         return attrs
+
+    def _servable(self, node: Node) -> bool:
+        return node.is_dir or self.table.file_entry(node) is not None
+
+    async def _from_shadow(self, parent: Node, name: bytes) -> Node | None:
+        """A name the table does not serve: look at the shadow tree now, as famfs_fused reads
+        the shadow on every lookup. Upstream's CLI appends a file's entry, writes its YAML into
+        the shadow itself and opens the file through the mount at once, before inotify has told
+        the table. The path is taken in by the table's own `refresh`, so it passes every check a
+        watched change does. If the shadow holds something there that is still not served (a
+        YAML being written, or not yet the agent's) while this host's agent is behind the log,
+        wait for the agent, bounded by AHEAD_WAIT_S, and look again."""
+        relpath = parent.relpath + b"/" + name if parent.relpath else name
+        node = self._reread(parent, name, relpath)
+        deadline = trio.current_time() + AHEAD_WAIT_S
+        pause = APPLY_POLL_MIN_S
+        while self._unserved(node, relpath) and trio.current_time() < deadline and self._agent_behind():
+            await trio.sleep(pause)
+            pause = min(2 * pause, APPLY_POLL_MAX_S)
+            node = self._reread(parent, name, relpath)
+        return node
+
+    def _reread(self, parent: Node, name: bytes, relpath: bytes) -> Node | None:
+        """refresh(relpath) into the table; the node it serves at that name now. What the kernel
+        must forget is sent, except about this very name: the reply to the lookup tells it."""
+        for notice in self.table.refresh(relpath):
+            if (notice.parent, notice.name) != (parent.ino, name):
+                self.spawn_notice(notice)
+        return self.table.child(parent, name) if parent.present else None
+
+    def _unserved(self, node: Node | None, relpath: bytes) -> bool:
+        """Whether the shadow holds something at relpath that the table does not serve."""
+        if node is not None:
+            return not self._servable(node)
+        return shadow_reader.signature(self.table.shadow_path(relpath)) is not None
+
+    def _agent_behind(self) -> bool:
+        """This host's agent follows the log and has not yet played all of it (its cursor in
+        state.json, saved after each batch, against the log's next_index)."""
+        state = read_state(os.fsdecode(self.shadow_dir))
+        if state is None or not state.following or state.stalled_at is not None:
+            return False
+        return state.applied_index + 1 < self.devices.served.famfs_log.next_index()
 
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -299,6 +348,11 @@ class FamfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if node.present and self.table.file_entry(node) is None:
+            # Refused as last read: upstream's CLI may have just rewritten the YAML in place
+            # (truncate, write) and closed it, its last events not yet taken in: read it again.
+            for notice in self.table.refresh(node.relpath):
+                self.spawn_notice(notice)
         self._entry(node)
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.agent_util import following
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.shadowyaml import emit_file_yaml
+from tests.agent_util import FOLLOW_WAIT_S, agent_state, append, file_entry, following, make_device, mkdir_entry
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import WAIT_S, Mount, bounded, wait_for
 
@@ -144,3 +149,134 @@ def test_default_master_mount_stays_writable(tmp_path: Path, device: Path, agent
         bounded(lambda: os.mkdir(mount.mountpoint / "made"), "mkdir through the master's mount")
         assert (mount.mountpoint / "made").is_dir()
     assert (agent / "root" / "made").is_dir()  # logged, and played by the agent
+
+
+# --- 3 and 4: upstream's CLI writes the shadow of what it just logged, ahead of the agent -------
+
+ROUNDS = 150
+
+
+def write_in_place(path: Path, data: bytes) -> None:
+    """As upstream's CLI writes a shadow file: opened with O_TRUNC at its path, written, closed
+    (no temp file and rename)."""
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def fill(path: Path, data: bytes) -> None:
+    """Open a famfs file through the mount (no O_TRUNC: its size is fixed) and write into it."""
+    with open(path, "r+b") as out:
+        out.write(data)
+
+
+def agent_caught_up(image: Path, shadow: Path) -> bool:
+    state = agent_state(shadow)
+    return int(state["applied_index"]) + 1 >= log_next_index(image)
+
+
+def log_next_index(image: Path) -> int:
+    with Device(image) as device:
+        return FamfsLog(device).next_index()
+
+
+def no_rebuild(agent_log: str) -> None:
+    for word in ("rebuild", "shadow_damaged", "shadow_write_failed", "duplicate_path", "behind the agent"):
+        assert word not in agent_log, agent_log
+
+
+def test_logged_written_and_opened_at_once(tmp_path: Path, system_uuid_file: Path) -> None:
+    """Upstream's CLI in FUSE mode, `famfs creat`/`cp`, over and over: stat the new path (a
+    negative lookup), append the FILE entry (famfs's own writer: entry, then header), write the
+    file's YAML into the shadow itself, then at once open the file through the mount and fill it.
+    Every open succeeds, every file reads back what was written, and the agent plays every
+    entry without calling the CLI's YAML damage."""
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    with following(image, shadow) as agent:
+        with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+            append(image, [mkdir_entry("d", mode=0o750)])
+            os.makedirs(shadow / "root" / "d", mode=0o755, exist_ok=True)  # the CLI's, with its umask
+            for n in range(ROUNDS):
+                entry = file_entry(f"d/f{n}", n, size=1000 + n)
+                target = mount.mountpoint / entry.relpath
+                if n % 2:
+                    assert not bounded(target.exists, "stat of a new path")  # upstream stats it first
+                append(image, [entry])
+                write_in_place(shadow / "root" / entry.relpath, emit_file_yaml(entry))
+                bounded(lambda: fill(target, b"%d." % n * 100), f"open and fill {entry.relpath}")
+            wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the log", FOLLOW_WAIT_S)
+            for n in range(ROUNDS):
+                data = bounded((mount.mountpoint / f"d/f{n}").read_bytes, "read back")
+                assert data[:len(b"%d." % n * 100)] == b"%d." % n * 100 and len(data) == 1000 + n
+                assert (shadow / "root" / f"d/f{n}").read_bytes() == emit_file_yaml(file_entry(f"d/f{n}", n, 1000 + n))
+            assert stat.S_IMODE((mount.mountpoint / "d").stat().st_mode) == 0o750  # the logged mode
+        assert "Traceback" not in mount.log()
+    no_rebuild(agent.log)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def paused(tmp_path: Path, system_uuid_file: Path) -> Iterator[tuple[Path, Path, subprocess.Popen[str]]]:
+    """(image, shadow, agent): a following agent that has played a first file, to be stopped
+    (SIGSTOP) while a test writes ahead of it."""
+    image = make_device(tmp_path, system_uuid_file)
+    append(image, [mkdir_entry("keep"), file_entry("keep/old", 0)])
+    shadow = tmp_path / "shadow"
+    with following(image, shadow) as agent:
+        wait_for(lambda: agent_caught_up(image, shadow), "the first play", FOLLOW_WAIT_S)
+        yield image, shadow, agent
+
+
+def ahead(agent: subprocess.Popen[str], write: Callable[[], None]) -> None:
+    """`write` while the agent is stopped: it plays what was logged only afterwards."""
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        write()
+    finally:
+        agent.send_signal(signal.SIGCONT)
+
+
+def test_entries_written_ahead_are_played_without_rebuild(paused: tuple[Path, Path, subprocess.Popen[str]]) -> None:
+    """Logged entries whose shadow file (byte-identical YAML), directory (logged mode and owner,
+    or the CLI's umask'ed mode) or half-written YAML (a prefix: the CLI mid-write) is there
+    before the agent plays them: each is that entry played. No rebuild: the files of earlier
+    entries keep their shadow inodes."""
+    image, shadow, agent = paused
+    root = shadow / "root"
+    old_ino = (root / "keep/old").stat().st_ino
+    whole, half = file_entry("keep/whole", 1), file_entry("new/half", 2, mode=0o600, uid=12, gid=34)
+
+    def write() -> None:
+        append(image, [whole, mkdir_entry("new", mode=0o711, uid=5, gid=6), mkdir_entry("same", mode=0o755), half])
+        write_in_place(root / "keep/whole", emit_file_yaml(whole))
+        os.mkdir(root / "new", 0o700)  # not the logged mode or owner: the agent sets them
+        os.mkdir(root / "same", 0o755)
+        write_in_place(root / "new/half", emit_file_yaml(half)[:100])
+
+    ahead(agent, write)
+    wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entries", FOLLOW_WAIT_S)
+    assert (root / "keep/whole").read_bytes() == emit_file_yaml(whole)
+    assert (root / "new/half").read_bytes() == emit_file_yaml(half)
+    made = (root / "new").stat()
+    assert (stat.S_IMODE(made.st_mode), made.st_uid, made.st_gid) == (0o711, 5, 6)
+    assert (root / "keep/old").stat().st_ino == old_ino  # not rebuilt
+    assert agent_state(shadow)["live_files"] == 3
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(timeout=FOLLOW_WAIT_S)
+    log = (shadow.parent / f"{shadow.name}.log").read_text()
+    no_rebuild(log)
+    assert log.count("ahead_written_accepted") == 3  # whole, half (a prefix), new (its mode set)
+
+
+def test_a_differing_file_written_ahead_is_damage(paused: tuple[Path, Path, subprocess.Popen[str]]) -> None:
+    """A shadow file at a logged path that is not what the agent writes for the entry (another
+    mode here) is still damage: the tree is rebuilt, and then holds the log's YAML."""
+    image, shadow, agent = paused
+    root = shadow / "root"
+    entry = file_entry("keep/other", 1, mode=0o600)
+    ahead(agent, lambda: (append(image, [entry]),
+                          write_in_place(root / "keep/other", emit_file_yaml(file_entry("keep/other", 1, mode=0o666)))))
+    log_path = shadow.parent / f"{shadow.name}.log"
+    wait_for(lambda: "rebuild" in log_path.read_text() and agent_caught_up(image, shadow)
+             and (root / "keep/other").exists() and (root / "keep/other").read_bytes() == emit_file_yaml(entry),
+             "the rebuild", FOLLOW_WAIT_S)
+    assert "is not what log entry" in log_path.read_text()

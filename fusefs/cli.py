@@ -149,8 +149,8 @@ def resolve(args: argparse.Namespace) -> MountConfig:
             check_option(SECONDS_OPTIONS[key], seconds, option)
             values[key] = seconds
         else:
-            raise UsageError(f"-o {option}: unknown option; known: ro, rw, allow_other, ro_namespace, rw_namespace, "
-                             "cache=direct|auto|always, "
+            raise UsageError(f"-o {option}: unknown option; known: ro, rw, allow_other, cache=direct|auto|always, "
+                             "ro_namespace, rw_namespace, "
                              f"{', '.join(f'{name}=SECONDS' for name in SECONDS_OPTIONS)}")
     mountpoint = args.mountpoint or mount.mountpoint
     if not mountpoint:

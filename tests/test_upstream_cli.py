@@ -18,6 +18,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pytest
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import emit_file_yaml
+from fusefs import cli
 from tests.agent_util import FOLLOW_WAIT_S, agent_state, append, file_entry, following, make_device, mkdir_entry
 from tests.famfsctl_util import famfsctl, make_image
 from tests.fuse_util import WAIT_S, Mount, bounded, wait_for
@@ -280,3 +282,46 @@ def test_a_differing_file_written_ahead_is_damage(paused: tuple[Path, Path, subp
              and (root / "keep/other").exists() and (root / "keep/other").read_bytes() == emit_file_yaml(entry),
              "the rebuild", FOLLOW_WAIT_S)
     assert "is not what log entry" in log_path.read_text()
+
+
+def test_lookup_waits_for_the_agent_behind_the_log(tmp_path: Path,
+                                                   paused: tuple[Path, Path, subprocess.Popen[str]]) -> None:
+    """A YAML in the shadow the mount cannot serve yet (half-written here; with the owner map,
+    one the agent does not own yet) while this host's agent is behind the log: the lookup waits
+    for the agent (bounded) and answers with what it played. Once the agent is caught up, no
+    lookup waits: a bad YAML is EIO at once."""
+    image, shadow, agent = paused
+    entry = file_entry("keep/late", 1, size=4321)
+    with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+        agent.send_signal(signal.SIGSTOP)
+        try:
+            append(image, [entry])
+            write_in_place(shadow / "root" / entry.relpath, emit_file_yaml(entry)[:60])
+            waiter = threading.Timer(0.3, agent.send_signal, (signal.SIGCONT,))
+            waiter.start()
+            assert bounded((mount.mountpoint / entry.relpath).stat, "a lookup that waits").st_size == 4321
+        finally:
+            agent.send_signal(signal.SIGCONT)
+        wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entry", FOLLOW_WAIT_S)
+        write_in_place(shadow / "root" / "keep/junk", b"not yaml\n")  # no entry: the agent is not behind
+        assert refused(os.stat, mount.mountpoint / "keep/junk") == errno.EIO
+
+
+def test_ro_namespace_option_and_negative_timeout(tmp_path: Path) -> None:
+    """-o ro_namespace (or the [mount] key) caches no negative lookup unless negative_timeout
+    is set on purpose; -o rw_namespace overrides the key."""
+    config = tmp_path / "famfs-agent.toml"
+    base = ["--shadow", str(tmp_path), "--device", str(tmp_path / "dev.img"), "--config", str(config), "/mnt/x"]
+
+    def resolved(*options: str, toml: str = "") -> tuple[bool, float]:
+        config.write_text(toml)
+        cfg = cli.resolve(cli.parser().parse_args([*(f"-o{option}" for option in options), *base]))
+        return cfg.read_only_namespace, cfg.negative_timeout
+
+    assert resolved() == (False, 3600.0)
+    assert resolved("ro_namespace") == (True, 0.0)
+    assert resolved("ro_namespace,negative_timeout=5") == (True, 5.0)
+    assert resolved(toml="[mount]\nread_only_namespace = true\n") == (True, 0.0)
+    assert resolved(toml="[mount]\nread_only_namespace = true\nnegative_timeout = 7.0\n") == (True, 7.0)
+    assert resolved("rw_namespace", toml="[mount]\nread_only_namespace = true\n") == (False, 3600.0)
+    assert cli.fsname("/dev/x,y\\z") == "/dev/x\\,y\\\\z"

@@ -477,7 +477,8 @@ class Follower:
             if replaced:
                 return self._reopen("the device path names another file now")
         damage = self.tree.damage(self.state.applied_index, self.state.live_files, exact=True)
-        if damage is not None and self.famfs_log is not None and self.famfs_log.next_index() > self.state.applied_index + 1:
+        famfs_log = self.famfs_log
+        if damage is not None and famfs_log is not None and famfs_log.next_index() > self.state.applied_index + 1:
             # Logged since the last poll (read after the count: an entry is appended before its
             # YAML is written): upstream's CLI writes the shadow files of what it just logged
             # itself, so the tree may hold them already. Only a shortfall is damage then.

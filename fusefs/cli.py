@@ -533,7 +533,9 @@ def master_writer(cfg: MountConfig, famfs_log: FamfsLog, identity: HostIdentity,
                   writer_for: WriterFactory | None) -> NamespaceWriter | None:
     """The namespace writer of a writable mount whose identity is the superblock's master; None
     anywhere else. The writer checks the identity file again at each change (require_master)."""
-    if writer_for is None or cfg.read_only or cfg.read_only_namespace or identity.role(famfs_log.superblock) is not Role.MASTER:
+    if writer_for is None or cfg.read_only or cfg.read_only_namespace:
+        return None
+    if identity.role(famfs_log.superblock) is not Role.MASTER:
         return None
     return writer_for(cfg.device, identity.uuid_file)
 

@@ -220,6 +220,8 @@ class FamfsOperations(pyfuse3.Operations):
         YAML being written, or not yet the agent's) while this host's agent is behind the log,
         wait for the agent, bounded by AHEAD_WAIT_S, and look again."""
         relpath = parent.relpath + b"/" + name if parent.relpath else name
+        if self.table.child(parent, name) is None and not self._in_shadow(relpath):
+            return None  # the usual miss: one lstat
         node = self._reread(parent, name, relpath)
         deadline = trio.current_time() + AHEAD_WAIT_S
         pause = APPLY_POLL_MIN_S
@@ -241,7 +243,14 @@ class FamfsOperations(pyfuse3.Operations):
         """Whether the shadow holds something at relpath that the table does not serve."""
         if node is not None:
             return not self._servable(node)
-        return shadow_reader.signature(self.table.shadow_path(relpath)) is not None
+        return self._in_shadow(relpath)
+
+    def _in_shadow(self, relpath: bytes) -> bool:
+        try:
+            os.lstat(self.table.shadow_path(relpath))
+        except OSError:
+            return False
+        return True
 
     def _agent_behind(self) -> bool:
         """This host's agent follows the log and has not yet played all of it (its cursor in
@@ -559,9 +568,9 @@ class FamfsOperations(pyfuse3.Operations):
             self.denial_explained = True
             if self.policy.read_only_namespace:
                 log.warning("namespace_change_refused", errno="EPERM",
-                            why="this mount serves the namespace read-only (-o ro_namespace, as upstream's famfs_fused): "
-                                "files and directories are made and removed with the famfs CLI, which logs them; "
-                                "file data stays writable", master_system_uuid=self.policy.master)
+                            why="this mount serves the namespace read-only (-o ro_namespace, as upstream's "
+                                "famfs_fused): files and directories are made and removed with the famfs CLI, "
+                                "which logs them; file data stays writable", master_system_uuid=self.policy.master)
             elif self.writer is None:
                 log.warning("namespace_change_refused", errno="EPERM",
                             why="files and directories are created, truncated, renamed and removed only on the master "

@@ -134,15 +134,29 @@ class MountSettings:
 
 
 @dataclass
+class MasterSettings:
+    """The reclaim coordinator's (docs/reclaim.md; famfsctl reclaimd)."""
+
+    reclaim: bool = setting(False)  # the master's famfs-fuse-mount runs the reclaim coordinator itself
+    host_lease: float = setting(30.0, low=1.0, high=86_400.0)  # seconds: admission, silence, left hosts
+    auto_fence: bool = setting(False)  # fence a host silent for a lease (else log host_silent and wait)
+    reclaim_poll: float = setting(0.2, low=0.01, high=60.0)  # seconds between two reads of the host table
+    reclaim_wait: float = setting(10.0, low=0.0, high=3600.0)  # seconds an allocation waits for space being reclaimed; 0: never
+    metrics_address: str = setting("", address=True)  # HOST:PORT for the coordinator's Prometheus metrics; "" = off
+
+
+@dataclass
 class Settings:
     host: HostSettings = field(default_factory=HostSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     mount: MountSettings = field(default_factory=MountSettings)
+    master: MasterSettings = field(default_factory=MasterSettings)
     source: str | None = None  # the file these came from, if any
     given: set[str] = field(default_factory=set)  # "section.key" of every key the file set
 
 
-SECTIONS: dict[str, type[Any]] = {"host": HostSettings, "agent": AgentSettings, "mount": MountSettings}
+SECTIONS: dict[str, type[Any]] = {"host": HostSettings, "agent": AgentSettings, "mount": MountSettings,
+                                  "master": MasterSettings}
 
 
 def rule(section: type[Any], key: str) -> Rule:

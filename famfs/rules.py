@@ -9,8 +9,9 @@ the same rules:
 - the follower (agent.follower) rejects such an entry, names it and the rule, and plays on.
 
 A rule reads the entry and a `Model` of the log before it: the namespace (which paths are
-directories, which are live files), the allocation units taken by accepted files (live or
-deleted: freed space is never reused, see docs/format.md), and the daxdev table. The writer and
+directories, which are live files), the allocation units taken by accepted files (live, or
+deleted and not yet reclaimed: a deleted file's space is reused only after a RECLAIM names it,
+docs/reclaim.md), the deleted files awaiting reclaim, and the daxdev table. The writer and
 fsck keep the whole model in memory (`Namespace`); the follower keeps its namespace in the shadow
 tree itself and only the units in memory (one byte per 2 MiB unit), so its memory stays flat.
 
@@ -107,8 +108,9 @@ class Units:
             self.taken[start:stop] = b"\1" * (stop - start)
 
     def release(self, extents: Sequence[fmt.Extent]) -> None:
-        """Undo claim() of space that was never logged (a writer's abandoned reservation), or of a
-        file famfs-fuse-mount no longer serves (its model is of live files, not of the log)."""
+        """Undo claim() of space that was never logged (a writer's abandoned reservation), of a
+        file famfs-fuse-mount no longer serves (its model is of live files, not of the log), or
+        of the files a RECLAIM names (their units are free from that entry on)."""
         for extent in extents:
             start, stop = self._bounds(extent)
             self.taken[start:stop] = bytes(stop - start)
@@ -150,6 +152,10 @@ class Model(Protocol):
 
     def dir_empty(self, relpath: str) -> bool:
         """Whether the live directory `relpath` holds no live file or directory."""
+
+    def deleted_by(self, file_index: int) -> int | None:
+        """The index of the accepted DELETE of FILE entry `file_index`, if that file was deleted
+        and no RECLAIM has named it yet; else None (never a file, live, or already reclaimed)."""
 
 
 EntryAt = Callable[[int], fmt.Entry]  # decode an earlier slot (raises fmt.EntryError)
@@ -249,8 +255,8 @@ def size_fits(entry: fmt.FileEntry) -> None:
 
 
 def space_unclaimed(model: Model, entry: fmt.FileEntry) -> None:
-    """No unit of the file is held by an earlier file, live or deleted (freed space is never
-    reused: upstream's readers ignore DELETE and would see both files on the same memory)."""
+    """No unit of the file is held by an earlier file, live or deleted and not yet reclaimed (a
+    deleted file's units are reused only after a RECLAIM: docs/reclaim.md says why that is safe)."""
     unit = model.units.first_taken(entry.all_extents())
     if unit is not None:
         raise Violation(space_unclaimed, f"allocation unit at {unit * model.units.unit:#x} is already held by another file")
@@ -297,6 +303,47 @@ def rmdir_directory_empty(model: Model, entry: fmt.RmdirEntry) -> None:
     """Only an empty directory goes: a file or directory below it would lose its parent."""
     if not model.dir_empty(entry.relpath):
         raise Violation(rmdir_directory_empty, "RMDIR of a directory that is not empty")
+
+
+def reclaim_targets_distinct(entry: fmt.ReclaimEntry) -> None:
+    """No file named twice: its units would be freed twice, the second time maybe another file's."""
+    files = [file_index for file_index, _ in entry.targets]
+    if len(set(files)) != len(files):
+        raise Violation(reclaim_targets_distinct, "RECLAIM names a file more than once")
+
+
+def reclaim_targets_earlier(index: int, entry: fmt.ReclaimEntry) -> None:
+    """Each pair is (FILE, DELETE), the FILE before its DELETE, both before the RECLAIM."""
+    for file_index, delete_index in entry.targets:
+        if not 0 <= file_index < delete_index < index:
+            raise Violation(reclaim_targets_earlier, f"RECLAIM pair ({file_index}, {delete_index}) is not a FILE entry "
+                                                     f"and a later DELETE, both before entry {index}")
+
+
+def reclaim_target_deleted(model: Model, entry: fmt.ReclaimEntry) -> None:
+    """Each pair names a deleted file and the DELETE that deleted it, not yet reclaimed. The
+    model knows which DELETE was accepted: a rejected DELETE naming the same FILE never deleted
+    it, and a file reclaimed once may already hold another file's data."""
+    for file_index, delete_index in entry.targets:
+        by = model.deleted_by(file_index)
+        if by is None:
+            raise Violation(reclaim_target_deleted, f"RECLAIM names entry {file_index}, which is not a deleted file "
+                                                    f"awaiting reclaim (live, not a file, or already reclaimed)")
+        if by != delete_index:
+            raise Violation(reclaim_target_deleted, f"RECLAIM names DELETE {delete_index} for entry {file_index}, "
+                                                    f"which DELETE {by} deleted")
+
+
+def fence_names_a_host(entry: fmt.FenceEntry) -> None:
+    """A slot of the host table, and an incarnation (incarnations are nonzero); incarnation 0 with
+    the nil UUID names a damaged slot (reason 3: its record cannot be read, docs/reclaim.md)."""
+    if not 0 <= entry.slot < fmt.HOST_SLOTS:
+        raise Violation(fence_names_a_host, f"FENCE of slot {entry.slot}, outside 0..{fmt.HOST_SLOTS - 1}")
+    damaged = entry.incarnation == 0
+    if damaged and (entry.system_uuid.int != 0 or entry.reason is not fmt.FenceReason.RECORD_LOST):
+        raise Violation(fence_names_a_host, "FENCE of incarnation 0 must be a damaged slot's (nil UUID, reason 3)")
+    if not damaged and entry.system_uuid.int == 0:
+        raise Violation(fence_names_a_host, "FENCE of a host with the nil system UUID")
 
 
 def daxdev_dense(model: Model, entry: fmt.AddDaxdevEntry) -> None:
@@ -364,8 +411,29 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
         case fmt.HoldEntry():  # a deleted file carried by a compaction: its units, no name
             check_extents(entry.file, geometry)
             space_unclaimed(model, entry.file)
+        case fmt.ReclaimEntry():
+            reclaim_targets_distinct(entry)
+            reclaim_targets_earlier(index, entry)
+            reclaim_target_deleted(model, entry)
+        case fmt.FenceEntry():
+            # A repeated FENCE of one incarnation is valid and changes nothing (the first one
+            # already did): no state to check, and a FENCE never gives anything back.
+            fence_names_a_host(entry)
         case _:
             raise TypeError(f"not a log entry: {entry!r}")
+
+
+def reclaimed_extents(entry: fmt.ReclaimEntry, entry_at: EntryAt) -> Iterator[fmt.Extent]:
+    """The extents a RECLAIM that passed check() frees, read from the FILE entries it names: for
+    a model that does not keep deleted files' entries (the follower). Its units then go with
+    Units.release()."""
+    for file_index, _ in entry.targets:
+        victim = entry_at(file_index)
+        assert isinstance(victim, fmt.FileEntry), "check() accepted a RECLAIM of a non-file"
+        yield from victim.all_extents()
+
+
+FenceKey = tuple[uuid.UUID, int]  # (system UUID, incarnation); (nil, 0) with a slot for a damaged slot
 
 
 # --- the whole model in memory (the writer and fsck) -----------------------------------------
@@ -379,8 +447,12 @@ class Namespace:
     daxdevs: list[uuid.UUID]
     dirs: dict[str, int] = field(default_factory=lambda: {"": -1})  # relpath -> MKDIR index
     files: dict[str, tuple[int, fmt.FileEntry]] = field(default_factory=dict)  # relpath -> (index, entry)
-    deleted: dict[int, fmt.FileEntry] = field(default_factory=dict)  # FILE index -> entry, space kept
+    deleted: dict[int, fmt.FileEntry] = field(default_factory=dict)  # FILE index -> entry, space kept until reclaimed
     deleted_paths: set[str] = field(default_factory=set)
+    deletions: dict[int, int] = field(default_factory=dict)  # FILE index -> its DELETE's index, while in `deleted`
+    reclaimed: dict[int, fmt.FileEntry] = field(default_factory=dict)  # FILE index -> entry, space free again
+    fenced: dict[FenceKey, int] = field(default_factory=dict)  # fenced host incarnation -> index of its first FENCE
+    fenced_damage: dict[tuple[int, int], int] = field(default_factory=dict)  # (slot, CRC of its bytes) -> FENCE index
 
     @classmethod
     def empty(cls, superblock: fmt.Superblock) -> Namespace:
@@ -407,6 +479,9 @@ class Namespace:
         prefix = relpath + "/"
         return not any(path.startswith(prefix) for path in itertools.chain(self.dirs, self.files))
 
+    def deleted_by(self, file_index: int) -> int | None:
+        return self.deletions.get(file_index)
+
     def record(self, index: int, entry: fmt.Entry) -> None:
         """Add an entry that passed check() (or was just appended after passing it)."""
         match entry:
@@ -418,14 +493,27 @@ class Namespace:
             case fmt.DeleteEntry():
                 _, victim = self.files.pop(entry.relpath)
                 self.deleted[entry.target_index] = victim
+                self.deletions[entry.target_index] = index
                 self.deleted_paths.add(entry.relpath)
             case fmt.RmdirEntry():
                 del self.dirs[entry.relpath]
             case fmt.AddDaxdevEntry():
                 self.daxdevs.append(entry.dev_uuid)
-            case fmt.HoldEntry():
+            case fmt.HoldEntry():  # deleted before a compaction: reclaimed by a RECLAIM naming (index, index)
                 self.units.claim(entry.file.all_extents())
                 self.deleted[index] = entry.file
+                self.deletions[index] = index
+            case fmt.ReclaimEntry():
+                for file_index, _ in entry.targets:
+                    victim = self.deleted.pop(file_index)
+                    del self.deletions[file_index]
+                    self.reclaimed[file_index] = victim
+                    self.units.release(victim.all_extents())
+            case fmt.FenceEntry():
+                if entry.incarnation == 0:
+                    self.fenced_damage.setdefault((entry.slot, entry.heartbeat), index)
+                else:
+                    self.fenced.setdefault((entry.system_uuid, entry.incarnation), index)
 
     def forget_dir(self, relpath: str) -> None:
         """Undo record() of a MKDIR that was not appended after all (a refused `mkdir -p`)."""
@@ -437,7 +525,7 @@ class Namespace:
         return relpath in self.deleted_paths
 
     def holder(self, unit: int) -> int | None:
-        """The FILE entry (live or deleted) holding `unit`; None for the superblock/log. Slow
+        """The FILE entry (live, or deleted and not reclaimed) holding `unit`; None for the superblock/log. Slow
         (a scan): for naming cross-links only."""
         for index, entry in itertools.chain(self.files.values(), self.deleted.items()):
             if any(unit in self.units.span(extent) for extent in entry.all_extents()):
@@ -463,14 +551,17 @@ class LogReader(Protocol):
     def entries(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, fmt.Entry | fmt.EntryError]]: ...
 
 
-def replay(famfs_log: LogReader, problem: Callable[[Problem], None]) -> Namespace:
+def replay(famfs_log: LogReader, problem: Callable[[Problem], None], *, namespace: Namespace | None = None,
+           start: int = 0) -> Namespace:
     """The namespace of every logged entry, calling `problem` for each slot that is bad or breaks
     a rule (that entry is then left out, as the follower leaves it out). The one walk of the log
-    behind the writer (which stops at the first problem) and fsck (which lists them all)."""
+    behind the writer (which stops at the first problem) and fsck (which lists them all). With
+    `namespace` (the log's entries before `start` played), the entries from `start` on are
+    played into it."""
     sb = famfs_log.superblock
     geometry = Geometry.of(sb)
-    namespace = Namespace.empty(sb)
-    for index, entry in famfs_log.entries():
+    namespace = Namespace.empty(sb) if namespace is None else namespace
+    for index, entry in famfs_log.entries(start):
         if isinstance(entry, fmt.EntryError):
             problem(Problem(index, bad_entry=entry))
             continue

@@ -20,7 +20,7 @@ from famfs import config, identity
 from famfs import format as fmt
 from famfs.device import map_alignment
 from famfs.mapping import MappedFile, map_file
-from famfs.master import alloc, writer
+from famfs.master import alloc, reclaim, writer
 from famfs.master.writer import MasterError
 
 __all__ = ["Master", "NewFile", "MasterError"]
@@ -92,7 +92,9 @@ class Master:
         self.device = os.fspath(device)
         flag = os.fspath(system_uuid_file) if system_uuid_file is not None else None
         # Found as famfsctl finds it: the argument, $FAMFS_SYSTEM_UUID_FILE, famfs-agent.toml.
-        self.uuid_file: Path = identity.system_uuid_file(flag, config.load().host.system_uuid_file)
+        settings = config.load()
+        self.uuid_file: Path = identity.system_uuid_file(flag, settings.host.system_uuid_file)
+        self._settings = settings.master  # reclaim_wait: how long create() waits for space being reclaimed
         self._rng = rng
         self._stack: contextlib.ExitStack | None = None
         self._session: writer.Session | None = None
@@ -169,9 +171,27 @@ class Master:
         when committed. `layout`: interleave it (InterleaveParams), else one contiguous extent."""
         if relpath in self._pending:
             raise MasterError(f"{self.device}: {relpath}: already being created (not yet committed)")
-        session = self._acquire()
+        owner = _owner(mode, uid, gid)
+
+        def reserve() -> tuple[writer.Session, fmt.FileEntry]:
+            """The space, reserved under a hold of the lock that the caller keeps; a refusal
+            gives the hold back (nothing was reserved)."""
+            session = self._acquire()
+            try:
+                return session, session.reserve(relpath, size, owner, layout=layout)
+            except writer.SpaceHeld:
+                self._release()
+                raise
+            except BaseException:
+                self._release(clean=False)
+                raise
+
+        if self._holds:  # inside batch() or with a file pending: the lock cannot be let go to wait
+            session, entry = reserve()
+        else:
+            session, entry = reclaim.wait_for_space(self.device, reserve, self._settings.reclaim_wait,
+                                                    self._settings.reclaim_poll)
         try:
-            entry = session.reserve(relpath, size, _owner(mode, uid, gid), layout=layout)
             try:
                 view = map_file(session.device.fd, entry, map_alignment(session.device.info), writable=True,
                                 device=self.device)
@@ -186,8 +206,9 @@ class Master:
 
     def remove(self, *relpaths: str) -> None:
         """Log the deletion of files, all or none (each must be a live file, and the log must have
-        room for every DELETE). Their space is never reused, so a process that still maps one
-        keeps reading what was there (docs/format.md)."""
+        room for every DELETE). Their space is not reused at once, so a process that still maps one
+        keeps reading what was there until the reclaim coordinator frees it, which waits for every
+        host's pins: a mapping through famfs.open pins the file (docs/reclaim.md)."""
         with self._held() as session:
             session.remove_all(relpaths)
 

@@ -88,6 +88,7 @@ class Plan:
     planned_dirs: set[str] = field(default_factory=set)  # every directory target, new or reused
     existing_dirs: set[str] = field(default_factory=set)  # the reused ones: no entry
     planned_files: set[str] = field(default_factory=set)
+    short_of: int = 0  # bytes of new files, when the free space cannot hold them
 
     @property
     def new_entries(self) -> int:
@@ -259,6 +260,7 @@ def _check_room(current: Session, request: CopyRequest, plan: Plan) -> None:
     unit = current.log.superblock.alloc_unit
     needed = sum(-(-step.size // unit) for step in plan.steps if isinstance(step, PlannedFile) and not step.reuse)
     if needed > current.namespace.units.free_units:
+        plan.short_of = needed * unit
         plan.problems.append(f"{current.log.path}: {format_size(current.namespace.units.free_units * unit)} free, this copy needs "
                              f"at least {format_size(needed * unit)}")
 
@@ -279,6 +281,9 @@ def _blocks(path: Path, size: int, progress: Progress) -> Iterator[bytes]:
 def copy_in(current: Session, request: CopyRequest) -> CopyResult:
     """Plan the copy, refuse it whole if the plan has problems, else copy (see the module doc)."""
     plan = plan_copy(current, request)
+    if plan.short_of and len(plan.problems) == 1 and current.namespace.deleted:
+        # Space alone is short and deleted files hold some: the caller may wait for reclaim.
+        raise current.space_held(f"{plan.problems[0]}; nothing copied", plan.short_of)
     if plan.problems:
         raise CopyRefused(plan.problems)
     files = [step for step in plan.steps if isinstance(step, PlannedFile)]

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import config, logsetup, shadowdir, units
+from famfs import config, hosts, logsetup, shadowdir, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
-from famfs.master import alloc, copy, fsck, prng, units_install, writer
+from famfs.master import alloc, copy, fsck, prng, reclaim, units_install, writer
 from famfs.master.api import Master
 from famfs.master.mkfs import create_image, minimum_device_size, mkfs
 from famfs.progress import Progress
@@ -161,9 +164,13 @@ def cmd_creat(args: argparse.Namespace) -> int:
     device, relpath = target(args, args.path)
     progress = Progress("filling", args.size)
     fill = counted(prng.pattern_blocks(args.seed, args.size), progress) if args.randomize else None
-    try:
+
+    def attempt() -> None:
         with writer.session(device, uuid_file(args)) as current:
             current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True)
+
+    try:
+        reclaim.wait_for_space(device, attempt, args.settings.master.reclaim_wait, args.settings.master.reclaim_poll)
     finally:
         progress.finish()
     return 0
@@ -188,8 +195,12 @@ def cmd_cp(args: argparse.Namespace) -> int:
         uid=args.uid if args.uid is not None else os.geteuid(), gid=args.gid if args.gid is not None else os.getegid(),
         layout=interleave(args),
     )
-    with writer.session(device, uuid_file(args)) as current:
-        result = copy.copy_in(current, request)
+
+    def attempt() -> copy.CopyResult:
+        with writer.session(device, uuid_file(args)) as current:
+            return copy.copy_in(current, request)
+
+    result = reclaim.wait_for_space(device, attempt, args.settings.master.reclaim_wait, args.settings.master.reclaim_poll)
     print(f"{result.summary()} into {device}:{relpath or '/'}")
     if (skipped := result.skipped()) is not None:
         print(f"famfsctl cp: {skipped}", file=sys.stderr)
@@ -278,12 +289,112 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reclaimd(args: argparse.Namespace) -> int:
+    """The reclaim coordinator in the foreground until SIGTERM or SIGINT (docs/reclaim.md)."""
+    settings = args.settings.master
+    logsetup.configure(args.settings.host.log_format, args.settings.host.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    device = args.device_path or args.settings.agent.device
+    if not device:
+        raise UsageError("no device: give DEVICE, or set [agent] device in the config file")
+    try:
+        coordinator = reclaim.Coordinator(device, uuid_file(args), settings, stop=stop)
+    except reclaim.CoordinatorError as err:
+        print(f"famfsctl reclaimd: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    server = None
+    try:
+        address = settings.metrics_address if args.metrics_address is None else args.metrics_address
+        if address:
+            from famfs import metrics  # noqa: PLC0415 (prometheus_client only when metrics are on)
+            from famfs.master.reclaim_metrics import ReclaimCollector  # noqa: PLC0415
+            try:
+                server = metrics.MetricsServer(address, ReclaimCollector(coordinator))
+            except metrics.MetricsError as err:
+                raise UsageError(str(err)) from None
+        coordinator.run()
+    except reclaim.CoordinatorError as err:
+        print(f"famfsctl reclaimd: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if server is not None:
+            server.close()
+        coordinator.close()
+    return 0
+
+
+def read_hosts(device_path: str) -> tuple[list[hosts.HostRecord | hosts.DamagedSlot], fmt.LogHeader, set[tuple[uuid.UUID, int]]]:
+    """The host table, the log header and the fenced incarnations (the log replayed)."""
+    with Device(device_path) as opened:
+        famfs_log = FamfsLog(opened)
+        namespace = writer.load(famfs_log)
+        return list(hosts.read_table(opened.map)), famfs_log.header(), set(namespace.fenced)
+
+
+def cmd_host_list(args: argparse.Namespace) -> int:
+    table, header, fenced = read_hosts(args.device_path)
+    moving: dict[int, bool] = {}
+    if args.sample > 0:
+        time.sleep(args.sample)
+        later, _, _ = read_hosts(args.device_path)
+        before = {found.slot: found for found in table}
+        moving = {found.slot: found != before.get(found.slot) for found in later if isinstance(found, hosts.HostRecord)}
+    print(f"log: {header.next_index} entries")
+    print("slot  state    system uuid                           incarnation          hostname          "
+          "applied  lag  pin floor  heartbeat  serve window" + ("  renewing" if args.sample > 0 else ""))
+    for found in table:
+        if isinstance(found, hosts.DamagedSlot):
+            print(f"{found.slot:<5} damaged  ({found.reason}: blocks reclaim until famfsctl host fence --slot {found.slot})")
+            continue
+        pin = "-" if found.pin_floor == hosts.NO_PIN else str(found.pin_floor)
+        line = (f"{found.slot:<5} {fsck.host_state(found, fenced):<8} {found.system_uuid!s:<37} {found.incarnation:<20} "
+                f"{found.hostname[:17]:<17} {found.applied:>7} {max(0, header.next_index - found.applied):>4} "
+                f"{pin:>10} {found.heartbeat:>10} {found.serve_window_ns / 1e9:>11g}s")
+        if args.sample > 0:
+            line += f"  {'yes' if moving.get(found.slot) else 'no'}"
+        print(line)
+    if not table:
+        print("(no host has joined)")
+    return 0
+
+
+def cmd_host_fence(args: argparse.Namespace) -> int:
+    if (args.host_uuid is None) == (args.slot is None):
+        raise UsageError("name the host once: its system UUID, or --slot N")
+    with writer.session(args.device_path, uuid_file(args)) as current:
+        table = list(hosts.read_table(current.device.map))
+        if args.slot is not None:
+            found = next((item for item in table if item.slot == args.slot), None)
+            if found is None:
+                raise writer.MasterError(f"{args.device_path}: host slot {args.slot} is empty")
+        else:
+            found = next((item for item in table if isinstance(item, hosts.HostRecord)
+                          and item.system_uuid == args.host_uuid), None)
+            if found is None:
+                raise writer.MasterError(f"{args.device_path}: no host record has system UUID {args.host_uuid}")
+        if isinstance(found, hosts.DamagedSlot):
+            crc = reclaim.damage_crcs(current.device.map, [found])[found.slot]
+            entry = fmt.FenceEntry(system_uuid=uuid.UUID(int=0), incarnation=0, slot=found.slot,
+                                   reason=fmt.FenceReason.RECORD_LOST, heartbeat=crc, applied=0)
+            name = f"damaged slot {found.slot}"
+        else:
+            entry = fmt.FenceEntry(system_uuid=found.system_uuid, incarnation=found.incarnation, slot=found.slot,
+                                   reason=fmt.FenceReason.OPERATOR, heartbeat=found.heartbeat, applied=found.applied)
+            name = f"{reclaim.host_name(found)}, incarnation {found.incarnation}"
+        index = current.fence(entry)
+    print(f"{name}: {'already fenced' if index is None else f'fenced (log entry {index})'}")
+    return 0
+
+
 def cmd_install_units(args: argparse.Namespace) -> int:
     written = units_install.install(Path(args.unit_dir), Path(args.bindir) if args.bindir else None)
     for path in written:
         print(f"installed {path}")
     print("next: put the host's settings in /etc/famfs/famfs-agent.toml (config/ has examples), then "
-          "systemctl daemon-reload && systemctl enable --now famfs-agent famfs-fuse-mount")
+          "systemctl daemon-reload && systemctl enable --now famfs-agent famfs-fuse-mount (and on the master, "
+          "for reclaim: famfs-reclaimd)")
     return 0
 
 
@@ -299,7 +410,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        if self._intermixing:
+        if self._intermixing or self._subparsers is not None:  # (a command with actions: `host list`)
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:
@@ -402,8 +513,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("device_path", metavar="DEVICE", nargs="?",
                      help="the device or image, or a directory of a mounted famfs (or give --device)")
 
-    sub = add("install-units", cmd_install_units, "install the systemd units of famfs-agent and famfs-fuse-mount, "
-              "pointing at this installation's programs")
+    sub = add("reclaimd", cmd_reclaimd, "run the reclaim coordinator in the foreground: give deleted files' space back "
+              "once every host is past them (docs/reclaim.md); SIGTERM stops it")
+    sub.add_argument("--metrics-address", help="HOST:PORT to serve Prometheus metrics on (':PORT' is loopback, '0.0.0.0:PORT' every interface; '' = off; default: "
+                     "[master] metrics_address)")
+    sub.add_argument("device_path", metavar="DEVICE", nargs="?", help="the device or image (default: [agent] device)")
+
+    sub = add("host", lambda args: 0, "the host table: list the hosts, fence one")
+    hosts_commands = sub.add_subparsers(dest="host_command", required=True, metavar="ACTION", parser_class=CommandParser)
+    listing = hosts_commands.add_parser("list", help="every host record: state, incarnation, applied and lag, pin "
+                                        "floor, heartbeat counter", parents=[common])  # type: ignore[list-item]
+    listing.set_defaults(run=cmd_host_list)
+    listing.add_argument("--sample", type=float, default=0.0, metavar="SECONDS",
+                         help="read the table twice this far apart and say which records are renewing")
+    listing.add_argument("device_path", metavar="DEVICE", help="the device or image")
+    fence = hosts_commands.add_parser("fence", help="log a FENCE: the master stops waiting for this host (assert it "
+                                      "is gone, or let it rejoin with a fresh play)", parents=[common])  # type: ignore[list-item]
+    fence.set_defaults(run=cmd_host_fence)
+    fence.add_argument("--slot", type=int, help="the host's slot (the only way to name a damaged slot)")
+    fence.add_argument("device_path", metavar="DEVICE", help="the device or image")
+    fence.add_argument("host_uuid", metavar="UUID", nargs="?", type=uuid.UUID, help="the host's system UUID")
+
+    sub = add("install-units", cmd_install_units, "install the systemd units of famfs-agent, famfs-fuse-mount and "
+              "the reclaim coordinator (famfs-reclaimd), pointing at this installation's programs")
     sub.add_argument("--unit-dir", default=str(units_install.UNIT_DIR), help=f"default {units_install.UNIT_DIR}")
     sub.add_argument("--bindir", help=f"where the programs are (default: {units_install.scripts_dir()})")
     return parser

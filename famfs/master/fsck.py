@@ -10,15 +10,17 @@ problem, not just the first; each entry it reports is one the follower leaves ou
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from famfs import format as fmt
-from famfs import rules
+from famfs import hosts, rules
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import role_of
+from famfs.master.reclaim import coordinator_running
 from famfs.units import format_size
 
 
@@ -37,8 +39,11 @@ class Report:
     deletes: int = 0
     file_bytes: int = 0  # sum of live file sizes
     allocated_bytes: int = 0  # superblock and log included, as upstream counts
-    deleted_bytes: int = 0  # held by deleted files: never reused (docs/format.md)
+    deleted_bytes: int = 0  # held by deleted files not yet reclaimed (docs/reclaim.md)
+    reclaimed_bytes: int = 0  # of deleted files a RECLAIM freed: counted free
     free_bytes: int = 0
+    hosts: list[hosts.HostRecord | hosts.DamagedSlot] = field(default_factory=list)  # the host table
+    fenced: set[tuple[uuid.UUID, int]] = field(default_factory=set)
 
     @property
     def problems(self) -> int:
@@ -47,6 +52,13 @@ class Report:
     @property
     def clean(self) -> bool:
         return self.problems == 0
+
+    def host_summary(self) -> str:
+        """The host table in one line: how many records in each state."""
+        counts: dict[str, int] = defaultdict(int)
+        for found in self.hosts:
+            counts[host_state(found, self.fenced)] += 1
+        return ", ".join(f"{count} {state}" for state, count in sorted(counts.items())) or "none joined"
 
     def render(self) -> str:
         lines = [f"device: {self.device}"]
@@ -59,7 +71,9 @@ class Report:
                 f"log: {header.next_index} of {header.slots} entries used, {len(self.bad_entries)} bad",
                 f"namespace: {self.files} files, {self.directories} directories, {self.deletes} deleted files",
                 f"space: {self.allocated_bytes} allocated (of which {self.deleted_bytes} held by deleted files), "
-                f"{self.free_bytes} free, {self.file_bytes} in live files",
+                f"{self.free_bytes} free, {self.file_bytes} in live files, {self.reclaimed_bytes} reclaimed from "
+                f"deleted files",
+                f"hosts: {self.host_summary()}",
             ]
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
@@ -118,9 +132,21 @@ def check(device: Device) -> Report:
     report.deletes = len(namespace.deleted)
     report.file_bytes = sum(entry.size for _, entry in namespace.files.values())
     report.deleted_bytes = sum(entry.capacity() for entry in namespace.deleted.values())
+    report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
+    report.hosts = list(hosts.read_table(device.map))
+    report.fenced = set(namespace.fenced)
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
     return report
+
+
+def host_state(found: hosts.HostRecord | hosts.DamagedSlot, fenced: set[tuple[uuid.UUID, int]]) -> str:
+    """active, left, fenced (a FENCE names its incarnation) or damaged."""
+    if isinstance(found, hosts.DamagedSlot):
+        return "damaged"
+    if found.identity in fenced:
+        return "fenced"
+    return found.state.name.lower()
 
 
 def logged_relpath(famfs_log: FamfsLog, index: int) -> str:
@@ -157,7 +183,10 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         f"log: {format_size(sb.log_len)}, {header.next_index} of {header.slots} slots used, "
         f"{header.slots - header.next_index} free",
         f"space: {format_size(report.allocated_bytes)} used, {format_size(report.free_bytes)} free, "
-        f"{format_size(report.deleted_bytes)} held by deleted files",
+        f"{format_size(report.deleted_bytes)} held by deleted files (reclaimable), "
+        f"{format_size(report.reclaimed_bytes)} reclaimed",
+        f"hosts: {report.host_summary()}; reclaim coordinator on this host: "
+        f"{'running' if coordinator_running(device.fd) else 'not running'}",
         f"files: {report.files}, directories: {report.directories}",
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"

@@ -1,4 +1,5 @@
-"""`famfsctl install-units`: the systemd units for famfs-agent and famfs-fuse-mount, written with
+"""`famfsctl install-units`: the systemd units for famfs-agent, famfs-fuse-mount and the reclaim
+coordinator (famfsctl reclaimd, on the master), written with
 the paths of this installation (the directory holding the programs' scripts, and the docs of the
 source tree when it has them), so that what is installed runs as written."""
 
@@ -9,9 +10,15 @@ import sysconfig
 from importlib import resources
 from pathlib import Path
 
-UNITS = {"famfs-agent.service": "agent.md", "famfs-fuse-mount.service": "fusefs.md"}
+UNITS = {"famfs-agent.service": "agent.md", "famfs-fuse-mount.service": "fusefs.md", "famfs-reclaimd.service": "reclaim.md"}
+PROGRAMS = {"famfs-reclaimd.service": "famfsctl"}  # a unit whose program is not named after it
 UNIT_DIR = Path("/etc/systemd/system")
 DOCS = Path(__file__).resolve().parents[2] / "docs"  # the source tree's docs (an editable install)
+
+
+def program_of(name: str) -> str:
+    """The program unit `name` runs."""
+    return PROGRAMS.get(name, name.removesuffix(".service"))
 
 
 def scripts_dir() -> Path:
@@ -30,7 +37,7 @@ def install(unit_dir: Path = UNIT_DIR, bindir: Path | None = None) -> list[Path]
     """Write every unit into unit_dir (made if missing); the paths written."""
     bindir = bindir or scripts_dir()
     for name in UNITS:
-        program = bindir / name.removesuffix(".service")
+        program = bindir / program_of(name)
         if not os.access(program, os.X_OK):
             raise ValueError(f"{program}: not an executable: install the package first (make install)")
     unit_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
 from famfs.master import compact as compaction
+from famfs.units import format_size
 
 log = structlog.get_logger("famfsctl")
 
@@ -46,13 +47,37 @@ class MasterError(Exception):
         self.cause = cause
 
 
-def load(famfs_log: FamfsLog) -> rules.Namespace:
+class SpaceHeld(MasterError):
+    """No room now, but deleted files not yet reclaimed hold space: the coordinator may free
+    enough (docs/reclaim.md). `needed` bytes were asked for, `free` are free, `held` are held
+    by the deleted files `deletions` ((FILE index, DELETE index, bytes) each)."""
+
+    def __init__(self, message: str, *, needed: int, free: int, deletions: list[tuple[int, int, int]]) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+        self.deletions = deletions
+
+    @property
+    def held(self) -> int:
+        return sum(size for _, _, size in self.deletions)
+
+    @property
+    def may_fit(self) -> bool:
+        """Whether reclaiming every deleted file would make room (for a contiguous file, a guess:
+        the freed units need not be adjacent)."""
+        return self.free + self.held >= self.needed
+
+
+def load(famfs_log: FamfsLog, namespace: rules.Namespace | None = None, start: int = 0) -> rules.Namespace:
     """The namespace of every logged entry, as every reader replays it.
 
     A corrupt slot (bad seqnum or CRC) stops the writer: every reader stops there too, so nothing
     appended after it would ever be seen. An entry that is well-formed but breaks a rule is left
     out, as every reader leaves it out, with a warning; the space it names is still never handed
     out (upstream's readers do not apply our rules and would see both files on that memory).
+    With `namespace`, only the entries from `start` on are played into it (the coordinator
+    follows the log this way).
     """
     left_out: list[rules.Problem] = []
 
@@ -65,7 +90,7 @@ def load(famfs_log: FamfsLog) -> rules.Namespace:
                                   f"so nothing can be appended after it; run famfsctl fsck") from None
         left_out.append(found)
 
-    namespace = rules.replay(famfs_log, note)
+    namespace = rules.replay(famfs_log, note, namespace=namespace, start=start)
     for found in left_out:
         if isinstance(found.entry, fmt.FileEntry):
             namespace.units.claim(found.entry.all_extents())
@@ -161,7 +186,7 @@ class Session:
 
     def _check(self, index: int, entry: fmt.Entry) -> None:
         """The rule book's verdict on `entry` as log entry `index`: refused, named, or nothing."""
-        relpath = getattr(entry, "relpath", "?")
+        relpath = getattr(entry, "relpath", type(entry).__name__.removesuffix("Entry").upper())
         try:
             if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry | fmt.DeleteEntry | fmt.RmdirEntry):
                 fmt.encode_relpath(entry.relpath)
@@ -212,8 +237,22 @@ class Session:
                 return (alloc.allocate_contiguous(self.namespace.units, size),), ()
             got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng)
         except alloc.AllocError as err:
-            raise MasterError(f"{self.log.path}: cannot allocate {size} bytes: {err}", err) from None
+            message = f"{self.log.path}: cannot allocate {format_size(size)}: {err}"
+            if self.namespace.deleted:
+                raise self.space_held(message, max(size, 1)) from None
+            raise MasterError(message, err) from None
         return ((got,), ()) if isinstance(got, fmt.Extent) else ((), (got,))
+
+    def space_held(self, message: str, needed: int) -> SpaceHeld:
+        """The refusal of an allocation of `needed` bytes while deleted files still hold space."""
+        unit = self.geometry.alloc_unit
+        deletions = [(index, self.namespace.deletions[index], fmt.round_up(entry.capacity(), unit))
+                     for index, entry in self.namespace.deleted.items()]
+        held = sum(size for _, _, size in deletions)
+        return SpaceHeld(f"{message} ({format_size(held)} is held by {len(deletions)} deleted "
+                         f"file{'s' if len(deletions) != 1 else ''} not yet reclaimed)",
+                         needed=fmt.round_up(needed, unit), free=self.namespace.units.free_units * unit,
+                         deletions=deletions)
 
     def check_new(self, relpath: str, owner: Ownership) -> None:
         """Refuse, naming the rule, a new file or directory name the rule book would refuse."""
@@ -341,6 +380,40 @@ class Session:
         self.log = FamfsLog(self.device)
         self.namespace = load(self.log)
         return done
+    def reclaim(self, targets: Sequence[tuple[int, int]]) -> list[int]:
+        """Log that deleted files' units are free: RECLAIMs naming `targets` ((FILE index,
+        DELETE index) pairs), RECLAIM_MAX_TARGETS a entry, each checked by the rule book. Only
+        the coordinator decides when (famfs.master.reclaim, docs/reclaim.md). Their indexes."""
+        indexes = []
+        for start in range(0, len(targets), fmt.RECLAIM_MAX_TARGETS):
+            entry = fmt.ReclaimEntry(tuple(targets[start:start + fmt.RECLAIM_MAX_TARGETS]))
+            freed = sum(self.namespace.deleted[file_index].capacity() for file_index, _ in entry.targets
+                        if file_index in self.namespace.deleted)
+            index = self._next_index()
+            self._check(index, entry)
+            self._append([entry])
+            indexes.append(index)
+            log.info("reclaim", device=self.log.path, index=index, files=[i for i, _ in entry.targets], bytes=freed)
+        return indexes
+
+    def fence(self, entry: fmt.FenceEntry) -> int | None:
+        """Log a FENCE (docs/reclaim.md); None, logging nothing, if that incarnation (or that
+        damaged slot's bytes) is fenced already: a repeat would change nothing."""
+        if entry.incarnation == 0:
+            earlier = self.namespace.fenced_damage.get((entry.slot, entry.heartbeat))
+        else:
+            earlier = self.namespace.fenced.get((entry.system_uuid, entry.incarnation))
+        if earlier is not None:
+            log.info("already_fenced", device=self.log.path, slot=entry.slot, host=str(entry.system_uuid),
+                     incarnation=entry.incarnation, index=earlier)
+            return None
+        index = self._next_index()
+        self._check(index, entry)
+        self._append([entry])
+        log.info("fence", device=self.log.path, index=index, slot=entry.slot, host=str(entry.system_uuid),
+                 incarnation=entry.incarnation, reason=entry.reason.name.lower(), heartbeat=entry.heartbeat,
+                 applied=entry.applied)
+        return index
 
     def rmdir(self, relpath: str) -> int:
         """Log an RMDIR of a live, empty directory (docs/format.md)."""

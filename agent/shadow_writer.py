@@ -380,9 +380,12 @@ class ShadowTree:
             built_fd, found_fd = os.open(name, flags, dir_fd=src_fd), os.open(name, flags, dir_fd=dst_fd)
             try:
                 for child in os.listdir(built_fd):
-                    if not self._place_new(child, f"{relpath}/{child}", None, src_fd=built_fd, dst_fd=found_fd,
-                                           dst_name=child):
-                        self._merge_built(built_fd, found_fd, child, f"{relpath}/{child}")
+                    if _renameat2(built_fd, child.encode(), found_fd, child.encode(), RENAME_NOREPLACE) == 0:
+                        continue
+                    if (failure := ctypes.get_errno()) != errno.EEXIST:
+                        raise ShadowError(failure, f"shadow {self.root}: cannot move {relpath}/{child} in: "
+                                                   f"{os.strerror(failure)}")
+                    self._merge_built(built_fd, found_fd, child, f"{relpath}/{child}")
                 with contextlib.suppress(PermissionError):  # not root: _make_dir has said so
                     os.fchown(found_fd, built.st_uid, built.st_gid)
                 os.fchmod(found_fd, stat.S_IMODE(built.st_mode))
@@ -473,6 +476,17 @@ class ShadowTree:
         self.units.claim(entry.all_extents())
         return Outcome.APPLIED
 
+    def _duplicate(self, index: int, relpath: str, famfs_log: FamfsLog) -> Outcome:
+        """The follower's policy for rule path_free when the name has the same kind (a file over a
+        file, a directory over a directory): the first entry wins, as upstream's readers keep it;
+        this one is skipped with a warning (fsck lists it). Another kind is rejected."""
+        first = self.dirs.get(relpath)
+        if first is None:
+            first = self.live_file_index(famfs_log, relpath, index)
+        log.warning("duplicate_path", index=index, path=relpath, first_index=first,
+                    note="the first entry wins, as upstream; this one is ignored")
+        return Outcome.DUPLICATE
+
     def _take_ahead_file(self, index: int, entry: fmt.FileEntry) -> None:
         """A shadow file no earlier entry made, at the path of FILE entry `index`: upstream's CLI
         writes the YAML of what it just logged itself, in place, maybe before this agent plays the
@@ -488,17 +502,6 @@ class ShadowTree:
                                             "logs, and no earlier entry made it")
         os.rename(self._stage_file(made), relpath, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
         log.info("ahead_written_accepted", index=index, path=relpath, kind="file", whole=found == made)
-
-    def _duplicate(self, index: int, relpath: str, famfs_log: FamfsLog) -> Outcome:
-        """The follower's policy for rule path_free when the name has the same kind (a file over a
-        file, a directory over a directory): the first entry wins, as upstream's readers keep it;
-        this one is skipped with a warning (fsck lists it). Another kind is rejected."""
-        first = self.dirs.get(relpath)
-        if first is None:
-            first = self.live_file_index(famfs_log, relpath, index)
-        log.warning("duplicate_path", index=index, path=relpath, first_index=first,
-                    note="the first entry wins, as upstream; this one is ignored")
-        return Outcome.DUPLICATE
 
     def apply_mkdir(self, index: int, entry: fmt.MkdirEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath
@@ -530,9 +533,6 @@ class ShadowTree:
 
     def _make_dir(self, index: int, entry: fmt.MkdirEntry, name: str, dir_fd: int) -> None:
         os.mkdir(name, 0o700, dir_fd=dir_fd)
-        self._set_dir_attributes(index, entry, name, dir_fd)
-
-    def _set_dir_attributes(self, index: int, entry: fmt.MkdirEntry, name: str, dir_fd: int) -> None:
         # chown before chmod: the mode then holds exactly, setgid and sticky included, no umask.
         try:
             os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd)
@@ -544,11 +544,18 @@ class ShadowTree:
         os.chmod(name, entry.mode & 0o7777, dir_fd=dir_fd)
 
     def _own_dir(self, index: int, entry: fmt.MkdirEntry, relpath: str) -> None:
-        """Set the logged mode and owner on a directory found at a MKDIR's path (see above)."""
-        st = os.lstat(relpath, dir_fd=self._root_fd)
-        if stat.S_IMODE(st.st_mode) == entry.mode & 0o7777 and (st.st_uid, st.st_gid) == (entry.uid, entry.gid):
-            return
-        self._set_dir_attributes(index, entry, relpath, self._root_fd)
+        """Set the logged mode and owner on a directory found at a MKDIR's path (see above), as
+        _make_dir sets them on its own."""
+        fd = os.open(relpath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
+        try:
+            st = os.fstat(fd)
+            if stat.S_IMODE(st.st_mode) == entry.mode & 0o7777 and (st.st_uid, st.st_gid) == (entry.uid, entry.gid):
+                return
+            with contextlib.suppress(PermissionError):  # not root: _make_dir has said so
+                os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode & 0o7777)
+        finally:
+            os.close(fd)
         log.info("ahead_written_accepted", index=index, path=relpath, kind="directory",
                  mode_found=f"{stat.S_IMODE(st.st_mode):04o}", owner_found=f"{st.st_uid}:{st.st_gid}")
 
@@ -675,15 +682,12 @@ class ShadowTree:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None] | None, src_fd: int | None = None,
-                   dst_fd: int | None = None, dst_name: str | None = None) -> bool:
-        """Rename staged `temp` (in staging/, or in directory `src_fd`) to root/`relpath` (or to
-        `dst_name` in directory `dst_fd`) unless that name exists: then False, and `temp` is
-        discarded with `discard` (os.unlink or os.rmdir; None leaves it to the next run, which
-        empties staging/)."""
+    def _place_new(self, temp: str, relpath: str, discard: Callable[..., None] | None, src_fd: int | None = None) -> bool:
+        """Rename staged `temp` (in staging/, or in directory `src_fd`) to root/`relpath` unless
+        that name exists: then False, and `temp` is discarded with `discard` (os.unlink or
+        os.rmdir; None leaves it to the next run, which empties staging/)."""
         src_fd = self._staging_fd if src_fd is None else src_fd
-        dst_fd, target = (self._root_fd, relpath) if dst_fd is None or dst_name is None else (dst_fd, dst_name)
-        if _renameat2(src_fd, temp.encode(), dst_fd, target.encode(), RENAME_NOREPLACE) == 0:
+        if _renameat2(src_fd, temp.encode(), self._root_fd, relpath.encode(), RENAME_NOREPLACE) == 0:
             return True
         failure = ctypes.get_errno()
         if discard is not None:

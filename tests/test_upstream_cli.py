@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.shadow_writer import ShadowError, ShadowTree
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.shadowyaml import emit_file_yaml
@@ -325,3 +326,42 @@ def test_ro_namespace_option_and_negative_timeout(tmp_path: Path) -> None:
     assert resolved(toml="[mount]\nread_only_namespace = true\nnegative_timeout = 7.0\n") == (True, 7.0)
     assert resolved("rw_namespace", toml="[mount]\nread_only_namespace = true\n") == (False, 3600.0)
     assert cli.fsname("/dev/x,y\\z") == "/dev/x\\,y\\\\z"
+
+
+def built_with_ahead_writes(tmp_path: Path, uuid_file: Path, top: bytes | None = None) -> Path:
+    """A first play (built in staging/) while upstream's CLI writes the shadow of the same entries
+    into root/: a directory with its own mode, a whole YAML, half a YAML and `top` (default: the
+    agent's own bytes). The shadow dir; ShadowError from finish_build if the merge refuses."""
+    image = make_device(tmp_path, uuid_file)
+    entries = [mkdir_entry("d", mode=0o750, uid=3, gid=4), file_entry("d/f", 0), file_entry("d/g", 1),
+               file_entry("top", 2)]
+    append(image, entries)
+    shadow = tmp_path / "shadow"
+    with ShadowTree(shadow) as tree, Device(image) as device:
+        famfs_log = FamfsLog(device)
+        tree.reset(famfs_log.superblock, str(image))
+        tree.begin_build()
+        for index, entry in enumerate(entries):
+            tree.apply(index, entry, famfs_log)
+        root = shadow / "root"
+        os.mkdir(root / "d", 0o700)
+        write_in_place(root / "d/f", emit_file_yaml(entries[1]))
+        write_in_place(root / "d/g", emit_file_yaml(entries[2])[:50])
+        write_in_place(root / "top", emit_file_yaml(entries[3]) if top is None else top)
+        tree.finish_build()
+    return shadow
+
+
+def test_a_first_play_merges_what_was_written_ahead(tmp_path: Path, system_uuid_file: Path) -> None:
+    root = built_with_ahead_writes(tmp_path, system_uuid_file) / "root"
+    made = (root / "d").stat()
+    assert (stat.S_IMODE(made.st_mode), made.st_uid, made.st_gid) == (0o750, 3, 4)  # the logged ones
+    assert (root / "d/f").read_bytes() == emit_file_yaml(file_entry("d/f", 0))
+    assert (root / "d/g").read_bytes() == emit_file_yaml(file_entry("d/g", 1))
+    assert (root / "top").read_bytes() == emit_file_yaml(file_entry("top", 2))
+    assert sorted(os.listdir(root / "d")) == ["f", "g"]
+
+
+def test_a_first_play_refuses_what_differs(tmp_path: Path, system_uuid_file: Path) -> None:
+    with pytest.raises(ShadowError, match="'top' appeared behind the agent's back"):
+        built_with_ahead_writes(tmp_path, system_uuid_file, top=b"---\nnot what the log says\n")

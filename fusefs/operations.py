@@ -35,7 +35,6 @@ import trio
 
 from famfs import format as fmt
 from famfs import shadowdir
-from famfs.shadowdir import read_state
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
 from fusefs.datapath import DataError
@@ -255,7 +254,7 @@ class FamfsOperations(pyfuse3.Operations):
     def _agent_behind(self) -> bool:
         """This host's agent follows the log and has not yet played all of it (its cursor in
         state.json, saved after each batch, against the log's next_index)."""
-        state = read_state(os.fsdecode(self.shadow_dir))
+        state = shadowdir.read_state(os.fsdecode(self.shadow_dir))
         if state is None or not state.following or state.stalled_at is not None:
             return False
         return state.applied_index + 1 < self.devices.served.famfs_log.next_index()

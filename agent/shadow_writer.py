@@ -458,8 +458,7 @@ class ShadowTree:
             if index <= self._resume_horizon and self.read_tree_file(relpath) == emit_file_yaml(entry):
                 self.units.claim(entry.all_extents())
                 return Outcome.PRESENT
-            if self._build_view is None and self.live_file_index(famfs_log, relpath, index) is None:
-                self._take_ahead_file(index, entry)  # no earlier entry made it: written ahead of us
+            if self._build_view is None and self._ahead_file(index, entry, famfs_log):
                 self.units.claim(entry.all_extents())
                 return Outcome.APPLIED
             return self._duplicate(index, relpath, famfs_log)
@@ -472,7 +471,7 @@ class ShadowTree:
         elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
             # The rules found the name free, and it has appeared since: upstream's CLI writing
             # the entry's YAML at this moment, or else damage.
-            self._take_ahead_file(index, entry)
+            self._ahead_file(index, entry, famfs_log, earlier_checked=True)
         self.units.claim(entry.all_extents())
         return Outcome.APPLIED
 
@@ -487,21 +486,30 @@ class ShadowTree:
                     note="the first entry wins, as upstream; this one is ignored")
         return Outcome.DUPLICATE
 
-    def _take_ahead_file(self, index: int, entry: fmt.FileEntry) -> None:
-        """A shadow file no earlier entry made, at the path of FILE entry `index`: upstream's CLI
-        writes the YAML of what it just logged itself, in place, maybe before this agent plays the
-        entry. If it is what the agent writes for the entry, byte for byte (or a prefix of it:
-        the CLI may be mid-write), it is that entry played: the agent's own copy is renamed over
-        it (atomic; the CLI's bytes are never served half-written by the agent's tree). Anything
-        else is damage: ShadowError, and the tree is rebuilt."""
+    def _ahead_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog, *,
+                    earlier_checked: bool = False) -> bool:
+        """A shadow file at the path of FILE entry `index`, which the rules found taken: True if
+        it is this entry written ahead of the agent (upstream's CLI writes the YAML of what it
+        just logged itself, in place, maybe before the agent plays the entry); False if an
+        earlier entry made it (a duplicate path). It is this entry if it holds what the agent
+        writes for it, byte for byte: no earlier live file can (its units would be taken, and the
+        rules found them free); or a prefix of it (the CLI mid-write) where no earlier entry
+        made the path (`earlier_checked`: the rules said so already). Then the agent's own copy
+        is renamed over it (atomic). A file no earlier entry made that is anything else is
+        damage: ShadowError, and the tree is rebuilt."""
         relpath = entry.relpath
         made = emit_file_yaml(entry)
         found = self.read_tree_file(relpath)
-        if found is None or not made.startswith(found):
-            raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} is not what log entry {index} "
-                                            "logs, and no earlier entry made it")
+        ahead = found == made or (found is not None and made.startswith(found) and (
+            earlier_checked or self.live_file_index(famfs_log, relpath, index) is None))
+        if not ahead:
+            if earlier_checked or self.live_file_index(famfs_log, relpath, index) is None:
+                raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} is not what log entry {index} "
+                                                "logs, and no earlier entry made it")
+            return False
         os.rename(self._stage_file(made), relpath, src_dir_fd=self._staging_fd, dst_dir_fd=self._root_fd)
         log.info("ahead_written_accepted", index=index, path=relpath, kind="file", whole=found == made)
+        return True
 
     def apply_mkdir(self, index: int, entry: fmt.MkdirEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath

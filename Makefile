@@ -1,4 +1,4 @@
-# famfs-agent: `make demo` and `make test` work on a fresh Debian machine; they install what they need.
+# famfs-agent: `make demo`, `make test` and `make test-quick` work on a fresh Debian machine; they install what they need.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd r
 # and Debian's kubernetes-client when no kubectl is on PATH (tests render deploy/kubernetes with it)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps install bytecode demo test bench bench-quick clean
+.PHONY: deps install bytecode demo test test-quick bench bench-quick clean
 
 deps: $(VENV)/.deps
 $(VENV)/.deps:
@@ -37,6 +37,10 @@ demo: bytecode
 
 test: bytecode
 	$(PY) -m pytest -q
+
+# The quick tier (tests/conftest.py, QUICK_MODULES): in-process only, a minute at most.
+test-quick: bytecode
+	$(PY) -m pytest -q -m quick
 
 bench: bytecode
 	$(PY) -m bench

@@ -38,7 +38,8 @@ HEALTH_POLL_S = 0.01  # how often `health` re-reads the cursor while it waits fo
 def play_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="famfs-agent", description="Play the famfs log into the shadow tree; with --follow, keep following it. "
-        "`famfs-agent status` reports on a shadow tree.")
+        "`famfs-agent status` reports on a shadow tree; `famfs-agent health` probes a following agent (one JSON "
+        "line, exit 0 healthy).")
     parser.add_argument("device", metavar="DEVICE", nargs="?", help="devdax, pmem or image file (default: [agent] device)")
     parser.add_argument("--follow", action="store_true", help="keep applying new entries until SIGTERM/SIGINT")
     parser.add_argument("--shadow", help="shadow directory (default: [agent] shadow)")

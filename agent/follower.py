@@ -11,6 +11,7 @@ happened.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
-from famfs import service
+from famfs import madedirs, service
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -75,17 +76,24 @@ class Follower:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.waiter = Waiter()
+        made = madedirs.missing(self.tree.base)  # a start that fails takes back what it made
+        code, locked = EXIT_UNUSABLE, False
         try:
             try:
                 self.tree.open()
             except ShadowError as err:
                 log.error("shadow_unusable", error=str(err))
                 return EXIT_UNUSABLE
-            return self._follow() if self.following else self._once()
+            locked = True
+            code = self._follow() if self.following else self._once()
+            return code
         finally:
             self.waiter.close()
             self.waiter = None
+            if code != EXIT_OK and made and locked and self.tree.read_agent_file(STATE_FILE) is None:
+                shutil.rmtree(self.tree.base, ignore_errors=True)  # made by this run, never played: all ours
             self.tree.close()
+            madedirs.undo(made)
             if self.device is not None:
                 self.device.close()
             for sig, handler in previous.items():

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import structlog
 
-from famfs import config, progress
+from famfs import config
 
 FORMATS = config.LOG_FORMATS
 LEVELS = config.LOG_LEVELS
@@ -28,6 +28,8 @@ class _Printer:
     at the time (a test's capture, a daemon's log file), never to one bound when configured."""
 
     def msg(self, message: str) -> None:
+        from famfs import progress  # here, not at the top: progress logs through get_logger
+
         progress.clear_bar()
         print(message, file=sys.stderr, flush=True)
 
@@ -56,7 +58,44 @@ class _Handler(logging.Handler):
             self.handleError(record)
 
 
+_quiet: Any = None  # the unconfigured library's logger, made on first use
+
+
+def _library_default() -> Any:
+    global _quiet
+    if _quiet is None:
+        _quiet = structlog.wrap_logger(
+            _Printer(),
+            processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                        structlog.processors.format_exc_info,
+                        structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"],
+                                                              drop_missing=True)],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    return _quiet
+
+
+class LibraryLogger:
+    """structlog's logger `name` once the program configured structlog (`configure`, or its own
+    `structlog.configure`); until then warnings and errors only, on stderr, never stdout."""
+
+    __slots__ = ("_configured",)
+
+    def __init__(self, name: str) -> None:
+        self._configured = structlog.get_logger(name)
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(self._configured if structlog.is_configured() else _library_default(), method)
+
+
+def get_logger(name: str) -> Any:
+    """The logger of a famfs module (see the module's docstring for where its lines go)."""
+    return LibraryLogger(name)
+
+
 def configure(log_format: str = "console", level: str = "info") -> None:
+    """Every famfs log line from now on: `log_format` "console" (key=value) or "json", one event a
+    line on stderr, `level` and above. The CLIs call it first; a program using famfs as a library
+    calls it to see famfs's info events (by default it sees warnings and errors only)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if log_format == "json" else
         structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"], drop_missing=True))

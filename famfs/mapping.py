@@ -27,6 +27,7 @@ import errno
 import mmap
 import os
 import stat
+import time
 import weakref
 from types import TracebackType
 
@@ -47,6 +48,10 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 MAP_FIXED = 0x10  # <sys/mman.h>; Python's mmap module does not export it
 PROT_NONE = 0  # neither is PROT_NONE
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+# open(wait=): the shadow file is looked for again after these pauses, doubling (a file the
+# master just logged shows within milliseconds when the agent follows; no busy spin meanwhile).
+WAIT_FIRST_PAUSE_S = 0.001
+WAIT_MAX_PAUSE_S = 0.05
 
 
 def _mmap(address: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
@@ -243,20 +248,41 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
         raise fmt.FormatError(f"{path}: {err}") from None
 
 
-def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None) -> MappedFile:
+def _awaited_shadow_entry(found: shadowdir.MountTarget, wait: float) -> fmt.FileEntry:
+    """_shadow_entry, looked for again until `wait` seconds passed: this host's agent shows a
+    file some milliseconds after the master logged it. The last FileNotFoundError if it never does."""
+    deadline = time.monotonic() + wait
+    pause = WAIT_FIRST_PAUSE_S
+    while True:
+        try:
+            return _shadow_entry(found)
+        except FileNotFoundError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, WAIT_MAX_PAUSE_S)
+
+
+def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.PathLike[str] | None = None,
+         wait: float = 0) -> MappedFile:
     """Map a famfs file from the device (docs/library.md).
 
     `path` is a path inside a famfs mount (the device is the one famfs-agent recorded for the
     mount's shadow dir, the extents those the mount serves), or, with `device`, a relpath read
     from that device's log: no mount and no agent needed. `mode` "r" maps read-only, "r+"
     writable (the size stays fixed). Every extent is checked against the device and its log
-    before anything is mapped.
+    before anything is mapped. `wait` (a path in a mount only): seconds to wait for this host's
+    agent to show a file it does not show yet (one the master just logged).
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: famfs files open as 'r' or 'r+' (a file's size is fixed)")
+    if wait < 0 or (wait and device is not None):
+        raise ValueError(f"wait={wait!r}: a number of seconds >= 0, for a path in a mount (with device=, "
+                         f"the log itself is read: a logged file is there at once)")
     if device is None:
         found = shadowdir.locate_in_mount(path)
-        device_path, relpath, entry = found.device, found.relpath, _shadow_entry(found)
+        device_path, relpath, entry = found.device, found.relpath, _awaited_shadow_entry(found, wait)
     else:
         device_path, relpath, entry = os.fspath(device), os.fspath(path).rstrip("/"), None
         try:

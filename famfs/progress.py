@@ -12,15 +12,14 @@ import sys
 import time
 from typing import TextIO
 
-import structlog
-
+from famfs import logsetup
 from famfs.units import format_rate, format_size
 
 DRAW_PERIOD_S = 0.2
 LOG_PERIOD_S = 5.0
 BAR_WIDTH = 30
 
-log = structlog.get_logger("famfs")
+log = logsetup.get_logger("famfs")
 _drawn: TextIO | None = None  # the stream holding a drawn bar, erased before any log line
 
 

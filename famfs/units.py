@@ -53,5 +53,14 @@ def format_size(size: int) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") + f" {unit}"
 
 
+def describe_size(size: int) -> str:
+    """`size` for a message: the human size, with the exact count where that one rounds (9 GiB,
+    1.33 GiB (1431655765 bytes), 512 bytes)."""
+    shown = format_size(size)
+    number, unit = shown.split(" ")
+    exact = unit.startswith("byte") or Fraction(number) * 1024 ** (IEC_STEPS.index(unit) + 1) == size
+    return shown if exact else f"{shown} ({size} bytes)"
+
+
 def format_rate(bytes_per_s: float) -> str:
     return f"{format_size(int(bytes_per_s))}/s"

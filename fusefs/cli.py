@@ -2,7 +2,7 @@
 
     famfs-fuse-mount [--shadow DIR] [--device DEV] [--config FILE] [-o OPTIONS] [--foreground] [--mkdir]
                      [--system-uuid-file F] [--metrics-address HOST:PORT] MOUNTPOINT
-    famfs-fuse-mount health [--timeout S] MOUNTPOINT     (fusefs/health.py)
+    famfs-fuse-mount health [--timeout S] [--config FILE] [MOUNTPOINT]     (fusefs/health.py)
 
 Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shadow), then the
 device named in the agent's `<shadow>/.agent/state.json`. Without --foreground it daemonizes and
@@ -39,7 +39,7 @@ import pyfuse3
 import structlog
 import trio
 
-from famfs import config, logsetup, service
+from famfs import config, logsetup, madedirs, service
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -102,7 +102,7 @@ class MountConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="famfs-fuse-mount", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="famfs-fuse-mount", description=__doc__.split("\n\n")[0], epilog=health.SUMMARY)
     p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="default: [mount] mountpoint")
     p.add_argument("--shadow", help="shadow directory kept by famfs-agent (default: [agent] shadow)")
     p.add_argument("--device", help="devdax, pmem or image file (default: [agent] device, then the agent's state.json)")
@@ -219,7 +219,9 @@ def check_shadow(shadow: str) -> str:
     return root
 
 
-def check_mountpoint(mountpoint: str, make: bool) -> None:
+def check_mountpoint(mountpoint: str, make: bool) -> list[Path]:
+    """Refuse an unusable mount point; with `make`, create it first. The directories created."""
+    made = madedirs.missing(mountpoint) if make else []
     if make:
         try:
             os.makedirs(mountpoint, mode=0o755, exist_ok=True)
@@ -235,6 +237,7 @@ def check_mountpoint(mountpoint: str, make: bool) -> None:
         raise UsageError(f"mount point {mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise UsageError(f"mount point {mountpoint}: already a mount point (unmount it first)")
+    return made
 
 
 def warnings_before_mounting(cfg: MountConfig) -> list[str]:
@@ -333,7 +336,8 @@ class Daemon:
             except RestError as err:
                 raise UsageError(str(err)) from None
             endpoints = Endpoints(self.table, ops.lookups, self.log_level, self.status,
-                                  {"fs_uuid": str(sb.fs_uuid), "device": self.cfg.device, "mountpoint": self.cfg.mountpoint})
+                                  lambda: {**devices.identity(), "device": self.cfg.device,
+                                           "mountpoint": self.cfg.mountpoint})
             metrics = self._metrics(ops, str(sb.fs_uuid))
             try:
                 # Signals are ours from before the mount exists: a SIGTERM at any moment unmounts.
@@ -548,6 +552,7 @@ def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = N
     args = parser().parse_args(argv)
     ready = None
     daemon: Daemon | None = None
+    made: list[Path] = []  # by --mkdir: taken back if the mount is refused
     try:
         try:
             cfg = resolve(args)
@@ -560,7 +565,7 @@ def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = N
         except IdentityError as err:
             print(f"famfs-fuse-mount: {err}", file=sys.stderr)
             return EXIT_IDENTITY
-        check_mountpoint(cfg.mountpoint, args.mkdir)
+        made = check_mountpoint(cfg.mountpoint, args.mkdir)
         for warning in warnings_before_mounting(cfg):
             print(f"famfs-fuse-mount: warning: {warning}", file=sys.stderr)
         famfs_log = open_device(cfg)
@@ -570,6 +575,7 @@ def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = N
         trio.run(daemon.run, ready)
     except UsageError as err:
         print(f"famfs-fuse-mount: {err}", file=sys.stderr)  # the log file, once daemonized
+        madedirs.undo(made)
         if ready is not None and not (daemon is not None and daemon.ready_sent):
             with contextlib.suppress(OSError):  # the waiting parent prints the reason too
                 os.write(ready, str(err).encode())

@@ -100,6 +100,11 @@ class DeviceCheck:
         self.retired: list[Served] = []  # generations whose mapping a reply still referenced
         self.lock = trio.Lock()  # one check at a time: each may open the device anew
 
+    def identity(self) -> dict[str, object]:
+        """What `/identity` reports (famfs-fuse-mount health): the file system served now, its
+        generation, and why nothing is served, if so (None when bytes are served)."""
+        return {"fs_uuid": self.served.fs_uuid(), "generation": self.served.generation, "refusal": self.refusal}
+
     def intact(self) -> bool:
         """Serving is allowed and the superblock is the served one (a cheap per-request check:
         it sees `mkfs --force` at once, before any new file can have been made)."""

@@ -1,4 +1,4 @@
-"""`famfs-fuse-mount health MOUNTPOINT`: is this mount serving, and serving the right device?
+"""`famfs-fuse-mount health [MOUNTPOINT]`: is this mount serving, and serving the right device?
 
 For an exec probe (docs/operations.md): one JSON line, exit 0 healthy, 1 unhealthy, 2 bad
 command line. Checks, in order (each needs the one before):
@@ -7,8 +7,9 @@ command line. Checks, in order (each needs the one before):
 - answering: the mount's root answers getxattr(user.famfs.shadow) within --timeout; a hung
              daemon cannot hang the probe (the call runs in a daemon thread)
 - daemon:    the daemon answers `/identity` on its REST socket `<shadow>/sock` within --timeout
-- device:    the device the daemon mapped still holds the file system it serves (re-made or
-             replaced under a running mount, it would serve another file system's bytes)
+- device:    the daemon serves bytes, and the device holds the file system it serves now (after
+             `mkfs --force` or a replaced image the mount switches to the new file system once
+             its agent has played it: unhealthy in between, healthy again after)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from famfs import config
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -30,7 +32,7 @@ from famfs.shadowdir import SHADOW_XATTR, SOCKET
 
 FSTYPE = "fuse.famfs"  # fusefs/cli.py mounts with subtype=famfs
 DEFAULT_TIMEOUT_S = 2.0
-EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
 MOUNTINFO = Path("/proc/self/mountinfo")
 T = TypeVar("T")
 
@@ -39,10 +41,14 @@ class Unhealthy(Exception):
     """A check failed; the message says why."""
 
 
+SUMMARY = "famfs-fuse-mount health [--timeout S] [--config FILE] [MOUNTPOINT] probes a mount: one JSON line, exit 0 healthy."
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="famfs-fuse-mount health", description="Probe a famfs FUSE mount: one JSON line; "
                                 "exit 0 healthy, 1 unhealthy.")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="default: [mount] mountpoint")
+    p.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"how long the mount and its daemon may take to answer (default {DEFAULT_TIMEOUT_S})")
     return p
@@ -117,6 +123,8 @@ def check(mountpoint: str, timeout_s: float) -> dict[str, object]:
         checks["daemon"] = "ok"
         answer.update(identity)
         device, served = str(identity.get("device")), str(identity.get("fs_uuid"))
+        if identity.get("refusal"):
+            raise Unhealthy(f"the mount serves no bytes: {identity['refusal']}")
         try:
             current = device_fs_uuid(device)
         except (DeviceError, fmt.FormatError) as err:
@@ -134,7 +142,16 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     if not args.timeout > 0:
         parser().error(f"--timeout {args.timeout}: must be > 0")
-    answer = check(os.path.abspath(args.mountpoint), args.timeout)
+    mountpoint = args.mountpoint
+    if mountpoint is None:
+        try:
+            mountpoint = config.load(args.config).mount.mountpoint
+        except config.ConfigError as err:
+            print(f"famfs-fuse-mount health: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        if not mountpoint:
+            parser().error("no MOUNTPOINT given and no [mount] mountpoint in the config")
+    answer = check(os.path.abspath(mountpoint), args.timeout)
     print(json.dumps(answer))
     sys.stdout.flush()
     return EXIT_HEALTHY if answer["healthy"] else EXIT_UNHEALTHY

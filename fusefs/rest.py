@@ -181,7 +181,9 @@ class Endpoints:
     lookups: LookupCounters
     log_level: RuntimeLogLevel
     status: Callable[[], str]
-    identity: dict[str, str]  # /identity (ours, for `famfs-fuse-mount health`): fs_uuid, device, mountpoint
+    # /identity (ours, for `famfs-fuse-mount health`): fs_uuid, generation, refusal, device, mountpoint;
+    # asked at each request: `mkfs --force` or a replaced image switches the served file system
+    identity: Callable[[], dict[str, object]]
 
     async def answer(self, request: Request) -> Response:
         if request.path == "/log_level":
@@ -199,7 +201,7 @@ class Endpoints:
         if request.path == "/status":
             return Response(200, f"{self.status()}\n")
         if request.path == "/identity":
-            return Response(200, json.dumps({**self.identity, "pid": os.getpid()}) + "\n", "application/json")
+            return Response(200, json.dumps({**self.identity(), "pid": os.getpid()}) + "\n", "application/json")
         return Response(404, "Not Found\n")
 
     def _log_level(self, request: Request) -> Response:

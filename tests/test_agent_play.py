@@ -135,3 +135,13 @@ def test_add_daxdev_entries_fill_the_daxdev_table(tmp_path: Path, system_uuid_fi
     result = run_agent("--shadow", shadow, image)
     assert result.returncode == 1 and f"daxdev UUID {second} is already in the table" in result.stderr
     assert json.loads((shadow / ".agent" / "daxdevs.json").read_text())["daxdevs"] == table
+
+
+def test_a_failed_start_takes_back_the_shadow_directory_it_made(tmp_path: Path, system_uuid_file: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(bytes(4 << 20))  # holds no famfs
+    (tmp_path / "there").mkdir()
+    shadow = tmp_path / "there" / "new" / "shadow"
+    done = subprocess.run([*AGENT, "--shadow", str(shadow), str(junk)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a famfs device" in done.stderr, done.stderr
+    assert not (tmp_path / "there" / "new").exists() and (tmp_path / "there").is_dir()  # only what it made

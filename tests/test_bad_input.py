@@ -283,7 +283,7 @@ def test_device_too_small(tmp_path: Path, system_uuid_file: Path) -> None:
     os.truncate(image, 10 * MIB)
     before = digest(image)
     done = famfsctl("mkfs", image, check=False)
-    assert done.returncode == 1 and f"{image}: 10485760 bytes is too small" in done.stderr
+    assert done.returncode == 1 and f"{image}: 10 MiB is too small" in done.stderr
     assert digest(image) == before
     fresh = tmp_path / "never.img"
     done = famfsctl("mkfs", "--size", "10m", fresh, check=False)

@@ -3,15 +3,18 @@ rm of many paths; options anywhere; sizes in human units; --version on every pro
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from famfs import logsetup, progress
+from famfs import format as fmt
+from famfs import logsetup, progress, units
 from famfs.master import copy
-from tests.famfsctl_util import digest, entries, famfsctl, file_bytes, make_image
+from tests.famfsctl_util import FAMFSCTL_TIMEOUT_S, digest, entries, famfsctl, file_bytes, make_image
+from tests.fuse_util import wait_for
 
 LONG_NAME = "n" * 70  # under data/tree/: a relpath over the format's 79 bytes
 
@@ -153,3 +156,62 @@ def test_progress_is_logged_when_not_on_a_terminal(monkeypatch: pytest.MonkeyPat
     line = capsys.readouterr().err
     assert "event='progress'" in line and "what='copying'" in line and "done='1 MiB'" in line and "total='4 MiB'" in line
     assert "eta=" in line and line.count("\n") == 1
+
+
+def test_double_dash_ends_the_options_of_every_command(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "dev.img")
+    (tmp_path / "-src").write_bytes(b"dash\n")
+    famfsctl("mkdir", "--device", image, "--", "-dash")
+    famfsctl("mkdir", "-p", "--device", image, "--", "-x/-y")
+    famfsctl("creat", "-s", "1m", "--device", image, "--", "-dash/-f")
+    famfsctl("creat", "-s", "1m", "--device", image, "--", "--device")  # an option's name, as a file name
+    famfsctl("cp", "--device", image, "--", tmp_path / "-src", "-x/-y/")
+    famfsctl("rm", "--device", image, "--", "--device")
+    assert file_bytes(image, "-x/-y/-src") == b"dash\n"
+    assert [entry.relpath for entry in entries(image)] == ["-dash", "-x", "-x/-y", "-dash/-f", "--device",
+                                                           "-x/-y/-src", "--device"]
+    done = famfsctl("mkdir", "--device", image, "--", check=False)
+    assert done.returncode == 2 and "required: PATH" in done.stderr
+
+
+def test_errors_give_sizes_in_human_units(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "dev.img")
+    done = famfsctl("creat", "-s", "9g", "--device", image, "big", check=False)
+    assert done.returncode == 1 and "cannot allocate 9 GiB: no free run of 9 GiB (free: 1014 MiB)" in done.stderr
+    assert units.describe_size(1431655765) == "1.33 GiB (1431655765 bytes)"  # rounded: the exact count too
+    assert units.describe_size(512) == "512 bytes"
+
+
+def interrupted(tmp_path: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """famfsctl -v ARGS, sent SIGINT once its first progress event shows the work under way."""
+    errors = tmp_path / "stderr"
+    with errors.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "famfs.master.famfsctl", "-v", *map(str, args)],
+                                   stdout=subprocess.PIPE, stderr=sink, text=True)
+    try:
+        wait_for(lambda: process.poll() is not None or "event='progress'" in errors.read_text(), "a progress event")
+        assert process.poll() is None, errors.read_text()
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=FAMFSCTL_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, errors.read_text())
+
+
+def test_an_interrupted_creat_or_cp_says_what_was_logged(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "dev.img", "8g")
+    done = interrupted(tmp_path, "creat", "-s", "6g", "-r", "-S", "5", "--device", image, "big")
+    assert done.returncode == 130 and done.stderr.splitlines()[-1] == "famfsctl creat: interrupted: big: nothing was logged"
+    assert entries(image) == []
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a", "b", "c"):
+        with (source / name).open("wb") as sparse:
+            sparse.truncate(2 << 30)
+    done = interrupted(tmp_path, "cp", "-r", "--device", image, source, "dest")
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == 130 and last.startswith("famfsctl cp: interrupted: "), done.stderr
+    files = sum(1 for entry in entries(image) if isinstance(entry, fmt.FileEntry))
+    assert f"{files} of 3 files and 1 directories were logged" in last

@@ -127,3 +127,15 @@ def test_statfs_reports_the_device(tmp_path: Path, tree: tuple[Path, Path]) -> N
         fs_after = os.statvfs(mount.mountpoint)
         assert fs_after.f_bfree == units.free_units - 5  # 9 MiB in 2 MiB units
         assert fs_after.f_ffree == fs.f_ffree - 1
+
+
+def test_a_refused_mount_takes_back_the_directories_its_mkdir_made(tmp_path: Path, tree: tuple[Path, Path]) -> None:
+    shadow, _ = tree
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(bytes(4 << 20))  # holds no famfs: the mount is refused after --mkdir made the mount point
+    (tmp_path / "there").mkdir()
+    mountpoint = tmp_path / "there" / "made" / "mnt"
+    done = subprocess.run([MOUNT_CLI, "--mkdir", "--shadow", str(shadow), "--device", str(junk), str(mountpoint)],
+                          capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 1 and "not a famfs device" in done.stderr, done.stderr
+    assert not (tmp_path / "there" / "made").exists() and (tmp_path / "there").is_dir()  # only what it made

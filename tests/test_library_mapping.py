@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy
@@ -297,3 +298,37 @@ def test_a_block_device_maps_like_the_image(tmp_path: Path, device: Path, system
             assert prng.first_mismatch(5, [mapped.buffer]) is None
     finally:
         subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=30)
+
+
+def test_open_waits_for_this_hosts_agent_to_show_a_file_the_master_just_logged(tmp_path: Path) -> None:
+    with Cluster(tmp_path / "cluster", size="2g", clients=1, namespaces=False) as cluster:
+        client = cluster.clients[0]
+        client.stop_agent()  # the client shows nothing new until its agent runs again
+        master = famfs.Master(cluster.image, system_uuid_file=cluster.master.uuid_file)
+        with master.create("late", 3) as new:
+            new.buffer[:] = b"abc"
+        path = client.view("late")
+        with pytest.raises(FileNotFoundError, match="no such famfs file"):
+            famfs.open(path)
+        with pytest.raises(FileNotFoundError, match="no such famfs file"):
+            famfs.open(path, wait=0.2)  # waited, then the same error
+        with pytest.raises(ValueError, match="wait="):
+            famfs.open("late", device=cluster.image, wait=1)  # the log is read: nothing to wait for
+        opened: list[famfs.MappedFile | BaseException] = []
+
+        def open_waiting() -> None:
+            try:
+                opened.append(famfs.open(path, wait=120))
+            except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+                opened.append(err)
+
+        waiter = threading.Thread(target=open_waiting)
+        waiter.start()
+        try:
+            client.start_agent()
+        finally:
+            waiter.join(timeout=180)
+        assert not waiter.is_alive()
+        assert isinstance(opened[0], famfs.MappedFile), opened
+        with opened[0] as mapped:
+            assert bytes(mapped.buffer) == b"abc"

@@ -12,7 +12,7 @@ import pytest
 
 import famfs
 from famfs import format as fmt
-from tests.famfsctl_util import digest, entries, famfsctl, file_bytes, make_image
+from tests.famfsctl_util import digest, entries, famfsctl, file_bytes, file_entries, make_image
 
 MiB = 1 << 20
 
@@ -130,3 +130,39 @@ def test_calls_reuse_the_replayed_log_only_while_nothing_else_wrote_it(
         famfsctl("mkdir", "--device", device, name + "2")
     master.mkdir("a")
     assert [e.relpath for e in entries(device)] == ["a2", "b2", "c2", "d2", "a"]
+
+
+LIBRARY_BATCH = """
+import sys
+import famfs
+
+master = famfs.Master(sys.argv[1])
+with master.batch():
+    master.mkdir("d")
+    for n in range(500):
+        with master.create(f"d/f{n}", 1) as new:
+            new.buffer[:] = b"x"
+famfs.logsetup.get_logger("famfs.test").warning("a warning is shown")
+famfs.logsetup.configure(level="info")  # asked for: info events from now on, on stderr
+master.mkdir("asked")
+"""
+
+
+def test_the_library_never_writes_stdout_and_logs_info_only_when_asked(tmp_path: Path, system_uuid_file: Path) -> None:
+    device = make_image(tmp_path / "dev.img", "2g")  # 500 files of one 2 MiB unit each
+    # stdout is a pipe nobody reads: a line per create there once filled it and blocked the batch.
+    process = subprocess.Popen([sys.executable, "-c", LIBRARY_BATCH, str(device)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.wait(timeout=300) == 0, process.stderr.read().decode()  # type: ignore[union-attr]
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert out == b""
+    lines = err.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert "level='warning' event='a warning is shown'" in lines[0]
+    assert "level='info' event='mkdir'" in lines[1] and "paths=['asked']" in lines[1]
+    assert len(file_entries(device)) == 500

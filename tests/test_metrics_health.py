@@ -263,10 +263,34 @@ def test_mount_health_sees_a_replaced_device(tmp_path: Path, system_uuid_file: P
     with Mount(shadow, image, mountpoint):
         code, answer = health(MOUNT_CLI, "health", mountpoint)
         assert code == 0 and answer["device"] == str(image), answer
+        served = answer["fs_uuid"]
         mkfs(str(image), uuid_file=system_uuid_file, force=True)  # a new file system under the mount
         code, answer = health(MOUNT_CLI, "health", mountpoint)
-        assert code == 1 and "now holds file system" in answer["checks"]["device"], answer  # type: ignore[index]
+        device_check = str(answer["checks"]["device"])  # type: ignore[index]
+        assert code == 1 and ("now holds file system" in device_check or "serves no bytes" in device_check), answer
+        # The agent plays the new file system: the mount switches to it, and health agrees.
+        play(image, shadow)
+        answer = until(lambda: health(MOUNT_CLI, "health", mountpoint), True, "the mount serving the re-made device")
+        assert answer["fs_uuid"] != served and answer["generation"] == 2, answer
     play(image, shadow)
     with Mount(shadow, image, mountpoint):  # remounted: healthy again
         code, answer = health(MOUNT_CLI, "health", mountpoint)
         assert code == 0, answer
+
+
+def test_health_is_in_the_help_and_the_mount_probe_reads_the_configured_mountpoint(
+        tmp_path: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for program in (AGENT, [MOUNT_CLI]):
+        done = subprocess.run([*program, "--help"], capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S)
+        assert done.returncode == 0 and " health" in done.stdout, done.stdout
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    play(image, shadow)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    config = tmp_path / "famfs-agent.toml"
+    config.write_text(f'[mount]\nmountpoint = "{mountpoint}"\n')
+    monkeypatch.setenv(env.AGENT_CONFIG, str(config))
+    with Mount(shadow, image, mountpoint):
+        code, answer = health(MOUNT_CLI, "health")
+        assert code == 0 and answer["mountpoint"] == str(mountpoint), answer

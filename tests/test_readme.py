@@ -1,10 +1,17 @@
-"""The README's "A host, by hand" block, its client block, then its Python block, run exactly as
-written in a fresh copy of the repository.
+"""The README's "A host, by hand" block, its client block (checked between its lines), then its
+Python block, run exactly as written in a fresh copy of the repository; and every command block of docs/*.md, run as written after the README's
+by-hand block, in the same shell, in a fresh copy of its own.
 
-The block names fixed paths (/var/tmp/famfs.img, /run/famfs/shadow, /mnt/famfs, and the mount's
-log in /var/log): it runs in a private mount namespace with a tmpfs over each of those
-directories, so neither this machine nor a concurrent run sees it. The copy holds every tracked file as it is in the worktree
-(uncommitted changes included) and none of its build products, so `make install` really installs.
+In docs/*.md a fenced block tagged `sh` is commands (run by bash, in one shell with the README's
+block, so `&` jobs and `kill %1` work across blocks) and one tagged `python` is a program (run by
+`.venv/bin/python` from the top of the copy, in order). Untagged blocks are synopses, diagrams and
+sample output, not run.
+
+The blocks name fixed paths (/var/tmp/famfs.img, /run/famfs/shadow, /mnt/famfs, the mount's log
+in /var/log, the host identity /opt/famfs/system_uuid): they run in a private mount namespace
+with a tmpfs over each of those directories, so neither this machine nor a concurrent run sees
+them. The copy holds every tracked file as it is in the worktree (uncommitted changes included)
+and none of its build products, so `make install` really installs.
 """
 
 from __future__ import annotations
@@ -17,9 +24,16 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
+RUN = ("sh", "python")
+# What a doc's blocks print, where they say what they print.
+DOC_OUTPUT = {"library.md": ["\n999\n", "\n13107200\n", "\n499999500000\n"]}
 BLOCK_TIMEOUT_S = 600  # make install (pip) is most of it
-PRIVATE_TMPFS = ("/var/tmp", "/var/log", "/run", "/mnt")  # /var/log: the mount daemon's log
+PRIVATE_TMPFS = ("/var/tmp", "/var/log", "/run", "/mnt", "/opt")  # /var/log: the mount's log; /opt: identity
 
 
 def readme_block() -> str:
@@ -27,6 +41,23 @@ def readme_block() -> str:
     found = re.search(r"^A host, by hand,.*?\n```\n(.*?)```\n", text, re.S | re.M)
     assert found, "README.md has no 'A host, by hand' block"
     return found[1]
+
+
+def readme_python_block() -> str:
+    found = re.search(r"^```python\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
+    assert found, "README.md has no Python block"
+    return found[1]
+
+
+def fresh_copy(target: Path) -> Path:
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # (a file deleted in the worktree but still tracked is left out)
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name, follow_symlinks=False)
+    return target
 
 
 CLIENT_UNMOUNT = "fusermount3 -u /mnt/client"  # the client block's line before which its mount is checked
@@ -94,45 +125,70 @@ def fresh_copy(target: Path) -> Path:
     return target
 
 
-def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
+def doc_blocks(doc: Path) -> list[tuple[str, str]]:
+    """The (language, text) of each block of `doc` that runs, in order."""
+    return [(language, text) for language, text in FENCE.findall(doc.read_text()) if language in RUN]
+
+
+def run_in_private_namespace(tmp_path: Path, script: str) -> str:
+    """`script` (bash, -e) from the top of a fresh copy, with private tmpfs mounts; its output.
+    Whatever it leaves running is ended: its process group and every mount daemon it announced."""
     clone = fresh_copy(tmp_path / "famfs-agent")
-    block = readme_block()
-    (tmp_path / "block.sh").write_text(block)
-    client_head, client_tail = readme_client_blocks()
-    (tmp_path / "client_head.sh").write_text(client_head)
-    (tmp_path / "client_check.py").write_text(CLIENT_CHECK)
-    (tmp_path / "client_tail.sh").write_text(client_tail)
-    (tmp_path / "block.py").write_text(readme_python_block())  # runs after the shell block, on its image
+    (tmp_path / "script.sh").write_text(script)
     mounts = " && ".join(f"mount -t tmpfs -o mode=1777 tmpfs {path}" for path in PRIVATE_TMPFS)
-    # -e: the first failing line fails the test; the block's own commands are untouched.
-    # One shell, as a reader's: the client block runs where the first left off (its venv active),
-    # checked between its lines; its `kill %1` is its own agent's job.
-    shell = (f". {tmp_path}/block.sh; . {tmp_path}/client_head.sh; .venv/bin/python {tmp_path}/client_check.py; "
-             f". {tmp_path}/client_tail.sh")
-    script = (f"{mounts} && cd {shlex.quote(str(clone))} && bash -ec {shlex.quote(shell)}"
-              f" && exec .venv/bin/python {shlex.quote(str(tmp_path / 'block.py'))}")
+    # -e: the first failing line fails the test; the blocks' own commands are untouched.
+    command = f"{mounts} && cd {shlex.quote(str(clone))} && exec bash -e {shlex.quote(str(tmp_path / 'script.sh'))}"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "FAMFS_"))}
     env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if ".venv" not in part)
-    process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
+    # Output to a file, not a pipe: an agent a block leaves running with `&` holds it open.
+    with (tmp_path / "output.log").open("w") as sink:
+        process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", command],
+                                   stdout=sink, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:
-        output, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
+        process.wait(timeout=BLOCK_TIMEOUT_S)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
+            process.wait()
+        output = (tmp_path / "output.log").read_text()
         # The mount daemon runs in its own session: end it by the pid it announced.
-        for pid in re.findall(r"famfs-fuse-mount: mounted \(pid (\d+)\)", output or ""):
+        for pid in re.findall(r"famfs-fuse-mount: mounted \(pid (\d+)\)", output):
             try:
                 os.kill(int(pid), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        try:
+            os.killpg(process.pid, signal.SIGTERM)  # an agent a block left running with `&`
+        except ProcessLookupError:
+            pass
     assert process.returncode == 0, output
+    return output
+
+
+def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
+    (tmp_path / "block.py").write_text(readme_python_block())  # runs after the shell blocks, on its image
+    (tmp_path / "client_check.py").write_text(CLIENT_CHECK)
+    client_head, client_tail = readme_client_blocks()
+    # One shell, as a reader's: the client block runs where the first left off (its venv active),
+    # checked between its lines; its `kill %1` is its own agent's job.
+    output = run_in_private_namespace(tmp_path, readme_block() + client_head + f".venv/bin/python {tmp_path / 'client_check.py'}\n"
+                                      + client_tail + f".venv/bin/python {tmp_path / 'block.py'}\n")
+    assert "client: every namespace change EPERM, the log unchanged" in output
     assert "famfs made" in output and "copied 3 files" in output
     assert "/mnt/famfs/data/sets/r1: 100 MiB (104857600 bytes) match seed 42" in output
     assert "fsck: clean" in output
-    assert "/mnt/client/data/sets/r1: 100 MiB (104857600 bytes) match seed 42" in output
-    assert "refused: only the master writes the log" in output
-    assert "client: every namespace change EPERM, the log unchanged" in output
     assert "1000000 499999500000" in output  # the Python block: its table written by Master, read back mapped
+
+
+@pytest.mark.parametrize("doc", sorted(doc for doc in DOCS.glob("*.md") if doc_blocks(doc)), ids=lambda doc: doc.name)
+def test_every_command_block_of_the_docs_runs_as_written(tmp_path: Path, doc: Path) -> None:
+    script = [readme_block()]
+    for number, (language, text) in enumerate(doc_blocks(doc)):
+        if language == "sh":
+            script.append(text)
+        else:  # from stdin: the copy's top is on sys.path, as in a python started there
+            (tmp_path / f"block{number}.py").write_text(text)
+            script.append(f".venv/bin/python - < {tmp_path / f'block{number}.py'}\n")
+    output = run_in_private_namespace(tmp_path, "".join(script))
+    for printed in DOC_OUTPUT.get(doc.name, []):
+        assert printed in output, output

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from famfs import format as fmt
 from famfs.rules import Units
+from famfs.units import describe_size
 
 GIB = 1 << 30
 
@@ -60,7 +61,8 @@ def allocate_contiguous(units: Units, size: int) -> fmt.Extent:
     count = max(1, fmt.round_up(size, units.unit) // units.unit)
     unit = units.find_free(count)
     if unit is None:
-        raise AllocError(f"no free run of {count * units.unit} bytes (free: {units.free_units * units.unit} bytes)")
+        raise AllocError(f"no free run of {describe_size(count * units.unit)} "
+                         f"(free: {describe_size(units.free_units * units.unit)})")
     return fmt.Extent(offset=unit * units.unit, length=count * units.unit)
 
 

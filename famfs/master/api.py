@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-import structlog
-
-from famfs import config, identity
+from famfs import config, identity, logsetup
 from famfs import format as fmt
 from famfs.device import map_alignment
 from famfs.mapping import MappedFile, map_file
@@ -25,7 +23,7 @@ from famfs.master.writer import MasterError
 
 __all__ = ["Master", "NewFile", "MasterError"]
 
-log = structlog.get_logger("famfs.master")
+log = logsetup.get_logger("famfs.master")
 
 
 class NewFile(MappedFile):

@@ -30,15 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from famfs import format as fmt
-from famfs import hosts
+from famfs import hosts, logsetup
 from famfs.compaction import CompactionRecord, CompactionState, read_record
 from famfs.famfslog import FamfsLog
 from famfs.rules import Namespace
 
-log = structlog.get_logger("famfsctl")
+log = logsetup.get_logger("famfsctl")
 
 STEPS = ("staged", "committed", "header_cleared", "copied", "header_written", "done")
 ZERO_CHUNK = 1 << 20

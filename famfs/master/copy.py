@@ -23,16 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from famfs import format as fmt
-from famfs import rules
+from famfs import logsetup, rules
 from famfs.master import alloc
 from famfs.master.writer import Created, MasterError, Ownership, Session, lookup
 from famfs.progress import Progress
 from famfs.units import format_size
 
-log = structlog.get_logger("famfsctl")
+log = logsetup.get_logger("famfsctl")
 
 COPY_PIECE = 1 << 20  # read a source this much at a time: memory stays flat for any file size
 PROBLEMS_SHOWN = 20  # a tree with thousands of bad names: the first ones say enough
@@ -47,6 +45,10 @@ class CopyRefused(MasterError):
         more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         super().__init__("\n".join(shown) + more + f"\nnothing copied: {len(problems)} "
                          f"problem{'s' if len(problems) != 1 else ''} found before writing")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT during a copy or a fill; the message says what was logged before it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,10 @@ def copy_in(current: Session, request: CopyRequest) -> CopyResult:
             else:
                 created.append(current.create(step.target, step.size, step.owner, layout=request.layout,
                                               fill=_blocks(step.source, step.size, progress), reuse=True))
+    except KeyboardInterrupt:
+        # Each entry is appended whole after its data: what was logged is what completed.
+        raise Interrupted(f"{len(created)} of {len(files)} files and {dirs} directories were logged; the rest "
+                          f"was not (run the same cp again: files of the same size are reused)") from None
     finally:
         progress.finish()
     result = CopyResult(created, len(files), dirs, total, plan.links_skipped, plan.specials_skipped)

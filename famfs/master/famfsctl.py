@@ -35,6 +35,7 @@ ROOT_NAMES = ("", ".", "/")
 VERIFY_PIECE = 1 << 20  # read a file this much at a time: memory stays flat for any file size
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
 
 
 class UsageError(Exception):
@@ -171,9 +172,17 @@ def cmd_creat(args: argparse.Namespace) -> int:
 
     try:
         reclaim.wait_for_space(device, attempt, args.settings.master.reclaim_wait, args.settings.master.reclaim_poll)
+    except KeyboardInterrupt:
+        raise copy.Interrupted(f"{relpath}: {'in the log' if logged(device, relpath) else 'nothing was logged'}") from None
     finally:
         progress.finish()
     return 0
+
+
+def logged(device: str, relpath: str) -> bool:
+    """Whether the log holds a file `relpath` now (after an interrupted creat: it may, or not)."""
+    with Device(device) as opened:
+        return relpath in writer.load(FamfsLog(opened)).files
 
 
 def counted(blocks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
@@ -401,10 +410,23 @@ def cmd_install_units(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+OPERAND_MARK = "\0"  # no command-line argument holds a NUL: a placeholder can never be a real one
+
+
+def _unmark(value: object, operands: dict[str, str]) -> object:
+    if isinstance(value, str):
+        return operands.get(value, value)
+    if isinstance(value, list):
+        return [_unmark(item, operands) for item in value]
+    return value
+
+
 class CommandParser(argparse.ArgumentParser):
     """A subcommand's parser: options may come between operands (`cp SRC --device DEV DEST`),
-    as coreutils allow. argparse's intermixed parsing calls parse_known_args itself: the flag
-    keeps that inner call the plain one."""
+    as coreutils allow, and `--` ends the options (`mkdir -- -dash`), as everywhere. argparse's
+    intermixed parsing calls parse_known_args itself: the flag keeps that inner call the plain
+    one. It also mishandles `--`, so each operand after it is handed over as a placeholder no
+    option can look like, and put back in the result."""
 
     _intermixing = False
 
@@ -412,11 +434,21 @@ class CommandParser(argparse.ArgumentParser):
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
         if self._intermixing or self._subparsers is not None:  # (a command with actions: `host list`)
             return super().parse_known_args(args, namespace)
+        given = list(sys.argv[1:] if args is None else args)
+        operands: dict[str, str] = {}
+        if "--" in given:
+            end = given.index("--")
+            for operand in given[end + 1:]:
+                operands[f"{OPERAND_MARK}{len(operands)}"] = operand
+            given = given[:end] + list(operands)
         self._intermixing = True
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            parsed, rest = self.parse_known_intermixed_args(given, namespace)
         finally:
             self._intermixing = False
+        for name, value in vars(parsed).items():
+            setattr(parsed, name, _unmark(value, operands))
+        return parsed, [str(_unmark(item, operands)) for item in rest]
 
 
 def add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -565,8 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (writer.MasterError, fmt.FormatError, fmt.EntryError, OSError, ValueError) as err:
         print("\n".join(f"famfsctl: {line}" for line in describe(err).splitlines()), file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 128 + 2
+    except KeyboardInterrupt as err:
+        print(f"famfsctl {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

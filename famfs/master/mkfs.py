@@ -11,6 +11,7 @@ from pathlib import Path
 from famfs import format as fmt
 from famfs.device import Device, DeviceError, capacity_uuid, probe
 from famfs.identity import Role, role_of, system_uuid
+from famfs.units import describe_size
 
 ZERO_CHUNK = 1 << 20
 
@@ -30,7 +31,7 @@ def create_image(path: str | os.PathLike[str], size: int) -> None:
     """A sparse regular file of `size` bytes: the emulated device."""
     with open(path, "ab") as image:
         if image.tell() > size:
-            raise DeviceError(errno.EEXIST, f"{path}: already {image.tell()} bytes, larger than --size {size}")
+            raise DeviceError(errno.EEXIST, f"{path}: already {describe_size(image.tell())}, larger than --size {describe_size(size)}")
         image.truncate(size)
 
 
@@ -54,8 +55,8 @@ def mkfs(
         raise ValueError(str(err)) from None
     info = probe(device_path)
     if info.size < minimum_device_size(log_len):
-        raise DeviceError(errno.ENOSPC, f"{device_path}: {info.size} bytes is too small: famfs with a "
-                          f"{log_len:#x}-byte log needs at least {minimum_device_size(log_len)} bytes")
+        raise DeviceError(errno.ENOSPC, f"{device_path}: {describe_size(info.size)} is too small: famfs with a "
+                          f"{describe_size(log_len)} log needs at least {describe_size(minimum_device_size(log_len))}")
     with Device(device_path, writable=True) as device, device.exclusive():
         holds_famfs, existing = _existing_famfs(device)
         if holds_famfs and not force:

@@ -18,10 +18,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import structlog
-
 from famfs import format as fmt
-from famfs import rules
+from famfs import logsetup, rules
 from famfs.device import DeviceError
 from famfs.famfslog import LogFullError
 from famfs.identity import NotMasterError
@@ -29,7 +27,7 @@ from famfs.master import alloc, writer
 from famfs.master.writer import MasterError, Ownership, Replayed, Session
 from famfs.namespace import NamespaceError, Owner
 
-log = structlog.get_logger("famfs-fuse-mount")
+log = logsetup.get_logger("famfs-fuse-mount")
 
 # The errno a file-system request gets when a rule refuses its entry (the rest: EINVAL).
 RULE_ERRNO: dict[str, int] = {

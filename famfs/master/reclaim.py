@@ -27,10 +27,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-import structlog
 
 from famfs import format as fmt
-from famfs import hosts, rules
+from famfs import hosts, logsetup, rules
 from famfs.compaction import LogLocation, read_record
 from famfs.config import MasterSettings
 from famfs.device import Device
@@ -40,7 +39,7 @@ from famfs.identity import require_master
 from famfs.master import writer
 from famfs.units import format_size
 
-log = structlog.get_logger("famfs-reclaimd")
+log = logsetup.get_logger("famfs-reclaimd")
 
 # A byte of the superblock region no one stores to (past the 200-byte struct, before the host
 # table): locked, never written. A lock, not data: it is this host's only.

@@ -24,18 +24,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from famfs import format as fmt
-from famfs import rules
+from famfs import logsetup, rules
 from famfs.device import Device
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
 from famfs.master import compact as compaction
-from famfs.units import format_size
+from famfs.units import describe_size, format_size
 
-log = structlog.get_logger("famfsctl")
+log = logsetup.get_logger("famfsctl")
 
 
 class MasterError(Exception):
@@ -237,7 +235,7 @@ class Session:
                 return (alloc.allocate_contiguous(self.namespace.units, size),), ()
             got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng)
         except alloc.AllocError as err:
-            message = f"{self.log.path}: cannot allocate {format_size(size)}: {err}"
+            message = f"{self.log.path}: cannot allocate {describe_size(size)}: {err}"
             if self.namespace.deleted:
                 raise self.space_held(message, max(size, 1)) from None
             raise MasterError(message, err) from None

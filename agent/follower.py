@@ -672,6 +672,12 @@ class Follower:
             if replaced:
                 return self._reopen("the device path names another file now")
         damage = self.tree.damage(self.state.applied_index, self.state.live_files, exact=True)
+        famfs_log = self.famfs_log
+        if damage is not None and famfs_log is not None and famfs_log.next_index() > self.state.applied_index + 1:
+            # Logged since the last poll (read after the count: an entry is appended before its
+            # YAML is written): upstream's CLI writes the shadow files of what it just logged
+            # itself, so the tree may hold them already. Only a shortfall is damage then.
+            damage = self.tree.damage(self.state.applied_index, self.state.live_files, exact=False)
         if damage is None:
             return False
         log.warning("shadow_damaged", shadow=str(self.tree.base), damage=damage, action="rebuilding the tree")

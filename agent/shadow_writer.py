@@ -473,11 +473,45 @@ class ShadowTree:
             names = [child.name for child in listing]
         for name in names:
             if not self._place_new(name, name, None, src_fd=self._tree_fd):
-                raise ShadowError(errno.EEXIST, f"shadow {self.root}: {name!r} appeared behind the agent's back")
+                self._merge_built(self._tree_fd, self._root_fd, name, name)
         os.close(self._tree_fd)
         self._tree_fd = self._root_fd
         os.rmdir(self._build, dir_fd=self._staging_fd)
         self._build = None
+
+    def _merge_built(self, src_fd: int, dst_fd: int, name: str, relpath: str) -> None:
+        """Move built `name` into directory `dst_fd`, where the name exists already: upstream's
+        CLI makes the shadow directories and files of what it logs itself, so they may be in
+        root/ before a first play moves its tree in. What is there is the entries played if it
+        is what the agent built: a directory (given the built one's logged mode and owner, its
+        built contents merged in), or a file holding the built bytes or a prefix of them (the
+        CLI mid-write: the built file replaces it). Anything else appeared behind the agent's
+        back: ShadowError, and the tree is rebuilt."""
+        built, found = os.lstat(name, dir_fd=src_fd), os.lstat(name, dir_fd=dst_fd)
+        if stat.S_ISDIR(built.st_mode) and stat.S_ISDIR(found.st_mode):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            built_fd, found_fd = os.open(name, flags, dir_fd=src_fd), os.open(name, flags, dir_fd=dst_fd)
+            try:
+                for child in os.listdir(built_fd):
+                    if _renameat2(built_fd, child.encode(), found_fd, child.encode(), RENAME_NOREPLACE) == 0:
+                        continue
+                    if (failure := ctypes.get_errno()) != errno.EEXIST:
+                        raise ShadowError(failure, f"shadow {self.root}: cannot move {relpath}/{child} in: "
+                                                   f"{os.strerror(failure)}")
+                    self._merge_built(built_fd, found_fd, child, f"{relpath}/{child}")
+                os.fchown(found_fd, built.st_uid, built.st_gid)  # the agent's, as built (docs/security.md)
+                os.fchmod(found_fd, stat.S_IMODE(built.st_mode))
+                os.setxattr(found_fd, DIR_XATTR, os.getxattr(built_fd, DIR_XATTR))
+            finally:
+                os.close(built_fd)
+                os.close(found_fd)
+            os.rmdir(name, dir_fd=src_fd)
+        elif stat.S_ISREG(built.st_mode) and stat.S_ISREG(found.st_mode) and \
+                read_shadow_file(name, src_fd).startswith(read_shadow_file(name, dst_fd)):
+            os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        else:
+            raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} appeared behind the agent's back")
+        log.info("ahead_written_accepted", path=relpath, kind="directory" if stat.S_ISDIR(built.st_mode) else "file")
 
     def _drop_build(self) -> None:
         assert self._build is not None
@@ -538,6 +572,9 @@ class ShadowTree:
                 self.units.claim(entry.all_extents())
                 self._own(index, entry)
                 return Outcome.PRESENT
+            if self._build_view is None and self._ahead_file(index, entry, famfs_log):
+                self.units.claim(entry.all_extents())
+                return Outcome.APPLIED
             return self._duplicate(index, relpath, famfs_log)
         self._own(index, entry)  # before its shadow file can be seen: a reader checks it against the map
         if self._build_view is not None:  # not visible before finish_build: made in place, no rename
@@ -547,8 +584,9 @@ class ShadowTree:
                 write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
             self._build_view.sent.add(relpath)
         elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
-            # The rules found the name free: something made it behind the agent's back.
-            raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a regular file")
+            # The rules found the name free, and it has appeared since: upstream's CLI writing
+            # the entry's YAML at this moment, or else damage.
+            self._ahead_file(index, entry, famfs_log, earlier_checked=True)
         self.units.claim(entry.all_extents())
         return Outcome.APPLIED
 
@@ -566,6 +604,34 @@ class ShadowTree:
         log.warning("duplicate_path", index=index, path=relpath, first_index=first,
                     note="the first entry wins, as upstream; this one is ignored")
         return Outcome.DUPLICATE
+
+    def _ahead_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog, *,
+                    earlier_checked: bool = False) -> bool:
+        """A shadow file at the path of FILE entry `index`, which the rules found taken: True if
+        it is this entry written ahead of the agent (upstream's CLI writes the YAML of what it
+        just logged itself, in place, maybe before the agent plays the entry); False if an
+        earlier entry made it (a duplicate path). It is this entry if it holds what the agent
+        writes for it, byte for byte: no earlier live file can (its units would be taken, and the
+        rules found them free); or a prefix of it (the CLI mid-write) where no earlier entry
+        made the path (`earlier_checked`: the rules said so already). Then the agent's own copy
+        is renamed over it (atomic). A file no earlier entry made that is anything else is
+        damage: ShadowError, and the tree is rebuilt."""
+        relpath = entry.relpath
+        made = emit_file_yaml(entry)
+        found = self.read_tree_file(relpath)
+        ahead = found == made or (found is not None and made.startswith(found) and (
+            earlier_checked or self.live_file_index(famfs_log, relpath, index) is None))
+        if not ahead:
+            if earlier_checked or self.live_file_index(famfs_log, relpath, index) is None:
+                raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} is not what log entry {index} "
+                                                "logs, and no earlier entry made it")
+            return False
+        self._own(index, entry)  # its units this entry's before its own copy is in place
+        temp = self._stage_file(made)
+        with safepath.parent_of(self._root_fd, relpath) as (parent, name):
+            os.rename(temp, name, src_dir_fd=self._staging_fd, dst_dir_fd=parent)
+        log.info("ahead_written_accepted", index=index, path=relpath, kind="file", whole=found == made)
+        return True
 
     def apply_mkdir(self, index: int, entry: fmt.MkdirEntry, famfs_log: FamfsLog) -> Outcome:
         relpath = entry.relpath
@@ -585,8 +651,11 @@ class ShadowTree:
         if not self._place_new(temp, relpath, os.rmdir):
             if not stat.S_ISDIR(safepath.lstat_beneath(self._root_fd, relpath).st_mode):
                 raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} exists but is not a directory")
-            # A directory no journal line accounts for can only be this entry's, made by a run
-            # killed before its journal line: the journal is exact up to the cursor.
+            # A directory no journal line accounts for is this entry's: made by a run killed
+            # before its journal line (the journal is exact up to the cursor), or by upstream's
+            # CLI, which makes the directory it just logged in the shadow itself (its umask may
+            # have changed the mode): the agent gives it the logged mode and owner.
+            self._own_dir(index, entry, relpath)
             self._add_dir(index, relpath)
             return Outcome.PRESENT
         self._add_dir(index, relpath)
@@ -603,6 +672,26 @@ class ShadowTree:
             os.setxattr(fd, DIR_XATTR, DirRecord(index, entry.mode & 0o7777, entry.uid, entry.gid).encode())
         finally:
             os.close(fd)
+
+    def _own_dir(self, index: int, entry: fmt.MkdirEntry, relpath: str) -> None:
+        """Make a directory found at a MKDIR's path (see above) the agent's, as _make_dir makes its
+        own: root's 0755, the logged mode and owner in its trusted xattr (docs/security.md). A
+        directory upstream's CLI made has the logged mode and owner on itself instead."""
+        record = DirRecord(index, entry.mode & 0o7777, entry.uid, entry.gid).encode()
+        fd = safepath.open_beneath(self._root_fd, relpath, safepath.DIR_OPEN)
+        try:
+            st = os.fstat(fd)
+            with contextlib.suppress(OSError):
+                if os.getxattr(fd, DIR_XATTR) == record and stat.S_IMODE(st.st_mode) == SHADOW_DIR_MODE \
+                        and st.st_uid == os.geteuid():
+                    return
+            os.fchown(fd, os.geteuid(), os.getegid())
+            os.fchmod(fd, SHADOW_DIR_MODE)
+            os.setxattr(fd, DIR_XATTR, record)
+        finally:
+            os.close(fd)
+        log.info("ahead_written_accepted", index=index, path=relpath, kind="directory",
+                 mode_found=f"{stat.S_IMODE(st.st_mode):04o}", owner_found=f"{st.st_uid}:{st.st_gid}")
 
     def _add_dir(self, index: int, relpath: str) -> None:
         self.dirs[relpath] = index

@@ -129,6 +129,9 @@ class MountSettings:
     fallback_rescan_s: float = setting(60.0, low=SECONDS_RANGE[0], high=SECONDS_RANGE[1])  # 0: never
     allow_other: bool = setting(False)
     read_only: bool = setting(False)
+    # famfs_fused's behaviour, for sites whose master tool is upstream's famfs CLI: namespace
+    # changes through the mount are refused on the master too (docs/fusefs.md, "Upstream's CLI on our mount").
+    read_only_namespace: bool = setting(False)
     metrics_address: str = setting("", address=True)  # HOST:PORT for Prometheus metrics; "" = off
     staging_mib: int = setting(256, low=0, high=1_048_576)  # master: new files' bytes held until their last close
     apply_wait_s: float = setting(10.0, low=0.1, high=3600.0)  # master: how long a change waits for the agent to play it

@@ -89,6 +89,7 @@ class MountConfig:
     rescan_s: float
     allow_other: bool
     read_only: bool
+    read_only_namespace: bool  # -o ro_namespace: no namespace changes here, the master's mount included
     foreground: bool
     log_file: str
     log_format: str
@@ -107,8 +108,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="devdax, pmem or image file (default: [agent] device, then the agent's state.json)")
     p.add_argument("--config", help=config.CONFIG_FLAG_HELP)
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated: ro, rw, allow_other, cache=direct|auto|always, timeout=S, "
-                        "negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
+                   help="comma-separated: ro, rw, allow_other, ro_namespace, rw_namespace, cache=direct|auto|always, "
+                        "timeout=S, negative_timeout=S, rescan=S (full-rescan period; 0 = never)")
     p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize; log to stderr")
     p.add_argument("--mkdir", action="store_true", help="create MOUNTPOINT (and its parents) if it does not exist")
     p.add_argument("--system-uuid-file", help=f"{SYSTEM_UUID_FLAG_HELP}; with an agent, its identity is used "
@@ -126,7 +127,8 @@ def resolve(args: argparse.Namespace) -> MountConfig:
     settings = config.load(args.config)
     mount = settings.mount
     values: dict[str, str | float | bool] = {"cache": mount.cache, "timeout": mount.timeout, "negative_timeout": mount.negative_timeout,
-              "rescan": mount.fallback_rescan_s, "allow_other": mount.allow_other, "ro": mount.read_only}
+              "rescan": mount.fallback_rescan_s, "allow_other": mount.allow_other, "ro": mount.read_only,
+              "ro_namespace": mount.read_only_namespace}
     for option in (item for group in args.options for item in group.split(",") if item):
         key, has_value, value = option.partition("=")
         if key in ("ro", "rw", "allow_other") and not has_value:
@@ -134,6 +136,8 @@ def resolve(args: argparse.Namespace) -> MountConfig:
                 values["allow_other"] = True
             else:
                 values["ro"] = key == "ro"
+        elif key in ("ro_namespace", "rw_namespace") and not has_value:
+            values["ro_namespace"] = key == "ro_namespace"
         elif key == "cache" and has_value:
             check_option("cache", value, option)
             values["cache"] = value
@@ -146,16 +150,22 @@ def resolve(args: argparse.Namespace) -> MountConfig:
             values[key] = seconds
         else:
             raise UsageError(f"-o {option}: unknown option; known: ro, rw, allow_other, cache=direct|auto|always, "
+                             "ro_namespace, rw_namespace, "
                              f"{', '.join(f'{name}=SECONDS' for name in SECONDS_OPTIONS)}")
     mountpoint = args.mountpoint or mount.mountpoint
     if not mountpoint:
         raise UsageError("no MOUNTPOINT given (and no [mount] mountpoint in the config)")
     shadow = os.path.abspath(args.shadow or settings.agent.shadow)
     device = args.device or settings.agent.device or device_from_state(shadow)
+    if values["ro_namespace"] and not negative_timeout_given(args.options, settings):
+        # famfs_fused caches no negative lookup, and upstream's CLI stats a path before it writes
+        # its shadow YAML and opens it: a cached "no such file" would hide the new file.
+        values["negative_timeout"] = 0.0
     return MountConfig(
         mountpoint=os.path.abspath(mountpoint), shadow=shadow, device=device, cache=str(values["cache"]),
         timeout=float(values["timeout"]), negative_timeout=float(values["negative_timeout"]),
         rescan_s=float(values["rescan"]), allow_other=bool(values["allow_other"]), read_only=bool(values["ro"]),
+        read_only_namespace=bool(values["ro_namespace"]),
         foreground=args.foreground, log_file=os.path.abspath(args.log_file),
         log_format=args.log_format or settings.host.log_format, log_level=args.log_level or settings.host.log_level,
         metrics_address=mount.metrics_address if args.metrics_address is None else args.metrics_address,
@@ -166,6 +176,12 @@ def resolve(args: argparse.Namespace) -> MountConfig:
 
 
 SECONDS_OPTIONS = {"timeout": "timeout", "negative_timeout": "negative_timeout", "rescan": "fallback_rescan_s"}
+
+
+def negative_timeout_given(options: Sequence[str], settings: config.Settings) -> bool:
+    """Whether negative_timeout was set on purpose (-o, or a key of the config file)."""
+    given = (item.partition("=")[0] for group in options for item in group.split(","))
+    return "negative_timeout" in given or "mount.negative_timeout" in settings.given
 
 
 def check_option(key: str, value: object, option: str) -> None:
@@ -244,12 +260,20 @@ def warnings_before_mounting(cfg: MountConfig) -> list[str]:
 def fuse_options(cfg: MountConfig) -> set[str]:
     # No max_read: pyfuse3 cannot set conn->max_read in init(), and libfuse refuses a mount
     # whose option and init() disagree. libfuse already negotiates 1 MiB requests (max_pages 256).
-    options = {"fsname=famfs", "subtype=famfs", "default_permissions"}
+    # The source is the device path, as famfs_fused's: upstream's CLI and tests find a mount by
+    # its device (`findmnt -S DEV`, /proc/mounts); the type stays fuse.famfs.
+    options = {f"fsname={fsname(cfg.device)}", "subtype=famfs", "default_permissions"}
     if cfg.read_only:
         options.add("ro")
     if cfg.allow_other:
         options.add("allow_other")
     return options
+
+
+def fsname(device: str) -> str:
+    """The device path as a FUSE option value: libfuse splits options at commas and takes a
+    backslash as an escape, so both are escaped."""
+    return os.path.abspath(device).replace("\\", "\\\\").replace(",", "\\,")
 
 
 # The collector's generation-0 threshold while the mount runs (CPython's default is 700). A
@@ -306,7 +330,8 @@ class Daemon:
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
                                  negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only,
                                  master=str(sb.system_uuid), staging_bytes=self.cfg.staging_mib << 20,
-                                 apply_wait_s=self.cfg.apply_wait_s)
+                                 apply_wait_s=self.cfg.apply_wait_s,
+                                 read_only_namespace=self.cfg.read_only_namespace)
             ops = FamfsOperations(self.table, devices, policy, os.fsencode(self.cfg.shadow), self.status, self.writer)
             await self._check_device()  # the state may already name another file system
             try:
@@ -359,7 +384,7 @@ class Daemon:
                      cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid(),
                      master_system_uuid=str(self.famfs_log.superblock.system_uuid),
                      system_uuid=str(self.identity.system_uuid or "none"), identity_from=self.identity.source,
-                     namespace="written here (master)" if self.writer is not None else "read-only here")
+                     namespace=namespace_mode(self.writer is not None, self.cfg.read_only_namespace))
             if ready is not None:
                 os.write(ready, READY)
                 os.close(ready)
@@ -504,11 +529,20 @@ def host_identity(cfg: MountConfig) -> HostIdentity:
                            Path(cfg.default_uuid_file), str(state_path(cfg.shadow)))
 
 
+def namespace_mode(writer: bool, read_only_namespace: bool) -> str:
+    """The `mounted` event's word on namespace changes through this mount."""
+    if writer:
+        return "written here (master)"
+    return "read-only here (ro_namespace)" if read_only_namespace else "read-only here"
+
+
 def master_writer(cfg: MountConfig, famfs_log: FamfsLog, identity: HostIdentity,
                   writer_for: WriterFactory | None) -> NamespaceWriter | None:
     """The namespace writer of a writable mount whose identity is the superblock's master; None
     anywhere else. The writer checks the identity file again at each change (require_master)."""
-    if writer_for is None or cfg.read_only or identity.role(famfs_log.superblock) is not Role.MASTER:
+    if writer_for is None or cfg.read_only or cfg.read_only_namespace:
+        return None
+    if identity.role(famfs_log.superblock) is not Role.MASTER:
         return None
     return writer_for(cfg.device, identity.uuid_file)
 

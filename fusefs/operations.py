@@ -47,9 +47,11 @@ from fusefs.staging import Staged, StagingArea, StagingFull
 
 log = structlog.get_logger("famfs-fuse-mount")
 
-SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)  # upstream's CLI (and famfsctl) find the shadow dir with it
-STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans
-USER_XATTRS = b"user."  # the only namespace served: the two above, on the root
+# Upstream's CLI (and famfsctl) find the shadow dir with it, asking on the path they are handed:
+# answered on every inode, as famfs_fused does.
+SHADOW_XATTR = os.fsencode(shadowdir.SHADOW_XATTR)
+STATUS_XATTR = b"user.famfs.status"  # one status line: inodes, notifications, rescans (the root only)
+USER_XATTRS = b"user."  # the only namespace served: the two above
 BLOCK_IO_SIZE = 1 << 20  # st_blksize: tools read in this size, the largest request libfuse negotiates
 NAME_MAX = 255
 # How often a handler that logged a change looks for famfs-agent's result in the shadow tree:
@@ -61,6 +63,9 @@ PIN_WAIT_S = 1.0  # the agent holds a pin file's LOCK_EX for microseconds: a pin
 # long for the lease before it is answered EIO: a restarted agent resumes in well under a second.
 LEASE_WAIT_S = 2.0
 LEASE_POLL_S = 0.005
+# How long a lookup of a name the shadow tree holds but the table does not serve (a YAML
+# upstream's CLI wrote ahead of this host's agent) waits for the agent to catch up with the log.
+AHEAD_WAIT_S = 1.0
 T = TypeVar("T")
 
 
@@ -89,6 +94,7 @@ class MountPolicy:
     master: str = "?"  # the system UUID of the master host (the superblock's), named when EPERM is explained
     staging_bytes: int = 0  # master: the bound on new files' bytes held until their last close
     apply_wait_s: float = 10.0  # master: how long a logged change may take to appear in the shadow tree
+    read_only_namespace: bool = False  # -o ro_namespace: refused on the master too (upstream's CLI writes the log)
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -204,6 +210,8 @@ class FamfsOperations(pyfuse3.Operations):
             return self._staged_attributes(staged)
         else:
             node = self.table.child(parent, name)
+            if node is None or not self._servable(node):
+                node = await self._from_shadow(parent, name)
         self.lookups.searches += 1
         if node is None:
             self.lookups.misses += 1
@@ -211,6 +219,61 @@ class FamfsOperations(pyfuse3.Operations):
         attrs = self._attributes(node)
         self.table.remember(node)
         return attrs
+
+    def _servable(self, node: Node) -> bool:
+        return node.is_dir or self.table.file_entry(node) is not None
+
+    async def _from_shadow(self, parent: Node, name: bytes) -> Node | None:
+        """A name the table does not serve: look at the shadow tree now, as famfs_fused reads
+        the shadow on every lookup. Upstream's CLI appends a file's entry, writes its YAML into
+        the shadow itself and opens the file through the mount at once, before inotify has told
+        the table. The path is taken in by the table's own `refresh`, so it passes every check a
+        watched change does. If the shadow holds something there that is still not served (a
+        YAML being written, or not yet the agent's) while this host's agent is behind the log,
+        wait for the agent, bounded by AHEAD_WAIT_S, and look again."""
+        relpath = parent.relpath + b"/" + name if parent.relpath else name
+        if self.table.child(parent, name) is None and not self._in_shadow(relpath):
+            return None  # the usual miss: one lstat
+        node = self._reread(parent, name, relpath)
+        deadline = trio.current_time() + AHEAD_WAIT_S
+        pause = APPLY_POLL_MIN_S
+        while self._unserved(node, relpath) and trio.current_time() < deadline:
+            # Whether the agent was behind is read before the look that follows: once it has
+            # played everything, one more look sees what it did, and that look is the answer.
+            behind = self._agent_behind()
+            if behind:
+                await trio.sleep(pause)
+                pause = min(2 * pause, APPLY_POLL_MAX_S)
+            node = self._reread(parent, name, relpath)
+            if not behind:
+                break
+        return node
+
+    def _reread(self, parent: Node, name: bytes, relpath: bytes) -> Node | None:
+        """refresh(relpath) into the table; the node it serves at that name now. What the kernel
+        must forget is sent, except about this very name: the reply to the lookup tells it."""
+        for notice in self.table.refresh(relpath):
+            if (notice.parent, notice.name) != (parent.ino, name):
+                self.spawn_notice(notice)
+        return self.table.child(parent, name) if parent.present else None
+
+    def _unserved(self, node: Node | None, relpath: bytes) -> bool:
+        """Whether the shadow holds something at relpath that the table does not serve."""
+        if node is not None:
+            return not self._servable(node)
+        return self._in_shadow(relpath)
+
+    def _in_shadow(self, relpath: bytes) -> bool:
+        """A file or directory at relpath in the shadow tree, no symlink on the way followed."""
+        return shadow_reader.signature_beneath(self.table.shadow_root, relpath) is not None
+
+    def _agent_behind(self) -> bool:
+        """This host's agent follows the log and has not yet played all of it (its cursor in
+        state.json, saved after each batch, against the log's next_index)."""
+        state = shadowdir.read_state(os.fsdecode(self.shadow_dir))
+        if state is None or not state.following or state.stalled_at is not None:
+            return False
+        return state.applied_index + 1 < self.devices.served.famfs_log.next_index()
 
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -309,6 +372,11 @@ class FamfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if node.present and self.table.file_entry(node) is None:
+            # Refused as last read: upstream's CLI may have just rewritten the YAML in place
+            # (truncate, write) and closed it, its last events not yet taken in: read it again.
+            for notice in self.table.refresh(node.relpath):
+                self.spawn_notice(notice)
         self._entry(node)
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
@@ -434,8 +502,9 @@ class FamfsOperations(pyfuse3.Operations):
             # security.*, system.posix_acl_*: not supported here. ls -l asks for two of them per
             # file (each a request); EOPNOTSUPP makes it stop asking on this file system.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        self._node(inode)
-        if inode == ROOT_INODE and name == SHADOW_XATTR:
+        if inode not in self.staging.by_ino:
+            self._node(inode)
+        if name == SHADOW_XATTR:
             return self.shadow_dir
         if inode == ROOT_INODE and name == STATUS_XATTR:
             return self.status().encode()
@@ -526,7 +595,12 @@ class FamfsOperations(pyfuse3.Operations):
         """EPERM for a change of the namespace; the first one is explained in the log."""
         if not self.denial_explained:
             self.denial_explained = True
-            if self.writer is None:
+            if self.policy.read_only_namespace:
+                log.warning("namespace_change_refused", errno="EPERM",
+                            why="this mount serves the namespace read-only (-o ro_namespace, as upstream's "
+                                "famfs_fused): files and directories are made and removed with the famfs CLI, "
+                                "which logs them; file data stays writable", master_system_uuid=self.policy.master)
+            elif self.writer is None:
                 log.warning("namespace_change_refused", errno="EPERM",
                             why="files and directories are created, truncated, renamed and removed only on the master "
                                 "host (famfsctl or its mount), which logs the change for every host; file data stays "
@@ -754,10 +828,21 @@ class FamfsOperations(pyfuse3.Operations):
         except OSError as err:
             log.error("pin failed", path=os.fsdecode(relpath), error=str(err))
             raise pyfuse3.FUSEError(errno.EIO) from None
-        if look and shadow_reader.signature(self.table.shadow_path(relpath)) != node.sig:
+        if look and not self._still_served(node):
             self.pins.drop(relpath)
             raise pyfuse3.FUSEError(errno.ENOENT)
         return relpath
+
+    def _still_served(self, node: Node) -> bool:
+        """The YAML at the node's path is the one served: the same shadow file, or one with the
+        same entry (the agent renames its own copy over a YAML upstream's CLI wrote ahead of it:
+        a new inode, the same file)."""
+        if shadow_reader.signature_beneath(self.table.shadow_root, node.relpath) == node.sig:
+            return True
+        try:
+            return shadow_reader.load_file(self.table.shadow_root, node.relpath, self.table.geometry) == node.entry
+        except (OSError, fmt.FormatError):
+            return False  # gone, or not a shadow file now
 
     def _new_fh(self) -> int:
         fh = self.next_fh

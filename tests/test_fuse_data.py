@@ -169,7 +169,7 @@ def test_only_user_xattrs_are_served(tmp_path: Path, device: Path) -> None:
                 os.getxattr(root / "file", name, follow_symlinks=False)
             assert unsupported.value.errno == errno.EOPNOTSUPP, name
         with pytest.raises(OSError) as absent:
-            os.getxattr(root / "file", "user.famfs.shadow")
+            os.getxattr(root / "file", "user.famfs.other")
         assert absent.value.errno == errno.ENODATA
         assert os.getxattr(root, "user.famfs.shadow") == os.fsencode(shadow)
         listing = subprocess.run(["ls", "-l", str(root)], capture_output=True, text=True, check=True, timeout=WAIT_S)

@@ -227,13 +227,16 @@ def test_a_mount_over_thousands_of_directories_watches_each_one(tmp_path: Path, 
     """Watches are really set up everywhere at start (the set-up used to be quadratic, so it is
     the code a fix would touch), and on directories that appear afterwards. rescan=0: only
     inotify can tell the mount about a change."""
-    shadow = empty_shadow(tmp_path / "shadow")
+    shadow = empty_shadow(tmp_path / "shadow", device)  # each directory logged and the agent's
     root = shadow / "root"
     for top in range(40):
+        put_dir(shadow, f"d{top:02}")
         for sub in range(50):
-            (root / f"d{top:02}" / f"s{sub:02}").mkdir(parents=True)
-    deepest = root / "deep" / "/".join(f"l{level:02}" for level in range(30))
-    deepest.mkdir(parents=True)
+            put_dir(shadow, f"d{top:02}/s{sub:02}")
+    chain = ["deep", *("q" * 30)]  # 30 levels below deep/, the file in it within famfs's 79-byte paths
+    for depth in range(1, len(chain) + 1):
+        put_dir(shadow, "/".join(chain[:depth]))
+    deepest = root / "/".join(chain)
     directories = sum(1 for _ in os.walk(root))  # 2,071, the root included
     with Mount(shadow, device, tmp_path / "mnt", "rescan=0") as mount:
         assert mount.process is not None
@@ -244,7 +247,7 @@ def test_a_mount_over_thousands_of_directories_watches_each_one(tmp_path: Path, 
             put_file(shadow, file_at(relpath, 0, size=10))
             wait_for(lambda relpath=relpath: exists(mounted / relpath), f"{relpath} created after the start")
             (root / relpath).unlink()
-        (root / "new").mkdir()
+        put_dir(shadow, "new")
         wait_for(lambda: exists(mounted / "new"), "a directory made after the start")
         assert not exists(mounted / "new" / "f")
         put_file(shadow, file_at("new/f", 1, size=20))

@@ -28,6 +28,7 @@ from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
 from famfs import hosts, madedirs, pins, rules, service
+from famfs.compaction import LogLocation, read_record
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -157,7 +158,12 @@ class Follower:
         previous = state
         if saved is not None and state is None:
             rebuild = rebuild or f"{STATE_FILE} is unreadable"  # said in the log: not a silent rebuild
-        reason = rebuild or self._rebuild_reason(state)
+        # A compaction replaced the log since the cursor (docs/reclaim.md): the same files under
+        # new log indexes. The tree is kept and reconciled with a play of the new log.
+        compacted = (rebuild is None and state is not None and state.fs_uuid == str(sb.fs_uuid)
+                     and state.log_epoch != self.famfs_log.location.epoch)
+        reason = rebuild or (f"the log was compacted (epoch {state.log_epoch} -> {self.famfs_log.location.epoch})"
+                             if compacted and state is not None else self._rebuild_reason(state))
         resumed = False
         # With no entry applied yet the tree is reset too: a run killed in the middle of a reset
         # leaves exactly that cursor behind.
@@ -175,11 +181,15 @@ class Follower:
             elif resumed and state.live_files is None:
                 state.live_files = self.tree.count_files()  # a state from before files were counted
         if not resumed:
-            if saved is not None and reason is not None:
+            if compacted:
+                log.info("log_compacted", device=self.device_path, reason=reason,
+                         action="the new log played and the tree reconciled with it: unchanged files stay")
+            elif saved is not None and reason is not None:
                 self.stats.rebuilds += 1
                 log.warning("rebuild", device=self.device_path, shadow=str(self.tree.base), reason=reason,
                             action="shadow tree emptied and the log replayed from entry 0")
-            state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid), live_files=0)
+            state = AgentState(device=self.state_device, fs_uuid=str(sb.fs_uuid), live_files=0,
+                               log_epoch=self.famfs_log.location.epoch)
             assert self.device is not None
             state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
             self._host_fields(previous, state)
@@ -187,7 +197,7 @@ class Follower:
             # First: a kill during the reset then restarts the reset, and a mount reading the
             # state stops serving the old device before the tree shows the new file system.
             self._save()
-            self.tree.reset(sb, self.device_path)
+            self.tree.reset(sb, self.device_path, keep_tree=compacted)
         assert state is not None
         self.state = state
         mine = HostIdentity(self.uuid_file, system_uuid(self.uuid_file, create=False), str(self.uuid_file))
@@ -266,7 +276,7 @@ class Follower:
         the record stored with heartbeat + 1, applied, the pin floor and `renewed_ns`."""
         assert self.member is not None and self.state is not None
         floor = self.deleted.pin_floor(pins.pins_dir(self.tree.base))
-        self.member.renew(renewed_ns, self.state.applied_index + 1, floor)
+        self.member.renew(renewed_ns, self.state.applied_index + 1, floor, self.state.log_epoch)
 
     def _rejoin(self, why: str) -> None:
         """Fenced, or the record lost: the tree those incarnations served is dropped (their
@@ -717,6 +727,8 @@ class Follower:
         state = self.state
         if self.device.read(0, fmt.SUPERBLOCK.size) != self.superblock_raw:
             return self._reopen("the superblock changed")
+        if self._log_moved():
+            return self._reopen("the log was compacted")  # _start reconciles the tree with the new log
         next_index = self.famfs_log.next_index()
         if next_index < state.applied_index + 1:
             return self._reopen(f"the log's next_index fell to {next_index}, below the cursor {state.applied_index}")
@@ -735,6 +747,16 @@ class Follower:
         state.next_index_seen = next_index
         self._play(next_index)
         return True
+
+    def _log_moved(self) -> bool:
+        """A compaction committed or finished since the log was opened (docs/reclaim.md): the
+        log is elsewhere now (the staging copy, then the fixed offset again), or another one."""
+        assert self.device is not None and self.famfs_log is not None
+        try:
+            record = read_record(self.device.map)
+        except fmt.FormatError:
+            return False  # a torn store of the master's: looked at again next poll
+        return LogLocation.of(record, self.famfs_log.superblock, self.device.size) != self.famfs_log.location
 
     def _reopen(self, why: str) -> bool:
         """The device changed under us: wait for a writer (mkfs) to finish, then start over."""

@@ -116,12 +116,14 @@ class Membership:
                           "another host's claim overwrote this slot")
             raise RecordLost(f"host slot {self.record.slot} holds {holder}")
 
-    def renew(self, renewed_ns: int, applied: int, pin_floor: int) -> None:
-        """Step 3's store: heartbeat + 1, what is applied and pinned, and when this pass began."""
+    def renew(self, renewed_ns: int, applied: int, pin_floor: int, log_epoch: int) -> None:
+        """Step 3's store: heartbeat + 1, what is applied and pinned (in log `log_epoch`), and when
+        this pass began."""
         assert self.record is not None
         if self.renewals_stopped:
             return
-        self.record = self.record.renewed(applied=applied, pin_floor=pin_floor, renewed_ns=renewed_ns)
+        self.record = self.record.renewed(applied=applied, pin_floor=pin_floor, renewed_ns=renewed_ns,
+                                          log_epoch=log_epoch)
         self.writer.store(self.record)
 
     def mark_fenced(self) -> None:

@@ -188,6 +188,7 @@ class ShadowTree:
         # Where entries are applied: root/, or the tree a first play builds in staging/.
         self._tree_fd = -1
         self._build: str | None = None  # that tree's name in staging/ while building
+        self._reconcile = False  # the build reconciles root/ instead of moving into an empty one
         self._creator: FileCreator | None = None  # the process making that tree's files
         self._build_view: _BuildView | None = None  # the rule book's view of that tree
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
@@ -275,14 +276,31 @@ class ShadowTree:
         except FileNotFoundError:
             return None
 
-    def reset(self, superblock: fmt.Superblock, device_path: str) -> None:
+    def reset(self, superblock: fmt.Superblock, device_path: str, *, keep_tree: bool = False) -> None:
         """Empty root/ (all but .meta) and the tables: the start of a rebuild. A root/ removed or
-        replaced behind the agent's back is made again first."""
+        replaced behind the agent's back is made again first. `keep_tree`: the tables only, root/
+        as it is: the next first play reconciles root/ with what it builds (a compacted log:
+        the same files, new log indexes; see finish_build)."""
         if self._build is not None:  # a first play that failed before moving in: start over
             self._drop_build()
         if self.root_replaced():
             os.close(self._root_fd)
             self._root_fd = self._tree_fd = _open_own_dir(self.root)
+        self._reconcile = keep_tree
+        if not keep_tree:
+            self._empty_root()
+        self.dirs = {"": -1}
+        self._live_files.clear()
+        self.write_agent_file(DIRS_JOURNAL, b"")
+        self._open_journal()
+        self.daxdevs = [self._primary_daxdev(superblock, device_path)]
+        self._save_daxdevs()
+        self.geometry = rules.Geometry.of(superblock)
+        self.units = rules.Units(self.geometry)
+        self._new_owners()
+        self._resume_horizon = -1
+
+    def _empty_root(self) -> None:
         with os.scandir(self.root) as listing:
             for child in listing:
                 if child.name == META_DIR:
@@ -294,16 +312,6 @@ class ShadowTree:
                     shutil.rmtree(self.staging / doomed)
                 else:
                     os.unlink(child.name, dir_fd=self._root_fd)
-        self.dirs = {"": -1}
-        self._live_files.clear()
-        self.write_agent_file(DIRS_JOURNAL, b"")
-        self._open_journal()
-        self.daxdevs = [self._primary_daxdev(superblock, device_path)]
-        self._save_daxdevs()
-        self.geometry = rules.Geometry.of(superblock)
-        self.units = rules.Units(self.geometry)
-        self._new_owners()
-        self._resume_horizon = -1
 
     def _new_owners(self) -> None:
         """A fresh owner map (the metadata's units held, every other free), replacing the file:
@@ -469,6 +477,9 @@ class ShadowTree:
         self._build_view = None
         if self.owners is not None:
             self.owners.flush()  # every file's owner set before any of them is in root/
+        if self._reconcile:
+            self._reconcile_dir(self._tree_fd, self._root_fd, "")
+            self._reconcile = False
         with os.scandir(self._tree_fd) as listing:
             names = [child.name for child in listing]
         for name in names:
@@ -478,6 +489,52 @@ class ShadowTree:
         self._tree_fd = self._root_fd
         os.rmdir(self._build, dir_fd=self._staging_fd)
         self._build = None
+
+    def _reconcile_dir(self, built_fd: int, found_fd: int, relpath: str) -> None:
+        """Make directory `found_fd` of root/ what the built directory holds, changing only what
+        differs (a compacted log: every file that is still there keeps its shadow file and so its
+        inode in the mount, its handles and mappings): a shadow file with the built bytes stays
+        and the built one is dropped; one that differs is replaced by the built one (a rename
+        over it); a name the built tree lacks is removed (a file deleted meanwhile); a directory
+        in both is reconciled in turn and given the built one's record. Built names left over are
+        moved in by the caller (finish_build's merge)."""
+        built = set(os.listdir(built_fd))
+        for name in os.listdir(found_fd):
+            if not relpath and name == META_DIR:
+                continue
+            path = f"{relpath}/{name}" if relpath else name
+            found = os.lstat(name, dir_fd=found_fd)
+            if name not in built:
+                self._remove_found(found_fd, name, found)
+                continue
+            made = os.lstat(name, dir_fd=built_fd)
+            if stat.S_ISDIR(made.st_mode) and stat.S_ISDIR(found.st_mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                inner_built, inner_found = os.open(name, flags, dir_fd=built_fd), os.open(name, flags, dir_fd=found_fd)
+                try:
+                    self._reconcile_dir(inner_built, inner_found, path)
+                    for child in os.listdir(inner_built):  # what only the new log has: moved in whole
+                        os.rename(child, child, src_dir_fd=inner_built, dst_dir_fd=inner_found)
+                    os.setxattr(inner_found, DIR_XATTR, os.getxattr(inner_built, DIR_XATTR))
+                finally:
+                    os.close(inner_built)
+                    os.close(inner_found)
+                os.rmdir(name, dir_fd=built_fd)
+            elif stat.S_ISREG(made.st_mode) and stat.S_ISREG(found.st_mode):
+                if read_shadow_file(name, built_fd) == read_shadow_file(name, found_fd):
+                    os.unlink(name, dir_fd=built_fd)  # the same file: its shadow file stays
+                else:  # another file at the path: the built one over it, in one rename
+                    os.rename(name, name, src_dir_fd=built_fd, dst_dir_fd=found_fd)
+            else:
+                self._remove_found(found_fd, name, found)  # another kind: the built one moves in
+
+    def _remove_found(self, dir_fd: int, name: str, found: os.stat_result) -> None:
+        if stat.S_ISDIR(found.st_mode):
+            doomed = self._temp_name()  # out of root/ in one rename, then removed in staging
+            os.rename(name, doomed, src_dir_fd=dir_fd, dst_dir_fd=self._staging_fd)
+            shutil.rmtree(self.staging / doomed)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
 
     def _merge_built(self, src_fd: int, dst_fd: int, name: str, relpath: str) -> None:
         """Move built `name` into directory `dst_fd`, where the name exists already: upstream's

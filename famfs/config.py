@@ -145,6 +145,7 @@ class MasterSettings:
     auto_fence: bool = setting(False)  # fence a host silent for a lease (else log host_silent and wait)
     reclaim_poll: float = setting(0.2, low=0.01, high=60.0)  # seconds between two reads of the host table
     reclaim_wait: float = setting(10.0, low=0.0, high=3600.0)  # seconds an allocation waits for space being reclaimed; 0: never
+    compact_below: float = setting(0.25, low=0.0, high=0.9)  # compact the log when fewer of its slots than this are free; 0: never
     metrics_address: str = setting("", address=True)  # HOST:PORT for the coordinator's Prometheus metrics; "" = off
 
 

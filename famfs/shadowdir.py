@@ -112,6 +112,7 @@ class AgentState:
     device_dev: int | None = None
     device_ino: int | None = None
     applied_index: int = -1  # the cursor: every entry up to here is dealt with
+    log_epoch: int = 0  # which log the cursor is in: a compaction starts a new one (docs/reclaim.md)
     applied_seqnum: int | None = None
     applied_crc: int | None = None
     next_index_seen: int = 0  # the log's next_index when last polled

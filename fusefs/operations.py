@@ -35,6 +35,7 @@ import trio
 
 from famfs import format as fmt
 from famfs import shadowdir
+from famfs.compaction import read_record
 from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
@@ -273,7 +274,11 @@ class FamfsOperations(pyfuse3.Operations):
         state = shadowdir.read_state(os.fsdecode(self.shadow_dir))
         if state is None or not state.following or state.stalled_at is not None:
             return False
-        return state.applied_index + 1 < self.devices.served.famfs_log.next_index()
+        famfs_log = self.devices.served.famfs_log
+        with contextlib.suppress(fmt.FormatError):  # a compacted log the agent has not moved to yet
+            if read_record(famfs_log.device.map).epoch != state.log_epoch:
+                return True
+        return state.applied_index + 1 < famfs_log.next_index()
 
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:

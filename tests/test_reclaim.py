@@ -450,3 +450,33 @@ def test_operator_fence_of_a_host_and_of_a_damaged_slot(tmp_path: Path, system_u
     assert problems == [] and namespace.fenced == {(HOST_A, 7): 0} and [slot for slot, _ in namespace.fenced_damage] == [5]
     report = famfsctl("fsck", image).stdout
     assert "hosts: 1 damaged, 1 fenced" in report and report.endswith("fsck: clean\n"), report
+
+
+def test_the_coordinator_compacts_a_log_running_low_and_follows_the_new_epoch(
+        tmp_path: Path, system_uuid_file: Path) -> None:
+    """Free slots under compact_below: the coordinator compacts (docs/reclaim.md, "Log
+    compaction"), its model follows the new log, and a log whose live namespace fills it is left
+    alone (a compaction would give nothing back)."""
+    from famfs.config import MasterSettings  # noqa: PLC0415
+    from famfs.master.reclaim import Coordinator  # noqa: PLC0415
+
+    image = make_device(tmp_path, system_uuid_file)
+    slots = fmt.log_capacity(fmt.DEFAULT_LOG_LEN)
+    owner = writer.Ownership(0o755, 0, 0)
+    with writer.session(str(image), system_uuid_file) as current:
+        current.mkdir("kept", owner)
+        for n in range((slots * 4 // 5) // 2):  # 80 % of the log: directories made and removed
+            current.mkdir(f"d{n}", owner)
+            current.rmdir(f"d{n}")
+    coordinator = Coordinator(str(image), system_uuid_file, MasterSettings(host_lease=LEASE, compact_below=0.25),
+                              clock=lambda: 0.0)
+    try:
+        coordinator.poll()
+        assert coordinator.figures.compactions == 1
+        coordinator.poll()  # the new epoch replayed; nothing more to give back
+        assert coordinator.figures.compactions == 1 and coordinator.policy.log_epoch == 1
+        assert set(coordinator.namespace.dirs) == {"", "kept"} and coordinator.played == 1
+    finally:
+        coordinator.close()
+    with Device(image) as opened:
+        assert fsck.check(opened).clean and FamfsLog(opened).location.epoch == 1

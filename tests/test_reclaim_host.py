@@ -29,6 +29,7 @@ from famfs.famfslog import FamfsLog
 from famfs.hosts import HostRecord
 from famfs.identity import system_uuid
 from tests.agent_util import AGENT, agent_state, append, file_entry, make_device
+from tests.famfsctl_util import famfsctl
 from tests.fuse_util import Mount, bounded, wait_for
 
 WINDOW_S = 0.6
@@ -376,3 +377,38 @@ def test_the_table_read_finds_every_occupied_slot_and_damage() -> None:
     read = list(hosts.read_table(bytes(table)))
     assert [found for found in read if isinstance(found, HostRecord)] == records
     assert [found.slot for found in read if isinstance(found, hosts.DamagedSlot)] == [100]
+
+
+def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
+        tmp_path: Path, device: Path, agent_config: Path, system_uuid_file: Path) -> None:
+    """docs/reclaim.md, "Log compaction": a following agent that sees a new log epoch plays the new
+    log and reconciles its tree with it. A file that is still there keeps its shadow file (its
+    inode), an open handle through the mount keeps reading, a file deleted meanwhile (also one the
+    agent had not yet applied) is gone, and the host record follows the new epoch. No rebuild."""
+    shadow = tmp_path / "shadow"
+    append(device, [file_entry("c", 2, size=4096), file_entry("d", 3, size=4096)])
+    with agent(device, shadow, agent_config) as process:
+        wait_for(serving(device, shadow), "the agent serves")
+        kept = {name: (shadow / "root" / name).stat().st_ino for name in ("a", "c")}
+        with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
+            handle = os.open(mount.mountpoint / "a", os.O_RDONLY)
+            try:
+                append(device, [fmt.DeleteEntry(relpath="b", target_index=1)])
+                wait_for(lambda: not (shadow / "root" / "b").exists(), "b deleted")
+                process.send_signal(signal.SIGSTOP)  # d's DELETE and the compaction happen behind it
+                try:
+                    append(device, [fmt.DeleteEntry(relpath="d", target_index=3)])
+                    famfsctl("compact", device)
+                finally:
+                    process.send_signal(signal.SIGCONT)
+                wait_for(lambda: agent_state(shadow).get("log_epoch") == 1, "the agent follows epoch 1")
+                wait_for(lambda: (record := current(device, shadow)) is not None and record.log_epoch == 1,
+                         "the record says epoch 1")
+                assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "c")} == kept
+                assert not (shadow / "root" / "d").exists() and not (shadow / "root" / "b").exists()
+                assert os.pread(handle, 4, 0) == b"AAAA"  # the same file, the same handle
+                assert bounded(lambda: (mount.mountpoint / "c").stat().st_size, "stat c") == 4096
+            finally:
+                os.close(handle)
+    log = (tmp_path / "shadow.agent.log").read_text()
+    assert "log_compacted" in log and "event='rebuild'" not in log and "shadow_damaged" not in log, log

@@ -37,6 +37,7 @@ from famfs.famfslog import FamfsLog, LogFullError
 from famfs.hosts import DamagedSlot, HostRecord, HostState
 from famfs.identity import require_master
 from famfs.master import writer
+from famfs.master.compact import CompactionError
 from famfs.units import format_size
 
 log = logsetup.get_logger("famfs-reclaimd")
@@ -277,6 +278,8 @@ class Figures:
     reclaimed_bytes: int = 0
     reclaimed_files: int = 0
     fences: int = 0
+    compactions: int = 0
+    compaction_seconds: float = 0.0  # all of them, summed
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
     latency_count: int = 0
@@ -381,8 +384,29 @@ class Coordinator:
             self._append(lambda session: [self._fence(session, record) for record in verdict.fence])
         elif verdict.reclaim:
             self._append(lambda session: self._reclaim(session, verdict.reclaim[:MAX_FILES_PER_POLL], now))
+        if self._log_low():
+            self._append(self._compact)
         self._figures(table)
         return verdict
+
+    def _log_low(self) -> bool:
+        """Free log slots under `compact_below` of the log, and a compaction would give back a
+        good part of it (else it would run at every poll for nothing: a live namespace that
+        itself fills the log needs a bigger log, said by the writer's "log full")."""
+        if self.settings.compact_below <= 0:
+            return False
+        header = self.log.header()
+        if header.slots - header.next_index >= self.settings.compact_below * header.slots:
+            return False
+        namespace = self.namespace
+        kept = len(namespace.dirs) - 1 + len(namespace.files) + len(namespace.deleted) + len(namespace.daxdevs)
+        return kept + len(namespace.fenced) < header.next_index - max(64, header.slots // 20)
+
+    def _compact(self, session: writer.Session) -> None:
+        done = session.compact()
+        self.figures.compactions += 1
+        self.figures.compaction_seconds += done.seconds
+        self.deletes_seen.clear()  # their indexes are gone; the next poll replays the new log (_replaced)
 
     def _announce(self, verdict: Verdict) -> None:
         for record in verdict.admitted:
@@ -407,7 +431,7 @@ class Coordinator:
             session = self._session()
             try:
                 work(session)
-            except (writer.MasterError, LogFullError) as err:
+            except (writer.MasterError, LogFullError, CompactionError) as err:
                 log.error("append_refused", device=self.device_path, error=str(err))
             finally:
                 self.namespace = session.namespace

@@ -30,6 +30,9 @@ class ReclaimCollector:
         yield CounterMetricFamily(f"{PREFIX}_reclaimed_files", "Deleted files this coordinator reclaimed",
                                   value=figures.reclaimed_files)
         yield CounterMetricFamily(f"{PREFIX}_fences", "FENCE entries this coordinator logged", value=figures.fences)
+        yield CounterMetricFamily(f"{PREFIX}_compactions", "Log compactions this coordinator ran", value=figures.compactions)
+        yield CounterMetricFamily(f"{PREFIX}_compaction_seconds", "Time the coordinator's log compactions took",
+                                  value=figures.compaction_seconds)
         cumulative, buckets = 0, []
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), figures.latency_buckets, strict=True):
             cumulative += count

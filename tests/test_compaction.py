@@ -173,3 +173,31 @@ def test_an_agent_plays_a_compacted_log_into_the_same_tree(tmp_path: Path, syste
         trees.append({path: content for path, content in snapshot(shadow / "root").items()
                       if not path.startswith(".meta")})
     assert trees[0] == trees[1] and len(trees[0]) > 20
+
+
+def test_kill_9_of_a_compacting_master_at_random_instants(tmp_path: Path, system_uuid_file: Path) -> None:
+    """Real kills: `famfsctl compact` killed with SIGKILL at random instants, a dozen times. After
+    each kill our readers see the live namespace, upstream's logplay sees it or refuses; the next
+    master session (the next compact) finishes what was committed; fsck is clean at the end."""
+    import random  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    image = churned_image(tmp_path, system_uuid_file)
+    view = live_view(image)
+    shown, before = set(view[0]) | view[1], upstream_logplay(image)  # before: deleted files too (§3.2)
+    rng = random.Random(7)
+    for _ in range(12):
+        compacting = subprocess.Popen([sys.executable, "-m", "famfs.master.famfsctl", "compact", str(image)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.6))  # interpreter start-up is most of it: kills land in every step
+        compacting.send_signal(signal.SIGKILL)
+        compacting.wait(timeout=60)
+        assert live_view(image) == view
+        assert upstream_logplay(image) in (before, shown, None)
+    famfsctl("compact", image)
+    assert live_view(image) == view and upstream_logplay(image) == shown
+    with Device(image) as device:
+        assert fsck.check(device).clean and read_record(device.map).state == CompactionState.DONE

@@ -290,6 +290,8 @@ class MountWriter(Writer):
             if self.log_nearly_full():
                 self.figures.log_full_waits += 1  # the harness compacts: try again
             else:
+                # The master's mount checks a new file against free units only and does not wait
+                # for space being reclaimed (famfs.Master.create does, [master] reclaim_wait).
                 self.failed(f"write {relpath} ({size} bytes) through the master's mount", err)
             self.stop.wait(0.2)
             return
@@ -395,11 +397,18 @@ class Run:
         next_fsck = time.monotonic() + self.plan.fsck_every_s
         next_note = time.monotonic() + 10
         deadline = self.started + self.plan.seconds
-        while not self.stop.is_set() and time.monotonic() < deadline and not self.targets_met():
+        def going() -> bool:
+            # The distance (time or targets), and FSCK_MIN checkpoints however short the run (the
+            # last one is finish()'s, after the writers stop); never past the deadline by a minute.
+            total = self.checkpoints.clean + len(self.checkpoints.unclean)
+            return (time.monotonic() < deadline and not self.targets_met()) or \
+                (total < FSCK_MIN - 1 and time.monotonic() < deadline + 60)
+
+        while not self.stop.is_set() and going():
             self.stop.wait(0.05)
             self.check_processes()
             self.maybe_compact()
-            if time.monotonic() >= next_fsck:
+            if time.monotonic() >= next_fsck or time.monotonic() >= deadline:
                 self.fsck()
                 next_fsck = time.monotonic() + self.plan.fsck_every_s
             if progress and time.monotonic() >= next_note:
@@ -627,6 +636,8 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     given = {"seconds": args.seconds, "size": args.size, "capacity_x": args.capacity_x, "slots_x": args.slots_x,
              "fsck_every_s": args.fsck_every}
     plan = Plan(**{**asdict(plan), **{key: value for key, value in given.items() if value is not None}})
+    if args.fsck_every is None:  # at least FSCK_MIN + 1 checkpoints in any run that goes the distance
+        plan = Plan(**{**asdict(plan), "fsck_every_s": min(plan.fsck_every_s, plan.seconds / (FSCK_MIN + 2))})
     return plan, args
 
 

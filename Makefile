@@ -6,7 +6,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd r
 # and Debian's kubernetes-client when no kubectl is on PATH (tests render deploy/kubernetes with it)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps install bytecode demo test test-quick bench bench-quick clean
+.PHONY: deps install bytecode demo churn test test-quick bench bench-quick clean
 
 deps: $(VENV)/.deps
 $(VENV)/.deps:
@@ -34,6 +34,11 @@ bytecode: install
 
 demo: bytecode
 	$(PY) -m demo
+
+# A master and two clients churning one small image (docs/reclaim.md, "Running it"): <= 3 minutes.
+# ARGS=--long for hours, ARGS=--json for the report as JSON.
+churn: bytecode
+	$(PY) -m demo.forever $(ARGS)
 
 test: bytecode
 	$(PY) -m pytest -q

@@ -291,6 +291,18 @@ class Host:
 
     # --- internals --------------------------------------------------------------------------
 
+    def spawn(self, argv: list[str], log: Path, *, extra_env: dict[str, str] | None = None,
+              stdout: int | None = None) -> subprocess.Popen[str]:
+        """A process of this host that dies with the harness (PR_SET_PDEATHSIG), in a session of
+        its own (Ctrl-C reaches the harness, which stops it in order); stderr (and stdout,
+        unless `stdout` is subprocess.PIPE) to `log`. Stopping it is the caller's (stop_process)."""
+        with open(log, "ab") as sink:
+            sink.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            sink.flush()
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink if stdout is None else stdout,
+                                    stderr=sink, env={**self.env, **(extra_env or {})}, text=True,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+
     def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "ab") as sink:
             sink.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())

@@ -9,8 +9,11 @@ apply the protocol.
 from __future__ import annotations
 
 import enum
+import errno
+import fcntl
 import hashlib
 import os
+import struct
 import socket
 import time
 import uuid
@@ -19,6 +22,11 @@ from dataclasses import dataclass, replace
 
 from famfs import format as fmt
 
+# The reclaim coordinator's host-local lock (docs/reclaim.md): an open-file-description lock on
+# one byte of the device no one stores to, independent of the writers' flock on the same device
+# and gone when the process dies.
+COORDINATOR_LOCK_OFFSET = fmt.HOST_TABLE_OFFSET - 1
+FLOCK = struct.Struct("hhqqi4x")  # struct flock (x86_64/aarch64): type, whence, start, len, pid
 NO_PIN = (1 << 64) - 1  # pin floor when nothing deleted is pinned
 FLAG_FENCED = 1  # the agent played a FENCE of this incarnation
 CRC_RETRIES = 3  # a bad CRC may be a store in progress: read again this many times
@@ -179,3 +187,25 @@ def boottime_ns() -> int:
 
 def this_hostname() -> str:
     return socket.gethostname()
+
+
+def _coordinator_flock(kind: int) -> bytes:
+    return FLOCK.pack(kind, os.SEEK_SET, COORDINATOR_LOCK_OFFSET, 1, 0)
+
+
+def take_coordinator_lock(fd: int) -> bool:
+    """The coordinator's lock for this process (released when `fd` is closed or the process
+    dies); False if another process of this host holds it."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _coordinator_flock(fcntl.F_WRLCK))
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def coordinator_running(fd: int) -> bool:
+    """Whether a reclaim coordinator of this host holds its lock (any open of the device will do)."""
+    found = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _coordinator_flock(fcntl.F_WRLCK))
+    return FLOCK.unpack(found)[0] != fcntl.F_UNLCK

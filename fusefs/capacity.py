@@ -24,6 +24,7 @@ class Capacity:
     total_units: int
     free_units: int
     free_slots: int  # log entries left: each new file or directory takes one
+    held_units: int = 0  # units of deleted files not yet reclaimed (docs/reclaim.md): free once they are
 
 
 class CapacityCache:
@@ -47,7 +48,8 @@ class CapacityCache:
         problems: list[rules.Problem] = []
         try:
             header = self.famfs_log.header()
-            units = rules.replay(self.famfs_log, problems.append).units
+            namespace = rules.replay(self.famfs_log, problems.append)
+            units = namespace.units
         except (fmt.FormatError, OSError) as err:
             # A log header that does not add up: report no free space rather than a guess.
             self._warn("statfs: cannot rebuild the allocation, reporting 0 free", error=str(err))
@@ -56,8 +58,9 @@ class CapacityCache:
             # The follower leaves such entries out, and so does the free-space count.
             self._warn("statfs: entries that break the rule book are not counted", entries=len(problems),
                        first_index=problems[0].index)
+        held = sum(len(units.span(extent)) for entry in namespace.deleted.values() for extent in entry.all_extents())
         return Capacity(unit=sb.alloc_unit, total_units=units.nunits, free_units=units.free_units,
-                        free_slots=max(0, header.slots - header.next_index))
+                        free_slots=max(0, header.slots - header.next_index), held_units=held)
 
     def _warn(self, event: str, **details: object) -> None:
         """Once per state of the log: statfs is called often."""

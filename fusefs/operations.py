@@ -34,7 +34,7 @@ import structlog
 import trio
 
 from famfs import format as fmt
-from famfs import shadowdir
+from famfs import hosts, shadowdir
 from famfs.compaction import read_record
 from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
@@ -67,6 +67,7 @@ LEASE_POLL_S = 0.005
 # How long a lookup of a name the shadow tree holds but the table does not serve (a YAML
 # upstream's CLI wrote ahead of this host's agent) waits for the agent to catch up with the log.
 AHEAD_WAIT_S = 1.0
+RECLAIM_POLL_MAX_S = 0.2  # a write waiting for space being reclaimed looks again at most this often
 T = TypeVar("T")
 
 
@@ -782,11 +783,23 @@ class FamfsOperations(pyfuse3.Operations):
         units = -(-end // unit)
         if units <= max(1, -(-len(staged.data) // unit)):
             return
-        figures = await trio.to_thread.run_sync(self.devices.served.capacity.current)
+        served = self.devices.served
+        figures = await trio.to_thread.run_sync(served.capacity.current)
+        # Space deleted files hold comes back once the reclaim coordinator has reclaimed it
+        # (docs/reclaim.md): if one runs on this host, wait for it, bounded by apply_wait_s, as
+        # famfsctl creat and famfs.Master.create do.
+        deadline = trio.current_time() + self.policy.apply_wait_s
+        pause = APPLY_POLL_MIN_S
+        while (figures.free_units < units <= figures.free_units + figures.held_units
+               and trio.current_time() < deadline and hosts.coordinator_running(served.famfs_log.device.fd)):
+            await trio.sleep(pause)
+            pause = min(2 * pause, RECLAIM_POLL_MAX_S)
+            figures = await trio.to_thread.run_sync(served.capacity.current)
         if units > figures.free_units:
             log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
                         reason=f"{units * unit} bytes do not fit: {figures.free_units * unit} bytes are free on "
-                               f"{self.devices.path}")
+                               f"{self.devices.path}, {figures.held_units * unit} held by deleted files not yet "
+                               f"reclaimed")
             raise pyfuse3.FUSEError(errno.ENOSPC)
 
     def _staging_full(self, staged: Staged) -> pyfuse3.FUSEError:

@@ -11,15 +11,13 @@ table: a DELETE in the model was logged before the table read, so a host missing
 read joins after it and finds the DELETE in its first play.
 
 One coordinator per host at a time: an open-file-description lock on one byte of the device
-(`COORDINATOR_LOCK_OFFSET`), independent of the writers' flock on the same device.
+(`famfs.hosts.COORDINATOR_LOCK_OFFSET`), independent of the writers' flock on the same device.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import struct
 import threading
 import time
 import uuid
@@ -44,8 +42,6 @@ log = logsetup.get_logger("famfs-reclaimd")
 
 # A byte of the superblock region no one stores to (past the 200-byte struct, before the host
 # table): locked, never written. A lock, not data: it is this host's only.
-COORDINATOR_LOCK_OFFSET = fmt.HOST_TABLE_OFFSET - 1
-FLOCK = struct.Struct("hhqqi4x")  # struct flock (x86_64/aarch64): type, whence, start, len, pid
 MAX_FILES_PER_POLL = 32 * fmt.RECLAIM_MAX_TARGETS  # the device lock is held for at most 32 appends a poll
 LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 NS = 1e9
@@ -239,24 +235,14 @@ def decide(view: LogView, table: Sequence[HostRecord | DamagedSlot], observation
 # --- the host-local lock ----------------------------------------------------------------------
 
 
-def _flock(kind: int) -> bytes:
-    return FLOCK.pack(kind, os.SEEK_SET, COORDINATOR_LOCK_OFFSET, 1, 0)
-
-
 def take_lock(fd: int, device_path: str) -> None:
-    """The coordinator's lock on this host (released when `fd` is closed, or the process dies)."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
-    except OSError as err:
-        if err.errno in (errno.EAGAIN, errno.EACCES):
-            raise CoordinatorError(f"{device_path}: another reclaim coordinator runs on this host") from None
-        raise
+    """The coordinator's lock on this host (famfs.hosts: released when `fd` is closed, or the
+    process dies)."""
+    if not hosts.take_coordinator_lock(fd):
+        raise CoordinatorError(f"{device_path}: another reclaim coordinator runs on this host")
 
 
-def coordinator_running(fd: int) -> bool:
-    """Whether a coordinator of this host holds the lock (any open of the device will do)."""
-    found = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK))
-    return FLOCK.unpack(found)[0] != fcntl.F_UNLCK
+coordinator_running = hosts.coordinator_running
 
 
 # --- the loop ---------------------------------------------------------------------------------

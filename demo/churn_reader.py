@@ -1,0 +1,183 @@
+"""A churn reader (demo/forever.py): runs on a client host (inside its mount namespace), opens
+random files of the churn through the host's mount, or maps them with famfs.open, holds each for
+a random time, checks every byte when it opens it and again before it lets go, and prints what it
+saw as one JSON object when told to stop (SIGTERM) or at its deadline.
+
+    python -m demo.churn_reader --mount DIR --via read|map --seconds S [--seed N] [--max-hold S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import numpy
+
+import famfs
+from demo import churn_data
+
+FILE_DIRS = 8  # the writers' directories per writer: api/d0..d7, mnt/d0..d7, and api/small
+SAMPLES_KEPT = 10  # wrong-byte and error samples kept for the report
+
+
+def churn_dirs() -> list[str]:
+    return [f"{writer}/d{n}" for writer in ("api", "mnt") for n in range(FILE_DIRS)] + ["api/small"]
+
+
+@dataclass
+class ReaderReport:
+    via: str
+    opened: int = 0
+    verified: int = 0  # checks of a whole file (at open and again before release)
+    bytes_verified: int = 0
+    wrong_bytes: int = 0
+    vanished: int = 0  # listed, then gone before the open: deleted meanwhile (fine)
+    errors: dict[str, int] = field(default_factory=dict)  # errno name -> count (EIO, ESTALE, ...)
+    longest_stall_s: float = 0.0
+    longest_stall_op: str = ""
+    samples: list[str] = field(default_factory=list)
+
+
+class Reader:
+    def __init__(self, mount: Path, via: str, seed: int, max_hold: float) -> None:
+        self.mount = mount
+        self.via = via
+        self.rng = random.Random(seed)
+        self.max_hold = max_hold
+        self.stop = threading.Event()
+        self.report = ReaderReport(via)
+        self.errors: Counter[str] = Counter()
+        self.buffer = bytearray(churn_data.CHUNK)
+
+    def timed(self, op: str, started: float) -> None:
+        took = time.monotonic() - started
+        if took > self.report.longest_stall_s:
+            self.report.longest_stall_s, self.report.longest_stall_op = took, op
+
+    def run(self, deadline: float) -> ReaderReport:
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            relpath = self.pick()
+            if relpath is None:
+                self.stop.wait(0.05)
+                continue
+            try:
+                self.hold(relpath)
+            except FileNotFoundError:
+                self.report.vanished += 1
+            except OSError as err:
+                name = errno.errorcode.get(err.errno or 0, str(err.errno))
+                self.errors[name] += 1
+                self.sample(f"{relpath}: {name}: {err}")
+        self.report.errors = dict(self.errors)
+        return self.report
+
+    def pick(self) -> str | None:
+        directory = self.rng.choice(churn_dirs())
+        started = time.monotonic()
+        try:
+            names = os.listdir(self.mount / directory)
+        except FileNotFoundError:
+            return None
+        finally:
+            self.timed("listdir", started)
+        return f"{directory}/{self.rng.choice(names)}" if names else None
+
+    def hold(self, relpath: str) -> None:
+        hold = self.rng.uniform(0, self.max_hold)
+        if self.via == "map":
+            self.hold_mapped(relpath, hold)
+        else:
+            self.hold_open(relpath, hold)
+
+    def hold_open(self, relpath: str, hold: float) -> None:
+        started = time.monotonic()
+        fd = os.open(self.mount / relpath, os.O_RDONLY)
+        self.timed("open", started)
+        try:
+            self.report.opened += 1
+            size = os.fstat(fd).st_size
+            serial = self.check(relpath, self.read_all(fd, size), None)
+            self.stop.wait(hold)
+            self.check(relpath, self.read_all(fd, size), serial)
+        finally:
+            os.close(fd)
+
+    def read_all(self, fd: int, size: int) -> numpy.ndarray:
+        data = numpy.empty(size, dtype=numpy.uint8)
+        view = memoryview(data)
+        done = 0
+        while done < size:
+            started = time.monotonic()
+            got = os.preadv(fd, [view[done:done + churn_data.CHUNK]], done)
+            self.timed("read", started)
+            if got == 0:
+                raise OSError(errno.EIO, f"short read at {done} of {size}")
+            done += got
+        return data
+
+    def hold_mapped(self, relpath: str, hold: float) -> None:
+        started = time.monotonic()
+        mapped = famfs.open(self.mount / relpath)
+        self.timed("famfs.open", started)
+        with mapped:
+            self.report.opened += 1
+            data = numpy.frombuffer(mapped.buffer, dtype=numpy.uint8)
+            serial = self.check(relpath, data, None)
+            self.stop.wait(hold)
+            self.check(relpath, data, serial)
+            del data
+
+    def check(self, relpath: str, data: numpy.ndarray, serial: int | None) -> int | None:
+        """Every byte against (relpath, serial); `serial` None: the one the header names."""
+        if serial is None:
+            serial = churn_data.serial_of(data)
+        if serial is None:
+            wrong = data.size
+        else:
+            wrong = churn_data.wrong_bytes(data, relpath, serial)
+        self.report.verified += 1
+        self.report.bytes_verified += data.size
+        if wrong:
+            self.report.wrong_bytes += wrong
+            self.sample(f"{relpath}: {wrong} wrong bytes of {data.size} (serial {serial}, header now "
+                        f"{churn_data.serial_of(data)})")
+        return serial
+
+    def sample(self, text: str) -> None:
+        if len(self.report.samples) < SAMPLES_KEPT:
+            self.report.samples.append(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.churn_reader", description=__doc__.splitlines()[0])
+    parser.add_argument("--mount", type=Path, required=True, help="this host's famfs mount point")
+    parser.add_argument("--via", choices=("read", "map"), required=True, help="read(2) through the mount, or famfs.open")
+    parser.add_argument("--seconds", type=float, required=True, help="stop on its own after this long")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-hold", type=float, default=2.0, help="longest time a file is held open (s)")
+    args = parser.parse_args()
+    reader = Reader(args.mount, args.via, args.seed, args.max_hold)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        reader.stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    report = reader.run(time.monotonic() + args.seconds)
+    print(json.dumps(asdict(report)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

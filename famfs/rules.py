@@ -313,11 +313,13 @@ def reclaim_targets_distinct(entry: fmt.ReclaimEntry) -> None:
 
 
 def reclaim_targets_earlier(index: int, entry: fmt.ReclaimEntry) -> None:
-    """Each pair is (FILE, DELETE), the FILE before its DELETE, both before the RECLAIM."""
+    """Each pair is (FILE, DELETE), the FILE before its DELETE, both before the RECLAIM; or a
+    HOLD named twice (a deleted file a compaction carried over is its own DELETE:
+    reclaim_target_deleted tells the two apart)."""
     for file_index, delete_index in entry.targets:
-        if not 0 <= file_index < delete_index < index:
+        if not 0 <= file_index <= delete_index < index:
             raise Violation(reclaim_targets_earlier, f"RECLAIM pair ({file_index}, {delete_index}) is not a FILE entry "
-                                                     f"and a later DELETE, both before entry {index}")
+                                                     f"and a later DELETE (or a HOLD twice), both before entry {index}")
 
 
 def reclaim_target_deleted(model: Model, entry: fmt.ReclaimEntry) -> None:

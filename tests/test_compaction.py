@@ -201,3 +201,20 @@ def test_kill_9_of_a_compacting_master_at_random_instants(tmp_path: Path, system
     assert live_view(image) == view and upstream_logplay(image) == shown
     with Device(image) as device:
         assert fsck.check(device).clean and read_record(device.map).state == CompactionState.DONE
+
+
+def test_a_hold_is_reclaimed_by_a_reclaim_naming_it_twice(tmp_path: Path, system_uuid_file: Path) -> None:
+    """After a compaction the deleted files not yet reclaimed are HOLD entries; a RECLAIM naming
+    (h, h) frees their units, one naming a live FILE twice is refused."""
+    image = churned_image(tmp_path, system_uuid_file)
+    famfsctl("compact", image)
+    with writer.session(str(image), system_uuid_file) as current:
+        holds = sorted(index for index, deleted_by in current.namespace.deletions.items() if index == deleted_by)
+        live = next(iter(current.namespace.files.values()))[0]
+        free_before = current.namespace.units.free_units
+        with pytest.raises(writer.MasterError, match="reclaim_target_deleted"):
+            current.reclaim([(live, live)])
+        current.reclaim([(index, index) for index in holds])
+        assert current.namespace.units.free_units > free_before and not current.namespace.deleted
+    with Device(image) as device:
+        assert fsck.check(device).clean

@@ -69,7 +69,7 @@ def test_a_reclaim_frees_the_units_and_the_next_file_gets_them(tmp_path: Path, s
 
 @pytest.mark.parametrize(("targets", "rule"), [
     (lambda p: [p["a"], p["a"]], "reclaim_targets_distinct"),
-    (lambda p: [(p["a"][0], p["a"][0])], "reclaim_targets_earlier"),
+    (lambda p: [(p["a"][0], p["a"][0])], "reclaim_target_deleted"),  # a FILE twice: only a HOLD is its own DELETE
     (lambda p: [(p["a"][0], 10_000)], "reclaim_targets_earlier"),
     (lambda p: [(p["a"][0], p["b"][1])], "reclaim_target_deleted"),  # another file's DELETE
     (lambda p: [p["live"]], "reclaim_target_deleted"),  # a live file (and a MKDIR)

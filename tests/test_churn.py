@@ -17,6 +17,7 @@ def test_a_short_churn_serves_no_wrong_byte_and_reclaims(tmp_path: Path) -> None
     assert report["wrong_bytes"] == 0, text
     assert report["fsck"]["clean"] >= 10 and not report["fsck"]["unclean"], text  # type: ignore[index]
     assert report["writers"]["api"]["alloc_failures_below_limit"] == 0, text  # type: ignore[index]
+    assert report["writers"]["mnt"]["alloc_failures_below_limit"] == 0, text  # type: ignore[index]
     assert report["reclaim"]["files_reclaimed"] > 0, text  # type: ignore[index]
     assert report["readers"]["checks"] > 0 and not report["problems"], text  # type: ignore[index]
     assert list(tmp_path.iterdir()) == [], "the run left files behind"

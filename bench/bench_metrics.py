@@ -276,3 +276,8 @@ def bench_fuse(quick: bool) -> list[Result]:
 
 def run(quick: bool) -> list[Result]:
     return [bench_replay(quick), *bench_fuse(quick)]
+
+
+if __name__ == "__main__":
+    for result in run(quick="--quick" in sys.argv):
+        print(result)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Result, scratch
+from bench.common import CPU, Result, pin, scratch
 from demo.harness import Mount, unmount, wait_for
 from famfs import env
 from famfs.shadowyaml import parse_file_yaml
@@ -40,10 +40,6 @@ RUNTIME_S = 2
 ROUNDS = 3
 CACHES = ("direct", "auto", "always")
 NAME = "data"
-# fio and the daemon serving it share one CPU (the last): on this 2-core VM a request whose reply
-# wakes fio on the other CPU took 3x as long (12k against 34k 4 KiB reads/s, bench/noop_fs.py
-# the same), and where the scheduler put them decided a run more than the file system did.
-CPU = max(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -139,12 +135,6 @@ def noop_mount(mountpoint: Path, size: int, cache: str) -> Iterator[tuple[Path, 
         unmount(mountpoint, process)
 
 
-def pin(pid: int) -> None:
-    """Every thread of `pid` on CPU, where fio runs too (a thread started later inherits it)."""
-    for task in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(task), {CPU})
-
-
 def file_offset(shadow: Path) -> int:
     entry = parse_file_yaml((shadow / "root" / NAME).read_bytes())
     if len(entry.extents) != 1:
@@ -198,7 +188,8 @@ def results(best: dict[tuple[str, str], dict[str, float]], size: int, runtime: f
             rows.append(Result(
                 f"fio {job.label}, client mount cache={cache}", job.figure(ours), unit, job.figure(floor),
                 f"no-op pyfuse3 fs, cache={cache}",
-                f"following client (lease: a copy per read); fio and daemon on CPU {CPU}; image file: {job.figure(image):,.0f} {unit} "
+                f"following client (lease: a copy per read); fio and daemon on CPU {CPU}; "
+                f"image file: {job.figure(image):,.0f} {unit} "
                 f"(mount/image {job.figure(ours) / job.figure(image):.2f}); p99 {ours['p99_us']:.0f} µs vs no-op "
                 f"{floor['p99_us']:.0f} µs, image {image['p99_us']:.0f} µs; {size // MiB} MiB file; best of {rounds} x "
                 f"{runtime:g} s{target}"))

@@ -5,8 +5,8 @@ handlers up on the instance, so the class stays untouched and a mount without me
 nothing). Every request is counted, exactly: one list item read and written on the trio thread,
 no lock, no clock. Its latency is sampled: one request in SAMPLE_EVERY of each operation (the
 1st, the 17th, ...) is timed with perf_counter_ns into a fixed array of buckets, so the time
-calls and the bucket search are paid by one request in 16 (docs/benchmarks.md has what that
-saves). The collector turns those arrays into metric families only when Prometheus scrapes,
+calls and the bucket search are paid by one request in 16 (docs/operations.md, "Cost", has what
+that saves). The collector turns those arrays into metric families only when Prometheus scrapes,
 from the metrics server's thread. Everything else is read at scrape time from what the daemon
 already counts (notifier, tree sync, inode table, open handles).
 """

@@ -70,7 +70,8 @@ def fio(job: Job, path: Path, size: int, runtime: float, offset: int = 0) -> dic
     if done.returncode != 0:
         raise RuntimeError(f"fio on {path}: {done.stderr.strip()[:500]}")
     read = json.loads(done.stdout)["jobs"][0]["read"]
-    return {"iops": read["iops"], "bw_bytes": read["bw_bytes"], "p99_us": read["clat_ns"]["percentile"]["99.000000"] / 1e3}
+    p99_us = read["clat_ns"]["percentile"]["99.000000"] / 1e3
+    return {"iops": read["iops"], "bw_bytes": read["bw_bytes"], "p99_us": p99_us}
 
 
 def famfsctl(work: Path, *args: str) -> None:
@@ -169,7 +170,8 @@ def run(quick: bool) -> list[Result]:
                                 assert mount.process is not None
                                 path, pid, key = mount.mountpoint / NAME, mount.process.pid, cache
                             else:
-                                path, pid = stack.enter_context(noop_mount(work / f"noop-{round_}-{cache}", size, cache))
+                                noop = noop_mount(work / f"noop-{round_}-{cache}", size, cache)
+                                path, pid = stack.enter_context(noop)
                                 key = f"noop {cache}"
                             pin(pid)
                             for job in JOBS:

@@ -138,9 +138,9 @@ def bench_replay(quick: bool) -> Result:
                 best[on] = min(best[on], replay_seconds(work, image, entries, f"{run}-{on}", on))
     return Result(f"follow replay of the full 8 MiB log ({entries:,} entries), metrics on",
                   entries / best[True], "entries/s", entries / best[False], "same, metrics off",
-                  f"process start included; on - off = {(best[True] - best[False]) * 1e3:+.0f} ms, paid once (the agent "
-                  f"imports prometheus_client and binds the server before it works); best of {runs}, on and off "
-                  f"alternating; scraped every {SCRAPE_PERIOD_S:g} s")
+                  f"process start included; on - off = {(best[True] - best[False]) * 1e3:+.0f} ms, paid once "
+                  f"(the agent imports prometheus_client and binds the server before it works); best of {runs}, "
+                  f"on and off alternating; scraped every {SCRAPE_PERIOD_S:g} s")
 
 
 # --- FUSE requests -------------------------------------------------------------------------
@@ -267,7 +267,8 @@ def bench_fuse(quick: bool) -> list[Result]:
         results += [
             Result(f"{label}, metrics on", sides.rate(kind, "on"), unit, sides.rate(kind, "off"),
                    "same mount options, metrics off",
-                   f"{per}; {cpu}; daemons and the bench on CPU {CPU}; scraped every {SCRAPE_PERIOD_S:g} s by another process; {how}; target >= 0.95"),
+                   f"{per}; {cpu}; daemons and the bench on CPU {CPU}; scraped every {SCRAPE_PERIOD_S:g} s by "
+                   f"another process; {how}; target >= 0.95"),
             Result(f"{label}, metrics off (the noise floor)", sides.rate(kind, "off again"), unit,
                    sides.rate(kind, "off"), "same mount options, metrics off",
                    f"a third mount, as the first: how far apart two equal mounts measure on this machine now; "

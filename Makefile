@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd rsync tar
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd rsync tar fio
 # and Debian's kubernetes-client when no kubectl is on PATH (tests render deploy/kubernetes with it)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

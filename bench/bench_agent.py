@@ -135,9 +135,11 @@ def bench_client_start(quick: bool) -> Result:
 
 
 @contextlib.contextmanager
-def follower_process(image: Path, shadow: Path, wake_hint: bool) -> Iterator[subprocess.Popen[bytes]]:
+def follower_process(image: Path, shadow: Path, wake_hint: bool,
+                     metrics_address: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    """famfs-agent --follow with its own config file (which wins over $FAMFS_AGENT_CONFIG)."""
     config = shadow.parent / f"{shadow.name}.toml"
-    config.write_text(f"[agent]\nwake_hint = {str(wake_hint).lower()}\n")
+    config.write_text(f"[agent]\nwake_hint = {str(wake_hint).lower()}\nmetrics_address = \"{metrics_address}\"\n")
     agent = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), "--config", str(config),
                               "--log-level", "warning", str(image)], cwd=REPO)
     try:

@@ -15,6 +15,7 @@ milliseconds to a program's start.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import socket
@@ -53,7 +54,13 @@ def parse_address(address: str) -> tuple[str, int]:
 def build_info(prefix: str) -> GaugeMetricFamily:
     """`<prefix>_build_info{version, python} 1`: what runs (versions only)."""
     return _info(f"{prefix}_build_info", "famfs-agent version and Python version",
-                 version=importlib.metadata.version("famfs-agent"), python=platform.python_version())
+                 version=_version(), python=platform.python_version())
+
+
+@functools.cache
+def _version() -> str:
+    """Looked up once: importlib.metadata searches sys.path (~0.4 ms, a fifth of a mount's scrape)."""
+    return importlib.metadata.version("famfs-agent")
 
 
 def filesystem_info(prefix: str, fs_uuid: str, **labels: str) -> GaugeMetricFamily:

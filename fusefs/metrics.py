@@ -1,11 +1,14 @@
 """famfs-fuse-mount's Prometheus metrics (docs/operations.md has every metric).
 
-With metrics on, `instrument` wraps every request handler of the operations object in a timer
-(pyfuse3 looks handlers up on the instance, so the class stays untouched and a mount without
-metrics pays nothing). A request costs two clock reads, one bisect and three additions on the
-trio thread; the histogram is kept as plain lists and only turned into metric families when
-Prometheus scrapes, from the metrics server's thread. Everything else is read at scrape time from
-what the daemon already counts (notifier, tree sync, inode table, open handles).
+With metrics on, `instrument` wraps every request handler of the operations object (pyfuse3 looks
+handlers up on the instance, so the class stays untouched and a mount without metrics pays
+nothing). Every request is counted, exactly: one list item read and written on the trio thread,
+no lock, no clock. Its latency is sampled: one request in SAMPLE_EVERY of each operation (the
+1st, the 17th, ...) is timed with perf_counter_ns into a fixed array of buckets, so the time
+calls and the bucket search are paid by one request in 16 (docs/operations.md, "Cost", has what
+that saves). The collector turns those arrays into metric families only when Prometheus scrapes,
+from the metrics server's thread. Everything else is read at scrape time from what the daemon
+already counts (notifier, tree sync, inode table, open handles).
 """
 
 from __future__ import annotations
@@ -36,50 +39,52 @@ from fusefs.sync import TreeSync
 PREFIX = "famfs_fuse"
 # Seconds. A request answered from the inode table takes ~10 µs; a 1 MiB read ~0.3 ms.
 LATENCY_BOUNDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
+BOUNDS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BOUNDS)
+# A power of two (the test is one AND): one request in 16 of each operation is timed.
+SAMPLE_EVERY = 16
 # Every request pyfuse3 can deliver (its Operations' coroutine methods), each a label value.
 OPERATIONS = tuple(name for name, member in inspect.getmembers(pyfuse3.Operations, inspect.iscoroutinefunction))
 
 
-class OperationStats:
-    """One operation's latency histogram: a count per bucket (not cumulative), and the sum."""
-
-    __slots__ = ("buckets", "total_s")
-
-    def __init__(self) -> None:
-        self.buckets = [0] * (len(LATENCY_BOUNDS) + 1)  # the last one is +Inf
-        self.total_s = 0.0
-
-
 class MountStats:
+    """Plain ints the trio thread bumps and the scrape reads (each read or write of one list item
+    is atomic under the GIL): per operation, in OPERATIONS' order, the requests, a count per
+    latency bucket of the sampled ones (not cumulative, the last one +Inf) and their sum in ns."""
+
     def __init__(self) -> None:
-        self.operations = {name: OperationStats() for name in OPERATIONS}
+        self.requests = [0] * len(OPERATIONS)
+        self.sampled = [[0] * (len(BOUNDS_NS) + 1) for _ in OPERATIONS]
+        self.sampled_ns = [0] * len(OPERATIONS)
         self.errors: Counter[int] = Counter()  # errno -> requests answered with it
 
 
 def instrument(ops: FamfsOperations, stats: MountStats) -> None:
-    """Time every handler of `ops`, count its FUSEError answers by errno."""
-    for name in OPERATIONS:
-        setattr(ops, name, _timed(getattr(ops, name), stats.operations[name], stats.errors))
+    """Count every handler's requests of `ops`, time a sample of them, count FUSEError answers by errno."""
+    for index, name in enumerate(OPERATIONS):
+        setattr(ops, name, _counted(getattr(ops, name), index, stats))
 
 
-def _timed(handler: Callable[..., Awaitable[Any]], figures: OperationStats,
-           errors: Counter[int]) -> Callable[..., Awaitable[Any]]:
-    clock, buckets, bounds = time.perf_counter, figures.buckets, LATENCY_BOUNDS
+def _counted(handler: Callable[..., Awaitable[Any]], index: int, stats: MountStats) -> Callable[..., Awaitable[Any]]:
+    requests, buckets, sums, errors = stats.requests, stats.sampled[index], stats.sampled_ns, stats.errors
+    clock, bounds, mask = time.perf_counter_ns, BOUNDS_NS, SAMPLE_EVERY - 1
 
     @functools.wraps(handler)
-    async def timed(*args: Any) -> Any:
-        started = clock()
+    async def counted(*args: Any) -> Any:
+        seen = requests[index] + 1
+        requests[index] = seen
+        started = clock() if seen & mask == 1 else 0  # the 1st request is timed: a quiet mount shows one
         try:
             return await handler(*args)
         except pyfuse3.FUSEError as err:
             errors[err.errno] += 1
             raise
         finally:
-            elapsed = clock() - started
-            buckets[bisect.bisect_left(bounds, elapsed)] += 1
-            figures.total_s += elapsed
+            if started:
+                elapsed = clock() - started
+                buckets[bisect.bisect_left(bounds, elapsed)] += 1
+                sums[index] += elapsed
 
-    return timed
+    return counted
 
 
 class MountCollector:
@@ -91,19 +96,7 @@ class MountCollector:
     def collect(self) -> Iterator[Metric]:
         yield build_info(PREFIX)
         yield filesystem_info(PREFIX, self.fs_uuid)
-        latency = HistogramMetricFamily(f"{PREFIX}_request_duration_seconds",
-                                        "FUSE requests by operation: time in the handler (_count = requests)",
-                                        labels=["operation"])
-        for name, figures in self.stats.operations.items():
-            counts = list(figures.buckets)  # a copy: the trio thread keeps counting
-            if not any(counts):
-                continue
-            cumulative, running = [], 0
-            for bound, count in zip((*map(str, LATENCY_BOUNDS), "+Inf"), counts, strict=True):
-                running += count
-                cumulative.append((bound, running))
-            latency.add_metric([name], cumulative, figures.total_s)
-        yield latency
+        yield from self._requests()
         errors = CounterMetricFamily(f"{PREFIX}_errors", "FUSE requests answered with an error, by errno",
                                      labels=["errno"])
         for code, count in dict(self.stats.errors).items():
@@ -121,3 +114,25 @@ class MountCollector:
         yield GaugeMetricFamily(f"{PREFIX}_inodes", "Inodes in the inode table", value=self.table.count())
         yield GaugeMetricFamily(f"{PREFIX}_open_files", "Open file handles", value=len(self.ops.file_handles))
         yield GaugeMetricFamily(f"{PREFIX}_open_dirs", "Open directory handles", value=len(self.ops.dir_handles))
+
+    def _requests(self) -> tuple[Metric, Metric]:
+        """Every request counted, and the latency histogram of the sampled ones, per operation used."""
+        requests = CounterMetricFamily(f"{PREFIX}_requests", "FUSE requests by operation (every one)",
+                                       labels=["operation"])
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_request_duration_sampled_seconds",
+            f"FUSE requests by operation: time in the handler, sampled: one request in {SAMPLE_EVERY} of each "
+            f"operation is timed (_count = requests timed; {PREFIX}_requests_total counts them all)",
+            labels=["operation"])
+        stats = self.stats
+        for index, name in enumerate(OPERATIONS):
+            if not stats.requests[index]:
+                continue
+            requests.add_metric([name], stats.requests[index])
+            counts = list(stats.sampled[index])  # a copy: the trio thread keeps counting
+            cumulative, running = [], 0
+            for bound, count in zip((*map(str, LATENCY_BOUNDS), "+Inf"), counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([name], cumulative, stats.sampled_ns[index] / 1e9)
+        return requests, latency

@@ -35,6 +35,7 @@ import trio
 
 from famfs import format as fmt
 from famfs import shadowdir
+from famfs.shadowdir import DirRecord
 from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
@@ -155,8 +156,7 @@ class FamfsOperations(pyfuse3.Operations):
         attrs.generation = 0
         attrs.entry_timeout = self.policy.entry_timeout
         attrs.attr_timeout = self.policy.entry_timeout
-        attrs.st_atime_ns = sig.atime_ns
-        attrs.st_mtime_ns = sig.mtime_ns
+        attrs.st_atime_ns, attrs.st_mtime_ns = (sig.atime_ns, sig.mtime_ns) if node.times is None else node.times
         attrs.st_ctime_ns = sig.ctime_ns
         attrs.st_blksize = BLOCK_IO_SIZE
         if node.is_dir:
@@ -294,17 +294,25 @@ class FamfsOperations(pyfuse3.Operations):
     @guarded
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        """Only a file still being written through the master's mount may change: nothing of it
-        is logged yet. Its mode and owner become the entry's; times are accepted and not kept
-        (famfs logs none: a file's times are its shadow file's); a size given to it while it is
-        empty is the fast path (allocated and logged at once, then written in place)."""
+        """On the master's mount: a file still being written changes its pending entry (nothing
+        of it is logged yet), and a size given to it while it is empty is the fast path
+        (allocated and logged at once, then written in place); a logged file or directory gets a
+        SETATTR entry for a new mode or owner, answered once this host's agent has played it.
+        Times are kept for the mount's lifetime, not logged. A client's mount changes nothing."""
         staged = self.staging.by_ino.get(inode)
-        if staged is None or staged.committing:
-            return self._unchanged(self._node(inode), attr, fields)
+        if staged is not None and staged.committing:
+            await staged.settled.wait()  # closed a moment ago and being logged: change what is logged
+            staged = None
+        if staged is None:
+            return await self._set_logged(self._node(inode), attr, fields)
         owner = staged.owner
         staged.owner = Owner(stat.S_IMODE(attr.st_mode) if fields.update_mode else owner.mode,
                              attr.st_uid if fields.update_uid else owner.uid,
                              attr.st_gid if fields.update_gid else owner.gid)
+        if fields.update_atime or fields.update_mtime:
+            atime, mtime = staged.times or (0, 0)
+            staged.times = (attr.st_atime_ns if fields.update_atime else atime,
+                            attr.st_mtime_ns if fields.update_mtime else mtime)
         if fields.update_size:
             if attr.st_size > 0 and not staged.data:
                 await self._commit(staged, size=attr.st_size)
@@ -315,6 +323,55 @@ class FamfsOperations(pyfuse3.Operations):
                 staged.failed = "a truncate did not fit the staging area (EFBIG)"
                 raise self._staging_full(staged) from None
         return self._staged_attributes(staged)
+
+    async def _set_logged(self, node: Node, attr: pyfuse3.EntryAttributes,
+                          fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
+        """A logged file or directory. A size change is refused (a FILE entry fixes the size);
+        a new mode or owner is one SETATTR entry (none when it is the current one: cp -r sets a
+        new directory's mode again, rsync --inplace truncates to the size it wrote); times are
+        kept in the node. The root and .meta are no entry's: their mode and owner stay."""
+        current = self._attributes(node)
+        mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else stat.S_IMODE(current.st_mode)
+        owner = Owner(mode, attr.st_uid if fields.update_uid else current.st_uid,
+                      attr.st_gid if fields.update_gid else current.st_gid)
+        resized = fields.update_size and attr.st_size != current.st_size
+        changed = owner != Owner(stat.S_IMODE(current.st_mode), current.st_uid, current.st_gid)
+        timed = fields.update_atime or fields.update_mtime
+        if self.writer is None or resized or (changed and not self._loggable(node)):
+            raise self._deny()
+        if changed:
+            node = await self._log_setattr(node, owner)
+        if timed:
+            atime, mtime = node.times or (current.st_atime_ns, current.st_mtime_ns)
+            node.times = (attr.st_atime_ns if fields.update_atime else atime,
+                          attr.st_mtime_ns if fields.update_mtime else mtime)
+        return self._attributes(node)
+
+    @staticmethod
+    def _loggable(node: Node) -> bool:
+        """Whether a log entry made this node (the root and .meta are no entry's)."""
+        return node.ino != ROOT_INODE and node.relpath.split(b"/", 1)[0] != shadow_reader.META_NAME
+
+    async def _log_setattr(self, node: Node, owner: Owner) -> Node:
+        """Log the SETATTR and wait until this host's agent shows it: a file's YAML renamed over
+        (another shadow inode), a directory's xattr naming the entry. The node then served."""
+        assert self.writer is not None
+        index = await self._write_log(self.writer.setattr, node.relpath.decode(), owner)
+        if index is None:
+            return node  # it had them already: famfsctl or another request was first
+        if node.is_dir:
+            record = DirRecord(index, owner.mode, owner.uid, owner.gid).encode()
+            root = self.table.shadow_root
+            played: Callable[[Signature | None], bool] = \
+                lambda sig: sig is not None and shadow_reader.dir_xattr(root, node.relpath) == record
+        else:
+            before = node.sig.st_ino
+            played = lambda sig: sig is not None and sig.st_ino != before  # noqa: E731
+        parent = self._node(node.parent)
+        found = await self._applied(node.relpath, played, parent.ino, node.name)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # removed meanwhile (famfsctl rm): the next lookup tells
+        return found
 
     # --- directories --------------------------------------------------------------------------
 
@@ -613,20 +670,6 @@ class FamfsOperations(pyfuse3.Operations):
                                 "files (docs/fusefs.md)")
         return pyfuse3.FUSEError(errno.EPERM)
 
-    def _unchanged(self, node: Node, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
-        """A logged file or directory: a chmod, chown or truncate to what it already is changes
-        nothing and is answered (cp -r sets a new directory's mode again, rsync --inplace truncates
-        to the size it wrote); anything else is refused."""
-        current = self._attributes(node)
-        same = (not (fields.update_atime or fields.update_mtime or fields.update_ctime)
-                and (not fields.update_size or attr.st_size == current.st_size)
-                and (not fields.update_mode or stat.S_IMODE(attr.st_mode) == stat.S_IMODE(current.st_mode))
-                and (not fields.update_uid or attr.st_uid == current.st_uid)
-                and (not fields.update_gid or attr.st_gid == current.st_gid))
-        if not same or self.writer is None:
-            raise self._deny()
-        return current
-
     # --- helpers of the master's namespace changes ---------------------------------------------
 
     def _new_name(self, parent_inode: int, name: bytes) -> tuple[NamespaceWriter, Node, bytes, str]:
@@ -661,8 +704,9 @@ class FamfsOperations(pyfuse3.Operations):
         kernel leaves to a FUSE file system: the parent's group, and setgid for a directory."""
         perm = stat.S_IMODE(mode) & ~ctx.umask
         gid = ctx.gid
-        if parent.sig.mode & stat.S_ISGID:
-            gid = parent.sig.gid
+        logged = parent.logged  # the log's mode and owner (the shadow directory is root's 0755)
+        if logged is not None and logged.mode & stat.S_ISGID:
+            gid = logged.gid
             if directory:
                 perm |= stat.S_ISGID
         return Owner(perm, ctx.uid, gid)
@@ -722,6 +766,8 @@ class FamfsOperations(pyfuse3.Operations):
         attrs.st_uid, attrs.st_gid = staged.owner.uid, staged.owner.gid
         attrs.st_size = len(staged.data)
         attrs.st_blksize = BLOCK_IO_SIZE
+        if staged.times is not None:
+            attrs.st_atime_ns, attrs.st_mtime_ns = staged.times
         return attrs
 
     async def _commit(self, staged: Staged, size: int | None = None) -> None:
@@ -749,6 +795,7 @@ class FamfsOperations(pyfuse3.Operations):
             log.error("logged file not served", path=staged.relpath, why="its shadow file is not the one logged")
             raise pyfuse3.FUSEError(errno.EIO)
         node.lookups += staged.lookups
+        node.times = staged.times
         node.opens += staged.opens
         for fh, handle in list(self.file_handles.items()):
             if handle is staged:

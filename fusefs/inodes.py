@@ -194,11 +194,16 @@ class InodeTable:
             del self.nodes[node.ino]
         return stale and node.present
 
+    def new_ino(self) -> int:
+        """An inode number no path of the table has or will have (a link of the mount's own)."""
+        ino = self.next_ino
+        self.next_ino += 1
+        return ino
+
     def reserve(self, relpath: bytes) -> int:
         """An inode number for a path that is not in the shadow tree yet (a file being written
         through the master's mount); the node made when the path appears gets it."""
-        ino = self.next_ino
-        self.next_ino += 1
+        ino = self.new_ino()
         self.reserved[relpath] = ino
         return ino
 

@@ -25,6 +25,7 @@ import errno
 import functools
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
 from fusefs.lease import Lease
+from fusefs.links import Link, Links
 from fusefs.shadow_reader import Signature
 from fusefs.staging import Staged, StagingArea, StagingFull
 
@@ -124,6 +126,7 @@ class FamfsOperations(pyfuse3.Operations):
         super().__init__()
         self.writer = writer  # None: a client's mount (or a read-only one): the namespace is refused
         self.staging = StagingArea(policy.staging_bytes)
+        self.links = Links()  # symbolic links made here: this mount's only (fusefs/links.py)
         self.writer_slot = trio.CapacityLimiter(1)  # one writer call at a time: they serialize on the lock anyway
         self.staging_full_explained = False
         self.table = table
@@ -208,6 +211,9 @@ class FamfsOperations(pyfuse3.Operations):
             self.lookups.searches += 1
             staged.lookups += 1
             return self._staged_attributes(staged)
+        elif (link := self.links.named(parent.ino, name)) is not None:
+            self.lookups.searches += 1
+            return self._link_attributes(link)
         else:
             node = self.table.child(parent, name)
             if node is None or not self._servable(node):
@@ -289,6 +295,9 @@ class FamfsOperations(pyfuse3.Operations):
         staged = self.staging.by_ino.get(inode)
         if staged is not None:
             return self._staged_attributes(staged)
+        link = self.links.by_ino.get(inode)
+        if link is not None:
+            return self._link_attributes(link)
         return self._attributes(self._node(inode))
 
     @guarded
@@ -303,6 +312,9 @@ class FamfsOperations(pyfuse3.Operations):
         if staged is not None and staged.committing:
             await staged.settled.wait()  # closed a moment ago and being logged: change what is logged
             staged = None
+        link = self.links.by_ino.get(inode)
+        if link is not None:
+            return self._set_link(link, attr, fields)
         if staged is None:
             return await self._set_logged(self._node(inode), attr, fields)
         owner = staged.owner
@@ -347,6 +359,36 @@ class FamfsOperations(pyfuse3.Operations):
                           attr.st_mtime_ns if fields.update_mtime else mtime)
         return self._attributes(node)
 
+    def _set_link(self, link: Link, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
+        """lchown and times of a link of this mount's (a link has no mode of its own, no size)."""
+        if fields.update_size:
+            raise self._deny()
+        link.uid = attr.st_uid if fields.update_uid else link.uid
+        link.gid = attr.st_gid if fields.update_gid else link.gid
+        link.atime_ns = attr.st_atime_ns if fields.update_atime else link.atime_ns
+        link.mtime_ns = attr.st_mtime_ns if fields.update_mtime else link.mtime_ns
+        return self._link_attributes(link)
+
+    def _link_attributes(self, link: Link) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = link.ino
+        attrs.generation = 0
+        attrs.entry_timeout = attrs.attr_timeout = self.policy.entry_timeout  # only this mount changes it
+        attrs.st_mode = stat.S_IFLNK | 0o777
+        attrs.st_nlink = 1
+        attrs.st_uid, attrs.st_gid = link.uid, link.gid
+        attrs.st_size = len(link.target)
+        attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = link.atime_ns, link.mtime_ns, link.ctime_ns
+        attrs.st_blksize = BLOCK_IO_SIZE
+        return attrs
+
+    @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        link = self.links.by_ino.get(inode)
+        if link is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # not a link: famfs serves no other
+        return link.target
+
     @staticmethod
     def _loggable(node: Node) -> bool:
         """Whether a log entry made this node (the root and .meta are no entry's)."""
@@ -385,7 +427,8 @@ class FamfsOperations(pyfuse3.Operations):
         assert node.children is not None
         # A sorted snapshot: offsets stay meaningful however the directory changes meanwhile.
         fh = self._new_fh()
-        self.dir_handles[fh] = (node, sorted(node.children.items()))
+        links = [(link.name, link.ino) for link in self.links.in_dir(node.ino)]
+        self.dir_handles[fh] = (node, sorted([*node.children.items(), *links]))
         return fh
 
     @guarded
@@ -397,6 +440,10 @@ class FamfsOperations(pyfuse3.Operations):
             for index in range(start_id, len(listing)):
                 name, ino = listing[index]
                 node = table.nodes.get(ino)
+                if node is None and (link := self.links.by_ino.get(ino)) is not None:
+                    if not pyfuse3.readdir_reply(token, name, self._link_attributes(link), index + 1):
+                        return
+                    continue
                 if node is None or not node.present:
                     continue
                 if not node.is_dir:
@@ -573,10 +620,18 @@ class FamfsOperations(pyfuse3.Operations):
         return [SHADOW_XATTR, STATUS_XATTR] if inode == ROOT_INODE else []
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._deny()
+        raise self._xattr_refused(name)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._deny()
+        raise self._xattr_refused(name)
+
+    def _xattr_refused(self, name: bytes) -> pyfuse3.FUSEError:
+        """famfs keeps no extended attributes. Outside `user.`, and on the master's mount,
+        EOPNOTSUPP: what cp -a and tar --xattrs take for "none here" (an ACL setter then falls
+        back to chmod), as getxattr answers; a client's `user.` change is a refused change (EPERM)."""
+        if self.writer is not None or not name.startswith(USER_XATTRS):
+            return pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        return self._deny()
 
     # --- the namespace: written on the master, refused elsewhere -------------------------------
 
@@ -605,9 +660,21 @@ class FamfsOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
 
+    @guarded
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise self._deny()
+        """The master's mount keeps a link for itself, never logged (fusefs/links.py)."""
+        _, parent, raw, relpath = self._new_name(parent_inode, name)
+        if not self.links.explained:
+            self.links.explained = True
+            log.warning("symlinks_not_logged", first=relpath, target=os.fsdecode(target),
+                        why="famfs has no symbolic links: each one made here is served by this mount only, until "
+                            "it is removed or the mount stops; no other host sees it (said once)")
+        wall = time.time_ns()
+        owner = self._owner(parent, 0o777, ctx, directory=False)
+        link = Link(self.table.new_ino(), parent.ino, name, target, owner.uid, owner.gid, wall, wall, wall)
+        self.links.add(link)
+        return self._link_attributes(link)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -618,6 +685,10 @@ class FamfsOperations(pyfuse3.Operations):
         if self.writer is None:
             raise self._deny()
         parent = self._node(parent_inode)
+        link = self.links.named(parent.ino, name)
+        if link is not None:
+            self.links.remove(link)
+            return
         staged = self.staging.named(parent.ino, name)
         if staged is not None and staged.committing:
             await staged.settled.wait()  # being logged: remove what was logged
@@ -639,6 +710,8 @@ class FamfsOperations(pyfuse3.Operations):
         node = self._existing(parent, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.links.in_dir(node.ino):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)  # links of this mount's are in it
         await self._remove(self.writer.rmdir, parent, node)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
@@ -681,7 +754,8 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if not parent.present:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if self.table.child(parent, name) is not None or self.staging.named(parent.ino, name) is not None:
+        if self.table.child(parent, name) is not None or self.staging.named(parent.ino, name) is not None \
+                or self.links.named(parent.ino, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         raw = parent.relpath + b"/" + name if parent.relpath else name
         try:

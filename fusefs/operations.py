@@ -407,8 +407,7 @@ class FamfsOperations(pyfuse3.Operations):
             played: Callable[[Signature | None], bool] = \
                 lambda sig: sig is not None and shadow_reader.dir_xattr(root, node.relpath) == record
         else:
-            before = node.sig.st_ino
-            played = lambda sig: sig is not None and sig.st_ino != before  # noqa: E731
+            played = functools.partial(self._yaml_shows, node.relpath, owner)
         parent = self._node(node.parent)
         found = await self._applied(node.relpath, played, parent.ino, node.name)
         if found is None:
@@ -606,7 +605,7 @@ class FamfsOperations(pyfuse3.Operations):
             # security.*, system.posix_acl_*: not supported here. ls -l asks for two of them per
             # file (each a request); EOPNOTSUPP makes it stop asking on this file system.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        if inode not in self.staging.by_ino:
+        if inode not in self.staging.by_ino and inode not in self.links.by_ino:
             self._node(inode)
         if name == SHADOW_XATTR:
             return self.shadow_dir
@@ -616,6 +615,8 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if inode in self.links.by_ino or inode in self.staging.by_ino:
+            return []
         self._node(inode)
         return [SHADOW_XATTR, STATUS_XATTR] if inode == ROOT_INODE else []
 
@@ -817,6 +818,17 @@ class FamfsOperations(pyfuse3.Operations):
                 self.spawn_notice(notice)
         ino = self.table.by_path.get(relpath)
         return None if ino is None else self.table.nodes[ino]
+
+    def _yaml_shows(self, relpath: bytes, owner: Owner, sig: Signature | None) -> bool:
+        """Whether the shadow file at relpath holds this mode and owner (the agent renames the
+        whole YAML over: a new shadow inode, which inotify may have taken in already)."""
+        if sig is None or sig.is_dir:
+            return False
+        try:
+            entry = shadow_reader.load_file(self.table.shadow_root, relpath, self.table.geometry)
+        except (OSError, fmt.FormatError):
+            return False
+        return Owner(entry.mode, entry.uid, entry.gid) == owner
 
     async def _remove(self, call: Callable[[str], int], parent: Node, node: Node) -> None:
         """Log an unlink or rmdir and wait until the agent has removed the shadow path."""

@@ -9,11 +9,13 @@ The namespace is written only on the master host. A client's mount (no `writer`)
 mkdir, unlink, rmdir, rename, link, symlink, mknod, chmod, chown, utimes and truncate with EPERM
 (a refused operation, not a read-only file system: file data stays writable). The master's mount
 is given a famfs.namespace.NamespaceWriter and turns mkdir, create + write + close, ftruncate of a
-new empty file, unlink and rmdir into log entries (docs/fusefs.md, "Writing the namespace on the
-master"): the writer runs in a worker thread (device lock, device writes), then the handler waits
-for famfs-agent to play the entry into the shadow tree and answers from the inode table, so what
-the mount shows is always what the log says. The rest stays refused (rename with EXDEV, so mv
-copies; the others with EPERM). Writes on a `ro` mount get EROFS, writes past a file's fixed size
+new empty file, unlink, rmdir, chmod and chown into log entries (docs/fusefs.md, "Writing the
+namespace on the master"): the writer runs in a worker thread (device lock, device writes), then
+the handler waits for famfs-agent to play the entry into the shadow tree and answers from the
+inode table, so what the log holds the mount shows. Times set there are kept in memory for the
+mount's lifetime (famfs logs none), and so are symbolic links (famfs has none: fusefs/links.py).
+The rest stays refused (rename with EXDEV, so mv copies; a logged file's size, hard links and
+special files with EPERM). Writes on a `ro` mount get EROFS, writes past a file's fixed size
 EFBIG. These are answers, not failures: only the first EPERM is logged, once, saying why and
 which host may change the namespace (an EPERM reads as a permissions problem otherwise).
 """
@@ -739,9 +741,8 @@ class FamfsOperations(pyfuse3.Operations):
                             hint="famfsctl creat|cp|mkdir|rm, or cp/mkdir/rm in the mount, on the master")
             else:
                 log.warning("namespace_change_refused", errno="EPERM",
-                            why="famfs logs files of a fixed size and owner: a logged file cannot be truncated, "
-                                "chmod'ed, chown'ed or given new times, and there are no links, symlinks or special "
-                                "files (docs/fusefs.md)")
+                            why="famfs logs files of a fixed size: a logged file cannot be truncated or "
+                                "overwritten, and there are no hard links or special files (docs/fusefs.md)")
         return pyfuse3.FUSEError(errno.EPERM)
 
     # --- helpers of the master's namespace changes ---------------------------------------------

@@ -24,7 +24,7 @@ PREFIX = "famfs_agent"
 # The `type` label of famfs_agent_entries_total; an entry that cannot be decoded is "unreadable".
 ENTRY_TYPES: dict[type, str] = {fmt.FileEntry: "file", fmt.MkdirEntry: "mkdir", fmt.DeleteEntry: "delete",
                                 fmt.RmdirEntry: "rmdir", fmt.AddDaxdevEntry: "add_daxdev", fmt.HoldEntry: "hold",
-                                fmt.EntryError: "unreadable"}
+                                fmt.SetattrEntry: "setattr", fmt.EntryError: "unreadable"}
 
 
 @dataclass

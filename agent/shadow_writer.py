@@ -66,7 +66,7 @@ from famfs.shadowdir import (
     shadow_permission_problem,
     tree_problem,
 )
-from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry
+from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry, parse_file_yaml
 
 log = structlog.get_logger("famfs-agent")
 _T = TypeVar("_T")
@@ -94,6 +94,21 @@ class Rejected(Exception):
         super().__init__(str(fmt.EntryError(index, reason, relpath)))
         self.index = index
         self.relpath = relpath
+
+
+def is_yaml_of(found: bytes | None, entry: fmt.FileEntry) -> bool:
+    """Whether shadow file bytes `found` are FILE entry `entry`'s YAML, byte for byte, with the
+    mode and owner it logged or any later ones (a SETATTR rewrites only those three fields)."""
+    if found is None:
+        return False
+    made = emit_file_yaml(entry)
+    if found == made:
+        return True
+    try:
+        parsed = parse_file_yaml(found)
+    except fmt.FormatError:
+        return False
+    return found == emit_file_yaml(entry._replace(mode=parsed.mode, uid=parsed.uid, gid=parsed.gid))
 
 
 def _clear(path: Path) -> None:
@@ -616,6 +631,8 @@ class ShadowTree:
             return self.apply_rmdir(index, entry, famfs_log)
         if type(entry) is fmt.HoldEntry:
             return self.apply_hold(index, entry, famfs_log)
+        if type(entry) is fmt.SetattrEntry:
+            return self.apply_setattr(index, entry, famfs_log)
         raise TypeError(f"entry {index}: {type(entry).__name__} is not applied by ShadowTree.apply")
 
     def apply_file(self, index: int, entry: fmt.FileEntry, famfs_log: FamfsLog, raw: bytes | None = None) -> Outcome:
@@ -625,7 +642,7 @@ class ShadowTree:
         except rules.Violation as err:
             if err.rule != rules.path_free.__name__ or self.kind(relpath) is not rules.Kind.FILE:
                 raise Rejected(index, str(err), relpath) from None
-            if index <= self._resume_horizon and self.read_tree_file(relpath) == emit_file_yaml(entry):
+            if index <= self._resume_horizon and is_yaml_of(self.read_tree_file(relpath), entry):
                 self.units.claim(entry.all_extents())
                 self._own(index, entry)
                 return Outcome.PRESENT
@@ -799,6 +816,36 @@ class ShadowTree:
             self.owners.set(entry.file.all_extents(), HELD)  # no live file's: never served
         return Outcome.APPLIED
 
+    def apply_setattr(self, index: int, entry: fmt.SetattrEntry, famfs_log: FamfsLog) -> Outcome:
+        """A live file's or directory's new mode and owner (docs/format.md, SETATTR). A directory:
+        its trusted.famfs.dir names this entry, which the mount checks (set in place: one
+        setxattr replaces the value whole). A file: its units this entry's in the owner map first
+        (the mount checks a YAML against the entry the map names), then its YAML with the new
+        mode and owner renamed over the old one. Played again after a kill, it does the same."""
+        try:
+            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err), entry.relpath) from None
+        target = famfs_log.entry(entry.target_index)
+        if isinstance(target, fmt.MkdirEntry):
+            fd = safepath.open_beneath(self._tree_fd, entry.relpath, safepath.DIR_OPEN)
+            try:
+                os.setxattr(fd, DIR_XATTR, DirRecord(index, entry.mode, entry.uid, entry.gid).encode())
+            finally:
+                os.close(fd)
+            return Outcome.APPLIED
+        assert isinstance(target, fmt.FileEntry)
+        changed = target._replace(mode=entry.mode, uid=entry.uid, gid=entry.gid)
+        if self.owners is not None:
+            self.owners.set(changed.all_extents(), index + 1)
+        if self._creator is not None:
+            self._creator.drain()  # a first play: the file it replaces is made first
+        temp = self._temp_name()
+        write_new_file(temp, emit_file_yaml(changed), self._staging_fd)
+        with safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
+            os.rename(temp, name, src_dir_fd=self._staging_fd, dst_dir_fd=parent)
+        return Outcome.APPLIED
+
     def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
         """The daxdev table for fusefs (upstream's table rules are the rule book's)."""
         if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].get("log_index") == index:
@@ -829,8 +876,7 @@ class ShadowTree:
             return None
 
     def holds(self, relpath: str, index: int, entry: fmt.FileEntry) -> bool:
-        made = emit_file_yaml(entry)
-        return self._look(lambda: self.read_tree_file(relpath) == made, bool)
+        return self._look(lambda: is_yaml_of(self.read_tree_file(relpath), entry), bool)
 
     def dir_index(self, relpath: str) -> int | None:
         return self.dirs.get(relpath)

@@ -83,7 +83,7 @@ class FamfsLog:
         return fmt.decode_entry(self.raw_entry(index), index)
 
     def slots_naming(self, relpath: str, start: int, stop: int) -> Iterator[tuple[int, int]]:
-        """(index, entry type) of each FILE, MKDIR, DELETE or RMDIR slot in [start, stop) whose
+        """(index, entry type) of each slot in [start, stop) with a relpath field (fmt.RELPATH_OFFSETS) whose
         relpath field holds exactly `relpath`, NUL-padded: found by a search of the mapped log in
         C, not a decode per slot. The slots are not validated. The pages searched are forgotten
         once the search is done."""

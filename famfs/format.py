@@ -50,6 +50,7 @@ class EntryType(enum.IntEnum):
     RECLAIM = 6  # ours: deleted files' units are free again (docs/reclaim.md); upstream readers skip it
     FENCE = 7  # ours: the master stops waiting for a host incarnation (docs/reclaim.md); skipped upstream
     HOLD = 8  # ours: a deleted file's units kept across a compaction, FILE's layout (docs/reclaim.md)
+    SETATTR = 9  # ours: a live file's or directory's new mode and owner (docs/format.md); upstream readers skip it
 
 
 class ExtentType(enum.IntEnum):
@@ -77,6 +78,9 @@ ADD_DAXDEV_ENTRY = struct.Struct(_ENTRY_HEAD + "Q16sI4x" + "488x" + "Q")
 DELETE_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "432x" + "Q")
 # RMDIR (ours) has DELETE's layout: the index of the MKDIR entry being undone, then its relpath.
 RMDIR_ENTRY = DELETE_ENTRY
+# SETATTR (ours): DELETE's head (the index of the FILE or MKDIR entry that made the live file or
+# directory, then its relpath), then its new uid, gid and mode, as FILE and MKDIR order them.
+SETATTR_ENTRY = struct.Struct(_ENTRY_HEAD + "Q80s" + "III" + "420x" + "Q")
 # RECLAIM (ours): a count, then (FILE index, DELETE index) pairs naming deleted files whose
 # units are free from this entry on (docs/reclaim.md).
 RECLAIM_MAX_TARGETS = 32
@@ -96,13 +100,14 @@ RELPATH_OFFSETS: dict[int, int] = {
     EntryType.DELETE: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
     EntryType.RMDIR: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
     EntryType.HOLD: ENTRY_HEAD.size + struct.calcsize("<QIIII"),  # FILE's layout
+    EntryType.SETATTR: ENTRY_HEAD.size + struct.calcsize("<Q"),  # after target_index
 }
 ENTRY_SIZE = 544
 ENTRY_CRC_SPAN = 536
 SLOT_SEAL = struct.Struct(f"<Q{ENTRY_CRC_SPAN - 8}xQ")  # a slot's seqnum (+0) and CRC (+ENTRY_CRC_SPAN), one unpack
 
 for _layout in (FILE_SIMPLE_ENTRY, FILE_INTERLEAVED_ENTRY, MKDIR_ENTRY, ADD_DAXDEV_ENTRY, DELETE_ENTRY, RECLAIM_ENTRY,
-                FENCE_ENTRY):
+                FENCE_ENTRY, SETATTR_ENTRY):
     assert _layout.size == ENTRY_SIZE, _layout.format
 assert SUPERBLOCK.size == 200 and LOG_HEADER.size == 48 and FILE_HEAD.size == 136
 
@@ -359,6 +364,19 @@ class RmdirEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SetattrEntry:
+    """A live file's or directory's mode and owner from this entry on (chmod, chown through the
+    master's mount). The log is append-only: the FILE or MKDIR entry keeps what it logged, and
+    this entry, the latest for its target, says what the file or directory has now."""
+
+    relpath: str
+    target_index: int  # the FILE or MKDIR entry that made the live file or directory
+    mode: int  # permission bits, setgid and sticky included (the target's type is unchanged)
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
 class AddDaxdevEntry:
     dev_size: int
     dev_uuid: uuid.UUID
@@ -395,7 +413,8 @@ class HoldEntry:
     file: FileEntry
 
 
-Entry = FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry | ReclaimEntry | FenceEntry | HoldEntry
+Entry = (FileEntry | MkdirEntry | DeleteEntry | RmdirEntry | AddDaxdevEntry | ReclaimEntry | FenceEntry | HoldEntry
+         | SetattrEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +520,13 @@ def encode_entry(entry: Entry, seqnum: int) -> bytes:
             raw = RMDIR_ENTRY.pack(
                 seqnum, EntryType.RMDIR, entry.target_index, encode_relpath(entry.relpath), 0
             )
+        case SetattrEntry():
+            if entry.mode & ~0o7777:
+                raise FormatError(f"SETATTR mode {entry.mode:#o} is more than permission bits")
+            raw = SETATTR_ENTRY.pack(
+                seqnum, EntryType.SETATTR, entry.target_index, encode_relpath(entry.relpath), entry.uid, entry.gid,
+                entry.mode, 0,
+            )
         case AddDaxdevEntry():
             raw = ADD_DAXDEV_ENTRY.pack(
                 seqnum, EntryType.ADD_DAXDEV, entry.dev_size, entry.dev_uuid.bytes, entry.dev_index, 0
@@ -562,6 +588,11 @@ def _decode_body(raw: bytes, kind: int) -> Entry:
     if kind == EntryType.RMDIR:
         _, _, target, relpath, _ = RMDIR_ENTRY.unpack(raw)
         return RmdirEntry(relpath=_relpath_field(relpath), target_index=target)
+    if kind == EntryType.SETATTR:
+        _, _, target, relpath, uid, gid, mode, _ = SETATTR_ENTRY.unpack(raw)
+        if mode & ~0o7777:
+            raise FormatError(f"SETATTR mode {mode:#o} is more than permission bits")
+        return SetattrEntry(relpath=_relpath_field(relpath), target_index=target, mode=mode, uid=uid, gid=gid)
     if kind == EntryType.ADD_DAXDEV:
         _, _, size, dev_uuid, dev_index, _ = ADD_DAXDEV_ENTRY.unpack(raw)
         return AddDaxdevEntry(dev_size=size, dev_uuid=uuid.UUID(bytes=dev_uuid), dev_index=dev_index)
@@ -617,7 +648,7 @@ def _decode_file(raw: bytes) -> FileEntry:
 
 
 def raw_relpath(raw: bytes | memoryview) -> bytes | None:
-    """The relpath bytes of a FILE, MKDIR, DELETE or RMDIR slot, read without validating the slot."""
+    """The relpath bytes of a FILE, MKDIR, DELETE, RMDIR, HOLD or SETATTR slot, read without validating the slot."""
     start = RELPATH_OFFSETS.get(ENTRY_HEAD.unpack_from(raw)[1])
     if start is None:
         return None

@@ -1,7 +1,7 @@
 """What the master's mount asks of the log's writer: the one interface between fusefs and famfs.master.
 
 fusefs may not import the master's tools (docs/architecture.md), yet on the master host its mount
-turns mkdir, create + write + close, fallocate, unlink and rmdir into log entries. So the mount
+turns mkdir, create + write + close, fallocate, unlink, rmdir, chmod and chown into log entries. So the mount
 is handed an object with this shape by its composition root (famfs_fuse_mount/), which builds it
 from the master's writing Session (famfs/master/mountwriter.py): the device lock and the rule
 book are the ones famfsctl uses.
@@ -51,3 +51,7 @@ class NamespaceWriter(Protocol):
 
     def rmdir(self, relpath: str) -> int:
         """Log an RMDIR of the live, empty directory at relpath."""
+
+    def setattr(self, relpath: str, owner: Owner) -> int | None:
+        """Log a SETATTR giving the live file or directory at relpath this mode and owner; its
+        index, or None when it has them already (nothing logged)."""

@@ -17,6 +17,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
+from typing import TypeVar
 
 from famfs import format as fmt
 from famfs.famfslog import FamfsLog
@@ -180,6 +181,8 @@ class OwnerReader:
         return extent.offset // self.unit, min(stop, self.nunits)
 
 
+_Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)
+
 # The FileEntry fields a shadow file must share with its log entry: size, mode, uid, gid, extents,
 # stripes (the relpath is compared first, for a better reason; flags are not in every YAML).
 _MAPPING = slice(1, 7)
@@ -216,12 +219,9 @@ class ShadowCheck:
         index = value - 1
         if index >= self.famfs_log.next_index():
             return f"the owner map names log entry {index}, past the log's end"
-        try:
-            logged = self.famfs_log.entry(index)
-        except fmt.FormatError as err:
-            return f"the owner map names log entry {index}, which is unreadable: {err}"
-        if not isinstance(logged, fmt.FileEntry):
-            return f"the owner map names log entry {index}, which is not a file"
+        logged = self._described(index, fmt.FileEntry)
+        if isinstance(logged, str):
+            return f"the owner map names log entry {index}, {logged}"
         if logged.relpath != entry.relpath:
             return f"maps units of log entry {index} at path {logged.relpath!r}"
         if logged[_MAPPING] != entry[_MAPPING]:
@@ -237,7 +237,8 @@ class ShadowCheck:
 
     def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str:
         """The logged attributes of shadow directory `relpath` from its xattr value `raw`, if
-        the MKDIR entry it names made this path with them; else why not."""
+        the MKDIR entry it names made this path with them, or the SETATTR it names gave them to
+        that MKDIR's directory; else why not."""
         if raw is None:
             return "no trusted.famfs.dir attribute (not made by famfs-agent)"
         record = DirRecord.decode(raw)
@@ -245,12 +246,32 @@ class ShadowCheck:
             return f"trusted.famfs.dir {raw[:64]!r} is not '<index> <mode> <uid> <gid>'"
         if not 0 <= record.index < self.famfs_log.next_index():
             return f"trusted.famfs.dir names log entry {record.index}, past the log's end"
-        try:
-            logged = self.famfs_log.entry(record.index)
-        except fmt.FormatError as err:
-            return f"trusted.famfs.dir names log entry {record.index}, which is unreadable: {err}"
-        if not isinstance(logged, fmt.MkdirEntry) or logged.relpath != relpath:
-            return f"trusted.famfs.dir names log entry {record.index}, not a MKDIR of this path"
+        logged = self._described(record.index, fmt.MkdirEntry)
+        if isinstance(logged, str) or logged.relpath != relpath:
+            return f"trusted.famfs.dir names log entry {record.index}, not a MKDIR or SETATTR of this path"
         if (logged.mode & 0o7777, logged.uid, logged.gid) != (record.mode, record.uid, record.gid):
             return f"trusted.famfs.dir differs from log entry {record.index}'s mode or owner"
         return record
+
+    def _described(self, index: int, kind: type[_Made]) -> _Made | str:
+        """Log entry `index` as the file or directory it describes: a `kind` entry (FILE or
+        MKDIR) itself, or a SETATTR's target of that kind with the SETATTR's mode and owner (the
+        one a file's owner map or a directory's xattr names is the latest: the agent names each
+        as it plays it). Else why not."""
+        try:
+            logged = self.famfs_log.entry(index)
+            if isinstance(logged, fmt.SetattrEntry):
+                change = logged
+                if not 0 <= change.target_index < index:
+                    return f"a SETATTR of entry {change.target_index}, not an earlier entry"
+                logged = self.famfs_log.entry(change.target_index)
+                if not isinstance(logged, kind) or logged.relpath != change.relpath:
+                    return f"a SETATTR whose target entry {change.target_index} is not a {kind.__name__} of its path"
+                if isinstance(logged, fmt.FileEntry):
+                    return logged._replace(mode=change.mode, uid=change.uid, gid=change.gid)
+                return fmt.MkdirEntry(logged.relpath, change.mode, change.uid, change.gid)  # type: ignore[return-value]
+        except fmt.FormatError as err:
+            return f"which is unreadable: {err}"
+        if not isinstance(logged, kind):
+            return f"which is not a {'file' if kind is fmt.FileEntry else 'directory'}"
+        return logged

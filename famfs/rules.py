@@ -305,6 +305,37 @@ def rmdir_directory_empty(model: Model, entry: fmt.RmdirEntry) -> None:
         raise Violation(rmdir_directory_empty, "RMDIR of a directory that is not empty")
 
 
+def setattr_target_earlier(index: int, entry: fmt.SetattrEntry) -> None:
+    if not 0 <= entry.target_index < index:
+        raise Violation(setattr_target_earlier, f"SETATTR names entry {entry.target_index}, not an earlier entry")
+
+
+def setattr_target_is_that_entry(entry: fmt.SetattrEntry, entry_at: EntryAt) -> fmt.FileEntry | fmt.MkdirEntry:
+    """The target slot holds the FILE or MKDIR entry of this very path; returns it."""
+    try:
+        target = entry_at(entry.target_index)
+    except fmt.EntryError as err:
+        raise Violation(setattr_target_is_that_entry, f"SETATTR target is not a valid entry ({err})") from None
+    if not isinstance(target, fmt.FileEntry | fmt.MkdirEntry):
+        raise Violation(setattr_target_is_that_entry, f"SETATTR target entry {entry.target_index} is a "
+                                                      f"{type(target).__name__}, not a FILE or MKDIR entry")
+    if target.relpath != entry.relpath:
+        raise Violation(setattr_target_is_that_entry, f"SETATTR target entry {entry.target_index} is "
+                                                      f"{target.relpath!r}, not this path")
+    return target
+
+
+def setattr_target_live(model: Model, entry: fmt.SetattrEntry, target: fmt.FileEntry | fmt.MkdirEntry) -> None:
+    """The target made the live file or directory at the path now (not an earlier one of that name)."""
+    if isinstance(target, fmt.FileEntry):
+        if model.kind(entry.relpath) is not Kind.FILE or not model.holds(entry.relpath, entry.target_index, target):
+            raise Violation(setattr_target_live, f"SETATTR target entry {entry.target_index} is not the live file "
+                                                 f"at this path")
+    elif model.dir_index(entry.relpath) != entry.target_index:
+        raise Violation(setattr_target_live, f"SETATTR target entry {entry.target_index} is not the MKDIR of the live "
+                                             f"directory at this path")
+
+
 def reclaim_targets_distinct(entry: fmt.ReclaimEntry) -> None:
     """No file named twice: its units would be freed twice, the second time maybe another file's."""
     files = [file_index for file_index, _ in entry.targets]
@@ -406,6 +437,11 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
         case fmt.RmdirEntry():
             rmdir_target_is_that_directory(index, entry, model)
             rmdir_directory_empty(model, entry)
+        case fmt.SetattrEntry():
+            owner_valid(entry.uid, entry.gid)
+            setattr_target_earlier(index, entry)
+            target = setattr_target_is_that_entry(entry, entry_at)
+            setattr_target_live(model, entry, target)
         case fmt.AddDaxdevEntry():
             daxdev_dense(model, entry)
             daxdev_sized(entry)
@@ -448,7 +484,8 @@ class Namespace:
     units: Units
     daxdevs: list[uuid.UUID]
     dirs: dict[str, int] = field(default_factory=lambda: {"": -1})  # relpath -> MKDIR index
-    files: dict[str, tuple[int, fmt.FileEntry]] = field(default_factory=dict)  # relpath -> (index, entry)
+    dir_attrs: dict[str, fmt.MkdirEntry] = field(default_factory=dict)  # relpath -> its MKDIR as a SETATTR changed it
+    files: dict[str, tuple[int, fmt.FileEntry]] = field(default_factory=dict)  # relpath -> (FILE index, entry as of SETATTRs)
     deleted: dict[int, fmt.FileEntry] = field(default_factory=dict)  # FILE index -> entry, space kept until reclaimed
     deleted_paths: set[str] = field(default_factory=set)
     deletions: dict[int, int] = field(default_factory=dict)  # FILE index -> its DELETE's index, while in `deleted`
@@ -499,6 +536,13 @@ class Namespace:
                 self.deleted_paths.add(entry.relpath)
             case fmt.RmdirEntry():
                 del self.dirs[entry.relpath]
+                self.dir_attrs.pop(entry.relpath, None)
+            case fmt.SetattrEntry():
+                live = self.files.get(entry.relpath)
+                if live is not None and live[0] == entry.target_index:
+                    self.files[entry.relpath] = (live[0], live[1]._replace(mode=entry.mode, uid=entry.uid, gid=entry.gid))
+                else:
+                    self.dir_attrs[entry.relpath] = fmt.MkdirEntry(entry.relpath, entry.mode, entry.uid, entry.gid)
             case fmt.AddDaxdevEntry():
                 self.daxdevs.append(entry.dev_uuid)
             case fmt.HoldEntry():  # deleted before a compaction: reclaimed by a RECLAIM naming (index, index)

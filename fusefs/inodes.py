@@ -67,7 +67,7 @@ class Checker(Protocol):
 
 class Node:
     __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "refused", "children", "lookups",
-                 "opens", "present", "data_stale", "logged")
+                 "opens", "present", "data_stale", "logged", "times")
 
     def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature,
                  logged: DirRecord | None = None) -> None:
@@ -86,6 +86,9 @@ class Node:
         self.opens = 0
         self.present = True  # False once the shadow path is gone
         self.data_stale = False  # re-mapped while open: drop cached data at the last close
+        # (atime, mtime) in ns set through the master's mount (utimes): famfs logs no times, so
+        # they are kept for the mount's lifetime, as upstream's kernel famfs keeps them in its inode
+        self.times: tuple[int, int] | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -191,11 +194,16 @@ class InodeTable:
             del self.nodes[node.ino]
         return stale and node.present
 
+    def new_ino(self) -> int:
+        """An inode number no path of the table has or will have (a link of the mount's own)."""
+        ino = self.next_ino
+        self.next_ino += 1
+        return ino
+
     def reserve(self, relpath: bytes) -> int:
         """An inode number for a path that is not in the shadow tree yet (a file being written
         through the master's mount); the node made when the path appears gets it."""
-        ino = self.next_ino
-        self.next_ino += 1
+        ino = self.new_ino()
         self.reserved[relpath] = ino
         return ino
 
@@ -250,6 +258,8 @@ class InodeTable:
         old = node.sig
         node.sig = sig
         if node.is_dir:
+            if node.logged is not None and old.ctime_ns != sig.ctime_ns:
+                return self._dir_record_changed(node)
             return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 or node.ino == ROOT_INODE else []
         if old.st_ino == sig.st_ino and old.mtime_ns == sig.mtime_ns and old.size == sig.size:
             # Only the shadow file's own attributes (ctime, atime) moved: the YAML is the same.
@@ -260,6 +270,23 @@ class InodeTable:
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
         return self._drop_cached_data(node)
+
+    def _dir_record_changed(self, node: Node) -> list[Notice]:
+        """A directory's ctime moved: its trusted.famfs.dir may name a SETATTR now (chmod, chown
+        on the master). A new record is checked against the log like the first; one that does
+        not hold takes the directory out of the namespace, as if it had never been served."""
+        raw = shadow_reader.dir_xattr(self.shadow_root, node.relpath)
+        assert node.logged is not None
+        if raw == node.logged.encode():
+            return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 else []
+        logged = self._logged_dir(node.relpath, raw)
+        if logged is not None:
+            node.logged = logged
+            return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 else []
+        parent = self.nodes[node.parent]
+        notices = [Notice(NoticeKind.DELETED, node.ino, parent.ino, node.name)] if node.lookups > 0 else []
+        self._remove(node)
+        return notices
 
     def _drop_cached_data(self, node: Node) -> list[Notice]:
         """What the kernel must forget of a file whose bytes now come from elsewhere."""

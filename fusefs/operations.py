@@ -9,11 +9,13 @@ The namespace is written only on the master host. A client's mount (no `writer`)
 mkdir, unlink, rmdir, rename, link, symlink, mknod, chmod, chown, utimes and truncate with EPERM
 (a refused operation, not a read-only file system: file data stays writable). The master's mount
 is given a famfs.namespace.NamespaceWriter and turns mkdir, create + write + close, ftruncate of a
-new empty file, unlink and rmdir into log entries (docs/fusefs.md, "Writing the namespace on the
-master"): the writer runs in a worker thread (device lock, device writes), then the handler waits
-for famfs-agent to play the entry into the shadow tree and answers from the inode table, so what
-the mount shows is always what the log says. The rest stays refused (rename with EXDEV, so mv
-copies; the others with EPERM). Writes on a `ro` mount get EROFS, writes past a file's fixed size
+new empty file, unlink, rmdir, chmod and chown into log entries (docs/fusefs.md, "Writing the
+namespace on the master"): the writer runs in a worker thread (device lock, device writes), then
+the handler waits for famfs-agent to play the entry into the shadow tree and answers from the
+inode table, so what the log holds the mount shows. Times set there are kept in memory for the
+mount's lifetime (famfs logs none), and so are symbolic links (famfs has none: fusefs/links.py).
+The rest stays refused (rename with EXDEV, so mv copies; a logged file's size, hard links and
+special files with EPERM). Writes on a `ro` mount get EROFS, writes past a file's fixed size
 EFBIG. These are answers, not failures: only the first EPERM is logged, once, saying why and
 which host may change the namespace (an EPERM reads as a permissions problem otherwise).
 """
@@ -25,6 +27,7 @@ import errno
 import functools
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +39,7 @@ import trio
 from famfs import format as fmt
 from famfs import hosts, shadowdir
 from famfs.compaction import read_record
+from famfs.shadowdir import DirRecord
 from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from fusefs import shadow_reader
@@ -43,6 +47,7 @@ from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
 from fusefs.lease import Lease
+from fusefs.links import Link, Links
 from fusefs.shadow_reader import Signature
 from fusefs.staging import Staged, StagingArea, StagingFull
 
@@ -125,6 +130,7 @@ class FamfsOperations(pyfuse3.Operations):
         super().__init__()
         self.writer = writer  # None: a client's mount (or a read-only one): the namespace is refused
         self.staging = StagingArea(policy.staging_bytes)
+        self.links = Links()  # symbolic links made here: this mount's only (fusefs/links.py)
         self.writer_slot = trio.CapacityLimiter(1)  # one writer call at a time: they serialize on the lock anyway
         self.staging_full_explained = False
         self.table = table
@@ -157,8 +163,7 @@ class FamfsOperations(pyfuse3.Operations):
         attrs.generation = 0
         attrs.entry_timeout = self.policy.entry_timeout
         attrs.attr_timeout = self.policy.entry_timeout
-        attrs.st_atime_ns = sig.atime_ns
-        attrs.st_mtime_ns = sig.mtime_ns
+        attrs.st_atime_ns, attrs.st_mtime_ns = (sig.atime_ns, sig.mtime_ns) if node.times is None else node.times
         attrs.st_ctime_ns = sig.ctime_ns
         attrs.st_blksize = BLOCK_IO_SIZE
         if node.is_dir:
@@ -210,6 +215,9 @@ class FamfsOperations(pyfuse3.Operations):
             self.lookups.searches += 1
             staged.lookups += 1
             return self._staged_attributes(staged)
+        elif (link := self.links.named(parent.ino, name)) is not None:
+            self.lookups.searches += 1
+            return self._link_attributes(link)
         else:
             node = self.table.child(parent, name)
             if node is None or not self._servable(node):
@@ -295,22 +303,36 @@ class FamfsOperations(pyfuse3.Operations):
         staged = self.staging.by_ino.get(inode)
         if staged is not None:
             return self._staged_attributes(staged)
+        link = self.links.by_ino.get(inode)
+        if link is not None:
+            return self._link_attributes(link)
         return self._attributes(self._node(inode))
 
     @guarded
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        """Only a file still being written through the master's mount may change: nothing of it
-        is logged yet. Its mode and owner become the entry's; times are accepted and not kept
-        (famfs logs none: a file's times are its shadow file's); a size given to it while it is
-        empty is the fast path (allocated and logged at once, then written in place)."""
+        """On the master's mount: a file still being written changes its pending entry (nothing
+        of it is logged yet), and a size given to it while it is empty is the fast path
+        (allocated and logged at once, then written in place); a logged file or directory gets a
+        SETATTR entry for a new mode or owner, answered once this host's agent has played it.
+        Times are kept for the mount's lifetime, not logged. A client's mount changes nothing."""
         staged = self.staging.by_ino.get(inode)
-        if staged is None or staged.committing:
-            return self._unchanged(self._node(inode), attr, fields)
+        if staged is not None and staged.committing:
+            await staged.settled.wait()  # closed a moment ago and being logged: change what is logged
+            staged = None
+        link = self.links.by_ino.get(inode)
+        if link is not None:
+            return self._set_link(link, attr, fields)
+        if staged is None:
+            return await self._set_logged(self._node(inode), attr, fields)
         owner = staged.owner
         staged.owner = Owner(stat.S_IMODE(attr.st_mode) if fields.update_mode else owner.mode,
                              attr.st_uid if fields.update_uid else owner.uid,
                              attr.st_gid if fields.update_gid else owner.gid)
+        if fields.update_atime or fields.update_mtime:
+            atime, mtime = staged.times or (0, 0)
+            staged.times = (attr.st_atime_ns if fields.update_atime else atime,
+                            attr.st_mtime_ns if fields.update_mtime else mtime)
         if fields.update_size:
             if attr.st_size > 0 and not staged.data:
                 await self._commit(staged, size=attr.st_size)
@@ -321,6 +343,84 @@ class FamfsOperations(pyfuse3.Operations):
                 staged.failed = "a truncate did not fit the staging area (EFBIG)"
                 raise self._staging_full(staged) from None
         return self._staged_attributes(staged)
+
+    async def _set_logged(self, node: Node, attr: pyfuse3.EntryAttributes,
+                          fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
+        """A logged file or directory. A size change is refused (a FILE entry fixes the size);
+        a new mode or owner is one SETATTR entry (none when it is the current one: cp -r sets a
+        new directory's mode again, rsync --inplace truncates to the size it wrote); times are
+        kept in the node. The root and .meta are no entry's: their mode and owner stay."""
+        current = self._attributes(node)
+        mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else stat.S_IMODE(current.st_mode)
+        owner = Owner(mode, attr.st_uid if fields.update_uid else current.st_uid,
+                      attr.st_gid if fields.update_gid else current.st_gid)
+        resized = fields.update_size and attr.st_size != current.st_size
+        changed = owner != Owner(stat.S_IMODE(current.st_mode), current.st_uid, current.st_gid)
+        timed = fields.update_atime or fields.update_mtime
+        if self.writer is None or resized or (changed and not self._loggable(node)):
+            raise self._deny()
+        if changed:
+            node = await self._log_setattr(node, owner)
+        if timed:
+            atime, mtime = node.times or (current.st_atime_ns, current.st_mtime_ns)
+            node.times = (attr.st_atime_ns if fields.update_atime else atime,
+                          attr.st_mtime_ns if fields.update_mtime else mtime)
+        return self._attributes(node)
+
+    def _set_link(self, link: Link, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
+        """lchown and times of a link of this mount's (a link has no mode of its own, no size)."""
+        if fields.update_size:
+            raise self._deny()
+        link.uid = attr.st_uid if fields.update_uid else link.uid
+        link.gid = attr.st_gid if fields.update_gid else link.gid
+        link.atime_ns = attr.st_atime_ns if fields.update_atime else link.atime_ns
+        link.mtime_ns = attr.st_mtime_ns if fields.update_mtime else link.mtime_ns
+        return self._link_attributes(link)
+
+    def _link_attributes(self, link: Link) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = link.ino
+        attrs.generation = 0
+        attrs.entry_timeout = attrs.attr_timeout = self.policy.entry_timeout  # only this mount changes it
+        attrs.st_mode = stat.S_IFLNK | 0o777
+        attrs.st_nlink = 1
+        attrs.st_uid, attrs.st_gid = link.uid, link.gid
+        attrs.st_size = len(link.target)
+        attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = link.atime_ns, link.mtime_ns, link.ctime_ns
+        attrs.st_blksize = BLOCK_IO_SIZE
+        return attrs
+
+    @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        link = self.links.by_ino.get(inode)
+        if link is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # not a link: famfs serves no other
+        return link.target
+
+    @staticmethod
+    def _loggable(node: Node) -> bool:
+        """Whether a log entry made this node (the root and .meta are no entry's)."""
+        return node.ino != ROOT_INODE and node.relpath.split(b"/", 1)[0] != shadow_reader.META_NAME
+
+    async def _log_setattr(self, node: Node, owner: Owner) -> Node:
+        """Log the SETATTR and wait until this host's agent shows it: a file's YAML renamed over
+        (another shadow inode), a directory's xattr naming the entry. The node then served."""
+        assert self.writer is not None
+        index = await self._write_log(self.writer.setattr, node.relpath.decode(), owner)
+        if index is None:
+            return node  # it had them already: famfsctl or another request was first
+        if node.is_dir:
+            record = DirRecord(index, owner.mode, owner.uid, owner.gid).encode()
+            root = self.table.shadow_root
+            played: Callable[[Signature | None], bool] = \
+                lambda sig: sig is not None and shadow_reader.dir_xattr(root, node.relpath) == record
+        else:
+            played = functools.partial(self._yaml_shows, node.relpath, owner)
+        parent = self._node(node.parent)
+        found = await self._applied(node.relpath, played, parent.ino, node.name)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # removed meanwhile (famfsctl rm): the next lookup tells
+        return found
 
     # --- directories --------------------------------------------------------------------------
 
@@ -334,7 +434,8 @@ class FamfsOperations(pyfuse3.Operations):
         assert node.children is not None
         # A sorted snapshot: offsets stay meaningful however the directory changes meanwhile.
         fh = self._new_fh()
-        self.dir_handles[fh] = (node, sorted(node.children.items()))
+        links = [(link.name, link.ino) for link in self.links.in_dir(node.ino)]
+        self.dir_handles[fh] = (node, sorted([*node.children.items(), *links]))
         return fh
 
     @guarded
@@ -346,6 +447,10 @@ class FamfsOperations(pyfuse3.Operations):
             for index in range(start_id, len(listing)):
                 name, ino = listing[index]
                 node = table.nodes.get(ino)
+                if node is None and (link := self.links.by_ino.get(ino)) is not None:
+                    if not pyfuse3.readdir_reply(token, name, self._link_attributes(link), index + 1):
+                        return
+                    continue
                 if node is None or not node.present:
                     continue
                 if not node.is_dir:
@@ -508,7 +613,7 @@ class FamfsOperations(pyfuse3.Operations):
             # security.*, system.posix_acl_*: not supported here. ls -l asks for two of them per
             # file (each a request); EOPNOTSUPP makes it stop asking on this file system.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        if inode not in self.staging.by_ino:
+        if inode not in self.staging.by_ino and inode not in self.links.by_ino:
             self._node(inode)
         if name == SHADOW_XATTR:
             return self.shadow_dir
@@ -518,14 +623,24 @@ class FamfsOperations(pyfuse3.Operations):
 
     @guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if inode in self.links.by_ino or inode in self.staging.by_ino:
+            return []
         self._node(inode)
         return [SHADOW_XATTR, STATUS_XATTR] if inode == ROOT_INODE else []
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._deny()
+        raise self._xattr_refused(name)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._deny()
+        raise self._xattr_refused(name)
+
+    def _xattr_refused(self, name: bytes) -> pyfuse3.FUSEError:
+        """famfs keeps no extended attributes. Outside `user.`, and on the master's mount,
+        EOPNOTSUPP: what cp -a and tar --xattrs take for "none here" (an ACL setter then falls
+        back to chmod), as getxattr answers; a client's `user.` change is a refused change (EPERM)."""
+        if self.writer is not None or not name.startswith(USER_XATTRS):
+            return pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        return self._deny()
 
     # --- the namespace: written on the master, refused elsewhere -------------------------------
 
@@ -554,9 +669,21 @@ class FamfsOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
 
+    @guarded
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise self._deny()
+        """The master's mount keeps a link for itself, never logged (fusefs/links.py)."""
+        _, parent, raw, relpath = self._new_name(parent_inode, name)
+        if not self.links.explained:
+            self.links.explained = True
+            log.warning("symlinks_not_logged", first=relpath, target=os.fsdecode(target),
+                        why="famfs has no symbolic links: each one made here is served by this mount only, until "
+                            "it is removed or the mount stops; no other host sees it (said once)")
+        wall = time.time_ns()
+        owner = self._owner(parent, 0o777, ctx, directory=False)
+        link = Link(self.table.new_ino(), parent.ino, name, target, owner.uid, owner.gid, wall, wall, wall)
+        self.links.add(link)
+        return self._link_attributes(link)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -567,6 +694,10 @@ class FamfsOperations(pyfuse3.Operations):
         if self.writer is None:
             raise self._deny()
         parent = self._node(parent_inode)
+        link = self.links.named(parent.ino, name)
+        if link is not None:
+            self.links.remove(link)
+            return
         staged = self.staging.named(parent.ino, name)
         if staged is not None and staged.committing:
             await staged.settled.wait()  # being logged: remove what was logged
@@ -588,6 +719,8 @@ class FamfsOperations(pyfuse3.Operations):
         node = self._existing(parent, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.links.in_dir(node.ino):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)  # links of this mount's are in it
         await self._remove(self.writer.rmdir, parent, node)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
@@ -614,24 +747,9 @@ class FamfsOperations(pyfuse3.Operations):
                             hint="famfsctl creat|cp|mkdir|rm, or cp/mkdir/rm in the mount, on the master")
             else:
                 log.warning("namespace_change_refused", errno="EPERM",
-                            why="famfs logs files of a fixed size and owner: a logged file cannot be truncated, "
-                                "chmod'ed, chown'ed or given new times, and there are no links, symlinks or special "
-                                "files (docs/fusefs.md)")
+                            why="famfs logs files of a fixed size: a logged file cannot be truncated or "
+                                "overwritten, and there are no hard links or special files (docs/fusefs.md)")
         return pyfuse3.FUSEError(errno.EPERM)
-
-    def _unchanged(self, node: Node, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
-        """A logged file or directory: a chmod, chown or truncate to what it already is changes
-        nothing and is answered (cp -r sets a new directory's mode again, rsync --inplace truncates
-        to the size it wrote); anything else is refused."""
-        current = self._attributes(node)
-        same = (not (fields.update_atime or fields.update_mtime or fields.update_ctime)
-                and (not fields.update_size or attr.st_size == current.st_size)
-                and (not fields.update_mode or stat.S_IMODE(attr.st_mode) == stat.S_IMODE(current.st_mode))
-                and (not fields.update_uid or attr.st_uid == current.st_uid)
-                and (not fields.update_gid or attr.st_gid == current.st_gid))
-        if not same or self.writer is None:
-            raise self._deny()
-        return current
 
     # --- helpers of the master's namespace changes ---------------------------------------------
 
@@ -644,7 +762,8 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if not parent.present:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if self.table.child(parent, name) is not None or self.staging.named(parent.ino, name) is not None:
+        if self.table.child(parent, name) is not None or self.staging.named(parent.ino, name) is not None \
+                or self.links.named(parent.ino, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         raw = parent.relpath + b"/" + name if parent.relpath else name
         try:
@@ -667,8 +786,9 @@ class FamfsOperations(pyfuse3.Operations):
         kernel leaves to a FUSE file system: the parent's group, and setgid for a directory."""
         perm = stat.S_IMODE(mode) & ~ctx.umask
         gid = ctx.gid
-        if parent.sig.mode & stat.S_ISGID:
-            gid = parent.sig.gid
+        logged = parent.logged  # the log's mode and owner (the shadow directory is root's 0755)
+        if logged is not None and logged.mode & stat.S_ISGID:
+            gid = logged.gid
             if directory:
                 perm |= stat.S_ISGID
         return Owner(perm, ctx.uid, gid)
@@ -706,6 +826,17 @@ class FamfsOperations(pyfuse3.Operations):
         ino = self.table.by_path.get(relpath)
         return None if ino is None else self.table.nodes[ino]
 
+    def _yaml_shows(self, relpath: bytes, owner: Owner, sig: Signature | None) -> bool:
+        """Whether the shadow file at relpath holds this mode and owner (the agent renames the
+        whole YAML over: a new shadow inode, which inotify may have taken in already)."""
+        if sig is None or sig.is_dir:
+            return False
+        try:
+            entry = shadow_reader.load_file(self.table.shadow_root, relpath, self.table.geometry)
+        except (OSError, fmt.FormatError):
+            return False
+        return Owner(entry.mode, entry.uid, entry.gid) == owner
+
     async def _remove(self, call: Callable[[str], int], parent: Node, node: Node) -> None:
         """Log an unlink or rmdir and wait until the agent has removed the shadow path."""
         await self._write_log(call, node.relpath.decode())
@@ -728,6 +859,8 @@ class FamfsOperations(pyfuse3.Operations):
         attrs.st_uid, attrs.st_gid = staged.owner.uid, staged.owner.gid
         attrs.st_size = len(staged.data)
         attrs.st_blksize = BLOCK_IO_SIZE
+        if staged.times is not None:
+            attrs.st_atime_ns, attrs.st_mtime_ns = staged.times
         return attrs
 
     async def _commit(self, staged: Staged, size: int | None = None) -> None:
@@ -755,6 +888,7 @@ class FamfsOperations(pyfuse3.Operations):
             log.error("logged file not served", path=staged.relpath, why="its shadow file is not the one logged")
             raise pyfuse3.FUSEError(errno.EIO)
         node.lookups += staged.lookups
+        node.times = staged.times
         node.opens += staged.opens
         for fh, handle in list(self.file_handles.items()):
             if handle is staged:

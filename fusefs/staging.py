@@ -40,6 +40,7 @@ class Staged:
     gone: bool = False  # logged (its node is in the inode table) or dropped: its handles moved on
     settled: trio.Event = field(default_factory=trio.Event)  # set once it is logged or dropped
     committing: bool = False
+    times: tuple[int, int] | None = None  # (atime, mtime) ns a utimes gave it: its node keeps them (Node.times)
 
 
 class StagingArea:

@@ -66,7 +66,7 @@ BAD_ENTRIES = [
     ("past the device end", lambda i: edited_file(i, relpath=b"d/past", offset=IMAGE_SIZE), "d/past", "past the device end"),
     ("over the superblock", lambda i: edited_file(i, relpath=b"d/sb", offset=0), "d/sb", "overlaps the superblock/log"),
     ("over the log", lambda i: edited_file(i, relpath=b"d/log", offset=fmt.LOG_OFFSET), "d/log", "overlaps the superblock/log"),
-    ("unknown type", lambda i: with_type(edited_file(i, relpath=b"d/odd"), 9), None, "unknown entry type 9"),
+    ("unknown type", lambda i: with_type(edited_file(i, relpath=b"d/odd"), 10), None, "unknown entry type 10"),
     ("parent never logged", lambda i: fmt.encode_entry(file_entry("nodir/f", 41), i), "nodir/f", "parent directory 'nodir' does not exist"),
     ("mkdir, parent never logged", lambda i: fmt.encode_entry(mkdir_entry("nodir/sub"), i), "nodir/sub", "parent directory 'nodir' does not exist"),
     ("mkdir .meta", lambda i: fmt.encode_entry(mkdir_entry(".meta"), i), ".meta", "reserved"),

@@ -58,7 +58,8 @@ def upstream_logplay(image: Path) -> set[str] | None:
 
 
 def churned_image(tmp_path: Path, system_uuid_file: Path) -> Path:
-    """A log with live and deleted files, removed directories and a path used twice."""
+    """A log with live and deleted files, removed directories, a path used twice, and a file's and
+    a directory's mode and owner changed (SETATTR)."""
     image = make_image(tmp_path / "dev.img", "2g")
     master = Master(str(image), system_uuid_file=system_uuid_file)
     with master.batch():
@@ -72,6 +73,9 @@ def churned_image(tmp_path: Path, system_uuid_file: Path) -> Path:
     master.remove(*(f"keep/f{n}" for n in range(0, 30, 3)), "gone/tmp", "keep/sub/again")
     with writer.session(str(image), system_uuid_file) as current:
         current.rmdir("gone")
+        current.setattr("keep/f2", writer.Ownership(0o640, 7, 8))
+        current.setattr("keep/f2", writer.Ownership(0o4750, 7, 9))
+        current.setattr("keep/sub", writer.Ownership(0o2770, 0, 5))
     master.create("keep/sub/again", 2 * MiB).commit()  # the path again, on other units
     return image
 
@@ -91,7 +95,10 @@ def test_the_compacted_log_holds_exactly_the_live_namespace(tmp_path: Path, syst
     assert len(kept) < entries_before
     holds = [entry for entry in kept if isinstance(entry, fmt.HoldEntry)]
     assert len(holds) == 12  # the deleted files' units stay taken until reclaimed
-    assert not any(isinstance(entry, fmt.DeleteEntry | fmt.RmdirEntry) for entry in kept)
+    assert not any(isinstance(entry, fmt.DeleteEntry | fmt.RmdirEntry | fmt.SetattrEntry) for entry in kept)
+    assert fmt.MkdirEntry("keep/sub", 0o2770, 0, 5) in kept  # as SETATTRs left them
+    assert [(e.mode, e.uid, e.gid) for e in kept if isinstance(e, fmt.FileEntry) and e.relpath == "keep/f2"] == [
+        (0o4750, 7, 9)]
     assert upstream_logplay(image) == set(before[0]) | before[1]  # upstream shows the live namespace
     with Device(image) as device:
         assert fsck.check(device).clean

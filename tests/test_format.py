@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import struct
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -323,3 +324,23 @@ def test_famfsctl_image_satisfies_the_spec_field_by_field(tmp_path: Path, system
     assert (u32(striped, 120), u64(striped, 136), u64(striped, 144)) == (1, 2, 4 * MIB)
     empty = raw[0x200000 + 48 + 544 * 6:][:544]
     assert relpath_field(empty[40:120]) == "src/empty" and u64(empty, 16) == 0
+
+
+def test_setattr_entry_layout_round_trip_and_bounds() -> None:
+    """SETATTR (type 9, docs/format.md): DELETE's head, then uid, gid, mode; zeros elsewhere."""
+    entry = fmt.SetattrEntry("d/f", 12, 0o2775, 1000, 5)
+    raw = fmt.encode_entry(entry, 40)
+    assert len(raw) == fmt.ENTRY_SIZE
+    assert struct.unpack_from("<QI4xQ", raw) == (40, 9, 12)
+    assert raw[24:104] == b"d/f".ljust(80, b"\0")
+    assert struct.unpack_from("<III", raw, 104) == (1000, 5, 0o2775)
+    assert raw[116:536] == bytes(420)
+    assert fmt.decode_entry(raw, 40) == entry
+    assert fmt.raw_relpath(raw) == b"d/f"
+    with pytest.raises(fmt.FormatError, match="more than permission bits"):
+        fmt.encode_entry(fmt.SetattrEntry("d/f", 12, 0o100644, 0, 0), 40)
+    typed = bytearray(raw)
+    struct.pack_into("<I", typed, 112, 0o100644)
+    struct.pack_into("<Q", typed, fmt.ENTRY_CRC_SPAN, fmt.crc32(typed[:fmt.ENTRY_CRC_SPAN]))
+    with pytest.raises(fmt.EntryError, match="more than permission bits"):
+        fmt.decode_entry(bytes(typed), 40)

@@ -103,10 +103,11 @@ IDS = st.sampled_from([0, 1000, 0xFFFFFFFF])
 class Op:
     """One step: a master operation through the writer, or a raw entry appended as is."""
 
-    kind: str  # mkdir | creat | rm | rmdir | raw_file | raw_mkdir | raw_delete | raw_rmdir | raw_daxdev
+    kind: str  # mkdir | creat | rm | rmdir | chmod | raw_file | raw_mkdir | raw_delete | raw_rmdir | raw_setattr | raw_daxdev
     path: str = "a"
     uid: int = 0
-    number: int = 0  # units (creat, raw_file), first unit (raw_file), target (raw_delete, raw_rmdir), index (raw_daxdev)
+    number: int = 0  # units (creat, raw_file), first unit (raw_file), target (raw_delete, raw_rmdir, raw_setattr),
+    # index (raw_daxdev)
     extra: int = 1
 
 
@@ -115,6 +116,8 @@ OPS = st.one_of(
     st.builds(Op, st.just("creat"), PATHS, IDS, st.integers(0, 3)),
     st.builds(Op, st.just("rm"), PATHS),
     st.builds(Op, st.just("rmdir"), PATHS),
+    st.builds(Op, st.just("chmod"), PATHS, IDS),
+    st.builds(Op, st.just("raw_setattr"), PATHS, IDS, st.integers(0, 12)),
     st.builds(Op, st.just("raw_file"), PATHS, IDS, st.integers(0, 6), st.integers(1, 2)),
     st.builds(Op, st.just("raw_mkdir"), PATHS, IDS),
     st.builds(Op, st.just("raw_delete"), PATHS, st.just(0), st.integers(0, 12)),
@@ -122,6 +125,10 @@ OPS = st.one_of(
     st.builds(Op, st.just("raw_daxdev"), st.just(""), st.just(0), st.integers(0, 3), st.integers(0, 1)),
 )
 OWNER = writer.Ownership(0o755, 0, 0)
+
+
+def chmod_to(uid: int) -> writer.Ownership:
+    return writer.Ownership(0o1750, uid, uid)
 AU = fmt.ALLOC_UNIT
 
 
@@ -130,11 +137,14 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
     logged. An operation the writer refuses is then logged raw, so the follower meets it too."""
     with Device(image) as device:
         index = FamfsLog(device).next_index()
-    if op.kind in ("mkdir", "creat", "rm", "rmdir"):
+    if op.kind in ("mkdir", "creat", "rm", "rmdir", "chmod"):
         try:
             with writer.session(str(image), uuid_file) as session:
                 owner = writer.Ownership(0o755, op.uid, op.uid)
-                if op.kind == "mkdir":
+                if op.kind == "chmod":
+                    if session.setattr(op.path, chmod_to(op.uid)) is None:
+                        return None  # it had that mode and owner: nothing logged
+                elif op.kind == "mkdir":
                     session.mkdir(op.path, owner)
                 elif op.kind == "creat":
                     session.create(op.path, op.number * AU, owner)
@@ -154,6 +164,10 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
             refused = fmt.FileEntry(op.path, op.number * AU, 0o644, op.uid, op.uid, extents=(extent,))
         elif op.kind == "rmdir":
             refused = fmt.RmdirEntry(op.path, namespace.dirs.get(op.path, 0))
+        elif op.kind == "chmod":
+            made = namespace.files[op.path][0] if op.path in namespace.files else namespace.dirs.get(op.path, 0)
+            mode = chmod_to(op.uid)
+            refused = fmt.SetattrEntry(op.path, max(made, 0), mode.mode, mode.uid, mode.gid)
         else:
             live = namespace.files.get(op.path)
             refused = fmt.DeleteEntry(op.path, live[0] if live else 0)
@@ -169,6 +183,8 @@ def run_op(image: Path, uuid_file: Path, op: Op) -> tuple[int, bool] | None:
         raw = fmt.DeleteEntry(op.path, op.number)
     elif op.kind == "raw_rmdir":
         raw = fmt.RmdirEntry(op.path, op.number)
+    elif op.kind == "raw_setattr":
+        raw = fmt.SetattrEntry(op.path, op.number, 0o2750, op.uid, op.uid)
     else:
         raw = fmt.AddDaxdevEntry(dev_size=op.extra << 30, dev_uuid=uuid.UUID(int=op.number % 2 + 1), dev_index=op.number)
     append_raw(image, [fmt.encode_entry(raw, index)])
@@ -221,6 +237,7 @@ def test_writer_fsck_and_follower_apply_one_rule_book(tmp_path_factory: pytest.T
     assert report.problems == len(flagged), report.render()
     assert follower_skips(image, work / "shadow", uuid_file) == flagged
     # the follower's tree is the rule book's namespace
+    made_dirs |= namespace.dir_attrs  # as SETATTRs left them
     expected: dict[str, object] = {path: (entry.mode & 0o7777, entry.uid, entry.gid)
                                    for path, entry in made_dirs.items() if isinstance(entry, fmt.MkdirEntry)}
     expected |= {path: emit_file_yaml(entry) for path, (_, entry) in namespace.files.items()}

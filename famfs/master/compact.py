@@ -67,9 +67,9 @@ def compacted_entries(famfs_log: FamfsLog, namespace: Namespace) -> tuple[list[f
     for index, entry in famfs_log.entries():
         match entry:
             case fmt.MkdirEntry() if namespace.dirs.get(entry.relpath) == index:
-                kept.append(entry)
+                kept.append(namespace.dir_attrs.get(entry.relpath, entry))  # as SETATTRs left it
             case fmt.FileEntry() if namespace.files.get(entry.relpath, (None,))[0] == index:
-                kept.append(entry)
+                kept.append(namespace.files[entry.relpath][1])  # as SETATTRs left it
             case fmt.FileEntry() if index in namespace.deleted:
                 kept.append(fmt.HoldEntry(entry))
                 held += 1

@@ -37,6 +37,7 @@ RULE_ERRNO: dict[str, int] = {
     rules.rmdir_directory_empty.__name__: errno.ENOTEMPTY,
     rules.rmdir_target_is_that_directory.__name__: errno.ENOENT,
     rules.delete_target_live.__name__: errno.ENOENT,
+    rules.setattr_target_live.__name__: errno.ENOENT,
 }
 
 
@@ -88,6 +89,10 @@ class SessionWriter:
     def rmdir(self, relpath: str) -> int:
         with self._locked(relpath) as session:
             return session.rmdir(relpath)
+
+    def setattr(self, relpath: str, owner: Owner) -> int | None:
+        with self._locked(relpath) as session:
+            return session.setattr(relpath, _ownership(owner))
 
 
 def _ownership(owner: Owner) -> Ownership:

@@ -186,7 +186,7 @@ class Session:
         """The rule book's verdict on `entry` as log entry `index`: refused, named, or nothing."""
         relpath = getattr(entry, "relpath", type(entry).__name__.removesuffix("Entry").upper())
         try:
-            if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry | fmt.DeleteEntry | fmt.RmdirEntry):
+            if isinstance(entry, fmt.FileEntry | fmt.MkdirEntry | fmt.DeleteEntry | fmt.RmdirEntry | fmt.SetattrEntry):
                 fmt.encode_relpath(entry.relpath)
             rules.check(index, entry, self.namespace, self.geometry, self.log.entry)
         except fmt.FormatError as err:
@@ -411,6 +411,28 @@ class Session:
         log.info("fence", device=self.log.path, index=index, slot=entry.slot, host=str(entry.system_uuid),
                  incarnation=entry.incarnation, reason=entry.reason.name.lower(), heartbeat=entry.heartbeat,
                  applied=entry.applied)
+        return index
+
+    def setattr(self, relpath: str, owner: Ownership) -> int | None:
+        """Log a SETATTR giving the live file or directory at relpath this mode and owner; None
+        (nothing logged) if it has them already."""
+        live = self.namespace.files.get(relpath)
+        if live is not None:
+            target, current = live[0], (live[1].mode, live[1].uid, live[1].gid)
+        elif (made_by := self.namespace.dir_index(relpath)) is not None and made_by >= 0:
+            made = self.namespace.dir_attrs.get(relpath) or self.log.entry(made_by)
+            assert isinstance(made, fmt.MkdirEntry)
+            target, current = made_by, (made.mode, made.uid, made.gid)
+        else:
+            raise self.refuse(relpath, FileNotFoundError(errno.ENOENT, "no live file or directory of that name"))
+        if current == (owner.mode, owner.uid, owner.gid):
+            return None
+        entry = fmt.SetattrEntry(relpath=relpath, target_index=target, mode=owner.mode, uid=owner.uid, gid=owner.gid)
+        index = self._next_index()
+        self._check(index, entry)
+        self._append([entry])
+        log.info("setattr", device=self.log.path, path=relpath, index=index, target=target,
+                 mode=f"{owner.mode:04o}", uid=owner.uid, gid=owner.gid)
         return index
 
     def rmdir(self, relpath: str) -> int:

@@ -330,7 +330,8 @@ class FamfsOperations(pyfuse3.Operations):
                              attr.st_uid if fields.update_uid else owner.uid,
                              attr.st_gid if fields.update_gid else owner.gid)
         if fields.update_atime or fields.update_mtime:
-            atime, mtime = staged.times or (0, 0)
+            now = time.time_ns()
+            atime, mtime = staged.times or (now, now)  # (touch -m: the other one is now, as on any file system)
             staged.times = (attr.st_atime_ns if fields.update_atime else atime,
                             attr.st_mtime_ns if fields.update_mtime else mtime)
         if fields.update_size:

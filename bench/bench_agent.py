@@ -20,7 +20,6 @@ import itertools
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from agent.follower import Follower
 from bench.common import Result, scratch
+from demo.cluster import stop_process
 from demo.harness import materialize_reference
 from famfs import format as fmt
 from famfs.config import AgentSettings
@@ -150,12 +150,7 @@ def follower_process(image: Path, shadow: Path, wake_hint: bool,
             time.sleep(0.01)
         yield agent
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        stop_process(agent, 30)
 
 
 DEVICE_SIZE = 1 << 40  # sparse: a distinct allocation unit for every entry of a full 256 MiB log

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import CPU, Result, pin, scratch
+from demo.cluster import stop_process
 from demo.harness import Mount, unmount, wait_for
 from famfs import env
 from famfs.shadowyaml import parse_file_yaml
@@ -111,13 +111,7 @@ def following_client(work: Path, image: Path) -> Iterator[tuple[Path, dict[str, 
             raise RuntimeError(f"famfs-agent --follow exited {agent.returncode}")
         yield shadow, client
     finally:
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        stop_process(agent, 30)
 
 
 @contextlib.contextmanager

@@ -86,12 +86,7 @@ def dir_xattr(root: bytes, relpath: bytes) -> bytes | None:
         fd = open_beneath_root(root, relpath, _OPEN_DIR)
     except OSError:
         return None
-    try:
-        return os.getxattr(fd, DIR_XATTR)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return _record_closing(fd)
 
 
 def signature_of(st: os.stat_result) -> Signature | None:
@@ -150,6 +145,11 @@ def _xattr_at(dir_fd: int, name: str) -> bytes | None:
         fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
     except OSError:
         return None
+    return _record_closing(fd)
+
+
+def _record_closing(fd: int) -> bytes | None:
+    """The trusted.famfs.dir value of directory `fd` (None if it has none); `fd` is closed."""
     try:
         return os.getxattr(fd, DIR_XATTR)
     except OSError:

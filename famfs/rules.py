@@ -262,23 +262,35 @@ def space_unclaimed(model: Model, entry: fmt.FileEntry) -> None:
         raise Violation(space_unclaimed, f"allocation unit at {unit * model.units.unit:#x} is already held by another file")
 
 
+def _target_earlier(rule: Callable[..., object], word: str, index: int, target_index: int) -> None:
+    """DELETE's and SETATTR's rule that the entry they name comes before them."""
+    if not 0 <= target_index < index:
+        raise Violation(rule, f"{word} names entry {target_index}, not an earlier entry")
+
+
+def _target_of_path(rule: Callable[..., object], word: str, entry: fmt.DeleteEntry | fmt.SetattrEntry,
+                    entry_at: EntryAt, kinds: type | tuple[type, ...], kinds_name: str) -> fmt.Entry:
+    """DELETE's and SETATTR's rule that the slot they name holds an entry of `kinds` for this very
+    path; returns it."""
+    try:
+        target = entry_at(entry.target_index)
+    except fmt.EntryError as err:
+        raise Violation(rule, f"{word} target is not a valid entry ({err})") from None
+    if not isinstance(target, kinds):
+        raise Violation(rule, f"{word} target entry {entry.target_index} is a {type(target).__name__}, not {kinds_name}")
+    if target.relpath != entry.relpath:  # type: ignore[union-attr]  (FILE and MKDIR have one)
+        raise Violation(rule, f"{word} target entry {entry.target_index} is {target.relpath!r}, not this path")  # type: ignore[union-attr]
+    return target
+
+
 def delete_target_earlier(index: int, entry: fmt.DeleteEntry) -> None:
-    if not 0 <= entry.target_index < index:
-        raise Violation(delete_target_earlier, f"DELETE names entry {entry.target_index}, not an earlier entry")
+    _target_earlier(delete_target_earlier, "DELETE", index, entry.target_index)
 
 
 def delete_target_is_that_file(entry: fmt.DeleteEntry, entry_at: EntryAt) -> fmt.FileEntry:
     """The target slot holds a FILE entry for this very path; returns it."""
-    try:
-        victim = entry_at(entry.target_index)
-    except fmt.EntryError as err:
-        raise Violation(delete_target_is_that_file, f"DELETE target is not a valid entry ({err})") from None
-    if not isinstance(victim, fmt.FileEntry):
-        raise Violation(delete_target_is_that_file, f"DELETE target entry {entry.target_index} is a "
-                                                    f"{type(victim).__name__}, not a FILE entry")
-    if victim.relpath != entry.relpath:
-        raise Violation(delete_target_is_that_file, f"DELETE target entry {entry.target_index} is "
-                                                    f"{victim.relpath!r}, not this path")
+    victim = _target_of_path(delete_target_is_that_file, "DELETE", entry, entry_at, fmt.FileEntry, "a FILE entry")
+    assert isinstance(victim, fmt.FileEntry)
     return victim
 
 
@@ -306,22 +318,14 @@ def rmdir_directory_empty(model: Model, entry: fmt.RmdirEntry) -> None:
 
 
 def setattr_target_earlier(index: int, entry: fmt.SetattrEntry) -> None:
-    if not 0 <= entry.target_index < index:
-        raise Violation(setattr_target_earlier, f"SETATTR names entry {entry.target_index}, not an earlier entry")
+    _target_earlier(setattr_target_earlier, "SETATTR", index, entry.target_index)
 
 
 def setattr_target_is_that_entry(entry: fmt.SetattrEntry, entry_at: EntryAt) -> fmt.FileEntry | fmt.MkdirEntry:
     """The target slot holds the FILE or MKDIR entry of this very path; returns it."""
-    try:
-        target = entry_at(entry.target_index)
-    except fmt.EntryError as err:
-        raise Violation(setattr_target_is_that_entry, f"SETATTR target is not a valid entry ({err})") from None
-    if not isinstance(target, fmt.FileEntry | fmt.MkdirEntry):
-        raise Violation(setattr_target_is_that_entry, f"SETATTR target entry {entry.target_index} is a "
-                                                      f"{type(target).__name__}, not a FILE or MKDIR entry")
-    if target.relpath != entry.relpath:
-        raise Violation(setattr_target_is_that_entry, f"SETATTR target entry {entry.target_index} is "
-                                                      f"{target.relpath!r}, not this path")
+    target = _target_of_path(setattr_target_is_that_entry, "SETATTR", entry, entry_at, (fmt.FileEntry, fmt.MkdirEntry),
+                             "a FILE or MKDIR entry")
+    assert isinstance(target, fmt.FileEntry | fmt.MkdirEntry)
     return target
 
 

@@ -200,7 +200,8 @@ class Follower:
             self.tree.reset(sb, self.device_path, keep_tree=compacted)
         assert state is not None
         self.state = state
-        mine = HostIdentity(self.uuid_file, system_uuid(self.uuid_file, create=False), str(self.uuid_file))
+        assert self.member is not None  # joined above: its UUID is the one in the identity file
+        mine = HostIdentity(self.uuid_file, self.member.system_uuid, str(self.uuid_file))
         role = mine.role(sb)
         self.tree.write_meta(sb, master=role is Role.MASTER)
         state.device, state.role, state.boot_id = self.state_device, role.value, boot_id()

@@ -151,11 +151,10 @@ def data_end(entry: fmt.FileEntry) -> int:
     return max((offset + length for offset, length in fmt.device_ranges(entry)), default=0)
 
 
-def check_image_size(fd: int, entry: fmt.FileEntry, where: str) -> None:
-    """ImageTruncated if `fd` is an image file shorter than the file's bytes need."""
+def check_image_size(fd: int, needed: int, where: str) -> None:
+    """ImageTruncated if image file `fd` is shorter than `needed` (data_end of the file mapped)."""
     st = os.fstat(fd)
-    needed = data_end(entry)
-    if stat.S_ISREG(st.st_mode) and st.st_size < needed:
+    if st.st_size < needed:
         raise ImageTruncated(errno.EIO, f"{where}: the image file is {st.st_size} bytes, the file's bytes reach "
                              f"{needed}: it was truncated, and touching them would kill this process (SIGBUS)")
 
@@ -180,6 +179,7 @@ class MappedFile:
         # An image file's descriptor, kept to fstat it (not its path: it may be replaced); closed
         # by close() or, at the latest, with this object.
         self._image_fd = image_fd
+        self._image_needed = data_end(entry) if image_fd is not None else 0  # once: a striped file has many pieces
         self._close_fd = weakref.finalize(self, os.close, image_fd) if image_fd is not None else None
 
     @property
@@ -200,7 +200,7 @@ class MappedFile:
         if self._view is None:
             raise ValueError(f"{self.relpath}: I/O operation on a closed famfs file")
         if self._image_fd is not None:
-            check_image_size(self._image_fd, self.entry, f"{self.device}: {self.relpath}")
+            check_image_size(self._image_fd, self._image_needed, f"{self.device}: {self.relpath}")
         return self._view
 
     def close(self) -> None:
@@ -395,5 +395,5 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path,
                         pin_fd=pin_fd_out[0] if pin_fd_out else None)
         pin_fd_out.clear()  # map_file owns it now
-        image_fd = os.dup(opened.fd) if stat.S_ISREG(os.fstat(opened.fd).st_mode) else None
+        image_fd = os.dup(opened.fd) if opened.info.kind == "file" else None
     return MappedFile(relpath, entry, device_path, mode, view, image_fd)

@@ -465,16 +465,6 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
             raise TypeError(f"not a log entry: {entry!r}")
 
 
-def reclaimed_extents(entry: fmt.ReclaimEntry, entry_at: EntryAt) -> Iterator[fmt.Extent]:
-    """The extents a RECLAIM that passed check() frees, read from the FILE entries it names: for
-    a model that does not keep deleted files' entries (the follower). Its units then go with
-    Units.release()."""
-    for file_index, _ in entry.targets:
-        victim = entry_at(file_index)
-        assert isinstance(victim, fmt.FileEntry), "check() accepted a RECLAIM of a non-file"
-        yield from victim.all_extents()
-
-
 FenceKey = tuple[uuid.UUID, int]  # (system UUID, incarnation); (nil, 0) with a slot for a damaged slot
 
 

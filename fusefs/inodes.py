@@ -324,8 +324,7 @@ class InodeTable:
                 return None
         ino = self.reserved.pop(relpath, None)
         if ino is None:
-            ino = self.next_ino
-            self.next_ino += 1
+            ino = self.new_ino()
         node = Node(ino, parent.ino, name, relpath, sig, logged)
         self.nodes[node.ino] = node
         self.by_path[relpath] = node.ino

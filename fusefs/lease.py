@@ -68,9 +68,8 @@ class Lease:
 
     def _current(self, view: mmap.mmap) -> HostRecord | DamagedSlot | None:
         """The agent's record: decoded only when its bytes changed since the last request."""
-        assert self.slot is not None
-        start = hosts.slot_offset(self.slot)
-        raw = bytes(view[start:start + fmt.HOST_RECORD_SIZE])
+        assert self.slot is not None and self._span is not None
+        raw = bytes(view[self._span])
         if raw != self._raw:
             found = hosts.decode(raw, self.slot)
             if isinstance(found, DamagedSlot):  # maybe a store in progress: read_slot reads again

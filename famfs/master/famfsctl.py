@@ -334,22 +334,17 @@ def cmd_reclaimd(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_hosts(device_path: str) -> tuple[list[hosts.HostRecord | hosts.DamagedSlot], fmt.LogHeader, set[tuple[uuid.UUID, int]]]:
-    """The host table, the log header and the fenced incarnations (the log replayed)."""
-    with Device(device_path) as opened:
-        famfs_log = FamfsLog(opened)
-        namespace = writer.load(famfs_log)
-        return list(hosts.read_table(opened.map)), famfs_log.header(), set(namespace.fenced)
-
-
 def cmd_host_list(args: argparse.Namespace) -> int:
-    table, header, fenced = read_hosts(args.device_path)
-    moving: dict[int, bool] = {}
-    if args.sample > 0:
-        time.sleep(args.sample)
-        later, _, _ = read_hosts(args.device_path)
-        before = {found.slot: found for found in table}
-        moving = {found.slot: found != before.get(found.slot) for found in later if isinstance(found, hosts.HostRecord)}
+    with Device(args.device_path) as opened:
+        famfs_log = FamfsLog(opened)
+        fenced = set(writer.load(famfs_log).fenced)  # the log replayed once
+        header, table = famfs_log.header(), list(hosts.read_table(opened.map))
+        moving: dict[int, bool] = {}
+        if args.sample > 0:  # the table read again, the log not
+            time.sleep(args.sample)
+            before = {found.slot: found for found in table}
+            moving = {found.slot: found != before.get(found.slot) for found in hosts.read_table(opened.map)
+                      if isinstance(found, hosts.HostRecord)}
     print(f"log: {header.next_index} entries")
     print("slot  state    system uuid                           incarnation          hostname          "
           "applied  lag  pin floor  heartbeat  serve window" + ("  renewing" if args.sample > 0 else ""))

@@ -20,7 +20,6 @@ from famfs import hosts, rules
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import role_of
-from famfs.master.reclaim import coordinator_running
 from famfs.units import format_size
 
 
@@ -186,7 +185,7 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         f"{format_size(report.deleted_bytes)} held by deleted files (reclaimable), "
         f"{format_size(report.reclaimed_bytes)} reclaimed",
         f"hosts: {report.host_summary()}; reclaim coordinator on this host: "
-        f"{'running' if coordinator_running(device.fd) else 'not running'}",
+        f"{'running' if hosts.coordinator_running(device.fd) else 'not running'}",
         f"files: {report.files}, directories: {report.directories}",
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"

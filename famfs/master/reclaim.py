@@ -40,8 +40,6 @@ from famfs.units import format_size
 
 log = logsetup.get_logger("famfs-reclaimd")
 
-# A byte of the superblock region no one stores to (past the 200-byte struct, before the host
-# table): locked, never written. A lock, not data: it is this host's only.
 MAX_FILES_PER_POLL = 32 * fmt.RECLAIM_MAX_TARGETS  # the device lock is held for at most 32 appends a poll
 LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 NS = 1e9
@@ -240,9 +238,6 @@ def take_lock(fd: int, device_path: str) -> None:
     process dies)."""
     if not hosts.take_coordinator_lock(fd):
         raise CoordinatorError(f"{device_path}: another reclaim coordinator runs on this host")
-
-
-coordinator_running = hosts.coordinator_running
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -456,7 +451,7 @@ def explain(device_path: str, err: writer.SpaceHeld) -> str:
     lines = [f"{format_size(err.held)} is held by deleted files, {format_size(err.free)} free, "
              f"{format_size(err.needed)} needed"]
     with Device(device_path) as device:
-        running = coordinator_running(device.fd)
+        running = hosts.coordinator_running(device.fd)
         table = list(hosts.read_table(device.map))
     for found in table:
         if isinstance(found, DamagedSlot):
@@ -491,7 +486,7 @@ def wait_for_space(device_path: str, attempt: Callable[[], T], wait_s: float, po
             return attempt()
         except writer.SpaceHeld as err:
             with Device(device_path) as device:
-                running = coordinator_running(device.fd)
+                running = hosts.coordinator_running(device.fd)
             if not (err.may_fit and running and clock() < deadline):
                 note = f" (waited {wait_s:g} s for the reclaim coordinator)" if waited else ""
                 raise writer.MasterError(f"{err}{note}\n{explain(device_path, err)}", err) from None

@@ -20,7 +20,7 @@ from tests.famfsctl_util import (
     file_entries,
     make_image,
 )
-from tests.fuse_util import Mount, play
+from tests.fuse_util import Mount, play, wait_for
 
 MIB = 1 << 20
 # Each famfsctl run is bounded (tests.famfsctl_util), the mount's start and stop too
@@ -196,6 +196,9 @@ def test_a_path_inside_a_mount_names_device_and_relpath(tmp_path: Path, system_u
         famfsctl("cp", tmp_path / "local.txt", mountpoint / "sub")  # into a directory below the root
         play(image, shadow)  # verify reads the file through the mount: the tree must show it
         through_mount = mountpoint / "sub" / ".." / "d" / "f"
+        # The mount takes the played tree in from inotify a moment later (and drops the kernel's
+        # cached "no such name" then): wait for it, bounded, as a user's next command would.
+        wait_for(through_mount.exists, "the mount shows the played file")
         assert famfsctl("verify", "-S", "8", through_mount).stdout == f"{through_mount}: 1 MiB (1048576 bytes) match seed 8\n"
         assert f"device: {image}" in famfsctl("status", mountpoint / "sub").stdout
         assert famfsctl("fsck", mountpoint).stdout.endswith("fsck: clean\n")

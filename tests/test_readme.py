@@ -2,10 +2,12 @@
 Python block, run exactly as written in a fresh copy of the repository; and every command block of docs/*.md, run as written after the README's
 by-hand block, in the same shell, in a fresh copy of its own.
 
-In docs/*.md a fenced block tagged `sh` is commands (run by bash, in one shell with the README's
-block, so `&` jobs and `kill %1` work across blocks) and one tagged `python` is a program (run by
-`.venv/bin/python` from the top of the copy, in order). Untagged blocks are synopses, diagrams and
-sample output, not run.
+Every fenced block of the README and docs/*.md says what it is. In docs/*.md a block tagged `sh`
+is commands (run by bash, in one shell with the README's block, so `&` jobs and `kill %1` work
+across blocks) and one tagged `python` is a program (run by `.venv/bin/python` from the top of the
+copy, in order). `make` blocks name Makefile targets (`make test` is CI itself, `make demo` runs in
+tests/test_demo.py, `make churn` in small in tests/test_churn.py); `text` blocks are synopses,
+diagrams and sample output, not run.
 
 The blocks name fixed paths (/var/tmp/famfs.img, /run/famfs/shadow, /mnt/famfs, the mount's log
 in /var/log, the host identity /opt/famfs/system_uuid): they run in a private mount namespace
@@ -30,15 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 RUN = ("sh", "python")
+SHOWN = ("make", "text")
 # What a doc's blocks print, where they say what they print.
-DOC_OUTPUT = {"library.md": ["\n999\n", "\n13107200\n", "\n499999500000\n"]}
+DOC_OUTPUT = {"library.md": ["\n999\n", "\n13107200\n", "\n499999500000\n"], "fusefs.md": ["search_count"]}
 BLOCK_TIMEOUT_S = 600  # make install (pip) is most of it
 PRIVATE_TMPFS = ("/var/tmp", "/var/log", "/run", "/mnt", "/opt")  # /var/log: the mount's log; /opt: identity
 
 
 def readme_block() -> str:
     text = (REPO / "README.md").read_text()
-    found = re.search(r"^A host, by hand,.*?\n```\n(.*?)```\n", text, re.S | re.M)
+    found = re.search(r"^A host, by hand,.*?\n```sh\n(.*?)```\n", text, re.S | re.M)
     assert found, "README.md has no 'A host, by hand' block"
     return found[1]
 
@@ -65,7 +68,7 @@ CLIENT_UNMOUNT = "fusermount3 -u /mnt/client"  # the client block's line before 
 
 def readme_client_blocks() -> tuple[str, str]:
     """The README's client block, cut before its unmount: (up to the live client mount, the rest)."""
-    found = re.search(r"^A client is the same pair.*?\n```\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
+    found = re.search(r"^A client is the same pair.*?\n```sh\n(.*?)```\n", (REPO / "README.md").read_text(), re.S | re.M)
     assert found, "README.md has no client block"
     head, cut, tail = found[1].partition(CLIENT_UNMOUNT)
     assert cut, f"the README's client block has no {CLIENT_UNMOUNT!r}"
@@ -175,3 +178,26 @@ def test_every_command_block_of_the_docs_runs_as_written(tmp_path: Path, doc: Pa
     output = run_in_private_namespace(tmp_path, "".join(script))
     for printed in DOC_OUTPUT.get(doc.name, []):
         assert printed in output, output
+
+
+def make_targets() -> set[str]:
+    phony = re.search(r"^\.PHONY:(.*)$", (REPO / "Makefile").read_text(), re.M)
+    assert phony, "the Makefile has no .PHONY line"
+    return set(phony[1].split())
+
+
+@pytest.mark.parametrize("doc", [REPO / "README.md", *sorted(DOCS.glob("*.md"))], ids=lambda doc: doc.name)
+def test_every_block_says_what_it_is_and_make_blocks_name_real_targets(doc: Path) -> None:
+    """An untagged block would be neither run nor declared not to be commands: every block is tagged."""
+    text = doc.read_text()
+    openings = re.findall(r"^```(\w*)\n(?:.*?)^```\n", text, re.S | re.M)
+    assert len(openings) == text.count("\n```") // 2, f"{doc.name}: a fence the test cannot pair"
+    untagged = [tag for tag in openings if tag not in RUN + SHOWN]
+    assert not untagged, f"{doc.name}: blocks tagged {untagged!r}; tag each one {RUN + SHOWN}"
+    targets = make_targets()
+    for language, block in FENCE.findall(text):
+        if language != "make":
+            continue
+        for line in filter(None, (line.split("#")[0].strip() for line in block.splitlines())):
+            words = line.split()
+            assert words[0] == "make" and words[1] in targets, f"{doc.name}: {line!r} is not a make target"

@@ -1,0 +1,415 @@
+"""Reclaim and compaction under faults (issue 19; docs/reclaim.md, "What each crash leaves"):
+kill -9 of a client's agent, of a client's mount, of the master's writer and of the reclaim
+coordinator, each while a deleted file is being reclaimed and while the log is compacted; a client
+SIGSTOPped past its lease, then continued; deleted files held open or mapped.
+
+One cluster for the module (demo/cluster.py): a master that runs famfsctl, famfs.Master and the
+coordinator only, and two clients, each an agent and a mount, with short leases. The device is
+small and every test fills it, so a new file can only take the units of a deleted one: reuse is
+certain, and visible. Every file holds the bytes of its path and a serial of its own
+(demo/churn_data.py), and every byte read is checked against the file it was opened as.
+
+What each test shows: no wrong byte ever (a read answers the file's own bytes or an error), the
+killed party restarted and the cluster converged (each host's record past the log's end, on the
+log's epoch), reclaim proceeding (bounded waits), fsck clean. Each test leaves the cluster whole
+and empty (`healed`). "Not reclaimed while held" is shown without sleeping: a canary file deleted
+after the held one is reclaimed, so the coordinator has judged the held one and kept it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+import pytest
+
+import famfs
+from demo import churn_data
+from demo.cluster import Cluster, Host, add_settings, stop_process, tool, wait_until
+from famfs import format as fmt
+from famfs import hosts
+from famfs.compaction import CompactionState, read_record
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import writer
+from tests.agent_util import agent_state, current
+from tests.fuse_util import WAIT_S, bounded
+
+AU = fmt.ALLOC_UNIT
+SIZE = "64m"  # 27 data units: full in a moment, so reuse is certain
+AGENT_SETTINGS = {"heartbeat_interval": 0.05, "serve_window": 1.0}
+LEASE_S = 2.0  # the coordinator's lease: twice the serve window
+MASTER_SETTINGS = {"host_lease": LEASE_S, "reclaim_poll": 0.05, "reclaim_wait": 30.0, "compact_below": 0.0}
+HELD_ERRNOS = {errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ENOENT}  # what a read may answer instead of bytes
+
+
+@dataclass(frozen=True)
+class Made:
+    """A file the test made: what its bytes must be, and where they live."""
+
+    relpath: str
+    serial: int
+    extents: tuple[fmt.Extent, ...]
+
+
+class Rig:
+    """The cluster, its coordinator and the test's view of the log."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.image = cluster.image
+        self.master = cluster.master
+        self.clients = cluster.clients
+        self.coordinator: subprocess.Popen[str] | None = None
+        self.overrides: dict[str, object] = {}  # the running coordinator's settings, beyond the module's
+        self.serials = iter(range(1, 1 << 30))
+        self.writer: famfs.Master | None = None
+
+    # --- processes ------------------------------------------------------------------------
+
+    def config(self, name: str, **overrides: object) -> Path:
+        """A config file for the master's programs: the module's settings changed by `overrides`."""
+        config = self.master.home / f"{name}.toml"
+        config.write_text(f'[host]\nsystem_uuid_file = "{self.master.uuid_file}"\n')
+        add_settings(config, "master", {**MASTER_SETTINGS, **overrides})
+        return config
+
+    def start_coordinator(self, **overrides: object) -> None:
+        """`famfsctl reclaimd` on the master, with the module's settings changed by `overrides`."""
+        config = self.config("reclaimd", **overrides)
+        self.overrides = dict(overrides)
+        argv = [tool("famfsctl"), "--config", str(config), "reclaimd", "--metrics-address", "", str(self.image)]
+        self.coordinator = self.master.spawn(argv, self.reclaimd_log)
+        wait_until(lambda: self.coordinator_running() or self.coordinator.poll() is not None, WAIT_S,
+                   "the coordinator to take its lock")
+        assert self.coordinator.poll() is None, self.reclaimd_log.read_text()
+
+    @property
+    def reclaimd_log(self) -> Path:
+        return self.master.home / "reclaimd.log"
+
+    def coordinator_running(self) -> bool:
+        with Device(self.image) as device:
+            return hosts.coordinator_running(device.fd)
+
+    def kill_coordinator(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.kill()
+            self.coordinator.wait()
+            self.coordinator = None
+
+    def stop_coordinator(self) -> None:
+        if self.coordinator is not None:
+            assert stop_process(self.coordinator) == 0, self.reclaimd_log.read_text()
+            self.coordinator = None
+
+    # --- the master's writes --------------------------------------------------------------
+
+    def api(self) -> famfs.Master:
+        if self.writer is None:
+            self.writer = famfs.Master(self.image, system_uuid_file=self.master.uuid_file)
+        return self.writer
+
+    def make(self, relpath: str, units: int = 1) -> Made:
+        """A file of `units` allocation units holding (relpath, a new serial)'s bytes."""
+        serial = next(self.serials)
+        new = self.api().create(relpath, units * AU)
+        churn_data.fill(new.buffer, relpath, serial)
+        new.commit()
+        return Made(relpath, serial, new.entry.all_extents())
+
+    def fill(self, leave: int = 0) -> list[Made]:
+        """1-unit files until only `leave` units are free."""
+        made = []
+        while self.namespace().units.free_units > leave:
+            made.append(self.make(f"fill-{next(self.serials)}"))
+        return made
+
+    def remove(self, *relpaths: str) -> int:
+        """Remove files; the index of the last DELETE."""
+        self.api().remove(*relpaths)
+        with Device(self.image) as device:
+            return FamfsLog(device).header().next_index - 1
+
+    # --- the log, as every reader replays it ----------------------------------------------
+
+    def namespace(self) -> writer.rules.Namespace:
+        with Device(self.image) as device:
+            return writer.load(FamfsLog(device))
+
+    def held(self, made: Made) -> bool:
+        """Whether `made`'s units are still held by it, deleted: not reclaimed, not reused."""
+        namespace = self.namespace()
+        return any(entry.all_extents() == made.extents for entry in namespace.deleted.values())
+
+    def reused_by_live(self, made: Made) -> list[str]:
+        """Live files (other than `made` itself) whose units overlap `made`'s."""
+        units = {unit for extent in made.extents for unit in range(extent.offset // AU, (extent.offset + extent.length) // AU)}
+        found = []
+        for relpath, (_, entry) in self.namespace().files.items():
+            if relpath == made.relpath:
+                continue
+            theirs = {unit for extent in entry.all_extents()
+                      for unit in range(extent.offset // AU, (extent.offset + extent.length) // AU)}
+            if theirs & units:
+                found.append(relpath)
+        return found
+
+    def wait_reclaimed(self, made: Made, what: str) -> None:
+        wait_until(lambda: not self.held(made), WAIT_S, f"{what}: {made.relpath} reclaimed", interval=0.02)
+
+    def assert_kept(self, made: Made) -> None:
+        assert self.held(made), f"{made.relpath}: reclaimed while held"
+        assert self.reused_by_live(made) == [], f"{made.relpath}'s units given to another file while held"
+
+    def canaries(self, count: int) -> list[Made]:
+        """Files to delete later as canaries: made before the files a test holds, because a
+        host's pin floor (the smallest pinned FILE index) holds every deleted file made after it."""
+        return [self.make(f"canary-{next(self.serials)}") for _ in range(count)]
+
+    def judged_and_kept(self, held: Made, canary: Made) -> None:
+        """The coordinator judged `held` and kept it: `canary` (made before it, held by no one)
+        is deleted after it and reclaimed, so every host is past `held`'s DELETE too. Then the
+        device is full again."""
+        self.remove(canary.relpath)
+        self.wait_reclaimed(canary, "the canary")
+        self.assert_kept(held)
+        self.fill()  # the canary's unit taken again: the device stays full
+
+    def fsck_clean(self) -> None:
+        report = self.cluster.ctl("fsck", check=False)
+        assert report.returncode == 0 and report.stdout.endswith("fsck: clean\n"), report.stdout + report.stderr
+
+    def epoch(self) -> int:
+        with Device(self.image) as device:
+            return FamfsLog(device).location.epoch
+
+    def converged(self) -> bool:
+        """Every client's current record is past the log's end, on the log's epoch, and serving."""
+        with Device(self.image) as device:
+            famfs_log = FamfsLog(device)
+            end, epoch = famfs_log.header().next_index, famfs_log.location.epoch
+        for client in self.clients:
+            record = current(self.image, client.shadow)
+            if record is None or record.applied < end or record.log_epoch != epoch or not record.renewed_ns:
+                return False
+        return True
+
+    def wait_converged(self, what: str) -> None:
+        wait_until(self.converged, WAIT_S, f"{what}: every client on the log's end", interval=0.02)
+
+
+# --- reading through a client, checking every byte -------------------------------------------
+
+
+def wrong(data: bytes, made: Made) -> int:
+    return churn_data.wrong_bytes(numpy.frombuffer(data, dtype=numpy.uint8), made.relpath, made.serial)
+
+
+def whole(fd: int, size: int) -> bytes:
+    parts, offset = [], 0
+    while offset < size:
+        part = os.pread(fd, size - offset, offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+    return b"".join(parts)
+
+
+def read_fd(fd: int, made: Made) -> int:
+    """0 if the handle reads `made`'s bytes, else the errno it answers; a wrong byte fails."""
+    size = sum(extent.length for extent in made.extents)
+
+    def attempt() -> int:
+        try:
+            data = whole(fd, size)
+        except OSError as err:
+            return err.errno or -1
+        assert wrong(data, made) == 0 and len(data) == size, f"{made.relpath}: wrong bytes through an old handle"
+        return 0
+    found = bounded(attempt, f"read {made.relpath}")
+    assert found in HELD_ERRNOS | {0}, f"{made.relpath}: {os.strerror(found)}"
+    return found
+
+
+def read_path(host: Host, made: Made) -> int:
+    """0 if `host`'s mount serves `made`'s bytes at its path, else the errno (a wrong byte fails)."""
+    def attempt() -> int:
+        try:
+            fd = os.open(host.view(made.relpath), os.O_RDONLY)
+        except OSError as err:
+            return err.errno or -1
+        try:
+            return read_fd(fd, made)
+        finally:
+            os.close(fd)
+    return bounded(attempt, f"{host.name}: open {made.relpath}")
+
+
+def serves(host: Host, made: Made) -> None:
+    """`host`'s mount serves `made` (bounded: a host that just rejoined serves within a moment)."""
+    wait_until(lambda: read_path(host, made) == 0, WAIT_S, f"{host.name} to serve {made.relpath}", interval=0.05)
+
+
+def mapped_right(mapped: famfs.MappedFile, made: Made) -> None:
+    assert wrong(bytes(mapped.buffer), made) == 0, f"{made.relpath}: wrong bytes in a famfs.open mapping"
+
+
+def open_on(host: Host, made: Made) -> int:
+    fd = bounded(lambda: os.open(host.view(made.relpath), os.O_RDONLY), f"{host.name}: open {made.relpath}")
+    assert read_fd(fd, made) == 0
+    return fd
+
+
+def map_on(host: Host, made: Made) -> famfs.MappedFile:
+    mapped = bounded(lambda: famfs.open(host.view(made.relpath)), f"{host.name}: famfs.open {made.relpath}")
+    mapped_right(mapped, made)
+    return mapped
+
+
+def incarnation(host: Host) -> int:
+    value = agent_state(host.shadow)["incarnation"]
+    assert isinstance(value, int)
+    return value
+
+
+def rejoined(rig: Rig, host: Host, before: int) -> None:
+    """`host`'s agent serves with an incarnation other than `before`."""
+    def check() -> bool:
+        record = current(rig.image, host.shadow)
+        return record is not None and record.incarnation != before and record.renewed_ns != 0
+    wait_until(check, WAIT_S, f"{host.name} to serve as a new incarnation", interval=0.02)
+
+
+def logged(rig: Rig, kind: type) -> list[fmt.Entry]:
+    with Device(rig.image) as device:
+        return [entry for _, entry in FamfsLog(device).entries() if isinstance(entry, kind)]
+
+
+# --- the cluster, and each test leaving it whole -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    cluster = Cluster(parent=tmp_path_factory.mktemp("faults"), size=SIZE, clients=2, serve_master=False)
+    for host in cluster.hosts:
+        host.add_settings("agent", AGENT_SETTINGS)
+    cluster.master.add_settings("master", MASTER_SETTINGS)
+    with cluster:
+        made = Rig(cluster)
+        try:
+            made.start_coordinator()
+            yield made
+        finally:
+            made.writer = None
+            if made.coordinator is not None:
+                stop_process(made.coordinator)
+
+
+@pytest.fixture
+def healed(rig: Rig) -> Iterator[Rig]:
+    """The rig for one test; after it, whatever it killed restarted, every file removed, every
+    deleted file reclaimed, every client converged, fsck clean."""
+    yield rig
+    for client in rig.clients:
+        for process in (client.agent, client.mount):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+        if client.agent is None or client.agent.poll() is not None:
+            client.stop_agent()
+            client.start_agent()
+        if not client.is_mounted():
+            client.stop_mount()
+            client.start_mount()
+    if rig.coordinator is not None and (rig.coordinator.poll() is not None or rig.overrides):
+        rig.kill_coordinator()
+    if rig.coordinator is None:
+        rig.start_coordinator()
+    live = list(rig.namespace().files)
+    if live:
+        rig.remove(*live)
+    wait_until(lambda: not rig.namespace().deleted, WAIT_S, "every deleted file reclaimed", interval=0.05)
+    rig.wait_converged("after the test")
+    rig.fsck_clean()
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_a_deleted_file_held_open_or_mapped_is_never_reused_until_released(healed: Rig) -> None:
+    rig = healed
+    one, two = rig.clients
+    canaries = rig.canaries(2)
+    opened, mapped_file = rig.make("held-open", 2), rig.make("held-mapped", 2)
+    rig.fill()
+    handle = open_on(one, opened)
+    mapping = map_on(two, mapped_file)
+    try:
+        rig.remove(opened.relpath, mapped_file.relpath)
+        rig.judged_and_kept(opened, canaries[0])
+        rig.assert_kept(mapped_file)
+        impatient = rig.config("impatient", reclaim_wait=0)
+        refused = rig.master.famfsctl("--config", str(impatient), "creat", "--device", str(rig.image), "-s", "4m",
+                                      "wants-space", check=False)
+        assert refused.returncode == 1 and "8 MiB is held by deleted files" in refused.stderr, refused.stderr
+        assert refused.stderr.count(" pins ") == 2, refused.stderr  # each client names what it pins
+        assert read_fd(handle, opened) == 0
+        mapped_right(mapping, mapped_file)
+    finally:
+        os.close(handle)
+    rig.wait_reclaimed(opened, "closed")
+    new = rig.make("reused-open", 2)
+    assert rig.reused_by_live(opened) == [new.relpath]
+    serves(one, new)
+    serves(two, new)
+    rig.judged_and_kept(mapped_file, canaries[1])
+    mapped_right(mapping, mapped_file)
+    mapping.close()
+    rig.wait_reclaimed(mapped_file, "unmapped")
+    newer = rig.make("reused-mapped", 2)
+    assert rig.reused_by_live(mapped_file) == [newer.relpath]
+    serves(two, newer)
+
+
+def test_kill_9_of_a_client_mount_during_reclaim(healed: Rig) -> None:
+    """The mount's pins die with it: a handle through it is dead (ENOTCONN) and its file is
+    reclaimed; a famfs.open mapping made through it maps the device itself, so it keeps its file
+    pinned on its own until it is unmapped."""
+    rig = healed
+    one, two = rig.clients
+    canaries = rig.canaries(2)
+    opened, mapped_file = rig.make("mount-open", 2), rig.make("mount-mapped", 2)
+    rig.fill()
+    handle = open_on(two, opened)
+    mapping = map_on(two, mapped_file)
+    try:
+        rig.remove(opened.relpath, mapped_file.relpath)
+        rig.judged_and_kept(opened, canaries[0])
+        two.stop_mount(kill=True)
+        assert read_fd(handle, opened) in (0, errno.ENOTCONN)  # 0: pages cached while it was served
+        rig.wait_reclaimed(opened, "its mount killed")
+        new = rig.make("mount-new", 2)
+        assert rig.reused_by_live(opened) == [new.relpath]
+        assert read_fd(handle, opened) in (0, errno.ENOTCONN)  # never the new file's bytes
+        rig.judged_and_kept(mapped_file, canaries[1])
+        mapped_right(mapping, mapped_file)
+        two.start_mount()
+        serves(two, new)
+        serves(one, new)
+    finally:
+        with contextlib.suppress(OSError):  # ENOTCONN from the dead mount's flush; the fd is gone all the same
+            os.close(handle)
+    mapping.close()
+    rig.wait_reclaimed(mapped_file, "unmapped")

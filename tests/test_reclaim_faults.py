@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import random
 import re
@@ -61,6 +62,10 @@ class Made:
     relpath: str
     serial: int
     extents: tuple[fmt.Extent, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(extent.length for extent in self.extents)
 
 
 class Rig:
@@ -217,10 +222,11 @@ def wrong(data: bytes, made: Made) -> int:
     return churn_data.wrong_bytes(numpy.frombuffer(data, dtype=numpy.uint8), made.relpath, made.serial)
 
 
-def whole(fd: int, size: int) -> bytes:
-    parts, offset = [], 0
-    while offset < size:
-        part = os.pread(fd, size - offset, offset)
+def whole(fd: int, offset: int, size: int) -> bytes:
+    parts = []
+    end = offset + size
+    while offset < end:
+        part = os.pread(fd, end - offset, offset)
         if not part:
             break
         parts.append(part)
@@ -228,18 +234,27 @@ def whole(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def read_fd(fd: int, made: Made) -> int:
-    """0 if the handle reads `made`'s bytes, else the errno it answers; a wrong byte fails."""
-    size = sum(extent.length for extent in made.extents)
+@functools.lru_cache(maxsize=8)
+def content(made: Made) -> bytes:
+    """Every byte `made` holds."""
+    return b"".join(bytes(piece) for _, piece in churn_data.chunks(made.relpath, made.serial, made.size))
 
-    def attempt() -> int:
-        try:
-            data = whole(fd, size)
-        except OSError as err:
-            return err.errno or -1
-        assert wrong(data, made) == 0 and len(data) == size, f"{made.relpath}: wrong bytes through an old handle"
-        return 0
-    found = bounded(attempt, f"read {made.relpath}")
+
+def read_range(fd: int, made: Made, offset: int = 0, length: int | None = None) -> int:
+    """0 if the handle reads `made`'s bytes at [offset, offset + length) (default: all of it),
+    else the errno it answers; a wrong byte fails the test. Unbounded: see read_fd."""
+    want = content(made)[offset:None if length is None else offset + length]
+    try:
+        data = whole(fd, offset, len(want))
+    except OSError as err:
+        return err.errno or -1
+    assert data == want, f"{made.relpath}: wrong bytes at {offset} through a handle opened on it"
+    return 0
+
+
+def read_fd(fd: int, made: Made, offset: int = 0, length: int | None = None) -> int:
+    """read_range, bounded; an errno other than those of a file no longer served fails."""
+    found = bounded(lambda: read_range(fd, made, offset, length), f"read {made.relpath}")
     assert found in HELD_ERRNOS | {0}, f"{made.relpath}: {os.strerror(found)}"
     return found
 
@@ -291,6 +306,35 @@ def rejoined(rig: Rig, host: Host, before: int) -> None:
         record = current(rig.image, host.shadow)
         return record is not None and record.incarnation != before and record.renewed_ns != 0
     wait_until(check, WAIT_S, f"{host.name} to serve as a new incarnation", interval=0.02)
+
+
+class Background:
+    """A call in a daemon thread (one that may wait in the kernel on a stopped mount)."""
+
+    def __init__(self, call: Callable[[], int]) -> None:
+        self.outcome: list[int] = []
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self.thread.start()
+
+    def _run(self, call: Callable[[], int]) -> None:
+        try:
+            self.outcome.append(call())
+        except BaseException as err:  # handed to result()
+            self.failure.append(err)
+
+    def result(self) -> int:
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive(), "no answer within the wait"
+        if self.failure:
+            raise self.failure[0]
+        return self.outcome[0]
+
+
+def silent_said(rig: Rig, incarnation: int) -> bool:
+    """Whether the coordinator logged host_silent for that incarnation."""
+    return any("host_silent" in line and f"incarnation={incarnation}" in line
+               for line in rig.reclaimd_log.read_text().splitlines())
 
 
 def logged(rig: Rig, kind: type) -> list[fmt.Entry]:
@@ -413,3 +457,80 @@ def test_kill_9_of_a_client_mount_during_reclaim(healed: Rig) -> None:
             os.close(handle)
     mapping.close()
     rig.wait_reclaimed(mapped_file, "unmapped")
+
+
+def test_kill_9_of_a_client_agent_during_reclaim(healed: Rig) -> None:
+    """The agent killed while its host holds a deleted file open, and before it played another
+    file's DELETE: its record stands still, the coordinator keeps both (a silent record covers only
+    what it said last) and the mount stops serving by its own clock. A new agent (a new
+    incarnation, the same slot) plays the DELETE: the file nobody holds is reclaimed once the new
+    incarnation is admitted, the held one only once it is closed, and the old handle reads its own
+    bytes again meanwhile."""
+    rig = healed
+    one, two = rig.clients
+    unplayed, opened = rig.make("agent-unplayed", 2), rig.make("agent-open", 2)  # held last: the pin floor
+    rig.fill()
+    handle = open_on(one, opened)
+    try:
+        before = incarnation(one)
+        assert one.agent is not None
+        one.agent.send_signal(signal.SIGSTOP)
+        rig.remove(unplayed.relpath, opened.relpath)
+        one.stop_agent(kill=True)
+        wait_until(lambda: silent_said(rig, before), WAIT_S, "the coordinator to find the killed agent silent")
+        rig.assert_kept(unplayed)
+        rig.assert_kept(opened)
+        assert read_fd(handle, opened) in (0, errno.EIO)  # 0: its cached pages; EIO: self-fenced
+        one.start_agent()
+        rejoined(rig, one, before)
+        rig.wait_reclaimed(unplayed, "the new agent played its DELETE")
+        new = rig.make("agent-new", 2)
+        assert rig.reused_by_live(unplayed) == [new.relpath]
+        serves(one, new)
+        serves(two, new)
+        rig.assert_kept(opened)
+        wait_until(lambda: read_fd(handle, opened) == 0, WAIT_S, "the old handle served by the new incarnation")
+    finally:
+        os.close(handle)
+    rig.wait_reclaimed(opened, "closed")
+
+
+def test_a_client_stopped_past_its_lease_is_fenced_and_never_serves_reused_memory(healed: Rig) -> None:
+    """A client (agent and mount) SIGSTOPped while it holds a deleted file open, a read of memory
+    not in its page cache waiting in the kernel. With auto_fence the coordinator fences it after a
+    lease, reclaims the file and a new file takes its units. SIGCONT (the agent first, the
+    adversarial order): the waiting read and every read of the old handle answer an error, never
+    the new file's bytes; the host rejoins as a new incarnation and serves the new file."""
+    rig = healed
+    one, two = rig.clients
+    rig.kill_coordinator()
+    rig.start_coordinator(auto_fence=True)
+    opened = rig.make("stopped-open", 2)
+    rig.fill()
+    far = 3 * AU // 2  # past what the first page's read and its read-ahead cached
+    handle = bounded(lambda: os.open(one.view(opened.relpath), os.O_RDONLY), "open")
+    try:
+        assert read_fd(handle, opened, 0, 4096) == 0
+        before = incarnation(one)
+        stopped = [process for process in (one.agent, one.mount) if process is not None]
+        for process in stopped:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            rig.remove(opened.relpath)
+            waiting = Background(lambda: read_range(handle, opened, far, 1 << 20))
+            wait_until(lambda: any(entry.incarnation == before for entry in logged(rig, fmt.FenceEntry)),
+                       WAIT_S, "the stopped client fenced")
+            rig.wait_reclaimed(opened, "its host fenced")
+            new = rig.make("stopped-new", 2)
+            assert rig.reused_by_live(opened) == [new.relpath]
+        finally:
+            for process in stopped:
+                process.send_signal(signal.SIGCONT)
+        assert waiting.result() in HELD_ERRNOS  # an error: the bytes there are the new file's now
+        rejoined(rig, one, before)
+        assert read_fd(handle, opened, far, 1 << 20) in (errno.ESTALE, errno.EIO)
+        assert read_path(one, opened) == errno.ENOENT
+        serves(one, new)
+        serves(two, new)
+    finally:
+        os.close(handle)

@@ -534,3 +534,98 @@ def test_a_client_stopped_past_its_lease_is_fenced_and_never_serves_reused_memor
         serves(two, new)
     finally:
         os.close(handle)
+
+
+def test_kill_9_of_the_coordinator_during_reclaim(healed: Rig) -> None:
+    """The coordinator killed at random instants while it logs RECLAIMs of files being removed one
+    by one: nothing half-done (fsck clean after each kill), a new coordinator waits a lease and
+    goes on, every file reclaimed once, and a file a client holds open never."""
+    rig = healed
+    one, _ = rig.clients
+    batches = [[rig.make(f"coord-{batch}-{n}") for n in range(5)] for batch in range(2)]
+    held = rig.make("coord-held")  # made last: the pin floor holds nothing made before it
+    rig.fill()
+    rng = random.Random(19)
+    handle = open_on(one, held)
+    try:
+        rig.remove(held.relpath)
+        for batch in batches:
+            removing = threading.Thread(target=lambda batch=batch: [rig.remove(made.relpath) for made in batch])
+            removing.start()
+            rig.wait_reclaimed(batch[0], "the first of the batch")
+            threading.Event().wait(rng.uniform(0, 0.2))
+            rig.kill_coordinator()
+            removing.join(WAIT_S)
+            rig.fsck_clean()
+            rig.start_coordinator()
+        for made in (made for batch in batches for made in batch):
+            rig.wait_reclaimed(made, "after the kills")
+        rig.assert_kept(held)
+        assert read_fd(handle, held) == 0
+        reclaimed = [pair[0] for entry in logged(rig, fmt.ReclaimEntry) for pair in entry.targets]  # type: ignore[attr-defined]
+        assert len(reclaimed) == len(set(reclaimed))
+    finally:
+        os.close(handle)
+    rig.wait_reclaimed(held, "closed")
+
+
+CHURN = """
+import sys
+import famfs
+from demo import churn_data
+master = famfs.Master(sys.argv[1], system_uuid_file=sys.argv[2])
+live = []
+for n in range(int(sys.argv[3]), 1 << 30):
+    new = master.create(f"churn-{n}", 1 << 21)
+    churn_data.fill(new.buffer, f"churn-{n}", n)
+    new.commit()
+    live.append(f"churn-{n}")
+    if len(live) > 3:
+        master.remove(live.pop(0))
+"""
+
+
+def test_kill_9_of_the_masters_writer_during_reclaim(healed: Rig) -> None:
+    """famfsctl creat waiting for space a client still pins, killed; a famfs.Master process that
+    creates, fills and removes files while the coordinator reclaims what it removed, killed at a
+    random instant: nothing half-logged (fsck clean), every file it committed has its bytes on
+    both clients, a file it had not committed takes no space, and reclaim goes on."""
+    rig = healed
+    one, two = rig.clients
+    held = rig.make("writer-held", 2)
+    rig.fill()
+    handle = open_on(one, held)
+    try:
+        rig.remove(held.relpath)
+        waiting = rig.master.spawn([tool("famfsctl"), "creat", "--device", str(rig.image), "-s", "4m", "writer-waits"],
+                                   rig.master.home / "creat.log")
+        threading.Event().wait(1.0)  # famfsctl's start, then its wait for the coordinator (reclaim_wait)
+        assert waiting.poll() is None, (rig.master.home / "creat.log").read_text()
+        waiting.kill()
+        waiting.wait()
+        rig.fsck_clean()
+        assert "writer-waits" not in rig.namespace().files
+        rig.assert_kept(held)
+        assert read_fd(handle, held) == 0
+    finally:
+        os.close(handle)
+    rig.wait_reclaimed(held, "closed")
+    rig.cluster.ctl("creat", "-s", "4m", "writer-after")  # the space the killed creat waited for
+    assert rig.reused_by_live(held) == ["writer-after"]
+
+    rig.remove(*[relpath for relpath in rig.namespace().files if relpath.startswith("fill-")][:6])
+    reclaims = len(logged(rig, fmt.ReclaimEntry))
+    churn = rig.master.spawn([sys.executable, "-c", CHURN, str(rig.image), str(rig.master.uuid_file), "1"],
+                             rig.master.home / "churn.log", extra_env={"PYTHONPATH": str(Path(__file__).parent.parent)})
+    wait_until(lambda: len(logged(rig, fmt.ReclaimEntry)) >= reclaims + 3 or churn.poll() is not None, WAIT_S,
+               "the churn's removed files reclaimed")
+    threading.Event().wait(random.Random(7).uniform(0, 0.5))
+    churn.kill()
+    assert churn.wait() == -signal.SIGKILL, (rig.master.home / "churn.log").read_text()
+    rig.fsck_clean()
+    churned = [Made(relpath, int(relpath.split("-")[1]), entry.all_extents())
+               for relpath, (_, entry) in rig.namespace().files.items() if relpath.startswith("churn-")]
+    assert churned
+    for made in churned:
+        serves(one, made)
+        serves(two, made)

@@ -629,3 +629,121 @@ def test_kill_9_of_the_masters_writer_during_reclaim(healed: Rig) -> None:
     for made in churned:
         serves(one, made)
         serves(two, made)
+
+
+def roll_forward(rig: Rig) -> None:
+    """A master session, which finishes a committed compaction before anything else."""
+    with writer.session(str(rig.image), rig.master.uuid_file):
+        pass
+
+
+def compact_killing_the_master(rig: Rig, rng: random.Random) -> None:
+    """`famfsctl compact` killed at random instants until one got past its commit; a master
+    session finishes it."""
+    epoch, files = rig.epoch(), set(rig.namespace().files)
+    for _ in range(4):
+        compacting = rig.master.spawn([tool("famfsctl"), "compact", str(rig.image)], rig.master.home / "compact.log")
+        threading.Event().wait(rng.uniform(0.1, 0.8))  # the interpreter's start is most of it
+        compacting.kill()
+        compacting.wait()
+        assert set(rig.namespace().files) == files  # the old namespace or the new one: the same files
+        if rig.epoch() > epoch:
+            break
+    roll_forward(rig)
+    if rig.epoch() == epoch:  # every kill came before the commit
+        rig.cluster.ctl("compact")
+
+
+def compact_killing_an_agent(rig: Rig, rng: random.Random) -> None:
+    """The compaction done behind a stopped agent, which is killed at a random instant of its move
+    to the new log, then started again."""
+    one = rig.clients[0]
+    assert one.agent is not None
+    before = incarnation(one)
+    one.agent.send_signal(signal.SIGSTOP)
+    try:
+        rig.cluster.ctl("compact")
+    finally:
+        one.agent.send_signal(signal.SIGCONT)
+    threading.Event().wait(rng.uniform(0, 0.3))
+    one.stop_agent(kill=True)
+    one.start_agent()
+    rejoined(rig, one, before)
+
+
+def compact_killing_a_mount(rig: Rig, rng: random.Random) -> None:
+    two = rig.clients[1]
+    two.stop_mount(kill=True)
+    rig.cluster.ctl("compact")
+    two.start_mount()
+
+
+def compact_killing_the_coordinator(rig: Rig, rng: random.Random) -> None:
+    """The coordinator compacts a log running low at its first poll: killed at random instants
+    until one got past the commit; a master session finishes it."""
+    epoch = rig.epoch()
+    with writer.session(str(rig.image), rig.master.uuid_file) as current:  # history: the log runs low
+        owner = writer.Ownership(0o755, 0, 0)
+        while current.log.header().next_index < fmt.log_capacity(fmt.DEFAULT_LOG_LEN) // 8:
+            current.mkdir("compact-history", owner)
+            current.rmdir("compact-history")
+    rig.kill_coordinator()
+    for _ in range(4):
+        rig.start_coordinator(compact_below=0.9)
+        threading.Event().wait(rng.uniform(0, 0.3))
+        rig.kill_coordinator()
+        if rig.epoch() > epoch:
+            break
+    roll_forward(rig)
+    if rig.epoch() == epoch:
+        rig.start_coordinator(compact_below=0.9)
+        wait_until(lambda: rig.epoch() > epoch, WAIT_S, "the coordinator's compaction")
+        rig.kill_coordinator()
+    rig.start_coordinator()  # the module's own, for the reclaims after
+
+
+COMPACTION_FAULTS = {"master": compact_killing_the_master, "agent": compact_killing_an_agent,
+                     "mount": compact_killing_a_mount, "coordinator": compact_killing_the_coordinator}
+
+
+@pytest.mark.parametrize("killed", list(COMPACTION_FAULTS))
+def test_kill_9_during_compaction(healed: Rig, killed: str) -> None:
+    """A compaction with a client holding a live file open and a deleted one (carried into the new
+    log as a HOLD), and the other mapping the live one, while the master's compaction, a client's
+    agent, a client's mount or the coordinator compacting on its own is killed: every host moves
+    to the one new log, no handle or mapping reads a wrong byte, the held file stays held until it
+    is closed and is then reclaimed (a RECLAIM naming its HOLD) and its units reused."""
+    rig = healed
+    one, two = rig.clients
+    gone = [rig.make(f"compact-gone-{n}") for n in range(4)]  # history the compaction drops
+    kept, held = rig.make("compact-kept", 2), rig.make("compact-held", 2)
+    rig.fill()
+    kept_handle, held_handle = open_on(one, kept), open_on(one, held)
+    kept_map = map_on(two, kept)
+    try:
+        rig.remove(*(made.relpath for made in gone), held.relpath)
+        for made in gone:
+            rig.wait_reclaimed(made, "before the compaction")
+        rig.fill(leave=1)  # the compaction's staging copy needs a unit
+        epoch = rig.epoch()
+        COMPACTION_FAULTS[killed](rig, random.Random(killed))
+        assert rig.epoch() == epoch + 1
+        with Device(rig.image) as device:
+            assert read_record(device.map).state is CompactionState.DONE
+        rig.wait_converged("after the compaction")
+        assert [entry.file.relpath for entry in logged(rig, fmt.HoldEntry)] == [held.relpath]  # type: ignore[attr-defined]
+        rig.assert_kept(held)
+        assert read_fd(kept_handle, kept) == 0 and read_fd(held_handle, held) == 0
+        mapped_right(kept_map, kept)
+        serves(one, kept)
+        serves(two, kept)
+    finally:
+        os.close(kept_handle)
+        os.close(held_handle)
+    rig.wait_reclaimed(held, "closed after the compaction")
+    new = rig.make("compact-new", 2)
+    assert rig.reused_by_live(held) == [new.relpath]
+    serves(one, new)
+    serves(two, new)
+    mapped_right(kept_map, kept)
+    kept_map.close()

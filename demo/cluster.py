@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -115,6 +115,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
     return process.returncode
 
 
+def add_settings(config_file: Path, section: str, values: Mapping[str, object]) -> None:
+    """Append a `section` of famfs-agent.toml settings to `config_file` (once per section)."""
+    lines = [f"[{section}]", *(f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+                               for key, value in values.items())]
+    with open(config_file, "a") as config:
+        config.write("\n".join(lines) + "\n")
+
+
 class LogHeaderWatch:
     """Reads the log header's next_index straight from the device: when an append has landed."""
 
@@ -164,6 +172,10 @@ class Host:
     @property
     def shadow_root(self) -> Path:
         return self.shadow / "root"
+
+    def add_settings(self, section: str, values: Mapping[str, object]) -> None:
+        """Settings of famfs-agent.toml's `section` for this host's programs (before they start)."""
+        add_settings(self.config_file, section, values)
 
     # --- the agent --------------------------------------------------------------------------
 

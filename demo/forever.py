@@ -343,11 +343,8 @@ class Run:
 
     def configure(self) -> None:
         for host in self.cluster.hosts:
-            lines = ["[agent]", *(f"{key} = {value}" for key, value in AGENT_SETTINGS.items())]
-            if host is self.cluster.master:
-                lines += ["[master]", *(f"{key} = {value}" for key, value in MASTER_SETTINGS.items())]
-            with open(host.config_file, "a") as config:
-                config.write("\n".join(lines) + "\n")
+            host.add_settings("agent", AGENT_SETTINGS)
+        self.cluster.master.add_settings("master", MASTER_SETTINGS)
 
     def start(self) -> None:
         master = self.cluster.master

@@ -95,22 +95,25 @@ def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
     return joined
 
 
-def _unmap(address: int, length: int, pin_fd: int | None) -> None:
+def _unmap(address: int, length: int, pin_fds: tuple[int, ...]) -> None:
     _munmap(address, length)
-    if pin_fd is not None:
-        os.close(pin_fd)  # the mapping is gone: so is what it pinned
+    for fd in pin_fds:  # the mapping is gone: so is what it pinned
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # ENOTCONN: the descriptor through a mount whose daemon died; closed all the same
 
 
 def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str,
-             pin_fd: int | None = None) -> memoryview:
+             pin_fds: tuple[int, ...] = ()) -> memoryview:
     """A memoryview of exactly entry.size bytes over the file's extents of device `fd`.
 
     Every extent must already be checked against the device and its log (rules.check_extents).
-    `pin_fd` (docs/reclaim.md, "Pins") is closed when the pages are unmapped, not before; it is
-    the caller's to close if this raises.
+    `pin_fds` (docs/reclaim.md, "Pins") are closed when the pages are unmapped, not before; they
+    are the caller's to close if this raises.
     """
     if entry.size == 0:
-        if pin_fd is not None:
+        for pin_fd in pin_fds:
             os.close(pin_fd)  # nothing mapped: nothing to pin
         return memoryview(bytearray(0)) if writable else memoryview(b"")
     span = fmt.round_up(entry.size, granule)
@@ -137,7 +140,7 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     window = (ctypes.c_ubyte * entry.size).from_address(base)
     # The pages go when the last view of `window` goes (not at interpreter exit, when views
     # may still be alive), never before.
-    weakref.finalize(window, _unmap, base, span, pin_fd).atexit = False
+    weakref.finalize(window, _unmap, base, span, pin_fds).atexit = False
     view = memoryview(window).cast("B")
     return view if writable else view.toreadonly()
 
@@ -345,7 +348,7 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
     if wait < 0 or (wait and device is not None):
         raise ValueError(f"wait={wait!r}: a number of seconds >= 0, for a path in a mount (with device=, "
                          f"the log itself is read: a logged file is there at once)")
-    taken: list[int] = []  # the pin, until map_file owns it
+    taken: list[int] = []  # the pins, until map_file owns them
     try:
         return _open(path, mode, device, wait, shadow, taken)
     except BaseException:
@@ -356,7 +359,7 @@ def open(path: str | os.PathLike[str], mode: str = "r", *, device: str | os.Path
 
 def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str] | None, wait: float,
           shadow: str | os.PathLike[str] | None, pin_fd_out: list[int]) -> MappedFile:
-    """open(), the pin it takes put in `pin_fd_out` until map_file owns it."""
+    """open(), the pins it takes put in `pin_fd_out` until map_file owns them."""
     deadline = time.monotonic() + wait
     if device is None:
         found = shadowdir.locate_in_mount(path)
@@ -387,13 +390,17 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
                                             f"as the agent writes them; nothing mapped")
             else:
                 _served(found, famfs_log, entry)
-            # Pin, then look: the look that counts is the one after the pin (the first gave
+                # Its own flock pin as well as the mount's: the mount's dies with the mount
+                # daemon (kill -9), the mapping of device memory does not (docs/reclaim.md, "Pins").
+                own_pin = _device_pin(str(famfs_log.superblock.fs_uuid), relpath, found.shadow)
+                if own_pin is not None:
+                    pin_fd_out.append(own_pin)
+            # Pin, then look: the look that counts is the one after the pins (the first gave
             # the errors above in the library's words).
             pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))
             if _shadow_entry(found) != entry:
                 raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
-        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path,
-                        pin_fd=pin_fd_out[0] if pin_fd_out else None)
-        pin_fd_out.clear()  # map_file owns it now
+        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path, pin_fds=tuple(pin_fd_out))
+        pin_fd_out.clear()  # map_file owns them now
         image_fd = os.dup(opened.fd) if opened.info.kind == "file" else None
     return MappedFile(relpath, entry, device_path, mode, view, image_fd)

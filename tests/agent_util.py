@@ -15,8 +15,10 @@ from pathlib import Path
 
 from demo.harness import wait_for
 from famfs import format as fmt
+from famfs import hosts
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
+from famfs.hosts import HostRecord
 from famfs.master.mkfs import create_image, mkfs
 from famfs.shadowdir import DIR_XATTR, DirRecord, state_path
 from tests.conftest import DATA
@@ -117,6 +119,27 @@ def dir_attrs(path: Path) -> tuple[int, int, int]:
 
 def agent_state(shadow: Path) -> dict[str, object]:
     return json.loads(state_path(shadow).read_text())
+
+
+def record_of(image: Path, shadow: Path) -> HostRecord:
+    """The record in the slot this host's agent says is its own."""
+    slot = agent_state(shadow)["host_slot"]
+    assert isinstance(slot, int)
+    with Device(image) as opened:
+        found = hosts.read_slot(opened.map, slot)
+    assert isinstance(found, HostRecord), found
+    return found
+
+
+def current(image: Path, shadow: Path) -> HostRecord | None:
+    """The agent's record once state.json and the slot agree on its incarnation."""
+    if not (shadow / ".agent" / "state.json").exists():
+        return None
+    state = agent_state(shadow)
+    if state.get("host_slot") is None:
+        return None
+    found = record_of(image, shadow)
+    return found if found.incarnation == state["incarnation"] else None
 
 
 def logged_dirs(name: str) -> dict[str, tuple[str, int, int, int]]:

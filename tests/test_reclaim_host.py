@@ -28,7 +28,7 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.hosts import HostRecord
 from famfs.identity import system_uuid
-from tests.agent_util import AGENT, agent_state, append, file_entry, make_device
+from tests.agent_util import AGENT, agent_state, append, current, file_entry, make_device, record_of
 from tests.famfsctl_util import famfsctl
 from tests.fuse_util import Mount, bounded, wait_for
 
@@ -52,27 +52,6 @@ def device(tmp_path: Path, system_uuid_file: Path) -> Path:
         opened.write(file_entry("a", 0).extents[0].offset, b"A" * 4096)
         opened.write(file_entry("b", 1).extents[0].offset, b"B" * 4096)
     return image
-
-
-def record_of(image: Path, shadow: Path) -> HostRecord:
-    """The record in the slot this host's agent says is its own."""
-    slot = agent_state(shadow)["host_slot"]
-    assert isinstance(slot, int)
-    with Device(image) as opened:
-        found = hosts.read_slot(opened.map, slot)
-    assert isinstance(found, HostRecord), found
-    return found
-
-
-def current(image: Path, shadow: Path) -> HostRecord | None:
-    """The agent's record once state.json and the slot agree on its incarnation."""
-    if not (shadow / ".agent" / "state.json").exists():
-        return None
-    state = agent_state(shadow)
-    if state.get("host_slot") is None:
-        return None
-    found = record_of(image, shadow)
-    return found if found.incarnation == state["incarnation"] else None
 
 
 @contextmanager

@@ -5,7 +5,6 @@ mix. The next master session finishes a committed compaction."""
 
 from __future__ import annotations
 
-import shutil
 import struct
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from famfs.famfslog import FamfsLog
 from famfs.master import compact, fsck, writer
 from famfs.master.writer import load
 from tests.agent_util import run_agent, snapshot
-from tests.famfsctl_util import famfsctl, make_image
+from tests.famfsctl_util import famfsctl, make_image, sparse_copy
 
 MiB = 1 << 20
 
@@ -118,8 +117,7 @@ def test_a_kill_at_any_step_leaves_the_old_or_the_new_log_never_a_mix(
         tmp_path: Path, system_uuid_file: Path, stop_after: str) -> None:
     image = churned_image(tmp_path, system_uuid_file)
     old_view, old_upstream = live_view(image), upstream_logplay(image)
-    reference = tmp_path / "reference.img"
-    shutil.copyfile(image, reference)
+    reference = sparse_copy(image, tmp_path / "reference.img")
     famfsctl("compact", reference)
     new_upstream = upstream_logplay(reference)
 
@@ -170,8 +168,7 @@ def test_a_compaction_needs_room_for_its_staging_copy(tmp_path: Path, system_uui
 
 def test_an_agent_plays_a_compacted_log_into_the_same_tree(tmp_path: Path, system_uuid_file: Path) -> None:
     image = churned_image(tmp_path, system_uuid_file)
-    before = tmp_path / "before.img"
-    shutil.copyfile(image, before)
+    before = sparse_copy(image, tmp_path / "before.img")
     famfsctl("compact", image)
     trees = []
     for device, shadow in ((before, tmp_path / "shadow-before"), (image, tmp_path / "shadow-after")):

@@ -69,7 +69,7 @@ class Plan:
     big_max_mib: int = 64
     mount_max_mib: int = 16  # the master's mount holds a new file's bytes in memory until its last close
     small_burst: int = 48  # small files created (and the last burst's deleted) per Master.batch()
-    bursts_per_file: int = 1  # small bursts after each big file of the famfs.Master writer
+    bursts_per_file: int = 3  # small bursts after each big file: 2 log entries per 2 MiB unit, what fills the log
     readers_per_client: int = 2  # one read(2), one famfs.open
     max_hold_s: float = 2.0
     fsck_every_s: float = 15.0
@@ -85,6 +85,7 @@ class WriterFigures:
     alloc_failures_below_limit: int = 0
     alloc_failures_above_limit: int = 0
     log_full_waits: int = 0
+    bursts_cut_short: int = 0  # a burst of small files that found the space held by deleted files
     failures: list[str] = field(default_factory=list)
 
 
@@ -251,7 +252,9 @@ class ApiWriter(Writer):
             if is_log_full(err):
                 self.figures.log_full_waits += 1
                 self.stop.wait(0.2)
-            elif "held by deleted files" not in str(err) and "no free run" not in str(err):
+            elif "held by deleted files" in str(err) or "no free run" in str(err):
+                self.figures.bursts_cut_short += 1
+            else:
                 self.failed("small burst", err)
 
     def delete(self, relpaths: list[str]) -> None:
@@ -445,7 +448,8 @@ class Run:
         for host in self.cluster.hosts:
             for process, what in ((host.agent, "agent"), (host.mount, "mount")):
                 if process is not None and process.poll() is not None:
-                    raise HarnessError(f"{host.name}'s {what} exited {process.returncode}")
+                    log = host.agent_log if what == "agent" else host.mount_log
+                    raise HarnessError(f"{host.name}'s {what} exited {process.returncode}:\n{log_tail(log)}")
 
     def maybe_compact(self) -> None:
         assert self.watch is not None
@@ -670,7 +674,7 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--slots-x", type=float, help="log entries to append, in log slot counts (default 10)")
     parser.add_argument("--fsck-every", type=float, help="seconds between fsck checkpoints (default 15)")
     parser.add_argument("--small-burst", type=int, help="small files per Master.batch() burst (default 48)")
-    parser.add_argument("--bursts-per-file", type=int, help="small-file bursts after each big file (default 1)")
+    parser.add_argument("--bursts-per-file", type=int, help="small-file bursts after each big file (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -34,7 +35,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -69,6 +69,7 @@ class Plan:
     big_max_mib: int = 64
     mount_max_mib: int = 16  # the master's mount holds a new file's bytes in memory until its last close
     small_burst: int = 48  # small files created (and the last burst's deleted) per Master.batch()
+    bursts_per_file: int = 3  # small bursts after each big file: 2 log entries per 2 MiB unit, what fills the log
     readers_per_client: int = 2  # one read(2), one famfs.open
     max_hold_s: float = 2.0
     fsck_every_s: float = 15.0
@@ -84,6 +85,7 @@ class WriterFigures:
     alloc_failures_below_limit: int = 0
     alloc_failures_above_limit: int = 0
     log_full_waits: int = 0
+    bursts_cut_short: int = 0  # a burst of small files that found the space held by deleted files
     failures: list[str] = field(default_factory=list)
 
 
@@ -203,7 +205,9 @@ class ApiWriter(Writer):
         size = self.rng.randint(self.plan.big_min_mib * MiB, self.plan.big_max_mib * MiB)
         self.make_room(fmt.round_up(size, UNIT))
         self.create(self.fresh_path(f"api/d{self.rng.randrange(FILE_DIRS)}"), size)
-        self.small_burst()
+        for _ in range(self.plan.bursts_per_file):
+            self.small_burst()
+            self.steps += 1
 
     def create(self, relpath: str, size: int) -> None:
         serial = next(self.live.serials)
@@ -248,7 +252,9 @@ class ApiWriter(Writer):
             if is_log_full(err):
                 self.figures.log_full_waits += 1
                 self.stop.wait(0.2)
-            elif "held by deleted files" not in str(err) and "no free run" not in str(err):
+            elif "held by deleted files" in str(err) or "no free run" in str(err):
+                self.figures.bursts_cut_short += 1
+            else:
                 self.failed("small burst", err)
 
     def delete(self, relpaths: list[str]) -> None:
@@ -338,6 +344,9 @@ class Run:
         self.writers: list[Writer] = []
         self.reader_reports: list[dict[str, object]] = []
         self.problems: list[str] = []
+        self.tool_cpu = 0.0  # CPU seconds of the famfsctl fsck and compact runs
+        self.own_cpu_before = time.process_time()  # a benchmark's process did other work before
+        self.cpu: dict[str, float] = {}  # cpu_seconds() as the writers stopped
 
     # --- setting up -------------------------------------------------------------------------
 
@@ -412,6 +421,21 @@ class Run:
                 print(self.progress_line(), file=sys.stderr, flush=True)
                 next_note = time.monotonic() + 10
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each part of the run has used so far: where the time went."""
+        parts: Counter[str] = Counter()
+        parts["harness (writers, log watch)"] = time.process_time() - self.own_cpu_before
+        for host in self.cluster.hosts:
+            for process, what in ((host.agent, "agents"), (host.mount, "mounts")):
+                if process is not None:
+                    parts[what] += process_cpu(process.pid)
+        if self.coordinator is not None:
+            parts["coordinator"] = process_cpu(self.coordinator.pid)
+        for _, reader in self.readers:
+            parts["readers"] += process_cpu(reader.pid)
+        parts["fsck and compact (famfsctl runs)"] = self.tool_cpu
+        return {name: round(seconds, 1) for name, seconds in parts.items()}
+
     def check_processes(self) -> None:
         for writer in self.writers:
             if writer.error is not None:
@@ -422,7 +446,8 @@ class Run:
         for host in self.cluster.hosts:
             for process, what in ((host.agent, "agent"), (host.mount, "mount")):
                 if process is not None and process.poll() is not None:
-                    raise HarnessError(f"{host.name}'s {what} exited {process.returncode}")
+                    log = host.agent_log if what == "agent" else host.mount_log
+                    raise HarnessError(f"{host.name}'s {what} exited {process.returncode}:\n{log_tail(log)}")
 
     def maybe_compact(self) -> None:
         assert self.watch is not None
@@ -433,7 +458,7 @@ class Run:
                 self.compactions.append(Compaction(when - self.started, "automatic", 0, entries, None))
         if figures.free_slots >= self.plan.compact_below * figures.slots:
             return
-        result = self.cluster.ctl("compact", check=False)
+        result = self.ctl("compact")
         if result.returncode != 0:
             self.problems.append(f"famfsctl compact exited {result.returncode}: {result.stderr.strip()}")
             return
@@ -446,8 +471,16 @@ class Run:
                                            float(words[-2]) / 1000))
         wait_until(lambda: any(seen == epoch for _, seen, _ in figures.epochs), 10, "the log watch to see the compaction")
 
+    def ctl(self, command: str) -> subprocess.CompletedProcess[str]:
+        """famfsctl COMMAND on the image; its CPU time counted (it is reaped here, nothing else is)."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = self.cluster.ctl(command, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.tool_cpu += after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return result
+
     def fsck(self) -> None:
-        result = self.cluster.ctl("fsck", check=False)
+        result = self.ctl("fsck")
         if result.returncode == 0:
             self.checkpoints.clean += 1
         else:
@@ -469,6 +502,7 @@ class Run:
         self.stop.set()
         for writer in self.writers:
             writer.join(60)
+        self.cpu = self.cpu_seconds()
         if self.watch is not None and self.watch.is_alive():
             self.fsck()
         for host, reader in self.readers:
@@ -546,10 +580,20 @@ class Run:
                         "longest_stall_s": stall["longest_stall_s"] if stall else None,
                         "longest_stall_op": f"{stall['host']} {stall['via']}: {stall['longest_stall_op']}" if stall else "",
                         "samples": [sample for found in readers for sample in found["samples"]][:10]},  # type: ignore[attr-defined]
+            "cpu_seconds": self.cpu,
             "problems": self.problems,
             "checks": checks,
             "ok": all(checks.values()) and not self.problems,
         }
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a running process, in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile_ms(sorted_values: list[float], fraction: float) -> float | None:
@@ -585,6 +629,7 @@ def summary(report: dict[str, object]) -> str:
         f"errors {readers['errors'] or 'none'}",  # type: ignore[index]
         f"  longest stall  {readers['longest_stall_s']:.3f} s ({readers['longest_stall_op']})"  # type: ignore[index]
         if readers["longest_stall_s"] is not None else "  longest stall  (no reader report)",  # type: ignore[index]
+        "  cpu seconds    " + ", ".join(f"{name} {seconds:g}" for name, seconds in r["cpu_seconds"].items()),  # type: ignore[attr-defined]
         *(f"  problem: {problem}" for problem in r["problems"]),  # type: ignore[attr-defined]
         *(f"  sample: {sample}" for sample in readers["samples"]),  # type: ignore[index]
         *(f"  fsck: {text}" for text in fsck["unclean"][:3]),  # type: ignore[index]
@@ -626,12 +671,14 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--capacity-x", type=float, help="bytes to write, in device capacities (default 20)")
     parser.add_argument("--slots-x", type=float, help="log entries to append, in log slot counts (default 10)")
     parser.add_argument("--fsck-every", type=float, help="seconds between fsck checkpoints (default 15)")
+    parser.add_argument("--small-burst", type=int, help="small files per Master.batch() burst (default 48)")
+    parser.add_argument("--bursts-per-file", type=int, help="small-file bursts after each big file (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     plan = Plan(seconds=14_400, size="2g", capacity_x=200, slots_x=100, fsck_every_s=120) if args.long else Plan()
     given = {"seconds": args.seconds, "size": args.size, "capacity_x": args.capacity_x, "slots_x": args.slots_x,
-             "fsck_every_s": args.fsck_every}
+             "fsck_every_s": args.fsck_every, "small_burst": args.small_burst, "bursts_per_file": args.bursts_per_file}
     plan = Plan(**{**asdict(plan), **{key: value for key, value in given.items() if value is not None}})
     if args.fsck_every is None:  # at least FSCK_MIN + 1 checkpoints in any run that goes the distance
         plan = Plan(**{**asdict(plan), "fsck_every_s": min(plan.fsck_every_s, plan.seconds / (FSCK_MIN + 2))})

@@ -592,16 +592,17 @@ class LogReader(Protocol):
 
 
 def replay(famfs_log: LogReader, problem: Callable[[Problem], None], *, namespace: Namespace | None = None,
-           start: int = 0) -> Namespace:
+           start: int = 0, stop: int | None = None) -> Namespace:
     """The namespace of every logged entry, calling `problem` for each slot that is bad or breaks
     a rule (that entry is then left out, as the follower leaves it out). The one walk of the log
     behind the writer (which stops at the first problem) and fsck (which lists them all). With
     `namespace` (the log's entries before `start` played), the entries from `start` on are
-    played into it."""
+    played into it; up to `stop` if given (a reader without the device lock reads the count
+    once and plays exactly that many), else to the log's end."""
     sb = famfs_log.superblock
     geometry = Geometry.of(sb)
     namespace = Namespace.empty(sb) if namespace is None else namespace
-    for index, entry in famfs_log.entries(start):
+    for index, entry in famfs_log.entries(start, stop):
         if isinstance(entry, fmt.EntryError):
             problem(Problem(index, bad_entry=entry))
             continue

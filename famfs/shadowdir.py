@@ -11,7 +11,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from famfs import safepath
@@ -146,7 +146,10 @@ class AgentState:
     born_dead: dict[str, list[object]] = field(default_factory=dict)
 
     def dump(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode() + b"\n"
+        """One line of JSON. The agent writes it twice per DELETE it applies: no indent (which
+        takes json's pure-Python encoder) and no asdict() (a deep copy of born_dead): 0.05 ms
+        instead of 0.24 ms, 3.6 ms with 50 born-dead files (python -m timeit, this VM)."""
+        return json.dumps({name: getattr(self, name) for name in self.__dataclass_fields__}).encode() + b"\n"
 
     @classmethod
     def parse(cls, raw: bytes | None) -> AgentState | None:

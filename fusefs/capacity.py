@@ -1,7 +1,12 @@
 """statfs figures from the device: capacity and free space from the log's allocation.
 
-Rebuilding the allocation reads every entry, so the result is kept until the log's next_index
-(one 8-byte read) moves. Runs in a worker thread (it is called through trio.to_thread).
+The allocation is replayed from the log once; the result is kept until the log's next_index
+(one 8-byte read) moves, and then only the entries appended since are played into the kept
+namespace (a master's mount under churn asks at every allocation unit a new file grows into: a
+whole replay of a full 8 MiB log each time took the master's mount most of a core). A log that is
+not the one played plus new entries (compacted: a new epoch; re-made; the last entry played
+under another seal) is replayed whole. Runs in a worker thread (it is called through
+trio.to_thread).
 """
 
 from __future__ import annotations
@@ -13,9 +18,22 @@ import structlog
 
 from famfs import format as fmt
 from famfs import rules
+from famfs.compaction import read_record
 from famfs.famfslog import FamfsLog
 
 log = structlog.get_logger("famfs-fuse-mount")
+
+
+@dataclass(slots=True)
+class Played:
+    """The namespace replayed so far and where it stopped: the log's epoch, the entry count,
+    the seal of the last entry played, and how many entries broke the rule book."""
+
+    namespace: rules.Namespace
+    epoch: int
+    next_index: int
+    last_seal: tuple[int, int] | None
+    problems: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +50,7 @@ class CapacityCache:
         self.famfs_log = famfs_log
         self.lock = threading.Lock()  # statfs calls may overlap in worker threads
         self.cached: tuple[int, Capacity] | None = None
+        self.played: Played | None = None
         self.warned_index: int | None = None
 
     def current(self) -> Capacity:
@@ -45,22 +64,40 @@ class CapacityCache:
 
     def _compute(self) -> Capacity:
         sb = self.famfs_log.superblock
-        problems: list[rules.Problem] = []
         try:
             header = self.famfs_log.header()
-            namespace = rules.replay(self.famfs_log, problems.append)
-            units = namespace.units
+            played = self._play(header.next_index)
         except (fmt.FormatError, OSError) as err:
             # A log header that does not add up: report no free space rather than a guess.
+            self.played = None
             self._warn("statfs: cannot rebuild the allocation, reporting 0 free", error=str(err))
             return Capacity(unit=sb.alloc_unit, total_units=sb.dev_size // sb.alloc_unit, free_units=0, free_slots=0)
-        if problems:
+        if played.problems:
             # The follower leaves such entries out, and so does the free-space count.
-            self._warn("statfs: entries that break the rule book are not counted", entries=len(problems),
-                       first_index=problems[0].index)
+            self._warn("statfs: entries that break the rule book are not counted", entries=played.problems)
+        namespace = played.namespace
+        units = namespace.units
         held = sum(len(units.span(extent)) for entry in namespace.deleted.values() for extent in entry.all_extents())
         return Capacity(unit=sb.alloc_unit, total_units=units.nunits, free_units=units.free_units,
                         free_slots=max(0, header.slots - header.next_index), held_units=held)
+
+    def _play(self, count: int) -> Played:
+        """The namespace of the log's first `count` entries: the kept one played on if the log
+        extends it, else a whole replay."""
+        famfs_log = self.famfs_log
+        epoch = read_record(famfs_log.device.map).epoch
+        played, self.played = self.played, None  # kept again only once this play completed
+        if played is None or played.epoch != epoch or played.next_index > count or (
+                played.last_seal is not None
+                and fmt.entry_seal(famfs_log.raw_entry(played.next_index - 1)) != played.last_seal):
+            played = Played(rules.Namespace.empty(famfs_log.superblock), epoch, 0, None, 0)
+        problems: list[rules.Problem] = []
+        rules.replay(famfs_log, problems.append, namespace=played.namespace, start=played.next_index, stop=count)
+        played.problems += len(problems)
+        played.next_index = count
+        played.last_seal = fmt.entry_seal(famfs_log.raw_entry(count - 1)) if count else None
+        self.played = played
+        return played
 
     def _warn(self, event: str, **details: object) -> None:
         """Once per state of the log: statfs is called often."""

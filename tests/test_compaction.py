@@ -222,3 +222,24 @@ def test_a_hold_is_reclaimed_by_a_reclaim_naming_it_twice(tmp_path: Path, system
         assert current.namespace.units.free_units > free_before and not current.namespace.deleted
     with Device(image) as device:
         assert fsck.check(device).clean
+
+
+def test_fsck_checks_again_when_a_compaction_moved_the_log_under_it(
+        tmp_path: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsck reads without the lock: a compaction that replaced the log while it read would have
+    shown it a mix of two logs (bad entries, namespace errors); it checks the new log instead."""
+    image = churned_image(tmp_path, system_uuid_file)
+    real_check = fsck._check_once
+    checks: list[int] = []
+
+    def check_then_compact(device: Device) -> tuple[fsck.Report, object]:
+        found = real_check(device)
+        checks.append(found[0].header.next_index if found[0].header else -1)
+        if len(checks) == 1:
+            famfsctl("compact", image)  # as if it ran while the check read
+        return found
+
+    monkeypatch.setattr(fsck, "_check_once", check_then_compact)
+    with Device(image) as device:
+        report = fsck.check(device)
+    assert report.clean and len(checks) == 2 and checks[1] < checks[0], checks  # the second one read the new log

@@ -186,3 +186,34 @@ def test_a_directory_the_kernel_will_not_watch_is_reported(tmp_path: Path) -> No
         assert len(reasons) == 1
     finally:
         inotify.close()
+
+
+def test_statfs_figures_played_on_agree_with_a_whole_replay(tmp_path: Path, system_uuid_file: Path) -> None:
+    """The cache plays only the entries appended since its last look (fusefs/capacity.py); what
+    it reports is what a replay of the whole log reports, after creates, deletes and a re-made
+    file system with more entries than before."""
+    import famfs
+    from famfs.famfslog import FamfsLog
+    from fusefs.capacity import CapacityCache
+    from tests.famfsctl_util import famfsctl, make_image
+
+    image = make_image(tmp_path / "dev.img", "1g")
+
+    def fresh() -> object:
+        with Device(str(image)) as device:
+            return CapacityCache(FamfsLog(device)).current()
+
+    with Device(str(image)) as device:
+        cache = CapacityCache(FamfsLog(device))
+        master = famfs.Master(image, system_uuid_file=system_uuid_file)
+        first = cache.current()
+        for n in range(3):
+            with master.create(f"f{n}", 3 << 20) as new:
+                new.buffer[:1] = b"x"
+        master.remove("f1")
+        grown = cache.current()
+        assert grown == fresh() and grown.free_units == first.free_units - 6 and grown.held_units == 2
+        famfsctl("mkfs", "--force", image)
+        for name in ("a", "b", "c", "d", "e", "f"):
+            famfsctl("mkdir", "--device", image, name)
+        assert cache.current() == fresh()

@@ -106,30 +106,36 @@ def test_a_client_is_refused_with_the_clis_message(tmp_path: Path, device: Path)
     assert done.returncode == 0 and f"{device}: this host is a client of file system" in done.stdout
 
 
-def test_calls_reuse_the_replayed_log_only_while_nothing_else_wrote_it(
+def test_calls_reuse_the_replayed_log_and_play_only_what_another_writer_appended(
         device: Path, master: famfs.Master, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from famfs.master import writer
 
-    replays = []
+    replays: list[int] = []  # 0: the whole log; N: played on from entry N
     real_load = writer.load
-    monkeypatch.setattr(writer, "load", lambda famfs_log: replays.append(1) or real_load(famfs_log))
+
+    def load(famfs_log, namespace=None, start=0, stop=None):  # type: ignore[no-untyped-def]
+        replays.append(start if namespace is not None else 0)
+        return real_load(famfs_log, namespace, start, stop)
+
+    monkeypatch.setattr(writer, "load", load)
     master.mkdir("a")
     master.mkdir("b")
     assert replays == []  # the constructor's replay, kept and carried forward
-    famfsctl("mkdir", "--device", device, "c")  # another writer: the next call replays
+    famfsctl("mkdir", "--device", device, "c")  # another writer: the next call plays its entry only
     with pytest.raises(famfs.MasterError, match="exists"):
         master.mkdir("c")
-    assert len(replays) == 1
+    assert replays == [2]
     with pytest.raises(famfs.MasterError):
-        master.mkdir("no/parent")  # a refusal: the namespace it touched is not trusted again
+        master.mkdir("no/parent")  # after a refusal, the namespace it touched is not trusted again
     master.mkdir("d")
-    assert len(replays) == 3
-    # A file system re-made under it, with as many entries as before: replayed, not reused.
+    assert replays == [2, 0, 0]
+    # A file system re-made under it, with more entries than before: replayed whole, not played on.
     famfsctl("mkfs", "--force", device)
-    for name in ("a", "b", "c", "d"):
+    for name in ("a", "b", "c", "d", "e"):
         famfsctl("mkdir", "--device", device, name + "2")
     master.mkdir("a")
-    assert [e.relpath for e in entries(device)] == ["a2", "b2", "c2", "d2", "a"]
+    assert replays == [2, 0, 0, 0]
+    assert [e.relpath for e in entries(device)] == ["a2", "b2", "c2", "d2", "e2", "a"]
 
 
 LIBRARY_BATCH = """

@@ -131,6 +131,12 @@ class Master:
         session = self._acquire()
         try:
             yield session
+        except writer.SpaceHeld:
+            # A refused allocation changed nothing (a batch's files are abandoned, their space
+            # given back): the namespace still is the log's, reused by the next session rather
+            # than replayed whole (a churn's bursts that found the space held did that each time).
+            self._release()
+            raise
         except BaseException:
             self._release(clean=False)
             raise

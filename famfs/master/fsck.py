@@ -17,6 +17,7 @@ from pathlib import Path
 
 from famfs import format as fmt
 from famfs import hosts, rules
+from famfs.compaction import LogLocation, read_record
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import role_of
@@ -88,7 +89,32 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
+COMPACTION_RETRIES = 5  # checks started again because a compaction moved the log meanwhile
+
+
 def check(device: Device) -> Report:
+    """The report on the device's log. fsck reads without the lock, as every reader does: a
+    compaction that replaces the log while it reads (docs/reclaim.md) leaves it a mix of the old
+    and the new log, so the check is made again, from the new log, when the log's location
+    (epoch, staged copy or not) changed between its start and its end."""
+    for _ in range(COMPACTION_RETRIES):
+        report, location = _check_once(device)
+        if location is None or _location(device, report) == location:
+            return report
+    report.fatal = f"the log was compacted during each of {COMPACTION_RETRIES} checks: run fsck again"
+    return report
+
+
+def _location(device: Device, report: Report) -> LogLocation | None:
+    assert report.superblock is not None
+    try:
+        return LogLocation.of(read_record(device.map), report.superblock, device.size)
+    except fmt.FormatError:
+        return None  # a compaction record caught mid-store: not the location the check read
+
+
+def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
+    """The report, and the log's location it read (None: no log was read)."""
     report = Report(device=device.path)
     try:
         famfs_log = FamfsLog(device)
@@ -96,7 +122,7 @@ def check(device: Device) -> Report:
         report.fatal = str(err.strerror if isinstance(err, DeviceError) else err)
         with contextlib.suppress(fmt.FormatError, DeviceError):  # a good superblock is still worth showing
             report.superblock = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
-        return report
+        return report, None
     sb = famfs_log.superblock
     report.superblock = sb
     report.header = famfs_log.header()
@@ -136,7 +162,7 @@ def check(device: Device) -> Report:
     report.fenced = set(namespace.fenced)
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
-    return report
+    return report, famfs_log.location
 
 
 def host_state(found: hosts.HostRecord | hosts.DamagedSlot, fenced: set[tuple[uuid.UUID, int]]) -> str:

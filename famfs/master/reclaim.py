@@ -330,7 +330,7 @@ class Coordinator:
         if count < self.played:
             raise CoordinatorError(f"{self.device_path}: the log shrank from {self.played} to {count} entries")
         if count > self.played:
-            self.namespace = writer.load(self.log, self.namespace, self.played)
+            self.namespace = writer.load(self.log, self.namespace, self.played, count)
             self.played = count
 
     def _replaced(self) -> None:

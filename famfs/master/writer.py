@@ -67,15 +67,16 @@ class SpaceHeld(MasterError):
         return self.free + self.held >= self.needed
 
 
-def load(famfs_log: FamfsLog, namespace: rules.Namespace | None = None, start: int = 0) -> rules.Namespace:
+def load(famfs_log: FamfsLog, namespace: rules.Namespace | None = None, start: int = 0,
+         stop: int | None = None) -> rules.Namespace:
     """The namespace of every logged entry, as every reader replays it.
 
     A corrupt slot (bad seqnum or CRC) stops the writer: every reader stops there too, so nothing
     appended after it would ever be seen. An entry that is well-formed but breaks a rule is left
     out, as every reader leaves it out, with a warning; the space it names is still never handed
     out (upstream's readers do not apply our rules and would see both files on that memory).
-    With `namespace`, only the entries from `start` on are played into it (the coordinator
-    follows the log this way).
+    With `namespace`, only the entries from `start` on (to `stop`, if given) are played into it
+    (the coordinator follows the log this way, without the lock: it gives the count it read).
     """
     left_out: list[rules.Problem] = []
 
@@ -88,7 +89,7 @@ def load(famfs_log: FamfsLog, namespace: rules.Namespace | None = None, start: i
                                   f"so nothing can be appended after it; run famfsctl fsck") from None
         left_out.append(found)
 
-    namespace = rules.replay(famfs_log, note, namespace=namespace, start=start)
+    namespace = rules.replay(famfs_log, note, namespace=namespace, start=start, stop=stop)
     for found in left_out:
         if isinstance(found.entry, fmt.FileEntry):
             namespace.units.claim(found.entry.all_extents())
@@ -102,10 +103,12 @@ def load(famfs_log: FamfsLog, namespace: rules.Namespace | None = None, start: i
 
 @dataclass(frozen=True, slots=True)
 class Replayed:
-    """A session's namespace and the log it describes: the file system (its UUID), the number
-    of entries and the seal of the last one. A later session of the same process reuses the
-    namespace only if all three are unchanged, so a log that another writer appended to, or a
-    file system re-made meanwhile, is always replayed again."""
+    """A session's namespace and the log it describes: the file system (its UUID), the log's
+    epoch, the number of entries and the seal of the last one. A later session of the same
+    process reuses the namespace as it is if all are unchanged, and plays only the entries
+    appended since (by another writer: the coordinator, the master's mount, famfsctl) if the log
+    still holds those entries under the same seal; a file system re-made, a log compacted
+    (a new epoch) or rewritten meanwhile is replayed whole."""
 
     namespace: rules.Namespace
     fs_uuid: uuid.UUID
@@ -125,6 +128,24 @@ class Replayed:
 
     def still(self, famfs_log: FamfsLog) -> bool:
         return self._where(famfs_log) == (self.fs_uuid, self.epoch, self.next_index, self.last_seal)
+
+    def extended(self, famfs_log: FamfsLog) -> bool:
+        """The log is this one with entries appended: same file system and epoch, more entries,
+        and the last entry this namespace played still there under the same seal (the log is
+        append-only within an epoch; the seal catches a log rewritten in place)."""
+        if (famfs_log.superblock.fs_uuid, famfs_log.location.epoch) != (self.fs_uuid, self.epoch):
+            return False
+        if famfs_log.header().next_index <= self.next_index:
+            return False
+        return self.last_seal is None or fmt.entry_seal(famfs_log.raw_entry(self.next_index - 1)) == self.last_seal
+
+    def namespace_of(self, famfs_log: FamfsLog) -> rules.Namespace:
+        """This namespace brought up to `famfs_log` (played on, in place), or the log replayed whole."""
+        if self.still(famfs_log):
+            return self.namespace
+        if self.extended(famfs_log):
+            return load(famfs_log, self.namespace, self.next_index)
+        return load(famfs_log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +172,7 @@ class Session:
         self.log = famfs_log
         self.device = famfs_log.device
         self.geometry = rules.Geometry.of(famfs_log.superblock)
-        self.namespace = known.namespace if known is not None and known.still(famfs_log) else load(famfs_log)
+        self.namespace = known.namespace_of(famfs_log) if known is not None else load(famfs_log)
         self.rng = rng or random.Random()
         self.failed = False  # set by a caller that saw an operation fail part-way: its namespace is not reused
 

@@ -7,3 +7,4 @@ DEMO_DIR = "FAMFS_DEMO_DIR"  # `make demo`: where its work directory is made
 DEMO_SIZE = "FAMFS_DEMO_SIZE"  # `make demo`: the size of the sparse device image
 DEMO_NAMESPACES = "FAMFS_DEMO_NAMESPACES"  # `make demo`: "0" keeps every mount in this namespace
 NOTIFY_SOCKET = "NOTIFY_SOCKET"  # set by systemd for Type=notify units: where readiness is sent
+UPSTREAM_BIN = "FAMFS_UPSTREAM_BIN"  # tests only: a directory holding upstream's built `famfs` CLI (docs/fusefs.md)

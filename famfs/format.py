@@ -132,9 +132,11 @@ assert HOST_RECORD.size == HOST_RECORD_SIZE and SUPERBLOCK.size <= HOST_TABLE_OF
 # compacted log is copied over the old one. Written by the master only; its store is the commit.
 COMPACTION_RECORD_OFFSET = 0x10000
 COMPACTION_MAGIC = int.from_bytes(b"FAMFSCMP", "little")
-COMPACTION_RECORD_VERSION = 1
-# magic, version, state, epoch, staging offset, staged bytes, staged entries, staged bytes' CRC, CRC
-COMPACTION_RECORD = struct.Struct("<QHH4x" + "5Q" + "Q")
+COMPACTION_RECORD_VERSION = 2
+# magic, version, state, epoch, staging offset, staged bytes, staged entries, staged bytes' CRC, the
+# file system's UUID (a record of an earlier file system on the device is no record: upstream's mkfs
+# leaves this region as found), CRC
+COMPACTION_RECORD = struct.Struct("<QHH4x" + "5Q" + "16s" + "Q")
 COMPACTION_RECORD_CRC_SPAN = COMPACTION_RECORD.size - 8
 assert COMPACTION_RECORD_OFFSET + COMPACTION_RECORD.size <= HOST_TABLE_OFFSET
 

@@ -5,7 +5,9 @@ mix. The next master session finishes a committed compaction."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+import uuid
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,38 @@ def test_fsck_checks_again_when_a_compaction_moved_the_log_under_it(
     with Device(image) as device:
         report = fsck.check(device)
     assert report.clean and len(checks) == 2 and checks[1] < checks[0], checks  # the second one read the new log
+
+
+def upstream_mkfs_over(image: Path) -> None:
+    """What upstream's `mkfs.famfs -f` writes (docs/format.md §1.2, §1.3): a new superblock struct
+    (new UUIDs) and a fresh, zeroed log; the rest of the superblock region is left as found."""
+    with Device(image, writable=True) as device:
+        old = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
+        device.write(fmt.LOG_OFFSET, bytes(old.log_len))
+        device.write(fmt.LOG_OFFSET, fmt.LogHeader.fresh(old.log_len).pack())
+        device.write(0, dataclasses.replace(old, fs_uuid=uuid.uuid4(), dev_uuid=uuid.uuid4()).pack())
+
+
+def test_a_record_of_an_earlier_file_system_is_no_record(tmp_path: Path, system_uuid_file: Path) -> None:
+    """A compaction killed after its commit, then upstream's mkfs over the device: the record it
+    left COPYING belongs to the file system that is gone. Our readers read the new, empty log (not
+    the old staging copy) and the next master session does not copy the old log over it."""
+    image = churned_image(tmp_path, system_uuid_file)
+
+    def step(name: str) -> None:
+        if name == "committed":
+            raise Killed(name)
+
+    with pytest.raises(Killed), writer.session(str(image), system_uuid_file) as current:
+        current.compact(step)
+    upstream_mkfs_over(image)
+    assert upstream_logplay(image) == set()
+    assert live_view(image)[:2] == ({}, set())
+    with writer.session(str(image), system_uuid_file) as current:
+        assert current.log.location.epoch == 0
+        current.mkdir("new", writer.Ownership(0o755, 0, 0))
+    assert live_view(image)[:2] == ({}, {"new"}) and upstream_logplay(image) == {"new"}
+    with Device(image) as device:
+        assert fsck.check(device).clean
+    famfsctl("compact", image)  # a compaction of the new file system binds a record to it
+    assert live_view(image)[:2] == ({}, {"new"}) and upstream_logplay(image) == {"new"}

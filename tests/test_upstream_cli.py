@@ -218,6 +218,48 @@ def test_logged_written_and_opened_at_once(tmp_path: Path, system_uuid_file: Pat
     no_rebuild(agent.log)  # type: ignore[attr-defined]
 
 
+@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
+                   reason="upstream's CLI opens a new file before it logs it; our mount serves only what the log "
+                          "holds (docs/fusefs.md, 'Upstream's CLI on our mount', step 3: open)")
+def test_written_and_opened_before_it_is_logged(tmp_path: Path, system_uuid_file: Path) -> None:
+    """Upstream's `__famfs_mkfile` in FUSE mode in its own order (famfs_lib.c, read at upstream's
+    commit 0330cace, and spec §7): allocate, write the YAML into the shadow, open the file through
+    the mount, and only then append the FILE entry, by a store into its MAP_SHARED mapping of
+    `.meta/.log`, which on our page-cached mount reaches the device when the CLI closes the log
+    at the end of the command. famfs_fused serves the YAML as it is; the open must succeed."""
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    entry = file_entry("f", 0, size=4096)
+    with following(image, shadow):
+        with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+            write_in_place(shadow / "root" / "f", emit_file_yaml(entry))
+            bounded(lambda: fill(mount.mountpoint / "f", b"filled"), "open before the entry is logged")
+            append(image, [entry])
+            wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entry", FOLLOW_WAIT_S)
+            assert bounded((mount.mountpoint / "f").read_bytes, "read back")[:6] == b"filled"
+
+
+@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
+                   reason="upstream's mkdir -p makes each level in the shadow and asks the mount for it before "
+                          "its MKDIR is on the device; our mount serves a directory only once the log names it "
+                          "(docs/fusefs.md, 'Upstream's CLI on our mount', step 5)")
+def test_a_level_of_mkdir_p_is_served_before_it_is_logged(tmp_path: Path, system_uuid_file: Path) -> None:
+    """Upstream's `famfs mkdir -p MPT/a/b` (famfs_make_parent_dir, __famfs_mkdir; read at upstream's
+    commit 0330cace): mkdir `a` in the shadow, store its MKDIR into the mapped log (on the device
+    when the command ends), then stat and realpath `MPT/a` through the mount, as the parent of
+    `b`. famfs_fused serves the shadow directory as it is; the stat must succeed."""
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    with following(image, shadow):
+        with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+            os.mkdir(shadow / "root" / "a", 0o755)
+            assert stat.S_ISDIR(bounded((mount.mountpoint / "a").stat, "stat of the new level").st_mode)
+            os.mkdir(shadow / "root" / "a" / "b", 0o755)
+            append(image, [mkdir_entry("a"), mkdir_entry("a/b")])
+            wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entries", FOLLOW_WAIT_S)
+            assert bounded((mount.mountpoint / "a" / "b").is_dir, "the levels once logged")
+
+
 @pytest.fixture
 def paused(tmp_path: Path, system_uuid_file: Path) -> Iterator[tuple[Path, Path, subprocess.Popen[str]]]:
     """(image, shadow, agent): a following agent that has played a first file, to be stopped

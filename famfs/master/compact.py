@@ -111,7 +111,8 @@ def compact(famfs_log: FamfsLog, namespace: Namespace, step: Callable[[str], Non
     device.write(staging, image)
     step("staged")
     epoch = famfs_log.location.epoch + 1
-    record = CompactionRecord(CompactionState.COPYING, epoch, staging, len(image), len(entries), fmt.crc32(image))
+    record = CompactionRecord(CompactionState.COPYING, epoch, staging, len(image), len(entries), fmt.crc32(image),
+                              superblock.fs_uuid)
     device.write(fmt.COMPACTION_RECORD_OFFSET, record.pack())
     step("committed")
     _copy_over_log(famfs_log, record, image, before, step)
@@ -136,7 +137,7 @@ def _copy_over_log(famfs_log: FamfsLog, record: CompactionRecord, image: bytes, 
     step("copied")
     device.write(base, image[:fmt.LOG_HEADER.size])
     step("header_written")
-    device.write(fmt.COMPACTION_RECORD_OFFSET, CompactionRecord(CompactionState.DONE, record.epoch).pack())
+    device.write(fmt.COMPACTION_RECORD_OFFSET, CompactionRecord(CompactionState.DONE, record.epoch, fs_uuid=record.fs_uuid).pack())
     step("done")
 
 

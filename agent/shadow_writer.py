@@ -655,9 +655,9 @@ class ShadowTree:
             if self._creator is not None and raw is not None:
                 self._creator.create(raw)
             else:  # no creator, or an entry read again after a wait (the follower's _settle)
-                write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
+                write_new_file(relpath, emit_file_yaml(entry), self._tree_fd, index)
             self._build_view.sent.add(relpath)
-        elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
+        elif not self._place_new(self._stage_file(emit_file_yaml(entry), index), relpath, os.unlink):
             # The rules found the name free, and it has appeared since: upstream's CLI writing
             # the entry's YAML at this moment, or else damage.
             self._ahead_file(index, entry, famfs_log, earlier_checked=True)
@@ -701,7 +701,7 @@ class ShadowTree:
                                                 "logs, and no earlier entry made it")
             return False
         self._own(index, entry)  # its units this entry's before its own copy is in place
-        temp = self._stage_file(made)
+        temp = self._stage_file(made, index)
         with safepath.parent_of(self._root_fd, relpath) as (parent, name):
             os.rename(temp, name, src_dir_fd=self._staging_fd, dst_dir_fd=parent)
         log.info("ahead_written_accepted", index=index, path=relpath, kind="file", whole=found == made)
@@ -841,7 +841,7 @@ class ShadowTree:
         if self._creator is not None:
             self._creator.drain()  # a first play: the file it replaces is made first
         temp = self._temp_name()
-        write_new_file(temp, emit_file_yaml(changed), self._staging_fd)
+        write_new_file(temp, emit_file_yaml(changed), self._staging_fd, index)
         with safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
             os.rename(temp, name, src_dir_fd=self._staging_fd, dst_dir_fd=parent)
         return Outcome.APPLIED
@@ -955,9 +955,10 @@ class ShadowTree:
         self._temp_seq += 1
         return self._temp_prefix + str(self._temp_seq)
 
-    def _stage_file(self, data: bytes) -> str:
+    def _stage_file(self, data: bytes, index: int | None = None) -> str:
+        """`data` in a new file in staging/; `index`: a shadow file's owner-map entry (FILE_XATTR)."""
         temp = self._temp_name()
-        write_new_file(temp, data, self._staging_fd)
+        write_new_file(temp, data, self._staging_fd, index)
         return temp
 
     def read_tree_file(self, relpath: str) -> bytes | None:

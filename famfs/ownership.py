@@ -264,21 +264,21 @@ class ShadowCheck:
         famfs_log = self.famfs_log
         if not 0 <= index < min(famfs_log.next_index(), self._slots):
             return None
-        raw = famfs_log.raw_entry(index)
-        kind = fmt.ENTRY_HEAD.unpack_from(raw)[1]
+        log_map = famfs_log.device.map  # unpacked in place: a slot below the log's capacity is on the device
+        slot = famfs_log.slot_offset(index)
         field = relpath.ljust(fmt.MAX_PATHLEN, b"\0")
         changed = None
-        if kind == fmt.EntryType.SETATTR:
-            changed = _SETATTR_HEAD.unpack_from(raw)
+        if fmt.ENTRY_HEAD.unpack_from(log_map, slot)[1] == fmt.EntryType.SETATTR:
+            changed = _SETATTR_HEAD.unpack_from(log_map, slot)
             target = changed[2]
             if changed[3] != field or not 0 <= target < index:
                 return None
-            raw = famfs_log.raw_entry(target)
-        _, kind, size, _, uid, gid, mode, path, ext_type, count = fmt.FILE_HEAD.unpack_from(raw)
+            slot = famfs_log.slot_offset(target)
+        _, kind, size, _, uid, gid, mode, path, ext_type, count = fmt.FILE_HEAD.unpack_from(log_map, slot)
         if kind != fmt.EntryType.FILE or path != field or ext_type != fmt.ExtentType.SIMPLE \
                 or not 1 <= count <= fmt.MAX_SIMPLE_EXTENTS:
             return None  # an interleaved file is rare: its listing parses the YAML
-        words = fmt.EXTENT_WORDS[count].unpack_from(raw, fmt.FILE_HEAD.size)
+        words = fmt.EXTENT_WORDS[count].unpack_from(log_map, slot + fmt.FILE_HEAD.size)
         start = words[1] // self.reader.unit
         if start >= self.reader.nunits:
             return None

@@ -50,6 +50,7 @@ from famfs.shadowdir import (
     AGENT_DIR_MODE,
     DAXDEVS_FILE,
     DIR_XATTR,
+    FILE_XATTR,
     DIRS_JOURNAL,
     LOCK_FILE,
     META_DIR,
@@ -176,6 +177,26 @@ class _BuildView:
 
     def deleted_by(self, file_index: int) -> int | None:
         return self.tree.deleted_by(file_index)
+
+
+def _copy_record(built_fd: int, found_fd: int, name: str) -> None:
+    """Give shadow file `name` in directory `found_fd` the FILE_XATTR of the one built in
+    `built_fd` (a reconcile keeps a file whose YAML is unchanged, under its new log index)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    built, found = os.open(name, flags, dir_fd=built_fd), os.open(name, flags, dir_fd=found_fd)
+    try:
+        try:
+            record = os.getxattr(built, FILE_XATTR)
+        except OSError as err:
+            if err.errno != errno.ENODATA:
+                raise
+            with contextlib.suppress(OSError):  # .meta/'s files have none: neither has the found one then
+                os.removexattr(found, FILE_XATTR)
+        else:
+            os.setxattr(found, FILE_XATTR, record)
+    finally:
+        os.close(built)
+        os.close(found)
 
 
 class ShadowTree:
@@ -537,6 +558,7 @@ class ShadowTree:
                 os.rmdir(name, dir_fd=built_fd)
             elif stat.S_ISREG(made.st_mode) and stat.S_ISREG(found.st_mode):
                 if read_shadow_file(name, built_fd) == read_shadow_file(name, found_fd):
+                    _copy_record(built_fd, found_fd, name)  # the same file under its new index
                     os.unlink(name, dir_fd=built_fd)  # the same file: its shadow file stays
                 else:  # another file at the path: the built one over it, in one rename
                     os.rename(name, name, src_dir_fd=built_fd, dst_dir_fd=found_fd)

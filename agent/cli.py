@@ -19,7 +19,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-import structlog
+
+from famfs.quickimport import load_structlog
+
+# First, before anything imports structlog: without the asyncio it never needs here (a client's
+# cold start, docs/agent.md). The console script gets here after taking the stop signals.
+load_structlog()
+
+import structlog  # noqa: E402
 
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
 from agent.hostrecord import settings_problem, table_lines, table_report

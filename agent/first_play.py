@@ -32,6 +32,7 @@ import struct
 import warnings
 
 from famfs import format as fmt
+from famfs.shadowdir import FILE_XATTR, encode_file_record
 from famfs.shadowyaml import emit_file_yaml
 
 SHADOW_FILE_MODE = 0o644  # upstream's shadow files are 0644 whatever the logged mode
@@ -44,13 +45,16 @@ PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child must not dlopen (a lock)
 
 
-def write_new_file(name: str, data: bytes, dir_fd: int) -> None:
+def write_new_file(name: str, data: bytes, dir_fd: int, index: int | None = None) -> None:
     """A new file `name` in `dir_fd` holding `data`; on failure none (a built tree must hold no
-    partial file)."""
+    partial file). `index`: a shadow file's owner-map entry, recorded in FILE_XATTR before the
+    file can be seen."""
     fd = os.open(name, NEW_FILE_FLAGS, SHADOW_FILE_MODE, dir_fd=dir_fd)
     try:
         if os.write(fd, data) != len(data):  # a file system filling up mid-write
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if index is not None:
+            os.setxattr(fd, FILE_XATTR, encode_file_record(index))
     except BaseException:
         os.close(fd)
         os.unlink(name, dir_fd=dir_fd)
@@ -231,7 +235,7 @@ def _serve(parent: int, requests: int, replies: int, tree_fd: int) -> int:
                 entry = fmt.decode_entry(raw, index)
                 assert isinstance(entry, fmt.FileEntry)
                 relpath = entry.relpath
-                write_new_file(relpath, emit_file_yaml(entry), tree_fd)
+                write_new_file(relpath, emit_file_yaml(entry), tree_fd, index)
     except OSError as err:
         message = f"{relpath!r}: {err.strerror or err}".encode()
         os.write(replies, REPLY_HEAD.pack(err.errno or errno.EIO, index, len(message)) + message)

@@ -50,6 +50,7 @@ from famfs.shadowdir import (
     AGENT_DIR_MODE,
     DAXDEVS_FILE,
     DIR_XATTR,
+    FILE_XATTR,
     DIRS_JOURNAL,
     LOCK_FILE,
     META_DIR,
@@ -176,6 +177,26 @@ class _BuildView:
 
     def deleted_by(self, file_index: int) -> int | None:
         return self.tree.deleted_by(file_index)
+
+
+def _copy_record(built_fd: int, found_fd: int, name: str) -> None:
+    """Give shadow file `name` in directory `found_fd` the FILE_XATTR of the one built in
+    `built_fd` (a reconcile keeps a file whose YAML is unchanged, under its new log index)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    built, found = os.open(name, flags, dir_fd=built_fd), os.open(name, flags, dir_fd=found_fd)
+    try:
+        try:
+            record = os.getxattr(built, FILE_XATTR)
+        except OSError as err:
+            if err.errno != errno.ENODATA:
+                raise
+            with contextlib.suppress(OSError):  # .meta/'s files have none: neither has the found one then
+                os.removexattr(found, FILE_XATTR)
+        else:
+            os.setxattr(found, FILE_XATTR, record)
+    finally:
+        os.close(built)
+        os.close(found)
 
 
 class ShadowTree:
@@ -537,6 +558,7 @@ class ShadowTree:
                 os.rmdir(name, dir_fd=built_fd)
             elif stat.S_ISREG(made.st_mode) and stat.S_ISREG(found.st_mode):
                 if read_shadow_file(name, built_fd) == read_shadow_file(name, found_fd):
+                    _copy_record(built_fd, found_fd, name)  # the same file under its new index
                     os.unlink(name, dir_fd=built_fd)  # the same file: its shadow file stays
                 else:  # another file at the path: the built one over it, in one rename
                     os.rename(name, name, src_dir_fd=built_fd, dst_dir_fd=found_fd)
@@ -655,9 +677,9 @@ class ShadowTree:
             if self._creator is not None and raw is not None:
                 self._creator.create(raw)
             else:  # no creator, or an entry read again after a wait (the follower's _settle)
-                write_new_file(relpath, emit_file_yaml(entry), self._tree_fd)
+                write_new_file(relpath, emit_file_yaml(entry), self._tree_fd, index)
             self._build_view.sent.add(relpath)
-        elif not self._place_new(self._stage_file(emit_file_yaml(entry)), relpath, os.unlink):
+        elif not self._place_new(self._stage_file(emit_file_yaml(entry), index), relpath, os.unlink):
             # The rules found the name free, and it has appeared since: upstream's CLI writing
             # the entry's YAML at this moment, or else damage.
             self._ahead_file(index, entry, famfs_log, earlier_checked=True)
@@ -701,7 +723,7 @@ class ShadowTree:
                                                 "logs, and no earlier entry made it")
             return False
         self._own(index, entry)  # its units this entry's before its own copy is in place
-        temp = self._stage_file(made)
+        temp = self._stage_file(made, index)
         with safepath.parent_of(self._root_fd, relpath) as (parent, name):
             os.rename(temp, name, src_dir_fd=self._staging_fd, dst_dir_fd=parent)
         log.info("ahead_written_accepted", index=index, path=relpath, kind="file", whole=found == made)
@@ -841,7 +863,7 @@ class ShadowTree:
         if self._creator is not None:
             self._creator.drain()  # a first play: the file it replaces is made first
         temp = self._temp_name()
-        write_new_file(temp, emit_file_yaml(changed), self._staging_fd)
+        write_new_file(temp, emit_file_yaml(changed), self._staging_fd, index)
         with safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
             os.rename(temp, name, src_dir_fd=self._staging_fd, dst_dir_fd=parent)
         return Outcome.APPLIED
@@ -955,9 +977,10 @@ class ShadowTree:
         self._temp_seq += 1
         return self._temp_prefix + str(self._temp_seq)
 
-    def _stage_file(self, data: bytes) -> str:
+    def _stage_file(self, data: bytes, index: int | None = None) -> str:
+        """`data` in a new file in staging/; `index`: a shadow file's owner-map entry (FILE_XATTR)."""
         temp = self._temp_name()
-        write_new_file(temp, data, self._staging_fd)
+        write_new_file(temp, data, self._staging_fd, index)
         return temp
 
     def read_tree_file(self, relpath: str) -> bytes | None:

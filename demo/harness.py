@@ -19,7 +19,7 @@ from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.ownership import OwnerMap
-from famfs.shadowdir import DIR_XATTR, OWNERS_FILE, DirRecord
+from famfs.shadowdir import DIR_XATTR, FILE_XATTR, OWNERS_FILE, DirRecord, encode_file_record
 from famfs.shadowyaml import emit_file_yaml
 from famfs.units import parse_size
 
@@ -106,13 +106,13 @@ def _logged_index(device: Path, entry: fmt.FileEntry) -> int:
     raise LookupError(f"{device}: no FILE entry for {entry.relpath}")
 
 
-def own_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> None:
+def own_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> int | None:
     """Log `entry` on the shadow's hand device (`logged`: a writer has, find it) and give its
     units to it in the owner map (what the master and then the agent do before the agent's
-    shadow file appears)."""
+    shadow file appears); its log index (None without a hand device)."""
     device = _HAND_DEVICES.get(shadow)
     if device is None:
-        return
+        return None
     index = _logged_index(device, entry) if logged else _log(shadow, entry)
     assert index is not None
     with Device(str(_HAND_DEVICES[shadow])) as opened:
@@ -122,6 +122,7 @@ def own_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> Non
         OwnerMap.load(fd, sb.dev_size // sb.alloc_unit, sb.alloc_unit).set(entry.all_extents(), index + 1)
     finally:
         os.close(fd)
+    return index
 
 
 def own_dir(shadow: Path, path: Path, relpath: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
@@ -136,8 +137,8 @@ def own_dir(shadow: Path, path: Path, relpath: str, mode: int = 0o755, uid: int 
 def put_file(shadow: Path, entry: fmt.FileEntry, *, logged: bool = False) -> Path:
     """Write a shadow file the agent's way: logged (`logged`: already, by a writer) and owned
     first (with a hand device), then whole, in staging, renamed into root/."""
-    own_file(shadow, entry, logged=logged)
-    return put_yaml(shadow, entry.relpath, emit_file_yaml(entry))
+    index = own_file(shadow, entry, logged=logged)
+    return put_yaml(shadow, entry.relpath, emit_file_yaml(entry), index)
 
 
 def put_dir(shadow: Path, relpath: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Path:
@@ -151,9 +152,13 @@ def put_dir(shadow: Path, relpath: str, mode: int = 0o755, uid: int = 0, gid: in
     return target
 
 
-def put_yaml(shadow: Path, relpath: str, text: bytes) -> Path:
+def put_yaml(shadow: Path, relpath: str, text: bytes, index: int | None = None) -> Path:
+    """`text` renamed into root/`relpath`; `index`: recorded in FILE_XATTR, as the agent records
+    a file's owner-map entry."""
     staged = shadow / ".agent" / "staging" / f"{os.getpid()}.{time.monotonic_ns()}"
     staged.write_bytes(text)
+    if index is not None:
+        os.setxattr(staged, FILE_XATTR, encode_file_record(index))
     target = shadow / "root" / relpath
     staged.rename(target)
     return target

@@ -17,7 +17,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from famfs import format as fmt
 from famfs.famfslog import FamfsLog
@@ -182,6 +182,21 @@ class OwnerReader:
 
 
 _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)
+# A SETATTR slot's head: what a listing reads of it (target index, relpath field, uid, gid, mode).
+_SETATTR_HEAD = struct.Struct(fmt.SETATTR_ENTRY.format[:len("<QI4xQ80sIII")])
+
+
+class ListedFile(NamedTuple):
+    """What a listing serves of a file: its attributes, none of its extents."""
+
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mapped: int  # bytes of device memory its extents hold (st_blocks)
+
+    def capacity(self) -> int:  # as fmt.FileEntry's: what the mount serves as st_blocks * 512
+        return self.mapped
 
 # The FileEntry fields a shadow file must share with its log entry: size, mode, uid, gid, extents,
 # stripes (the relpath is compared first, for a better reason; flags are not in every YAML).
@@ -196,6 +211,7 @@ class ShadowCheck:
         sb = famfs_log.superblock
         self.famfs_log = famfs_log
         self.reader = OwnerReader(owners_path, sb.dev_size // sb.alloc_unit, sb.alloc_unit)
+        self._slots = fmt.log_capacity(sb.log_len)
 
     def close(self) -> None:
         self.reader.close()
@@ -234,6 +250,47 @@ class ShadowCheck:
             if first != expected * (stop - start):
                 return f"an extent at {extent.offset:#x} is not all owned by log entry {index}"
         return None
+
+    def listed(self, relpath: bytes, index: int) -> ListedFile | None:
+        """The attributes of the file at `relpath` from log entry `index` (the one its shadow
+        file's trusted.famfs.file names), if that entry holds this path and the owner map gives
+        the unit its first extent starts in to that very entry, i.e. it is the live file at this
+        path; else None, and the caller parses the YAML and checks it in full (file_problem).
+
+        Read from the mapped slot without its CRC or the rule book: the agent checked both before
+        it named the entry in the owner map, and a logged slot is never written again. Only a
+        listing's attributes come from here: what maps bytes (open, read, mmap) is the YAML,
+        parsed and checked by file_problem."""
+        famfs_log = self.famfs_log
+        if not 0 <= index < min(famfs_log.next_index(), self._slots):
+            return None
+        log_map = famfs_log.device.map  # unpacked in place: a slot below the log's capacity is on the device
+        slot = famfs_log.slot_offset(index)
+        field = relpath.ljust(fmt.MAX_PATHLEN, b"\0")
+        changed = None
+        if fmt.ENTRY_HEAD.unpack_from(log_map, slot)[1] == fmt.EntryType.SETATTR:
+            changed = _SETATTR_HEAD.unpack_from(log_map, slot)
+            target = changed[2]
+            if changed[3] != field or not 0 <= target < index:
+                return None
+            slot = famfs_log.slot_offset(target)
+        _, kind, size, _, uid, gid, mode, path, ext_type, count = fmt.FILE_HEAD.unpack_from(log_map, slot)
+        if kind != fmt.EntryType.FILE or path != field or ext_type != fmt.ExtentType.SIMPLE \
+                or not 1 <= count <= fmt.MAX_SIMPLE_EXTENTS:
+            return None  # an interleaved file is rare: its listing parses the YAML
+        words = fmt.EXTENT_WORDS[count].unpack_from(log_map, slot + fmt.FILE_HEAD.size)
+        start = words[1] // self.reader.unit
+        if start >= self.reader.nunits:
+            return None
+        try:
+            owner = self.reader.owners(start, start + 1)
+        except OwnerMapError:
+            return None
+        if owner != (index + 1).to_bytes(SLOT, "little"):
+            return None
+        if changed is not None:
+            uid, gid, mode = changed[4:7]
+        return ListedFile(size, mode, uid, gid, sum(words[2::3]))
 
     def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str:
         """The logged attributes of shadow directory `relpath` from its xattr value `raw`, if

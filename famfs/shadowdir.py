@@ -35,6 +35,12 @@ OWNERS_FILE = "owners"  # in .agent/: which live log entry owns each allocation 
 # from and the logged attributes the mount serves, b"<index> <mode octal> <uid> <gid>". Only
 # CAP_SYS_ADMIN sets trusted.* attributes: an unprivileged user cannot forge it (docs/security.md).
 DIR_XATTR = "trusted.famfs.dir"
+# On every shadow file the agent writes: the log index its owner map names for the file (its FILE
+# entry, or the SETATTR that changed it), b"<index>". The mount lists the file's size, mode and
+# owner from that slot, once the owner map confirms it, without parsing the YAML (docs/fusefs.md,
+# "Listing"); the YAML stays byte-identical to upstream's. Upstream's CLI sets none: its files are
+# parsed in full, as every file is when opened.
+FILE_XATTR = "trusted.famfs.file"
 SHADOW_DIR_MODE = 0o755  # every directory under root/, whatever mode the log gives it
 # .agent/: nobody but the agent lists or writes it; state.json and owners (0644) are read by name
 # by the mount, famfsctl and famfs.open, which may run as a user (staging/ inside is 0700).
@@ -63,6 +69,16 @@ class DirRecord:
             return cls(int(index, 10), int(mode, 8), int(uid, 10), int(gid, 10))
         except (UnicodeDecodeError, ValueError):
             return None
+
+
+def encode_file_record(index: int) -> bytes:
+    """FILE_XATTR's value for a file whose owner-map entry is log entry `index`."""
+    return str(index).encode()
+
+
+def decode_file_record(raw: bytes) -> int | None:
+    """The log index FILE_XATTR's value names; None if it is not one (the YAML is then parsed)."""
+    return int(raw) if raw.isdigit() and len(raw) < 20 else None
 
 
 def shadow_permission_problem(shadow_dir: str | os.PathLike[str], euid: int | None = None) -> str | None:

@@ -7,8 +7,11 @@ none). Inode numbers are handed out per path and stay while the path exists, so 
 keeps its inode and an open handle follows the new extents. A deleted node the kernel still
 knows (lookup count > 0) stays reachable by number until `forget`.
 
-File YAML is parsed lazily, on the first lookup or listing that needs its attributes: a mount
-of half a million files starts in the time it takes to stat them.
+File YAML is parsed lazily, on the first open or mapping that needs its extents: a mount of half
+a million files starts in the time it takes to stat them. A lookup or listing needs attributes
+only: they come from the log slot the file's trusted.famfs.file names, once the owner map says
+it is the live entry for the path (famfs.ownership.ShadowCheck.listed); a file without a record
+that holds is parsed and checked in full, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import structlog
 
 from famfs import format as fmt
 from famfs import safepath
+from famfs.ownership import ListedFile
 from famfs.rules import Geometry
 from famfs.shadowdir import DirRecord
 from fusefs import shadow_reader
@@ -64,10 +68,12 @@ class Checker(Protocol):
 
     def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str: ...
 
+    def listed(self, relpath: bytes, index: int) -> ListedFile | None: ...
+
 
 class Node:
-    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "error", "refused", "children", "lookups",
-                 "opens", "present", "data_stale", "logged", "times")
+    __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "listed", "error", "refused", "children",
+                 "lookups", "opens", "present", "data_stale", "logged", "times")
 
     def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature,
                  logged: DirRecord | None = None) -> None:
@@ -77,6 +83,7 @@ class Node:
         self.relpath = relpath
         self.sig = sig
         self.entry: fmt.FileEntry | None = None  # files: parsed on first use
+        self.listed: ListedFile | None = None  # files: attributes from the log, before any parse
         self.error: str | None = None  # files: why the YAML was refused (served as EIO)
         # files: why the log does not hold this YAML (not served: ENOENT; looked at again on use)
         self.refused: str | None = None
@@ -147,6 +154,26 @@ class InodeTable:
                           reason=node.error)
         return node.entry
 
+    def needs_read(self, node: Node) -> bool:
+        """Whether file_attributes(node) reads the shadow tree (a listing opens the directory)."""
+        return node.entry is None and node.listed is None and node.error is None
+
+    def file_attributes(self, node: Node, dir_fd: int | None = None) -> fmt.FileEntry | ListedFile | None:
+        """What a lookup or listing serves of a file: its parsed YAML if loaded; else its
+        attributes from the log slot its record names (ShadowCheck.listed); else its YAML, loaded
+        now (file_entry). None if it is not served."""
+        if node.entry is not None or node.error is not None:
+            return node.entry
+        if node.listed is None and node.present and node.refused is None:  # refused: checked in full each time
+            index = shadow_reader.file_record(self.shadow_root, node.relpath, dir_fd)
+            if index is not None:
+                try:
+                    node.listed = self.checker.listed(node.relpath, index)
+                except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+                    log.warning("file record not read", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                                reason=repr(err))
+        return node.listed if node.listed is not None else self.file_entry(node, dir_fd)
+
     def _verify(self, node: Node, entry: fmt.FileEntry) -> None:
         """Serve `entry` only if the log holds it for this path (famfs.ownership): else it is
         not served, and looked at again next time (the agent may be about to own it)."""
@@ -159,6 +186,7 @@ class InodeTable:
         if problem is None:
             node.entry, node.refused = entry, None
             return
+        node.listed = None  # the YAML is not the log's: nothing of it served until it is
         if node.refused != problem:
             log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                         reason=problem)
@@ -265,7 +293,7 @@ class InodeTable:
             # Only the shadow file's own attributes (ctime, atime) moved: the YAML is the same.
             return []
         had_entry = node.entry
-        node.entry = None
+        node.entry = node.listed = None
         node.error = node.refused = None
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
@@ -306,7 +334,7 @@ class InodeTable:
         notices: list[Notice] = []
         for node in self.nodes.values():
             if not node.is_dir:
-                node.entry = None
+                node.entry = node.listed = None
                 node.error = node.refused = None
                 notices.extend(self._drop_cached_data(node))
         return notices

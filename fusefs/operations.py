@@ -42,6 +42,7 @@ from famfs.compaction import read_record
 from famfs.shadowdir import DirRecord
 from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
+from famfs.ownership import ListedFile
 from fusefs import shadow_reader
 from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
@@ -174,13 +175,20 @@ class FamfsOperations(pyfuse3.Operations):
             attrs.st_size = sig.size
             attrs.st_blocks = 0
             return attrs
-        entry = self._entry(node)
+        entry = self._listed(node)
         attrs.st_mode = stat.S_IFREG | entry.mode
         attrs.st_nlink = 1
         attrs.st_uid, attrs.st_gid = entry.uid, entry.gid
         attrs.st_size = entry.size
         attrs.st_blocks = entry.capacity() // 512
         return attrs
+
+    def _listed(self, node: Node) -> fmt.FileEntry | ListedFile:
+        """A file's attributes (fusefs.inodes.InodeTable.file_attributes), or the error to answer."""
+        entry = self.table.file_attributes(node)
+        if entry is None:  # not the log's: no such file; else a YAML that cannot be read
+            raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None else errno.EIO)
+        return entry
 
     def _entry(self, node: Node) -> fmt.FileEntry:
         entry = self.table.file_entry(node)
@@ -231,7 +239,7 @@ class FamfsOperations(pyfuse3.Operations):
         return attrs
 
     def _servable(self, node: Node) -> bool:
-        return node.is_dir or self.table.file_entry(node) is not None
+        return node.is_dir or self.table.file_attributes(node) is not None
 
     async def _from_shadow(self, parent: Node, name: bytes) -> Node | None:
         """A name the table does not serve: look at the shadow tree now, as famfs_fused reads
@@ -455,9 +463,9 @@ class FamfsOperations(pyfuse3.Operations):
                 if node is None or not node.present:
                     continue
                 if not node.is_dir:
-                    if node.entry is None and node.error is None and dir_fd is None and directory.present:
+                    if dir_fd is None and table.needs_read(node) and directory.present:
                         dir_fd = shadow_reader.open_dir(table.shadow_root, directory.relpath)
-                    if table.file_entry(node, dir_fd) is None:
+                    if table.file_attributes(node, dir_fd) is None:
                         continue  # a refused YAML: lookup answers EIO (ENOENT: not the log's), not listed
                 if not pyfuse3.readdir_reply(token, name, self._attributes(node), index + 1):
                     return

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from famfs import format as fmt
 from famfs import safepath
 from famfs.rules import Geometry, check_extents
-from famfs.shadowdir import DIR_XATTR, META_DIR, SHADOW_FILE_OPEN, read_shadow_file
+from famfs.shadowdir import DIR_XATTR, FILE_XATTR, META_DIR, SHADOW_FILE_OPEN, decode_file_record, read_shadow_file
 from famfs.shadowyaml import meta_extents, parse_shadow_file
 
 META_NAME = os.fsencode(META_DIR)
@@ -87,6 +87,30 @@ def dir_xattr(root: bytes, relpath: bytes) -> bytes | None:
     except OSError:
         return None
     return _record_closing(fd)
+
+
+# O_PATH: a handle on the file itself, nothing read, nothing that blocks (a FIFO in its place).
+_OPEN_HANDLE = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def file_record(root: bytes, relpath: bytes, dir_fd: int | None = None) -> int | None:
+    """The log index the trusted.famfs.file of shadow file `relpath` below `root` names (read
+    by name in its directory `dir_fd`, if given); None if it has none, or it cannot be read.
+    Python has no getxattrat: the file is named through /proc/self/fd, the descriptor's
+    directory (or an O_PATH handle) and one component that is not followed."""
+    try:
+        if dir_fd is not None:
+            raw = os.getxattr(b"/proc/self/fd/%d/%s" % (dir_fd, relpath.rpartition(b"/")[2]), FILE_XATTR,
+                              follow_symlinks=False)
+        else:
+            fd = open_beneath_root(root, relpath, _OPEN_HANDLE)
+            try:
+                raw = os.getxattr(b"/proc/self/fd/%d" % fd, FILE_XATTR)  # the magic link: the file itself
+            finally:
+                os.close(fd)
+    except OSError:
+        return None
+    return decode_file_record(raw)
 
 
 def signature_of(st: os.stat_result) -> Signature | None:

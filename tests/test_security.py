@@ -25,8 +25,8 @@ from famfs import format as fmt
 from famfs import safepath
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
-from famfs.ownership import HELD, OwnerMap, ShadowCheck
-from famfs.shadowdir import AGENT_DIR, DIR_XATTR, OWNERS_FILE, DirRecord, shadow_permission_problem
+from famfs.ownership import HELD, ListedFile, OwnerMap, ShadowCheck
+from famfs.shadowdir import AGENT_DIR, DIR_XATTR, FILE_XATTR, OWNERS_FILE, DirRecord, shadow_permission_problem
 from famfs.shadowyaml import emit_file_yaml
 from tests.agent_util import dir_attrs, following, make_device, run_agent
 from tests.famfsctl_util import digest, famfsctl, file_bytes, make_image
@@ -186,6 +186,55 @@ def test_root_planted_yaml_is_never_served_first_or_not(tmp_path: Path, system_u
     assert "maps units of log entry" in log and "maps free device space" in log and "no live file owns" in log
     assert "shadow directory not served" in log
     assert digest(image) == before
+
+
+def _indexed(image: Path, relpath: str) -> int:
+    """The index of the last FILE entry naming relpath."""
+    with Device(str(image)) as device:
+        return [index for index, entry in FamfsLog(device).entries()
+                if isinstance(entry, fmt.FileEntry) and entry.relpath == relpath][-1]
+
+
+def test_a_file_record_lists_the_logs_attributes_and_a_copied_or_forged_one_never(
+        tmp_path: Path, system_uuid_file: Path, place: Path) -> None:
+    """The agent records each shadow file's owner-map entry in trusted.famfs.file, the YAML
+    byte-identical to upstream's; a listing serves the attributes of that slot only when the
+    owner map says it is the live entry for the path. A record copied with its YAML (cp -a, as
+    root) or naming another file's entry lists nothing of that entry: the YAML is checked in full."""
+    image, shadow = served(tmp_path, system_uuid_file, place)
+    famfsctl("creat", "--device", image, "-s", "3m", "-m", "0640", "-u", "7", "-g", "8", "shared/other")
+    played = run_agent("--shadow", shadow, image)
+    assert played.returncode == 0, played.stderr
+    root = shadow / "root"
+    secret, other = _live(image, "shared/secret"), _live(image, "shared/other")
+    secret_at, other_at, gone_at = (_indexed(image, name) for name in ("shared/secret", "shared/other", "tmpdir/gone"))
+    assert (root / "shared" / "secret").read_bytes() == emit_file_yaml(secret)
+    assert os.getxattr(root / "shared" / "secret", FILE_XATTR) == str(secret_at).encode()
+    with Device(str(image)) as device:
+        check = ShadowCheck(FamfsLog(device), shadow / AGENT_DIR / OWNERS_FILE)
+        assert check.listed(b"shared/other", other_at) == ListedFile(3 << 20, 0o640, 7, 8, other.capacity())
+        assert check.listed(b"planted", secret_at) is None  # another path's entry
+        assert check.listed(b"tmpdir/gone", gone_at) is None  # deleted: its units are held, no one's
+        assert check.listed(b"shared", 0) is None  # not a FILE entry
+        assert check.listed(b"shared/secret", 1 << 40) is None  # past the log's end
+        check.close()
+    shutil.copy2(root / "shared" / "secret", root / "planted")  # cp -a: the record too
+    assert os.getxattr(root / "planted", FILE_XATTR) == str(secret_at).encode()
+    os.setxattr(root / "shared" / "other", FILE_XATTR, str(secret_at).encode())  # forged: another file's entry
+    with Mount(shadow, image, place / "mnt") as mount:
+        assert "planted" not in os.listdir(mount.mountpoint)
+        with pytest.raises(OSError) as refused:  # EIO: its YAML names another path
+            (mount.mountpoint / "planted").stat()
+        assert refused.value.errno == errno.EIO
+        assert sorted(os.listdir(mount.mountpoint / "shared")) == ["other", "secret"]
+        got = (mount.mountpoint / "shared" / "other").stat()
+        assert (got.st_size, stat.S_IMODE(got.st_mode), got.st_uid, got.st_gid) == (3 << 20, 0o640, 7, 8)
+        got = (mount.mountpoint / "shared" / "secret").stat()
+        assert (got.st_size, stat.S_IMODE(got.st_mode), got.st_blocks) == (2 << 20, 0o600, secret.capacity() // 512)
+    famfsctl("creat", "--device", image, "-s", "1m", "shared/late")  # played on resume: staged, renamed in
+    played = run_agent("--shadow", shadow, image)
+    assert played.returncode == 0, played.stderr
+    assert os.getxattr(root / "shared" / "late", FILE_XATTR) == str(_indexed(image, "shared/late")).encode()
 
 
 def test_a_symlink_where_a_logged_directory_was_is_never_followed(

@@ -53,10 +53,10 @@ class NamespaceWriter(Protocol):
         """Raise NamespaceError if a new file or directory could not have this name now."""
 
     def precheck(self, relpath: str, owner: Owner) -> bool:
-        """check_new from memory, never blocking (callable on the mount's trio thread): against
-        the namespace the last call left, so famfsctl's changes since are not seen (the entry's
-        own check, when it is logged, is the one that decides). False: no such namespace (the
-        first call, or the last one failed): ask check_new."""
+        """check_new from memory, never blocking (callable on the mount's trio thread): True if
+        the namespace the last call left takes the name (famfsctl's changes since are not seen:
+        the entry's own check, when it is logged, decides). False: ask check_new (no such
+        namespace yet, the last call failed, or the memory says no: the lock confirms a no)."""
 
     def unlink(self, relpath: str) -> int:
         """Log a DELETE of the live file at relpath (famfsctl rm's rule)."""

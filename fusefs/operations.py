@@ -655,11 +655,7 @@ class FamfsOperations(pyfuse3.Operations):
         owner = self._owner(parent, mode, ctx, directory=False)
         # Refused now, not at close; from the writer's memory when it can, so a program's next
         # create waits neither for a thread nor for the group of its previous files being logged.
-        try:
-            checked = writer.precheck(relpath, owner)
-        except NamespaceError as err:
-            raise self._refused(err) from None
-        if not checked:
+        if not writer.precheck(relpath, owner):
             await self._write_log(writer.check_new, relpath, owner)
         staged = Staged(ino=self.table.reserve(raw), parent=parent.ino, name=name, relpath=relpath, owner=owner)
         staged.lookups = 1

@@ -87,17 +87,16 @@ class SessionWriter:
         if last is None:
             return False
         # From memory: a session may be changing this namespace in another thread meanwhile
-        # (each look is one dict lookup); the entry is checked again, under the lock, when logged.
+        # (each look is one dict lookup). Only a yes is answered here; a no (or a log that looked
+        # full) is asked again under the lock, which also names it (famfsctl, a re-made file
+        # system: the memory may be behind). The entry is checked once more when it is logged.
         known, slots = last
         try:
             fmt.encode_relpath(relpath)
             rules.check_new_name(known.namespace, relpath, owner.uid, owner.gid)
-        except fmt.FormatError as err:
-            raise _refusal(relpath, MasterError(f"{self.device_path}: {relpath}: {err}", err)) from None
-        if known.next_index >= slots:
-            raise _refusal(relpath, MasterError(str(LogFullError(self.device_path, slots)),
-                                                LogFullError(self.device_path, slots)))
-        return True
+        except fmt.FormatError:
+            return False
+        return known.next_index < slots
 
     def check_new(self, relpath: str, owner: Owner) -> None:
         with self._locked(relpath) as session:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -35,7 +35,7 @@ class _Waiting:
     owner: Owner
     data: bytes
     result: int | NamespaceError | None = None
-    done: bool = field(default=False)
+    done: bool = False
 
 
 class GroupCommitter:
@@ -47,7 +47,7 @@ class GroupCommitter:
         self._limiter = limiter
         self._waiting: list[_Waiting] = []
         self._turn = trio.Lock()
-        self.groups = 0  # groups logged, and the files in them (the mount's status and tests)
+        self.groups = 0  # groups logged, and the files in them (each group is also a creat_group log line)
         self.files = 0
 
     async def commit(self, relpath: str, owner: Owner, data: bytes) -> int:

@@ -54,7 +54,7 @@ class SessionWriter:
         self.uuid_file = uuid_file
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
         self._known: Replayed | None = None  # what the last call that succeeded left
-        # The same, kept while a call runs (check_new reads it without the lock), and the log's
+        # The same, kept while a call runs (precheck reads it without the lock), and the log's
         # slot count: None until a call succeeds, and after one fails.
         self._last: tuple[Replayed, int] | None = None
 

@@ -176,3 +176,21 @@ def test_a_failed_step_fails_its_whole_group_and_only_it() -> None:
 
     assert trio.run(main) == [errno.EIO, 0]
     assert calls == [["x"], ["y"]]
+
+
+def test_precheck_says_only_yes_from_memory(tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "memory.img", "64m")
+    mount_writer = SessionWriter(str(image), system_uuid_file)
+    assert not mount_writer.precheck("a", OWNER)  # no call yet: nothing in memory
+    mount_writer.create_group([("gone-later", OWNER, b"x")])
+    assert mount_writer.precheck("a", OWNER)
+    assert not mount_writer.precheck("gone-later", OWNER)  # a no is asked of the lock...
+    with writer.session(str(image), system_uuid_file) as other:  # (famfsctl, meanwhile)
+        other.remove("gone-later")
+        other.create("a", 1, writer.Ownership(0o644, 0, 0), fill=iter((b"y",)))
+    mount_writer.check_new("gone-later", OWNER)  # ...which sees the log as it is now
+    assert mount_writer.precheck("gone-later", OWNER)
+    with pytest.raises(NamespaceError) as refused:
+        mount_writer.check_new("a", OWNER)
+    assert refused.value.errno == errno.EEXIST
+    assert mount_writer.create_group([("a", OWNER, b"z")])[0].errno == errno.EEXIST  # the entry's own check

@@ -13,7 +13,7 @@ the one line the mount logs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,8 +43,20 @@ class NamespaceWriter(Protocol):
         log the FILE entry; its index and the entry. Without `data` (the fast path) the entry is
         logged at once and the bytes are the caller's to write in place, as after famfsctl creat."""
 
+    def create_group(self, files: Sequence[tuple[str, Owner, bytes]]) -> list[int | NamespaceError]:
+        """Log new files whose bytes are at hand, (relpath, owner, bytes) each, in one locked
+        step: every file allocated and its bytes laid in place, then all the entries appended at
+        once. Per file, in order: its index, or the refusal of that file alone. A failure of the
+        step itself (the device, the lock) raises NamespaceError: then none of them is logged."""
+
     def check_new(self, relpath: str, owner: Owner) -> None:
         """Raise NamespaceError if a new file or directory could not have this name now."""
+
+    def precheck(self, relpath: str, owner: Owner) -> bool:
+        """check_new from memory, never blocking (callable on the mount's trio thread): True if
+        the namespace the last call left takes the name (famfsctl's changes since are not seen:
+        the entry's own check, when it is logged, decides). False: ask check_new (no such
+        namespace yet, the last call failed, or the memory says no: the lock confirms a no)."""
 
     def unlink(self, relpath: str) -> int:
         """Log a DELETE of the live file at relpath (famfsctl rm's rule)."""

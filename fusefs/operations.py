@@ -46,6 +46,7 @@ from famfs.ownership import ListedFile
 from fusefs import shadow_reader
 from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
+from fusefs.groupcommit import GroupCommitter
 from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
 from fusefs.lease import Lease
 from fusefs.links import Link, Links
@@ -133,6 +134,8 @@ class FamfsOperations(pyfuse3.Operations):
         self.staging = StagingArea(policy.staging_bytes)
         self.links = Links()  # symbolic links made here: this mount's only (fusefs/links.py)
         self.writer_slot = trio.CapacityLimiter(1)  # one writer call at a time: they serialize on the lock anyway
+        # New files' last closes, logged in groups (fusefs/groupcommit.py) through the same slot.
+        self.grouped = GroupCommitter(writer.create_group, self.writer_slot) if writer is not None else None
         self.staging_full_explained = False
         self.table = table
         self.devices = devices
@@ -658,7 +661,10 @@ class FamfsOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         writer, parent, raw, relpath = self._new_name(parent_inode, name)
         owner = self._owner(parent, mode, ctx, directory=False)
-        await self._write_log(writer.check_new, relpath, owner)  # refused now, not at close
+        # Refused now, not at close; from the writer's memory when it can, so a program's next
+        # create waits neither for a thread nor for the group of its previous files being logged.
+        if not writer.precheck(relpath, owner):
+            await self._write_log(writer.check_new, relpath, owner)
         staged = Staged(ino=self.table.reserve(raw), parent=parent.ino, name=name, relpath=relpath, owner=owner)
         staged.lookups = 1
         self.staging.add(staged)
@@ -808,10 +814,14 @@ class FamfsOperations(pyfuse3.Operations):
         try:
             return await trio.to_thread.run_sync(functools.partial(call, *args), limiter=self.writer_slot)
         except NamespaceError as err:
-            code = err.errno or errno.EIO  # (a NamespaceError always has one)
-            emit = log.warning if code in (errno.ENOSPC, errno.EIO) else log.info
-            emit("namespace_change_refused", errno=errno.errorcode.get(code, code), reason=err.strerror)
-            raise pyfuse3.FUSEError(code) from None
+            raise self._refused(err) from None
+
+    @staticmethod
+    def _refused(err: NamespaceError) -> pyfuse3.FUSEError:
+        code = err.errno or errno.EIO  # (a NamespaceError always has one)
+        emit = log.warning if code in (errno.ENOSPC, errno.EIO) else log.info
+        emit("namespace_change_refused", errno=errno.errorcode.get(code, code), reason=err.strerror)
+        return pyfuse3.FUSEError(code)
 
     async def _applied(self, relpath: bytes, played: Callable[[Signature | None], bool], parent: int,
                        name: bytes) -> Node | None:
@@ -881,8 +891,14 @@ class FamfsOperations(pyfuse3.Operations):
         staged.committing = True
         data = bytes(staged.data)
         try:
-            await self._write_log(self.writer.create, staged.relpath, len(data) if size is None else size,
-                                  staged.owner, None if size is not None else (data,))
+            if size is None:  # its bytes are at hand: logged with the files closed at about the same time
+                assert self.grouped is not None
+                try:
+                    await self.grouped.commit(staged.relpath, staged.owner, data)
+                except NamespaceError as err:
+                    raise self._refused(err) from None
+            else:
+                await self._write_log(self.writer.create, staged.relpath, size, staged.owner, None)
         except pyfuse3.FUSEError:
             self._drop(staged, "the log refused it")
             raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from famfs import format as fmt
@@ -24,7 +24,7 @@ from famfs.device import DeviceError
 from famfs.famfslog import LogFullError
 from famfs.identity import NotMasterError
 from famfs.master import alloc, writer
-from famfs.master.writer import MasterError, Ownership, Replayed, Session
+from famfs.master.writer import MasterError, NewData, Ownership, Replayed, Session
 from famfs.namespace import NamespaceError, Owner
 
 log = logsetup.get_logger("famfs-fuse-mount")
@@ -54,6 +54,9 @@ class SessionWriter:
         self.uuid_file = uuid_file
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
         self._known: Replayed | None = None  # what the last call that succeeded left
+        # The same, kept while a call runs (precheck reads it without the lock), and the log's
+        # slot count: None until a call succeeds, and after one fails.
+        self._last: tuple[Replayed, int] | None = None
 
     @contextlib.contextmanager
     def _locked(self, relpath: str) -> Iterator[Session]:
@@ -63,12 +66,37 @@ class SessionWriter:
                 with writer.session(self.device_path, self.uuid_file, known=known) as current:
                     yield current
                     self._known = current.replayed()
+                    self._last = self._known, current.log.header().slots
             except Exception as err:
+                self._last = None
                 raise _refusal(relpath, err) from None
 
     def mkdir(self, relpath: str, owner: Owner) -> int:
         with self._locked(relpath) as session:
             return session.mkdir(relpath, _ownership(owner))[0]
+
+    def create_group(self, files: Sequence[tuple[str, Owner, bytes]]) -> list[int | NamespaceError]:
+        first = files[0][0] if files else ""
+        with self._locked(first) as session:
+            done = session.create_group([NewData(relpath, _ownership(owner), data) for relpath, owner, data in files])
+        return [_refusal(relpath, result) if isinstance(result, MasterError) else result
+                for (relpath, _, _), result in zip(files, done, strict=True)]
+
+    def precheck(self, relpath: str, owner: Owner) -> bool:
+        last = self._last
+        if last is None:
+            return False
+        # From memory: a session may be changing this namespace in another thread meanwhile
+        # (each look is one dict lookup). Only a yes is answered here; a no (or a log that looked
+        # full) is asked again under the lock, which also names it (famfsctl, a re-made file
+        # system: the memory may be behind). The entry is checked once more when it is logged.
+        known, slots = last
+        try:
+            fmt.encode_relpath(relpath)
+            rules.check_new_name(known.namespace, relpath, owner.uid, owner.gid)
+        except fmt.FormatError:
+            return False
+        return known.next_index < slots
 
     def check_new(self, relpath: str, owner: Owner) -> None:
         with self._locked(relpath) as session:

@@ -156,6 +156,15 @@ class Ownership:
 
 
 @dataclass(frozen=True, slots=True)
+class NewData:
+    """A new file whose bytes are all at hand (Session.create_group)."""
+
+    relpath: str
+    owner: Ownership
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Created:
     relpath: str
     index: int | None  # None: an existing file of the same size was reused
@@ -306,11 +315,13 @@ class Session:
             raise
 
     def reserve(self, relpath: str, size: int, owner: Ownership, *,
-                layout: alloc.InterleaveParams | None = None) -> fmt.FileEntry:
+                layout: alloc.InterleaveParams | None = None, index: int | None = None) -> fmt.FileEntry:
         """Allocate a new file's space and hold it for this session, not yet logged: the caller
-        puts the data in place, then commit()s the entry, or abandon()s it."""
+        puts the data in place, then commit()s the entry, or abandon()s it. `index`: the slot the
+        entry will take (create_group's later files), else the next free one."""
         self.check_new(relpath, owner)  # before allocating: the name's own problems come first
-        index = self._next_index()
+        if index is None:
+            index = self._next_index()
         extents, stripes = self._allocate(size, layout)
         entry = fmt.FileEntry(relpath=relpath, size=size, mode=owner.mode, uid=owner.uid, gid=owner.gid,
                               extents=extents, stripes=stripes)
@@ -327,6 +338,42 @@ class Session:
         log.info("creat", device=self.log.path, path=entry.relpath, size=entry.size, index=index,
                  extents=[(hex(e.offset), hex(e.length)) for e in entry.all_extents()])
         return index
+
+    def create_group(self, files: Sequence[NewData]) -> list[int | MasterError]:
+        """Log many new files at once (the master's mount's grouped commit, docs/fusefs.md): each
+        is checked and allocated with the ones before it in place and its bytes written; then all
+        the accepted entries are appended together, entries first and the header last, so the log
+        moves once. One file refused (a name taken, no space, the log full) does not stop the
+        others; its place in the result is the refusal, the others' their index."""
+        header = self.log.header()
+        results: list[int | MasterError] = []
+        accepted: list[fmt.FileEntry] = []
+        for new in files:
+            index = header.next_index + len(accepted)
+            if index >= header.slots:
+                results.append(self.refuse(new.relpath, LogFullError(self.log.path, header.slots)))
+                continue
+            try:
+                entry = self.reserve(new.relpath, len(new.data), new.owner, index=index)
+            except MasterError as err:
+                results.append(err)
+                continue
+            try:
+                self._write(entry, iter((new.data,)))
+            except BaseException:
+                self.abandon(entry)
+                raise  # the device failed: nothing of the group is logged (the caller fails them all)
+            self.namespace.record(index, entry)  # the next files of the group see its name and space
+            accepted.append(entry)
+            results.append(index)
+        if accepted:
+            first = self.log.append(accepted)
+            assert first == header.next_index  # (the lock is held: nothing else appended)
+            for entry in accepted:
+                self._warn_if_shadowed(entry.relpath)
+            log.info("creat_group", device=self.log.path, files=len(accepted), first_index=first,
+                     refused=len(files) - len(accepted))
+        return results
 
     def abandon(self, entry: fmt.FileEntry) -> None:
         """Give a reserved, unlogged file's space back to this session."""

@@ -54,4 +54,4 @@ bench-quick: bytecode
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache famfs/_cacheline*.so

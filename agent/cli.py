@@ -140,7 +140,7 @@ def status_report(shadow: Path) -> dict[str, object]:
         with Device(state.device) as device:
             famfs_log = FamfsLog(device)
             next_index = famfs_log.header().next_index
-            report["hosts"] = table_report(device.fresh(fmt.HOST_TABLE_OFFSET, hosts.TABLE_BYTES), next_index, state.host_slot, state.incarnation)
+            report["hosts"] = table_report(device.fresh(*hosts.TABLE_SPAN), next_index, state.host_slot, state.incarnation)
             if str(famfs_log.superblock.fs_uuid) != state.fs_uuid:
                 report["device_error"] = f"the device now holds file system {famfs_log.superblock.fs_uuid}"
     except (DeviceError, fmt.FormatError) as err:

@@ -93,7 +93,7 @@ class Membership:
     def join(self) -> HostRecord:
         """Step 1: the slot this host had (or the first free one from its home slot), a new
         incarnation, nothing applied, renewed 0 (its mount serves nothing yet)."""
-        slot = hosts.choose_slot(self.device.fresh(fmt.HOST_TABLE_OFFSET, hosts.TABLE_BYTES), self.system_uuid)
+        slot = hosts.choose_slot(self.device.fresh(*hosts.TABLE_SPAN), self.system_uuid)
         self.record = HostRecord(slot=slot, system_uuid=self.system_uuid, incarnation=hosts.new_incarnation(),
                                  serve_window_ns=self.serve_window_ns, pid=os.getpid(),
                                  hostname=hosts.this_hostname())

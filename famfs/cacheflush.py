@@ -68,6 +68,13 @@ def _checked(buffer: Any, offset: int, length: int) -> memoryview:
     return view
 
 
+def _to_end(buffer: Any, offset: int, length: int | None) -> tuple[memoryview, int]:
+    """_checked, with a length of None meaning: to the buffer's end."""
+    if length is None:
+        length = _checked(buffer, 0, 0).nbytes - offset
+    return _checked(buffer, offset, length), length
+
+
 def _extension() -> ModuleType:
     try:
         from famfs import _cacheline
@@ -87,16 +94,14 @@ def info() -> dict[str, Any]:
 
 def flush(buffer: Any, offset: int = 0, length: int | None = None) -> None:
     """Write back buffer[offset:offset+length] (default: to its end) to memory, then fence."""
-    view = _checked(buffer, offset, 0)
-    length = view.nbytes - offset if length is None else length
-    _extension().writeback(_checked(buffer, offset, length), offset, length)
+    view, length = _to_end(buffer, offset, length)
+    _extension().writeback(view, offset, length)
 
 
 def invalidate(buffer: Any, offset: int = 0, length: int | None = None) -> None:
     """Drop buffer[offset:offset+length] (default: to its end) from this CPU's caches, then fence."""
-    view = _checked(buffer, offset, 0)
-    length = view.nbytes - offset if length is None else length
-    _extension().invalidate(_checked(buffer, offset, length), offset, length)
+    view, length = _to_end(buffer, offset, length)
+    _extension().invalidate(view, offset, length)
 
 
 class _Coherent:

@@ -60,6 +60,9 @@ def unpack(raw: bytes) -> CompactionRecord:
     return CompactionRecord(found, epoch, staging, staged_bytes, entries, staged_crc)
 
 
+RECORD_SPAN = (fmt.COMPACTION_RECORD_OFFSET, fmt.COMPACTION_RECORD.size)  # (offset, length) on the device
+
+
 def read_record(view: bytes | memoryview) -> CompactionRecord:
     """The record of a mapped device (`view` covers it from offset 0)."""
     start = fmt.COMPACTION_RECORD_OFFSET

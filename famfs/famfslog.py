@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from famfs import format as fmt
-from famfs.compaction import LogLocation, read_record
+from famfs.compaction import RECORD_SPAN, LogLocation, read_record
 from famfs.device import Device, DeviceError
 
 RAW_CHUNK = 256  # slots read at once by raw_entries: 136 KiB
@@ -41,7 +41,7 @@ class FamfsLog:
             raise fmt.FormatError(
                 f"{device.path}: superblock says the device is {self.superblock.dev_size} bytes, it has {device.size}")
         try:
-            self.location = LogLocation.of(read_record(device.fresh(fmt.COMPACTION_RECORD_OFFSET, fmt.COMPACTION_RECORD.size)), self.superblock, device.size)
+            self.location = LogLocation.of(read_record(device.fresh(*RECORD_SPAN)), self.superblock, device.size)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device.path}: {err}") from None
         self.log_base = self.location.base  # the staging copy while a committed compaction is copied

@@ -109,7 +109,7 @@ def decode(raw: bytes, slot: int) -> HostRecord | DamagedSlot | None:
                       hostname=hostname.split(b"\0", 1)[0].decode(errors="replace"))
 
 
-TABLE_BYTES = fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE  # the whole table, from fmt.HOST_TABLE_OFFSET
+TABLE_SPAN = (fmt.HOST_TABLE_OFFSET, fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE)  # (offset, length) of the whole table
 
 
 def slot_offset(slot: int) -> int:

@@ -132,7 +132,7 @@ def check(device: Device) -> Report:
     report.file_bytes = sum(entry.size for _, entry in namespace.files.values())
     report.deleted_bytes = sum(entry.capacity() for entry in namespace.deleted.values())
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
-    report.hosts = list(hosts.read_table(device.fresh(fmt.HOST_TABLE_OFFSET, hosts.TABLE_BYTES)))
+    report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit

@@ -90,14 +90,17 @@ def replay(where: Path) -> Result:
 
 
 def creat(where: Path) -> Result:
-    device = make_device(where, 4 << 30)
+    device = make_device(where, 1 << 30)
     cli = [sys.executable, "-m", "famfs.master.famfsctl"]
     counter = iter(range(1_000_000))
 
     def once(mode: str) -> float:
         start = children_cpu()
-        subprocess.run([*cli, "--config", config_file(where, mode), "creat", "-s", "1m", "-r", "-S", "7", "--device", device,
-                        f"f{next(counter)}"], check=True, capture_output=True)
+        done = subprocess.run([*cli, "--config", config_file(where, mode), "--system-uuid-file", where / "system_uuid",
+                               "creat", "-s", "1m", "-r", "-S", "7", "--device", device, f"f{next(counter)}"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"famfsctl creat ({mode}): exit {done.returncode}: {done.stderr.strip()}")
         return (children_cpu() - start) * 1e3
 
     ours, base = paired(once, higher_is_better=False)

@@ -25,6 +25,10 @@
 #define ARCH "unsupported"
 #endif
 
+/* Ranges from this size on let other threads run meanwhile (a 1 MiB range is ~16k lines); a
+ * log header's few lines are done at once: giving up the GIL would cost more than they do. */
+#define RELEASE_GIL_FROM (64 * 1024)
+
 static size_t line_size;          /* 0: this CPU is not supported */
 static const char *writeback_op = "none";
 static const char *invalidate_op = "none";
@@ -124,9 +128,13 @@ static PyObject *range_op(PyObject *args, int invalidate)
     if (length > 0) {
         uintptr_t first = ((uintptr_t)view.buf + (uintptr_t)offset) & ~(uintptr_t)(line_size - 1);
         char *end = (char *)view.buf + offset + length;
-        Py_BEGIN_ALLOW_THREADS
-        do_range(invalidate, (char *)first, end);
-        Py_END_ALLOW_THREADS
+        if (length < RELEASE_GIL_FROM) {
+            do_range(invalidate, (char *)first, end);
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            do_range(invalidate, (char *)first, end);
+            Py_END_ALLOW_THREADS
+        }
     }
     PyBuffer_Release(&view);
     Py_RETURN_NONE;

@@ -22,6 +22,7 @@ from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master import famfsctl as famfsctl_cli
+from fusefs.datapath import DataPath
 from tests.agent_util import file_entry
 from tests.famfsctl_util import famfsctl, make_image
 
@@ -168,6 +169,21 @@ def test_append_writes_back_each_entry_before_the_header(tmp_path: Path, system_
     read = [call for call in recorder.calls if call[0] == "invalidate"]
     assert any(offset == famfs_log.slot_offset(0) for _, offset, _ in read)  # the slots, before they are read
     assert not [call for call in recorder.calls if call[0] == "flush"]  # a reader writes nothing back
+
+
+def test_the_mount_data_path_invalidates_each_piece_read_and_writes_back_each_written(
+        tmp_path: Path, system_uuid_file: Path) -> None:
+    image = make_image(tmp_path / "dev.img", "1g")
+    entry = file_entry("f", 0, size=5000)
+    (start, _), = fmt.device_ranges(entry)
+    recorder = Recorder()
+    with Device(image, writable=True, coherence=recorder) as device:
+        data = DataPath(device)
+        assert data.write(entry, 100, b"abc") == 3
+        assert recorder.calls == [("flush", start + 100, 3)]
+        assert bytes(data.read(entry, 99, 5)) == b"\0abc\0"
+        assert recorder.calls[1:] == [("invalidate", start + 99, 5)]
+        data.close()
 
 
 def test_mapped_file_ranges(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd rsync tar fio
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config libyaml-dev python3-venv systemd rsync tar fio build-essential python3-dev
 # and Debian's kubernetes-client when no kubectl is on PATH (tests render deploy/kubernetes with it)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -21,7 +21,7 @@ $(VENV)/.deps:
 	@mkdir -p $(VENV) && touch $@
 
 install: $(VENV)/.installed
-$(VENV)/.installed: $(VENV)/.deps pyproject.toml
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py famfs/_cacheline.c
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,arrow]'
 	@touch $@
@@ -54,4 +54,4 @@ bench-quick: bytecode
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache famfs/_cacheline*.so

@@ -22,7 +22,7 @@ def pairs(famfs_log: FamfsLog, first: int, stop: int) -> dict[int, tuple[int, st
     that can be skipped whole. One type word per slot; DELETE slots decoded."""
     deletes: dict[int, tuple[int, str]] = {}
     rmdirs: list[int] = []
-    log_map, head = famfs_log.device.map, fmt.ENTRY_HEAD
+    log_map, head = famfs_log.slots_view(first, stop), fmt.ENTRY_HEAD
     try:
         for index in range(first, stop):
             kind = head.unpack_from(log_map, famfs_log.slot_offset(index))[1]

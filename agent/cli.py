@@ -31,7 +31,7 @@ import structlog  # noqa: E402
 from agent.follower import EXIT_OK, EXIT_UNUSABLE, AgentState, Follower
 from agent.hostrecord import settings_problem, table_lines, table_report
 from agent.shadow_writer import ShadowTree
-from famfs import config, logsetup
+from famfs import cacheflush, config, hosts, logsetup
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -86,6 +86,7 @@ def health_parser() -> argparse.ArgumentParser:
 def play(argv: Sequence[str]) -> int:
     args = play_parser().parse_args(argv)
     settings = config.load(args.config)
+    cacheflush.use(settings.host.coherence)
     if args.shadow is not None:
         config.check(config.AgentSettings, "shadow", args.shadow, "--shadow")
     logsetup.configure(args.log_format or settings.host.log_format, args.log_level or settings.host.log_level)
@@ -146,7 +147,7 @@ def status_report(shadow: Path) -> dict[str, object]:
         with Device(state.device) as device:
             famfs_log = FamfsLog(device)
             next_index = famfs_log.header().next_index
-            report["hosts"] = table_report(device.map, next_index, state.host_slot, state.incarnation)
+            report["hosts"] = table_report(device.fresh(*hosts.TABLE_SPAN), next_index, state.host_slot, state.incarnation)
             if str(famfs_log.superblock.fs_uuid) != state.fs_uuid:
                 report["device_error"] = f"the device now holds file system {famfs_log.superblock.fs_uuid}"
     except (DeviceError, fmt.FormatError) as err:
@@ -168,6 +169,7 @@ def _iso(stamp: float) -> str:
 def status(argv: Sequence[str]) -> int:
     args = status_parser().parse_args(argv)
     settings = config.load(args.config)
+    cacheflush.use(settings.host.coherence)
     try:
         report = status_report(Path(args.shadow or settings.agent.shadow))
     except NoAgentState as err:
@@ -257,6 +259,7 @@ def _wait_applied(shadow: Path, index: int, timeout_s: float) -> int | None:
 def health(argv: Sequence[str]) -> int:
     args = health_parser().parse_args(argv)
     settings = config.load(args.config)
+    cacheflush.use(settings.host.coherence)
     max_lag_s = settings.agent.health_max_lag_s if args.max_lag_s is None else args.max_lag_s
     if not max_lag_s >= 0:
         health_parser().error(f"--max-lag-s {args.max_lag_s}: must be >= 0")

@@ -48,7 +48,7 @@ class DeletedFiles:
         """From the log's slots [0, stop): one type word per slot, DELETE, HOLD and RECLAIM decoded.
         A slot that does not decode is skipped (the play rejected or stalled on it too)."""
         self.clear()
-        log_map, head = famfs_log.device.map, fmt.ENTRY_HEAD
+        log_map, head = famfs_log.slots_view(0, stop), fmt.ENTRY_HEAD
         wanted = (fmt.EntryType.DELETE, fmt.EntryType.RECLAIM, fmt.EntryType.HOLD)
         try:
             for index in range(stop):

@@ -28,7 +28,7 @@ from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
 from famfs import hosts, madedirs, pins, rules, service
-from famfs.compaction import LogLocation, read_record
+from famfs.compaction import RECORD_SPAN, LogLocation, read_record
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -230,7 +230,8 @@ class Follower:
         self.dropped_incarnations = []  # in state.json's stale_incarnations now
         log.info("start", device=self.device_path, shadow=str(self.tree.base), fs_uuid=state.fs_uuid,
                  role=state.role, mode="follow" if self.following else "once", cursor=state.applied_index,
-                 log_next_index=state.next_index_seen)
+                 log_next_index=state.next_index_seen,
+                 coherence=self.device.coherence.name if self.device is not None else None)
 
     # --- this host's record (docs/reclaim.md, "A host"; agent/hostrecord.py) ----------------
 
@@ -754,7 +755,7 @@ class Follower:
         log is elsewhere now (the staging copy, then the fixed offset again), or another one."""
         assert self.device is not None and self.famfs_log is not None
         try:
-            record = read_record(self.device.map)
+            record = read_record(self.device.fresh(*RECORD_SPAN))
         except fmt.FormatError:
             return False  # a torn store of the master's: looked at again next poll
         return LogLocation.of(record, self.famfs_log.superblock, self.device.size) != self.famfs_log.location

@@ -33,6 +33,7 @@ class RecordWriter:
     """Stores 256-byte records in the host table of one device, and nothing else."""
 
     def __init__(self, device: Device) -> None:
+        self.device = device  # its coherence: a record is written back before store() returns
         self.kind = device.info.kind
         try:
             self.fd = os.open(device.path, os.O_RDWR | os.O_CLOEXEC)
@@ -60,6 +61,7 @@ class RecordWriter:
             os.pwrite(self.fd, raw, offset)
         else:
             self.region[offset - self.base:offset - self.base + len(raw)] = raw
+        self.device.flush(offset, len(raw))
 
     def close(self) -> None:
         if self.region is not None:
@@ -91,7 +93,7 @@ class Membership:
     def join(self) -> HostRecord:
         """Step 1: the slot this host had (or the first free one from its home slot), a new
         incarnation, nothing applied, renewed 0 (its mount serves nothing yet)."""
-        slot = hosts.choose_slot(self.device.map, self.system_uuid)
+        slot = hosts.choose_slot(self.device.fresh(*hosts.TABLE_SPAN), self.system_uuid)
         self.record = HostRecord(slot=slot, system_uuid=self.system_uuid, incarnation=hosts.new_incarnation(),
                                  serve_window_ns=self.serve_window_ns, pid=os.getpid(),
                                  hostname=hosts.this_hostname())
@@ -104,7 +106,7 @@ class Membership:
     def check_mine(self) -> None:
         """Raise RecordLost unless the slot still holds this incarnation's record."""
         assert self.record is not None
-        found = hosts.read_slot(self.device.map, self.record.slot)
+        found = hosts.read_slot(self.device.fresh(hosts.slot_offset(self.record.slot), fmt.HOST_RECORD_SIZE), self.record.slot)
         if not isinstance(found, HostRecord) or found.identity != self.record.identity:
             self.renewals_stopped = True
             holder = found.identity if isinstance(found, HostRecord) else found

@@ -143,7 +143,7 @@ class Host:
     """One simulated machine: an identity, an agent, a shadow directory and a mount."""
 
     def __init__(self, name: str, device: Path, home: Path, shadow: Path, *, namespaced: bool,
-                 mount_options: str = "") -> None:
+                 mount_options: str = "", coherence: str = "coherent") -> None:
         self.name = name
         self.device = device
         self.home = home
@@ -160,7 +160,7 @@ class Host:
         home.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(exist_ok=True)
         # A config of this host's own, so nothing in /etc/famfs leaks into the simulation.
-        self.config_file.write_text(f'[host]\nsystem_uuid_file = "{self.uuid_file}"\n')
+        self.config_file.write_text(f'[host]\nsystem_uuid_file = "{self.uuid_file}"\ncoherence = "{coherence}"\n')
 
     def __repr__(self) -> str:
         return f"Host({self.name})"
@@ -339,10 +339,12 @@ class Cluster:
     """One device image, made by the master, followed by the master and every client."""
 
     def __init__(self, workdir: Path | None = None, *, parent: Path | None = None, size: str = "4g", clients: int = 2,
-                 namespaces: bool | None = None, mount_options: str = "", serve_master: bool = True) -> None:
+                 namespaces: bool | None = None, mount_options: str = "", serve_master: bool = True,
+                 coherence: str = "coherent") -> None:
         """`workdir` is kept (only the image is removed); without it a temporary one is made
         (under `parent` if given) and removed whole at the end. Without `serve_master` the master
-        runs no agent or mount (only famfsctl), leaving the CPU to the clients."""
+        runs no agent or mount (only famfsctl), leaving the CPU to the clients. `coherence` is
+        every host's [host] coherence (docs/config.md)."""
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="famfs-cluster-", dir=parent)) if workdir is None else workdir
         self.size = size
@@ -354,7 +356,7 @@ class Cluster:
         self.shadows = Path(tempfile.mkdtemp(prefix="famfs-shadows-", dir=tmpfs)) if tmpfs else self.workdir / "shadows"
         self.master, *self.clients = [
             Host(name, self.image, self.workdir / name, self.shadows / name, namespaced=self.namespaced,
-                 mount_options=mount_options)
+                 mount_options=mount_options, coherence=coherence)
             for name in ["master", *(f"client{number}" for number in range(1, clients + 1))]
         ]
         self._log_watch: LogHeaderWatch | None = None

@@ -64,6 +64,9 @@ def unpack(raw: bytes) -> CompactionRecord:
     return CompactionRecord(found, epoch, staging, staged_bytes, entries, staged_crc, uuid.UUID(bytes=fs_uuid))
 
 
+RECORD_SPAN = (fmt.COMPACTION_RECORD_OFFSET, fmt.COMPACTION_RECORD.size)  # (offset, length) on the device
+
+
 def read_record(view: bytes | memoryview) -> CompactionRecord:
     """The record of a mapped device (`view` covers it from offset 0, its superblock valid): one
     of another file system than the superblock's is NO_COMPACTION."""

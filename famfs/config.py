@@ -25,6 +25,7 @@ CONFIG_FLAG_HELP = f"famfs-agent.toml to read (default: ${CONFIG_ENV}, then {SYS
 LOG_FORMATS = ("console", "json")  # key=value lines, or one JSON object a line
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CACHE_MODES = ("direct", "auto", "always")  # docs/consistency.md
+COHERENCE_MODES = ("coherent", "flush")  # [host] coherence: famfs.cacheflush
 POLL_RANGE = (0.001, 60_000.0)  # milliseconds: a microsecond up to a minute
 SECONDS_RANGE = (0.0, 31_536_000.0)  # up to a year, as upstream's longest cache timeout
 LOOPBACK = "127.0.0.1"  # where an address without a host (":PORT") binds
@@ -99,6 +100,7 @@ class HostSettings:
     system_uuid_file: str = setting("/opt/famfs/system_uuid", nonempty=True)
     log_format: str = setting("console", choices=LOG_FORMATS)
     log_level: str = setting("info", choices=LOG_LEVELS)
+    coherence: str = setting("coherent", choices=COHERENCE_MODES)  # "flush": shared memory without hardware coherence
 
 
 @dataclass

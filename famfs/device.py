@@ -2,9 +2,10 @@
 regular file (the emulated device of the demo and the tests).
 
 The whole device is mapped once, shared; every read and write of famfs metadata and file data
-goes through that mapping, so all processes on a host see one coherent copy. On shared CXL
-memory that is not cache-coherent, this is the place where cache-line flushes would be added
-(upstream's flush/invalidate, docs/format.md §3.4); on coherent memory and on image files they are no-ops.
+goes through that mapping, so all processes on a host see one coherent copy. Between hosts whose
+shared memory is not cache-coherent, the device's `coherence` policy (famfs.cacheflush: the
+host's [host] coherence) writes back every write before the next and drops the lines of every read
+first; readers of the raw mapping take it through `fresh()`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from famfs import cacheflush
 
 BLKGETSIZE64 = 0x80081272
 SYS_DAX = Path("/sys/bus/dax/devices")
@@ -123,7 +126,9 @@ def capacity_uuid(path: str) -> str | None:
 class Device:
     """An open device (or image file) with one shared mapping of all of it."""
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False,
+                 coherence: cacheflush.Coherence | None = None) -> None:
+        self.coherence = cacheflush.host() if coherence is None else coherence
         self.info = probe(path)
         self.path = self.info.path
         self.writable = writable
@@ -148,17 +153,31 @@ class Device:
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or offset + length > self.size:
             raise DeviceError(errno.EINVAL, f"{self.path}: read [{offset:#x}, {offset + length:#x}) past the device end {self.size:#x}")
+        self.coherence.invalidate(self.map, offset, length)
         return self.map[offset:offset + length]
+
+    def fresh(self, offset: int, length: int) -> mmap.mmap:
+        """The whole mapping, for a reader about to read [offset, offset+length) of it in place
+        (the host table, the compaction record, a search of the log): those lines invalidated."""
+        self.coherence.invalidate(self.map, offset, length)
+        return self.map
+
+    def flush(self, offset: int, length: int) -> None:
+        """Write back [offset, offset+length), stored through another mapping of the device (a
+        file's data), before anything that points at it is written."""
+        self.coherence.flush(self.map, offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
         """Store bytes. On an image file this is pwrite(2) into the same page cache the mapping
-        shows, which also raises inotify IN_MODIFY: followers on this host wake at once."""
+        shows, which also raises inotify IN_MODIFY: followers on this host wake at once. Written
+        back (coherence) before it returns: what is written next may depend on it."""
         if offset < 0 or offset + len(data) > self.size:
             raise DeviceError(errno.EINVAL, f"{self.path}: write [{offset:#x}, {offset + len(data):#x}) past the device end {self.size:#x}")
         if self.info.kind == "file":
             os.pwrite(self.fd, data, offset)
         else:
             self.map[offset:offset + len(data)] = data
+        self.coherence.flush(self.map, offset, len(data))
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

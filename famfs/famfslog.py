@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from famfs import format as fmt
-from famfs.compaction import LogLocation, read_record
+from famfs.compaction import RECORD_SPAN, LogLocation, read_record
 from famfs.device import Device, DeviceError
 
 RAW_CHUNK = 256  # slots read at once by raw_entries: 136 KiB
@@ -41,7 +41,7 @@ class FamfsLog:
             raise fmt.FormatError(
                 f"{device.path}: superblock says the device is {self.superblock.dev_size} bytes, it has {device.size}")
         try:
-            self.location = LogLocation.of(read_record(device.map), self.superblock, device.size)
+            self.location = LogLocation.of(read_record(device.fresh(*RECORD_SPAN)), self.superblock, device.size)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device.path}: {err}") from None
         self.log_base = self.location.base  # the staging copy while a committed compaction is copied
@@ -91,7 +91,7 @@ class FamfsLog:
         # full of NULs); the field's padding is checked on each hit.
         needle = relpath.encode()
         field = needle.ljust(fmt.MAX_PATHLEN, b"\0")
-        log_map, base, end = self.device.map, self.slot_offset(0), self.slot_offset(stop)
+        log_map, base, end = self.slots_view(start, stop), self.slot_offset(0), self.slot_offset(stop)
         try:
             found = log_map.find(needle, self.slot_offset(start), end)
             while found >= 0:
@@ -102,6 +102,11 @@ class FamfsLog:
                 found = log_map.find(needle, found + 1, end)
         finally:
             self.forget(start, stop)
+
+    def slots_view(self, first: int, stop: int) -> mmap.mmap:
+        """The device mapping, for reading slots [first, stop) in place (their lines invalidated
+        where memory is not coherent: famfs.cacheflush)."""
+        return self.device.fresh(self.slot_offset(first), self.slot_offset(stop) - self.slot_offset(first))
 
     def forget(self, first: int, stop: int) -> None:
         """Unmap the pages holding slots [first, stop) from this process (the data stays on the

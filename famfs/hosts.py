@@ -109,6 +109,9 @@ def decode(raw: bytes, slot: int) -> HostRecord | DamagedSlot | None:
                       hostname=hostname.split(b"\0", 1)[0].decode(errors="replace"))
 
 
+TABLE_SPAN = (fmt.HOST_TABLE_OFFSET, fmt.HOST_SLOTS * fmt.HOST_RECORD_SIZE)  # (offset, length) of the whole table
+
+
 def slot_offset(slot: int) -> int:
     if not 0 <= slot < fmt.HOST_SLOTS:
         raise ValueError(f"host slot {slot} outside 0..{fmt.HOST_SLOTS - 1}")

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from famfs import config, pins, rules, safepath, shadowdir
+from famfs import cacheflush, config, pins, rules, safepath, shadowdir
 from famfs import format as fmt
 from famfs.device import Device, map_alignment, probe
 from famfs.famfslog import FamfsLog
@@ -141,6 +141,7 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     # The pages go when the last view of `window` goes (not at interpreter exit, when views
     # may still be alive), never before.
     weakref.finalize(window, _unmap, base, span, pin_fds).atexit = False
+    cacheflush.device_memory(window)  # MappedFile.flush/invalidate may take its lines
     view = memoryview(window).cast("B")
     return view if writable else view.toreadonly()
 
@@ -168,11 +169,15 @@ class MappedFile:
     Closing drops this object's view; the memory is unmapped once no other view (numpy array,
     Arrow buffer, slice) refers to it. A famfs file's size is fixed: the buffer never grows.
     On an image file, `.buffer` first checks the image is still long enough (ImageTruncated).
+    Where memory is not cache-coherent ([host] coherence = "flush"), the buffer's lines are
+    invalidated at open; `invalidate()` before reading again what another host may have written
+    since, `flush()` after writing (no-ops on coherent memory).
     """
 
     def __init__(self, relpath: str, entry: fmt.FileEntry, device: str, mode: str, view: memoryview,
-                 image_fd: int | None = None) -> None:
+                 image_fd: int | None = None, coherence: cacheflush.Coherence | None = None) -> None:
         self.relpath = relpath
+        self.coherence = cacheflush.host() if coherence is None else coherence
         self.entry = entry
         self.device = device
         self.mode = mode
@@ -205,6 +210,26 @@ class MappedFile:
         if self._image_fd is not None:
             check_image_size(self._image_fd, self._image_needed, f"{self.device}: {self.relpath}")
         return self._view
+
+    def flush(self, offset: int = 0, length: int | None = None) -> None:
+        """Write back buffer[offset:offset+length] (default: to the end) from this CPU's caches to
+        the device, so other hosts can read it (docs/library.md)."""
+        if found := self._range(offset, length):
+            self.coherence.flush(*found)
+
+    def invalidate(self, offset: int = 0, length: int | None = None) -> None:
+        """Drop buffer[offset:offset+length] (default: to the end) from this CPU's caches: the
+        next read of it loads what the device holds now (docs/library.md)."""
+        if found := self._range(offset, length):
+            self.coherence.invalidate(*found)
+
+    def _range(self, offset: int, length: int | None) -> tuple[memoryview, int, int] | None:
+        """(buffer, offset, length) checked against the file's size; None for no bytes."""
+        view = self.buffer
+        length = self.size - offset if length is None else length
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"{self.relpath}: range [{offset}, {offset + length}) is not within the file's {self.size} bytes")
+        return (view, offset, length) if length else None
 
     def close(self) -> None:
         if self._close_fd is not None:
@@ -403,4 +428,6 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path, pin_fds=tuple(pin_fd_out))
         pin_fd_out.clear()  # map_file owns them now
         image_fd = os.dup(opened.fd) if opened.info.kind == "file" else None
-    return MappedFile(relpath, entry, device_path, mode, view, image_fd)
+        mapped = MappedFile(relpath, entry, device_path, mode, view, image_fd, opened.coherence)
+    mapped.invalidate()  # bytes another host wrote before this open: read from the device, not a stale cache
+    return mapped

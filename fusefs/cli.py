@@ -39,7 +39,7 @@ import pyfuse3
 import structlog
 import trio
 
-from famfs import config, logsetup, madedirs, service
+from famfs import cacheflush, config, logsetup, madedirs, service
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -125,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> MountConfig:
     settings = config.load(args.config)
+    cacheflush.use(settings.host.coherence)
     mount = settings.mount
     values: dict[str, str | float | bool] = {"cache": mount.cache, "timeout": mount.timeout, "negative_timeout": mount.negative_timeout,
               "rescan": mount.fallback_rescan_s, "allow_other": mount.allow_other, "ro": mount.read_only,
@@ -382,6 +383,7 @@ class Daemon:
         try:
             log.info("mounted", mountpoint=self.cfg.mountpoint, shadow=self.cfg.shadow, device=self.cfg.device,
                      cache=self.cfg.cache, timeout=self.cfg.timeout, inodes=self.table.count(), pid=os.getpid(),
+                     coherence=self.famfs_log.device.coherence.name,
                      master_system_uuid=str(self.famfs_log.superblock.system_uuid),
                      system_uuid=str(self.identity.system_uuid or "none"), identity_from=self.identity.source,
                      namespace=namespace_mode(self.writer is not None, self.cfg.read_only_namespace))

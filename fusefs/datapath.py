@@ -3,6 +3,8 @@
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
 the mapping, no copy; a range that spans pieces is joined. The mapping of file offsets to device
 offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_ranges: one copy of the rule.
+Where memory is not cache-coherent the device's policy (famfs.cacheflush) drops each piece's lines
+before it is read and writes each piece back once stored.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ class DataPath:
         self.device = device
         self.view = memoryview(device.map)
         self.writable = device.writable
+        self.coherence = device.coherence
 
     def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:
             return b""
         pieces = list(device_ranges(entry, offset, length))
+        for start, size in pieces:
+            self.coherence.invalidate(self.view, start, size)
         if len(pieces) == 1:
             start, size = pieces[0]
             return self.view[start:start + size]
@@ -47,6 +52,7 @@ class DataPath:
         done = 0
         for start, size in device_ranges(entry, offset, len(data)):
             self.view[start:start + size] = data[done:done + size]
+            self.coherence.flush(self.view, start, size)
             done += size
         return done
 

@@ -38,7 +38,7 @@ import trio
 
 from famfs import format as fmt
 from famfs import hosts, shadowdir
-from famfs.compaction import read_record
+from famfs.compaction import RECORD_SPAN, read_record
 from famfs.shadowdir import DirRecord
 from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
@@ -296,7 +296,7 @@ class FamfsOperations(pyfuse3.Operations):
             return False
         famfs_log = self.devices.served.famfs_log
         with contextlib.suppress(fmt.FormatError):  # a compacted log the agent has not moved to yet
-            if read_record(famfs_log.device.map).epoch != state.log_epoch:
+            if read_record(famfs_log.device.fresh(*RECORD_SPAN)).epoch != state.log_epoch:
                 return True
         return state.applied_index + 1 < famfs_log.next_index()
 

@@ -49,6 +49,7 @@ class NewFile(MappedFile):
         if self._abandoned:
             raise MasterError(f"{self.device}: {self.relpath}: abandoned, cannot be committed")
         if self.index is None:
+            self.flush()  # its bytes reach the device before its entry (coherence = "flush")
             self.index = self._master._commit(self)
         return self.index
 

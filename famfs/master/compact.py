@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from famfs import format as fmt
 from famfs import hosts, logsetup
-from famfs.compaction import CompactionRecord, CompactionState, read_record
+from famfs.compaction import RECORD_SPAN, CompactionRecord, CompactionState, read_record
 from famfs.famfslog import FamfsLog
 from famfs.rules import Namespace
 
@@ -60,7 +60,7 @@ class Compacted:
 
 def compacted_entries(famfs_log: FamfsLog, namespace: Namespace) -> tuple[list[fmt.Entry], int]:
     """What the compacted log holds, in log order, and how many of them are HOLDs."""
-    table = {(found.system_uuid, found.incarnation) for found in hosts.read_table(famfs_log.device.map)
+    table = {(found.system_uuid, found.incarnation) for found in hosts.read_table(famfs_log.device.fresh(*hosts.TABLE_SPAN))
              if isinstance(found, hosts.HostRecord)}
     kept: list[fmt.Entry] = []
     held = 0
@@ -144,7 +144,7 @@ def _copy_over_log(famfs_log: FamfsLog, record: CompactionRecord, image: bytes, 
 def roll_forward(famfs_log: FamfsLog) -> bool:
     """Finish a committed compaction a crash interrupted (the caller holds the device lock and has
     the device open for writing). True if there was one: the caller opens the log again."""
-    record = read_record(famfs_log.device.map)
+    record = read_record(famfs_log.device.fresh(*RECORD_SPAN))
     if record.state != CompactionState.COPYING:
         return False
     image = famfs_log.device.read(record.staging_offset, record.staged_bytes)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import config, hosts, logsetup, shadowdir, units
+from famfs import cacheflush, config, hosts, logsetup, shadowdir, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -338,12 +338,12 @@ def cmd_host_list(args: argparse.Namespace) -> int:
     with Device(args.device_path) as opened:
         famfs_log = FamfsLog(opened)
         fenced = set(writer.load(famfs_log).fenced)  # the log replayed once
-        header, table = famfs_log.header(), list(hosts.read_table(opened.map))
+        header, table = famfs_log.header(), list(hosts.read_table(opened.fresh(*hosts.TABLE_SPAN)))
         moving: dict[int, bool] = {}
         if args.sample > 0:  # the table read again, the log not
             time.sleep(args.sample)
             before = {found.slot: found for found in table}
-            moving = {found.slot: found != before.get(found.slot) for found in hosts.read_table(opened.map)
+            moving = {found.slot: found != before.get(found.slot) for found in hosts.read_table(opened.fresh(*hosts.TABLE_SPAN))
                       if isinstance(found, hosts.HostRecord)}
     print(f"log: {header.next_index} entries")
     print("slot  state    system uuid                           incarnation          hostname          "
@@ -368,7 +368,7 @@ def cmd_host_fence(args: argparse.Namespace) -> int:
     if (args.host_uuid is None) == (args.slot is None):
         raise UsageError("name the host once: its system UUID, or --slot N")
     with writer.session(args.device_path, uuid_file(args)) as current:
-        table = list(hosts.read_table(current.device.map))
+        table = list(hosts.read_table(current.device.fresh(*hosts.TABLE_SPAN)))
         if args.slot is not None:
             found = next((item for item in table if item.slot == args.slot), None)
             if found is None:
@@ -580,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.settings = config.load(args.config)
+        cacheflush.use(args.settings.host.coherence)
     except config.ConfigError as err:
         print(f"famfsctl: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -158,7 +158,7 @@ def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
     report.file_bytes = sum(entry.size for _, entry in namespace.files.values())
     report.deleted_bytes = sum(entry.capacity() for entry in namespace.deleted.values())
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
-    report.hosts = list(hosts.read_table(device.map))
+    report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from famfs import format as fmt
 from famfs import hosts, logsetup, rules
-from famfs.compaction import LogLocation, read_record
+from famfs.compaction import RECORD_SPAN, LogLocation, read_record
 from famfs.config import MasterSettings
 from famfs.device import Device
 from famfs.famfslog import FamfsLog, LogFullError
@@ -323,7 +323,7 @@ class Coordinator:
         if sb.fs_uuid != self.log.superblock.fs_uuid:
             raise CoordinatorError(f"{self.device_path}: another file system was made on the device "
                                    f"(uuid {sb.fs_uuid}); start the coordinator again")
-        if LogLocation.of(read_record(self.device.map), sb, self.device.size) != self.log.location:
+        if LogLocation.of(read_record(self.device.fresh(*RECORD_SPAN)), sb, self.device.size) != self.log.location:
             self._replaced()
             return
         count = self.log.header().next_index
@@ -357,7 +357,7 @@ class Coordinator:
         now = self.clock()
         for file_index in self.namespace.deletions:
             self.deletes_seen.setdefault(file_index, now)
-        table = list(hosts.read_table(self.device.map))
+        table = list(hosts.read_table(self.device.fresh(*hosts.TABLE_SPAN)))
         self.observations.observe(table, now, damage_crcs(self.device.map, table))
         verdict = decide(LogView.of(self.namespace, self.played), table, self.observations, now, self.policy)
         self._announce(verdict)
@@ -452,7 +452,7 @@ def explain(device_path: str, err: writer.SpaceHeld) -> str:
              f"{format_size(err.needed)} needed"]
     with Device(device_path) as device:
         running = hosts.coordinator_running(device.fd)
-        table = list(hosts.read_table(device.map))
+        table = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     for found in table:
         if isinstance(found, DamagedSlot):
             lines.append(f"slot {found.slot} is damaged ({found.reason}): it holds every deleted file until "

@@ -382,6 +382,8 @@ class ShadowTree:
         self._save_daxdevs()
         self.geometry = rules.Geometry.of(superblock)
         self.units = rules.Units(self.geometry)
+        for row in self.daxdevs[1:]:  # the added devices' units, before the saved map is taken back
+            self.units.add_device(rules.Geometry(int(str(row["size"])), self.geometry.log_len, self.geometry.alloc_unit))
         self._load_units(applied_index)
         self._load_owners()
         self._resume_horizon = resume_horizon
@@ -856,6 +858,7 @@ class ShadowTree:
             raise Rejected(index, str(err)) from None
         self.daxdevs.append({"index": entry.dev_index, "uuid": str(entry.dev_uuid), "size": entry.dev_size,
                              "path": None, "log_index": index})
+        self.units.add_device(rules.device_geometry(entry, self.geometry))
         self._save_daxdevs()
         return Outcome.APPLIED
 
@@ -911,14 +914,14 @@ class ShadowTree:
     def save_units(self, applied_index: int) -> None:
         """The units as of the cursor, written just before the cursor itself (load() checks that
         the two agree; a kill between the two writes costs a rebuild, never a wrong verdict)."""
-        self.write_agent_file(UNITS_FILE, UNITS_HEADER.pack(applied_index, self.units.nunits) + self.units.taken)
+        self.write_agent_file(UNITS_FILE, UNITS_HEADER.pack(applied_index, self.units.total_units) + self.units.image())
 
     def _load_units(self, applied_index: int) -> None:
         raw = self.read_agent_file(UNITS_FILE) or b""
         if len(raw) >= UNITS_HEADER.size:
             saved_index, nunits = UNITS_HEADER.unpack_from(raw)
-            if saved_index == applied_index and nunits == self.units.nunits == len(raw) - UNITS_HEADER.size:
-                self.units.taken[:] = raw[UNITS_HEADER.size:]
+            if saved_index == applied_index and nunits == len(raw) - UNITS_HEADER.size and \
+                    self.units.load_image(raw[UNITS_HEADER.size:]):
                 return
         raise ShadowError(errno.EINVAL, f"{self.agent_dir / UNITS_FILE}: the allocation map does not match the cursor")
 

@@ -38,6 +38,10 @@ MAX_NBUCKETS = 64
 LOG_MAGIC = 0xBADCAFEF00D
 FM_ALL_HOSTS_RO = 1
 FM_ALL_HOSTS_RW = 2
+# ts_sb_flags (upstream defines both, sets neither). A primary keeps 0, byte-identical to upstream's
+# mkfs; a device added by `famfsctl add-device` carries SECONDARY_SB (docs/devices.md).
+PRIMARY_SB = 1
+SECONDARY_SB = 2
 
 
 class EntryType(enum.IntEnum):
@@ -190,6 +194,11 @@ class Superblock:
     @property
     def data_start(self) -> int:
         return self.log_offset + self.log_len
+
+    @property
+    def secondary(self) -> bool:
+        """A device added to a file system whose log lives on another (its primary)."""
+        return bool(self.sb_flags & SECONDARY_SB)
 
     def pack(self) -> bytes:
         name = self.daxdev_name.encode()[:DEVNAME_LEN]
@@ -664,8 +673,9 @@ def _best_effort_relpath(raw: bytes) -> str | None:
 # --- where a file's bytes live ------------------------------------------------------------
 
 
-def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
-    """(device offset, length) pieces holding file bytes [offset, offset+length), in file order.
+def device_pieces(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """(devindex, device offset, length) pieces holding file bytes [offset, offset+length), in
+    file order. Each piece lies inside one extent, so on one device.
 
     Interleaved files: chunk c of the file is in strip c % nstrips, at chunk c // nstrips of that
     strip (the mapping of upstream's famfs_ioctl.h, with its typos fixed).
@@ -678,7 +688,7 @@ def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) 
             number, within = divmod(offset, chunk)
             strip = stripe.strips[number % stripe.nstrips]
             piece = min(chunk - within, end - offset)
-            yield strip.offset + (number // stripe.nstrips) * chunk + within, piece
+            yield strip.devindex, strip.offset + (number // stripe.nstrips) * chunk + within, piece
             offset += piece
         return
     base = 0
@@ -688,6 +698,16 @@ def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) 
         if offset < base + extent.length:
             within = offset - base
             piece = min(extent.length - within, end - offset)
-            yield extent.offset + within, piece
+            yield extent.devindex, extent.offset + within, piece
             offset += piece
         base += extent.length
+
+
+def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
+    """device_pieces() of a file on device 0 alone (the primary): (device offset, length). A
+    piece on another device raises FormatError, so a single-device reader never reads the
+    primary at another device's offset."""
+    for devindex, start, size in device_pieces(entry, offset, length):
+        if devindex:
+            raise FormatError(f"{entry.relpath}: an extent is on device {devindex}, not on the primary")
+        yield start, size

@@ -29,7 +29,7 @@ import os
 import stat
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -72,11 +72,12 @@ def _munmap(address: int, length: int) -> None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Piece:
-    """`length` bytes of the file at `file_offset` live at `device_offset`."""
+    """`length` bytes of the file at `file_offset` live at `device_offset` of device `devindex`."""
 
     file_offset: int
     device_offset: int
     length: int
+    devindex: int = 0
 
 
 def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
@@ -85,12 +86,12 @@ def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
     whole = entry._replace(size=span)
     joined: list[Piece] = []
     position = 0
-    for device_offset, length in fmt.device_ranges(whole):
+    for devindex, device_offset, length in fmt.device_pieces(whole):
         last = joined[-1] if joined else None
-        if last is not None and last.device_offset + last.length == device_offset:
-            joined[-1] = Piece(last.file_offset, last.device_offset, last.length + length)
+        if last is not None and last.devindex == devindex and last.device_offset + last.length == device_offset:
+            joined[-1] = Piece(last.file_offset, last.device_offset, last.length + length, devindex)
         else:
-            joined.append(Piece(position, device_offset, length))
+            joined.append(Piece(position, device_offset, length, devindex))
         position += length
     return joined
 
@@ -101,9 +102,10 @@ def _unmap(address: int, length: int, pin_fd: int | None) -> None:
         os.close(pin_fd)  # the mapping is gone: so is what it pinned
 
 
-def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str,
+def map_file(fd: int | Mapping[int, int], entry: fmt.FileEntry, granule: int, *, writable: bool, device: str,
              pin_fd: int | None = None) -> memoryview:
-    """A memoryview of exactly entry.size bytes over the file's extents of device `fd`.
+    """A memoryview of exactly entry.size bytes over the file's extents of device `fd` (or, for
+    a file system over several devices, of `fd[devindex]` for each extent: docs/devices.md).
 
     Every extent must already be checked against the device and its log (rules.check_extents).
     `pin_fd` (docs/reclaim.md, "Pins") is closed when the pages are unmapped, not before; it is
@@ -114,7 +116,10 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
             os.close(pin_fd)  # nothing mapped: nothing to pin
         return memoryview(bytearray(0)) if writable else memoryview(b"")
     span = fmt.round_up(entry.size, granule)
+    fds = {0: fd} if isinstance(fd, int) else fd
     found = pieces(entry, span) if span <= entry.capacity() else []
+    if any(piece.devindex not in fds for piece in found):
+        raise OSError(errno.EIO, f"{device}: {entry.relpath}: an extent is on a device this host has not found")
     misaligned = [p for p in found if (p.device_offset | p.length) % granule]
     if not found or misaligned:
         raise OSError(errno.EINVAL, f"{device}: {entry.relpath}: extents are not whole {granule:#x}-byte pieces of "
@@ -130,7 +135,8 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
         for piece in found:
-            _mmap(base + piece.file_offset, piece.length, prot, mmap.MAP_SHARED | MAP_FIXED, fd, piece.device_offset)
+            _mmap(base + piece.file_offset, piece.length, prot, mmap.MAP_SHARED | MAP_FIXED, fds[piece.devindex],
+                  piece.device_offset)
     except OSError as err:
         _munmap(base, span)
         raise OSError(err.errno, f"{device}: {entry.relpath}: {err.strerror}") from None

@@ -91,6 +91,8 @@ class OwnerMap:
         """Give every unit of `extents` to `value` (a log index + 1, or HELD)."""
         table = self.table
         for extent in extents:
+            if extent.devindex:  # the map is the primary's units (docs/devices.md)
+                continue
             start, stop = self.span(extent)
             if stop - start == 1:  # most files: no run to build (a first play sets one per file)
                 table[start] = value
@@ -206,6 +208,9 @@ class ShadowCheck:
         extents = entry.all_extents()
         if not extents:
             return "maps no allocation unit: no log entry can be found to own it"
+        if any(extent.devindex for extent in extents):
+            # The owner map covers the primary's units only (docs/devices.md, "Not yet").
+            return "has extents on an added device, which this build does not serve yet"
         reader = self.reader
         try:
             start, stop = reader.span(extents[0])

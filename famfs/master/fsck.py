@@ -23,6 +23,21 @@ from famfs.identity import role_of
 from famfs.units import format_size
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceUse:
+    """One device of the file system as the log describes it: index, UUID, size, free bytes."""
+
+    index: int
+    dev_uuid: uuid.UUID
+    size: int
+    free_bytes: int
+
+    def __str__(self) -> str:
+        role = "primary" if self.index == 0 else "secondary"
+        return (f"device {self.index} ({role}): uuid {self.dev_uuid}, {format_size(self.size)}, "
+                f"{format_size(self.free_bytes)} free")
+
+
 @dataclass(slots=True)
 class Report:
     device: str
@@ -42,6 +57,7 @@ class Report:
     reclaimed_bytes: int = 0  # of deleted files a RECLAIM freed: counted free
     free_bytes: int = 0
     hosts: list[hosts.HostRecord | hosts.DamagedSlot] = field(default_factory=list)  # the host table
+    devices: list[DeviceUse] = field(default_factory=list)  # the daxdev table (docs/devices.md)
     fenced: set[tuple[uuid.UUID, int]] = field(default_factory=set)
 
     @property
@@ -74,6 +90,8 @@ class Report:
                 f"deleted files",
                 f"hosts: {self.host_summary()}",
             ]
+            if len(self.devices) > 1:  # a single-device report stays as it was
+                lines += [f"  {use}" for use in self.devices]
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
         lines += [f"  warning: {path!r} was deleted and made again: shadowed for upstream readers, which ignore "
@@ -118,8 +136,8 @@ def check(device: Device) -> Report:
         shared: dict[int | None, int] = defaultdict(int)  # holder entry -> units in common
         for extent in entry.all_extents():
             for unit in namespace.units.span(extent):
-                if namespace.units.taken[unit]:
-                    shared[namespace.holder(unit)] += 1
+                if namespace.units.maps[extent.devindex][unit]:
+                    shared[namespace.holder(unit, extent.devindex)] += 1
         for holder, units in sorted(shared.items(), key=lambda item: -1 if item[0] is None else item[0]):
             other = "the superblock/log" if holder is None else f"{logged_relpath(famfs_log, holder)!r} (entry {holder})"
             report.crosslinks.append(f"cross-linked: {entry.relpath!r} (entry {index}) and {other} "
@@ -134,6 +152,9 @@ def check(device: Device) -> Report:
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
     report.hosts = list(hosts.read_table(device.map))
     report.fenced = set(namespace.fenced)
+    report.devices = [DeviceUse(index, dev_uuid, namespace.units.geometries[index].dev_size,
+                                namespace.units.device_free_units(index) * sb.alloc_unit)
+                      for index, dev_uuid in enumerate(namespace.daxdevs)]
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
     return report
@@ -187,6 +208,7 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         f"hosts: {report.host_summary()}; reclaim coordinator on this host: "
         f"{'running' if hosts.coordinator_running(device.fd) else 'not running'}",
         f"files: {report.files}, directories: {report.directories}",
+        *(f"  {use}" for use in report.devices if len(report.devices) > 1),
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"
     return text, True

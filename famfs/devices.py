@@ -1,0 +1,160 @@
+"""The devices of a file system, found by UUID on this host (docs/devices.md).
+
+A file system over several devices logs each added device (ADD_DAXDEV: index, size, device UUID);
+device 0 is the primary, whose superblock holds the log. No host assumes the master's paths: each
+finds every logged device by the UUIDs in the device's own superblock, among
+
+1. the paths in `[host] devices` of famfs-agent.toml (image files or device nodes), in order;
+2. the dax devices whose CXL DCD capacity tag (sysfs `uuid` or `tag`) is a logged device UUID;
+3. every /dev/dax* and /dev/pmem* node.
+
+A candidate is taken only if its superblock is valid, carries the logged device UUID, the file
+system's UUID, the secondary flag, and the device is at least the logged size. A device whose
+device UUID matches but whose file-system UUID (or any other of these) does not is refused and
+named: its extents are never served from it.
+
+This module also owns the schema of the table the agent records (`.agent/daxdevs.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from famfs import format as fmt
+from famfs.device import SYS_DAX, DeviceError, probe
+
+DEV = Path("/dev")
+FOUND, MISSING, REFUSED = "found", "missing", "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One row of the daxdev table: a logged device and where this host found it (or why not).
+    `log_index` is the ADD_DAXDEV's slot (None for the primary, which the superblock names)."""
+
+    index: int
+    uuid: str
+    size: int
+    path: str | None
+    log_index: int | None
+    state: str = MISSING
+    reason: str = ""
+
+
+def encode_table(rows: Sequence[DeviceRow]) -> bytes:
+    return json.dumps({"daxdevs": [asdict(row) for row in rows]}, indent=1).encode() + b"\n"
+
+
+def decode_table(raw: bytes) -> list[DeviceRow]:
+    """The table as the agent wrote it; ValueError if it is not one."""
+    try:
+        return [DeviceRow(**row) for row in json.loads(raw)["daxdevs"]]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a daxdev table: {err!r}") from None
+
+
+def read_superblock(path: str) -> fmt.Superblock | None:
+    """The superblock at the start of `path`, or None if it holds none (or cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fmt.Superblock.unpack(os.pread(fd, fmt.SUPERBLOCK.size, 0))
+    except (OSError, fmt.FormatError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def dcd_tags(sys_dax: Path = SYS_DAX, dev_root: Path = DEV) -> dict[uuid.UUID, str]:
+    """Device node of each dax device whose sysfs shows a DCD capacity tag, by tag."""
+    tags: dict[uuid.UUID, str] = {}
+    try:
+        names = sorted(os.listdir(sys_dax))
+    except OSError:
+        return tags
+    for name in names:
+        for leaf in ("uuid", "tag"):
+            try:
+                tag = uuid.UUID((sys_dax / name / leaf).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if tag.int:
+                tags.setdefault(tag, str(dev_root / name))
+                break
+    return tags
+
+
+def candidates(configured: Sequence[str], wanted: Iterable[uuid.UUID], *, sys_dax: Path = SYS_DAX,
+               dev_root: Path = DEV) -> list[str]:
+    """Where to look, in the order of the module's docstring, each path once."""
+    tags = dcd_tags(sys_dax, dev_root)
+    tagged = [tags[dev_uuid] for dev_uuid in wanted if dev_uuid in tags]
+    try:
+        scanned = sorted(str(dev_root / name) for name in os.listdir(dev_root) if name.startswith(("dax", "pmem")))
+    except OSError:
+        scanned = []
+    return list(dict.fromkeys([*configured, *tagged, *scanned]))
+
+
+def check_secondary(path: str, sb: fmt.Superblock | None, row: DeviceRow, fs_uuid: uuid.UUID) -> str | None:
+    """Why `path` (superblock `sb`) is not logged device `row` of file system `fs_uuid`; None if it is."""
+    if sb is None:
+        return f"{path}: no valid famfs superblock"
+    if str(sb.dev_uuid) != row.uuid:
+        return f"{path}: device UUID {sb.dev_uuid}, not {row.uuid}"
+    if sb.fs_uuid != fs_uuid:
+        return f"{path}: device UUID {row.uuid} matches, but it belongs to file system {sb.fs_uuid}, not {fs_uuid}"
+    if not sb.secondary:
+        return f"{path}: device UUID {row.uuid} matches, but its superblock is not a secondary's"
+    try:
+        size = probe(path).size
+    except DeviceError as err:
+        return str(err.strerror)
+    if size < row.size:
+        return f"{path}: {size} bytes, smaller than the {row.size} logged for device {row.index}"
+    return None
+
+
+def resolve(fs_uuid: uuid.UUID, rows: Sequence[DeviceRow], configured: Sequence[str], *,
+            sys_dax: Path = SYS_DAX, dev_root: Path = DEV) -> list[DeviceRow]:
+    """Each added device (rows[1:]) located on this host: FOUND with its path, REFUSED with the
+    reason (a candidate carrying its device UUID failed check_secondary), or MISSING. Row 0,
+    the primary, is kept as given."""
+    wanted = {row.uuid: row for row in rows[1:]}
+    found: dict[str, DeviceRow] = {}
+    refused: dict[str, str] = {}
+    for path in candidates(configured, (uuid.UUID(key) for key in wanted), sys_dax=sys_dax, dev_root=dev_root):
+        sb = read_superblock(path)
+        row = wanted.get(str(sb.dev_uuid)) if sb is not None else None
+        if row is None or row.uuid in found:
+            continue
+        why = check_secondary(path, sb, row, fs_uuid)
+        if why is None:
+            found[row.uuid] = DeviceRow(row.index, row.uuid, row.size, path, row.log_index, FOUND)
+        else:
+            refused.setdefault(row.uuid, why)
+    resolved = [rows[0]] if rows else []
+    for row in rows[1:]:
+        if row.uuid in found:
+            resolved.append(found[row.uuid])
+        elif row.uuid in refused:
+            resolved.append(DeviceRow(row.index, row.uuid, row.size, None, row.log_index, REFUSED, refused[row.uuid]))
+        else:
+            resolved.append(DeviceRow(row.index, row.uuid, row.size, None, row.log_index, MISSING,
+                                      "no candidate path holds its superblock"))
+    return resolved
+
+
+def logged_rows(primary: fmt.Superblock, primary_path: str,
+                added: Iterable[tuple[int, fmt.AddDaxdevEntry]]) -> list[DeviceRow]:
+    """The table's rows before resolution: the primary found at its path, the added ones missing."""
+    rows = [DeviceRow(0, str(primary.dev_uuid), primary.dev_size, primary_path, None, FOUND)]
+    rows += [DeviceRow(entry.dev_index, str(entry.dev_uuid), entry.dev_size, None, index) for index, entry in added]
+    return rows

@@ -153,8 +153,9 @@ class ImageTruncated(OSError):
 
 
 def data_end(entry: fmt.FileEntry) -> int:
-    """The device offset just past the file's last byte: an image must be at least that long."""
-    return max((offset + length for offset, length in fmt.device_ranges(entry)), default=0)
+    """The primary's offset just past the file's last byte there: the image must be at least that
+    long (extents on added devices are mapped from those devices' own descriptors)."""
+    return max((offset + length for devindex, offset, length in fmt.device_pieces(entry) if devindex == 0), default=0)
 
 
 def check_image_size(fd: int, needed: int, where: str) -> None:

@@ -26,7 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from famfs import format as fmt
-from famfs.device import SYS_DAX, DeviceError, probe
+from famfs.device import SYS_DAX, Device, DeviceError, probe
+from famfs.logsetup import get_logger
+
+log = get_logger(__name__)
 
 DEV = Path("/dev")
 FOUND, MISSING, REFUSED = "found", "missing", "refused"
@@ -158,3 +161,70 @@ def logged_rows(primary: fmt.Superblock, primary_path: str,
     rows = [DeviceRow(0, str(primary.dev_uuid), primary.dev_size, primary_path, None, FOUND)]
     rows += [DeviceRow(entry.dev_index, str(entry.dev_uuid), entry.dev_size, None, index) for index, entry in added]
     return rows
+
+
+class AddedDevices:
+    """The added devices of one file system, opened on first use as a daxdev table names them,
+    each checked again here (check_secondary) before a byte of it is served. The table is the
+    agent's file (`table_path`, read again whenever it changes: a device the agent finds later is
+    served from then on) or rows given (famfs.open without an agent). A device that cannot be
+    used is logged once, naming its UUID, and answered None."""
+
+    def __init__(self, fs_uuid: uuid.UUID, *, table_path: str | None = None, rows: Sequence[DeviceRow] = (),
+                 writable: bool = False) -> None:
+        self.fs_uuid = fs_uuid
+        self.table_path = table_path
+        self.writable = writable
+        self.rows = list(rows)
+        self.opened: dict[int, Device] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._warned: set[tuple[int, str]] = set()
+
+    def _table(self) -> list[DeviceRow]:
+        if self.table_path is None:
+            return self.rows
+        try:
+            st = os.stat(self.table_path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                with open(self.table_path, "rb") as table:
+                    self.rows, self._stamp = decode_table(table.read()), stamp
+        except (OSError, ValueError) as err:
+            log.warning("daxdev_table_unreadable", path=self.table_path, error=str(err))
+        return self.rows
+
+    def size(self, index: int) -> int | None:
+        """The logged size of added device `index`, None if the table does not have it."""
+        rows = self._table()
+        return rows[index].size if 0 < index < len(rows) else None
+
+    def device(self, index: int) -> Device | None:
+        """Added device `index`, open; None (logged once per reason) if this host cannot serve it."""
+        if index in self.opened:
+            return self.opened[index]
+        rows = self._table()
+        row = rows[index] if 0 < index < len(rows) else None
+        if row is None:
+            why, dev_uuid = "not in this host's daxdev table (its ADD_DAXDEV not played yet)", None
+        elif row.path is None:
+            why, dev_uuid = f"{row.state} on this host: {row.reason}", row.uuid
+        else:
+            why, dev_uuid = check_secondary(row.path, read_superblock(row.path), row, self.fs_uuid), row.uuid
+            if why is None:
+                try:
+                    self.opened[index] = Device(row.path, writable=self.writable)
+                    log.info("device_opened", index=index, dev_uuid=row.uuid, path=row.path)
+                    return self.opened[index]
+                except DeviceError as err:
+                    why = str(err.strerror)
+        if (index, why) not in self._warned:
+            self._warned.add((index, why))
+            log.warning("device_unavailable", index=index, dev_uuid=dev_uuid, reason=why,
+                        effect="its files answer EIO; every other file is served")
+        return None
+
+    def close(self) -> None:
+        """Close every device opened (BufferError, as Device.close, while a slice is still held)."""
+        for index, opened in list(self.opened.items()):
+            opened.close()
+            del self.opened[index]

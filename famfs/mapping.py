@@ -20,6 +20,7 @@ cannot be checked (docs/library.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -33,9 +34,10 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
-from famfs import config, pins, rules, safepath, shadowdir
+from famfs import config, devices, pins, rules, safepath, shadowdir
 from famfs import format as fmt
 from famfs.device import Device, map_alignment, probe
+from famfs.devices import AddedDevices
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ShadowCheck
 from famfs.shadowyaml import meta_extents, parse_shadow_file
@@ -278,16 +280,47 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
         raise fmt.FormatError(f"{path}: {err}") from None
 
 
-def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEntry) -> None:
+def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEntry, added: AddedDevices) -> None:
     """FileNotFoundError unless the log holds `entry` for its path, as the mount checks it
     (famfs.ownership): a shadow file planted by anyone is never mapped."""
-    check = ShadowCheck(famfs_log, os.path.join(found.shadow, shadowdir.AGENT_DIR, shadowdir.OWNERS_FILE))
+    check = ShadowCheck(famfs_log, os.path.join(found.shadow, shadowdir.AGENT_DIR, shadowdir.OWNERS_FILE), added.size)
     try:
         problem = check.file_problem(entry)
     finally:
         check.close()
     if problem is not None:
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: not served: its shadow file {problem}")
+
+
+def _added_devices(famfs_log: FamfsLog, shadow: str | None, writable: bool) -> AddedDevices:
+    """The file system's added devices (docs/devices.md): as this host's agent found them (its
+    daxdev table), or without an agent found here from the log's ADD_DAXDEV entries and the
+    paths of [host] devices."""
+    fs_uuid = famfs_log.superblock.fs_uuid
+    if shadow is not None:
+        return AddedDevices(fs_uuid, table_path=os.path.join(shadow, shadowdir.AGENT_DIR, shadowdir.DAXDEVS_FILE),
+                            writable=writable)
+    added = [(n, e) for n, e in famfs_log.entries() if isinstance(e, fmt.AddDaxdevEntry)]
+    rows = devices.logged_rows(famfs_log.superblock, famfs_log.path, added)
+    if len(rows) > 1:
+        try:
+            configured = config.load().host.devices
+        except config.ConfigError:
+            configured = ()
+        rows = devices.resolve(fs_uuid, rows, configured)
+    return AddedDevices(fs_uuid, rows=rows, writable=writable)
+
+
+def _descriptors(opened: Device, added: AddedDevices, entry: fmt.FileEntry, where: str) -> dict[int, int]:
+    """The descriptor of each device the file's extents are on; OSError(EIO) naming a missing one."""
+    fds = {0: opened.fd}
+    for devindex in {extent.devindex for extent in entry.all_extents()} - {0}:
+        found = added.device(devindex)
+        if found is None:
+            raise OSError(errno.EIO, f"{where}: {entry.relpath}: its device {devindex} is not available on this host "
+                                     f"(docs/devices.md)")
+        fds[devindex] = found.fd
+    return fds
 
 
 def _awaited(look: Callable[[], _T], deadline: float) -> _T:
@@ -375,8 +408,10 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{relpath!r}: not a famfs relpath: {err}") from None
     granule = map_alignment(probe(device_path))  # before the device is mapped at all (fsdev_dax)
-    with Device(device_path, writable=mode == "r+") as opened:
+    with Device(device_path, writable=mode == "r+") as opened, contextlib.ExitStack() as stack:
         famfs_log = FamfsLog(opened)
+        added = _added_devices(famfs_log, found.shadow if device is None else None, mode == "r+")
+        stack.callback(added.close)  # the pieces stay mapped: map_file's mmaps hold the devices
         if entry is None:
             pin_fd = _device_pin(str(famfs_log.superblock.fs_uuid), relpath, shadow)
             if pin_fd is not None:
@@ -393,14 +428,14 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
                     raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: not the superblock or log file "
                                             f"as the agent writes them; nothing mapped")
             else:
-                _served(found, famfs_log, entry)
+                _served(found, famfs_log, entry, added)
             # Pin, then look: the look that counts is the one after the pin (the first gave
             # the errors above in the library's words).
             pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))
             if _shadow_entry(found) != entry:
                 raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
-        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path,
-                        pin_fd=pin_fd_out[0] if pin_fd_out else None)
+        view = map_file(_descriptors(opened, added, entry, device_path), entry, granule, writable=mode == "r+",
+                        device=device_path, pin_fd=pin_fd_out[0] if pin_fd_out else None)
         pin_fd_out.clear()  # map_file owns it now
         image_fd = os.dup(opened.fd) if opened.info.kind == "file" else None
     return MappedFile(relpath, entry, device_path, mode, view, image_fd)

@@ -261,8 +261,11 @@ def extents_past_log(entry: fmt.FileEntry, geometry: Geometry) -> None:
 
 def extents_inside_device(entry: fmt.FileEntry, devices: Sequence[Geometry]) -> None:
     """Inside its device's whole allocation units (upstream never checks, and its allocator can
-    hand out the partial unit past the last whole one: docs/format.md §9 item 11)."""
+    hand out the partial unit past the last whole one: docs/format.md §9 item 11). Extents on a
+    device past `devices` are check_extents' business (see there)."""
     for n, extent in enumerate(entry.all_extents()):
+        if extent.devindex >= len(devices):
+            continue
         geometry = devices[extent.devindex]
         if (stop := extent.end) <= geometry.units_end:
             continue
@@ -466,9 +469,13 @@ def check_extents(entry: fmt.FileEntry, geometry: Geometry, *, metadata: bool = 
                   devices: Sequence[Geometry] | None = None) -> None:
     """The geometry rules of one file on its own (no other file consulted). `metadata`: the
     `.meta` files, which map the superblock and the log themselves (only that bound is lifted).
-    `devices`: every logged device's geometry by devindex (default: the primary's alone)."""
-    devices = (geometry,) if devices is None else devices
-    extents_on_logged_device(entry, len(devices))
+    `devices`: every logged device's geometry by devindex (the rule book's check). Without it
+    only the primary's bounds are checked: a reader of a shadow file (the mount, famfs.open)
+    then compares the whole entry with the log's, which these rules passed (ShadowCheck)."""
+    if devices is None:
+        devices = (geometry,)
+    else:
+        extents_on_logged_device(entry, len(devices))
     extents_not_empty(entry)
     extents_aligned(entry, geometry)
     if not metadata:

@@ -4,19 +4,23 @@ a missing device, a device UUID of another file system refused, DCD tags through
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
 
 import pytest
 
-from famfs import devices, rules
+import famfs
+from famfs import devices, env, rules
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master import prng, writer
 from famfs.master.api import Master
+from tests.agent_util import FOLLOW_WAIT_S, following, run_agent
 from tests.famfsctl_util import entries, famfsctl, make_image
+from tests.fuse_util import Mount, client_uuid_file, wait_for
 
 MiB = 1 << 20
 
@@ -165,3 +169,61 @@ def test_dcd_tags_through_a_fake_sysfs_tree(tmp_path: Path, three: tuple[Path, P
     resolved = devices.resolve(superblock(primary).fs_uuid, table(primary), [], sys_dax=sys_dax, dev_root=dev_root)
     assert [(row.state, row.path) for row in resolved[1:]] == [(devices.FOUND, str(dev_root / "dax1.0")),
                                                                 (devices.FOUND, str(dev_root / "dax2.0"))]
+
+
+def test_a_client_serves_every_device_it_finds_and_eio_for_the_one_it_lacks(
+        tmp_path: Path, three: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client host with its own paths for the added devices, one of them absent at first: the
+    files on it answer EIO (one log line naming its UUID), every other file is served through
+    the mount and famfs.open; once the device appears it is served too."""
+    primary, s1, s2 = three
+    master = config(tmp_path / "master.toml", s1, s2)
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "5m", "--on-device", "1", "-r", "-S", "7", "one")
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "3m", "--on-device", "2", "-r", "-S", "8", "two")
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "64m", "-N", "3", "-B", "1", "-r", "-S", "9", "wide")
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "1m", "-r", "-S", "6", "zero")
+    dev2 = str(superblock(s2).dev_uuid)
+    here = tmp_path / "client"
+    here.mkdir()
+    os.rename(s1, here / "first.img")  # this host's own names; the second device is not here yet
+    os.rename(s2, tmp_path / "later.img")
+    client = config(tmp_path / "client.toml", here / "second.img", here / "first.img")
+    monkeypatch.setenv(env.SYSTEM_UUID_FILE, str(client_uuid_file(tmp_path)))
+    shadow = tmp_path / "shadow"
+    with following(primary, shadow, "--config", client), Mount(shadow, primary, tmp_path / "mnt") as mount:
+        table = devices.decode_table((shadow / ".agent" / "daxdevs.json").read_bytes())
+        assert [(row.state, row.path) for row in table] == [
+            (devices.FOUND, str(primary)), (devices.FOUND, str(here / "first.img")), (devices.MISSING, None)]
+        files = mount.mountpoint
+        assert sorted(os.listdir(files)) == [".meta", "one", "two", "wide", "zero"]  # listed, all of them
+        for name, seed in (("one", 7), ("zero", 6)):
+            assert prng.first_mismatch(seed, [(files / name).read_bytes()]) is None
+            with famfs.open(files / name) as mapped:
+                assert prng.first_mismatch(seed, [bytes(mapped.buffer)]) is None
+        for name in ("two", "wide"):
+            with pytest.raises(OSError) as refused:
+                (files / name).read_bytes()
+            assert refused.value.errno == errno.EIO
+            with pytest.raises(OSError, match="device 2 is not available"):
+                famfs.open(files / name)
+        assert sum(dev2 in line and "device_unavailable" in line for line in mount.log().splitlines()) == 1
+        os.rename(tmp_path / "later.img", here / "second.img")  # the device appears
+        wait_for(lambda: devices.decode_table((shadow / ".agent" / "daxdevs.json").read_bytes())[2].state
+                 == devices.FOUND, "the agent finds the second device", FOLLOW_WAIT_S)
+        for name, seed in (("two", 8), ("wide", 9)):
+            assert prng.first_mismatch(seed, [(files / name).read_bytes()]) is None
+            with famfs.open(files / name) as mapped:
+                assert prng.first_mismatch(seed, [bytes(mapped.buffer)]) is None
+
+
+def test_the_agent_refuses_a_device_of_another_file_system(tmp_path: Path, three: tuple[Path, Path, Path]) -> None:
+    primary, s1, _ = three
+    other = make_image(tmp_path / "other.img", "1g")
+    famfsctl("add-device", "--device", other, "--size", "1g", "--dev-uuid", superblock(s1).dev_uuid,
+             tmp_path / "impostor.img")
+    shadow = tmp_path / "shadow"
+    played = run_agent(primary, "--shadow", shadow, "--no-progress", "--config",
+                       config(tmp_path / "c.toml", tmp_path / "impostor.img"), check=True)
+    table = devices.decode_table((shadow / ".agent" / "daxdevs.json").read_bytes())
+    assert table[1].state == devices.REFUSED and "belongs to file system" in table[1].reason
+    assert "device_refused" in played.stderr and str(superblock(s1).dev_uuid) in played.stderr

@@ -352,7 +352,7 @@ class ShadowTree:
         """A fresh owner map for added device `devindex` (its metadata area held), beside the primary's."""
         assert self.owners is not None
         units = self.units
-        owners = OwnerMap(units.device_units(devindex), units.unit, units.first_data_unit, time.time_ns())
+        owners = OwnerMap(units.device_units(devindex), units.unit, units.reserved_units(devindex), time.time_ns())
         owners.deferred = self.owners.deferred
         temp = self._stage_file(owners.image())
         os.rename(temp, self.agent_dir / owners_file(devindex), src_dir_fd=self._staging_fd)
@@ -405,7 +405,7 @@ class ShadowTree:
         self.geometry = rules.Geometry.of(superblock)
         self.units = rules.Units(self.geometry)
         for row in self.daxdevs[1:]:  # the added devices' units, before the saved map is taken back
-            self.units.add_device(rules.Geometry(row.size, self.geometry.log_len, self.geometry.alloc_unit))
+            self.units.add_device(rules.device_geometry(row.size, self.geometry))
         self._load_units(applied_index)
         self._load_owners()
         self._resume_horizon = resume_horizon
@@ -879,7 +879,7 @@ class ShadowTree:
         except rules.Violation as err:
             raise Rejected(index, str(err)) from None
         self.daxdevs.append(devices.DeviceRow(entry.dev_index, str(entry.dev_uuid), entry.dev_size, None, index))
-        self.units.add_device(rules.device_geometry(entry, self.geometry))
+        self.units.add_device(rules.device_geometry(entry.dev_size, self.geometry))
         if self.owners is not None:
             self._add_owner_map(entry.dev_index)
         self._save_daxdevs()

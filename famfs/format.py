@@ -39,9 +39,11 @@ LOG_MAGIC = 0xBADCAFEF00D
 FM_ALL_HOSTS_RO = 1
 FM_ALL_HOSTS_RW = 2
 # ts_sb_flags (upstream defines both, sets neither). A primary keeps 0, byte-identical to upstream's
-# mkfs; a device added by `famfsctl add-device` carries SECONDARY_SB (docs/devices.md).
+# mkfs; a device added by `famfsctl add-device` carries SECONDARY_SB and no log (log offset and
+# length 0, as upstream's multi-daxdev plan has it): its data starts past the superblock region.
 PRIMARY_SB = 1
 SECONDARY_SB = 2
+SECONDARY_DATA_START = SUPERBLOCK_SIZE
 
 
 class EntryType(enum.IntEnum):
@@ -193,7 +195,7 @@ class Superblock:
 
     @property
     def data_start(self) -> int:
-        return self.log_offset + self.log_len
+        return SECONDARY_DATA_START if self.secondary else self.log_offset + self.log_len
 
     @property
     def secondary(self) -> bool:
@@ -228,14 +230,20 @@ class Superblock:
             raise FormatError(f"superblock: bad CRC {crc:#x} (computed {want:#x})")
         if alloc_unit not in ACCEPTED_ALLOC_UNITS:
             raise FormatError(f"superblock: alloc_unit {alloc_unit:#x} is not 4 KiB or 2 MiB")
-        if log_offset != LOG_OFFSET:
+        if sb_flags & SECONDARY_SB:
+            if (log_offset, log_len) != (0, 0):
+                raise FormatError(f"superblock: a secondary's log offset and length are 0, not {log_offset:#x}, {log_len:#x}")
+            if dev_size < SECONDARY_DATA_START + alloc_unit:
+                raise FormatError(f"superblock: device size {dev_size} holds no data past the superblock region")
+        elif log_offset != LOG_OFFSET:
             raise FormatError(f"superblock: log offset {log_offset:#x} (want {LOG_OFFSET:#x})")
-        try:
-            check_log_len(log_len)
-        except FormatError as err:
-            raise FormatError(f"superblock: {err}") from None
-        if dev_size < log_offset + log_len:
-            raise FormatError(f"superblock: device size {dev_size} cannot hold the log")
+        else:
+            try:
+                check_log_len(log_len)
+            except FormatError as err:
+                raise FormatError(f"superblock: {err}") from None
+            if dev_size < log_offset + log_len:
+                raise FormatError(f"superblock: device size {dev_size} cannot hold the log")
         return cls(
             log_len=log_len, dev_size=dev_size, fs_uuid=uuid.UUID(bytes=fs_uuid),
             dev_uuid=uuid.UUID(bytes=dev_uuid), system_uuid=uuid.UUID(bytes=system_uuid),

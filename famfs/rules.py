@@ -92,10 +92,11 @@ class Units:
 
     def add_device(self, geometry: Geometry) -> None:
         """The units of the next device (an ADD_DAXDEV's), its metadata area taken."""
-        nunits = geometry.dev_size // self.unit
-        reserved = min(fmt.round_up(geometry.data_start, self.unit) // self.unit, nunits)
         self.geometries.append(geometry)
-        self.maps.append(bytearray(b"\1" * reserved + bytes(nunits - reserved)))
+        nunits = geometry.dev_size // self.unit
+        self.maps.append(bytearray(nunits))
+        reserved = self.reserved_units(len(self.maps) - 1)
+        self.maps[-1][:reserved] = b"\1" * reserved
 
     def span(self, extent: fmt.Extent) -> range:
         """The units of `extent` on its own device (index them in maps[extent.devindex])."""
@@ -143,6 +144,10 @@ class Units:
 
     def device_units(self, device: int) -> int:
         return len(self.maps[device])
+
+    def reserved_units(self, device: int) -> int:
+        """The units of `device` before its data area (superblock region, and the log on device 0)."""
+        return min(fmt.round_up(self.geometries[device].data_start, self.unit) // self.unit, len(self.maps[device]))
 
     def device_free_units(self, device: int) -> int:
         return self.maps[device].count(0)
@@ -251,9 +256,13 @@ def extents_aligned(entry: fmt.FileEntry, geometry: Geometry) -> None:
             raise Violation(extents_aligned, f"extent {n}: offset {extent.offset:#x} not aligned to {geometry.alloc_unit:#x}")
 
 
-def extents_past_log(entry: fmt.FileEntry, geometry: Geometry) -> None:
-    """File data never lands on the superblock or the log (docs/format.md §9 item 6)."""
+def extents_past_log(entry: fmt.FileEntry, devices: Sequence[Geometry]) -> None:
+    """File data never lands on the superblock or the log (docs/format.md §9 item 6), nor on an
+    added device's superblock region. Devices past `devices`: as extents_inside_device."""
     for n, extent in enumerate(entry.all_extents()):
+        if extent.devindex >= len(devices):
+            continue
+        geometry = devices[extent.devindex]
         if extent.offset < geometry.data_start:
             raise Violation(extents_past_log, f"extent {n}: offset {extent.offset:#x} overlaps the superblock/log "
                                               f"(data starts at {geometry.data_start:#x})")
@@ -450,16 +459,16 @@ def daxdev_unique(model: Model, entry: fmt.AddDaxdevEntry) -> None:
 
 
 def daxdev_holds_data(entry: fmt.AddDaxdevEntry, geometry: Geometry) -> None:
-    """An added device reserves the primary's metadata area (docs/devices.md) and holds at least
-    one allocation unit past it."""
-    if entry.dev_size < geometry.data_start + geometry.alloc_unit:
+    """An added device holds at least one allocation unit past its superblock region (docs/devices.md)."""
+    if entry.dev_size < fmt.SECONDARY_DATA_START + geometry.alloc_unit:
         raise Violation(daxdev_holds_data, f"daxdev {entry.dev_index}: {entry.dev_size} bytes cannot hold one allocation "
-                                           f"unit past the metadata area ({geometry.data_start:#x})")
+                                           f"unit past the superblock region ({fmt.SECONDARY_DATA_START:#x})")
 
 
-def device_geometry(entry: fmt.AddDaxdevEntry, primary: Geometry) -> Geometry:
-    """An added device's geometry: its own size, the primary's log length and unit."""
-    return Geometry(entry.dev_size, primary.log_len, primary.alloc_unit)
+def device_geometry(dev_size: int, primary: Geometry) -> Geometry:
+    """An added device's geometry: its own size, no log (data past the superblock region), the
+    primary's unit."""
+    return Geometry(dev_size, 0, primary.alloc_unit)
 
 
 # --- applying them --------------------------------------------------------------------------
@@ -479,7 +488,7 @@ def check_extents(entry: fmt.FileEntry, geometry: Geometry, *, metadata: bool = 
     extents_not_empty(entry)
     extents_aligned(entry, geometry)
     if not metadata:
-        extents_past_log(entry, geometry)
+        extents_past_log(entry, devices)
     extents_inside_device(entry, devices)
     extents_disjoint(entry)
     stripes_well_formed(entry)
@@ -610,7 +619,7 @@ class Namespace:
                     self.dir_attrs[entry.relpath] = fmt.MkdirEntry(entry.relpath, entry.mode, entry.uid, entry.gid)
             case fmt.AddDaxdevEntry():
                 self.daxdevs.append(entry.dev_uuid)
-                self.units.add_device(device_geometry(entry, self.units.geometries[0]))
+                self.units.add_device(device_geometry(entry.dev_size, self.units.geometries[0]))
             case fmt.HoldEntry():  # deleted before a compaction: reclaimed by a RECLAIM naming (index, index)
                 self.units.claim(entry.file.all_extents())
                 self.deleted[index] = entry.file

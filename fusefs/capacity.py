@@ -59,7 +59,7 @@ class CapacityCache:
             self._warn("statfs: entries that break the rule book are not counted", entries=len(problems),
                        first_index=problems[0].index)
         held = sum(len(units.span(extent)) for entry in namespace.deleted.values() for extent in entry.all_extents())
-        return Capacity(unit=sb.alloc_unit, total_units=units.nunits, free_units=units.free_units,
+        return Capacity(unit=sb.alloc_unit, total_units=units.total_units, free_units=units.free_units,
                         free_slots=max(0, header.slots - header.next_index), held_units=held)
 
     def _warn(self, event: str, **details: object) -> None:

@@ -55,10 +55,10 @@ def test_add_device_writes_a_secondary_superblock_and_logs_add_daxdev(tmp_path: 
     main, added = superblock(primary), superblock(tmp_path / "s1.img")
     assert (main.sb_flags, added.sb_flags) == (0, fmt.SECONDARY_SB)
     assert added.fs_uuid == main.fs_uuid and added.system_uuid == main.system_uuid
-    assert added.dev_uuid == added.dd_uuid != main.dev_uuid and added.log_len == main.log_len
+    assert added.dev_uuid == added.dd_uuid != main.dev_uuid and (added.log_offset, added.log_len) == (0, 0)
     assert entries(primary) == [fmt.AddDaxdevEntry(dev_size=1 << 30, dev_uuid=added.dev_uuid, dev_index=1)]
-    # The metadata area of the added device is zero past its superblock: no log there.
-    raw = (tmp_path / "s1.img").read_bytes()[:fmt.data_start(main.log_len)]
+    # The superblock region of the added device is zero past the superblock: no log there.
+    raw = (tmp_path / "s1.img").read_bytes()[:fmt.SECONDARY_DATA_START]
     assert raw[fmt.SUPERBLOCK.size:].count(0) == len(raw) - fmt.SUPERBLOCK.size
     with Device(tmp_path / "s1.img") as opened, pytest.raises(fmt.FormatError, match="give its primary device"):
         FamfsLog(opened)

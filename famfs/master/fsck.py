@@ -58,6 +58,7 @@ class Report:
     free_bytes: int = 0
     hosts: list[hosts.HostRecord | hosts.DamagedSlot] = field(default_factory=list)  # the host table
     devices: list[DeviceUse] = field(default_factory=list)  # the daxdev table (docs/devices.md)
+    files_elsewhere: int = 0  # live files with an extent on an added device
     fenced: set[tuple[uuid.UUID, int]] = field(default_factory=set)
 
     @property
@@ -92,6 +93,9 @@ class Report:
             ]
             if len(self.devices) > 1:  # a single-device report stays as it was
                 lines += [f"  {use}" for use in self.devices]
+                lines.append(f"  note: upstream famfs reads device 0 only: the {self.files_elsewhere} files with extents on "
+                             f"added devices are unreadable to it, and its fsck counts their extents against device 0's "
+                             f"units (docs/devices.md)")
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
         lines += [f"  warning: {path!r} was deleted and made again: shadowed for upstream readers, which ignore "
@@ -155,6 +159,8 @@ def check(device: Device) -> Report:
     report.devices = [DeviceUse(index, dev_uuid, namespace.units.geometries[index].dev_size,
                                 namespace.units.device_free_units(index) * sb.alloc_unit)
                       for index, dev_uuid in enumerate(namespace.daxdevs)]
+    report.files_elsewhere = sum(any(extent.devindex for extent in entry.all_extents())
+                                 for _, entry in namespace.files.values())
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
     return report

@@ -277,12 +277,12 @@ class Session:
         entry = fmt.AddDaxdevEntry(dev_size=size, dev_uuid=dev_uuid, dev_index=len(self.namespace.daxdevs))
         index = self._next_index()
         self._check(index, entry)
-        secondary = fmt.Superblock(log_len=primary.log_len, dev_size=size, fs_uuid=primary.fs_uuid, dev_uuid=dev_uuid,
+        secondary = fmt.Superblock(log_len=0, log_offset=0, dev_size=size, fs_uuid=primary.fs_uuid, dev_uuid=dev_uuid,
                                    dd_uuid=dev_uuid, system_uuid=primary.system_uuid, daxdev_name=path,
                                    sb_flags=fmt.SECONDARY_SB)
         zeros = bytes(1 << 20)
         with Device(path, writable=True) as added:  # the device is whole before the log names it
-            for offset in range(0, primary.data_start, len(zeros)):
+            for offset in range(0, fmt.SECONDARY_DATA_START, len(zeros)):
                 added.write(offset, zeros)
             added.write(0, secondary.pack())
         index = self._append([entry])

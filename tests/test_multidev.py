@@ -18,7 +18,7 @@ from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master import prng, writer
 from famfs.master.api import Master
-from tests.agent_util import FOLLOW_WAIT_S, following, run_agent
+from tests.agent_util import FOLLOW_WAIT_S, append, following, run_agent
 from tests.famfsctl_util import entries, famfsctl, make_image
 from tests.fuse_util import Mount, client_uuid_file, wait_for
 
@@ -227,3 +227,28 @@ def test_the_agent_refuses_a_device_of_another_file_system(tmp_path: Path, three
     table = devices.decode_table((shadow / ".agent" / "daxdevs.json").read_bytes())
     assert table[1].state == devices.REFUSED and "belongs to file system" in table[1].reason
     assert "device_refused" in played.stderr and str(superblock(s1).dev_uuid) in played.stderr
+
+
+def test_a_resumed_agent_keeps_each_device_s_units_and_owners(tmp_path: Path, three: tuple[Path, Path, Path]) -> None:
+    """A second one-shot play resumes from the cursor (no rebuild): the added devices' units and
+    owner maps are loaded back, a later file on an added device is checked against them, and
+    the mount serves files of every device."""
+    primary, s1, s2 = three
+    conf = config(tmp_path / "c.toml", s1, s2)
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "5m", "--on-device", "1", "-r", "-S", "7", "one")
+    shadow = tmp_path / "shadow"
+    run_agent(primary, "--shadow", shadow, "--no-progress", "--config", conf, check=True)
+    assert {"owners", "owners.1", "owners.2"} <= set(os.listdir(shadow / ".agent"))
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "9m", "--on-device", "2", "-r", "-S", "8", "two")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "40m", "-N", "2", "-B", "1", "-r", "-S", "9", "wide")
+    resumed = run_agent(primary, "--shadow", shadow, "--no-progress", "--config", conf, "--log-level", "debug", check=True)
+    assert "rebuild" not in resumed.stderr
+    with Mount(shadow, primary, tmp_path / "mnt") as mount:
+        for name, seed in (("one", 7), ("two", 8), ("wide", 9)):
+            assert prng.first_mismatch(seed, [(mount.mountpoint / name).read_bytes()]) is None
+    # A FILE entry over units device 2 already holds is rejected by the resumed agent.
+    taken = next(e for e in entries(primary) if isinstance(e, fmt.FileEntry) and e.relpath == "two").extents
+    append(primary, [fmt.FileEntry(relpath="thief", size=MiB, mode=0o644, uid=0, gid=0, extents=taken)])
+    stolen = run_agent(primary, "--shadow", shadow, "--no-progress", "--config", conf)
+    assert stolen.returncode != 0 and "of device 2 is already held" in stolen.stderr
+    assert not (shadow / "root" / "thief").exists()

@@ -19,13 +19,16 @@ This module also owns the schema of the table the agent records (`.agent/daxdevs
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.device import SYS_DAX, Device, DeviceError, probe
 from famfs.logsetup import get_logger
 
@@ -62,14 +65,20 @@ def decode_table(raw: bytes) -> list[DeviceRow]:
 
 
 def read_superblock(path: str) -> fmt.Superblock | None:
-    """The superblock at the start of `path`, or None if it holds none (or cannot be read)."""
+    """The superblock at the start of `path`, or None if it holds none (or cannot be read). A
+    devdax character device has no read(2): its first 2 MiB are mapped instead (its alignment)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return fmt.Superblock.unpack(os.pread(fd, fmt.SUPERBLOCK.size, 0))
-    except (OSError, fmt.FormatError):
+        if stat.S_ISCHR(os.fstat(fd).st_mode):
+            with mmap.mmap(fd, fmt.SUPERBLOCK_SIZE, mmap.MAP_SHARED, mmap.PROT_READ) as head:
+                raw = head[:fmt.SUPERBLOCK.size]
+        else:
+            raw = os.pread(fd, fmt.SUPERBLOCK.size, 0)
+        return fmt.Superblock.unpack(raw)
+    except (OSError, ValueError, fmt.FormatError):
         return None
     finally:
         os.close(fd)
@@ -153,6 +162,12 @@ def resolve(fs_uuid: uuid.UUID, rows: Sequence[DeviceRow], configured: Sequence[
             resolved.append(DeviceRow(row.index, row.uuid, row.size, None, row.log_index, MISSING,
                                       "no candidate path holds its superblock"))
     return resolved
+
+
+def namespace_rows(namespace: rules.Namespace) -> list[DeviceRow]:
+    """The table's rows as a replayed namespace knows them (no paths: resolve() finds them)."""
+    return [DeviceRow(n, str(dev_uuid), namespace.units.geometries[n].dev_size, None, None)
+            for n, dev_uuid in enumerate(namespace.daxdevs)]
 
 
 def logged_rows(primary: fmt.Superblock, primary_path: str,

@@ -263,8 +263,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 raise writer.MasterError(f"{args.device}: {relpath}: no such file")
             size = found[1].size
             on = {0: opened}
-            rows = [devices.DeviceRow(n, str(dev_uuid), namespace.units.geometries[n].dev_size, None, None)
-                    for n, dev_uuid in enumerate(namespace.daxdevs)]
+            rows = devices.namespace_rows(namespace)
             for row in devices.resolve(famfs_log.superblock.fs_uuid, rows, args.settings.host.devices)[1:]:
                 if row.path is not None:
                     on[row.index] = stack.enter_context(Device(row.path))

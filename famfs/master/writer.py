@@ -249,8 +249,7 @@ class Session:
         if index == 0:
             return self.device
         if index not in self._opened:
-            rows = [devtable.DeviceRow(n, str(u), self.namespace.units.geometries[n].dev_size, None, None)
-                    for n, u in enumerate(self.namespace.daxdevs)]
+            rows = devtable.namespace_rows(self.namespace)
             row = devtable.resolve(self.log.superblock.fs_uuid, rows, self.device_paths)[index]
             if row.path is None:
                 raise MasterError(f"{self.log.path}: device {index} ({row.uuid}) is {row.state} on this host: "

@@ -136,7 +136,7 @@ class Units:
         """First unit of the first run of `count` free units inside [start, stop) of `device`, or None."""
         taken = self.maps[device]
         stop = len(taken) if stop is None else min(stop, len(taken))
-        start = max(start, self.first_data_unit)
+        start = max(start, self.first_data_unit if device == 0 else self.reserved_units(device))
         if count <= 0 or stop - start < count:
             return None
         found = taken.find(bytes(count), start, stop)

@@ -252,3 +252,20 @@ def test_a_resumed_agent_keeps_each_device_s_units_and_owners(tmp_path: Path, th
     stolen = run_agent(primary, "--shadow", shadow, "--no-progress", "--config", conf)
     assert stolen.returncode != 0 and "of device 2 is already held" in stolen.stderr
     assert not (shadow / "root" / "thief").exists()
+
+
+def test_interleaved_strips_alternate_devices_and_contiguous_takes_the_first_with_room() -> None:
+    units = rules.Units(rules.Geometry(4 << 30, fmt.DEFAULT_LOG_LEN))
+    units.add_device(rules.device_geometry(4 << 30, units.geometries[0]))
+    params = writer.alloc.InterleaveParams(nbuckets=2, nstrips=4, chunk_size=2 * MiB)
+    stripe = writer.alloc.allocate_interleaved(units, 64 * MiB, params, devices=(0, 1))
+    assert isinstance(stripe, fmt.Stripe)
+    assert [strip.devindex for strip in stripe.strips] == [0, 1, 0, 1]
+    with pytest.raises(writer.alloc.AllocError, match="nstrips 5 must be 1..4"):
+        writer.alloc.allocate_interleaved(units, 64 * MiB, writer.alloc.InterleaveParams(2, 5, 2 * MiB), devices=(0, 1))
+    # Contiguous: device 0 first; once it has no run of that size, device 1; --on-device pins it.
+    assert writer.alloc.allocate_contiguous(units, 5 * MiB, (0, 1)).devindex == 0
+    assert writer.alloc.allocate_contiguous(units, 5 * MiB, (1,)) == fmt.Extent(offset=fmt.SECONDARY_DATA_START,
+                                                                                 length=6 * MiB, devindex=1)
+    units.claim((fmt.Extent(offset=0, length=4 << 30),))  # device 0 full
+    assert writer.alloc.allocate_contiguous(units, 5 * MiB, (0, 1)).devindex == 1

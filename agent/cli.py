@@ -107,6 +107,7 @@ def play(argv: Sequence[str]) -> int:
         device, args.shadow or settings.agent.shadow, settings.agent, uuid_file,
         follow=args.follow, debug=(args.log_level or settings.host.log_level) == "debug",
         progress=settings.agent.progress and not args.no_progress and not args.follow,
+        device_paths=settings.host.devices,
     )
     metrics_address = args.metrics_address if args.metrics_address is not None else settings.agent.metrics_address
     if not (args.follow and metrics_address):

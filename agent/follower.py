@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -41,6 +42,7 @@ log = structlog.get_logger("famfs-agent")
 PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before progress is worth showing
 INFLIGHT_FIRST_WAIT_S = 0.0001
 DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no valid famfs
+DEVICE_RESCAN_S = 2.0  # how often a follower looks again for added devices not found (docs/devices.md)
 # How often a follower checks its tree against the cursor (and its image path against the file it
 # holds): a stat and a listing per directory, ~80 ms per 100,000 files (measured on tmpfs). The
 # pause after a check is at least TREE_CHECK_COST times its duration: at most ~5% of a core.
@@ -60,8 +62,11 @@ class Follower:
     """One famfs-agent run: a device, a shadow directory, once or following."""
 
     def __init__(self, device_path: str, shadow_dir: str, settings: AgentSettings, uuid_file: Path, *,
-                 follow: bool, debug: bool = False, progress: bool = False) -> None:
+                 follow: bool, debug: bool = False, progress: bool = False, device_paths: Sequence[str] = ()) -> None:
         self.device_path = device_path
+        self.device_paths = tuple(device_paths)  # [host] devices: where added devices may be (docs/devices.md)
+        self.devices_due = 0.0  # time.monotonic() of the next search for devices not found
+        self.devices_known = 1  # rows of the daxdev table at the last search
         # Other processes (famfsctl, famfs-fuse-mount) read it from state.json, from any directory:
         # absolute, but not resolved (/dev/dax0.0 stays /dev/dax0.0).
         self.state_device = os.path.abspath(device_path)
@@ -365,6 +370,7 @@ class Follower:
                     progress.finish()
                 self._renew(renewed_ns)  # one record of what is applied and pinned: window 0, never renewed again
                 break
+            self._resolve_devices()
         except (fmt.FormatError, DeviceError) as err:  # DeviceError: this host's record cannot be written
             log.error("device_unusable", device=self.device_path, error=str(err))
             return EXIT_UNUSABLE
@@ -625,6 +631,7 @@ class Follower:
                 try:
                     renewal = self._renewal_start()
                     worked = self._poll()
+                    self._resolve_devices()
                     if not worked and (started := time.monotonic()) >= next_check:
                         worked = self._check_tree()
                         now = time.monotonic()
@@ -659,6 +666,22 @@ class Follower:
         log.info("stop", signal=signal.Signals(self.stop_signal).name if self.stop_signal else None,
                  cursor=self.state.applied_index if self.state else None)
         return EXIT_OK
+
+    def _resolve_devices(self) -> None:
+        """Find the added devices on this host (docs/devices.md): at once when the log adds one,
+        then every DEVICE_RESCAN_S while one is missing or refused (a periodic re-scan, not
+        inotify: a device may come from a hot-plugged dax node, a DCD tag appearing in sysfs or an
+        image file copied in, each in a directory of its own). One event per change of a device."""
+        rows = self.tree.daxdevs
+        if len(rows) < 2 or self.famfs_log is None:
+            return
+        now = time.monotonic()
+        if len(rows) == self.devices_known and (now < self.devices_due or not self.tree.devices_unresolved()):
+            return
+        self.devices_known, self.devices_due = len(rows), now + DEVICE_RESCAN_S
+        for row in self.tree.resolve_devices(self.famfs_log.superblock.fs_uuid, self.device_paths):
+            event = {"found": log.info, "missing": log.warning, "refused": log.error}[row.state]
+            event(f"device_{row.state}", index=row.index, dev_uuid=row.uuid, path=row.path, reason=row.reason or None)
 
     def _renewal_start(self) -> tuple[Membership, int] | None:
         """If a renewal is due: the membership and CLOCK_BOOTTIME now (before this pass reads the

@@ -25,7 +25,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import operator
 import os
 import shutil
@@ -33,7 +32,7 @@ import stat
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
@@ -42,7 +41,7 @@ import structlog
 
 from agent.first_play import FileCreator, NameFilter, write_new_file
 from famfs import format as fmt
-from famfs import rules, safepath
+from famfs import devices, rules, safepath
 from famfs.famfslog import FamfsLog
 from famfs.ownership import FREE, HELD, OwnerMap, OwnerMapError
 from famfs.shadowdir import (
@@ -65,6 +64,7 @@ from famfs.shadowdir import (
     read_dirs_journal,
     read_shadow_file,
     shadow_permission_problem,
+    owners_file,
     tree_problem,
 )
 from famfs.shadowyaml import emit_file_yaml, meta_extents, meta_file_entry, parse_file_yaml
@@ -208,7 +208,7 @@ class ShadowTree:
         self.agent_dir = self.base / AGENT_DIR
         self.staging = self.agent_dir / STAGING
         self.dirs: dict[str, int] = {"": -1}  # relpath -> index of the MKDIR that made it
-        self.daxdevs: list[dict[str, object]] = []
+        self.daxdevs: list[devices.DeviceRow] = []  # the daxdev table, where this host found each device
         # Until reset() or load() reads the superblock: no device, no units.
         self.geometry = rules.Geometry(dev_size=0, log_len=fmt.DEFAULT_LOG_LEN)
         self.units = rules.Units(self.geometry)
@@ -365,6 +365,20 @@ class ShadowTree:
         os.rename(temp, self.agent_dir / OWNERS_FILE, src_dir_fd=self._staging_fd)
         owners.attach(os.open(self.agent_dir / OWNERS_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
         self.owners = owners
+        for name in os.listdir(self.agent_dir):  # added devices' maps of the table just reset
+            if name.startswith(OWNERS_FILE + "."):
+                os.unlink(self.agent_dir / name)
+
+    def _add_owner_map(self, devindex: int) -> None:
+        """A fresh owner map for added device `devindex` (its metadata area held), beside the primary's."""
+        assert self.owners is not None
+        units = self.units
+        owners = OwnerMap(units.device_units(devindex), units.unit, units.reserved_units(devindex), time.time_ns())
+        owners.deferred = self.owners.deferred
+        temp = self._stage_file(owners.image())
+        os.rename(temp, self.agent_dir / owners_file(devindex), src_dir_fd=self._staging_fd)
+        owners.attach(os.open(self.agent_dir / owners_file(devindex), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        self.owners.added[devindex] = owners
 
     def _load_owners(self) -> None:
         try:
@@ -376,6 +390,14 @@ class ShadowTree:
         except OwnerMapError as err:
             os.close(fd)
             raise ShadowError(errno.EINVAL, f"{self.agent_dir / OWNERS_FILE}: {err.strerror}") from None
+        for devindex in range(1, len(self.units.maps)):
+            path = self.agent_dir / owners_file(devindex)
+            try:
+                added_fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                owners.added[devindex] = OwnerMap.load(added_fd, self.units.device_units(devindex), self.units.unit)
+            except OSError as err:
+                owners.attach(-1)
+                raise ShadowError(errno.EINVAL, f"{path}: {err.strerror} (no owner map)") from None
         if self.owners is not None:
             self.owners.attach(-1)
         self.owners = owners
@@ -396,13 +418,15 @@ class ShadowTree:
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
         try:
-            saved = json.loads(self.read_agent_file(DAXDEVS_FILE) or b'{"daxdevs": []}')
-            self.daxdevs += [row for row in saved["daxdevs"][1:] if row["log_index"] <= applied_index]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ShadowError(errno.EINVAL, f"{self.agent_dir / DAXDEVS_FILE}: unreadable ({err!r})") from None
+            saved = devices.decode_table(self.read_agent_file(DAXDEVS_FILE) or b'{"daxdevs": []}')
+            self.daxdevs += [row for row in saved[1:] if row.log_index is not None and row.log_index <= applied_index]
+        except ValueError as err:
+            raise ShadowError(errno.EINVAL, f"{self.agent_dir / DAXDEVS_FILE}: unreadable ({err})") from None
         self._save_daxdevs()
         self.geometry = rules.Geometry.of(superblock)
         self.units = rules.Units(self.geometry)
+        for row in self.daxdevs[1:]:  # the added devices' units, before the saved map is taken back
+            self.units.add_device(rules.device_geometry(row.size, self.geometry))
         self._load_units(applied_index)
         self._load_owners()
         self._resume_horizon = resume_horizon
@@ -870,14 +894,16 @@ class ShadowTree:
 
     def apply_add_daxdev(self, index: int, entry: fmt.AddDaxdevEntry, famfs_log: FamfsLog) -> Outcome:
         """The daxdev table for fusefs (upstream's table rules are the rule book's)."""
-        if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].get("log_index") == index:
+        if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].log_index == index:
             return Outcome.PRESENT
         try:
             rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err)) from None
-        self.daxdevs.append({"index": entry.dev_index, "uuid": str(entry.dev_uuid), "size": entry.dev_size,
-                             "path": None, "log_index": index})
+        self.daxdevs.append(devices.DeviceRow(entry.dev_index, str(entry.dev_uuid), entry.dev_size, None, index))
+        self.units.add_device(rules.device_geometry(entry.dev_size, self.geometry))
+        if self.owners is not None:
+            self._add_owner_map(entry.dev_index)
         self._save_daxdevs()
         return Outcome.APPLIED
 
@@ -918,7 +944,20 @@ class ShadowTree:
             os.close(fd)
 
     def daxdev_uuids(self) -> list[uuid.UUID]:
-        return [uuid.UUID(str(row["uuid"])) for row in self.daxdevs]
+        return [uuid.UUID(row.uuid) for row in self.daxdevs]
+
+    def resolve_devices(self, fs_uuid: uuid.UUID, configured: Sequence[str]) -> list[devices.DeviceRow]:
+        """Find the added devices on this host again (famfs.devices.resolve); the table is
+        rewritten when a row changed. Returns the rows that changed."""
+        resolved = devices.resolve(fs_uuid, self.daxdevs, configured)
+        changed = [row for old, row in zip(self.daxdevs, resolved, strict=True) if old != row]
+        if changed:
+            self.daxdevs = resolved
+            self._save_daxdevs()
+        return changed
+
+    def devices_unresolved(self) -> bool:
+        return any(row.state != devices.FOUND for row in self.daxdevs)
 
     def units_freed(self, file_index: int, famfs_log: FamfsLog) -> None:
         """Reclaim's hook (docs/reclaim.md, RECLAIM): the deleted FILE at `file_index` no longer
@@ -933,24 +972,23 @@ class ShadowTree:
     def save_units(self, applied_index: int) -> None:
         """The units as of the cursor, written just before the cursor itself (load() checks that
         the two agree; a kill between the two writes costs a rebuild, never a wrong verdict)."""
-        self.write_agent_file(UNITS_FILE, UNITS_HEADER.pack(applied_index, self.units.nunits) + self.units.taken)
+        self.write_agent_file(UNITS_FILE, UNITS_HEADER.pack(applied_index, self.units.total_units) + self.units.image())
 
     def _load_units(self, applied_index: int) -> None:
         raw = self.read_agent_file(UNITS_FILE) or b""
         if len(raw) >= UNITS_HEADER.size:
             saved_index, nunits = UNITS_HEADER.unpack_from(raw)
-            if saved_index == applied_index and nunits == self.units.nunits == len(raw) - UNITS_HEADER.size:
-                self.units.taken[:] = raw[UNITS_HEADER.size:]
+            if saved_index == applied_index and nunits == len(raw) - UNITS_HEADER.size and \
+                    self.units.load_image(raw[UNITS_HEADER.size:]):
                 return
         raise ShadowError(errno.EINVAL, f"{self.agent_dir / UNITS_FILE}: the allocation map does not match the cursor")
 
     @staticmethod
-    def _primary_daxdev(superblock: fmt.Superblock, device_path: str) -> dict[str, object]:
-        return {"index": 0, "uuid": str(superblock.dev_uuid), "size": superblock.dev_size,
-                "path": device_path, "log_index": None}
+    def _primary_daxdev(superblock: fmt.Superblock, device_path: str) -> devices.DeviceRow:
+        return devices.logged_rows(superblock, device_path, ())[0]
 
     def _save_daxdevs(self) -> None:
-        self.write_agent_file(DAXDEVS_FILE, json.dumps({"daxdevs": self.daxdevs}, indent=1).encode() + b"\n")
+        self.write_agent_file(DAXDEVS_FILE, devices.encode_table(self.daxdevs))
 
     # --- helpers ----------------------------------------------------------------------------
 

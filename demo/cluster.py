@@ -159,8 +159,11 @@ class Host:
         self.mount: subprocess.Popen[bytes] | None = None
         home.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(exist_ok=True)
-        # A config of this host's own, so nothing in /etc/famfs leaks into the simulation.
-        self.config_file.write_text(f'[host]\nsystem_uuid_file = "{self.uuid_file}"\ncoherence = "{coherence}"\n')
+        # A config of this host's own, so nothing in /etc/famfs leaks into the simulation; the
+        # demo's second device is at a path of this host's own (docs/devices.md).
+        self.second_device = home / "second-device.img"
+        self.config_file.write_text(f'[host]\nsystem_uuid_file = "{self.uuid_file}"\ncoherence = "{coherence}"\n'
+                                    f'devices = ["{self.second_device}"]\n')
 
     def __repr__(self) -> str:
         return f"Host({self.name})"

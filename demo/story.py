@@ -17,8 +17,11 @@ from demo.cluster import Cluster, HarnessError, log_tail, tool, wait_until
 from demo.harness import REPO
 from demo.propagation import measure, percentile
 from demo.trees import file_checksums, sha256_of
-from famfs import env
+from famfs import devices, env, shadowdir
 from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
+from famfs.master import writer
 
 MiB = 1 << 20
 # Pure-Python packages of the standard library: ~280 source files, a few MB, short paths.
@@ -58,6 +61,7 @@ class Findings:
     copied: int = 0
     copied_bytes: int = 0
     cross_host: str = ""
+    devices: str = ""
     arrow: list[str] = field(default_factory=list)
     removal_ms: dict[str, float] = field(default_factory=dict)
 
@@ -209,6 +213,33 @@ def arrow_zero_copy(cluster: Cluster, say: Narrator, found: Findings) -> None:
                            f"+{copied.rss_anon_growth / MiB:.0f} MiB)")
 
 
+def two_devices(cluster: Cluster, say: Narrator, found: Findings) -> None:
+    """A second device joins the file system; a file striped across both is read on every host,
+    each of which finds the device at a path of its own (docs/devices.md)."""
+    relpath, size, seed = "data/striped.bin", 64 * MiB, 201
+    second = cluster.workdir / "second.img"
+    say.step("A second device joins the file system; a file is striped across both devices")
+    for host in cluster.hosts:  # the same device under another name on each host
+        host.second_device.symlink_to(second)
+    cluster.ctl("add-device", "--size", cluster.size, str(second))
+    say.say(f"famfsctl add-device {second.name}: its own superblock (same file-system UUID), then ADD_DAXDEV in the log")
+    cluster.ctl("creat", "-s", str(size), "--randomize", "--seed", str(seed), "--nstrips", "2", "--nbuckets", "1", relpath)
+    with Device(cluster.image) as opened:
+        entry = writer.load(FamfsLog(opened)).files[relpath][1]
+    strips = ", ".join(f"device {strip.devindex} at {strip.offset:#x}" for strip in entry.stripes[0].strips)
+    say.say(f"famfsctl creat -s {size} --nstrips 2 --nbuckets 1 {relpath}: strips on {strips}")
+    for host in cluster.served_hosts:
+        table = host.shadow / ".agent" / shadowdir.DAXDEVS_FILE
+        wait_until(lambda table=table: devices.decode_table(table.read_bytes())[-1].state == devices.FOUND,
+                   CATCH_UP_TIMEOUT_S, f"{host.name}'s agent to find the second device")
+        wait_until(lambda host=host: host.view(relpath).exists(), CATCH_UP_TIMEOUT_S, f"{relpath} on {host.name}")
+        host.run_inside([tool("famfsctl"), "verify", "-S", str(seed), str(host.mountpoint / relpath)])
+    found.devices = (f"{relpath} ({size // MiB} MiB) striped over 2 devices, read back by pattern on "
+                     f"{len(cluster.served_hosts)} hosts, each with the device at its own path")
+    say.say(f"every host read it through its mount (each finds the device as {cluster.master.second_device.name} "
+            f"in its own directory): pattern verified")
+
+
 def remove_on_master(cluster: Cluster, say: Narrator, found: Findings) -> None:
     relpath = "data/random/r3.bin"
     say.step(f"The master removes {relpath}; it disappears on both clients")
@@ -236,6 +267,7 @@ def summarize(cluster: Cluster, say: Narrator, found: Findings) -> None:
     for line in found.arrow:
         say.say(f"arrow       {line}")
     say.say("removal     " + ", ".join(f"{label} {value:.1f} ms" for label, value in found.removal_ms.items()))
+    say.say(f"devices     {found.devices}")
 
 
 def run(cluster: Cluster, say: Narrator) -> None:
@@ -247,6 +279,7 @@ def run(cluster: Cluster, say: Narrator) -> None:
     write_across_hosts(cluster, say, found)
     arrow_zero_copy(cluster, say, found)
     remove_on_master(cluster, say, found)
+    two_devices(cluster, say, found)
     summarize(cluster, say, found)
 
 

@@ -45,6 +45,7 @@ class Rule:
     choices: tuple[str, ...] = ()
     nonempty: bool = False
     address: bool = False  # HOST:PORT, :PORT (loopback) or [V6]:PORT, or empty (off)
+    paths: bool = False  # a list of non-empty paths
 
     def describe(self, default: Any) -> str:
         """The allowed values of a key with this default, as docs/config.md's table shows them."""
@@ -56,6 +57,8 @@ class Rule:
             return f"{_number(self.low)} .. {_number(self.high)}"
         if self.address:
             return "HOST:PORT, or :PORT (127.0.0.1), or empty: off"
+        if self.paths:
+            return "a list of paths"
         return "non-empty path" if self.nonempty else "a path, or empty: not set"
 
     def check(self, value: Any) -> str | None:
@@ -67,6 +70,8 @@ class Rule:
             return f"must be between {_number(self.low)} and {_number(self.high)}, not {value!r}"
         if self.nonempty and not value:
             return "must not be empty"
+        if self.paths and not all(isinstance(path, str) and path for path in value):
+            return f"must be a list of non-empty paths, not {list(value)!r}"
         if self.address and value:
             try:
                 parse_address(value)
@@ -98,6 +103,9 @@ def setting(default: Any, **rule: Any) -> Any:
 @dataclass
 class HostSettings:
     system_uuid_file: str = setting("/opt/famfs/system_uuid", nonempty=True)
+    # Where this host looks for a multi-device file system's devices, besides /dev/dax* and
+    # /dev/pmem* (docs/devices.md): image files or device paths, each found by its superblock.
+    devices: tuple[str, ...] = setting((), paths=True)
     log_format: str = setting("console", choices=LOG_FORMATS)
     log_level: str = setting("info", choices=LOG_LEVELS)
     coherence: str = setting("coherent", choices=COHERENCE_MODES)  # "flush": shared memory without hardware coherence
@@ -215,6 +223,8 @@ def _overlay(section: Any, values: dict[str, Any], where: str) -> None:
         default = getattr(section, key)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
         if type(value) is not type(default):
             raise ConfigError(f"{where}: {key} must be {type(default).__name__}, not {value!r}")
         check(type(section), key, value, where)

@@ -37,6 +37,9 @@ class FamfsLog:
             self.superblock = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device.path}: {err}") from None
+        if self.superblock.secondary:
+            raise fmt.FormatError(f"{device.path}: an added device of file system {self.superblock.fs_uuid} "
+                                  f"(secondary superblock, no log): give its primary device (docs/devices.md)")
         if self.superblock.dev_size > device.size:
             raise fmt.FormatError(
                 f"{device.path}: superblock says the device is {self.superblock.dev_size} bytes, it has {device.size}")

@@ -38,6 +38,12 @@ MAX_NBUCKETS = 64
 LOG_MAGIC = 0xBADCAFEF00D
 FM_ALL_HOSTS_RO = 1
 FM_ALL_HOSTS_RW = 2
+# ts_sb_flags (upstream defines both, sets neither). A primary keeps 0, byte-identical to upstream's
+# mkfs; a device added by `famfsctl add-device` carries SECONDARY_SB and no log (log offset and
+# length 0, as upstream's multi-daxdev plan has it): its data starts past the superblock region.
+PRIMARY_SB = 1
+SECONDARY_SB = 2
+SECONDARY_DATA_START = SUPERBLOCK_SIZE
 
 
 class EntryType(enum.IntEnum):
@@ -191,7 +197,12 @@ class Superblock:
 
     @property
     def data_start(self) -> int:
-        return self.log_offset + self.log_len
+        return SECONDARY_DATA_START if self.secondary else self.log_offset + self.log_len
+
+    @property
+    def secondary(self) -> bool:
+        """A device added to a file system whose log lives on another (its primary)."""
+        return bool(self.sb_flags & SECONDARY_SB)
 
     def pack(self) -> bytes:
         name = self.daxdev_name.encode()[:DEVNAME_LEN]
@@ -221,14 +232,20 @@ class Superblock:
             raise FormatError(f"superblock: bad CRC {crc:#x} (computed {want:#x})")
         if alloc_unit not in ACCEPTED_ALLOC_UNITS:
             raise FormatError(f"superblock: alloc_unit {alloc_unit:#x} is not 4 KiB or 2 MiB")
-        if log_offset != LOG_OFFSET:
+        if sb_flags & SECONDARY_SB:
+            if (log_offset, log_len) != (0, 0):
+                raise FormatError(f"superblock: a secondary's log offset and length are 0, not {log_offset:#x}, {log_len:#x}")
+            if dev_size < SECONDARY_DATA_START + alloc_unit:
+                raise FormatError(f"superblock: device size {dev_size} holds no data past the superblock region")
+        elif log_offset != LOG_OFFSET:
             raise FormatError(f"superblock: log offset {log_offset:#x} (want {LOG_OFFSET:#x})")
-        try:
-            check_log_len(log_len)
-        except FormatError as err:
-            raise FormatError(f"superblock: {err}") from None
-        if dev_size < log_offset + log_len:
-            raise FormatError(f"superblock: device size {dev_size} cannot hold the log")
+        else:
+            try:
+                check_log_len(log_len)
+            except FormatError as err:
+                raise FormatError(f"superblock: {err}") from None
+            if dev_size < log_offset + log_len:
+                raise FormatError(f"superblock: device size {dev_size} cannot hold the log")
         return cls(
             log_len=log_len, dev_size=dev_size, fs_uuid=uuid.UUID(bytes=fs_uuid),
             dev_uuid=uuid.UUID(bytes=dev_uuid), system_uuid=uuid.UUID(bytes=system_uuid),
@@ -666,8 +683,9 @@ def _best_effort_relpath(raw: bytes) -> str | None:
 # --- where a file's bytes live ------------------------------------------------------------
 
 
-def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
-    """(device offset, length) pieces holding file bytes [offset, offset+length), in file order.
+def device_pieces(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """(devindex, device offset, length) pieces holding file bytes [offset, offset+length), in
+    file order. Each piece lies inside one extent, so on one device.
 
     Interleaved files: chunk c of the file is in strip c % nstrips, at chunk c // nstrips of that
     strip (the mapping of upstream's famfs_ioctl.h, with its typos fixed).
@@ -680,7 +698,7 @@ def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) 
             number, within = divmod(offset, chunk)
             strip = stripe.strips[number % stripe.nstrips]
             piece = min(chunk - within, end - offset)
-            yield strip.offset + (number // stripe.nstrips) * chunk + within, piece
+            yield strip.devindex, strip.offset + (number // stripe.nstrips) * chunk + within, piece
             offset += piece
         return
     base = 0
@@ -690,6 +708,16 @@ def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) 
         if offset < base + extent.length:
             within = offset - base
             piece = min(extent.length - within, end - offset)
-            yield extent.offset + within, piece
+            yield extent.devindex, extent.offset + within, piece
             offset += piece
         base += extent.length
+
+
+def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
+    """device_pieces() of a file on device 0 alone (the primary): (device offset, length). A
+    piece on another device raises FormatError, so a single-device reader never reads the
+    primary at another device's offset."""
+    for devindex, start, size in device_pieces(entry, offset, length):
+        if devindex:
+            raise FormatError(f"{entry.relpath}: an extent is on device {devindex}, not on the primary")
+        yield start, size

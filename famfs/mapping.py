@@ -20,6 +20,7 @@ cannot be checked (docs/library.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -29,13 +30,14 @@ import os
 import stat
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
-from famfs import cacheflush, config, pins, rules, safepath, shadowdir
+from famfs import cacheflush, config, devices, pins, rules, safepath, shadowdir
 from famfs import format as fmt
 from famfs.device import Device, map_alignment, probe
+from famfs.devices import AddedDevices
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ShadowCheck
 from famfs.shadowyaml import meta_extents, parse_shadow_file
@@ -72,11 +74,12 @@ def _munmap(address: int, length: int) -> None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Piece:
-    """`length` bytes of the file at `file_offset` live at `device_offset`."""
+    """`length` bytes of the file at `file_offset` live at `device_offset` of device `devindex`."""
 
     file_offset: int
     device_offset: int
     length: int
+    devindex: int = 0
 
 
 def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
@@ -85,12 +88,12 @@ def pieces(entry: fmt.FileEntry, span: int) -> list[Piece]:
     whole = entry._replace(size=span)
     joined: list[Piece] = []
     position = 0
-    for device_offset, length in fmt.device_ranges(whole):
+    for devindex, device_offset, length in fmt.device_pieces(whole):
         last = joined[-1] if joined else None
-        if last is not None and last.device_offset + last.length == device_offset:
-            joined[-1] = Piece(last.file_offset, last.device_offset, last.length + length)
+        if last is not None and last.devindex == devindex and last.device_offset + last.length == device_offset:
+            joined[-1] = Piece(last.file_offset, last.device_offset, last.length + length, devindex)
         else:
-            joined.append(Piece(position, device_offset, length))
+            joined.append(Piece(position, device_offset, length, devindex))
         position += length
     return joined
 
@@ -104,9 +107,10 @@ def _unmap(address: int, length: int, pin_fds: tuple[int, ...]) -> None:
             pass  # ENOTCONN: the descriptor through a mount whose daemon died; closed all the same
 
 
-def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, device: str,
+def map_file(fd: int | Mapping[int, int], entry: fmt.FileEntry, granule: int, *, writable: bool, device: str,
              pin_fds: tuple[int, ...] = ()) -> memoryview:
-    """A memoryview of exactly entry.size bytes over the file's extents of device `fd`.
+    """A memoryview of exactly entry.size bytes over the file's extents of device `fd` (or, for
+    a file system over several devices, of `fd[devindex]` for each extent: docs/devices.md).
 
     Every extent must already be checked against the device and its log (rules.check_extents).
     `pin_fds` (docs/reclaim.md, "Pins") are closed when the pages are unmapped, not before; they
@@ -117,7 +121,10 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
             os.close(pin_fd)  # nothing mapped: nothing to pin
         return memoryview(bytearray(0)) if writable else memoryview(b"")
     span = fmt.round_up(entry.size, granule)
+    fds = {0: fd} if isinstance(fd, int) else fd
     found = pieces(entry, span) if span <= entry.capacity() else []
+    if any(piece.devindex not in fds for piece in found):
+        raise OSError(errno.EIO, f"{device}: {entry.relpath}: an extent is on a device this host has not found")
     misaligned = [p for p in found if (p.device_offset | p.length) % granule]
     if not found or misaligned:
         raise OSError(errno.EINVAL, f"{device}: {entry.relpath}: extents are not whole {granule:#x}-byte pieces of "
@@ -133,7 +140,8 @@ def map_file(fd: int, entry: fmt.FileEntry, granule: int, *, writable: bool, dev
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
         for piece in found:
-            _mmap(base + piece.file_offset, piece.length, prot, mmap.MAP_SHARED | MAP_FIXED, fd, piece.device_offset)
+            _mmap(base + piece.file_offset, piece.length, prot, mmap.MAP_SHARED | MAP_FIXED, fds[piece.devindex],
+                  piece.device_offset)
     except OSError as err:
         _munmap(base, span)
         raise OSError(err.errno, f"{device}: {entry.relpath}: {err.strerror}") from None
@@ -151,8 +159,9 @@ class ImageTruncated(OSError):
 
 
 def data_end(entry: fmt.FileEntry) -> int:
-    """The device offset just past the file's last byte: an image must be at least that long."""
-    return max((offset + length for offset, length in fmt.device_ranges(entry)), default=0)
+    """The primary's offset just past the file's last byte there: the image must be at least that
+    long (extents on added devices are mapped from those devices' own descriptors)."""
+    return max((offset + length for devindex, offset, length in fmt.device_pieces(entry) if devindex == 0), default=0)
 
 
 def check_image_size(fd: int, needed: int, where: str) -> None:
@@ -299,16 +308,47 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
         raise fmt.FormatError(f"{path}: {err}") from None
 
 
-def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEntry) -> None:
+def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEntry, added: AddedDevices) -> None:
     """FileNotFoundError unless the log holds `entry` for its path, as the mount checks it
     (famfs.ownership): a shadow file planted by anyone is never mapped."""
-    check = ShadowCheck(famfs_log, os.path.join(found.shadow, shadowdir.AGENT_DIR, shadowdir.OWNERS_FILE))
+    check = ShadowCheck(famfs_log, os.path.join(found.shadow, shadowdir.AGENT_DIR, shadowdir.OWNERS_FILE), added.size)
     try:
         problem = check.file_problem(entry)
     finally:
         check.close()
     if problem is not None:
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: not served: its shadow file {problem}")
+
+
+def _added_devices(famfs_log: FamfsLog, shadow: str | None, writable: bool) -> AddedDevices:
+    """The file system's added devices (docs/devices.md): as this host's agent found them (its
+    daxdev table), or without an agent found here from the log's ADD_DAXDEV entries and the
+    paths of [host] devices."""
+    fs_uuid = famfs_log.superblock.fs_uuid
+    if shadow is not None:
+        return AddedDevices(fs_uuid, table_path=os.path.join(shadow, shadowdir.AGENT_DIR, shadowdir.DAXDEVS_FILE),
+                            writable=writable)
+    added = [(n, e) for n, e in famfs_log.entries() if isinstance(e, fmt.AddDaxdevEntry)]
+    rows = devices.logged_rows(famfs_log.superblock, famfs_log.path, added)
+    if len(rows) > 1:
+        try:
+            configured = config.load().host.devices
+        except config.ConfigError:
+            configured = ()
+        rows = devices.resolve(fs_uuid, rows, configured)
+    return AddedDevices(fs_uuid, rows=rows, writable=writable)
+
+
+def _descriptors(opened: Device, added: AddedDevices, entry: fmt.FileEntry, where: str) -> dict[int, int]:
+    """The descriptor of each device the file's extents are on; OSError(EIO) naming a missing one."""
+    fds = {0: opened.fd}
+    for devindex in {extent.devindex for extent in entry.all_extents()} - {0}:
+        found = added.device(devindex)
+        if found is None:
+            raise OSError(errno.EIO, f"{where}: {entry.relpath}: its device {devindex} is not available on this host "
+                                     f"(docs/devices.md)")
+        fds[devindex] = found.fd
+    return fds
 
 
 def _awaited(look: Callable[[], _T], deadline: float) -> _T:
@@ -396,8 +436,10 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{relpath!r}: not a famfs relpath: {err}") from None
     granule = map_alignment(probe(device_path))  # before the device is mapped at all (fsdev_dax)
-    with Device(device_path, writable=mode == "r+") as opened:
+    with Device(device_path, writable=mode == "r+") as opened, contextlib.ExitStack() as stack:
         famfs_log = FamfsLog(opened)
+        added = _added_devices(famfs_log, found.shadow if device is None else None, mode == "r+")
+        stack.callback(added.close)  # the pieces stay mapped: map_file's mmaps hold the devices
         if entry is None:
             pin_fd = _device_pin(str(famfs_log.superblock.fs_uuid), relpath, shadow)
             if pin_fd is not None:
@@ -414,7 +456,7 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
                     raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: not the superblock or log file "
                                             f"as the agent writes them; nothing mapped")
             else:
-                _served(found, famfs_log, entry)
+                _served(found, famfs_log, entry, added)
                 # Its own flock pin as well as the mount's: the mount's dies with the mount
                 # daemon (kill -9), the mapping of device memory does not (docs/reclaim.md, "Pins").
                 own_pin = _device_pin(str(famfs_log.superblock.fs_uuid), relpath, found.shadow)
@@ -425,7 +467,8 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
             pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))
             if _shadow_entry(found) != entry:
                 raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
-        view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path, pin_fds=tuple(pin_fd_out))
+        view = map_file(_descriptors(opened, added, entry, device_path), entry, granule, writable=mode == "r+",
+                        device=device_path, pin_fds=tuple(pin_fd_out))
         pin_fd_out.clear()  # map_file owns them now
         image_fd = os.dup(opened.fd) if opened.info.kind == "file" else None
         mapped = MappedFile(relpath, entry, device_path, mode, view, image_fd, opened.coherence)

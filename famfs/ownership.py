@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 from famfs import format as fmt
@@ -58,6 +58,7 @@ class OwnerMap:
         self.table[:reserved_units] = array("I", [HELD]) * reserved_units
         self.fd = -1
         self.deferred = False
+        self.added: dict[int, OwnerMap] = {}  # the maps of added devices (owners.N), by devindex (docs/devices.md)
 
     def header(self) -> bytes:
         return HEADER.pack(MAGIC, VERSION, self.unit, self.nunits, self.generation)
@@ -66,10 +67,14 @@ class OwnerMap:
         return self.header() + _le(self.table)
 
     def attach(self, fd: int) -> None:
-        """Keep `fd` (the file as written from image(), or loaded) in step from now on."""
+        """Keep `fd` (the file as written from image(), or loaded) in step from now on; -1: let
+        go of the file (and of the added devices' files)."""
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = fd
+        if fd < 0:
+            for added in self.added.values():
+                added.attach(-1)
 
     @classmethod
     def load(cls, fd: int, nunits: int, unit: int) -> OwnerMap:
@@ -91,6 +96,9 @@ class OwnerMap:
         """Give every unit of `extents` to `value` (a log index + 1, or HELD)."""
         table = self.table
         for extent in extents:
+            if extent.devindex:  # an added device's unit: its own map (the rule book checked it exists)
+                self.added[extent.devindex].set((extent._replace(devindex=0),), value)
+                continue
             start, stop = self.span(extent)
             if stop - start == 1:  # most files: no run to build (a first play sets one per file)
                 table[start] = value
@@ -104,6 +112,8 @@ class OwnerMap:
         self.deferred = False
         if self.fd >= 0:
             os.pwrite(self.fd, _le(self.table), HEADER.size)
+        for added in self.added.values():
+            added.flush()
 
     def retire(self) -> None:
         """Clear the header of the file about to be replaced: a reader holding it reopens."""
@@ -111,6 +121,8 @@ class OwnerMap:
             os.pwrite(self.fd, bytes(HEADER.size), 0)
             os.close(self.fd)
             self.fd = -1
+        for added in self.added.values():
+            added.retire()
 
     def span(self, extent: fmt.Extent) -> tuple[int, int]:
         stop = -(-(extent.offset + extent.length) // self.unit)
@@ -207,14 +219,31 @@ class ShadowCheck:
     """A shadow file or directory checked against the device's log and the agent's owner map:
     what famfs-fuse-mount and famfs.open serve is what the log holds, whoever wrote the tree."""
 
-    def __init__(self, famfs_log: FamfsLog, owners_path: str | os.PathLike[str]) -> None:
+    def __init__(self, famfs_log: FamfsLog, owners_path: str | os.PathLike[str],
+                 device_size: Callable[[int], int | None] = lambda devindex: None) -> None:
+        """`device_size`: the logged size of added device N (from the agent's daxdev table),
+        None if the table has no such device: its files are not served."""
         sb = famfs_log.superblock
         self.famfs_log = famfs_log
+        self.owners_path = os.fspath(owners_path)
+        self.device_size = device_size
         self.reader = OwnerReader(owners_path, sb.dev_size // sb.alloc_unit, sb.alloc_unit)
         self._slots = fmt.log_capacity(sb.log_len)
+        self.readers: dict[int, OwnerReader] = {0: self.reader}
 
     def close(self) -> None:
-        self.reader.close()
+        for reader in self.readers.values():
+            reader.close()
+
+    def _reader(self, devindex: int) -> OwnerReader:
+        """The owner map of device `devindex` (owners.N beside owners); OwnerMapError if unknown."""
+        if devindex not in self.readers:
+            size = self.device_size(devindex)
+            if size is None:
+                raise OwnerMapError(errno.ENODEV, f"device {devindex} is not in this host's daxdev table")
+            unit = self.famfs_log.superblock.alloc_unit
+            self.readers[devindex] = OwnerReader(f"{self.owners_path}.{devindex}", size // unit, unit)
+        return self.readers[devindex]
 
     def file_problem(self, entry: fmt.FileEntry) -> str | None:
         """Why the parsed shadow file `entry` is not the live log entry for its path; None if it
@@ -222,8 +251,8 @@ class ShadowCheck:
         extents = entry.all_extents()
         if not extents:
             return "maps no allocation unit: no log entry can be found to own it"
-        reader = self.reader
         try:
+            reader = self._reader(extents[0].devindex)
             start, stop = reader.span(extents[0])
             first = reader.owners(start, stop)  # the header checked once, here
             value = struct.unpack_from("<I", first)[0]
@@ -244,9 +273,16 @@ class ShadowCheck:
             return f"not the live log entry for this path (log entry {index} differs)"
         expected = first[:SLOT]
         for n, extent in enumerate(extents):
-            if n:
+            if n and extent.devindex == extents[0].devindex:
                 start, stop = reader.span(extent)
                 first = os.pread(reader.fd, SLOT * (stop - start), HEADER.size + SLOT * start)
+            elif n:
+                try:
+                    other = self._reader(extent.devindex)
+                    start, stop = other.span(extent)
+                    first = other.owners(start, stop)
+                except OwnerMapError as err:
+                    return f"no owner map to check it against ({err})"
             if first != expected * (stop - start):
                 return f"an extent at {extent.offset:#x} is not all owned by log entry {index}"
         return None

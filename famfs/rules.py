@@ -74,7 +74,11 @@ class Geometry:
 class Units:
     """Which allocation units accepted FILE entries hold: one byte per unit (0 free, 1 taken),
     so bytes.find() does both the overlap test and the first-fit search in C. 2 MiB units: a
-    4 TiB device is two million bytes. The superblock and log count as taken."""
+    4 TiB device is two million bytes. The superblock and log count as taken.
+
+    One map per device of the file system, by devindex (docs/devices.md): `taken` and `nunits`
+    are the primary's (device 0); add_device() adds a map for each ADD_DAXDEV accepted. Every
+    device reserves the same metadata area (superblock region and log length) at its start."""
 
     def __init__(self, geometry: Geometry) -> None:
         self.unit = geometry.alloc_unit
@@ -83,54 +87,97 @@ class Units:
         self.first_data_unit = min(fmt.round_up(geometry.data_start, self.unit) // self.unit, self.nunits)
         self.taken = bytearray(self.nunits)
         self.taken[: self.first_data_unit] = b"\1" * self.first_data_unit
+        self.geometries: list[Geometry] = [geometry]
+        self.maps: list[bytearray] = [self.taken]
+
+    def add_device(self, geometry: Geometry) -> None:
+        """The units of the next device (an ADD_DAXDEV's), its metadata area taken."""
+        self.geometries.append(geometry)
+        nunits = geometry.dev_size // self.unit
+        self.maps.append(bytearray(nunits))
+        reserved = self.reserved_units(len(self.maps) - 1)
+        self.maps[-1][:reserved] = b"\1" * reserved
 
     def span(self, extent: fmt.Extent) -> range:
-        return range(*self._bounds(extent))
+        """The units of `extent` on its own device (index them in maps[extent.devindex])."""
+        return range(*self._bounds(extent)[1:])
 
-    def _bounds(self, extent: fmt.Extent) -> tuple[int, int]:
-        """The units [start, stop) `extent` touches, inside the device's whole units. A tuple,
-        not a range, and no min(): it runs twice per file replayed."""
-        unit, last = self.unit, self.nunits
+    def _bounds(self, extent: fmt.Extent) -> tuple[bytearray, int, int]:
+        """The map of the extent's device and the units [start, stop) it touches there, inside
+        the device's whole units. A tuple, not a range, and no min(): it runs twice per file replayed."""
+        unit, taken = self.unit, self.maps[extent.devindex]
+        last = len(taken)
         stop = -(-(extent.offset + extent.length) // unit)
-        return extent.offset // unit, stop if stop < last else last  # noqa: FURB136 (min() is the slower)
+        return taken, extent.offset // unit, stop if stop < last else last  # noqa: FURB136 (min() is the slower)
 
-    def first_taken(self, extents: Sequence[fmt.Extent]) -> int | None:
-        """The first unit of `extents` that is already taken, or None."""
+    def first_taken(self, extents: Sequence[fmt.Extent]) -> tuple[int, int] | None:
+        """(devindex, unit) of the first unit of `extents` that is already taken, or None."""
         for extent in extents:
-            found = self.taken.find(1, *self._bounds(extent))
+            taken, start, stop = self._bounds(extent)
+            found = taken.find(1, start, stop)
             if found >= 0:
-                return found
+                return extent.devindex, found
         return None
 
     def claim(self, extents: Sequence[fmt.Extent]) -> None:
         for extent in extents:
-            start, stop = self._bounds(extent)
-            self.taken[start:stop] = b"\1" * (stop - start)
+            taken, start, stop = self._bounds(extent)
+            taken[start:stop] = b"\1" * (stop - start)
 
     def release(self, extents: Sequence[fmt.Extent]) -> None:
         """Undo claim() of space that was never logged (a writer's abandoned reservation), of a
         file famfs-fuse-mount no longer serves (its model is of live files, not of the log), or
         of the files a RECLAIM names (their units are free from that entry on)."""
         for extent in extents:
-            start, stop = self._bounds(extent)
-            self.taken[start:stop] = bytes(stop - start)
+            taken, start, stop = self._bounds(extent)
+            taken[start:stop] = bytes(stop - start)
 
-    def find_free(self, count: int, start: int = 0, stop: int | None = None) -> int | None:
-        """First unit of the first run of `count` free units inside [start, stop), or None."""
-        stop = self.nunits if stop is None else min(stop, self.nunits)
-        start = max(start, self.first_data_unit)
+    def find_free(self, count: int, start: int = 0, stop: int | None = None, device: int = 0) -> int | None:
+        """First unit of the first run of `count` free units inside [start, stop) of `device`, or None."""
+        taken = self.maps[device]
+        stop = len(taken) if stop is None else min(stop, len(taken))
+        start = max(start, self.first_data_unit if device == 0 else self.reserved_units(device))
         if count <= 0 or stop - start < count:
             return None
-        found = self.taken.find(bytes(count), start, stop)
+        found = taken.find(bytes(count), start, stop)
         return None if found < 0 else found
+
+    def device_units(self, device: int) -> int:
+        return len(self.maps[device])
+
+    def reserved_units(self, device: int) -> int:
+        """The units of `device` before its data area (superblock region, and the log on device 0)."""
+        return min(fmt.round_up(self.geometries[device].data_start, self.unit) // self.unit, len(self.maps[device]))
+
+    def device_free_units(self, device: int) -> int:
+        return self.maps[device].count(0)
+
+    @property
+    def total_units(self) -> int:
+        """Units of every device (nunits is the primary's alone)."""
+        return sum(len(taken) for taken in self.maps)
 
     @property
     def used_units(self) -> int:
-        return self.nunits - self.taken.count(0)
+        return self.total_units - self.free_units
 
     @property
     def free_units(self) -> int:
-        return self.taken.count(0)
+        return sum(taken.count(0) for taken in self.maps)
+
+    def image(self) -> bytes:
+        """Every device's map, in devindex order (the agent's saved units)."""
+        return b"".join(self.maps)
+
+    def load_image(self, raw: bytes) -> bool:
+        """Take back image() of the same devices; False (nothing changed) if the sizes differ."""
+        if len(raw) != self.total_units:
+            return False
+        at = 0
+        for taken in self.maps:
+            taken[:] = raw[at:at + len(taken)]
+            at += len(taken)
+        return True
 
 
 class Model(Protocol):
@@ -189,10 +236,12 @@ def path_free(model: Model, relpath: str) -> None:
         raise Violation(path_free, f"a {kind.value} of that name exists")
 
 
-def extents_on_device_zero(entry: fmt.FileEntry) -> None:
+def extents_on_logged_device(entry: fmt.FileEntry, ndevices: int) -> None:
+    """Device 0 is the primary; device N > 0 exists from the ADD_DAXDEV that logged index N on."""
     for n, extent in enumerate(entry.all_extents()):
-        if extent.devindex != 0:
-            raise Violation(extents_on_device_zero, f"extent {n}: devindex {extent.devindex} (only device 0 exists)")
+        if extent.devindex >= ndevices:
+            raise Violation(extents_on_logged_device, f"extent {n}: devindex {extent.devindex}, but only devices "
+                                                      f"0..{ndevices - 1} are logged")
 
 
 def extents_not_empty(entry: fmt.FileEntry) -> None:
@@ -207,18 +256,26 @@ def extents_aligned(entry: fmt.FileEntry, geometry: Geometry) -> None:
             raise Violation(extents_aligned, f"extent {n}: offset {extent.offset:#x} not aligned to {geometry.alloc_unit:#x}")
 
 
-def extents_past_log(entry: fmt.FileEntry, geometry: Geometry) -> None:
-    """File data never lands on the superblock or the log (docs/format.md §9 item 6)."""
+def extents_past_log(entry: fmt.FileEntry, devices: Sequence[Geometry]) -> None:
+    """File data never lands on the superblock or the log (docs/format.md §9 item 6), nor on an
+    added device's superblock region. Devices past `devices`: as extents_inside_device."""
     for n, extent in enumerate(entry.all_extents()):
+        if extent.devindex >= len(devices):
+            continue
+        geometry = devices[extent.devindex]
         if extent.offset < geometry.data_start:
             raise Violation(extents_past_log, f"extent {n}: offset {extent.offset:#x} overlaps the superblock/log "
                                               f"(data starts at {geometry.data_start:#x})")
 
 
-def extents_inside_device(entry: fmt.FileEntry, geometry: Geometry) -> None:
-    """Inside the device's whole allocation units (upstream never checks, and its allocator can
-    hand out the partial unit past the last whole one: docs/format.md §9 item 11)."""
+def extents_inside_device(entry: fmt.FileEntry, devices: Sequence[Geometry]) -> None:
+    """Inside its device's whole allocation units (upstream never checks, and its allocator can
+    hand out the partial unit past the last whole one: docs/format.md §9 item 11). Extents on a
+    device past `devices` are check_extents' business (see there)."""
     for n, extent in enumerate(entry.all_extents()):
+        if extent.devindex >= len(devices):
+            continue
+        geometry = devices[extent.devindex]
         if (stop := extent.end) <= geometry.units_end:
             continue
         if stop > geometry.dev_size:
@@ -233,9 +290,9 @@ def extents_disjoint(entry: fmt.FileEntry) -> None:
     extents = entry.all_extents()
     if len(extents) < 2:
         return  # most files: nothing to compare (and this runs for every entry replayed)
-    ordered = sorted(extents, key=lambda e: e.offset)
+    ordered = sorted(extents, key=lambda e: (e.devindex, e.offset))
     for before, after in itertools.pairwise(ordered):
-        if after.offset < before.end:
+        if after.devindex == before.devindex and after.offset < before.end:
             raise Violation(extents_disjoint, f"extents overlap at {after.offset:#x}")
 
 
@@ -257,9 +314,11 @@ def size_fits(entry: fmt.FileEntry) -> None:
 def space_unclaimed(model: Model, entry: fmt.FileEntry) -> None:
     """No unit of the file is held by an earlier file, live or deleted and not yet reclaimed (a
     deleted file's units are reused only after a RECLAIM: docs/reclaim.md says why that is safe)."""
-    unit = model.units.first_taken(entry.all_extents())
-    if unit is not None:
-        raise Violation(space_unclaimed, f"allocation unit at {unit * model.units.unit:#x} is already held by another file")
+    found = model.units.first_taken(entry.all_extents())
+    if found is not None:
+        device, unit = found
+        where = f" of device {device}" if device else ""
+        raise Violation(space_unclaimed, f"allocation unit at {unit * model.units.unit:#x}{where} is already held by another file")
 
 
 def _target_earlier(rule: Callable[..., object], word: str, index: int, target_index: int) -> None:
@@ -399,18 +458,38 @@ def daxdev_unique(model: Model, entry: fmt.AddDaxdevEntry) -> None:
         raise Violation(daxdev_unique, f"daxdev UUID {entry.dev_uuid} is already in the table")
 
 
+def daxdev_holds_data(entry: fmt.AddDaxdevEntry, geometry: Geometry) -> None:
+    """An added device holds at least one allocation unit past its superblock region (docs/devices.md)."""
+    if entry.dev_size < fmt.SECONDARY_DATA_START + geometry.alloc_unit:
+        raise Violation(daxdev_holds_data, f"daxdev {entry.dev_index}: {entry.dev_size} bytes cannot hold one allocation "
+                                           f"unit past the superblock region ({fmt.SECONDARY_DATA_START:#x})")
+
+
+def device_geometry(dev_size: int, primary: Geometry) -> Geometry:
+    """An added device's geometry: its own size, no log (data past the superblock region), the
+    primary's unit."""
+    return Geometry(dev_size, 0, primary.alloc_unit)
+
+
 # --- applying them --------------------------------------------------------------------------
 
 
-def check_extents(entry: fmt.FileEntry, geometry: Geometry, *, metadata: bool = False) -> None:
+def check_extents(entry: fmt.FileEntry, geometry: Geometry, *, metadata: bool = False,
+                  devices: Sequence[Geometry] | None = None) -> None:
     """The geometry rules of one file on its own (no other file consulted). `metadata`: the
-    `.meta` files, which map the superblock and the log themselves (only that bound is lifted)."""
-    extents_on_device_zero(entry)
+    `.meta` files, which map the superblock and the log themselves (only that bound is lifted).
+    `devices`: every logged device's geometry by devindex (the rule book's check). Without it
+    only the primary's bounds are checked: a reader of a shadow file (the mount, famfs.open)
+    then compares the whole entry with the log's, which these rules passed (ShadowCheck)."""
+    if devices is None:
+        devices = (geometry,)
+    else:
+        extents_on_logged_device(entry, len(devices))
     extents_not_empty(entry)
     extents_aligned(entry, geometry)
     if not metadata:
-        extents_past_log(entry, geometry)
-    extents_inside_device(entry, geometry)
+        extents_past_log(entry, devices)
+    extents_inside_device(entry, devices)
     extents_disjoint(entry)
     stripes_well_formed(entry)
     size_fits(entry)
@@ -429,7 +508,7 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
     Violation. Rules that need only memory come before the ones that may touch the disk."""
     match entry:
         case fmt.FileEntry():
-            check_extents(entry, geometry)
+            check_extents(entry, geometry, devices=model.units.geometries)
             space_unclaimed(model, entry)
             check_new_name(model, entry.relpath, entry.uid, entry.gid)
         case fmt.MkdirEntry():
@@ -450,8 +529,9 @@ def check(index: int, entry: fmt.Entry, model: Model, geometry: Geometry, entry_
             daxdev_dense(model, entry)
             daxdev_sized(entry)
             daxdev_unique(model, entry)
+            daxdev_holds_data(entry, geometry)
         case fmt.HoldEntry():  # a deleted file carried by a compaction: its units, no name
-            check_extents(entry.file, geometry)
+            check_extents(entry.file, geometry, devices=model.units.geometries)
             space_unclaimed(model, entry.file)
         case fmt.ReclaimEntry():
             reclaim_targets_distinct(entry)
@@ -539,6 +619,7 @@ class Namespace:
                     self.dir_attrs[entry.relpath] = fmt.MkdirEntry(entry.relpath, entry.mode, entry.uid, entry.gid)
             case fmt.AddDaxdevEntry():
                 self.daxdevs.append(entry.dev_uuid)
+                self.units.add_device(device_geometry(entry.dev_size, self.units.geometries[0]))
             case fmt.HoldEntry():  # deleted before a compaction: reclaimed by a RECLAIM naming (index, index)
                 self.units.claim(entry.file.all_extents())
                 self.deleted[index] = entry.file
@@ -564,11 +645,11 @@ class Namespace:
         entry for a path, so they go on serving the old file at this name (docs/format.md)."""
         return relpath in self.deleted_paths
 
-    def holder(self, unit: int) -> int | None:
-        """The FILE entry (live, or deleted and not reclaimed) holding `unit`; None for the superblock/log. Slow
-        (a scan): for naming cross-links only."""
+    def holder(self, unit: int, device: int = 0) -> int | None:
+        """The FILE entry (live, or deleted and not reclaimed) holding `unit` of `device`; None for the
+        superblock/log. Slow (a scan): for naming cross-links only."""
         for index, entry in itertools.chain(self.files.values(), self.deleted.items()):
-            if any(unit in self.units.span(extent) for extent in entry.all_extents()):
+            if any(extent.devindex == device and unit in self.units.span(extent) for extent in entry.all_extents()):
                 return index
         return None
 

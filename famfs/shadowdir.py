@@ -31,6 +31,13 @@ PINS_DIR = "pins"  # in .agent/: a pin file per path opened (famfs/pins.py, docs
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
 OWNERS_FILE = "owners"  # in .agent/: which live log entry owns each allocation unit (famfs.ownership)
+
+
+def owners_file(devindex: int) -> str:
+    """The owner map of device `devindex`: OWNERS_FILE for the primary, owners.N for added device N."""
+    return OWNERS_FILE if devindex == 0 else f"{OWNERS_FILE}.{devindex}"
+
+
 # On every directory the agent makes under root/ (itself root's, 0755): the MKDIR entry it was made
 # from and the logged attributes the mount serves, b"<index> <mode octal> <uid> <gid>". Only
 # CAP_SYS_ADMIN sets trusted.* attributes: an unprivileged user cannot forge it (docs/security.md).

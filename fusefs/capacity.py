@@ -78,7 +78,7 @@ class CapacityCache:
         namespace = played.namespace
         units = namespace.units
         held = sum(len(units.span(extent)) for entry in namespace.deleted.values() for extent in entry.all_extents())
-        return Capacity(unit=sb.alloc_unit, total_units=units.nunits, free_units=units.free_units,
+        return Capacity(unit=sb.alloc_unit, total_units=units.total_units, free_units=units.free_units,
                         free_slots=max(0, header.slots - header.next_index), held_units=held)
 
     def _play(self, count: int) -> Played:

@@ -1,8 +1,13 @@
-"""File bytes: slices of one shared mapping of the device, at a file's extents.
+"""File bytes: slices of one shared mapping of each device, at a file's extents.
+
+Extents on the primary are slices of its mapping; extents on an added device (docs/devices.md)
+of that device's, opened on first use as the agent's daxdev table names it (famfs.devices.
+AddedDevices). A file with an extent on a device this host has not found answers EIO, and
+only that file.
 
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
 the mapping, no copy; a range that spans pieces is joined. The mapping of file offsets to device
-offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_ranges: one copy of the rule.
+offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_pieces (with each piece's device): one copy of the rule.
 Where memory is not cache-coherent the device's policy (famfs.cacheflush) drops each piece's lines
 before it is read and writes each piece back once stored.
 """
@@ -13,7 +18,8 @@ import errno
 
 from famfs import format as fmt
 from famfs.device import Device
-from famfs.format import device_ranges
+from famfs.devices import AddedDevices
+from famfs.format import device_pieces
 
 
 class DataError(OSError):
@@ -23,22 +29,34 @@ class DataError(OSError):
 
 
 class DataPath:
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, added: AddedDevices | None = None) -> None:
         self.device = device
         self.view = memoryview(device.map)
         self.writable = device.writable
         self.coherence = device.coherence
+        self.added = added
+        self.views: dict[int, memoryview] = {0: self.view}  # by devindex, each device's whole mapping
+
+    def _view(self, devindex: int) -> memoryview:
+        view = self.views.get(devindex)
+        if view is not None:
+            return view
+        found = self.added.device(devindex) if self.added is not None else None
+        if found is None:  # (AddedDevices logged why, once)
+            raise DataError(errno.EIO, f"device {devindex} is not available on this host")
+        view = self.views[devindex] = memoryview(found.map)
+        return view
 
     def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:
             return b""
-        pieces = list(device_ranges(entry, offset, length))
-        for start, size in pieces:
-            self.coherence.invalidate(self.view, start, size)
+        pieces = list(device_pieces(entry, offset, length))
+        for devindex, start, size in pieces:
+            self.coherence.invalidate(self._view(devindex), start, size)
         if len(pieces) == 1:
-            start, size = pieces[0]
-            return self.view[start:start + size]
-        return b"".join(self.view[start:start + size] for start, size in pieces)
+            devindex, start, size = pieces[0]
+            return self._view(devindex)[start:start + size]
+        return b"".join(self._view(devindex)[start:start + size] for devindex, start, size in pieces)
 
     def write(self, entry: fmt.FileEntry, offset: int, data: bytes) -> int:
         """Store what fits below the file size; the caller sees a short count, then EFBIG: a
@@ -50,12 +68,14 @@ class DataPath:
         if offset >= entry.size:
             raise DataError(errno.EFBIG, f"write at {offset} is past the fixed size {entry.size}")
         done = 0
-        for start, size in device_ranges(entry, offset, len(data)):
-            self.view[start:start + size] = data[done:done + size]
-            self.coherence.flush(self.view, start, size)
+        for devindex, start, size in device_pieces(entry, offset, len(data)):
+            view = self._view(devindex)
+            view[start:start + size] = data[done:done + size]
+            self.coherence.flush(view, start, size)
             done += size
         return done
 
     def close(self) -> None:
-        """Let go of the mapping (the device can close only once no slice is left)."""
-        self.view.release()
+        """Let go of the mappings (a device can close only once no slice is left)."""
+        for view in self.views.values():
+            view.release()

@@ -24,10 +24,11 @@ import trio
 
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
+from famfs.devices import AddedDevices
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ShadowCheck
 from famfs.rules import Geometry
-from famfs.shadowdir import AGENT_DIR, OWNERS_FILE, AgentState, image_identity, read_state
+from famfs.shadowdir import AGENT_DIR, DAXDEVS_FILE, OWNERS_FILE, AgentState, image_identity, read_state
 from fusefs.capacity import CapacityCache
 from fusefs.datapath import DataPath
 
@@ -52,9 +53,12 @@ class Served:
     @classmethod
     def of(cls, famfs_log: FamfsLog, generation: int, shadow_dir: str) -> Served:
         sb = famfs_log.superblock
-        return cls(generation, famfs_log, DataPath(famfs_log.device), CapacityCache(famfs_log),
+        added = AddedDevices(sb.fs_uuid, table_path=os.path.join(shadow_dir, AGENT_DIR, DAXDEVS_FILE),
+                             writable=famfs_log.device.writable)
+        return cls(generation, famfs_log, DataPath(famfs_log.device, added), CapacityCache(famfs_log),
                    Geometry.of(sb), famfs_log.device.read(0, fmt.SUPERBLOCK.size),
-                   image_identity(famfs_log.device.fd), ShadowCheck(famfs_log, os.path.join(shadow_dir, AGENT_DIR, OWNERS_FILE)))
+                   image_identity(famfs_log.device.fd),
+                   ShadowCheck(famfs_log, os.path.join(shadow_dir, AGENT_DIR, OWNERS_FILE), added.size))
 
     @classmethod
     def open(cls, path: str, writable: bool, generation: int, shadow_dir: str) -> Served:
@@ -73,6 +77,8 @@ class Served:
         self.check.close()
         self.data.close()
         try:
+            if self.data.added is not None:
+                self.data.added.close()
             self.famfs_log.device.close()
         except BufferError:
             return False

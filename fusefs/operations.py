@@ -539,9 +539,12 @@ class FamfsOperations(pyfuse3.Operations):
         served = self._served(handle)
         entry = self._entry(handle.node)  # the current mapping: a re-map applies at once
         self._leased(served, handle)
-        if not self.lease.guarded():
-            return served.data.read(entry, off, size)
-        data = bytes(served.data.read(entry, off, size))  # copied now, then checked: a late copy is never answered
+        try:
+            if not self.lease.guarded():
+                return served.data.read(entry, off, size)
+            data = bytes(served.data.read(entry, off, size))  # copied now, then checked: a late copy is never answered
+        except DataError as err:  # a device this host has not found (logged once by famfs.devices)
+            raise pyfuse3.FUSEError(err.errno) from None
         self._leased(served, handle)
         return data
 

@@ -125,10 +125,12 @@ def test_add_daxdev_entries_fill_the_daxdev_table(tmp_path: Path, system_uuid_fi
     table = json.loads((shadow / ".agent" / "daxdevs.json").read_text())["daxdevs"]
     with Device(image) as device:
         superblock = FamfsLog(device).superblock
+    missing = {"path": None, "state": "missing", "reason": "no candidate path holds its superblock"}
     assert table == [
-        {"index": 0, "uuid": str(superblock.dev_uuid), "size": superblock.dev_size, "path": str(image), "log_index": None},
-        {"index": 1, "uuid": str(second), "size": 8 << 30, "path": None, "log_index": 0},
-        {"index": 2, "uuid": str(third), "size": 4 << 30, "path": None, "log_index": 2},
+        {"index": 0, "uuid": str(superblock.dev_uuid), "size": superblock.dev_size, "path": str(image), "log_index": None,
+         "state": "found", "reason": ""},
+        {"index": 1, "uuid": str(second), "size": 8 << 30, "log_index": 0, **missing},
+        {"index": 2, "uuid": str(third), "size": 4 << 30, "log_index": 2, **missing},
     ]
     # A restart resumes with the same table; a repeated UUID is refused.
     append(image, [fmt.AddDaxdevEntry(dev_size=1 << 30, dev_uuid=second, dev_index=3)])

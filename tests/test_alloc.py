@@ -49,8 +49,8 @@ def test_first_taken_names_the_first_shared_unit() -> None:
     taken = units(16 * AU)
     assert taken.first_taken((fmt.Extent(offset=6 * AU, length=2 * AU),)) is None
     taken.claim((fmt.Extent(offset=6 * AU, length=2 * AU),))
-    assert taken.first_taken((fmt.Extent(offset=7 * AU, length=2 * AU),)) == 7
-    assert taken.first_taken((fmt.Extent(offset=2 * AU, length=AU),)) == 2  # the log's
+    assert taken.first_taken((fmt.Extent(offset=7 * AU, length=2 * AU),)) == (0, 7)
+    assert taken.first_taken((fmt.Extent(offset=2 * AU, length=AU),)) == (0, 2)  # the log's
 
 
 @pytest.mark.parametrize(("params", "message"), [

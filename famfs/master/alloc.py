@@ -8,7 +8,9 @@ the entry is appended. The units are never on media: every writer session replay
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,58 +41,74 @@ class InterleaveParams:
     nstrips: int
     chunk_size: int
 
-    def validate(self, dev_size: int, alloc_unit: int = fmt.ALLOC_UNIT) -> None:
-        """Upstream's famfs_validate_interleave_param, plus the CLI's cap of 16 strips."""
+    def validate(self, dev_size: int, alloc_unit: int = fmt.ALLOC_UNIT, ndevices: int = 1) -> None:
+        """Upstream's famfs_validate_interleave_param, plus the CLI's cap of 16 strips. Over
+        `ndevices` devices (the smallest `dev_size`) each has nbuckets buckets."""
         chunk = self.chunk_size
         if chunk <= 0 or chunk & (chunk - 1) or chunk % alloc_unit:
             raise AllocError(f"chunk size {chunk:#x} must be a nonzero power of two and a multiple of {alloc_unit:#x}")
         if not 1 <= self.nbuckets <= fmt.MAX_NBUCKETS:
             raise AllocError(f"nbuckets {self.nbuckets} must be 1..{fmt.MAX_NBUCKETS}")
-        if not 1 <= self.nstrips <= min(self.nbuckets, fmt.MAX_STRIPS):
-            raise AllocError(f"nstrips {self.nstrips} must be 1..{min(self.nbuckets, fmt.MAX_STRIPS)} (at most nbuckets and {fmt.MAX_STRIPS})")
+        most = min(self.nbuckets * ndevices, fmt.MAX_STRIPS)
+        if not 1 <= self.nstrips <= most:
+            raise AllocError(f"nstrips {self.nstrips} must be 1..{most} (at most nbuckets per device and {fmt.MAX_STRIPS})")
         if dev_size // self.nbuckets < GIB:
             raise AllocError(f"nbuckets {self.nbuckets}: buckets of a {dev_size}-byte device would be under 1 GiB")
 
 
-def allocate_contiguous(units: Units, size: int) -> fmt.Extent:
-    """First fit from the start of the data area: one extent of size rounded up to the unit.
+def allocate_contiguous(units: Units, size: int, devices: Sequence[int] = (0,)) -> fmt.Extent:
+    """First fit from the start of the data area of the first of `devices` (in their order) with
+    a free run: one extent of size rounded up to the unit (docs/devices.md: the device with room).
 
     A size-0 file gets one unit: upstream's readers need at least one extent with a nonzero
     offset (docs/format.md §3.2), and an empty file copied in must not be lost.
     """
     count = max(1, fmt.round_up(size, units.unit) // units.unit)
-    unit = units.find_free(count)
-    if unit is None:
-        raise AllocError(f"no free run of {describe_size(count * units.unit)} "
-                         f"(free: {describe_size(units.free_units * units.unit)})")
-    return fmt.Extent(offset=unit * units.unit, length=count * units.unit)
+    for device in devices:
+        unit = units.find_free(count, device=device)
+        if unit is not None:
+            return fmt.Extent(offset=unit * units.unit, length=count * units.unit, devindex=device)
+    free = sum(units.device_free_units(device) for device in devices)
+    where = "" if tuple(devices) == (0,) else f" on device{'s' if len(devices) > 1 else ''} {', '.join(map(str, devices))}"
+    raise AllocError(f"no free run of {describe_size(count * units.unit)}{where} "
+                     f"(free: {describe_size(free * units.unit)})")
 
 
 def allocate_interleaved(
-    units: Units, size: int, params: InterleaveParams, rng: Shuffler | None = None
+    units: Units, size: int, params: InterleaveParams, rng: Shuffler | None = None, devices: Sequence[int] = (0,),
 ) -> fmt.Stripe | fmt.Extent:
     """Upstream's strided allocation (docs/format.md §4.3): `nstrips` equal strips, each from a different
-    bucket visited in random order. A file smaller than one chunk falls back to contiguous."""
+    bucket visited in random order. A file smaller than one chunk falls back to contiguous.
+
+    Over several devices (docs/devices.md) each device is split into nbuckets buckets, each
+    device's buckets are shuffled, and strips are taken from the devices in turn (strip k from
+    device k % len(devices) while each has buckets left), so consecutive chunks of the file
+    alternate devices. One device: exactly upstream's order."""
     au = units.unit
-    params.validate(units.nunits * au, au)
+    params.validate(min(units.device_units(device) for device in devices) * au, au, len(devices))
     if size < params.chunk_size:
-        return allocate_contiguous(units, size)
+        return allocate_contiguous(units, size, devices)
     chunk_units = params.chunk_size // au
-    bucket_units = units.nunits // params.nbuckets
     stripe_units = params.nstrips * chunk_units
     nstripes = -(-(fmt.round_up(size, au) // au) // stripe_units)
     strip_units = nstripes * chunk_units
-    order = list(range(params.nbuckets))
-    (rng or random.Random()).shuffle(order)
+    shuffler = rng or random.Random()
+    orders: list[list[tuple[int, int]]] = []
+    for device in devices:
+        order = list(range(params.nbuckets))
+        shuffler.shuffle(order)
+        orders.append([(device, bucket) for bucket in order])
+    visits = [pair for turn in itertools.zip_longest(*orders) for pair in turn if pair is not None]
     strips: list[fmt.Extent] = []
-    for bucket in order:
+    for device, bucket in visits:
+        bucket_units = units.device_units(device) // params.nbuckets
         start = bucket * bucket_units
         # Buckets are disjoint, so strips from different buckets never overlap.
-        unit = units.find_free(strip_units, start, start + bucket_units)
+        unit = units.find_free(strip_units, start, start + bucket_units, device=device)
         if unit is None:
             continue
-        strips.append(fmt.Extent(offset=unit * au, length=strip_units * au))
+        strips.append(fmt.Extent(offset=unit * au, length=strip_units * au, devindex=device))
         if len(strips) == params.nstrips:
             return fmt.Stripe(chunk_size=params.chunk_size, strips=tuple(strips))
-    raise AllocError(f"only {len(strips)} of {params.nbuckets} buckets have {strip_units * au} contiguous free bytes; "
+    raise AllocError(f"only {len(strips)} of {len(visits)} buckets have {strip_units * au} contiguous free bytes; "
                      f"{params.nstrips} strips needed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -94,6 +94,7 @@ class Master:
         settings = config.load()
         self.uuid_file: Path = identity.system_uuid_file(flag, settings.host.system_uuid_file)
         self._settings = settings.master  # reclaim_wait: how long create() waits for space being reclaimed
+        self._device_paths = settings.host.devices  # where added devices may be (docs/devices.md)
         self._rng = rng
         self._stack: contextlib.ExitStack | None = None
         self._session: writer.Session | None = None
@@ -109,7 +110,8 @@ class Master:
         if self._session is None:
             stack = contextlib.ExitStack()
             known, self._known = self._known, None
-            self._session = stack.enter_context(writer.session(self.device, self.uuid_file, self._rng, known))
+            self._session = stack.enter_context(writer.session(self.device, self.uuid_file, self._rng, known,
+                                                               self._device_paths))
             self._stack = stack
         self._holds += 1
         return self._session
@@ -171,9 +173,10 @@ class Master:
             session.mkdir(relpath, _owner(mode, uid, gid), parents=parents)
 
     def create(self, relpath: str, size: int, mode: int = 0o644, uid: int | None = None, gid: int | None = None, *,
-               layout: alloc.InterleaveParams | None = None) -> NewFile:
+               layout: alloc.InterleaveParams | None = None, on: Sequence[int | str] = ()) -> NewFile:
         """Allocate a file of `size` bytes (fixed for ever) and map it writable; it is logged
-        when committed. `layout`: interleave it (InterleaveParams), else one contiguous extent."""
+        when committed. `layout`: interleave it (InterleaveParams), else one contiguous extent.
+        `on`: the devices (index or device UUID) to place it on; default: docs/devices.md's policy."""
         if relpath in self._pending:
             raise MasterError(f"{self.device}: {relpath}: already being created (not yet committed)")
         owner = _owner(mode, uid, gid)
@@ -183,7 +186,8 @@ class Master:
             gives the hold back (nothing was reserved)."""
             session = self._acquire()
             try:
-                return session, session.reserve(relpath, size, owner, layout=layout)
+                devices = [session.device_index(str(spec)) for spec in on]
+                return session, session.reserve(relpath, size, owner, layout=layout, on=devices)
             except writer.SpaceHeld:
                 self._release()
                 raise
@@ -198,8 +202,8 @@ class Master:
                                                     self._settings.reclaim_poll)
         try:
             try:
-                view = map_file(session.device.fd, entry, map_alignment(session.device.info), writable=True,
-                                device=self.device)
+                fds = {extent.devindex: session.device_at(extent.devindex).fd for extent in entry.all_extents()}
+                view = map_file(fds, entry, map_alignment(session.device.info), writable=True, device=self.device)
             except BaseException:
                 session.abandon(entry)
                 raise

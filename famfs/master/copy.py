@@ -64,6 +64,7 @@ class CopyRequest:
     uid: int = field(default_factory=os.geteuid)
     gid: int = field(default_factory=os.getegid)
     layout: alloc.InterleaveParams | None = None
+    on: tuple[int, ...] = ()  # the devices to place files on (docs/devices.md); () = the policy's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,7 @@ def copy_in(current: Session, request: CopyRequest) -> CopyResult:
                     current.mkdir(step.target, step.owner)
                     dirs += 1
             else:
-                created.append(current.create(step.target, step.size, step.owner, layout=request.layout,
+                created.append(current.create(step.target, step.size, step.owner, layout=request.layout, on=request.on,
                                               fill=_blocks(step.source, step.size, progress), reuse=True))
     except KeyboardInterrupt:
         # Each entry is appended whole after its data: what was logged is what completed.

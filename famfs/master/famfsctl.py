@@ -10,6 +10,8 @@ file is wrong (nothing was done).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -19,14 +21,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import cacheflush, config, hosts, logsetup, shadowdir, units
+from famfs import cacheflush, config, devices, hosts, logsetup, shadowdir, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.identity import SYSTEM_UUID_FLAG_HELP, system_uuid_file
 from famfs.master import alloc, copy, fsck, prng, reclaim, units_install, writer
 from famfs.master.api import Master
-from famfs.master.mkfs import create_image, minimum_device_size, mkfs
+from famfs.master.mkfs import create_image, default_dev_uuid, minimum_device_size, mkfs
 from famfs.progress import Progress
 from famfs.units import format_size
 from famfs.version import add_version_flag
@@ -167,8 +169,9 @@ def cmd_creat(args: argparse.Namespace) -> int:
     fill = counted(prng.pattern_blocks(args.seed, args.size), progress) if args.randomize else None
 
     def attempt() -> None:
-        with writer.session(device, uuid_file(args)) as current:
-            current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True)
+        with writer.session(device, uuid_file(args), device_paths=args.settings.host.devices) as current:
+            current.create(relpath, args.size, owner(args, 0o644), layout=layout, fill=fill, reuse=True,
+                           on=[current.device_index(spec) for spec in args.on_device or ()])
 
     try:
         reclaim.wait_for_space(device, attempt, args.settings.master.reclaim_wait, args.settings.master.reclaim_poll)
@@ -206,13 +209,27 @@ def cmd_cp(args: argparse.Namespace) -> int:
     )
 
     def attempt() -> copy.CopyResult:
-        with writer.session(device, uuid_file(args)) as current:
-            return copy.copy_in(current, request)
+        with writer.session(device, uuid_file(args), device_paths=args.settings.host.devices) as current:
+            on = [current.device_index(spec) for spec in args.on_device or ()]
+            return copy.copy_in(current, dataclasses.replace(request, on=tuple(on)))
 
     result = reclaim.wait_for_space(device, attempt, args.settings.master.reclaim_wait, args.settings.master.reclaim_poll)
     print(f"{result.summary()} into {device}:{relpath or '/'}")
     if (skipped := result.skipped()) is not None:
         print(f"famfsctl cp: {skipped}", file=sys.stderr)
+    return 0
+
+
+def cmd_add_device(args: argparse.Namespace) -> int:
+    if not args.device:
+        raise UsageError("add-device needs --device PRIMARY: the file system's primary device or image")
+    if args.size is not None:
+        if os.path.exists(args.new_device) and not os.path.isfile(args.new_device):
+            raise UsageError(f"{args.new_device}: --size makes or extends an image file; this is not a regular file")
+        create_image(args.new_device, args.size)
+    with writer.session(args.device, uuid_file(args), device_paths=args.settings.host.devices) as current:
+        index = current.add_device(args.new_device, args.dev_uuid or default_dev_uuid(args.new_device), force=args.force)
+    print(f"{args.new_device}: device {index} of {args.device}")
     return 0
 
 
@@ -238,13 +255,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("verify needs a nonzero --seed")
     if args.device:
         relpath = relpath_for_device(args.path)
-        with Device(args.device) as opened:
-            namespace = writer.load(FamfsLog(opened))
+        with Device(args.device) as opened, contextlib.ExitStack() as stack:
+            famfs_log = FamfsLog(opened)
+            namespace = writer.load(famfs_log)
             found = namespace.files.get(relpath)
             if found is None:
                 raise writer.MasterError(f"{args.device}: {relpath}: no such file")
             size = found[1].size
-            pieces = (opened.read(start, length) for offset, extent in fmt.device_ranges(found[1])
+            on = {0: opened}
+            rows = devices.namespace_rows(namespace)
+            for row in devices.resolve(famfs_log.superblock.fs_uuid, rows, args.settings.host.devices)[1:]:
+                if row.path is not None:
+                    on[row.index] = stack.enter_context(Device(row.path))
+            for devindex in {extent.devindex for extent in found[1].all_extents()} - set(on):
+                raise writer.MasterError(f"{args.device}: {relpath}: device {devindex} ({rows[devindex].uuid}) is not "
+                                         f"found on this host (list its path in [host] devices)")
+            pieces = (on[devindex].read(start, length) for devindex, offset, extent in fmt.device_pieces(found[1])
                       for start, length in split(offset, extent, VERIFY_PIECE))
             mismatch = check_pattern(args.seed, size, pieces)
         name = f"{args.device}: {relpath}"
@@ -472,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("-N", "--nstrips", type=int, help="interleave over this many strips")
     layout.add_argument("-B", "--nbuckets", type=int, help="device split into this many buckets (<= 64)")
     layout.add_argument("-C", "--chunksize", type=parse_size, help=f"interleave chunk (default 2m): {SIZE_HELP}")
+    layout.add_argument("--on-device", action="append", metavar="INDEX|UUID",
+                        help="place the file on this device of the file system (repeat for several; default: "
+                             "contiguous on the first with room, interleaved over all; docs/devices.md)")
 
     targeted = argparse.ArgumentParser(add_help=False)
     targeted.add_argument("--device", help="the device or image; else PATH is inside a mounted famfs")
@@ -519,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("paths", nargs="*", metavar="SRC",
                      help="the sources, then DEST: a directory (copy into it) when it exists as one; a trailing "
                           "slash says it must")
+
+    sub = add("add-device", cmd_add_device, "add a device to the file system on --device: write its secondary "
+              "superblock, log ADD_DAXDEV (docs/devices.md)", [targeted])
+    sub.add_argument("--size", type=parse_size, help=f"create or extend a sparse image file to this size first: {SIZE_HELP}")
+    sub.add_argument("-f", "--force", action="store_true", help="overwrite a famfs superblock found on it")
+    sub.add_argument("--dev-uuid", type=uuid.UUID, help="its device UUID (default: the DCD tag, else random)")
+    sub.add_argument("new_device", metavar="NEWDEV", help="devdax, pmem or image file to add")
 
     sub = add("rm", cmd_rm, "log the deletion of files (all are checked first; none is removed if one cannot be)",
               [targeted])

@@ -24,6 +24,21 @@ from famfs.identity import role_of
 from famfs.units import format_size
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceUse:
+    """One device of the file system as the log describes it: index, UUID, size, free bytes."""
+
+    index: int
+    dev_uuid: uuid.UUID
+    size: int
+    free_bytes: int
+
+    def __str__(self) -> str:
+        role = "primary" if self.index == 0 else "secondary"
+        return (f"device {self.index} ({role}): uuid {self.dev_uuid}, {format_size(self.size)}, "
+                f"{format_size(self.free_bytes)} free")
+
+
 @dataclass(slots=True)
 class Report:
     device: str
@@ -43,6 +58,8 @@ class Report:
     reclaimed_bytes: int = 0  # of deleted files a RECLAIM freed: counted free
     free_bytes: int = 0
     hosts: list[hosts.HostRecord | hosts.DamagedSlot] = field(default_factory=list)  # the host table
+    devices: list[DeviceUse] = field(default_factory=list)  # the daxdev table (docs/devices.md)
+    files_elsewhere: int = 0  # live files with an extent on an added device
     fenced: set[tuple[uuid.UUID, int]] = field(default_factory=set)
 
     @property
@@ -75,6 +92,11 @@ class Report:
                 f"deleted files",
                 f"hosts: {self.host_summary()}",
             ]
+            if len(self.devices) > 1:  # a single-device report stays as it was
+                lines += [f"  {use}" for use in self.devices]
+                lines.append(f"  note: upstream famfs reads device 0 only: the {self.files_elsewhere} files with extents on "
+                             f"added devices are unreadable to it, and its fsck counts their extents against device 0's "
+                             f"units (docs/devices.md)")
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
         lines += [f"  warning: {path!r} was deleted and made again: shadowed for upstream readers, which ignore "
@@ -144,8 +166,8 @@ def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
         shared: dict[int | None, int] = defaultdict(int)  # holder entry -> units in common
         for extent in entry.all_extents():
             for unit in namespace.units.span(extent):
-                if namespace.units.taken[unit]:
-                    shared[namespace.holder(unit)] += 1
+                if namespace.units.maps[extent.devindex][unit]:
+                    shared[namespace.holder(unit, extent.devindex)] += 1
         for holder, units in sorted(shared.items(), key=lambda item: -1 if item[0] is None else item[0]):
             other = "the superblock/log" if holder is None else f"{logged_relpath(famfs_log, holder)!r} (entry {holder})"
             report.crosslinks.append(f"cross-linked: {entry.relpath!r} (entry {index}) and {other} "
@@ -160,6 +182,11 @@ def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
     report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
+    report.devices = [DeviceUse(index, dev_uuid, namespace.units.geometries[index].dev_size,
+                                namespace.units.device_free_units(index) * sb.alloc_unit)
+                      for index, dev_uuid in enumerate(namespace.daxdevs)]
+    report.files_elsewhere = sum(any(extent.devindex for extent in entry.all_extents())
+                                 for _, entry in namespace.files.values())
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
     return report, famfs_log.location
@@ -213,6 +240,7 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         f"hosts: {report.host_summary()}; reclaim coordinator on this host: "
         f"{'running' if hosts.coordinator_running(device.fd) else 'not running'}",
         f"files: {report.files}, directories: {report.directories}",
+        *(f"  {use}" for use in report.devices if len(report.devices) > 1),
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"
     return text, True

@@ -67,7 +67,7 @@ def mkfs(
             return None
         master = system_uuid(uuid_file, create=True)
         assert master is not None
-        device_uuid = dev_uuid or _default_dev_uuid(device_path)
+        device_uuid = dev_uuid or default_dev_uuid(device_path)
         superblock = fmt.Superblock(
             log_len=log_len, dev_size=info.size, fs_uuid=fs_uuid or uuid.uuid4(), dev_uuid=device_uuid,
             dd_uuid=device_uuid, system_uuid=master, daxdev_name=device_path,
@@ -84,7 +84,7 @@ def mkfs(
         return MkfsResult(superblock, header)
 
 
-def _default_dev_uuid(device_path: str) -> uuid.UUID:
+def default_dev_uuid(device_path: str) -> uuid.UUID:
     tag = capacity_uuid(device_path)
     if tag:
         try:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from famfs import format as fmt
+from famfs import devices as devtable
 from famfs import logsetup, rules
-from famfs.device import Device
+from famfs.device import Device, probe
 from famfs.famfslog import FamfsLog, LogFullError
 from famfs.identity import NotMasterError, require_master
 from famfs.master import alloc
@@ -175,11 +176,14 @@ class Session:
     """The master's view of one device while it holds the exclusive lock."""
 
     def __init__(self, famfs_log: FamfsLog, rng: alloc.Shuffler | None = None,
-                 known: Replayed | None = None) -> None:
+                 known: Replayed | None = None, device_paths: Sequence[str] = ()) -> None:
         """`known`: the namespace a session of this process left behind; used instead of a
-        replay if the log is still exactly as that session left it (checked under the lock)."""
+        replay if the log is still exactly as that session left it (checked under the lock).
+        `device_paths`: where this host's added devices may be ([host] devices, docs/devices.md)."""
         self.log = famfs_log
         self.device = famfs_log.device
+        self.device_paths = tuple(device_paths)
+        self._opened: dict[int, Device] = {}  # added devices opened for writing, by devindex
         self.geometry = rules.Geometry.of(famfs_log.superblock)
         self.namespace = known.namespace_of(famfs_log) if known is not None else load(famfs_log)
         self.rng = rng or random.Random()
@@ -259,11 +263,69 @@ class Session:
         log.info("mkdir", device=self.log.path, paths=missing, first_index=first)
         return list(range(first, first + len(entries)))
 
-    def _allocate(self, size: int, layout: alloc.InterleaveParams | None) -> tuple[tuple[fmt.Extent, ...], tuple[fmt.Stripe, ...]]:
+    def device_index(self, spec: str) -> int:
+        """A device named by its index or its device UUID (famfsctl --on-device, Master.create)."""
+        table = [str(dev_uuid) for dev_uuid in self.namespace.daxdevs]
+        if spec.isdigit() and int(spec) < len(table):
+            return int(spec)
+        if spec.lower() in table:
+            return table.index(spec.lower())
+        raise MasterError(f"{self.log.path}: no device {spec!r} in this file system (devices: "
+                          f"{', '.join(f'{n} {u}' for n, u in enumerate(table))})")
+
+    def device_at(self, index: int) -> Device:
+        """Device `index` of the file system, open for writing: the primary, or an added device
+        found by its UUIDs on this host (famfs.devices)."""
+        if index == 0:
+            return self.device
+        if index not in self._opened:
+            rows = devtable.namespace_rows(self.namespace)
+            row = devtable.resolve(self.log.superblock.fs_uuid, rows, self.device_paths)[index]
+            if row.path is None:
+                raise MasterError(f"{self.log.path}: device {index} ({row.uuid}) is {row.state} on this host: "
+                                  f"{row.reason} (list its path in [host] devices)")
+            self._opened[index] = Device(row.path, writable=True)
+        return self._opened[index]
+
+    def close_devices(self) -> None:
+        for opened in self._opened.values():
+            opened.close()
+        self._opened.clear()
+
+    def add_device(self, path: str, dev_uuid: uuid.UUID, *, force: bool = False) -> int:
+        """Make `path` device N of this file system: its secondary superblock (file-system UUID,
+        its device UUID, SECONDARY_SB; docs/devices.md), then the ADD_DAXDEV entry naming it."""
+        primary = self.log.superblock
+        if os.path.realpath(path) == os.path.realpath(self.log.path):
+            raise self.refuse(path, "is this file system's primary device")
+        existing = devtable.read_superblock(path)
+        if existing is not None and not force:
+            raise self.refuse(path, f"already holds a famfs superblock (file system {existing.fs_uuid}, device "
+                                    f"{existing.dev_uuid}); use --force to overwrite")
+        size = probe(path).size
+        entry = fmt.AddDaxdevEntry(dev_size=size, dev_uuid=dev_uuid, dev_index=len(self.namespace.daxdevs))
+        index = self._next_index()
+        self._check(index, entry)
+        secondary = fmt.Superblock(log_len=0, log_offset=0, dev_size=size, fs_uuid=primary.fs_uuid, dev_uuid=dev_uuid,
+                                   dd_uuid=dev_uuid, system_uuid=primary.system_uuid, daxdev_name=path,
+                                   sb_flags=fmt.SECONDARY_SB)
+        zeros = bytes(1 << 20)
+        with Device(path, writable=True) as added:  # the device is whole before the log names it
+            for offset in range(0, fmt.SECONDARY_DATA_START, len(zeros)):
+                added.write(offset, zeros)
+            added.write(0, secondary.pack())
+        index = self._append([entry])
+        log.info("add_device", device=self.log.path, added=path, dev_uuid=str(dev_uuid), dev_index=entry.dev_index,
+                 size=size, index=index)
+        return entry.dev_index
+
+    def _allocate(self, size: int, layout: alloc.InterleaveParams | None,
+                  on: Sequence[int] | None = None) -> tuple[tuple[fmt.Extent, ...], tuple[fmt.Stripe, ...]]:
+        devices = tuple(on) if on else tuple(range(len(self.namespace.daxdevs)))
         try:
             if layout is None:
-                return (alloc.allocate_contiguous(self.namespace.units, size),), ()
-            got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng)
+                return (alloc.allocate_contiguous(self.namespace.units, size, devices),), ()
+            got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng, devices)
         except alloc.AllocError as err:
             message = f"{self.log.path}: cannot allocate {describe_size(size)}: {err}"
             if self.namespace.deleted:
@@ -291,7 +353,7 @@ class Session:
             raise self.refuse(relpath, err) from None
 
     def create(self, relpath: str, size: int, owner: Ownership, *, layout: alloc.InterleaveParams | None = None,
-               fill: Iterator[bytes] | None = None, reuse: bool = False) -> Created:
+               fill: Iterator[bytes] | None = None, reuse: bool = False, on: Sequence[int] | None = None) -> Created:
         """Allocate, write `fill` (blocks in file order, exactly `size` bytes) in place, then log.
 
         With `reuse`, an existing file of the same size is kept (its bytes rewritten from `fill`),
@@ -305,7 +367,7 @@ class Session:
             if fill is not None:
                 self._write(entry, fill)
             return Created(relpath, None, entry)
-        entry = self.reserve(relpath, size, owner, layout=layout)
+        entry = self.reserve(relpath, size, owner, layout=layout, on=on)
         try:
             if fill is not None:
                 self._write(entry, fill)
@@ -315,14 +377,15 @@ class Session:
             raise
 
     def reserve(self, relpath: str, size: int, owner: Ownership, *,
-                layout: alloc.InterleaveParams | None = None, index: int | None = None) -> fmt.FileEntry:
+                layout: alloc.InterleaveParams | None = None, on: Sequence[int] | None = None,
+                index: int | None = None) -> fmt.FileEntry:
         """Allocate a new file's space and hold it for this session, not yet logged: the caller
         puts the data in place, then commit()s the entry, or abandon()s it. `index`: the slot the
         entry will take (create_group's later files), else the next free one."""
         self.check_new(relpath, owner)  # before allocating: the name's own problems come first
         if index is None:
             index = self._next_index()
-        extents, stripes = self._allocate(size, layout)
+        extents, stripes = self._allocate(size, layout, on)
         entry = fmt.FileEntry(relpath=relpath, size=size, mode=owner.mode, uid=owner.uid, gid=owner.gid,
                               extents=extents, stripes=stripes)
         self._check(index, entry)
@@ -381,17 +444,18 @@ class Session:
 
     def _write(self, entry: fmt.FileEntry, blocks: Iterator[bytes]) -> None:
         """Lay `blocks` (the file's bytes in order) onto the file's device ranges."""
-        ranges = fmt.device_ranges(entry)
-        dev_offset, room = 0, 0
+        ranges = fmt.device_pieces(entry)
+        target, dev_offset, room = self.device, 0, 0
         written = 0
         for block in blocks:
             while block:
                 if room == 0:
-                    dev_offset, room = next(ranges, (0, 0))
+                    devindex, dev_offset, room = next(ranges, (0, 0, 0))
                     if room == 0:
                         raise MasterError(f"{self.log.path}: {entry.relpath}: source is longer than {entry.size} bytes")
+                    target = self.device_at(devindex)
                 piece, block = block[:room], block[room:]
-                self.device.write(dev_offset, piece)
+                target.write(dev_offset, piece)
                 dev_offset += len(piece)
                 room -= len(piece)
                 written += len(piece)
@@ -518,7 +582,7 @@ class Session:
 
 @contextlib.contextmanager
 def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None,
-            known: Replayed | None = None) -> Iterator[Session]:
+            known: Replayed | None = None, device_paths: Sequence[str] = ()) -> Iterator[Session]:
     """Open the device for writing, check this host is the master, lock, load (or reuse `known`)."""
     with Device(device_path, writable=True) as device:
         famfs_log = FamfsLog(device)
@@ -529,7 +593,11 @@ def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None
         with device.exclusive():
             if compaction.roll_forward(famfs_log):
                 famfs_log = FamfsLog(device)
-            yield Session(famfs_log, rng, known)
+            current = Session(famfs_log, rng, known, device_paths)
+            try:
+                yield current
+            finally:
+                current.close_devices()
 
 
 def lookup(current: Session, relpath: str) -> fmt.FileEntry | str | None:

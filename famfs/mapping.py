@@ -283,10 +283,10 @@ def _served(found: shadowdir.MountTarget, famfs_log: FamfsLog, entry: fmt.FileEn
         raise FileNotFoundError(errno.ENOENT, f"{found.root}/{found.relpath}: not served: its shadow file {problem}")
 
 
-def _awaited(look: Callable[[], _T], deadline: float) -> _T:
+def awaited(look: Callable[[], _T], deadline: float) -> _T:
     """look(), again until `deadline` (time.monotonic()) while it raises FileNotFoundError: this
     host's agent shows a file some milliseconds after the master logged it, and its mount a moment
-    after that. The last FileNotFoundError if it never does."""
+    after that. The last FileNotFoundError if it never does. (open(wait=), famfsctl after logging.)"""
     pause = WAIT_FIRST_PAUSE_S
     while True:
         try:
@@ -360,7 +360,7 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
     deadline = time.monotonic() + wait
     if device is None:
         found = shadowdir.locate_in_mount(path)
-        device_path, relpath, entry = found.device, found.relpath, _awaited(lambda: _shadow_entry(found), deadline)
+        device_path, relpath, entry = found.device, found.relpath, awaited(lambda: _shadow_entry(found), deadline)
     else:
         device_path, relpath, entry = os.fspath(device), os.fspath(path).rstrip("/"), None
         try:
@@ -389,7 +389,7 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
                 _served(found, famfs_log, entry)
             # Pin, then look: the look that counts is the one after the pin (the first gave
             # the errors above in the library's words).
-            pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))
+            pin_fd_out.append(awaited(lambda: _mount_pin(found), deadline))
             if _shadow_entry(found) != entry:
                 raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
         view = map_file(opened.fd, entry, granule, writable=mode == "r+", device=device_path,

@@ -154,6 +154,7 @@ class Session:
         self.namespace = known.namespace if known is not None and known.still(famfs_log) else load(famfs_log)
         self.rng = rng or random.Random()
         self.failed = False  # set by a caller that saw an operation fail part-way: its namespace is not reused
+        self.reclaimed_bytes = 0  # what reclaim() gave back in this session (the coordinator's figures)
 
     def replayed(self) -> Replayed:
         """What a later session may start from instead of replaying the log (see Replayed)."""
@@ -391,6 +392,7 @@ class Session:
             self._check(index, entry)
             self._append([entry])
             indexes.append(index)
+            self.reclaimed_bytes += freed
             log.info("reclaim", device=self.log.path, index=index, files=[i for i, _ in entry.targets], bytes=freed)
         return indexes
 

@@ -180,6 +180,12 @@ class Session:
                 self.namespace.record(first + n, entry)
         return first
 
+    def _log_one(self, entry: fmt.Entry) -> int:
+        """Check `entry` against the rule book as the next log entry, then append it; its index."""
+        index = self._next_index()
+        self._check(index, entry)
+        return self._append([entry])
+
     def refuse(self, relpath: str, why: object) -> MasterError:
         return MasterError(f"{self.log.path}: {relpath}: {why}", why if isinstance(why, Exception) else None)
 
@@ -350,9 +356,7 @@ class Session:
         if live is None:
             raise self._not_removable(relpath, rules.Kind.FILE)
         entry = fmt.DeleteEntry(relpath=relpath, target_index=live[0])
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("rm", device=self.log.path, path=relpath, index=index, target=live[0])
         return index
 
@@ -388,9 +392,7 @@ class Session:
             entry = fmt.ReclaimEntry(tuple(targets[start:start + fmt.RECLAIM_MAX_TARGETS]))
             freed = sum(self.namespace.deleted[file_index].capacity() for file_index, _ in entry.targets
                         if file_index in self.namespace.deleted)
-            index = self._next_index()
-            self._check(index, entry)
-            self._append([entry])
+            index = self._log_one(entry)
             indexes.append(index)
             self.reclaimed_bytes += freed
             log.info("reclaim", device=self.log.path, index=index, files=[i for i, _ in entry.targets], bytes=freed)
@@ -407,9 +409,7 @@ class Session:
             log.info("already_fenced", device=self.log.path, slot=entry.slot, host=str(entry.system_uuid),
                      incarnation=entry.incarnation, index=earlier)
             return None
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("fence", device=self.log.path, index=index, slot=entry.slot, host=str(entry.system_uuid),
                  incarnation=entry.incarnation, reason=entry.reason.name.lower(), heartbeat=entry.heartbeat,
                  applied=entry.applied)
@@ -430,9 +430,7 @@ class Session:
         if current == (owner.mode, owner.uid, owner.gid):
             return None
         entry = fmt.SetattrEntry(relpath=relpath, target_index=target, mode=owner.mode, uid=owner.uid, gid=owner.gid)
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("setattr", device=self.log.path, path=relpath, index=index, target=target,
                  mode=f"{owner.mode:04o}", uid=owner.uid, gid=owner.gid)
         return index
@@ -443,9 +441,7 @@ class Session:
         if made_by is None:
             raise self._not_removable(relpath, rules.Kind.DIR)
         entry = fmt.RmdirEntry(relpath=relpath, target_index=made_by)
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("rmdir", device=self.log.path, path=relpath, index=index, target=made_by)
         return index
 

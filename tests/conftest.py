@@ -53,7 +53,8 @@ def leaves_the_host_alone() -> Iterator[None]:
     before = {path for path in HOST_PATHS if os.path.lexists(path)}
     yield
     left = [str(path) for path in HOST_PATHS if os.path.lexists(path) and path not in before]
-    assert not left, f"the suite left these on the host (remove them, then find the test): {', '.join(left)}"
+    assert not left, (f"the suite left these on the host: {', '.join(left)} (remove them, then find the test; "
+                      "or another run on this host made them meanwhile)")
 
 
 @pytest.fixture

@@ -254,13 +254,10 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
     root = os.path.join(found.shadow, shadowdir.ROOT)
     path = os.path.join(root, found.relpath)
     try:
-        root_fd = safepath.open_root(root)
-        try:
+        with safepath.Root(root) as root_fd:
             if stat.S_ISDIR(safepath.lstat_beneath(root_fd, found.relpath).st_mode):
                 raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
             raw = shadowdir.read_shadow_file(found.relpath, root_fd)
-        finally:
-            os.close(root_fd)
     except IsADirectoryError:
         raise
     except OSError as err:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.famfslog import FamfsLog
 from famfs.shadowdir import DirRecord
 
@@ -112,9 +113,7 @@ class OwnerMap:
             os.close(self.fd)
             self.fd = -1
 
-    def span(self, extent: fmt.Extent) -> tuple[int, int]:
-        stop = -(-(extent.offset + extent.length) // self.unit)
-        return extent.offset // self.unit, min(stop, self.nunits)
+    span = rules.unit_bounds
 
 
 def _header_problem(raw: bytes, nunits: int, unit: int) -> str | None:
@@ -176,9 +175,7 @@ class OwnerReader:
         self._ready()
         return os.pread(self.fd, SLOT * (stop - start), HEADER.size + SLOT * start)
 
-    def span(self, extent: fmt.Extent) -> tuple[int, int]:
-        stop = -(-(extent.offset + extent.length) // self.unit)
-        return extent.offset // self.unit, min(stop, self.nunits)
+    span = rules.unit_bounds
 
 
 _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)

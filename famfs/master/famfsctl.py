@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import signal
 import sys
@@ -118,7 +119,7 @@ def shown_in_mount(found: shadowdir.MountTarget | None, relpaths: Iterable[str],
     for relpath in relpaths:
         path = os.path.join(found.root, relpath)
         try:
-            mapping.awaited(lambda: shows(path, gone), deadline)
+            mapping.awaited(functools.partial(shows, path, gone), deadline)
         except FileNotFoundError:
             print(f"famfsctl: {path}: logged, but the mount {'still shows it' if gone else 'does not show it'} "
                   f"after {MOUNT_WAIT_S:g} s: is this host's famfs-agent --follow running?", file=sys.stderr)

@@ -22,21 +22,11 @@ def pairs(famfs_log: FamfsLog, first: int, stop: int) -> dict[int, tuple[int, st
     that can be skipped whole. One type word per slot; DELETE slots decoded."""
     deletes: dict[int, tuple[int, str]] = {}
     rmdirs: list[int] = []
-    log_map, head = famfs_log.slots_view(first, stop), fmt.ENTRY_HEAD
-    try:
-        for index in range(first, stop):
-            kind = head.unpack_from(log_map, famfs_log.slot_offset(index))[1]
-            if kind == fmt.EntryType.RMDIR:
-                rmdirs.append(index)
-            elif kind == fmt.EntryType.DELETE:
-                try:
-                    entry = famfs_log.entry(index)
-                except fmt.EntryError:
-                    continue
-                if isinstance(entry, fmt.DeleteEntry) and first <= entry.target_index < index:
-                    deletes.setdefault(entry.target_index, (index, entry.relpath))
-    finally:
-        famfs_log.forget(first, stop)
+    for index, kind, entry in famfs_log.slots_of((fmt.EntryType.RMDIR, fmt.EntryType.DELETE), first, stop):
+        if kind == fmt.EntryType.RMDIR:
+            rmdirs.append(index)
+        elif isinstance(entry, fmt.DeleteEntry) and first <= entry.target_index < index:
+            deletes.setdefault(entry.target_index, (index, entry.relpath))
     skipped: dict[int, tuple[int, str]] = {}
     for file_index, (delete_index, relpath) in deletes.items():
         if any(file_index < rmdir < delete_index for rmdir in rmdirs):

@@ -35,7 +35,7 @@ from famfs import cacheflush, config, hosts, logsetup
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
-from famfs.identity import SYSTEM_UUID_FLAG_HELP, IdentityError, system_uuid, system_uuid_file
+from famfs.identity import SYSTEM_UUID_FLAG_HELP, IdentityError, joining_identity_file
 from famfs.shadowdir import STATE_FILE, agent_pid, state_path, tree_problem
 from famfs.version import add_version_flag
 
@@ -97,9 +97,8 @@ def play(argv: Sequence[str]) -> int:
     if args.follow and (problem := settings_problem(settings.agent.serve_window, settings.agent.heartbeat_interval)):
         print(f"famfs-agent: {problem}", file=sys.stderr)
         return EXIT_UNUSABLE
-    uuid_file = system_uuid_file(args.system_uuid_file, settings.host.system_uuid_file)
     try:
-        system_uuid(uuid_file, create=False)  # read on every (re)start: a bad file is a usage error now
+        uuid_file = joining_identity_file(args.system_uuid_file, settings)  # a bad file is a usage error now
     except IdentityError as err:
         print(f"famfs-agent: {err}", file=sys.stderr)
         return EXIT_UNUSABLE

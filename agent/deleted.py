@@ -48,25 +48,15 @@ class DeletedFiles:
         """From the log's slots [0, stop): one type word per slot, DELETE, HOLD and RECLAIM decoded.
         A slot that does not decode is skipped (the play rejected or stalled on it too)."""
         self.clear()
-        log_map, head = famfs_log.slots_view(0, stop), fmt.ENTRY_HEAD
-        wanted = (fmt.EntryType.DELETE, fmt.EntryType.RECLAIM, fmt.EntryType.HOLD)
-        try:
-            for index in range(stop):
-                if head.unpack_from(log_map, famfs_log.slot_offset(index))[1] not in wanted:
-                    continue
-                try:
-                    entry = famfs_log.entry(index)
-                except fmt.EntryError:
-                    continue
-                if isinstance(entry, fmt.DeleteEntry):
-                    self.deleted(entry.target_index, index, entry.relpath)
-                elif isinstance(entry, fmt.HoldEntry):  # carried by a compaction: deleted by itself
-                    self.deleted(index, index, entry.file.relpath)
-                elif isinstance(entry, fmt.ReclaimEntry):
-                    for file_index, _ in entry.targets:
-                        self.files.pop(file_index, None)
-        finally:
-            famfs_log.forget(0, stop)
+        for index, _, entry in famfs_log.slots_of((fmt.EntryType.DELETE, fmt.EntryType.RECLAIM, fmt.EntryType.HOLD),
+                                                  0, stop):
+            if isinstance(entry, fmt.DeleteEntry):
+                self.deleted(entry.target_index, index, entry.relpath)
+            elif isinstance(entry, fmt.HoldEntry):  # carried by a compaction: deleted by itself
+                self.deleted(index, index, entry.file.relpath)
+            elif isinstance(entry, fmt.ReclaimEntry):
+                for file_index, _ in entry.targets:
+                    self.files.pop(file_index, None)
 
     def pin_floor(self, pins_directory: str) -> int:
         """The smallest FILE index of a deleted, not reclaimed file whose path is pinned now

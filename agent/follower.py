@@ -28,7 +28,7 @@ from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
 from famfs import format as fmt
-from famfs import hosts, madedirs, pins, rules, service
+from famfs import hosts, madedirs, pins, service
 from famfs.compaction import RECORD_SPAN, LogLocation, read_record
 from famfs.config import AgentSettings
 from famfs.device import Device, DeviceError
@@ -181,7 +181,8 @@ class Follower:
             expected = state.live_files
             if expected is not None and state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
                 expected -= 1  # the unlink below may have happened already
-            if resumed and (damage := self.tree.damage(state.applied_index, expected, exact=False)) is not None:
+            # Not exact: after a kill, entries past the cursor may be in the tree already.
+            if resumed and (damage := self.tree.damage(state.applied_index, expected, exact=lambda: False)) is not None:
                 resumed, reason = False, f"the shadow tree was damaged behind the agent's back: {damage}"
             elif resumed and state.live_files is None:
                 state.live_files = self.tree.count_files()  # a state from before files were counted
@@ -225,8 +226,8 @@ class Follower:
             if state.live_files is not None:
                 state.live_files -= 1
         state.pending_delete = None
-        self._host_fields(state if not resumed else previous, state)
         if resumed:
+            self._host_fields(previous, state)  # a rebuild set them before its first save
             self.deleted.rebuild(self.famfs_log, state.applied_index + 1)
         else:
             self.deleted.clear()
@@ -505,10 +506,7 @@ class Follower:
             delete_index, relpath = self.born_dead.pop(index)
             if self.tree.kind(relpath) is not None:
                 return None
-            try:
-                rules.check(index, entry, self.tree, self.tree.geometry, self.famfs_log.entry)
-            except rules.Violation as err:
-                raise Rejected(index, str(err), relpath) from None
+            self.tree.check(index, entry, self.famfs_log, relpath, model=self.tree)
             self.tree.units.claim(entry.all_extents())
             self.state.born_dead[str(delete_index)] = [index, relpath]
             return "born_dead"
@@ -525,10 +523,8 @@ class Follower:
                 self.fenced_by = entry
             return "applied"
         assert self.famfs_log is not None
-        try:  # the one rule book: its RECLAIM rules ask the tree's model which DELETE deleted a file
-            rules.check(index, entry, self.tree.rules_view, self.tree.geometry, self.famfs_log.entry)
-        except rules.Violation as err:
-            raise Rejected(index, str(err)) from None
+        # The one rule book: its RECLAIM rules ask the tree's model which DELETE deleted a file.
+        self.tree.check(index, entry, self.famfs_log)
         for gone in self.deleted.reclaimed(entry):
             self.tree.units_freed(gone.file_index, self.famfs_log)
         return "applied"
@@ -706,13 +702,15 @@ class Follower:
                 replaced = True
             if replaced:
                 return self._reopen("the device path names another file now")
-        damage = self.tree.damage(self.state.applied_index, self.state.live_files, exact=True)
-        famfs_log = self.famfs_log
-        if damage is not None and famfs_log is not None and famfs_log.next_index() > self.state.applied_index + 1:
-            # Logged since the last poll (read after the count: an entry is appended before its
-            # YAML is written): upstream's CLI writes the shadow files of what it just logged
-            # itself, so the tree may hold them already. Only a shortfall is damage then.
-            damage = self.tree.damage(self.state.applied_index, self.state.live_files, exact=False)
+        famfs_log, applied = self.famfs_log, self.state.applied_index
+
+        def nothing_logged_since() -> bool:
+            # Read after the count (an entry is appended before its YAML is written): upstream's
+            # CLI writes the shadow files of what it just logged itself, so with entries logged
+            # since the last poll the tree may hold them already. Only a shortfall is damage then.
+            return famfs_log is None or famfs_log.next_index() <= applied + 1
+
+        damage = self.tree.damage(applied, self.state.live_files, exact=nothing_logged_since)
         if damage is None:
             return False
         log.warning("shadow_damaged", shadow=str(self.tree.base), damage=damage, action="rebuilding the tree")

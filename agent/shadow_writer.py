@@ -457,11 +457,12 @@ class ShadowTree:
                 os.close(fd)
         return files
 
-    def damage(self, applied_index: int, live_files: int | None, *, exact: bool) -> str | None:
+    def damage(self, applied_index: int, live_files: int | None, *, exact: Callable[[], bool]) -> str | None:
         """How root/ differs from what the cursor says was applied, as far as a cheap look can
         tell (None: it does not): root/ itself, the metadata and logged directories
-        (shadowdir.tree_problem), the number of files. `exact`: the count must match; else it may
-        be higher (entries past the cursor may be in the tree already, after a kill)."""
+        (shadowdir.tree_problem), the number of files. `exact()`, asked after the files are
+        counted and only if there are more than `live_files`: whether the count must match; else
+        it may be higher (entries past the cursor may be in the tree already)."""
         if self.root_replaced():
             return f"{self.root} was removed or replaced"
         problem = tree_problem(self.base, applied_index)
@@ -469,7 +470,7 @@ class ShadowTree:
             return problem
         if live_files is not None:
             files = self.count_files()
-            if files < live_files or (exact and files != live_files):
+            if files < live_files or (files > live_files and exact()):
                 return f"{files} shadow files where the log has {live_files}"
         return None
 
@@ -573,8 +574,7 @@ class ShadowTree:
                 inner_built, inner_found = os.open(name, flags, dir_fd=built_fd), os.open(name, flags, dir_fd=found_fd)
                 try:
                     self._reconcile_dir(inner_built, inner_found, path)
-                    for child in os.listdir(inner_built):  # what only the new log has: moved in whole
-                        os.rename(child, child, src_dir_fd=inner_built, dst_dir_fd=inner_found)
+                    self._move_children(inner_built, inner_found, path)  # what only the new log has
                     os.setxattr(inner_found, DIR_XATTR, os.getxattr(inner_built, DIR_XATTR))
                 finally:
                     os.close(inner_built)
@@ -610,13 +610,7 @@ class ShadowTree:
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
             built_fd, found_fd = os.open(name, flags, dir_fd=src_fd), os.open(name, flags, dir_fd=dst_fd)
             try:
-                for child in os.listdir(built_fd):
-                    if _renameat2(built_fd, child.encode(), found_fd, child.encode(), RENAME_NOREPLACE) == 0:
-                        continue
-                    if (failure := ctypes.get_errno()) != errno.EEXIST:
-                        raise ShadowError(failure, f"shadow {self.root}: cannot move {relpath}/{child} in: "
-                                                   f"{os.strerror(failure)}")
-                    self._merge_built(built_fd, found_fd, child, f"{relpath}/{child}")
+                self._move_children(built_fd, found_fd, relpath)
                 os.fchown(found_fd, built.st_uid, built.st_gid)  # the agent's, as built (docs/security.md)
                 os.fchmod(found_fd, stat.S_IMODE(built.st_mode))
                 os.setxattr(found_fd, DIR_XATTR, os.getxattr(built_fd, DIR_XATTR))
@@ -630,6 +624,17 @@ class ShadowTree:
         else:
             raise ShadowError(errno.EEXIST, f"shadow {self.root}: {relpath!r} appeared behind the agent's back")
         log.info("ahead_written_accepted", path=relpath, kind="directory" if stat.S_ISDIR(built.st_mode) else "file")
+
+    def _move_children(self, built_fd: int, found_fd: int, relpath: str) -> None:
+        """Move every name of built directory `built_fd` into `found_fd` (directory `relpath` of
+        root/), each in one rename that never replaces: a name there already (upstream's CLI
+        writing ahead) is merged (_merge_built)."""
+        for child in os.listdir(built_fd):
+            if _renameat2(built_fd, child.encode(), found_fd, child.encode(), RENAME_NOREPLACE) == 0:
+                continue
+            if (failure := ctypes.get_errno()) != errno.EEXIST:
+                raise ShadowError(failure, f"shadow {self.root}: cannot move {relpath}/{child} in: {os.strerror(failure)}")
+            self._merge_built(built_fd, found_fd, child, f"{relpath}/{child}")
 
     def _drop_build(self) -> None:
         assert self._build is not None
@@ -659,6 +664,15 @@ class ShadowTree:
         return seen
 
     # --- applying entries ---------------------------------------------------------------------
+
+    def check(self, index: int, entry: fmt.Entry, famfs_log: FamfsLog, relpath: str | None = None, *,
+              model: rules.Model | None = None) -> None:
+        """The rule book's check of `entry` as log entry `index` against `model` (default: this
+        tree's rules_view): Rejected, naming `relpath`, if it breaks a rule."""
+        try:
+            rules.check(index, entry, model if model is not None else self.rules_view, self.geometry, famfs_log.entry)
+        except rules.Violation as err:
+            raise Rejected(index, str(err), relpath) from None
 
     def apply(self, index: int, entry: fmt.Entry, famfs_log: FamfsLog, raw: bytes | None = None) -> Outcome:
         """Apply one decoded entry; raise Rejected if it breaks a rule (nothing is then changed).
@@ -821,10 +835,7 @@ class ShadowTree:
         """Remove an empty directory, then journal it. Idempotent: a run killed between the two
         finds the directory still in its table (the journal line is past the cursor) and gone
         from the tree, and finishes."""
-        try:
-            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
-        except rules.Violation as err:
-            raise Rejected(index, str(err), entry.relpath) from None
+        self.check(index, entry, famfs_log, entry.relpath)
         with contextlib.suppress(FileNotFoundError), safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
             os.rmdir(name, dir_fd=parent)
         del self.dirs[entry.relpath]
@@ -833,10 +844,7 @@ class ShadowTree:
 
     def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
         """Raise Rejected unless `entry` deletes the live file its target entry made."""
-        try:
-            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
-        except rules.Violation as err:
-            raise Rejected(index, str(err), entry.relpath) from None
+        self.check(index, entry, famfs_log, entry.relpath)
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
@@ -853,10 +861,7 @@ class ShadowTree:
     def apply_hold(self, index: int, entry: fmt.HoldEntry, famfs_log: FamfsLog) -> Outcome:
         """A deleted file a compaction carried over (docs/reclaim.md): its units stay taken until
         reclaimed; nothing appears in the tree."""
-        try:
-            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
-        except rules.Violation as err:
-            raise Rejected(index, str(err), entry.file.relpath) from None
+        self.check(index, entry, famfs_log, entry.file.relpath)
         self.units.claim(entry.file.all_extents())
         if self.owners is not None:
             self.owners.set(entry.file.all_extents(), HELD)  # no live file's: never served
@@ -868,10 +873,7 @@ class ShadowTree:
         setxattr replaces the value whole). A file: its units this entry's in the owner map first
         (the mount checks a YAML against the entry the map names), then its YAML with the new
         mode and owner renamed over the old one. Played again after a kill, it does the same."""
-        try:
-            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
-        except rules.Violation as err:
-            raise Rejected(index, str(err), entry.relpath) from None
+        self.check(index, entry, famfs_log, entry.relpath)
         target = famfs_log.entry(entry.target_index)
         if isinstance(target, fmt.MkdirEntry):
             fd = safepath.open_beneath(self._tree_fd, entry.relpath, safepath.DIR_OPEN)
@@ -896,10 +898,7 @@ class ShadowTree:
         """The daxdev table for fusefs (upstream's table rules are the rule book's)."""
         if entry.dev_index < len(self.daxdevs) and self.daxdevs[entry.dev_index].log_index == index:
             return Outcome.PRESENT
-        try:
-            rules.check(index, entry, self.rules_view, self.geometry, famfs_log.entry)
-        except rules.Violation as err:
-            raise Rejected(index, str(err)) from None
+        self.check(index, entry, famfs_log)
         self.daxdevs.append(devices.DeviceRow(entry.dev_index, str(entry.dev_uuid), entry.dev_size, None, index))
         self.units.add_device(rules.device_geometry(entry.dev_size, self.geometry))
         if self.owners is not None:

@@ -12,7 +12,7 @@ import contextlib
 import errno
 import mmap
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 
 from famfs import format as fmt
 from famfs.compaction import RECORD_SPAN, LogLocation, read_record
@@ -84,6 +84,23 @@ class FamfsLog:
     def entry(self, index: int) -> fmt.Entry:
         """Decode slot `index` (the format's checks; the rule book's are famfs.rules.check)."""
         return fmt.decode_entry(self.raw_entry(index), index)
+
+    def slots_of(self, kinds: Container[int], start: int, stop: int) -> Iterator[tuple[int, int, fmt.Entry | None]]:
+        """(index, entry type, entry) of each slot in [start, stop) whose type word is one of
+        `kinds`: one type word read per slot, only those slots decoded (entry None: it does not
+        decode; a play rejected or stalled on it). The pages read are forgotten once done."""
+        log_map, head = self.slots_view(start, stop), fmt.ENTRY_HEAD
+        try:
+            for index in range(start, stop):
+                kind = head.unpack_from(log_map, self.slot_offset(index))[1]
+                if kind in kinds:
+                    try:
+                        entry: fmt.Entry | None = self.entry(index)
+                    except fmt.EntryError:
+                        entry = None
+                    yield index, kind, entry
+        finally:
+            self.forget(start, stop)
 
     def slots_naming(self, relpath: str, start: int, stop: int) -> Iterator[tuple[int, int]]:
         """(index, entry type) of each slot in [start, stop) with a relpath field (fmt.RELPATH_OFFSETS) whose

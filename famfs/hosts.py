@@ -166,14 +166,17 @@ def home_slot(system_uuid: uuid.UUID) -> int:
 
 def choose_slot(view: bytes | memoryview, system_uuid: uuid.UUID) -> int:
     """The slot this host already has, if any (an earlier incarnation's record is replaced, never
-    left behind to block reclaim); else, from its home slot on, the first empty slot."""
+    left behind to block reclaim); else, from its home slot on, the first empty slot. One read
+    of the table."""
+    taken: set[int] = set()
     for found in read_table(view):
         if isinstance(found, HostRecord) and found.system_uuid == system_uuid:
             return found.slot
+        taken.add(found.slot)
     start = home_slot(system_uuid)
     for step in range(fmt.HOST_SLOTS):
         slot = (start + step) % fmt.HOST_SLOTS
-        if read_slot(view, slot) is None:
+        if slot not in taken:
             return slot
     raise OSError(f"the host table is full ({fmt.HOST_SLOTS} slots): fence and clear hosts that are gone")
 

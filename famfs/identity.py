@@ -48,7 +48,7 @@ def given_system_uuid_file(flag: str | None, settings: Settings) -> Path | None:
 
 
 class IdentityError(ValueError):
-    """The system-UUID file exists but holds no UUID; the message names the file."""
+    """The system-UUID file holds no UUID, or there is none to use; the message names the file."""
 
 
 class IdentityConflict(IdentityError):
@@ -75,6 +75,20 @@ def system_uuid(path: Path, *, create: bool = True) -> uuid.UUID | None:
     temp.chmod(0o444)
     temp.rename(path)
     return value
+
+
+def joining_identity_file(flag: str | None, settings: Settings) -> Path:
+    """The identity file a host joins the host table with (the agent): one named on purpose is
+    made if missing, as upstream does; the built-in default is made only by mkfs, so that no
+    program leaves an identity on a host where nothing asked for one. IdentityError when only the
+    default applies and it is missing, or when the file holds no UUID."""
+    given = given_system_uuid_file(flag, settings)
+    path = given or system_uuid_file(None, settings.host.system_uuid_file)
+    if system_uuid(path, create=False) is None and given is None:
+        raise IdentityError(
+            f"{path} does not exist: this host has no identity (famfsctl mkfs makes it on the master); "
+            f"give one with --system-uuid-file, ${SYSTEM_UUID_ENV} or [host] system_uuid_file (made if missing)")
+    return path
 
 
 @dataclass(frozen=True, slots=True)

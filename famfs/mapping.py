@@ -291,13 +291,10 @@ def _shadow_entry(found: shadowdir.MountTarget) -> fmt.FileEntry:
     root = os.path.join(found.shadow, shadowdir.ROOT)
     path = os.path.join(root, found.relpath)
     try:
-        root_fd = safepath.open_root(root)
-        try:
+        with safepath.Root(root) as root_fd:
             if stat.S_ISDIR(safepath.lstat_beneath(root_fd, found.relpath).st_mode):
                 raise IsADirectoryError(errno.EISDIR, f"{found.root}/{found.relpath}: is a directory")
             raw = shadowdir.read_shadow_file(found.relpath, root_fd)
-        finally:
-            os.close(root_fd)
     except IsADirectoryError:
         raise
     except OSError as err:
@@ -351,10 +348,10 @@ def _descriptors(opened: Device, added: AddedDevices, entry: fmt.FileEntry, wher
     return fds
 
 
-def _awaited(look: Callable[[], _T], deadline: float) -> _T:
+def awaited(look: Callable[[], _T], deadline: float) -> _T:
     """look(), again until `deadline` (time.monotonic()) while it raises FileNotFoundError: this
     host's agent shows a file some milliseconds after the master logged it, and its mount a moment
-    after that. The last FileNotFoundError if it never does."""
+    after that. The last FileNotFoundError if it never does. (open(wait=), famfsctl after logging.)"""
     pause = WAIT_FIRST_PAUSE_S
     while True:
         try:
@@ -428,7 +425,7 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
     deadline = time.monotonic() + wait
     if device is None:
         found = shadowdir.locate_in_mount(path)
-        device_path, relpath, entry = found.device, found.relpath, _awaited(lambda: _shadow_entry(found), deadline)
+        device_path, relpath, entry = found.device, found.relpath, awaited(lambda: _shadow_entry(found), deadline)
     else:
         device_path, relpath, entry = os.fspath(device), os.fspath(path).rstrip("/"), None
         try:
@@ -464,7 +461,7 @@ def _open(path: str | os.PathLike[str], mode: str, device: str | os.PathLike[str
                     pin_fd_out.append(own_pin)
             # Pin, then look: the look that counts is the one after the pins (the first gave
             # the errors above in the library's words).
-            pin_fd_out.append(_awaited(lambda: _mount_pin(found), deadline))
+            pin_fd_out.append(awaited(lambda: _mount_pin(found), deadline))
             if _shadow_entry(found) != entry:
                 raise FileNotFoundError(errno.ENOENT, f"{found.root}/{relpath}: deleted or replaced while being opened")
         view = map_file(_descriptors(opened, added, entry, device_path), entry, granule, writable=mode == "r+",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 from famfs import format as fmt
+from famfs import rules
 from famfs.famfslog import FamfsLog
 from famfs.shadowdir import DirRecord
 
@@ -124,9 +125,7 @@ class OwnerMap:
         for added in self.added.values():
             added.retire()
 
-    def span(self, extent: fmt.Extent) -> tuple[int, int]:
-        stop = -(-(extent.offset + extent.length) // self.unit)
-        return extent.offset // self.unit, min(stop, self.nunits)
+    span = rules.unit_bounds
 
 
 def _header_problem(raw: bytes, nunits: int, unit: int) -> str | None:
@@ -188,9 +187,7 @@ class OwnerReader:
         self._ready()
         return os.pread(self.fd, SLOT * (stop - start), HEADER.size + SLOT * start)
 
-    def span(self, extent: fmt.Extent) -> tuple[int, int]:
-        stop = -(-(extent.offset + extent.length) // self.unit)
-        return extent.offset // self.unit, min(stop, self.nunits)
+    span = rules.unit_bounds
 
 
 _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)

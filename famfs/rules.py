@@ -71,6 +71,20 @@ class Geometry:
         return cls(superblock.dev_size, superblock.log_len, superblock.alloc_unit)
 
 
+class UnitGrid(Protocol):
+    unit: int  # bytes
+    nunits: int  # the device's whole units
+
+
+def unit_bounds(grid: UnitGrid, extent: fmt.Extent) -> tuple[int, int]:
+    """The units [start, stop) `extent` touches, inside the grid's whole units. A method of the
+    owner map's classes (famfs.ownership), bound as a class attribute: a tuple, not a range, no
+    min() and no call in between. (Units._bounds is the same rule over the extent's own device.)"""
+    unit, last = grid.unit, grid.nunits
+    stop = -(-(extent.offset + extent.length) // unit)
+    return extent.offset // unit, stop if stop < last else last  # noqa: FURB136 (min() is the slower)
+
+
 class Units:
     """Which allocation units accepted FILE entries hold: one byte per unit (0 free, 1 taken),
     so bytes.find() does both the overlap test and the first-fit search in C. 2 MiB units: a

@@ -104,6 +104,15 @@ def lstat_beneath(dir_fd: int, relpath: str) -> os.stat_result:
         return os.lstat(name, dir_fd=parent)
 
 
-def open_root(path: str | bytes) -> int:
-    """A descriptor of a tree's top directory (itself not a symlink) to resolve beneath."""
-    return os.open(path, DIR_OPEN)
+class Root:
+    """A tree's top directory open (itself not followed if a symlink), to resolve beneath for
+    the length of a with block: opened here (OSError if it cannot be), closed at the block's end."""
+
+    def __init__(self, path: str | bytes | os.PathLike[str]) -> None:
+        self.fd = os.open(path, DIR_OPEN)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

@@ -312,13 +312,11 @@ def tree_problem(shadow_dir: str | os.PathLike[str], applied_index: int) -> str 
     base = Path(shadow_dir)
     root = base / ROOT
     try:
-        root_fd = safepath.open_root(root)
+        opened = safepath.Root(root)
     except OSError as err:
         return f"{root}: {err.strerror}"
-    try:
+    with opened as root_fd:
         return _tree_problem(base, root_fd, applied_index)
-    finally:
-        os.close(root_fd)
 
 
 def _tree_problem(base: Path, root_fd: int, applied_index: int) -> str | None:

@@ -203,23 +203,15 @@ def device_from_state(shadow: str) -> str:
 
 
 def check_shadow(shadow: str) -> str:
-    """The served root, `<shadow>/root`, once the shadow dir is known to be root's alone."""
+    """The served root, `<shadow>/root`, once both are known to be root's alone: the agent's rule
+    (famfs.shadowdir.shadow_permission_problem) for uid 0, on each and every directory above."""
     root = os.path.join(shadow, ROOT)
     for path in (shadow, root):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise UsageError(f"shadow {path}: does not exist (has famfs-agent played the log?)") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"shadow {path}: not a directory{' (a symlink)' if stat.S_ISLNK(st.st_mode) else ''}")
-        if st.st_uid != 0:
-            raise UsageError(f"shadow {path}: owned by uid {st.st_uid}, not root: anyone who can write it "
-                             "could map any device bytes into the mount")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UsageError(f"shadow {path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
-    problem = shadow_permission_problem(shadow, 0)  # and no ancestor lets another user replace it
-    if problem is not None:
-        raise UsageError(f"shadow {shadow} refused: {problem}")
+        if not os.path.lexists(path):
+            raise UsageError(f"shadow {path}: does not exist (has famfs-agent played the log?)")
+        if (problem := shadow_permission_problem(path, 0)) is not None:
+            raise UsageError(f"shadow refused: {problem} (anyone who can write it could map any device bytes "
+                             "into the mount)")
     return root
 
 

@@ -380,13 +380,11 @@ class InodeTable:
         """Add everything below a directory that has just appeared (inotify cannot tell us about
         what was already inside it when it was renamed into place)."""
         try:
-            root_fd = safepath.open_root(self.shadow_root)
+            opened = safepath.Root(self.shadow_root)
         except OSError:
             return  # the root is gone: the rescan it leads to looks again
-        try:
+        with opened as root_fd:
             self._scan_below(directory, root_fd)
-        finally:
-            os.close(root_fd)
 
     def _scan_below(self, directory: Node, root_fd: int) -> None:
         pending = [directory]

@@ -50,7 +50,7 @@ class Lease:
         self._state_read = -1.0
         self._said: str | None = None  # the last refusal logged (each is logged once)
         # The last refusal is of an agent starting (its record not yet in its slot, or not yet
-        # renewed): worth a short wait (FamfsOperations._lease_ready), unlike an expired lease.
+        # renewed): worth a short wait (FamfsOperations._leased), unlike an expired lease.
         self.starting = False
         self._load_state()
 

@@ -508,9 +508,7 @@ class FamfsOperations(pyfuse3.Operations):
         served = self.devices.served
         if flags & os.O_ACCMODE != os.O_RDONLY and (self.policy.read_only or not served.data.writable):
             raise pyfuse3.FUSEError(errno.EROFS)
-        await self._lease_ready(None)
-        if self.lease.refusal(served.famfs_log.device.map, None) is not None:
-            raise pyfuse3.FUSEError(errno.EIO)  # famfs.open maps through an open: none while self-fenced
+        await self._leased(None)  # famfs.open maps through an open: none while self-fenced
         pinned = await self._pin(node, look=True)
         fh = self._new_fh()
         self.file_handles[fh] = Handle(node, served.generation, self.lease.incarnation, pinned)
@@ -535,17 +533,19 @@ class FamfsOperations(pyfuse3.Operations):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)  # dropped (its close said why)
             return bytes(handle.data[off:off + size])
-        await self._lease_ready(handle.incarnation)
-        served = self._served(handle)
+        await self._leased(handle.incarnation)
+        served = self._served(handle)  # no await since the check: the device it checked
         entry = self._entry(handle.node)  # the current mapping: a re-map applies at once
-        self._leased(served, handle)
         try:
             if not self.lease.guarded():
                 return served.data.read(entry, off, size)
-            data = bytes(served.data.read(entry, off, size))  # copied now, then checked: a late copy is never answered
+            data = bytes(served.data.read(entry, off, size))
         except DataError as err:  # a device this host has not found (logged once by famfs.devices)
             raise pyfuse3.FUSEError(err.errno) from None
-        self._leased(served, handle)
+        # Checked once more after the copy: a lease that expired, or a fence that came, while the
+        # bytes were copied must not answer them (the space may be another file's by now).
+        if (code := self._refusal(handle.incarnation)) is not None:
+            raise pyfuse3.FUSEError(code)
         return data
 
     @guarded
@@ -566,10 +566,9 @@ class FamfsOperations(pyfuse3.Operations):
             except pyfuse3.FUSEError as err:
                 handle.failed = f"a write was refused ({errno.errorcode.get(err.errno, err.errno)})"
                 raise
-        await self._lease_ready(handle.incarnation)
+        await self._leased(handle.incarnation)
         served = self._served(handle)
         entry = self._entry(handle.node)
-        self._leased(served, handle)
         try:
             return served.data.write(entry, off, buf)
         except DataError as err:
@@ -975,22 +974,18 @@ class FamfsOperations(pyfuse3.Operations):
 
     # --- reclaim: the lease and pins (fusefs/lease.py, famfs/pins.py) ----------------------------
 
-    async def _lease_ready(self, incarnation: int | None) -> None:
-        """While the agent is starting (a restart's catch-up), wait a little for its lease rather
-        than answer EIO at once; the checks that decide come after (_leased)."""
-        if self.lease.slot is None:
-            return
+    async def _leased(self, incarnation: int | None) -> None:
+        """Raise EIO (or ESTALE for a fenced incarnation's handle) unless the agent's lease allows
+        serving bytes now for a handle opened under `incarnation` (None: an open). While the agent
+        is starting (a restart's catch-up), wait a little for its lease rather than answer EIO."""
         deadline = trio.current_time() + LEASE_WAIT_S
-        while (self.lease.refusal(self.devices.served.famfs_log.device.map, incarnation) is not None
-               and self.lease.starting and trio.current_time() < deadline):
+        while (code := self._refusal(incarnation)) is not None:
+            if not (self.lease.starting and trio.current_time() < deadline):
+                raise pyfuse3.FUSEError(code)
             await trio.sleep(LEASE_POLL_S)
 
-    def _leased(self, served: Served, handle: Handle) -> None:
-        """Raise EIO (or ESTALE for a fenced incarnation's handle) unless the agent's lease
-        allows serving bytes now."""
-        code = self.lease.refusal(served.famfs_log.device.map, handle.incarnation)
-        if code is not None:
-            raise pyfuse3.FUSEError(code)
+    def _refusal(self, incarnation: int | None) -> int | None:
+        return self.lease.refusal(self.devices.served.famfs_log.device.map, incarnation)
 
     async def _pin(self, node: Node, *, look: bool) -> bytes | None:
         """Pin the node's path (None: no agent record, nothing to pin for), then, with `look`,

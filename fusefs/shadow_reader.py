@@ -55,28 +55,15 @@ def signature_beneath(root: bytes, relpath: bytes) -> Signature | None:
     if not relpath:
         return signature(root)
     try:
-        with _RootFd(root) as root_fd:
+        with safepath.Root(root) as root_fd:
             return signature_of(safepath.lstat_beneath(root_fd, os.fsdecode(relpath)))
     except OSError:
         return None  # missing, or beyond a symlink or mount point: not in the tree
 
 
-class _RootFd:
-    """The shadow root open (itself not followed if a symlink) for the length of one look."""
-
-    def __init__(self, root: bytes) -> None:
-        self.fd = safepath.open_root(root)
-
-    def __enter__(self) -> int:
-        return self.fd
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-
 def open_beneath_root(root: bytes, relpath: bytes, flags: int) -> int:
     """A descriptor for `relpath` below `root` (b"": root itself), nothing followed."""
-    with _RootFd(root) as root_fd:
+    with safepath.Root(root) as root_fd:
         return safepath.open_beneath(root_fd, os.fsdecode(relpath), flags) if relpath else os.dup(root_fd)
 
 
@@ -222,7 +209,7 @@ def load_file(root: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | Non
         if dir_fd is not None:
             raw = read_shadow_file(relpath.rpartition(b"/")[2], dir_fd)
         else:
-            with _RootFd(root) as root_fd:
+            with safepath.Root(root) as root_fd:
                 raw = read_shadow_file(relpath, root_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from demo.harness import DATA, REFERENCE_IMAGES, materialize_reference, reference_info  # noqa: E402,F401
 from famfs import env  # noqa: E402
+from famfs.config import SYSTEM_CONFIG, AgentSettings, HostSettings  # noqa: E402
+from fusefs.cli import DEFAULT_LOG_FILE  # noqa: E402
 from famfs.units import parse_size  # noqa: E402,F401 - the one size parser
 
 
@@ -33,6 +36,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in QUICK_MODULES:  # type: ignore[attr-defined]
             item.add_marker(pytest.mark.quick)
+
+
+# What the programs write by default outside a temporary directory (the host identity, the shadow,
+# the mount's log, the system config) and what the README's blocks make: the suite must leave none
+# of them behind (tests/test_readme.py runs those blocks under private tmpfs mounts).
+HOST_PATHS = tuple(Path(path) for path in (
+    HostSettings.system_uuid_file, Path(AgentSettings.shadow).parent, DEFAULT_LOG_FILE, SYSTEM_CONFIG.parent,
+    "/var/tmp/famfs.img", "/var/tmp/client_uuid", "/mnt/famfs", "/mnt/client"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_the_host_alone() -> Iterator[None]:
+    """Fails the run when it made one of HOST_PATHS (a program fell back to a default path: the
+    test forgot to give it one, or the program writes where nothing asked it to)."""
+    before = {path for path in HOST_PATHS if os.path.lexists(path)}
+    yield
+    left = [str(path) for path in HOST_PATHS if os.path.lexists(path) and path not in before]
+    assert not left, (f"the suite left these on the host: {', '.join(left)} (remove them, then find the test; "
+                      "or another run on this host made them meanwhile)")
 
 
 @pytest.fixture

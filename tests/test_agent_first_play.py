@@ -137,12 +137,12 @@ def test_without_a_second_process_the_agent_makes_the_same_tree_itself(tmp_path:
     def no_fork() -> int:
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(first_play.os, "fork", no_fork)
-    with structlog.testing.capture_logs() as events:
+    # Only the fork is undone after: monkeypatch.undo() would drop the test's identity too.
+    with monkeypatch.context() as patch, structlog.testing.capture_logs() as events:
+        patch.setattr(first_play.os, "fork", no_fork)
         Follower(str(image), str(tmp_path / "shadow"), AgentSettings(), system_uuid_file, follow=False).run()
     assert [event["event"] for event in events if event["log_level"] == "warning"] == [
         "file_creator_unavailable", "duplicate_path"]
-    monkeypatch.undo()
     run_agent("--shadow", tmp_path / "fresh", image)
     made, fresh = snapshot(tmp_path / "shadow" / "root"), snapshot(tmp_path / "fresh" / "root")
     assert len(made) == 1 + FILES + 3  # d and its files (the duplicate is not one), .meta and its two

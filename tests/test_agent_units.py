@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from pathlib import Path
+
+import pytest
 
 from agent.follower import AgentState
 from agent.shadow_writer import ShadowTree
 from agent.wakeup import ImageWriteWatch, Waiter
+from famfs import env
 from famfs import format as fmt
 from famfs.device import Device
+from famfs.config import Settings
 from famfs.famfslog import FamfsLog
+from famfs.identity import IdentityError, joining_identity_file
 from famfs.progress import Progress
 from tests.agent_util import append, file_entry, make_device, mkdir_entry
 
@@ -80,3 +86,23 @@ def test_opening_a_shadow_clears_staging_and_keeps_root(tmp_path: Path) -> None:
         assert os.listdir(tree.staging) == []
         assert (shadow / "root" / "kept").is_dir()
         assert (shadow / ".agent" / "lock").read_text().strip() == str(os.getpid())
+
+
+def test_the_agent_joins_with_a_named_identity_or_an_existing_default(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file named on purpose may be made (the join makes it); the built-in default only by mkfs."""
+    monkeypatch.delenv(env.SYSTEM_UUID_FILE)
+    settings = Settings()
+    default = tmp_path / "opt" / "system_uuid"
+    settings.host.system_uuid_file = str(default)  # the built-in default, as far as `given` knows
+    with pytest.raises(IdentityError, match=f"^{default} does not exist: this host has no identity"):
+        joining_identity_file(None, settings)
+    named = tmp_path / "named" / "system_uuid"
+    assert joining_identity_file(str(named), settings) == named
+    monkeypatch.setenv(env.SYSTEM_UUID_FILE, str(named))
+    assert joining_identity_file(None, settings) == named
+    assert not default.parent.exists() and not named.exists()  # asking makes nothing
+    monkeypatch.delenv(env.SYSTEM_UUID_FILE)
+    default.parent.mkdir()
+    default.write_text(str(uuid.uuid4()))
+    assert joining_identity_file(None, settings) == default

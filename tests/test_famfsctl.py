@@ -12,6 +12,7 @@ import pytest
 from famfs import env
 from famfs import format as fmt
 from famfs.master import prng
+from tests.agent_util import following
 from tests.famfsctl_util import (
     digest,
     entries,
@@ -208,3 +209,21 @@ def test_a_path_inside_a_mount_names_device_and_relpath(tmp_path: Path, system_u
         ("MkdirEntry", "sub"), ("MkdirEntry", "d"), ("FileEntry", "d/f"), ("FileEntry", "local.txt"),
         ("FileEntry", "sub/local.txt")]
     assert file_bytes(image, "sub/local.txt") == b"from a mount path\n"
+
+
+def test_through_a_mount_famfsctl_returns_once_that_mount_shows_the_change(tmp_path: Path) -> None:
+    """With this host's agent following, each logging command given a mount path waits (bounded:
+    famfsctl.MOUNT_WAIT_S) for the mount to show what it logged: the next command sees it."""
+    image = make_image(tmp_path / "dev.img")
+    shadow, mnt = tmp_path / "shadow", tmp_path / "mnt"
+    (tmp_path / "local.txt").write_bytes(b"copied\n")
+    with following(image, shadow), Mount(shadow, image, mnt):
+        assert not (mnt / "d").exists()  # the kernel may keep this "no such name" a while
+        famfsctl("mkdir", mnt / "d")
+        assert (mnt / "d").is_dir()
+        famfsctl("creat", "-s", "1m", "-r", "-S", "8", mnt / "d" / "f")
+        assert famfsctl("verify", "-S", "8", mnt / "d" / "f").returncode == 0
+        famfsctl("cp", tmp_path / "local.txt", mnt / "d")
+        assert (mnt / "d" / "local.txt").read_bytes() == b"copied\n"
+        famfsctl("rm", mnt / "d" / "f", mnt / "d" / "local.txt")
+        assert os.listdir(mnt / "d") == []

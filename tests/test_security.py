@@ -265,20 +265,19 @@ def test_safe_resolution_refuses_symlinks_and_dotdot_with_and_without_openat2(tm
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "f").write_text("x")
     os.symlink(tmp_path / "a", tmp_path / "link")
-    root = safepath.open_root(tmp_path)
     try:
-        for have in (True, False):
-            safepath._have_openat2 = have
-            fd = safepath.open_beneath(root, "a/b/f", os.O_RDONLY)
-            assert os.read(fd, 1) == b"x"
-            os.close(fd)
-            for bad in ("link/b/f", "../x", "/etc/passwd", "link"):
-                with pytest.raises(OSError) as refused:
-                    safepath.open_beneath(root, bad, os.O_RDONLY)
-                assert refused.value.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR)
+        with safepath.Root(tmp_path) as root:
+            for have in (True, False):
+                safepath._have_openat2 = have
+                fd = safepath.open_beneath(root, "a/b/f", os.O_RDONLY)
+                assert os.read(fd, 1) == b"x"
+                os.close(fd)
+                for bad in ("link/b/f", "../x", "/etc/passwd", "link"):
+                    with pytest.raises(OSError) as refused:
+                        safepath.open_beneath(root, bad, os.O_RDONLY)
+                    assert refused.value.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR)
     finally:
         safepath._have_openat2 = True
-        os.close(root)
 
 
 def test_shadow_permission_rule(tmp_path: Path, place: Path, user: tuple[int, int]) -> None:

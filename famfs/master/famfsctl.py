@@ -12,16 +12,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
+import functools
 import os
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import cacheflush, config, devices, hosts, logsetup, shadowdir, units
+from famfs import cacheflush, config, devices, hosts, logsetup, mapping, shadowdir, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -38,6 +40,9 @@ VERIFY_PIECE = 1 << 20  # read a file this much at a time: memory stays flat for
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
+# A command given a path inside a mount waits at most this long, once it has logged, for that
+# mount to show the change (this host's following agent plays an entry within milliseconds).
+MOUNT_WAIT_S = 10.0
 
 
 class UsageError(Exception):
@@ -88,19 +93,52 @@ def relpath_for_device(path: str, *, root_ok: bool = False) -> str:
     return path.rstrip("/") if path.rstrip("/") else path
 
 
-def locate_in_mount(path: str) -> tuple[str, str]:
-    """(device, relpath) of a path inside a mounted famfs (shadowdir.locate_in_mount)."""
+def locate_in_mount(path: str) -> shadowdir.MountTarget:
+    """Device, relpath and mount of a path inside a mounted famfs (shadowdir.locate_in_mount)."""
     try:
-        found = shadowdir.locate_in_mount(path)
+        return shadowdir.locate_in_mount(path)
     except shadowdir.MountError as err:
         raise UsageError(f"{err}; use --device DEV RELPATH") from None
-    return found.device, found.relpath
 
 
-def target(args: argparse.Namespace, path: str, *, root_ok: bool = False) -> tuple[str, str]:
+def target(args: argparse.Namespace, path: str, *, root_ok: bool = False) -> tuple[str, str, shadowdir.MountTarget | None]:
+    """(device, relpath, the mount the path is in: None with --device)."""
     if args.device:
-        return args.device, relpath_for_device(path, root_ok=root_ok)
-    return locate_in_mount(path)
+        return args.device, relpath_for_device(path, root_ok=root_ok), None
+    found = locate_in_mount(path)
+    return found.device, found.relpath, found
+
+
+def shown_in_mount(found: shadowdir.MountTarget | None, relpaths: Iterable[str], *, gone: bool = False) -> None:
+    """After logging through a path in a mount: wait, at most MOUNT_WAIT_S, until that mount shows
+    each of `relpaths` (with `gone`, none of them), so that `famfsctl creat MNT/f && cat MNT/f`
+    never races this host's agent. Only while that agent follows the log (nothing else plays it:
+    a one-shot agent's mount shows the change after its next play). A mount still behind at the
+    bound is said on stderr; the exit status stays the logging's, which is done."""
+    if found is None or not following(found.shadow):
+        return
+    deadline = time.monotonic() + MOUNT_WAIT_S
+    for relpath in relpaths:
+        path = os.path.join(found.root, relpath)
+        try:
+            mapping.awaited(functools.partial(shows, path, gone), deadline)
+        except FileNotFoundError:
+            print(f"famfsctl: {path}: logged, but the mount {'still shows it' if gone else 'does not show it'} "
+                  f"after {MOUNT_WAIT_S:g} s: is this host's famfs-agent --follow running?", file=sys.stderr)
+            return
+
+
+def following(shadow: str) -> bool:
+    """Whether a famfs-agent --follow runs on `shadow` (its state says so and it holds the lock)."""
+    state = shadowdir.read_state(shadow)
+    return state is not None and state.following and shadowdir.agent_pid(shadow) is not None
+
+
+def shows(path: str, gone: bool) -> None:
+    """FileNotFoundError (look again: mapping.awaited) while the mount does not show the change:
+    `path` is missing, or with `gone` still there."""
+    if os.path.lexists(path) == gone:
+        raise FileNotFoundError(errno.ENOENT, f"{path}: {'still there' if gone else 'not there yet'}")
 
 
 def uuid_file(args: argparse.Namespace) -> Path:
@@ -150,9 +188,10 @@ def owner(args: argparse.Namespace, default_mode: int) -> writer.Ownership:
 
 
 def cmd_mkdir(args: argparse.Namespace) -> int:
-    device, relpath = target(args, args.path)
+    device, relpath, found = target(args, args.path)
     mode = owner(args, 0o755)
     Master(device, system_uuid_file=uuid_file(args)).mkdir(relpath, mode.mode, mode.uid, mode.gid, parents=args.parents)
+    shown_in_mount(found, [relpath])
     return 0
 
 
@@ -164,7 +203,7 @@ def cmd_creat(args: argparse.Namespace) -> int:
     if args.randomize and not args.seed:
         raise UsageError("--randomize needs a nonzero --seed (upstream silently skips the fill without one)")
     layout = interleave(args)
-    device, relpath = target(args, args.path)
+    device, relpath, found = target(args, args.path)
     progress = Progress("filling", args.size)
     fill = counted(prng.pattern_blocks(args.seed, args.size), progress) if args.randomize else None
 
@@ -179,6 +218,7 @@ def cmd_creat(args: argparse.Namespace) -> int:
         raise copy.Interrupted(f"{relpath}: {'in the log' if logged(device, relpath) else 'nothing was logged'}") from None
     finally:
         progress.finish()
+    shown_in_mount(found, [relpath])
     return 0
 
 
@@ -199,7 +239,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
         raise UsageError(f"missing destination file operand after {args.paths[0]!r}" if args.paths else
                          "missing file operand")
     *sources, dest = args.paths
-    device, relpath = target(args, dest, root_ok=True)
+    device, relpath, found = target(args, dest, root_ok=True)
     request = copy.CopyRequest(
         sources=tuple(Path(source) for source in sources), dest=relpath,
         dest_is_dir_syntax=dest.endswith("/") and relpath != "", recursive=args.recursive,
@@ -214,6 +254,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
             return copy.copy_in(current, dataclasses.replace(request, on=tuple(on)))
 
     result = reclaim.wait_for_space(device, attempt, args.settings.master.reclaim_wait, args.settings.master.reclaim_poll)
+    shown_in_mount(found, [relpath, *(created.relpath for created in result.created)])
     print(f"{result.summary()} into {device}:{relpath or '/'}")
     if (skipped := result.skipped()) is not None:
         print(f"famfsctl cp: {skipped}", file=sys.stderr)
@@ -235,11 +276,12 @@ def cmd_add_device(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     targets = [target(args, path) for path in args.paths]
-    devices = {device for device, _ in targets}
+    devices = {device for device, _, _ in targets}
     if len(devices) > 1:
         raise UsageError(f"the paths are on different famfs devices ({', '.join(sorted(devices))}): one at a time")
     device = targets[0][0]
-    Master(device, system_uuid_file=uuid_file(args)).remove(*(relpath for _, relpath in targets))
+    Master(device, system_uuid_file=uuid_file(args)).remove(*(relpath for _, relpath, _ in targets))
+    shown_in_mount(targets[0][2], [relpath for _, relpath, _ in targets], gone=True)  # one namespace: one mount to ask
     return 0
 
 
@@ -299,7 +341,7 @@ def checked_device(args: argparse.Namespace) -> str:
     if (args.device is None) == (args.device_path is None):
         raise UsageError("give the device (or a directory of a mounted famfs) once: DEVICE or --device DEVICE")
     path = args.device or args.device_path
-    return locate_in_mount(path)[0] if os.path.isdir(path) else path
+    return locate_in_mount(path).device if os.path.isdir(path) else path
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:

@@ -178,6 +178,14 @@ def _gone_for_good(seen: Seen, view: LogView, now: float, policy: Policy) -> boo
     return now - seen.vanished_at >= policy.lease(record)
 
 
+def held(record: HostRecord, deletions: Mapping[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The deleted files (FILE indexes) a host holds, as (behind, pinned): those whose DELETE it
+    has not applied yet, and of the others those at or above its pin floor (open or mapped there)."""
+    behind = tuple(i for i, d in deletions.items() if d >= record.applied)
+    pinned = tuple(i for i, d in deletions.items() if d < record.applied and i >= record.pin_floor)
+    return behind, pinned
+
+
 def decide(view: LogView, table: Sequence[HostRecord | DamagedSlot], observations: Observations, now: float,
            policy: Policy) -> Verdict:
     """The verdict of one poll (docs/reclaim.md, "The coordinator"). `table` is the read folded
@@ -213,11 +221,10 @@ def decide(view: LogView, table: Sequence[HostRecord | DamagedSlot], observation
         if found.log_epoch != policy.log_epoch:
             holds.append(Hold(who, f"follows log epoch {found.log_epoch}, not {policy.log_epoch}", everything))
             continue
-        behind = tuple(i for i, d in view.deletions.items() if d >= found.applied)
+        behind, pinned = held(found, view.deletions)
         if behind:
             holds.append(Hold(who, f"has applied {found.applied} entries, not yet the DELETE of "
                               f"{len(behind)} file{'s' if len(behind) != 1 else ''}", behind))
-        pinned = tuple(i for i in view.deletions if i >= found.pin_floor and i not in behind)
         if pinned:
             holds.append(Hold(who, f"pins deleted files (pin floor: entry {found.pin_floor})", pinned))
     for slot, seen in observations.slots.items():
@@ -334,11 +341,15 @@ class Coordinator:
             self.played = count
 
     def _replaced(self) -> None:
+        """Another session's compaction replaced the log: the model is the new log's, replayed."""
+        famfs_log = FamfsLog(self.device)
+        self._adopt(famfs_log, writer.load(famfs_log))
+
+    def _adopt(self, famfs_log: FamfsLog, namespace: rules.Namespace) -> None:
         """A compaction replaced the log (docs/reclaim.md): its indexes are new, so the model is
-        replayed whole, and a record counts only once its host follows the new epoch. The
+        the new log's, and a record counts only once its host follows the new epoch. The
         latency of files deleted before it is counted from now."""
-        self.log = FamfsLog(self.device)
-        self.namespace = writer.load(self.log)
+        self.log, self.namespace = famfs_log, namespace
         self.played = self.log.header().next_index
         self.policy = replace(self.policy, log_epoch=self.log.location.epoch)
         self.deletes_seen.clear()
@@ -387,7 +398,7 @@ class Coordinator:
         done = session.compact()
         self.figures.compactions += 1
         self.figures.compaction_seconds += done.seconds
-        self.deletes_seen.clear()  # their indexes are gone; the next poll replays the new log (_replaced)
+        self._adopt(session.log, session.namespace)  # the session replayed the new log already
 
     def _announce(self, verdict: Verdict) -> None:
         for record in verdict.admitted:
@@ -426,11 +437,11 @@ class Coordinator:
             self.figures.fences += 1
 
     def _reclaim(self, session: writer.Session, pairs: list[tuple[int, int]], decided: float) -> None:
-        sizes = {i: session.namespace.deleted[i].capacity() for i, _ in pairs if i in session.namespace.deleted}
+        freed = session.reclaimed_bytes
         session.reclaim(pairs)
         done = self.clock()
+        self.figures.reclaimed_bytes += session.reclaimed_bytes - freed
         for file_index, _ in pairs:
-            self.figures.reclaimed_bytes += sizes.get(file_index, 0)
             self.figures.reclaimed_files += 1
             self.figures.observe_latency(done - self.deletes_seen.pop(file_index, decided))
 
@@ -460,8 +471,7 @@ def explain(device_path: str, err: writer.SpaceHeld) -> str:
             continue
         if found.state is HostState.LEFT:
             continue
-        behind = [i for i, d in deletions.items() if d >= found.applied]
-        pinned = [i for i in deletions if i >= found.pin_floor and i not in behind]
+        behind, pinned = held(found, deletions)
         if behind:
             lines.append(f"{host_name(found)} has not applied the DELETE of {len(behind)} of them "
                          f"({format_size(sum(sizes[i] for i in behind))}; applied {found.applied} entries)")

@@ -188,6 +188,7 @@ class Session:
         self.namespace = known.namespace_of(famfs_log) if known is not None else load(famfs_log)
         self.rng = rng or random.Random()
         self.failed = False  # set by a caller that saw an operation fail part-way: its namespace is not reused
+        self.reclaimed_bytes = 0  # what reclaim() gave back in this session (the coordinator's figures)
 
     def replayed(self) -> Replayed:
         """What a later session may start from instead of replaying the log (see Replayed)."""
@@ -212,6 +213,12 @@ class Session:
             if not isinstance(entry, fmt.MkdirEntry):  # mkdir() records its directories itself
                 self.namespace.record(first + n, entry)
         return first
+
+    def _log_one(self, entry: fmt.Entry) -> int:
+        """Check `entry` against the rule book as the next log entry, then append it; its index."""
+        index = self._next_index()
+        self._check(index, entry)
+        return self._append([entry])
 
     def refuse(self, relpath: str, why: object) -> MasterError:
         return MasterError(f"{self.log.path}: {relpath}: {why}", why if isinstance(why, Exception) else None)
@@ -481,9 +488,7 @@ class Session:
         if live is None:
             raise self._not_removable(relpath, rules.Kind.FILE)
         entry = fmt.DeleteEntry(relpath=relpath, target_index=live[0])
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("rm", device=self.log.path, path=relpath, index=index, target=live[0])
         return index
 
@@ -519,10 +524,9 @@ class Session:
             entry = fmt.ReclaimEntry(tuple(targets[start:start + fmt.RECLAIM_MAX_TARGETS]))
             freed = sum(self.namespace.deleted[file_index].capacity() for file_index, _ in entry.targets
                         if file_index in self.namespace.deleted)
-            index = self._next_index()
-            self._check(index, entry)
-            self._append([entry])
+            index = self._log_one(entry)
             indexes.append(index)
+            self.reclaimed_bytes += freed
             log.info("reclaim", device=self.log.path, index=index, files=[i for i, _ in entry.targets], bytes=freed)
         return indexes
 
@@ -537,9 +541,7 @@ class Session:
             log.info("already_fenced", device=self.log.path, slot=entry.slot, host=str(entry.system_uuid),
                      incarnation=entry.incarnation, index=earlier)
             return None
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("fence", device=self.log.path, index=index, slot=entry.slot, host=str(entry.system_uuid),
                  incarnation=entry.incarnation, reason=entry.reason.name.lower(), heartbeat=entry.heartbeat,
                  applied=entry.applied)
@@ -560,9 +562,7 @@ class Session:
         if current == (owner.mode, owner.uid, owner.gid):
             return None
         entry = fmt.SetattrEntry(relpath=relpath, target_index=target, mode=owner.mode, uid=owner.uid, gid=owner.gid)
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("setattr", device=self.log.path, path=relpath, index=index, target=target,
                  mode=f"{owner.mode:04o}", uid=owner.uid, gid=owner.gid)
         return index
@@ -573,9 +573,7 @@ class Session:
         if made_by is None:
             raise self._not_removable(relpath, rules.Kind.DIR)
         entry = fmt.RmdirEntry(relpath=relpath, target_index=made_by)
-        index = self._next_index()
-        self._check(index, entry)
-        self._append([entry])
+        index = self._log_one(entry)
         log.info("rmdir", device=self.log.path, path=relpath, index=index, target=made_by)
         return index
 

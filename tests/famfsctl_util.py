@@ -58,9 +58,11 @@ def file_bytes(image: Path, relpath: str) -> bytes:
         return b"".join(device.read(offset, length) for offset, length in fmt.device_ranges(entry))
 
 
-def digest(image: Path) -> str:
+def digest(image: Path, *, but: tuple[int, int] | None = None) -> str:
     """Hash of the whole device: every data segment of the sparse image with its offset, and the
-    size. Cheap on a mostly-empty image (SEEK_DATA skips the holes) and still covers every byte."""
+    size. Cheap on a mostly-empty image (SEEK_DATA skips the holes) and still covers every byte.
+    `but`: an (offset, length) left out, e.g. famfs.hosts.TABLE_SPAN, which running agents renew."""
+    skip_start, skip_end = (but[0], but[0] + but[1]) if but else (0, 0)
     hasher = hashlib.sha256()
     fd = os.open(image, os.O_RDONLY)
     try:
@@ -73,9 +75,11 @@ def digest(image: Path) -> str:
             except OSError:  # ENXIO: only a hole is left
                 break
             end = os.lseek(fd, start, os.SEEK_HOLE)
-            hasher.update(start.to_bytes(8, "little"))
-            for offset in range(start, end, 1 << 24):
-                hasher.update(os.pread(fd, min(1 << 24, end - offset), offset))
+            for first, last in ((start, min(end, skip_start)), (max(start, skip_end), end)) if but else ((start, end),):
+                if first < last:
+                    hasher.update(first.to_bytes(8, "little"))
+                    for offset in range(first, last, 1 << 24):
+                        hasher.update(os.pread(fd, min(1 << 24, last - offset), offset))
             position = end
     finally:
         os.close(fd)

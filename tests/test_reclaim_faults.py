@@ -192,6 +192,14 @@ class Rig:
         host's pin floor (the smallest pinned FILE index) holds every deleted file made after it."""
         return [self.make(f"canary-{next(self.serials)}") for _ in range(count)]
 
+    def held_pair(self, name: str, opener: Host, mapper: Host) -> tuple[list[Made], Made, Made, int, famfs.MappedFile]:
+        """Two canaries, then two files held: one open (read whole) on `opener`, one mapped on
+        `mapper`, with the device full after them: (canaries, opened, mapped, handle, mapping)."""
+        canaries = self.canaries(2)
+        opened, mapped = self.make(f"{name}-open", 2), self.make(f"{name}-mapped", 2)
+        self.fill()
+        return canaries, opened, mapped, open_on(opener, opened), map_on(mapper, mapped)
+
     def judged_and_kept(self, held: Made, canary: Made) -> None:
         """The coordinator judged `held` and kept it: `canary` (made before it, held by no one)
         is deleted after it and reclaimed, so every host is past `held`'s DELETE too. Then the
@@ -440,11 +448,7 @@ def test_a_deleted_file_held_open_or_mapped_is_never_reused_until_released(heale
     each is reclaimed only after its release, its units then given to a new file."""
     rig = healed
     one, two = rig.clients
-    canaries = rig.canaries(2)
-    opened, mapped_file = rig.make("held-open", 2), rig.make("held-mapped", 2)
-    rig.fill()
-    handle = open_on(one, opened)
-    mapping = map_on(two, mapped_file)
+    canaries, opened, mapped_file, handle, mapping = rig.held_pair("held", one, two)
     try:
         rig.remove(opened.relpath, mapped_file.relpath)
         rig.judged_and_kept(opened, canaries[0])
@@ -478,11 +482,7 @@ def test_kill_9_of_a_client_mount_during_reclaim(healed: Rig) -> None:
     pinned on its own until it is unmapped."""
     rig = healed
     one, two = rig.clients
-    canaries = rig.canaries(2)
-    opened, mapped_file = rig.make("mount-open", 2), rig.make("mount-mapped", 2)
-    rig.fill()
-    handle = open_on(two, opened)
-    mapping = map_on(two, mapped_file)
+    canaries, opened, mapped_file, handle, mapping = rig.held_pair("mount", two, two)
     try:
         rig.remove(opened.relpath, mapped_file.relpath)
         rig.judged_and_kept(opened, canaries[0])

@@ -44,6 +44,7 @@ from famfs.pins import RETRY_S, PathPins
 from famfs.namespace import NamespaceError, NamespaceWriter, Owner
 from famfs.ownership import ListedFile
 from fusefs import shadow_reader
+from fusefs.capacity import Capacity
 from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
 from fusefs.groupcommit import GroupCommitter
@@ -894,11 +895,7 @@ class FamfsOperations(pyfuse3.Operations):
         data = bytes(staged.data)
         try:
             if size is None:  # its bytes are at hand: logged with the files closed at about the same time
-                assert self.grouped is not None
-                try:
-                    await self.grouped.commit(staged.relpath, staged.owner, data)
-                except NamespaceError as err:
-                    raise self._refused(err) from None
+                await self._commit_grouped(staged, data)
             else:
                 await self._write_log(self.writer.create, staged.relpath, size, staged.owner, None)
         except pyfuse3.FUSEError:
@@ -944,24 +941,50 @@ class FamfsOperations(pyfuse3.Operations):
         units = -(-end // unit)
         if units <= max(1, -(-len(staged.data) // unit)):
             return
-        served = self.devices.served
-        figures = await trio.to_thread.run_sync(served.capacity.current)
-        # Space deleted files hold comes back once the reclaim coordinator has reclaimed it
-        # (docs/reclaim.md): if one runs on this host, wait for it, bounded by apply_wait_s, as
-        # famfsctl creat and famfs.Master.create do.
-        deadline = trio.current_time() + self.policy.apply_wait_s
-        pause = APPLY_POLL_MIN_S
-        while (figures.free_units < units <= figures.free_units + figures.held_units
-               and trio.current_time() < deadline and hosts.coordinator_running(served.famfs_log.device.fd)):
-            await trio.sleep(pause)
-            pause = min(2 * pause, RECLAIM_POLL_MAX_S)
-            figures = await trio.to_thread.run_sync(served.capacity.current)
+        figures = await self._wait_for_space(units, trio.current_time() + self.policy.apply_wait_s)
         if units > figures.free_units:
             log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
                         reason=f"{units * unit} bytes do not fit: {figures.free_units * unit} bytes are free on "
                                f"{self.devices.path}, {figures.held_units * unit} held by deleted files not yet "
                                f"reclaimed")
             raise pyfuse3.FUSEError(errno.ENOSPC)
+
+    async def _wait_for_space(self, units: int, deadline: float) -> Capacity:
+        """The device's figures once `units` fit, or once space held by deleted files cannot make
+        them fit, or at `deadline`. Held space comes back once the reclaim coordinator has
+        reclaimed it (docs/reclaim.md): waited for only while one runs on this host, as famfsctl
+        creat and famfs.Master.create wait."""
+        served = self.devices.served
+        figures = await trio.to_thread.run_sync(served.capacity.current)
+        pause = APPLY_POLL_MIN_S
+        while (figures.free_units < units <= figures.free_units + figures.held_units
+               and trio.current_time() < deadline and hosts.coordinator_running(served.famfs_log.device.fd)):
+            await trio.sleep(pause)
+            pause = min(2 * pause, RECLAIM_POLL_MAX_S)
+            figures = await trio.to_thread.run_sync(served.capacity.current)
+        return figures
+
+    async def _commit_grouped(self, staged: Staged, data: bytes) -> None:
+        """Log the file with the others closed about now. The write-time check (_check_space) saw
+        room, but another writer (famfsctl, famfs.Master) may have taken it since, while deleted
+        files' space is still being reclaimed: then wait for that, bounded by apply_wait_s, and
+        try again. Any other refusal, or one no reclaim can answer, is the close's answer."""
+        assert self.grouped is not None
+        units = max(1, -(-len(data) // self.devices.served.geometry.alloc_unit))
+        deadline = trio.current_time() + self.policy.apply_wait_s
+        while True:
+            try:
+                await self.grouped.commit(staged.relpath, staged.owner, data)
+                return
+            except NamespaceError as err:
+                refusal = err
+            if refusal.errno != errno.ENOSPC or trio.current_time() >= deadline:
+                raise self._refused(refusal)
+            before = await trio.to_thread.run_sync(self.devices.served.capacity.current)
+            if before.free_units >= units or before.free_units + before.held_units < units:
+                raise self._refused(refusal)  # not space (the log is full), or more than reclaim can give
+            if (await self._wait_for_space(units, deadline)).free_units < units:
+                raise self._refused(refusal)
 
     def _staging_full(self, staged: Staged) -> pyfuse3.FUSEError:
         if not self.staging_full_explained:

@@ -24,7 +24,7 @@ from famfs.device import DeviceError
 from famfs.famfslog import LogFullError
 from famfs.identity import NotMasterError
 from famfs.master import alloc, writer
-from famfs.master.writer import MasterError, NewData, Ownership, Replayed, Session
+from famfs.master.writer import MasterError, NewData, Ownership, Replayed, Session, SpaceHeld
 from famfs.namespace import NamespaceError, Owner
 
 log = logsetup.get_logger("famfs-fuse-mount")
@@ -131,7 +131,7 @@ def _refusal(relpath: str, err: Exception) -> NamespaceError:
     """The errno and the one line for a refused or failed call."""
     if isinstance(err, NamespaceError):
         return err
-    if isinstance(err, LogFullError):
+    if isinstance(err, (LogFullError, SpaceHeld)):  # SpaceHeld: deleted files hold the room (docs/reclaim.md)
         return NamespaceError(errno.ENOSPC, str(err))
     if isinstance(err, DeviceError):
         return NamespaceError(errno.EIO, str(err))

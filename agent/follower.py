@@ -94,7 +94,7 @@ class Follower:
         self.renew_due = 0.0  # time.monotonic() of the next renewal
         self.born_dead: dict[int, tuple[int, str]] = {}  # of this play: FILE index -> (DELETE index, relpath)
         # The run of DELETEs in hand: checked, not yet unlinked (_unlink_run), and their paths.
-        self.unlinks: list[tuple[int, fmt.DeleteEntry]] = []
+        self.unlinks: list[tuple[int, fmt.DeleteEntry, fmt.FileEntry]] = []  # with the FILE each deletes
         self.unlink_paths: set[str] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class Follower:
             self.tree.remove(relpath)
             pending = self.famfs_log.entry(index)
             if isinstance(pending, fmt.DeleteEntry):
-                self.tree.disown(pending, self.famfs_log)
+                self.tree.disown(self.famfs_log.entry(pending.target_index))
             self._advance(index)
             if state.live_files is not None:
                 state.live_files -= 1
@@ -472,8 +472,7 @@ class Follower:
                     if type(entry) is fmt.DeleteEntry and not building and not (unborn and str(index) in state.born_dead):
                         if entry.relpath in self.unlink_paths:  # its check needs the run's unlinks done
                             done = self._unlink_run(done, counts)
-                        tree.check_delete(index, entry, famfs_log)
-                        self.unlinks.append((index, entry))
+                        self.unlinks.append((index, entry, tree.check_delete(index, entry, famfs_log)))
                         self.unlink_paths.add(entry.relpath)
                         continue
                     if self.unlinks:
@@ -565,15 +564,13 @@ class Follower:
     def _delete_built(self, index: int, entry: fmt.DeleteEntry) -> None:
         """A DELETE in a tree being built: no cursor is written (a kill discards the whole tree)."""
         assert self.famfs_log is not None
-        self.tree.check_delete(index, entry, self.famfs_log)
-        self._unlink(index, entry)
+        self._unlink(index, entry, self.tree.check_delete(index, entry, self.famfs_log))
         self._advance(index)
 
-    def _unlink(self, index: int, entry: fmt.DeleteEntry) -> None:
-        assert self.famfs_log is not None
+    def _unlink(self, index: int, entry: fmt.DeleteEntry, victim: fmt.FileEntry) -> None:
         self.tree.remove(entry.relpath)
         self.deleted.deleted(entry.target_index, index, entry.relpath)
-        self.tree.disown(entry, self.famfs_log)  # after the unlink: its units are then no live file's
+        self.tree.disown(victim)  # after the unlink: its units are then no live file's
 
     def _unlink_run(self, done: int, counts: dict[str, int]) -> int:
         """The run of checked DELETEs in hand, which follows entry `done`: saved as pending with
@@ -584,10 +581,10 @@ class Follower:
         run, self.unlinks, self.unlink_paths = self.unlinks, [], set()
         if done >= 0:
             self._advance(done)
-        self.state.pending_deletes = [[index, entry.relpath] for index, entry in run]
+        self.state.pending_deletes = [[index, entry.relpath] for index, entry, _ in run]
         self._save()
-        for index, entry in run:
-            self._unlink(index, entry)
+        for index, entry, victim in run:
+            self._unlink(index, entry, victim)
         self.state.pending_deletes = []
         last = run[-1][0]
         self._advance(last)
@@ -595,7 +592,7 @@ class Follower:
         self.stats.entries[fmt.DeleteEntry, "deleted"] += len(run)
         self.state.live_files = (self.state.live_files or 0) - len(run)
         if self.debug:
-            for index, entry in run:
+            for index, entry, _ in run:
                 log.debug("entry", index=index, kind="DeleteEntry", path=entry.relpath, outcome="deleted")
         return last
 

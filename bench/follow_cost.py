@@ -1,11 +1,13 @@
 """CPU seconds a following famfs-agent spends per log entry, on `make churn`'s pattern (issue 19).
 
-`python -m bench.follow_cost [--bursts N] [--repeat R]`: a fresh image on tmpfs and one client's
+`python -m bench.follow_cost [--bursts N] [--repeat R] [--mount]`: a fresh image on tmpfs and one client's
 agent following it (`famfs-agent --follow`, logging as a host of the churn does); `famfs.Master`
 appends N bursts of the churn's small files (in one `Master.batch()`: the last burst's 48 files
 removed, 48 new ones made), waiting after each burst until the agent's cursor has caught up.
 It prints the agent's CPU time per entry (/proc/<pid>/schedstat over the bursts),
-the median of R runs. Nothing reclaims: the image is sparse and big enough for every burst.
+the median of R runs; with --mount, also that of a famfs-fuse-mount serving the agent's shadow
+(in a mount namespace of its own, as make churn's hosts run it), which takes every change of the
+tree from inotify. Nothing reclaims: the image is sparse and big enough for every burst.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from bench.common import scratch
 from demo import churn_data
-from demo.cluster import stop_process
+from demo.cluster import stop_process, tool
 from famfs import Master, logsetup
 from famfs.master.mkfs import create_image, mkfs
 
@@ -52,8 +54,32 @@ def wait_cursor(shadow: Path, index: int, agent: subprocess.Popen[bytes]) -> Non
         time.sleep(0.0005)
 
 
-def one_run(work: Path, bursts: int) -> tuple[float, int]:
-    """The agent's CPU seconds over `bursts` bursts, and the entries they logged."""
+def mounted(mount: subprocess.Popen[bytes], mountpoint: Path) -> bool:
+    try:
+        mountinfo = Path(f"/proc/{mount.pid}/mountinfo").read_text()
+    except OSError:  # not yet exec'd, or gone
+        return False
+    return any(line.split()[4] == str(mountpoint) for line in mountinfo.splitlines())
+
+
+def start_mount(work: Path, shadow: Path, image: Path) -> subprocess.Popen[bytes]:
+    mountpoint = work / "mnt"
+    mountpoint.mkdir()
+    with open(work / "mount.log", "wb") as mount_log:
+        mount = subprocess.Popen(["unshare", "-m", "--propagation", "private", "--", tool("famfs-fuse-mount"), "--foreground",
+                                  "--shadow", str(shadow), "--device", str(image), str(mountpoint)],
+                                 cwd=REPO, stderr=mount_log)
+    deadline = time.monotonic() + WAIT_S
+    while not mounted(mount, mountpoint):
+        if time.monotonic() > deadline or mount.poll() is not None:
+            stop_process(mount, WAIT_S)
+            raise RuntimeError(f"famfs-fuse-mount did not mount: {(work / 'mount.log').read_text()}")
+        time.sleep(0.01)
+    return mount
+
+
+def one_run(work: Path, bursts: int, with_mount: bool) -> tuple[float, float, int]:
+    """The agent's and the mount's CPU seconds over `bursts` bursts, and the entries logged."""
     image, master_uuid, client_uuid, shadow = (work / "famfs.img", work / "master_uuid", work / "client_uuid",
                                                work / "shadow")
     master_uuid.write_text(f"{uuid.uuid4()}\n")
@@ -69,11 +95,14 @@ def one_run(work: Path, bursts: int) -> tuple[float, int]:
         agent = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), "--config", str(config),
                                   "--system-uuid-file", str(client_uuid), "--log-format", "json", str(image)],
                                  cwd=REPO, stderr=agent_log)
+    mount = None
     try:
         wait_cursor(shadow, 0, agent)
+        if with_mount:
+            mount = start_mount(work, shadow, image)
         smalls: list[str] = []
         serial, last = 0, 0
-        before = cpu_seconds(agent.pid)
+        before, mount_before = cpu_seconds(agent.pid), cpu_seconds(mount.pid) if mount else 0.0
         for _ in range(bursts):
             with master.batch():
                 if smalls:
@@ -88,8 +117,12 @@ def one_run(work: Path, bursts: int) -> tuple[float, int]:
                     smalls.append(relpath)
                     last += 1
             wait_cursor(shadow, last, agent)
-        return cpu_seconds(agent.pid) - before, last
+        time.sleep(0.2)  # the mount's last inotify events
+        mount_cpu = cpu_seconds(mount.pid) - mount_before if mount else 0.0
+        return cpu_seconds(agent.pid) - before, mount_cpu, last
     finally:
+        if mount is not None:
+            stop_process(mount, WAIT_S)
         stop_process(agent, WAIT_S)
 
 
@@ -97,16 +130,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bursts", type=int, default=60, help="bursts of the churn's small files (default 60)")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each on a fresh image (default 3)")
+    parser.add_argument("--mount", action="store_true", help="measure a famfs-fuse-mount on the shadow too")
     args = parser.parse_args()
     logsetup.configure(level="error")
-    per_entry = []
+    per_entry, mount_per_entry = [], []
     for _ in range(args.repeat):
         with scratch("famfs-follow-cost-") as work:
-            seconds, entries = one_run(work, args.bursts)
+            seconds, mount_seconds, entries = one_run(work, args.bursts, args.mount)
         per_entry.append(seconds / entries * 1000)
-        print(f"agent: {seconds:.2f} CPU s for {entries} entries: {per_entry[-1]:.3f} ms/entry", flush=True)
-    print(f"median {statistics.median(per_entry):.3f} ms of agent CPU per entry ({args.repeat} runs of "
-          f"{args.bursts} bursts of {BURST})")
+        mount_per_entry.append(mount_seconds / entries * 1000)
+        print(f"agent: {seconds:.2f} CPU s for {entries} entries: {per_entry[-1]:.3f} ms/entry" +
+              (f"; mount: {mount_seconds:.2f} CPU s, {mount_per_entry[-1]:.3f} ms/entry" if args.mount else ""),
+              flush=True)
+    print(f"median {statistics.median(per_entry):.3f} ms of agent CPU per entry" +
+          (f", {statistics.median(mount_per_entry):.3f} ms of the mount's" if args.mount else "") +
+          f" ({args.repeat} runs of {args.bursts} bursts of {BURST})")
     return 0
 
 

@@ -4,8 +4,8 @@ The cursor (file-system UUID, index, seqnum and CRC of the last entry dealt with
 `<shadow>/.agent/state.json`, replaced atomically once per batch (a first play into an empty tree
 builds the tree in staging/ and saves the cursor once, when the tree has moved in). Entries past
 the cursor may already be in the tree after a kill; ShadowTree applies them idempotently, and a
-DELETE is bracketed by two cursor writes (pending, then done) so a restart knows whether it
-happened.
+run of DELETEs is saved as pending with the cursor before it, then unlinked, so a restart knows
+which unlinks may have happened.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class Follower:
         self.device: Device | None = None
         self.famfs_log: FamfsLog | None = None
         self.superblock_raw = b""
+        self.record_raw = b""  # the compaction record's bytes last found naming the log in hand
         self.state: AgentState | None = None
         self.stop_signal: int | None = None
         self.stats = AgentStats()  # read by the metrics collector (agent/metrics.py)
@@ -92,6 +93,9 @@ class Follower:
         self.dropped_incarnations: list[int] = []  # the tree they served is being dropped
         self.renew_due = 0.0  # time.monotonic() of the next renewal
         self.born_dead: dict[int, tuple[int, str]] = {}  # of this play: FILE index -> (DELETE index, relpath)
+        # The run of DELETEs in hand: checked, not yet unlinked (_unlink_run), and their paths.
+        self.unlinks: list[tuple[int, fmt.DeleteEntry, fmt.FileEntry]] = []  # with the FILE each deletes
+        self.unlink_paths: set[str] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -147,6 +151,7 @@ class Follower:
                 self.device = None
             return str(err)
         self.superblock_raw = self.device.read(0, fmt.SUPERBLOCK.size)
+        self.record_raw = b""
         return None
 
     def _start(self, rebuild: str | None = None) -> None:
@@ -179,8 +184,8 @@ class Follower:
             except ShadowError as err:
                 reason = str(err)
             expected = state.live_files
-            if expected is not None and state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
-                expected -= 1  # the unlink below may have happened already
+            if expected is not None:
+                expected -= len(self._pending_run(state))  # the unlinks below may have happened already
             # Not exact: after a kill, entries past the cursor may be in the tree already.
             if resumed and (damage := self.tree.damage(state.applied_index, expected, exact=lambda: False)) is not None:
                 resumed, reason = False, f"the shadow tree was damaged behind the agent's back: {damage}"
@@ -216,16 +221,16 @@ class Follower:
         assert self.device is not None
         state.device_dev, state.device_ino = image_identity(self.device.fd) or (None, None)
         state.pid, state.following, state.stalled_at = os.getpid(), self.following, None
-        if state.pending_delete and state.pending_delete.get("index") == state.applied_index + 1:
-            # A run was killed around this DELETE's unlink, after checking it: finish it.
-            self.tree.remove(str(state.pending_delete["path"]))
-            pending = self.famfs_log.entry(state.applied_index + 1)
+        for index, relpath in self._pending_run(state):
+            # A run was killed around these DELETEs' unlinks, after checking them: finish them.
+            self.tree.remove(relpath)
+            pending = self.famfs_log.entry(index)
             if isinstance(pending, fmt.DeleteEntry):
-                self.tree.disown(pending, self.famfs_log)
-            self._advance(state.applied_index + 1)
+                self.tree.disown(self.famfs_log.entry(pending.target_index))
+            self._advance(index)
             if state.live_files is not None:
                 state.live_files -= 1
-        state.pending_delete = None
+        state.pending_deletes = []
         if resumed:
             self._host_fields(previous, state)  # a rebuild set them before its first save
             self.deleted.rebuild(self.famfs_log, state.applied_index + 1)
@@ -238,6 +243,17 @@ class Follower:
                  role=state.role, mode="follow" if self.following else "once", cursor=state.applied_index,
                  log_next_index=state.next_index_seen,
                  coherence=self.device.coherence.name if self.device is not None else None)
+
+    @staticmethod
+    def _pending_run(state: AgentState) -> list[tuple[int, str]]:
+        """The saved run of DELETEs whose unlinks may have happened: those from the entry after
+        the cursor on (a run is consecutive entries; anything else is not this cursor's)."""
+        run = []
+        for index, relpath in state.pending_deletes:
+            if index != state.applied_index + 1 + len(run):
+                break
+            run.append((int(index), str(relpath)))  # type: ignore[call-overload]
+        return run
 
     # --- this host's record (docs/reclaim.md, "A host"; agent/hostrecord.py) ----------------
 
@@ -433,6 +449,7 @@ class Follower:
         debug = self.debug
         tally = self.stats.entries
         unborn = bool(self.born_dead or state.born_dead)  # pairs are added only from born_dead: none if both are empty
+        building = tree.building
         try:
             for index, raw in zip(range(first, stop), famfs_log.raw_entries(first, stop)):
                 if self.stop_signal is not None:
@@ -452,11 +469,19 @@ class Follower:
                         continue
                     entry = settled
                 try:
+                    if type(entry) is fmt.DeleteEntry and not building and not (unborn and str(index) in state.born_dead):
+                        if entry.relpath in self.unlink_paths:  # its check needs the run's unlinks done
+                            done = self._unlink_run(done, counts)
+                        self.unlinks.append((index, entry, tree.check_delete(index, entry, famfs_log)))
+                        self.unlink_paths.add(entry.relpath)
+                        continue
+                    if self.unlinks:
+                        done = self._unlink_run(done, counts)
                     if unborn and (index in self.born_dead or str(index) in state.born_dead) and (
                             skipped := self._born_dead(index, entry)) is not None:
                         outcome = skipped
                     elif type(entry) is fmt.DeleteEntry:
-                        self._delete(index, entry, done)
+                        self._delete_built(index, entry)
                         outcome = "deleted"
                     elif type(entry) is fmt.ReclaimEntry or type(entry) is fmt.FenceEntry:
                         outcome = self._host_entry(index, entry)
@@ -465,6 +490,8 @@ class Follower:
                         if type(entry) is fmt.HoldEntry:  # a compaction's deleted file: its own DELETE
                             self.deleted.deleted(index, index, entry.file.relpath)
                 except Rejected as err:
+                    if self.unlinks:  # the run before it is done first: the cursor then passes this entry
+                        done = self._unlink_run(done, counts)
                     tally[type(entry), "rejected"] += 1
                     self._reject(err, counts)
                     done = index
@@ -483,6 +510,11 @@ class Follower:
                               outcome=outcome)
                 if progress is not None and not index & 0xFF:
                     progress.update(index + 1)
+            if self.unlinks:  # the batch ends (or stops: the entries in hand are finished)
+                done = self._unlink_run(done, counts)
+        except BaseException:
+            self.unlinks, self.unlink_paths = [], set()  # checked, none unlinked: played again from the cursor
+            raise
         finally:
             # Also when applying failed (the shadow file system full, say): every entry up to
             # `done` is whole in the tree, so the cursor may say so.
@@ -529,27 +561,40 @@ class Follower:
             self.tree.units_freed(gone.file_index, self.famfs_log)
         return "applied"
 
-    def _delete(self, index: int, entry: fmt.DeleteEntry, done: int) -> None:
-        """Check, then unlink between two cursor writes: a restart knows if the unlink happened
-        (in a tree being built no cursor is written: a kill discards the whole tree)."""
-        assert self.famfs_log is not None and self.state is not None
-        self.tree.check_delete(index, entry, self.famfs_log)
-        if self.tree.building:
-            self.tree.remove(entry.relpath)
-            self.deleted.deleted(entry.target_index, index, entry.relpath)
-            self.tree.disown(entry, self.famfs_log)
-            self._advance(index)
-            return
-        if done >= 0:
-            self._advance(done)
-        self.state.pending_delete = {"index": index, "path": entry.relpath}
-        self._save()
+    def _delete_built(self, index: int, entry: fmt.DeleteEntry) -> None:
+        """A DELETE in a tree being built: no cursor is written (a kill discards the whole tree)."""
+        assert self.famfs_log is not None
+        self._unlink(index, entry, self.tree.check_delete(index, entry, self.famfs_log))
+        self._advance(index)
+
+    def _unlink(self, index: int, entry: fmt.DeleteEntry, victim: fmt.FileEntry) -> None:
         self.tree.remove(entry.relpath)
         self.deleted.deleted(entry.target_index, index, entry.relpath)
-        self.tree.disown(entry, self.famfs_log)  # after the unlink: its units are then no live file's
-        self.state.pending_delete = None
-        self._advance(index)
+        self.tree.disown(victim)  # after the unlink: its units are then no live file's
+
+    def _unlink_run(self, done: int, counts: dict[str, int]) -> int:
+        """The run of checked DELETEs in hand, which follows entry `done`: saved as pending with
+        the cursor at `done` (one state write for the run, not two per DELETE), then unlinked. A
+        restart that finds them pending finishes them. The cursor moves past them in memory; the
+        next save (the batch's, at the latest) writes it. The last entry dealt with."""
+        assert self.state is not None
+        run, self.unlinks, self.unlink_paths = self.unlinks, [], set()
+        if done >= 0:
+            self._advance(done)
+        self.state.pending_deletes = [[index, entry.relpath] for index, entry, _ in run]
         self._save()
+        for index, entry, victim in run:
+            self._unlink(index, entry, victim)
+        self.state.pending_deletes = []
+        last = run[-1][0]
+        self._advance(last)
+        counts["deleted"] += len(run)
+        self.stats.entries[fmt.DeleteEntry, "deleted"] += len(run)
+        self.state.live_files = (self.state.live_files or 0) - len(run)
+        if self.debug:
+            for index, entry, _ in run:
+                log.debug("entry", index=index, kind="DeleteEntry", path=entry.relpath, outcome="deleted")
+        return last
 
     def _reject(self, err: Rejected | fmt.EntryError, counts: dict[str, int]) -> None:
         assert self.state is not None
@@ -775,11 +820,19 @@ class Follower:
         """A compaction committed or finished since the log was opened (docs/reclaim.md): the
         log is elsewhere now (the staging copy, then the fixed offset again), or another one."""
         assert self.device is not None and self.famfs_log is not None
+        offset, length = RECORD_SPAN
+        view = self.device.fresh(offset, length)
+        raw = view[offset:offset + length]
+        if raw == self.record_raw:  # every poll: decoded only when it changed (the superblock is checked before)
+            return False
         try:
-            record = read_record(self.device.fresh(*RECORD_SPAN))
+            record = read_record(view)
         except fmt.FormatError:
             return False  # a torn store of the master's: looked at again next poll
-        return LogLocation.of(record, self.famfs_log.superblock, self.device.size) != self.famfs_log.location
+        moved = LogLocation.of(record, self.famfs_log.superblock, self.device.size) != self.famfs_log.location
+        if not moved:
+            self.record_raw = raw
+        return moved
 
     def _reopen(self, why: str) -> bool:
         """The device changed under us: wait for a writer (mkfs) to finish, then start over."""

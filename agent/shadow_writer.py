@@ -402,9 +402,9 @@ class ShadowTree:
             self.owners.attach(-1)
         self.owners = owners
 
-    def disown(self, delete: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
-        """A deleted file's units: held by no live file, after its shadow file is unlinked."""
-        target = famfs_log.entry(delete.target_index)
+    def disown(self, target: fmt.Entry) -> None:
+        """A deleted file's units (`target`: the FILE entry its DELETE names): held by no live
+        file, after its shadow file is unlinked."""
         if type(target) is fmt.FileEntry and self.owners is not None:
             self.owners.set(target.all_extents(), HELD)
 
@@ -666,11 +666,12 @@ class ShadowTree:
     # --- applying entries ---------------------------------------------------------------------
 
     def check(self, index: int, entry: fmt.Entry, famfs_log: FamfsLog, relpath: str | None = None, *,
-              model: rules.Model | None = None) -> None:
+              model: rules.Model | None = None, entry_at: rules.EntryAt | None = None) -> None:
         """The rule book's check of `entry` as log entry `index` against `model` (default: this
         tree's rules_view): Rejected, naming `relpath`, if it breaks a rule."""
         try:
-            rules.check(index, entry, model if model is not None else self.rules_view, self.geometry, famfs_log.entry)
+            rules.check(index, entry, model if model is not None else self.rules_view, self.geometry,
+                        entry_at or famfs_log.entry)
         except rules.Violation as err:
             raise Rejected(index, str(err), relpath) from None
 
@@ -842,9 +843,19 @@ class ShadowTree:
         os.write(self._journal_fd, dirs_journal_line(index, entry.relpath, removed=True))
         return Outcome.APPLIED
 
-    def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> None:
-        """Raise Rejected unless `entry` deletes the live file its target entry made."""
-        self.check(index, entry, famfs_log, entry.relpath)
+    def check_delete(self, index: int, entry: fmt.DeleteEntry, famfs_log: FamfsLog) -> fmt.FileEntry:
+        """Raise Rejected unless `entry` deletes the live file its target entry made; that FILE
+        entry (decoded once: disown needs it too)."""
+        read: list[fmt.Entry] = []
+
+        def entry_at(at: int) -> fmt.Entry:
+            read.append(famfs_log.entry(at))
+            return read[-1]
+
+        self.check(index, entry, famfs_log, entry.relpath, entry_at=entry_at)
+        victim = read[-1]  # the rules read the target (and only it) to pass
+        assert type(victim) is fmt.FileEntry
+        return victim
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""

@@ -102,6 +102,20 @@ class FamfsLog:
         finally:
             self.forget(start, stop)
 
+    def targets_of(self, kinds: Container[int], start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """(index, entry type, target index word) of each slot in [start, stop) whose type word is
+        one of `kinds` (DELETE, RMDIR or SETATTR: the layouts that start with a target index),
+        read without validating the slot: a filter before a decode. The pages read are forgotten
+        once done."""
+        log_map, head = self.slots_view(start, stop), fmt.TARGET_HEAD
+        try:
+            for index in range(start, stop):
+                _, kind, target = head.unpack_from(log_map, self.slot_offset(index))
+                if kind in kinds:
+                    yield index, kind, target
+        finally:
+            self.forget(start, stop)
+
     def slots_naming(self, relpath: str, start: int, stop: int) -> Iterator[tuple[int, int]]:
         """(index, entry type) of each slot in [start, stop) with a relpath field (fmt.RELPATH_OFFSETS) whose
         relpath field holds exactly `relpath`, NUL-padded: found by a search of the mapped log in

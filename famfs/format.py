@@ -94,6 +94,7 @@ RECLAIM_ENTRY = struct.Struct(_ENTRY_HEAD + "I4x" + f"{2 * RECLAIM_MAX_TARGETS}Q
 # FENCE (ours): the host incarnation the master stops waiting for, why, and what it last saw of it.
 FENCE_ENTRY = struct.Struct(_ENTRY_HEAD + "16sQII" + "QQ" + "472x" + "Q")
 ENTRY_HEAD = struct.Struct(_ENTRY_HEAD)
+TARGET_HEAD = struct.Struct(_ENTRY_HEAD + "Q")  # DELETE's, RMDIR's and SETATTR's head and target index
 # A FILE entry decoded in two steps (a replay's hot path): its fixed head, up to the extent
 # union, then only the extent words its count names, not all 48 of the union.
 FILE_HEAD = struct.Struct(_ENTRY_HEAD + _FILE_META)

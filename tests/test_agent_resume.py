@@ -185,7 +185,7 @@ def test_a_delete_interrupted_around_its_unlink_is_finished_on_restart(tmp_path:
         state = agent_state(shadow)
         with Device(image) as device:
             crc = int.from_bytes(FamfsLog(device).raw_entry(1)[fmt.ENTRY_CRC_SPAN:], "little")
-        state.update(applied_index=1, applied_seqnum=1, applied_crc=crc, pending_delete={"index": 2, "path": "d/f"})
+        state.update(applied_index=1, applied_seqnum=1, applied_crc=crc, pending_deletes=[[2, "d/f"]])
         (shadow / ".agent" / "state.json").write_text(json.dumps(state))
         units = shadow / ".agent" / UNITS_FILE  # saved with that cursor too (a DELETE claims no units)
         _, nunits = UNITS_HEADER.unpack_from(units.read_bytes())
@@ -196,8 +196,39 @@ def test_a_delete_interrupted_around_its_unlink_is_finished_on_restart(tmp_path:
         assert "rebuild" not in result.stderr
         assert not (shadow / "root" / "d" / "f").exists()
         after = agent_state(shadow)
-        assert (after["applied_index"], after["applied_crc"], after["rejected"], after["pending_delete"]) == \
-            (done["applied_index"], done["applied_crc"], 0, None)
+        assert (after["applied_index"], after["applied_crc"], after["rejected"], after["pending_deletes"]) == \
+            (done["applied_index"], done["applied_crc"], 0, [])
+
+
+@pytest.mark.parametrize("unlinked", [0, 2, 3])
+def test_a_run_of_deletes_interrupted_around_its_unlinks_is_finished_on_restart(
+        tmp_path: Path, system_uuid_file: Path, unlinked: int) -> None:
+    """A run of DELETEs is saved as pending once, with the cursor before it, then unlinked: a kill
+    after any number of its unlinks leaves a state the restart finishes."""
+    image = make_device(tmp_path, system_uuid_file)
+    names = ["d/f0", "d/f1", "d/f2"]
+    append(image, [mkdir_entry("d"), *(file_entry(name, n) for n, name in enumerate(names)),
+                   *(fmt.DeleteEntry(relpath=name, target_index=1 + n) for n, name in enumerate(names))])
+    shadow = tmp_path / "shadow"
+    run_agent("--shadow", shadow, image, check=True)
+    done = agent_state(shadow)
+    state = agent_state(shadow)
+    with Device(image) as device:
+        crc = int.from_bytes(FamfsLog(device).raw_entry(3)[fmt.ENTRY_CRC_SPAN:], "little")
+    state.update(applied_index=3, applied_seqnum=3, applied_crc=crc, live_files=3,
+                 pending_deletes=[[4 + n, name] for n, name in enumerate(names)])
+    (shadow / ".agent" / "state.json").write_text(json.dumps(state))
+    units = shadow / ".agent" / UNITS_FILE  # saved with that cursor too (a DELETE claims no units)
+    _, nunits = UNITS_HEADER.unpack_from(units.read_bytes())
+    units.write_bytes(UNITS_HEADER.pack(3, nunits) + units.read_bytes()[UNITS_HEADER.size:])
+    for n, name in enumerate(names[unlinked:], start=unlinked):
+        (shadow / "root" / name).write_bytes(emit_file_yaml(file_entry(name, n)))
+    result = run_agent("--shadow", shadow, image, check=True)
+    assert "rebuild" not in result.stderr
+    assert not any((shadow / "root" / name).exists() for name in names)
+    after = agent_state(shadow)
+    assert (after["applied_index"], after["applied_crc"], after["rejected"], after["live_files"], after["pending_deletes"]) == \
+        (done["applied_index"], done["applied_crc"], 0, 0, [])
 
 
 def test_an_unreadable_cursor_is_a_rebuild_that_says_why(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -25,8 +25,11 @@ from tests.agent_util import append, file_entry, make_device, mkdir_entry
 
 def test_state_round_trips_and_bad_state_reads_as_none() -> None:
     state = AgentState(device="/dev/dax0.0", fs_uuid="u", applied_index=7, applied_seqnum=7, applied_crc=0xABC,
-                       rejected=2, last_error="log entry 5: empty path", pending_delete={"index": 8, "path": "d/f"})
+                       rejected=2, last_error="log entry 5: empty path", pending_deletes=[[8, "d/f"], [9, "d/g"]])
     assert AgentState.parse(state.dump()) == state
+    # An agent from before runs of DELETEs saved one pending DELETE: read as a run of one.
+    old = state.dump().replace(b'"pending_deletes": [[8, "d/f"], [9, "d/g"]]', b'"pending_delete": {"index": 8, "path": "d/f"}')
+    assert AgentState.parse(old).pending_deletes == [[8, "d/f"]]  # type: ignore[union-attr]
     assert AgentState.parse(None) is None
     assert AgentState.parse(b"{not json") is None
     assert AgentState.parse(b'{"fs_uuid": "u"}') is None  # no device: not a state file of ours

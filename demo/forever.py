@@ -296,8 +296,8 @@ class MountWriter(Writer):
             if self.log_nearly_full():
                 self.figures.log_full_waits += 1  # the harness compacts: try again
             else:
-                # The master's mount checks a new file against free units only and does not wait
-                # for space being reclaimed (famfs.Master.create does, [master] reclaim_wait).
+                # The master's mount waits for space being reclaimed up to [master] reclaim_wait
+                # (at a write past the first unit and at the last release), as famfs.Master does.
                 self.failed(f"write {relpath} ({size} bytes) through the master's mount", err)
             self.stop.wait(0.2)
             return

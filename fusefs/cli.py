@@ -99,6 +99,7 @@ class MountConfig:
     default_uuid_file: str  # read when neither the agent's state nor the above names one
     staging_mib: int
     apply_wait_s: float
+    reclaim_wait_s: float  # [master] reclaim_wait: a new file's wait for space being reclaimed
 
 
 def parser() -> argparse.ArgumentParser:
@@ -172,7 +173,7 @@ def resolve(args: argparse.Namespace) -> MountConfig:
         metrics_address=mount.metrics_address if args.metrics_address is None else args.metrics_address,
         system_uuid_file=str(given) if (given := given_system_uuid_file(args.system_uuid_file, settings)) else None,
         default_uuid_file=str(system_uuid_file(None, settings.host.system_uuid_file)),
-        staging_mib=mount.staging_mib, apply_wait_s=mount.apply_wait_s,
+        staging_mib=mount.staging_mib, apply_wait_s=mount.apply_wait_s, reclaim_wait_s=settings.master.reclaim_wait,
     )
 
 
@@ -323,7 +324,7 @@ class Daemon:
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
                                  negative_timeout=self.cfg.negative_timeout, read_only=self.cfg.read_only,
                                  master=str(sb.system_uuid), staging_bytes=self.cfg.staging_mib << 20,
-                                 apply_wait_s=self.cfg.apply_wait_s,
+                                 apply_wait_s=self.cfg.apply_wait_s, reclaim_wait_s=self.cfg.reclaim_wait_s,
                                  read_only_namespace=self.cfg.read_only_namespace)
             ops = FamfsOperations(self.table, devices, policy, os.fsencode(self.cfg.shadow), self.status, self.writer)
             await self._check_device()  # the state may already name another file system

@@ -104,6 +104,7 @@ class MountPolicy:
     master: str = "?"  # the system UUID of the master host (the superblock's), named when EPERM is explained
     staging_bytes: int = 0  # master: the bound on new files' bytes held until their last close
     apply_wait_s: float = 10.0  # master: how long a logged change may take to appear in the shadow tree
+    reclaim_wait_s: float = 10.0  # master: how long a new file waits for space being reclaimed ([master] reclaim_wait)
     read_only_namespace: bool = False  # -o ro_namespace: refused on the master too (upstream's CLI writes the log)
 
 
@@ -941,7 +942,7 @@ class FamfsOperations(pyfuse3.Operations):
         units = -(-end // unit)
         if units <= max(1, -(-len(staged.data) // unit)):
             return
-        figures = await self._wait_for_space(units, trio.current_time() + self.policy.apply_wait_s)
+        figures = await self._wait_for_space(units, trio.current_time() + self.policy.reclaim_wait_s)
         if units > figures.free_units:
             log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
                         reason=f"{units * unit} bytes do not fit: {figures.free_units * unit} bytes are free on "
@@ -967,11 +968,11 @@ class FamfsOperations(pyfuse3.Operations):
     async def _commit_grouped(self, staged: Staged, data: bytes) -> None:
         """Log the file with the others closed about now. The write-time check (_check_space) saw
         room, but another writer (famfsctl, famfs.Master) may have taken it since, while deleted
-        files' space is still being reclaimed: then wait for that, bounded by apply_wait_s, and
+        files' space is still being reclaimed: then wait for that, bounded by [master] reclaim_wait, and
         try again. Any other refusal, or one no reclaim can answer, is the close's answer."""
         assert self.grouped is not None
         units = max(1, -(-len(data) // self.devices.served.geometry.alloc_unit))
-        deadline = trio.current_time() + self.policy.apply_wait_s
+        deadline = trio.current_time() + self.policy.reclaim_wait_s
         while True:
             try:
                 await self.grouped.commit(staged.relpath, staged.owner, data)

@@ -64,17 +64,11 @@ def master_alone_rate(burst: int = Plan.small_burst, size: str = Plan.size) -> f
         entries, serial, started = 1, 0, time.monotonic()
         try:
             while True:
-                with master.batch():
-                    if smalls:
-                        master.remove(*smalls)
-                        entries, smalls = entries + len(smalls), []
-                    for _ in range(burst):
-                        serial += 1
-                        relpath = f"small/s{serial}"
-                        with master.create(relpath, churn_data.BLOCK) as new:
-                            churn_data.fill(new.buffer, relpath, serial)
-                        smalls.append(relpath)
-                        entries += 1
+                removed = len(smalls)
+                made = ((f"small/s{n}", n) for n in range(serial + 1, serial + burst + 1))
+                smalls = churn_data.small_burst(master, smalls, made)
+                serial += burst
+                entries += removed + burst
         except MasterError:  # full: the space of deleted files never comes back without reclaim
             pass
         return entries / (time.monotonic() - started)

@@ -104,18 +104,10 @@ def one_run(work: Path, bursts: int, with_mount: bool) -> tuple[float, float, in
         serial, last = 0, 0
         before, mount_before = cpu_seconds(agent.pid), cpu_seconds(mount.pid) if mount else 0.0
         for _ in range(bursts):
-            with master.batch():
-                if smalls:
-                    master.remove(*smalls)
-                    last += len(smalls)
-                    smalls = []
-                for _ in range(BURST):
-                    serial += 1
-                    relpath = f"small/s{serial % 4096}"
-                    with master.create(relpath, churn_data.BLOCK) as new:
-                        churn_data.fill(new.buffer, relpath, serial)
-                    smalls.append(relpath)
-                    last += 1
+            last += len(smalls) + BURST
+            smalls = churn_data.small_burst(master, smalls, ((f"small/s{n % 4096}", n)
+                                                             for n in range(serial + 1, serial + BURST + 1)))
+            serial += BURST
             wait_cursor(shadow, last, agent)
         time.sleep(0.2)  # the mount's last inotify events
         mount_cpu = cpu_seconds(mount.pid) - mount_before if mount else 0.0

@@ -14,8 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Iterable, Sequence
 
 import numpy
+
+from famfs import Master
 
 MAGIC = b"FAMCHURN"
 HEADER = struct.Struct("<8sQ")
@@ -75,3 +78,18 @@ def wrong_bytes(data: numpy.ndarray, relpath: str, serial: int) -> int:
     if tail > 0:
         wrong += int(numpy.count_nonzero(data[size - tail:] != expected[:tail]))
     return wrong
+
+
+def small_burst(master: Master, previous: Sequence[str], made: Iterable[tuple[str, int]]) -> list[str]:
+    """One Master.batch() of the churn's small files (what fills the log): the `previous`
+    burst's removed, then a BLOCK file filled as readers check it for each (relpath, serial) of
+    `made`; the new burst's paths."""
+    paths: list[str] = []
+    with master.batch():
+        if previous:
+            master.remove(*previous)
+        for relpath, serial in made:
+            with master.create(relpath, BLOCK) as new:
+                fill(new.buffer, relpath, serial)
+            paths.append(relpath)
+    return paths

@@ -23,7 +23,8 @@ $(VENV)/.deps:
 install: $(VENV)/.installed
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py famfs/_cacheline.c
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,arrow]'
+	@# setuptools prints a page-long notice on every editable install ("Editable installation ..."): not ours to act on
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,arrow]'
 	@touch $@
 
 # Compiled as pip compiles an installed wheel: an editable install is not, and where

@@ -180,8 +180,10 @@ class Rig:
 
     def explain(self) -> str:
         """The host table and the coordinator's last words: why nothing is reclaimed."""
-        listed = self.cluster.ctl("host", "list", check=False)
-        return f"{listed.stdout}{listed.stderr}coordinator log:\n{log_tail(self.reclaimd_log, 40)}"
+        listed = self.master.famfsctl("host", "list", str(self.image), check=False)  # (ctl would put --device first)
+        running = "running" if self.coordinator is not None and self.coordinator.poll() is None else "not running"
+        agents = "\n".join(f"{client.name} agent log:\n{log_tail(client.agent_log, 15)}" for client in self.clients)
+        return f"{listed.stdout}{listed.stderr}coordinator ({running}) log:\n{log_tail(self.reclaimd_log, 40)}\n{agents}"
 
     def assert_kept(self, made: Made) -> None:
         assert self.held(made), f"{made.relpath}: reclaimed while held"

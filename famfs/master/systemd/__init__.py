@@ -1,0 +1,1 @@
+"""The systemd units famfsctl install-units writes (package data: *.service)."""

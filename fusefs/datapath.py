@@ -50,13 +50,13 @@ class DataPath:
     def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:
             return b""
-        pieces = list(device_pieces(entry, offset, length))
-        for devindex, start, size in pieces:
-            self.coherence.invalidate(self._view(devindex), start, size)
+        pieces = [(self._view(devindex), start, size) for devindex, start, size in device_pieces(entry, offset, length)]
+        for view, start, size in pieces:
+            self.coherence.invalidate(view, start, size)
         if len(pieces) == 1:
-            devindex, start, size = pieces[0]
-            return self._view(devindex)[start:start + size]
-        return b"".join(self._view(devindex)[start:start + size] for devindex, start, size in pieces)
+            view, start, size = pieces[0]
+            return view[start:start + size]
+        return b"".join(view[start:start + size] for view, start, size in pieces)
 
     def write(self, entry: fmt.FileEntry, offset: int, data: bytes) -> int:
         """Store what fits below the file size; the caller sees a short count, then EFBIG: a

@@ -942,7 +942,8 @@ class FamfsOperations(pyfuse3.Operations):
         units = -(-end // unit)
         if units <= max(1, -(-len(staged.data) // unit)):
             return
-        figures = await self._wait_for_space(units, trio.current_time() + self.policy.reclaim_wait_s)
+        figures = await trio.to_thread.run_sync(self.devices.served.capacity.current)
+        figures = await self._wait_for_space(units, trio.current_time() + self.policy.reclaim_wait_s, figures)
         if units > figures.free_units:
             log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
                         reason=f"{units * unit} bytes do not fit: {figures.free_units * unit} bytes are free on "
@@ -950,13 +951,12 @@ class FamfsOperations(pyfuse3.Operations):
                                f"reclaimed")
             raise pyfuse3.FUSEError(errno.ENOSPC)
 
-    async def _wait_for_space(self, units: int, deadline: float) -> Capacity:
-        """The device's figures once `units` fit, or once space held by deleted files cannot make
-        them fit, or at `deadline`. Held space comes back once the reclaim coordinator has
-        reclaimed it (docs/reclaim.md): waited for only while one runs on this host, as famfsctl
-        creat and famfs.Master.create wait."""
+    async def _wait_for_space(self, units: int, deadline: float, figures: Capacity) -> Capacity:
+        """The device's figures (`figures`: as last read) once `units` fit, or once space held by
+        deleted files cannot make them fit, or at `deadline`. Held space comes back once the
+        reclaim coordinator has reclaimed it (docs/reclaim.md): waited for only while one runs on
+        this host, as famfsctl creat and famfs.Master.create wait."""
         served = self.devices.served
-        figures = await trio.to_thread.run_sync(served.capacity.current)
         pause = APPLY_POLL_MIN_S
         while (figures.free_units < units <= figures.free_units + figures.held_units
                and trio.current_time() < deadline and hosts.coordinator_running(served.famfs_log.device.fd)):
@@ -984,7 +984,7 @@ class FamfsOperations(pyfuse3.Operations):
             before = await trio.to_thread.run_sync(self.devices.served.capacity.current)
             if before.free_units >= units or before.free_units + before.held_units < units:
                 raise self._refused(refusal)  # not space (the log is full), or more than reclaim can give
-            if (await self._wait_for_space(units, deadline)).free_units < units:
+            if (await self._wait_for_space(units, deadline, before)).free_units < units:
                 raise self._refused(refusal)
 
     def _staging_full(self, staged: Staged) -> pyfuse3.FUSEError:

@@ -194,3 +194,21 @@ def test_precheck_says_only_yes_from_memory(tmp_path: Path, system_uuid_file: Pa
         mount_writer.check_new("a", OWNER)
     assert refused.value.errno == errno.EEXIST
     assert mount_writer.create_group([("a", OWNER, b"z")])[0].errno == errno.EEXIST  # the entry's own check
+
+
+def test_the_writer_keeps_the_device_only_while_its_path_names_it(tmp_path: Path, system_uuid_file: Path) -> None:
+    """SessionWriter keeps the device open between calls; an image replaced at the same path (rm,
+    then mkfs anew, as a site re-making its image) is written as it now is, the old one never."""
+    image = make_image(tmp_path / "kept.img", "64m")
+    mount_writer = SessionWriter(str(image), system_uuid_file)
+    assert mount_writer.create_group([("first", OWNER, b"1")]) == [0]
+    kept = mount_writer._opened
+    assert mount_writer.create_group([("second", OWNER, b"2")]) == [1]
+    assert mount_writer._opened is kept  # the same path, the same file: not opened again
+    image.unlink()
+    make_image(image, "128m")
+    assert mount_writer.create_group([("third", OWNER, b"3" * 4096)]) == [0]  # the new image's first entry
+    assert mount_writer._opened is not kept
+    assert [entry.relpath for entry in entries(image)] == ["third"]
+    assert file_bytes(image, "third") == b"3" * 4096
+    assert famfsctl("fsck", str(image)).returncode == 0

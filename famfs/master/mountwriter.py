@@ -1,7 +1,7 @@
 """The master's writing Session behind the famfs.namespace.NamespaceWriter interface, for the
 master's own mount (famfs_fuse_mount/ hands it to fusefs).
 
-Each call opens the device and starts a Session from the namespace the previous call left, while
+Each call starts a Session from the namespace the previous call left, while
 the log has not moved behind its back (writer.Replayed: the file system's UUID, the entry count
 and the last entry's seal, read under the lock); when famfsctl or another writer has appended
 meanwhile, the log is replayed. So famfsctl and the mount share one device lock and one rule
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import random
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from famfs import format as fmt
 from famfs import logsetup, rules
-from famfs.device import DeviceError
+from famfs.device import Device, DeviceError, probe
 from famfs.famfslog import LogFullError
 from famfs.identity import NotMasterError
 from famfs.master import alloc, writer
@@ -44,15 +46,22 @@ RULE_ERRNO: dict[str, int] = {
 class SessionWriter:
     """famfs.namespace.NamespaceWriter on the master's writer Session; thread-safe.
 
-    Each call opens the device at its path and reads its superblock anew, as famfsctl does: a file
-    system re-made under the mount (another log length, another master) or an image file
-    replaced is written as it now is, never through a superblock or a descriptor of the old one.
+    Each call reads the superblock and the log anew, as famfsctl does, from the device at its path:
+    the one the previous call opened, kept open while the path still names that very file (device
+    and inode, or device number) at the size it was mapped with, else opened again; and opened
+    again after any call that failed. So a file system re-made under the mount (another log
+    length, another master) or an image file replaced is written as it now is, never through a
+    superblock or a descriptor of the old one. Keeping it saves each group a map and an unmap of
+    the device and the page faults of reading the log through a new mapping (measured in
+    docs/fusefs.md, "Numbers").
     """
 
     def __init__(self, device_path: str, uuid_file: Path) -> None:
         self.device_path = device_path
         self.uuid_file = uuid_file
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
+        self._opened: Device | None = None  # the device the last call that succeeded used (see _device)
+        self._rng = random.Random()  # orders interleaved allocations: one for the writer's life, not one seeded per call
         self._known: Replayed | None = None  # what the last call that succeeded left
         # The same, kept while a call runs (precheck reads it without the lock), and the log's
         # slot count: None until a call succeeds, and after one fails.
@@ -63,13 +72,29 @@ class SessionWriter:
         with self._lock:
             known, self._known = self._known, None
             try:
-                with writer.session(self.device_path, self.uuid_file, known=known) as current:
+                with writer.session(self.device_path, self.uuid_file, self._rng, known, opened=self._device()) as current:
                     yield current
                     self._known = current.replayed()
                     self._last = self._known, current.log.header().slots
             except Exception as err:
                 self._last = None
+                self._forget_device()
                 raise _refusal(relpath, err) from None
+
+    def _device(self) -> Device:
+        """The device at device_path, open for writing: the kept one while the path still names it."""
+        kept = self._opened
+        if kept is not None and not _still_at(self.device_path, kept):
+            self._forget_device()
+            kept = None
+        if kept is None:
+            kept = self._opened = Device(self.device_path, writable=True)
+        return kept
+
+    def _forget_device(self) -> None:
+        if self._opened is not None:
+            opened, self._opened = self._opened, None
+            opened.close()
 
     def mkdir(self, relpath: str, owner: Owner) -> int:
         with self._locked(relpath) as session:
@@ -125,6 +150,17 @@ class SessionWriter:
 
 def _ownership(owner: Owner) -> Ownership:
     return Ownership(owner.mode, owner.uid, owner.gid)
+
+
+def _still_at(path: str, device: Device) -> bool:
+    """Whether `path` names the open device's very file (or device node), at the size it was mapped
+    with: not a replaced image, nor a device re-created or resized."""
+    try:
+        now, held = os.stat(path), os.fstat(device.fd)
+        return ((now.st_dev, now.st_ino, now.st_rdev) == (held.st_dev, held.st_ino, held.st_rdev)
+                and probe(path).size == device.size)
+    except (OSError, DeviceError):
+        return False
 
 
 def _refusal(relpath: str, err: Exception) -> NamespaceError:

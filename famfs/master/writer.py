@@ -580,9 +580,12 @@ class Session:
 
 @contextlib.contextmanager
 def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None,
-            known: Replayed | None = None, device_paths: Sequence[str] = ()) -> Iterator[Session]:
-    """Open the device for writing, check this host is the master, lock, load (or reuse `known`)."""
-    with Device(device_path, writable=True) as device:
+            known: Replayed | None = None, device_paths: Sequence[str] = (),
+            opened: Device | None = None) -> Iterator[Session]:
+    """Open the device for writing, check this host is the master, lock, load (or reuse `known`).
+    `opened`: the device at device_path already open for writing, used and left open (the
+    superblock and the log are read from it anew all the same)."""
+    with contextlib.nullcontext(opened) if opened is not None else Device(device_path, writable=True) as device:
         famfs_log = FamfsLog(device)
         try:
             require_master(famfs_log.superblock, uuid_file)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import uuid
 from pathlib import Path
 
 import pytest
 
 import famfs
+from demo.cluster import Cluster, tool
 from famfs import devices, env, rules
 from famfs import format as fmt
 from famfs.device import Device
@@ -269,3 +271,45 @@ def test_interleaved_strips_alternate_devices_and_contiguous_takes_the_first_wit
                                                                                  length=6 * MiB, devindex=1)
     units.claim((fmt.Extent(offset=0, length=4 << 30),))  # device 0 full
     assert writer.alloc.allocate_contiguous(units, 5 * MiB, (0, 1)).devindex == 1
+
+
+def free_bytes(image: Path, device: int) -> int:
+    with Device(image) as opened:
+        famfs_log = FamfsLog(opened)
+        return writer.load(famfs_log).units.device_free_units(device) * famfs_log.superblock.alloc_unit
+
+
+def logged_files(image: Path) -> dict[str, fmt.FileEntry]:
+    with Device(image) as opened:
+        return {relpath: entry for relpath, (_, entry) in writer.load(FamfsLog(opened)).files.items()}
+
+
+def file_entry(image: Path, relpath: str) -> fmt.FileEntry:
+    return logged_files(image)[relpath]
+
+
+def test_the_master_mount_places_files_on_an_added_device_and_reads_every_device(tmp_path: Path) -> None:
+    """The master's mount (which logs the files written through it) finds added devices as every
+    other program does (famfs.devices, from [host] devices and its agent's table): once the
+    primary is full, a file copied in lands on device 1, and the master and a client, each with
+    the device at a path of its own, read it back; so does a file famfsctl put there."""
+    with Cluster(tmp_path / "cluster", size="1g", clients=1) as cluster:
+        second = tmp_path / "second.img"
+        for host in cluster.hosts:  # the same device under a name of each host's own
+            host.second_device.symlink_to(second)
+        cluster.ctl("add-device", "--size", "1g", str(second))
+        cluster.ctl("creat", "-s", "3m", "--on-device", "1", "-r", "-S", "5", "byctl")
+        cluster.ctl("creat", "-s", str(free_bytes(cluster.image, 0)), "filler")  # the primary is full now
+        source = tmp_path / "source.bin"
+        source.write_bytes(random.Random(3).randbytes(5 * MiB + 7))
+        master, client = cluster.master, cluster.clients[0]
+        master.run_inside(["cp", str(source), str(master.mountpoint / "viamount")])
+        # Logged at the last close (FUSE's release, which the kernel sends after close(2) returned).
+        wait_for(lambda: "viamount" in logged_files(cluster.image), "viamount in the log", FOLLOW_WAIT_S)
+        assert [extent.devindex for extent in file_entry(cluster.image, "viamount").extents] == [1]
+        assert (master.view("viamount")).read_bytes() == source.read_bytes()
+        wait_for(lambda: client.view("viamount").exists(), "the client to list viamount", FOLLOW_WAIT_S)
+        assert client.view("viamount").read_bytes() == source.read_bytes()
+        for host in (master, client):
+            host.run_inside([tool("famfsctl"), "verify", "-S", "5", str(host.mountpoint / "byctl")])
+        assert "fsck: clean" in cluster.ctl("fsck").stdout

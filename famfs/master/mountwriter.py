@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from famfs import format as fmt
@@ -49,9 +49,12 @@ class SessionWriter:
     replaced is written as it now is, never through a superblock or a descriptor of the old one.
     """
 
-    def __init__(self, device_path: str, uuid_file: Path) -> None:
+    def __init__(self, device_path: str, uuid_file: Path, device_paths: Callable[[], Sequence[str]] = tuple) -> None:
+        """`device_paths`: asked at each call, where this host's added devices may be (the mount
+        gives its [host] devices and its agent's findings: famfs.devices.where_to_look)."""
         self.device_path = device_path
         self.uuid_file = uuid_file
+        self.device_paths = device_paths
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
         self._known: Replayed | None = None  # what the last call that succeeded left
         # The same, kept while a call runs (precheck reads it without the lock), and the log's
@@ -63,7 +66,8 @@ class SessionWriter:
         with self._lock:
             known, self._known = self._known, None
             try:
-                with writer.session(self.device_path, self.uuid_file, known=known) as current:
+                with writer.session(self.device_path, self.uuid_file, known=known,
+                                    device_paths=self.device_paths()) as current:
                     yield current
                     self._known = current.replayed()
                     self._last = self._known, current.log.header().slots

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 import famfs
-from demo.cluster import Cluster, tool
+from demo.cluster import Cluster, stop_process, tool
 from famfs import devices, env, rules
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
-from famfs.master import prng, writer
+from famfs.master import fsck, prng, writer
 from famfs.master.api import Master
 from tests.agent_util import FOLLOW_WAIT_S, append, following, run_agent
 from tests.famfsctl_util import entries, famfsctl, make_image
@@ -313,3 +313,99 @@ def test_the_master_mount_places_files_on_an_added_device_and_reads_every_device
         for host in (master, client):
             host.run_inside([tool("famfsctl"), "verify", "-S", "5", str(host.mountpoint / "byctl")])
         assert "fsck: clean" in cluster.ctl("fsck").stdout
+
+
+AGENT_SETTINGS = {"heartbeat_interval": 0.05, "serve_window": 1.0}
+MASTER_SETTINGS = {"host_lease": 2.0, "reclaim_poll": 0.05}
+RECLAIM_WAIT_S = 60.0  # bounds the wait for the coordinator on a loaded machine; nothing is timed
+
+
+def test_reclaim_and_compaction_with_an_added_device(tmp_path: Path) -> None:
+    """Files on device 1 and striped over both devices are deleted and reclaimed (famfsctl
+    reclaimd: every host past the DELETE): their units on device 1 are free again and a new file
+    takes them. Then famfsctl compact: the compacted log keeps the ADD_DAXDEV, fsck is clean with
+    both devices listed, and the client (the device at a path of its own) serves every file, old
+    and new, from both devices."""
+    cluster = Cluster(tmp_path / "cluster", size="2g", clients=1)
+    for host in cluster.hosts:
+        host.add_settings("agent", AGENT_SETTINGS)
+    cluster.master.add_settings("master", MASTER_SETTINGS)
+    with cluster:
+        second = tmp_path / "second.img"
+        for host in cluster.hosts:
+            host.second_device.symlink_to(second)
+        cluster.ctl("add-device", "--size", "2g", str(second))
+        made = {"gone1": ("-s", "9m", "--on-device", "1"), "keep1": ("-s", "5m", "--on-device", "1"),
+                "gonewide": ("-s", "32m", "-N", "2", "-B", "1"), "keepwide": ("-s", "16m", "-N", "2", "-B", "1"),
+                "keep0": ("-s", "3m", "--on-device", "0")}
+        for seed, (name, how) in enumerate(made.items(), start=20):
+            cluster.ctl("creat", *how, "-r", "-S", str(seed), name)
+        seeds = {name: seed for seed, name in enumerate(made, start=20)}
+        files = logged_files(cluster.image)
+        assert {e.devindex for e in files["gonewide"].all_extents()} == {0, 1}
+        free_before = free_bytes(cluster.image, 1)
+        cluster.ctl("rm", "gone1", "gonewide")
+        coordinator = cluster.master.spawn([tool("famfsctl"), "--config", str(cluster.master.config_file),
+                                            "reclaimd", "--metrics-address", "", str(cluster.image)],
+                                           cluster.master.home / "reclaimd.log")
+        try:
+            wait_for(lambda: any(isinstance(e, fmt.ReclaimEntry) for e in entries(cluster.image)),
+                     "the coordinator to reclaim the deleted files", RECLAIM_WAIT_S)
+        finally:
+            stop_process(coordinator)
+        freed = sum(e.length for name in ("gone1", "gonewide") for e in files[name].all_extents() if e.devindex == 1)
+        assert free_bytes(cluster.image, 1) == free_before + freed
+        cluster.ctl("creat", "-s", "9m", "--on-device", "1", "-r", "-S", "30", "reuse")  # first fit: gone1's units
+        assert logged_files(cluster.image)["reuse"].extents == files["gone1"].extents
+        seeds["reuse"] = 30
+
+        cluster.ctl("compact")
+        kept = entries(cluster.image)
+        assert [e for e in kept if isinstance(e, fmt.AddDaxdevEntry)] == [
+            fmt.AddDaxdevEntry(dev_size=2 << 30, dev_uuid=superblock(second).dev_uuid, dev_index=1)]
+        assert not any(isinstance(e, fmt.DeleteEntry | fmt.ReclaimEntry) for e in kept)
+        now = logged_files(cluster.image)
+        assert {name: e.all_extents() for name, e in now.items()} == {
+            name: e.all_extents() for name, e in {**files, "reuse": now["reuse"]}.items() if not name.startswith("gone")}
+        checked = cluster.ctl("fsck").stdout
+        assert "fsck: clean" in checked and "device 1 (secondary)" in checked
+        cluster.ctl("creat", "-s", "4m", "--on-device", "1", "-r", "-S", "31", "after")  # a file after the compaction
+        seeds["after"] = 31
+        client = cluster.clients[0]
+        for name in ("keep1", "keepwide", "keep0", "reuse", "after"):
+            wait_for(lambda name=name: client.view(name).exists(), f"{name} on the client", FOLLOW_WAIT_S)
+            for host in (cluster.master, client):
+                host.run_inside([tool("famfsctl"), "verify", "-S", str(seeds[name]), str(host.mountpoint / name)])
+        assert not client.view("gone1").exists() and not client.view("gonewide").exists()
+
+
+def test_a_compacted_log_keeps_every_device_and_holds_on_added_devices(
+        tmp_path: Path, three: tuple[Path, Path, Path], system_uuid_file: Path) -> None:
+    """Compaction with two added devices: both ADD_DAXDEV entries kept, in order, before the files
+    on them; a deleted, unreclaimed file on device 2 becomes a HOLD that keeps its units taken
+    until a RECLAIM names it; fsck is clean and every device's free space is what it was."""
+    primary, s1, s2 = three
+    conf = config(tmp_path / "c.toml", s1, s2)
+    for name, how in {"one": ("--on-device", "1"), "two": ("--on-device", "2"), "wide": ("-N", "3", "-B", "1"),
+                      "held": ("--on-device", "2")}.items():
+        famfsctl("creat", "--config", conf, "--device", primary, "-s", "6m", *how, name)
+    famfsctl("rm", "--device", primary, "held")
+    with Device(primary) as opened:
+        famfs_log = FamfsLog(opened)
+        before = writer.load(famfs_log)
+        free = [before.units.device_free_units(n) for n in range(3)]
+    famfsctl("compact", primary)
+    kept = entries(primary)
+    added = [n for n, e in enumerate(kept) if isinstance(e, fmt.AddDaxdevEntry)]
+    assert [kept[n].dev_index for n in added] == [1, 2] and added == [0, 1]  # (they preceded every file)
+    holds = [e for e in kept if isinstance(e, fmt.HoldEntry)]
+    assert [{x.devindex for x in h.file.all_extents()} for h in holds] == [{2}]
+    with Device(primary) as opened:
+        after = writer.load(FamfsLog(opened))
+        assert [after.units.device_free_units(n) for n in range(3)] == free
+        assert fsck.check(opened).clean
+    with writer.session(str(primary), system_uuid_file, device_paths=[str(s1), str(s2)]) as current:
+        hold = next(index for index, deleted_by in current.namespace.deletions.items() if index == deleted_by)
+        current.reclaim([(hold, hold)])
+        assert current.namespace.units.device_free_units(2) == free[2] + 3
+    assert "fsck: clean" in famfsctl("fsck", primary).stdout

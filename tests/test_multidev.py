@@ -409,3 +409,34 @@ def test_a_compacted_log_keeps_every_device_and_holds_on_added_devices(
         current.reclaim([(hold, hold)])
         assert current.namespace.units.device_free_units(2) == free[2] + 3
     assert "fsck: clean" in famfsctl("fsck", primary).stdout
+
+
+def test_status_and_fsck_per_device_and_a_missing_or_refused_device(tmp_path: Path, three: tuple[Path, Path, Path]) -> None:
+    """status and fsck list each device: its space, its files, what deleted files hold there, and
+    where this host found it; a device this host lacks (or refuses) is a warning naming its UUID
+    and its files, not a problem of the log: fsck stays clean (exit 0)."""
+    primary, s1, s2 = three
+    conf = config(tmp_path / "c.toml", s1, s2)
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "6m", "--on-device", "1", "one")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "4m", "--on-device", "2", "two")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "4m", "-N", "2", "-B", "1", "--on-device", "1",
+             "--on-device", "2", "wide")
+    famfsctl("rm", "--device", primary, "two")
+    uuids = [str(superblock(path).dev_uuid) for path in (primary, s1, s2)]
+    for command in ("fsck", "status"):
+        shown = famfsctl("--config", conf, command, primary).stdout
+        assert f"device 0 (primary): uuid {uuids[0]}" in shown and f"0 files, 0 bytes held by deleted files; at {primary}" in shown
+        assert f"device 1 (secondary): uuid {uuids[1]}" in shown and f"2 files, 0 bytes held by deleted files; at {s1}" in shown
+        assert f"1 file, 4 MiB held by deleted files; at {s2}" in shown and "warning" not in shown
+    os.rename(s2, tmp_path / "elsewhere.img")
+    missing = famfsctl("--config", conf, "fsck", primary)
+    assert missing.returncode == 0 and "fsck: clean" in missing.stdout
+    assert "device 2 (secondary)" in missing.stdout and "MISSING on this host: no candidate path" in missing.stdout
+    assert f"warning: device 2 ({uuids[2]}) is missing on this host: 1 file with extents on it" in missing.stdout
+    assert "warning: device 2" in famfsctl("--config", conf, "status", primary).stdout
+    # A device carrying device 2's UUID but of another file system, where this host looks: refused, named.
+    other = make_image(tmp_path / "other.img", "1g")
+    famfsctl("add-device", "--device", other, "--size", "3g", "--dev-uuid", uuids[2], tmp_path / "impostor.img")
+    refused = famfsctl("--config", config(tmp_path / "r.toml", s1, tmp_path / "impostor.img"), "fsck", primary)
+    assert refused.returncode == 0 and "REFUSED on this host:" in refused.stdout and "belongs to file system" in refused.stdout
+    assert f"warning: device 2 ({uuids[2]}) is refused on this host" in refused.stdout

@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from famfs import format as fmt
-from famfs import hosts, rules
+from famfs import devices, hosts, rules
 from famfs.compaction import LogLocation, read_record
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -26,17 +27,36 @@ from famfs.units import format_size
 
 @dataclass(frozen=True, slots=True)
 class DeviceUse:
-    """One device of the file system as the log describes it: index, UUID, size, free bytes."""
+    """One device of the file system as the log describes it (index, UUID, size, free bytes, the
+    live files with an extent on it, the bytes deleted files still hold there) and where this host
+    found it (famfs.devices.resolve: found at a path, missing, or refused, with the reason)."""
 
     index: int
     dev_uuid: uuid.UUID
     size: int
     free_bytes: int
+    files: int = 0
+    held_bytes: int = 0
+    state: str = devices.FOUND
+    where: str = ""  # the path it was found at, else why not
 
     def __str__(self) -> str:
         role = "primary" if self.index == 0 else "secondary"
+        here = f"at {self.where}" if self.state == devices.FOUND else f"{self.state.upper()} on this host: {self.where}"
         return (f"device {self.index} ({role}): uuid {self.dev_uuid}, {format_size(self.size)}, "
-                f"{format_size(self.free_bytes)} free")
+                f"{format_size(self.free_bytes)} free, {count_files(self.files)}, "
+                f"{format_size(self.held_bytes)} held by deleted files; {here}")
+
+    def warning(self) -> str | None:
+        """What an unavailable device means here: a warning, not a problem of the log."""
+        if self.state == devices.FOUND:
+            return None
+        return (f"warning: device {self.index} ({self.dev_uuid}) is {self.state} on this host: {count_files(self.files)} "
+                f"with extents on it cannot be read or written here (list its path in [host] devices: docs/devices.md)")
+
+
+def count_files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
 
 
 @dataclass(slots=True)
@@ -94,8 +114,9 @@ class Report:
             ]
             if len(self.devices) > 1:  # a single-device report stays as it was
                 lines += [f"  {use}" for use in self.devices]
-                lines.append(f"  note: upstream famfs reads device 0 only: the {self.files_elsewhere} files with extents on "
-                             f"added devices are unreadable to it, and its fsck counts their extents against device 0's "
+                lines += [f"  {warning}" for use in self.devices if (warning := use.warning())]
+                lines.append(f"  note: upstream famfs reads device 0 only: it cannot read the {count_files(self.files_elsewhere)} "
+                             f"with extents on added devices, and its fsck counts their extents against device 0's "
                              f"units (docs/devices.md)")
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
@@ -114,13 +135,14 @@ class Report:
 COMPACTION_RETRIES = 5  # checks started again because a compaction moved the log meanwhile
 
 
-def check(device: Device) -> Report:
+def check(device: Device, device_paths: Sequence[str] = ()) -> Report:
     """The report on the device's log. fsck reads without the lock, as every reader does: a
     compaction that replaces the log while it reads (docs/reclaim.md) leaves it a mix of the old
     and the new log, so the check is made again, from the new log, when the log's location
-    (epoch, staged copy or not) changed between its start and its end."""
+    (epoch, staged copy or not) changed between its start and its end. `device_paths` ([host]
+    devices): where this host's added devices may be (docs/devices.md; each found by its UUIDs)."""
     for _ in range(COMPACTION_RETRIES):
-        report, location = _check_once(device)
+        report, location = _check_once(device, device_paths)
         if location is None or _location(device, report) == location:
             return report
     report.fatal = f"the log was compacted during each of {COMPACTION_RETRIES} checks: run fsck again"
@@ -135,7 +157,7 @@ def _location(device: Device, report: Report) -> LogLocation | None:
         return None  # a compaction record caught mid-store: not the location the check read
 
 
-def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
+def _check_once(device: Device, device_paths: Sequence[str]) -> tuple[Report, LogLocation | None]:
     """The report, and the log's location it read (None: no log was read)."""
     report = Report(device=device.path)
     try:
@@ -182,14 +204,32 @@ def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
     report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
-    report.devices = [DeviceUse(index, dev_uuid, namespace.units.geometries[index].dev_size,
-                                namespace.units.device_free_units(index) * sb.alloc_unit)
-                      for index, dev_uuid in enumerate(namespace.daxdevs)]
+    report.devices = device_uses(namespace, device.path, sb, device_paths)
     report.files_elsewhere = sum(any(extent.devindex for extent in entry.all_extents())
                                  for _, entry in namespace.files.values())
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
     return report, famfs_log.location
+
+
+def device_uses(namespace: rules.Namespace, path: str, sb: fmt.Superblock, device_paths: Sequence[str]) -> list[DeviceUse]:
+    """Each device: its space, its files, and where this host finds it (only resolved when the
+    file system has added devices: a single-device check looks nowhere else)."""
+    rows = devices.namespace_rows(namespace)
+    located = devices.resolve(sb.fs_uuid, rows, device_paths) if len(rows) > 1 else rows
+    files: dict[int, int] = defaultdict(int)
+    for _, entry in namespace.files.values():
+        for devindex in {extent.devindex for extent in entry.all_extents()}:
+            files[devindex] += 1
+    held: dict[int, int] = defaultdict(int)
+    for entry in namespace.deleted.values():
+        for extent in entry.all_extents():
+            held[extent.devindex] += extent.length
+    return [DeviceUse(row.index, uuid.UUID(row.uuid), row.size,
+                      namespace.units.device_free_units(row.index) * sb.alloc_unit, files[row.index], held[row.index],
+                      devices.FOUND if row.index == 0 else row.state,
+                      path if row.index == 0 else row.path or row.reason)
+            for row in located]
 
 
 def host_state(found: hosts.HostRecord | hosts.DamagedSlot, fenced: set[tuple[uuid.UUID, int]]) -> str:
@@ -218,10 +258,10 @@ def describe_bad_entry(famfs_log: FamfsLog, error: fmt.EntryError) -> str:
     return f"{error} (unverified path {relpath.decode(errors='backslashreplace')!r})"
 
 
-def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
+def status(device: Device, uuid_file: Path, device_paths: Sequence[str] = ()) -> tuple[str, bool]:
     """What an operator asks first: whose file system, how full, and what this host may do.
     Also whether the device holds a usable famfs at all."""
-    report = check(device)
+    report = check(device, device_paths)
     if report.superblock is None or report.header is None:
         return f"device: {device.path}\nstatus: not a usable famfs: {report.fatal}\n", False
     sb, header = report.superblock, report.header
@@ -241,6 +281,7 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         f"{'running' if hosts.coordinator_running(device.fd) else 'not running'}",
         f"files: {report.files}, directories: {report.directories}",
         *(f"  {use}" for use in report.devices if len(report.devices) > 1),
+        *(f"  {warning}" for use in report.devices if (warning := use.warning())),
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"
     return text, True

@@ -80,7 +80,8 @@ def test_files_on_each_device_and_striped_read_back_at_other_paths(tmp_path: Pat
     assert [e.devindex for e in files["one"].extents] == [1] and [e.devindex for e in files["two"].extents] == [2]
     assert [e.devindex for e in files["zero"].extents] == [0]
     assert sorted(strip.devindex for strip in files["wide"].stripes[0].strips) == [0, 1, 2]
-    assert "fsck: clean" in famfsctl("fsck", primary).stdout
+    checked = famfsctl("fsck", primary).stdout
+    assert "fsck: clean" in checked and "past device 0's size" not in checked  # (3 GiB devices, all alike)
     assert "device 2 (secondary)" in famfsctl("status", primary).stdout
     # Another host: the same devices at paths of its own, listed in its own config.
     elsewhere = tmp_path / "client"
@@ -440,3 +441,16 @@ def test_status_and_fsck_per_device_and_a_missing_or_refused_device(tmp_path: Pa
     refused = famfsctl("--config", config(tmp_path / "r.toml", s1, tmp_path / "impostor.img"), "fsck", primary)
     assert refused.returncode == 0 and "REFUSED on this host:" in refused.stdout and "belongs to file system" in refused.stdout
     assert f"warning: device 2 ({uuids[2]}) is refused on this host" in refused.stdout
+
+
+def test_fsck_notes_extents_past_the_primary_s_size(tmp_path: Path) -> None:
+    """Upstream's fsck and allocator mark every extent in one bitmap of device 0's size, without a
+    bound check (docs/devices.md): our fsck counts the extents on added devices that end past it."""
+    primary = make_image(tmp_path / "p.img", "1g")
+    famfsctl("add-device", "--device", primary, "--size", "3g", tmp_path / "big.img")
+    conf = config(tmp_path / "c.toml", tmp_path / "big.img")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "100m", "--on-device", "1", "inside")
+    assert "past device 0's size" not in famfsctl("fsck", primary).stdout
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "1500m", "--on-device", "1", "beyond")
+    checked = famfsctl("fsck", primary)
+    assert checked.returncode == 0 and "note: extents on added devices ending past device 0's size: 1;" in checked.stdout

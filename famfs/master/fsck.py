@@ -80,6 +80,7 @@ class Report:
     hosts: list[hosts.HostRecord | hosts.DamagedSlot] = field(default_factory=list)  # the host table
     devices: list[DeviceUse] = field(default_factory=list)  # the daxdev table (docs/devices.md)
     files_elsewhere: int = 0  # live files with an extent on an added device
+    past_primary: int = 0  # extents on added devices (live or held) ending past device 0's size
     fenced: set[tuple[uuid.UUID, int]] = field(default_factory=set)
 
     @property
@@ -118,6 +119,10 @@ class Report:
                 lines.append(f"  note: upstream famfs reads device 0 only: it cannot read the {count_files(self.files_elsewhere)} "
                              f"with extents on added devices, and its fsck counts their extents against device 0's "
                              f"units (docs/devices.md)")
+                if self.past_primary:
+                    lines.append(f"  note: extents on added devices ending past device 0's size: {self.past_primary}; "
+                                 f"upstream's fsck and allocator (one bitmap of device 0's size, no bound check) would "
+                                 f"write past that bitmap on this file system (docs/devices.md)")
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
         lines += [f"  warning: {path!r} was deleted and made again: shadowed for upstream readers, which ignore "
@@ -205,6 +210,10 @@ def _check_once(device: Device, device_paths: Sequence[str]) -> tuple[Report, Lo
     report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
     report.devices = device_uses(namespace, device.path, sb, device_paths)
+    primary_size = namespace.units.geometries[0].dev_size
+    report.past_primary = sum(extent.devindex > 0 and extent.offset + extent.length > primary_size
+                              for entry in [*(e for _, e in namespace.files.values()), *namespace.deleted.values()]
+                              for extent in entry.all_extents())
     report.files_elsewhere = sum(any(extent.devindex for extent in entry.all_extents())
                                  for _, entry in namespace.files.values())
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit

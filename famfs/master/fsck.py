@@ -10,6 +10,7 @@ problem, not just the first; each entry it reports is one the follower leaves ou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -147,8 +148,9 @@ def check(device: Device, device_paths: Sequence[str] = ()) -> Report:
     (epoch, staged copy or not) changed between its start and its end. `device_paths` ([host]
     devices): where this host's added devices may be (docs/devices.md; each found by its UUIDs)."""
     for _ in range(COMPACTION_RETRIES):
-        report, location = _check_once(device, device_paths)
+        report, location = _check_once(device)
         if location is None or _location(device, report) == location:
+            report.devices = located(report.devices, report, device_paths)
             return report
     report.fatal = f"the log was compacted during each of {COMPACTION_RETRIES} checks: run fsck again"
     return report
@@ -162,7 +164,7 @@ def _location(device: Device, report: Report) -> LogLocation | None:
         return None  # a compaction record caught mid-store: not the location the check read
 
 
-def _check_once(device: Device, device_paths: Sequence[str]) -> tuple[Report, LogLocation | None]:
+def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
     """The report, and the log's location it read (None: no log was read)."""
     report = Report(device=device.path)
     try:
@@ -209,7 +211,7 @@ def _check_once(device: Device, device_paths: Sequence[str]) -> tuple[Report, Lo
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
     report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
-    report.devices = device_uses(namespace, device.path, sb, device_paths)
+    report.devices = device_uses(namespace, device.path, sb)
     primary_size = namespace.units.geometries[0].dev_size
     report.past_primary = sum(extent.devindex > 0 and extent.offset + extent.length > primary_size
                               for entry in [*(e for _, e in namespace.files.values()), *namespace.deleted.values()]
@@ -221,11 +223,9 @@ def _check_once(device: Device, device_paths: Sequence[str]) -> tuple[Report, Lo
     return report, famfs_log.location
 
 
-def device_uses(namespace: rules.Namespace, path: str, sb: fmt.Superblock, device_paths: Sequence[str]) -> list[DeviceUse]:
-    """Each device: its space, its files, and where this host finds it (only resolved when the
-    file system has added devices: a single-device check looks nowhere else)."""
-    rows = devices.namespace_rows(namespace)
-    located = devices.resolve(sb.fs_uuid, rows, device_paths) if len(rows) > 1 else rows
+def device_uses(namespace: rules.Namespace, path: str, sb: fmt.Superblock) -> list[DeviceUse]:
+    """Each device as the log describes it: its space and its files (where this host finds an
+    added device is located()'s)."""
     files: dict[int, int] = defaultdict(int)
     for _, entry in namespace.files.values():
         for devindex in {extent.devindex for extent in entry.all_extents()}:
@@ -236,9 +236,20 @@ def device_uses(namespace: rules.Namespace, path: str, sb: fmt.Superblock, devic
             held[extent.devindex] += extent.length
     return [DeviceUse(row.index, uuid.UUID(row.uuid), row.size,
                       namespace.units.device_free_units(row.index) * sb.alloc_unit, files[row.index], held[row.index],
-                      devices.FOUND if row.index == 0 else row.state,
-                      path if row.index == 0 else row.path or row.reason)
-            for row in located]
+                      devices.FOUND if row.index == 0 else devices.MISSING, path if row.index == 0 else "")
+            for row in devices.namespace_rows(namespace)]
+
+
+def located(uses: list[DeviceUse], report: Report, device_paths: Sequence[str]) -> list[DeviceUse]:
+    """`uses` with where this host finds each added device (famfs.devices.resolve): found at a
+    path, missing or refused with the reason. Only resolved when there are added devices: a
+    single-device check looks nowhere else."""
+    if len(uses) < 2 or report.superblock is None:
+        return uses
+    rows = [devices.DeviceRow(use.index, str(use.dev_uuid), use.size, use.where or None, None) for use in uses]
+    found = devices.resolve(report.superblock.fs_uuid, rows, device_paths)
+    return [uses[0], *(dataclasses.replace(use, state=row.state, where=row.path or row.reason)
+                       for use, row in zip(uses[1:], found[1:], strict=True))]
 
 
 def host_state(found: hosts.HostRecord | hosts.DamagedSlot, fenced: set[tuple[uuid.UUID, int]]) -> str:

@@ -145,16 +145,22 @@ def write_report(table: list[tuple[str, ...]], runs: list[ModuleRun], load_befor
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: keeps the benchmarks working")
+    parser.add_argument("--only", action="append", choices=modules(), metavar="MODULE",
+                        help="run this module alone (repeatable), as the whole run would; its rows are printed "
+                             "(also as markdown, for docs/benchmarks.md), the report is not written")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    names = modules()
+    names = args.only or modules()
     runs = [run_module(module, args.quick) for module in names]
     table = rows(runs)
     print(render_text(table))
+    if args.only:
+        print(f"\nload average before: {', '.join(f'{load:.2f}' for load in load_before)}, after: "
+              f"{', '.join(f'{load:.2f}' for load in os.getloadavg())}\n\n{render_markdown(table)}")
     broken = [run.module for run in runs if run.problem]
     print(f"\n{sum(len(run.results) for run in runs)} results from {len(names) - len(broken)} of {len(names)} "
           f"modules" + (f"; not measured: {', '.join(broken)}" if broken else ""))
-    if not args.quick:
+    if not args.quick and not args.only:
         write_report(table, runs, load_before)
         print(f"written: {REPORT}")
     return 1 if broken else 0

@@ -164,6 +164,19 @@ def resolve(fs_uuid: uuid.UUID, rows: Sequence[DeviceRow], configured: Sequence[
     return resolved
 
 
+def where_to_look(configured: Sequence[str], table_path: str) -> list[str]:
+    """The paths a process beside an agent (the master's mount, writing) gives resolve(): its
+    own [host] devices, then those this host's agent found (its daxdev table at `table_path`;
+    none if it cannot be read). The table says where to look, never what to trust: resolve()
+    checks each superblock again."""
+    try:
+        with open(table_path, "rb") as table:
+            found = [row.path for row in decode_table(table.read())[1:] if row.state == FOUND and row.path]
+    except (OSError, ValueError):
+        found = []
+    return list(dict.fromkeys([*configured, *found]))
+
+
 def namespace_rows(namespace: rules.Namespace) -> list[DeviceRow]:
     """The table's rows as a replayed namespace knows them (no paths: resolve() finds them)."""
     return [DeviceRow(n, str(dev_uuid), namespace.units.geometries[n].dev_size, None, None)

@@ -39,14 +39,15 @@ import pyfuse3
 import structlog
 import trio
 
-from famfs import cacheflush, config, logsetup, madedirs, service
+from famfs import cacheflush, config, devices, logsetup, madedirs, service
 from famfs import format as fmt
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
 from famfs.identity import (SYSTEM_UUID_FLAG_HELP, HostIdentity, IdentityError, Role, agents_identity,
                             given_system_uuid_file, system_uuid_file)
 from famfs.namespace import NamespaceWriter
-from famfs.shadowdir import ROOT, agent_pid, read_state, recorded_device, shadow_permission_problem, state_path
+from famfs.shadowdir import (AGENT_DIR, DAXDEVS_FILE, ROOT, agent_pid, read_state, recorded_device,
+                             shadow_permission_problem, state_path)
 from famfs.version import add_version_flag
 from fusefs import health
 from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
@@ -100,6 +101,7 @@ class MountConfig:
     staging_mib: int
     apply_wait_s: float
     reclaim_wait_s: float  # [master] reclaim_wait: a new file's wait for space being reclaimed
+    device_paths: tuple[str, ...]  # [host] devices: where added devices may be (docs/devices.md)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -174,6 +176,7 @@ def resolve(args: argparse.Namespace) -> MountConfig:
         system_uuid_file=str(given) if (given := given_system_uuid_file(args.system_uuid_file, settings)) else None,
         default_uuid_file=str(system_uuid_file(None, settings.host.system_uuid_file)),
         staging_mib=mount.staging_mib, apply_wait_s=mount.apply_wait_s, reclaim_wait_s=settings.master.reclaim_wait,
+        device_paths=tuple(settings.host.devices),
     )
 
 
@@ -520,7 +523,8 @@ def daemonize(log_file: str) -> int | None:
     return write_end
 
 
-WriterFactory = Callable[[str, Path], NamespaceWriter]  # (device path, system UUID file)
+# (device path, system UUID file, where this host's added devices may be: asked at each change)
+WriterFactory = Callable[[str, Path, Callable[[], Sequence[str]]], NamespaceWriter]
 
 
 def host_identity(cfg: MountConfig) -> HostIdentity:
@@ -546,7 +550,8 @@ def master_writer(cfg: MountConfig, famfs_log: FamfsLog, identity: HostIdentity,
         return None
     if identity.role(famfs_log.superblock) is not Role.MASTER:
         return None
-    return writer_for(cfg.device, identity.uuid_file)
+    table = os.path.join(cfg.shadow, AGENT_DIR, DAXDEVS_FILE)
+    return writer_for(cfg.device, identity.uuid_file, lambda: devices.where_to_look(cfg.device_paths, table))
 
 
 def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = None) -> int:

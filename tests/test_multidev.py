@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import uuid
 from pathlib import Path
 
 import pytest
 
 import famfs
+from demo.cluster import Cluster, stop_process, tool
 from famfs import devices, env, rules
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
-from famfs.master import prng, writer
+from famfs.master import fsck, prng, writer
 from famfs.master.api import Master
 from tests.agent_util import FOLLOW_WAIT_S, append, following, run_agent
 from tests.famfsctl_util import entries, famfsctl, make_image
@@ -78,7 +80,8 @@ def test_files_on_each_device_and_striped_read_back_at_other_paths(tmp_path: Pat
     assert [e.devindex for e in files["one"].extents] == [1] and [e.devindex for e in files["two"].extents] == [2]
     assert [e.devindex for e in files["zero"].extents] == [0]
     assert sorted(strip.devindex for strip in files["wide"].stripes[0].strips) == [0, 1, 2]
-    assert "fsck: clean" in famfsctl("fsck", primary).stdout
+    checked = famfsctl("fsck", primary).stdout
+    assert "fsck: clean" in checked and "past device 0's size" not in checked  # (3 GiB devices, all alike)
     assert "device 2 (secondary)" in famfsctl("status", primary).stdout
     # Another host: the same devices at paths of its own, listed in its own config.
     elsewhere = tmp_path / "client"
@@ -269,3 +272,185 @@ def test_interleaved_strips_alternate_devices_and_contiguous_takes_the_first_wit
                                                                                  length=6 * MiB, devindex=1)
     units.claim((fmt.Extent(offset=0, length=4 << 30),))  # device 0 full
     assert writer.alloc.allocate_contiguous(units, 5 * MiB, (0, 1)).devindex == 1
+
+
+def free_bytes(image: Path, device: int) -> int:
+    with Device(image) as opened:
+        famfs_log = FamfsLog(opened)
+        return writer.load(famfs_log).units.device_free_units(device) * famfs_log.superblock.alloc_unit
+
+
+def logged_files(image: Path) -> dict[str, fmt.FileEntry]:
+    with Device(image) as opened:
+        return {relpath: entry for relpath, (_, entry) in writer.load(FamfsLog(opened)).files.items()}
+
+
+def file_entry(image: Path, relpath: str) -> fmt.FileEntry:
+    return logged_files(image)[relpath]
+
+
+def test_the_master_mount_places_files_on_an_added_device_and_reads_every_device(tmp_path: Path) -> None:
+    """The master's mount (which logs the files written through it) finds added devices as every
+    other program does (famfs.devices, from [host] devices and its agent's table): once the
+    primary is full, a file copied in lands on device 1, and the master and a client, each with
+    the device at a path of its own, read it back; so does a file famfsctl put there."""
+    with Cluster(tmp_path / "cluster", size="1g", clients=1) as cluster:
+        second = tmp_path / "second.img"
+        for host in cluster.hosts:  # the same device under a name of each host's own
+            host.second_device.symlink_to(second)
+        cluster.ctl("add-device", "--size", "1g", str(second))
+        cluster.ctl("creat", "-s", "3m", "--on-device", "1", "-r", "-S", "5", "byctl")
+        cluster.ctl("creat", "-s", str(free_bytes(cluster.image, 0)), "filler")  # the primary is full now
+        source = tmp_path / "source.bin"
+        source.write_bytes(random.Random(3).randbytes(5 * MiB + 7))
+        master, client = cluster.master, cluster.clients[0]
+        master.run_inside(["cp", str(source), str(master.mountpoint / "viamount")])
+        # Logged at the last close (FUSE's release, which the kernel sends after close(2) returned).
+        wait_for(lambda: "viamount" in logged_files(cluster.image), "viamount in the log", FOLLOW_WAIT_S)
+        assert [extent.devindex for extent in file_entry(cluster.image, "viamount").extents] == [1]
+        assert (master.view("viamount")).read_bytes() == source.read_bytes()
+        wait_for(lambda: client.view("viamount").exists(), "the client to list viamount", FOLLOW_WAIT_S)
+        assert client.view("viamount").read_bytes() == source.read_bytes()
+        for host in (master, client):
+            host.run_inside([tool("famfsctl"), "verify", "-S", "5", str(host.mountpoint / "byctl")])
+        assert "fsck: clean" in cluster.ctl("fsck").stdout
+
+
+AGENT_SETTINGS = {"heartbeat_interval": 0.05, "serve_window": 1.0}
+MASTER_SETTINGS = {"host_lease": 2.0, "reclaim_poll": 0.05}
+RECLAIM_WAIT_S = 60.0  # bounds the wait for the coordinator on a loaded machine; nothing is timed
+
+
+def test_reclaim_and_compaction_with_an_added_device(tmp_path: Path) -> None:
+    """Files on device 1 and striped over both devices are deleted and reclaimed (famfsctl
+    reclaimd: every host past the DELETE): their units on device 1 are free again and a new file
+    takes them. Then famfsctl compact: the compacted log keeps the ADD_DAXDEV, fsck is clean with
+    both devices listed, and the client (the device at a path of its own) serves every file, old
+    and new, from both devices."""
+    cluster = Cluster(tmp_path / "cluster", size="2g", clients=1)
+    for host in cluster.hosts:
+        host.add_settings("agent", AGENT_SETTINGS)
+    cluster.master.add_settings("master", MASTER_SETTINGS)
+    with cluster:
+        second = tmp_path / "second.img"
+        for host in cluster.hosts:
+            host.second_device.symlink_to(second)
+        cluster.ctl("add-device", "--size", "2g", str(second))
+        made = {"gone1": ("-s", "9m", "--on-device", "1"), "keep1": ("-s", "5m", "--on-device", "1"),
+                "gonewide": ("-s", "32m", "-N", "2", "-B", "1"), "keepwide": ("-s", "16m", "-N", "2", "-B", "1"),
+                "keep0": ("-s", "3m", "--on-device", "0")}
+        for seed, (name, how) in enumerate(made.items(), start=20):
+            cluster.ctl("creat", *how, "-r", "-S", str(seed), name)
+        seeds = {name: seed for seed, name in enumerate(made, start=20)}
+        files = logged_files(cluster.image)
+        assert {e.devindex for e in files["gonewide"].all_extents()} == {0, 1}
+        free_before = free_bytes(cluster.image, 1)
+        cluster.ctl("rm", "gone1", "gonewide")
+        coordinator = cluster.master.spawn([tool("famfsctl"), "--config", str(cluster.master.config_file),
+                                            "reclaimd", "--metrics-address", "", str(cluster.image)],
+                                           cluster.master.home / "reclaimd.log")
+        try:
+            wait_for(lambda: any(isinstance(e, fmt.ReclaimEntry) for e in entries(cluster.image)),
+                     "the coordinator to reclaim the deleted files", RECLAIM_WAIT_S)
+        finally:
+            stop_process(coordinator)
+        freed = sum(e.length for name in ("gone1", "gonewide") for e in files[name].all_extents() if e.devindex == 1)
+        assert free_bytes(cluster.image, 1) == free_before + freed
+        cluster.ctl("creat", "-s", "9m", "--on-device", "1", "-r", "-S", "30", "reuse")  # first fit: gone1's units
+        assert logged_files(cluster.image)["reuse"].extents == files["gone1"].extents
+        seeds["reuse"] = 30
+
+        cluster.ctl("compact")
+        kept = entries(cluster.image)
+        assert [e for e in kept if isinstance(e, fmt.AddDaxdevEntry)] == [
+            fmt.AddDaxdevEntry(dev_size=2 << 30, dev_uuid=superblock(second).dev_uuid, dev_index=1)]
+        assert not any(isinstance(e, fmt.DeleteEntry | fmt.ReclaimEntry) for e in kept)
+        now = logged_files(cluster.image)
+        assert {name: e.all_extents() for name, e in now.items()} == {
+            name: e.all_extents() for name, e in {**files, "reuse": now["reuse"]}.items() if not name.startswith("gone")}
+        checked = cluster.ctl("fsck").stdout
+        assert "fsck: clean" in checked and "device 1 (secondary)" in checked
+        cluster.ctl("creat", "-s", "4m", "--on-device", "1", "-r", "-S", "31", "after")  # a file after the compaction
+        seeds["after"] = 31
+        client = cluster.clients[0]
+        for name in ("keep1", "keepwide", "keep0", "reuse", "after"):
+            wait_for(lambda name=name: client.view(name).exists(), f"{name} on the client", FOLLOW_WAIT_S)
+            for host in (cluster.master, client):
+                host.run_inside([tool("famfsctl"), "verify", "-S", str(seeds[name]), str(host.mountpoint / name)])
+        assert not client.view("gone1").exists() and not client.view("gonewide").exists()
+
+
+def test_a_compacted_log_keeps_every_device_and_holds_on_added_devices(
+        tmp_path: Path, three: tuple[Path, Path, Path], system_uuid_file: Path) -> None:
+    """Compaction with two added devices: both ADD_DAXDEV entries kept, in order, before the files
+    on them; a deleted, unreclaimed file on device 2 becomes a HOLD that keeps its units taken
+    until a RECLAIM names it; fsck is clean and every device's free space is what it was."""
+    primary, s1, s2 = three
+    conf = config(tmp_path / "c.toml", s1, s2)
+    for name, how in {"one": ("--on-device", "1"), "two": ("--on-device", "2"), "wide": ("-N", "3", "-B", "1"),
+                      "held": ("--on-device", "2")}.items():
+        famfsctl("creat", "--config", conf, "--device", primary, "-s", "6m", *how, name)
+    famfsctl("rm", "--device", primary, "held")
+    with Device(primary) as opened:
+        famfs_log = FamfsLog(opened)
+        before = writer.load(famfs_log)
+        free = [before.units.device_free_units(n) for n in range(3)]
+    famfsctl("compact", primary)
+    kept = entries(primary)
+    added = [n for n, e in enumerate(kept) if isinstance(e, fmt.AddDaxdevEntry)]
+    assert [kept[n].dev_index for n in added] == [1, 2] and added == [0, 1]  # (they preceded every file)
+    holds = [e for e in kept if isinstance(e, fmt.HoldEntry)]
+    assert [{x.devindex for x in h.file.all_extents()} for h in holds] == [{2}]
+    with Device(primary) as opened:
+        after = writer.load(FamfsLog(opened))
+        assert [after.units.device_free_units(n) for n in range(3)] == free
+        assert fsck.check(opened).clean
+    with writer.session(str(primary), system_uuid_file, device_paths=[str(s1), str(s2)]) as current:
+        hold = next(index for index, deleted_by in current.namespace.deletions.items() if index == deleted_by)
+        current.reclaim([(hold, hold)])
+        assert current.namespace.units.device_free_units(2) == free[2] + 3
+    assert "fsck: clean" in famfsctl("fsck", primary).stdout
+
+
+def test_status_and_fsck_per_device_and_a_missing_or_refused_device(tmp_path: Path, three: tuple[Path, Path, Path]) -> None:
+    """status and fsck list each device: its space, its files, what deleted files hold there, and
+    where this host found it; a device this host lacks (or refuses) is a warning naming its UUID
+    and its files, not a problem of the log: fsck stays clean (exit 0)."""
+    primary, s1, s2 = three
+    conf = config(tmp_path / "c.toml", s1, s2)
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "6m", "--on-device", "1", "one")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "4m", "--on-device", "2", "two")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "4m", "-N", "2", "-B", "1", "--on-device", "1",
+             "--on-device", "2", "wide")
+    famfsctl("rm", "--device", primary, "two")
+    uuids = [str(superblock(path).dev_uuid) for path in (primary, s1, s2)]
+    for command in ("fsck", "status"):
+        shown = famfsctl("--config", conf, command, primary).stdout
+        assert f"device 0 (primary): uuid {uuids[0]}" in shown and f"0 files, 0 bytes held by deleted files; at {primary}" in shown
+        assert f"device 1 (secondary): uuid {uuids[1]}" in shown and f"2 files, 0 bytes held by deleted files; at {s1}" in shown
+        assert f"1 file, 4 MiB held by deleted files; at {s2}" in shown and "warning" not in shown
+    os.rename(s2, tmp_path / "elsewhere.img")
+    missing = famfsctl("--config", conf, "fsck", primary)
+    assert missing.returncode == 0 and "fsck: clean" in missing.stdout
+    assert "device 2 (secondary)" in missing.stdout and "MISSING on this host: no candidate path" in missing.stdout
+    assert f"warning: device 2 ({uuids[2]}) is missing on this host: 1 file with extents on it" in missing.stdout
+    assert "warning: device 2" in famfsctl("--config", conf, "status", primary).stdout
+    # A device carrying device 2's UUID but of another file system, where this host looks: refused, named.
+    other = make_image(tmp_path / "other.img", "1g")
+    famfsctl("add-device", "--device", other, "--size", "3g", "--dev-uuid", uuids[2], tmp_path / "impostor.img")
+    refused = famfsctl("--config", config(tmp_path / "r.toml", s1, tmp_path / "impostor.img"), "fsck", primary)
+    assert refused.returncode == 0 and "REFUSED on this host:" in refused.stdout and "belongs to file system" in refused.stdout
+    assert f"warning: device 2 ({uuids[2]}) is refused on this host" in refused.stdout
+
+
+def test_fsck_notes_extents_past_the_primary_s_size(tmp_path: Path) -> None:
+    """Upstream's fsck and allocator mark every extent in one bitmap of device 0's size, without a
+    bound check (docs/devices.md): our fsck counts the extents on added devices that end past it."""
+    primary = make_image(tmp_path / "p.img", "1g")
+    famfsctl("add-device", "--device", primary, "--size", "3g", tmp_path / "big.img")
+    conf = config(tmp_path / "c.toml", tmp_path / "big.img")
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "100m", "--on-device", "1", "inside")
+    assert "past device 0's size" not in famfsctl("fsck", primary).stdout
+    famfsctl("creat", "--config", conf, "--device", primary, "-s", "1500m", "--on-device", "1", "beyond")
+    checked = famfsctl("fsck", primary)
+    assert checked.returncode == 0 and "note: extents on added devices ending past device 0's size: 1;" in checked.stdout

@@ -346,14 +346,14 @@ def checked_device(args: argparse.Namespace) -> str:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     with Device(checked_device(args)) as opened:
-        report = fsck.check(opened)
+        report = fsck.check(opened, args.settings.host.devices)
     print(report.render(), end="")
     return 0 if report.clean else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with Device(checked_device(args)) as opened:
-        text, usable = fsck.status(opened, uuid_file(args))
+        text, usable = fsck.status(opened, uuid_file(args), args.settings.host.devices)
     print(text, end="")
     return 0 if usable else 1
 

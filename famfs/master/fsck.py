@@ -10,13 +10,15 @@ problem, not just the first; each entry it reports is one the follower leaves ou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from famfs import format as fmt
-from famfs import hosts, rules
+from famfs import devices, hosts, rules
 from famfs.compaction import LogLocation, read_record
 from famfs.device import Device, DeviceError
 from famfs.famfslog import FamfsLog
@@ -26,17 +28,36 @@ from famfs.units import format_size
 
 @dataclass(frozen=True, slots=True)
 class DeviceUse:
-    """One device of the file system as the log describes it: index, UUID, size, free bytes."""
+    """One device of the file system as the log describes it (index, UUID, size, free bytes, the
+    live files with an extent on it, the bytes deleted files still hold there) and where this host
+    found it (famfs.devices.resolve: found at a path, missing, or refused, with the reason)."""
 
     index: int
     dev_uuid: uuid.UUID
     size: int
     free_bytes: int
+    files: int = 0
+    held_bytes: int = 0
+    state: str = devices.FOUND
+    where: str = ""  # the path it was found at, else why not
 
     def __str__(self) -> str:
         role = "primary" if self.index == 0 else "secondary"
+        here = f"at {self.where}" if self.state == devices.FOUND else f"{self.state.upper()} on this host: {self.where}"
         return (f"device {self.index} ({role}): uuid {self.dev_uuid}, {format_size(self.size)}, "
-                f"{format_size(self.free_bytes)} free")
+                f"{format_size(self.free_bytes)} free, {count_files(self.files)}, "
+                f"{format_size(self.held_bytes)} held by deleted files; {here}")
+
+    def warning(self) -> str | None:
+        """What an unavailable device means here: a warning, not a problem of the log."""
+        if self.state == devices.FOUND:
+            return None
+        return (f"warning: device {self.index} ({self.dev_uuid}) is {self.state} on this host: {count_files(self.files)} "
+                f"with extents on it cannot be read or written here (list its path in [host] devices: docs/devices.md)")
+
+
+def count_files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
 
 
 @dataclass(slots=True)
@@ -60,6 +81,7 @@ class Report:
     hosts: list[hosts.HostRecord | hosts.DamagedSlot] = field(default_factory=list)  # the host table
     devices: list[DeviceUse] = field(default_factory=list)  # the daxdev table (docs/devices.md)
     files_elsewhere: int = 0  # live files with an extent on an added device
+    past_primary: int = 0  # extents on added devices (live or held) ending past device 0's size
     fenced: set[tuple[uuid.UUID, int]] = field(default_factory=set)
 
     @property
@@ -94,9 +116,14 @@ class Report:
             ]
             if len(self.devices) > 1:  # a single-device report stays as it was
                 lines += [f"  {use}" for use in self.devices]
-                lines.append(f"  note: upstream famfs reads device 0 only: the {self.files_elsewhere} files with extents on "
-                             f"added devices are unreadable to it, and its fsck counts their extents against device 0's "
+                lines += [f"  {warning}" for use in self.devices if (warning := use.warning())]
+                lines.append(f"  note: upstream famfs reads device 0 only: it cannot read the {count_files(self.files_elsewhere)} "
+                             f"with extents on added devices, and its fsck counts their extents against device 0's "
                              f"units (docs/devices.md)")
+                if self.past_primary:
+                    lines.append(f"  note: extents on added devices ending past device 0's size: {self.past_primary}; "
+                                 f"upstream's fsck and allocator (one bitmap of device 0's size, no bound check) would "
+                                 f"write past that bitmap on this file system (docs/devices.md)")
         problems = ([self.fatal] if self.fatal else []) + self.bad_entries + self.namespace_errors + self.crosslinks
         lines += [f"  {problem}" for problem in problems]
         lines += [f"  warning: {path!r} was deleted and made again: shadowed for upstream readers, which ignore "
@@ -114,14 +141,16 @@ class Report:
 COMPACTION_RETRIES = 5  # checks started again because a compaction moved the log meanwhile
 
 
-def check(device: Device) -> Report:
+def check(device: Device, device_paths: Sequence[str] = ()) -> Report:
     """The report on the device's log. fsck reads without the lock, as every reader does: a
     compaction that replaces the log while it reads (docs/reclaim.md) leaves it a mix of the old
     and the new log, so the check is made again, from the new log, when the log's location
-    (epoch, staged copy or not) changed between its start and its end."""
+    (epoch, staged copy or not) changed between its start and its end. `device_paths` ([host]
+    devices): where this host's added devices may be (docs/devices.md; each found by its UUIDs)."""
     for _ in range(COMPACTION_RETRIES):
         report, location = _check_once(device)
         if location is None or _location(device, report) == location:
+            report.devices = located(report.devices, report, device_paths)
             return report
     report.fatal = f"the log was compacted during each of {COMPACTION_RETRIES} checks: run fsck again"
     return report
@@ -182,14 +211,45 @@ def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
     report.reclaimed_bytes = sum(entry.capacity() for entry in namespace.reclaimed.values())
     report.hosts = list(hosts.read_table(device.fresh(*hosts.TABLE_SPAN)))
     report.fenced = set(namespace.fenced)
-    report.devices = [DeviceUse(index, dev_uuid, namespace.units.geometries[index].dev_size,
-                                namespace.units.device_free_units(index) * sb.alloc_unit)
-                      for index, dev_uuid in enumerate(namespace.daxdevs)]
+    report.devices = device_uses(namespace, device.path, sb)
+    primary_size = namespace.units.geometries[0].dev_size
+    report.past_primary = sum(extent.devindex > 0 and extent.offset + extent.length > primary_size
+                              for entry in [*(e for _, e in namespace.files.values()), *namespace.deleted.values()]
+                              for extent in entry.all_extents())
     report.files_elsewhere = sum(any(extent.devindex for extent in entry.all_extents())
                                  for _, entry in namespace.files.values())
     report.allocated_bytes = namespace.units.used_units * sb.alloc_unit
     report.free_bytes = namespace.units.free_units * sb.alloc_unit
     return report, famfs_log.location
+
+
+def device_uses(namespace: rules.Namespace, path: str, sb: fmt.Superblock) -> list[DeviceUse]:
+    """Each device as the log describes it: its space and its files (where this host finds an
+    added device is located()'s)."""
+    files: dict[int, int] = defaultdict(int)
+    for _, entry in namespace.files.values():
+        for devindex in {extent.devindex for extent in entry.all_extents()}:
+            files[devindex] += 1
+    held: dict[int, int] = defaultdict(int)
+    for entry in namespace.deleted.values():
+        for extent in entry.all_extents():
+            held[extent.devindex] += extent.length
+    return [DeviceUse(row.index, uuid.UUID(row.uuid), row.size,
+                      namespace.units.device_free_units(row.index) * sb.alloc_unit, files[row.index], held[row.index],
+                      devices.FOUND if row.index == 0 else devices.MISSING, path if row.index == 0 else "")
+            for row in devices.namespace_rows(namespace)]
+
+
+def located(uses: list[DeviceUse], report: Report, device_paths: Sequence[str]) -> list[DeviceUse]:
+    """`uses` with where this host finds each added device (famfs.devices.resolve): found at a
+    path, missing or refused with the reason. Only resolved when there are added devices: a
+    single-device check looks nowhere else."""
+    if len(uses) < 2 or report.superblock is None:
+        return uses
+    rows = [devices.DeviceRow(use.index, str(use.dev_uuid), use.size, use.where or None, None) for use in uses]
+    found = devices.resolve(report.superblock.fs_uuid, rows, device_paths)
+    return [uses[0], *(dataclasses.replace(use, state=row.state, where=row.path or row.reason)
+                       for use, row in zip(uses[1:], found[1:], strict=True))]
 
 
 def host_state(found: hosts.HostRecord | hosts.DamagedSlot, fenced: set[tuple[uuid.UUID, int]]) -> str:
@@ -218,10 +278,10 @@ def describe_bad_entry(famfs_log: FamfsLog, error: fmt.EntryError) -> str:
     return f"{error} (unverified path {relpath.decode(errors='backslashreplace')!r})"
 
 
-def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
+def status(device: Device, uuid_file: Path, device_paths: Sequence[str] = ()) -> tuple[str, bool]:
     """What an operator asks first: whose file system, how full, and what this host may do.
     Also whether the device holds a usable famfs at all."""
-    report = check(device)
+    report = check(device, device_paths)
     if report.superblock is None or report.header is None:
         return f"device: {device.path}\nstatus: not a usable famfs: {report.fatal}\n", False
     sb, header = report.superblock, report.header
@@ -241,6 +301,7 @@ def status(device: Device, uuid_file: Path) -> tuple[str, bool]:
         f"{'running' if hosts.coordinator_running(device.fd) else 'not running'}",
         f"files: {report.files}, directories: {report.directories}",
         *(f"  {use}" for use in report.devices if len(report.devices) > 1),
+        *(f"  {warning}" for use in report.devices if (warning := use.warning())),
         f"fsck: {'clean' if report.clean else f'{report.problems} problems (run famfsctl fsck)'}",
     ]) + "\n"
     return text, True

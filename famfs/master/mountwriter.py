@@ -17,7 +17,7 @@ import errno
 import os
 import random
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from famfs import format as fmt
@@ -56,9 +56,12 @@ class SessionWriter:
     docs/fusefs.md, "Numbers").
     """
 
-    def __init__(self, device_path: str, uuid_file: Path) -> None:
+    def __init__(self, device_path: str, uuid_file: Path, device_paths: Callable[[], Sequence[str]] = tuple) -> None:
+        """`device_paths`: asked at each call, where this host's added devices may be (the mount
+        gives its [host] devices and its agent's findings: famfs.devices.where_to_look)."""
         self.device_path = device_path
         self.uuid_file = uuid_file
+        self.device_paths = device_paths
         self._lock = threading.Lock()  # flock is per open file: threads of one process need this too
         self._opened: Device | None = None  # the device the last call that succeeded used (see _device)
         self._rng = random.Random()  # orders interleaved allocations: one for the writer's life, not one seeded per call
@@ -72,7 +75,8 @@ class SessionWriter:
         with self._lock:
             known, self._known = self._known, None
             try:
-                with writer.session(self.device_path, self.uuid_file, self._rng, known, opened=self._device()) as current:
+                with writer.session(self.device_path, self.uuid_file, self._rng, known,
+                                    device_paths=self.device_paths(), opened=self._device()) as current:
                     yield current
                     self._known = current.replayed()
                     self._last = self._known, current.log.header().slots

@@ -238,6 +238,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.lookups.searches += 1
         if node is None:
             self.lookups.misses += 1
+            self.table.negatives.add(parent.ino, name)  # cached: the name's arrival must drop it
             return self._negative()
         attrs = self._attributes(node)
         self.table.remember(node)

@@ -50,13 +50,16 @@ def signature(path: bytes) -> Signature | None:
     return signature_of(st)
 
 
-def signature_beneath(root: bytes, relpath: bytes) -> Signature | None:
-    """signature() of `relpath` below `root`, no component on the way followed."""
+def signature_beneath(root: bytes, relpath: bytes, root_fd: int | None = None) -> Signature | None:
+    """signature() of `relpath` below `root` (open as `root_fd`, if given), no component on the
+    way followed."""
     if not relpath:
         return signature(root)
     try:
-        with safepath.Root(root) as root_fd:
+        if root_fd is not None:
             return signature_of(safepath.lstat_beneath(root_fd, os.fsdecode(relpath)))
+        with safepath.Root(root) as opened:
+            return signature_of(safepath.lstat_beneath(opened, os.fsdecode(relpath)))
     except OSError:
         return None  # missing, or beyond a symlink or mount point: not in the tree
 

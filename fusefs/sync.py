@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
+from famfs import safepath
 from fusefs import shadow_reader
 from fusefs.inodes import InodeTable, Notice
 from fusefs.notify import Notifier
@@ -24,6 +25,11 @@ from fusefs.watcher import RESCAN, ShadowWatcher
 log = structlog.get_logger("famfs-fuse-mount")
 
 BATCH_MAX = 8192
+# While changes keep coming (a batch ended less than BUSY_S ago), the next batch waits COALESCE_S
+# for more: one device check, one root open and one round of notifications for many paths. An
+# idle mount takes a change at once.
+BUSY_S = 0.05
+COALESCE_S = 0.002
 DEGRADED_PERIOD_S = 1.0  # how often the watcher is checked; the rescan period once it is gone
 
 
@@ -41,7 +47,10 @@ class TreeSync:
         self.batches = 0
 
     async def consume(self, receive: trio.MemoryReceiveChannel[bytes | None], watcher: ShadowWatcher) -> None:
+        last_batch = -math.inf
         async for first in receive:
+            if trio.current_time() - last_batch < BUSY_S:
+                await trio.sleep(COALESCE_S)
             batch = {first}
             while len(batch) < BATCH_MAX:
                 try:
@@ -57,16 +66,29 @@ class TreeSync:
             paths = sorted((path for path in batch if path is not None), key=lambda path: path.count(b"/"))
             await self.before_refresh()
             await self.notifier.send(self._refresh_all(paths))
+            last_batch = trio.current_time()
 
     def _refresh_all(self, paths: list[bytes]) -> list[Notice]:
         notices: list[Notice] = []
-        for path in paths:
-            try:
-                notices.extend(self.table.refresh(path))
-            except OSError as err:
-                # The next event or rescan looks again; the daemon carries on.
-                log.warning("cannot read the shadow tree", shadow_path=os.fsdecode(self.table.shadow_path(path)), error=str(err))
+        try:
+            root = safepath.Root(self.table.shadow_root)  # one open for the batch, not one a path
+        except OSError:
+            root = None  # the root is gone: each path finds it so (and the watcher asks for a rescan)
+        try:
+            for path in paths:
+                notices.extend(self._refresh_one(path, None if root is None else root.fd))
+        finally:
+            if root is not None:
+                root.close()
         return notices
+
+    def _refresh_one(self, path: bytes, root_fd: int | None) -> list[Notice]:
+        try:
+            return self.table.refresh(path, root_fd)
+        except OSError as err:
+            # The next event or rescan looks again; the daemon carries on.
+            log.warning("cannot read the shadow tree", shadow_path=os.fsdecode(self.table.shadow_path(path)), error=str(err))
+            return []
 
     async def periodic(self, watcher: ShadowWatcher) -> None:
         """A rescan every `period` seconds (0 or inf: never), and every second once the watcher

@@ -180,6 +180,11 @@ class InodeTable:
                 return None
             try:
                 entry = shadow_reader.load_file(self.shadow_root, node.relpath, self.geometry, dir_fd)
+            except shadow_reader.Gone as gone:
+                # Deleted before the watcher's event reached the table: no such file (ENOENT), not
+                # a bad one (EIO); looked at again on use, as the name may be made again.
+                node.refused = str(gone)
+                return None
             except fmt.FormatError as err:
                 node.error = str(err)
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down

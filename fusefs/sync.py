@@ -25,11 +25,6 @@ from fusefs.watcher import RESCAN, ShadowWatcher
 log = structlog.get_logger("famfs-fuse-mount")
 
 BATCH_MAX = 8192
-# While changes keep coming (a batch ended less than BUSY_S ago), the next batch waits COALESCE_S
-# for more: one device check, one root open and one round of notifications for many paths. An
-# idle mount takes a change at once.
-BUSY_S = 0.05
-COALESCE_S = 0.002
 DEGRADED_PERIOD_S = 1.0  # how often the watcher is checked; the rescan period once it is gone
 
 
@@ -47,10 +42,7 @@ class TreeSync:
         self.batches = 0
 
     async def consume(self, receive: trio.MemoryReceiveChannel[bytes | None], watcher: ShadowWatcher) -> None:
-        last_batch = -math.inf
         async for first in receive:
-            if trio.current_time() - last_batch < BUSY_S:
-                await trio.sleep(COALESCE_S)
             batch = {first}
             while len(batch) < BATCH_MAX:
                 try:
@@ -66,7 +58,6 @@ class TreeSync:
             paths = sorted((path for path in batch if path is not None), key=lambda path: path.count(b"/"))
             await self.before_refresh()
             await self.notifier.send(self._refresh_all(paths))
-            last_batch = trio.current_time()
 
     def _refresh_all(self, paths: list[bytes]) -> list[Notice]:
         notices: list[Notice] = []

@@ -77,6 +77,20 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
     assert table.refresh(b"kept") == []
 
 
+def test_a_file_deleted_before_the_table_knows_is_no_such_file(shadow: Path) -> None:
+    put_file(shadow, entry("doomed"))
+    table = table_of(shadow)
+    root = table.get(ROOT_INODE)
+    assert root is not None
+    doomed = table.child(root, b"doomed")
+    assert doomed is not None
+    (shadow / "root" / "doomed").unlink()  # the watcher's event not taken in yet
+    assert table.file_entry(doomed) is None
+    assert doomed.error is None and doomed.refused is not None  # ENOENT, not EIO
+    put_file(shadow, entry("doomed", size=200))  # made again: served once read
+    assert table.file_entry(doomed) == entry("doomed", size=200)
+
+
 def test_a_directory_renamed_in_whole_is_scanned(shadow: Path) -> None:
     table = table_of(shadow)
     staged = shadow / ".agent" / "staging" / "tree"

@@ -522,6 +522,7 @@ class Follower:
                 self._advance(done)
                 famfs_log.forget(first, done + 1)  # flat memory whatever the log's size
             state.next_index_seen = max(state.next_index_seen, famfs_log.next_index())
+            tree.forget_dirs()  # directories are resolved again, from root/, by the next batch
             if not tree.building:  # a built tree's cursor is saved once it has moved in (_play)
                 self._save()
         elapsed = time.perf_counter() - started
@@ -690,6 +691,9 @@ class Follower:
                     continue
                 if worked:
                     interval = settings.poll_min_ms / 1000
+                    # Entries are arriving: the next ones gather for poll_min_ms and are taken in one
+                    # batch (one cursor write, each directory resolved once), not a poll each.
+                    self._sleep(interval)
                     continue
                 if not ready:  # caught up once: the tree is whole, a mount may start (systemd)
                     service.notify_ready(f"following {self.device_path}")

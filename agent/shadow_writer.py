@@ -74,6 +74,7 @@ _T = TypeVar("_T")
 
 RENAME_NOREPLACE = 1
 LIVE_FILES_KEPT = 256  # paths whose live FILE entry live_file_index remembers
+DIR_FDS_KEPT = 64  # parent directories held open within one batch (ShadowTree.parent)
 UNITS_HEADER = struct.Struct("<qQ")  # .agent/units: cursor index, unit count; then a byte per unit
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -230,6 +231,9 @@ class ShadowTree:
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
         self.owners: OwnerMap | None = None  # .agent/owners, kept in place (famfs.ownership)
         self._live_files: dict[str, tuple[int, int | None]] = {}  # relpath -> (searched up to, live FILE)
+        # (tree descriptor, directory relpath) -> that directory, resolved beneath it by openat2:
+        # held until forget_dirs() (the end of the follower's batch; an RMDIR; the tree's fds change)
+        self._dir_fds: dict[tuple[int, str], int] = {}
 
     # --- opening, state files, rebuild --------------------------------------------------------
 
@@ -280,6 +284,7 @@ class ShadowTree:
                               f"or ext4") from None
 
     def close(self) -> None:
+        self.forget_dirs()
         if self._creator is not None:
             self._creator.abandon()  # what it made is in staging/, emptied by the next open()
             self._creator = None
@@ -317,6 +322,7 @@ class ShadowTree:
         replaced behind the agent's back is made again first. `keep_tree`: the tables only, root/
         as it is: the next first play reconciles root/ with what it builds (a compacted log:
         the same files, new log indexes; see finish_build)."""
+        self.forget_dirs()
         if self._build is not None:  # a first play that failed before moving in: start over
             self._drop_build()
         if self.root_replaced():
@@ -510,6 +516,7 @@ class ShadowTree:
         empty root/ (the caller's to know: the cursor is before entry 0). Its files are made by a
         forked process (agent/first_play.py)."""
         assert self._build is None
+        self.forget_dirs()
         build = self._temp_name()
         os.mkdir(build, SHADOW_DIR_MODE, dir_fd=self._staging_fd)
         self._tree_fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._staging_fd)
@@ -528,6 +535,7 @@ class ShadowTree:
         again. If a file could not be made, the whole tree is dropped (CreatorFailed): none of it
         is moved in, and no cursor was saved for it."""
         assert self._build is not None
+        self.forget_dirs()  # the built tree's directories move into root/ (and its descriptor closes)
         try:
             if self._creator is not None:
                 self._creator.close()
@@ -642,6 +650,7 @@ class ShadowTree:
             self._creator.abandon()
             self._creator = None
         self._build_view = None
+        self.forget_dirs()
         os.close(self._tree_fd)
         self._tree_fd = self._root_fd
         shutil.rmtree(self.staging / self._build)
@@ -837,6 +846,7 @@ class ShadowTree:
         finds the directory still in its table (the journal line is past the cursor) and gone
         from the tree, and finishes."""
         self.check(index, entry, famfs_log, entry.relpath)
+        self.forget_dirs()  # none held may name the directory removed (a MKDIR may make it again)
         with contextlib.suppress(FileNotFoundError), safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
             os.rmdir(name, dir_fd=parent)
         del self.dirs[entry.relpath]
@@ -863,8 +873,8 @@ class ShadowTree:
 
     def _unlinked(self, relpath: str) -> bool:
         try:
-            with safepath.parent_of(self._tree_fd, relpath) as (parent, name):
-                os.unlink(name, dir_fd=parent)
+            parent, name = self.parent(self._tree_fd, relpath)
+            os.unlink(name, dir_fd=parent)
         except FileNotFoundError:
             return False
         return True
@@ -929,7 +939,8 @@ class ShadowTree:
 
     def _mode_in_tree(self, relpath: str) -> int | None:
         try:
-            return safepath.lstat_beneath(self._tree_fd, relpath).st_mode
+            parent, name = self.parent(self._tree_fd, relpath)
+            return os.lstat(name, dir_fd=parent).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return None
 
@@ -1008,10 +1019,10 @@ class ShadowTree:
         os.rmdir; None leaves it to the next run, which empties staging/)."""
         src_fd = self._staging_fd if src_fd is None else src_fd
         try:
-            with safepath.parent_of(self._root_fd, relpath) as (parent, name):
-                if _renameat2(src_fd, temp.encode(), parent, name.encode(), RENAME_NOREPLACE) == 0:
-                    return True
-                failure = ctypes.get_errno()
+            parent, name = self.parent(self._root_fd, relpath)
+            if _renameat2(src_fd, temp.encode(), parent, name.encode(), RENAME_NOREPLACE) == 0:
+                return True
+            failure = ctypes.get_errno()
         except OSError as err:  # the parent is missing, or a symlink: damage, never followed
             failure = err.errno or errno.EIO
         if discard is not None:
@@ -1019,6 +1030,30 @@ class ShadowTree:
         if failure != errno.EEXIST:
             raise ShadowError(failure, f"shadow {self.root}: cannot create {relpath!r}: {os.strerror(failure)}")
         return False
+
+    def parent(self, tree_fd: int, relpath: str) -> tuple[int, str]:
+        """(descriptor of relpath's directory, its last component), as safepath.parent_of
+        resolves it (openat2, nothing followed), the descriptor kept until forget_dirs(): a run of
+        entries in one directory resolves it once. Safe to keep because only this agent changes
+        directories under root/ (the shadow is root's 0755, docs/security.md) and it forgets them
+        whenever it removes or moves one (RMDIR, reset, a first play moving in), and at the end of
+        every batch, before tree_problem looks at the tree again."""
+        head, _, name = relpath.rpartition("/")
+        if not head:
+            return tree_fd, name
+        fd = self._dir_fds.get((tree_fd, head))
+        if fd is None:
+            if len(self._dir_fds) >= DIR_FDS_KEPT:
+                self.forget_dirs()
+            fd = safepath.open_beneath(tree_fd, head, safepath.DIR_OPEN)
+            self._dir_fds[tree_fd, head] = fd
+        return fd, name
+
+    def forget_dirs(self) -> None:
+        """Close the directories parent() holds: they are resolved again from the tree's root."""
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
 
     def _temp_name(self) -> str:
         # Unique: staging/ is private to the lock holder and emptied when it starts.

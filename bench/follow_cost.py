@@ -1,13 +1,16 @@
 """CPU seconds a following famfs-agent spends per log entry, on `make churn`'s pattern (issue 19).
 
-`python -m bench.follow_cost [--bursts N] [--repeat R] [--mount]`: a fresh image on tmpfs and one client's
+`python -m bench.follow_cost [--bursts N] [--repeat R] [--mount [--list]]`: a fresh image on tmpfs and one client's
 agent following it (`famfs-agent --follow`, logging as a host of the churn does); `famfs.Master`
 appends N bursts of the churn's small files (in one `Master.batch()`: the last burst's 48 files
 removed, 48 new ones made), waiting after each burst until the agent's cursor has caught up.
 It prints the agent's CPU time per entry (/proc/<pid>/schedstat over the bursts),
 the median of R runs; with --mount, also that of a famfs-fuse-mount serving the agent's shadow
 (in a mount namespace of its own, as make churn's hosts run it), which takes every change of the
-tree from inotify. Nothing reclaims: the image is sparse and big enough for every burst.
+tree from inotify; with --list, a process in the mount's namespace also lists the small files'
+directory through the mount after each burst, as make churn's readers do (the kernel then knows
+the directory and the names listed: the mount sends it notifications as they change). Nothing
+reclaims: the image is sparse and big enough for every burst.
 """
 
 from __future__ import annotations
@@ -78,7 +81,23 @@ def start_mount(work: Path, shadow: Path, image: Path) -> subprocess.Popen[bytes
     return mount
 
 
-def one_run(work: Path, bursts: int, with_mount: bool) -> tuple[float, float, int]:
+# Lists a directory each time a line arrives on stdin; answers with the count (run in the mount's namespace).
+LISTER = "import os, sys\nfor line in sys.stdin:\n    print(len(os.listdir(line.strip())), flush=True)\n"
+
+
+def start_lister(mount: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["nsenter", "-t", str(mount.pid), "-m", "--", sys.executable, "-c", LISTER],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def listed(lister: subprocess.Popen[bytes], directory: Path) -> int:
+    assert lister.stdin is not None and lister.stdout is not None
+    lister.stdin.write(f"{directory}\n".encode())
+    lister.stdin.flush()
+    return int(lister.stdout.readline())
+
+
+def one_run(work: Path, bursts: int, with_mount: bool, with_list: bool = False) -> tuple[float, float, int]:
     """The agent's and the mount's CPU seconds over `bursts` bursts, and the entries logged."""
     image, master_uuid, client_uuid, shadow = (work / "famfs.img", work / "master_uuid", work / "client_uuid",
                                                work / "shadow")
@@ -95,11 +114,13 @@ def one_run(work: Path, bursts: int, with_mount: bool) -> tuple[float, float, in
         agent = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), "--config", str(config),
                                   "--system-uuid-file", str(client_uuid), "--log-format", "json", str(image)],
                                  cwd=REPO, stderr=agent_log)
-    mount = None
+    mount = lister = None
     try:
         wait_cursor(shadow, 0, agent)
         if with_mount:
             mount = start_mount(work, shadow, image)
+            if with_list:
+                lister = start_lister(mount)
         smalls: list[str] = []
         serial, last = 0, 0
         before, mount_before = cpu_seconds(agent.pid), cpu_seconds(mount.pid) if mount else 0.0
@@ -109,10 +130,14 @@ def one_run(work: Path, bursts: int, with_mount: bool) -> tuple[float, float, in
                                                              for n in range(serial + 1, serial + BURST + 1)))
             serial += BURST
             wait_cursor(shadow, last, agent)
+            if lister is not None:
+                listed(lister, work / "mnt" / "small")
         time.sleep(0.2)  # the mount's last inotify events
         mount_cpu = cpu_seconds(mount.pid) - mount_before if mount else 0.0
         return cpu_seconds(agent.pid) - before, mount_cpu, last
     finally:
+        if lister is not None:
+            stop_process(lister, WAIT_S)
         if mount is not None:
             stop_process(mount, WAIT_S)
         stop_process(agent, WAIT_S)
@@ -123,12 +148,14 @@ def main() -> int:
     parser.add_argument("--bursts", type=int, default=60, help="bursts of the churn's small files (default 60)")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each on a fresh image (default 3)")
     parser.add_argument("--mount", action="store_true", help="measure a famfs-fuse-mount on the shadow too")
+    parser.add_argument("--list", action="store_true",
+                        help="with --mount: list the small files' directory through the mount after each burst")
     args = parser.parse_args()
     logsetup.configure(level="error")
     per_entry, mount_per_entry = [], []
     for _ in range(args.repeat):
         with scratch("famfs-follow-cost-") as work:
-            seconds, mount_seconds, entries = one_run(work, args.bursts, args.mount)
+            seconds, mount_seconds, entries = one_run(work, args.bursts, args.mount, args.list)
         per_entry.append(seconds / entries * 1000)
         mount_per_entry.append(mount_seconds / entries * 1000)
         print(f"agent: {seconds:.2f} CPU s for {entries} entries: {per_entry[-1]:.3f} ms/entry" +

@@ -115,4 +115,7 @@ class Root:
         return self.fd
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         os.close(self.fd)

@@ -328,7 +328,8 @@ class Daemon:
         try:
             sb = self.famfs_log.superblock
             devices = self.devices = DeviceCheck(self.famfs_log, self.cfg.shadow, writable=not self.cfg.read_only)
-            self.table = InodeTable(self.shadow_root, devices.served.geometry, devices.served.check)
+            self.table = InodeTable(self.shadow_root, devices.served.geometry, devices.served.check,
+                                    self.cfg.negative_timeout)
             quiet_collector()
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s, self._check_device)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,

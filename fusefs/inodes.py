@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +37,8 @@ from fusefs.shadow_reader import Signature
 log = structlog.get_logger("famfs-fuse-mount")
 
 ROOT_INODE = pyfuse3.ROOT_INODE
+NEGATIVES_KEPT = 65536  # names remembered as cached negative lookups; beyond, every new name is notified a while
+NEGATIVE_SLACK_S = 1.0  # the kernel starts a negative entry's timeout when our reply reaches it, a little later
 
 
 class NoticeKind(enum.Enum):
@@ -58,6 +61,39 @@ class _Unread:
 
 
 _UNREAD = _Unread()
+
+
+class Negatives:
+    """The names the kernel may hold a cached negative lookup for: those a lookup answered "no
+    such name" with a timeout (operations' _negative), until that timeout has passed. A new name
+    needs its invalidate_entry only if it is one of them: the kernel caches nothing for a name it
+    never looked up, and the negative dentry an ENOENT reply or a DELETED notice leaves it is
+    marked stale, looked up again at its next use (fs/fuse/dir.c, fuse_invalidate_entry_cache).
+    Bounded: past NEGATIVES_KEPT live names, every new name is notified until the last of them
+    could have expired."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.until: dict[tuple[int, bytes], float] = {}  # (parent, name) -> when the kernel forgets it
+        self.all_until = 0.0  # the set overflowed: every name may be cached until then
+
+    def add(self, parent: int, name: bytes) -> None:
+        if self.timeout <= 0:
+            return  # a zero timeout caches nothing
+        now = time.monotonic()
+        if len(self.until) >= NEGATIVES_KEPT:
+            self.until = {key: until for key, until in self.until.items() if until > now}
+            if len(self.until) >= NEGATIVES_KEPT:
+                self.until.clear()
+                self.all_until = now + self.timeout + NEGATIVE_SLACK_S
+        self.until[parent, name] = now + self.timeout + NEGATIVE_SLACK_S
+
+    def take(self, parent: int, name: bytes) -> bool:
+        """Whether the kernel may hold a negative lookup of `name` in `parent` (forgotten here:
+        the notice the caller sends drops it)."""
+        until = self.until.pop((parent, name), 0.0)
+        now = time.monotonic()
+        return until > now or self.all_until > now
 
 
 class Checker(Protocol):
@@ -103,8 +139,9 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker) -> None:
+    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker, negative_timeout: float = 0.0) -> None:
         self.shadow_root = shadow_root
+        self.negatives = Negatives(negative_timeout)
         self.geometry = geometry
         self.checker = checker
         self.refused_dirs: dict[bytes, str] = {}  # directories not served, and why (warned once each)
@@ -143,6 +180,11 @@ class InodeTable:
                 return None
             try:
                 entry = shadow_reader.load_file(self.shadow_root, node.relpath, self.geometry, dir_fd)
+            except shadow_reader.Gone as gone:
+                # Deleted before the watcher's event reached the table: no such file (ENOENT), not
+                # a bad one (EIO); looked at again on use, as the name may be made again.
+                node.refused = str(gone)
+                return None
             except fmt.FormatError as err:
                 node.error = str(err)
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
@@ -237,8 +279,9 @@ class InodeTable:
 
     # --- learning the shadow tree -----------------------------------------------------------
 
-    def refresh(self, relpath: bytes) -> list[Notice]:
-        """Re-check one path against the disk and update the table; what the kernel must forget."""
+    def refresh(self, relpath: bytes, root_fd: int | None = None) -> list[Notice]:
+        """Re-check one path against the disk and update the table; what the kernel must forget.
+        `root_fd`: the shadow root, open (one for a whole batch of paths)."""
         if not relpath:
             return self._refresh_root()
         parent_rel, _, name = relpath.rpartition(b"/")
@@ -248,7 +291,7 @@ class InodeTable:
         parent = self.nodes[parent_ino]
         if not parent.is_dir:
             return []  # a stale event below what is now a file
-        sig = shadow_reader.signature_beneath(self.shadow_root, relpath)
+        sig = shadow_reader.signature_beneath(self.shadow_root, relpath, root_fd)
         current = self.child(parent, name)
         notices: list[Notice] = []
         # The kernel can cache a name (or its absence) only under a directory it has looked up.
@@ -268,7 +311,7 @@ class InodeTable:
                 return notices
             if node.is_dir:
                 self._scan_children(node)
-            if parent_known:
+            if parent_known and self.negatives.take(parent.ino, name):
                 notices.append(Notice(NoticeKind.NEW_NAME, node.ino, parent.ino, name))
         elif current.sig != sig:
             notices.extend(self._changed(current, sig))

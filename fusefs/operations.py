@@ -195,10 +195,12 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None else errno.EIO)
         return entry
 
-    def _entry(self, node: Node) -> fmt.FileEntry:
+    def _entry(self, node: Node, *, held: bool = False) -> fmt.FileEntry:
+        """The node's entry, or the error to answer; `held`: for an open handle's read or write,
+        which answer EIO either way (no ENOENT for a file already open)."""
         entry = self.table.file_entry(node)
-        if entry is None:  # not the log's: no such file; else a YAML that cannot be read
-            raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None else errno.EIO)
+        if entry is None:  # not the log's (or deleted): no such file; else a YAML that cannot be read
+            raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None and not held else errno.EIO)
         return entry
 
     def _node(self, ino: int) -> Node:
@@ -238,6 +240,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.lookups.searches += 1
         if node is None:
             self.lookups.misses += 1
+            self.table.negatives.add(parent.ino, name)  # cached: the name's arrival must drop it
             return self._negative()
         attrs = self._attributes(node)
         self.table.remember(node)
@@ -537,7 +540,7 @@ class FamfsOperations(pyfuse3.Operations):
             return bytes(handle.data[off:off + size])
         await self._leased(handle.incarnation)
         served = self._served(handle)  # no await since the check: the device it checked
-        entry = self._entry(handle.node)  # the current mapping: a re-map applies at once
+        entry = self._entry(handle.node, held=True)  # the current mapping: a re-map applies at once
         try:
             if not self.lease.guarded():
                 return served.data.read(entry, off, size)

@@ -50,13 +50,16 @@ def signature(path: bytes) -> Signature | None:
     return signature_of(st)
 
 
-def signature_beneath(root: bytes, relpath: bytes) -> Signature | None:
-    """signature() of `relpath` below `root`, no component on the way followed."""
+def signature_beneath(root: bytes, relpath: bytes, root_fd: int | None = None) -> Signature | None:
+    """signature() of `relpath` below `root` (open as `root_fd`, if given), no component on the
+    way followed."""
     if not relpath:
         return signature(root)
     try:
-        with safepath.Root(root) as root_fd:
+        if root_fd is not None:
             return signature_of(safepath.lstat_beneath(root_fd, os.fsdecode(relpath)))
+        with safepath.Root(root) as opened:
+            return signature_of(safepath.lstat_beneath(opened, os.fsdecode(relpath)))
     except OSError:
         return None  # missing, or beyond a symlink or mount point: not in the tree
 
@@ -202,9 +205,13 @@ def open_dir(root: bytes, relpath: bytes) -> int | None:
         return None
 
 
+class Gone(fmt.FormatError):
+    """The shadow file is not there (any more): deleted, and the watcher has not said so yet."""
+
+
 def load_file(root: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | None = None) -> fmt.FileEntry:
     """Parse and check one shadow file (`relpath` below `root`, or its last component in
-    directory `dir_fd`); fmt.FormatError says what is wrong with it."""
+    directory `dir_fd`); fmt.FormatError says what is wrong with it (Gone: nothing there)."""
     try:
         if dir_fd is not None:
             raw = read_shadow_file(relpath.rpartition(b"/")[2], dir_fd)
@@ -214,6 +221,8 @@ def load_file(root: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | Non
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None
+        if err.errno == errno.ENOENT:
+            raise Gone("deleted from the shadow tree") from None
         raise fmt.FormatError(f"cannot open: {err.strerror}") from None
     entry = parse_shadow_file(raw, relpath)
     metadata = relpath.startswith(META_PREFIX)

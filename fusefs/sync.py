@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
+from famfs import safepath
 from fusefs import shadow_reader
 from fusefs.inodes import InodeTable, Notice
 from fusefs.notify import Notifier
@@ -60,13 +61,25 @@ class TreeSync:
 
     def _refresh_all(self, paths: list[bytes]) -> list[Notice]:
         notices: list[Notice] = []
-        for path in paths:
-            try:
-                notices.extend(self.table.refresh(path))
-            except OSError as err:
-                # The next event or rescan looks again; the daemon carries on.
-                log.warning("cannot read the shadow tree", shadow_path=os.fsdecode(self.table.shadow_path(path)), error=str(err))
+        try:
+            root = safepath.Root(self.table.shadow_root)  # one open for the batch, not one a path
+        except OSError:
+            root = None  # the root is gone: each path finds it so (and the watcher asks for a rescan)
+        try:
+            for path in paths:
+                notices.extend(self._refresh_one(path, None if root is None else root.fd))
+        finally:
+            if root is not None:
+                root.close()
         return notices
+
+    def _refresh_one(self, path: bytes, root_fd: int | None) -> list[Notice]:
+        try:
+            return self.table.refresh(path, root_fd)
+        except OSError as err:
+            # The next event or rescan looks again; the daemon carries on.
+            log.warning("cannot read the shadow tree", shadow_path=os.fsdecode(self.table.shadow_path(path)), error=str(err))
+            return []
 
     async def periodic(self, watcher: ShadowWatcher) -> None:
         """A rescan every `period` seconds (0 or inf: never), and every second once the watcher

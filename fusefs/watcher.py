@@ -10,6 +10,7 @@ below the root), and our own channel being full.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,10 @@ class ShadowWatcher(wd_events.FileSystemEventHandler):
         self.send = send
         self.token = token
         self.lost_events = False  # a message could not be queued (set and read on the trio thread)
+        # Messages not yet handed to the trio thread, deduplicated; one hand-over is scheduled at
+        # a time, so a burst of events wakes the trio thread once, not once per path.
+        self._pending: dict[bytes | None, None] = {}
+        self._pending_lock = threading.Lock()  # never held across anything that waits
         self.observer = _observer(self._lost)
 
     def start(self) -> None:
@@ -81,21 +86,29 @@ class ShadowWatcher(wd_events.FileSystemEventHandler):
         self._forward(RESCAN)
 
     def _forward(self, message: bytes | None) -> None:
+        with self._pending_lock:
+            scheduled = bool(self._pending)  # a hand-over is on its way and will take this too
+            self._pending[message] = None
+        if scheduled:
+            return
         # run_sync_soon, not from_thread.run_sync: watchdog's thread need not wait for a round
         # trip through the trio loop before it reads the next event.
         try:
-            self.token.run_sync_soon(self._enqueue, message)
+            self.token.run_sync_soon(self._enqueue_pending)
         except trio.RunFinishedError:
             pass  # shutting down
 
-    def _enqueue(self, message: bytes | None) -> None:
-        try:
-            self.send.send_nowait(message)
-        except trio.WouldBlock:
-            # The consumer is behind by a whole channel: whatever we drop, a rescan recovers.
-            self.lost_events = True
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # shutting down
+    def _enqueue_pending(self) -> None:
+        with self._pending_lock:
+            messages, self._pending = self._pending, {}
+        for message in messages:
+            try:
+                self.send.send_nowait(message)
+            except trio.WouldBlock:
+                # The consumer is behind by a whole channel: whatever we drop, a rescan recovers.
+                self.lost_events = True
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return  # shutting down
 
 
 def check_watch_limit(root: bytes) -> None:

@@ -262,3 +262,16 @@ def test_a_resumed_agent_knows_the_directories_rmdir_removed(tmp_path: Path, sys
     assert dir_attrs(shadow / "root" / "gone")[0] == 0o700
     assert (shadow / "root" / "gone" / "f").read_bytes() == emit_file_yaml(file_entry("gone/f", 0))
     assert agent_state(shadow)["rejected"] == 0
+
+
+def test_a_directory_removed_and_made_again_in_one_batch_gets_its_new_file(tmp_path: Path, system_uuid_file: Path) -> None:
+    """The agent keeps a batch's parent directories open (ShadowTree.parent): an RMDIR must drop
+    them, or a file of the directory made again under the same name lands in the removed one."""
+    image = make_device(tmp_path, system_uuid_file)
+    shadow = tmp_path / "shadow"
+    append(image, [mkdir_entry("d"), file_entry("d/a", 1)])
+    run_agent("--shadow", shadow, image, check=True)  # a first play: d/a is in the tree
+    append(image, [fmt.DeleteEntry(relpath="d/a", target_index=1), fmt.RmdirEntry(relpath="d", target_index=0),
+                   mkdir_entry("d"), file_entry("d/b", 2), file_entry("d/c", 3)])
+    run_agent("--shadow", shadow, image, check=True)  # one batch, resumed in root/
+    assert sorted(path.name for path in (shadow / "root" / "d").iterdir()) == ["b", "c"]

@@ -16,7 +16,8 @@ from famfs.master.mkfs import create_image
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
-from fusefs.inodes import ROOT_INODE, InodeTable, NoticeKind
+from fusefs import inodes
+from fusefs.inodes import ROOT_INODE, InodeTable, Negatives, NoticeKind
 from fusefs.shadow_reader import Geometry
 from fusefs.watcher import ReportingInotifyFD
 from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml
@@ -37,8 +38,8 @@ def shadow(tmp_path: Path) -> Path:
     return empty_shadow(tmp_path / "shadow")
 
 
-def table_of(shadow: Path) -> InodeTable:
-    return InodeTable(os.fsencode(shadow / "root"), GEOMETRY, TrustingChecker())
+def table_of(shadow: Path, negative_timeout: float = 3600.0) -> InodeTable:
+    return InodeTable(os.fsencode(shadow / "root"), GEOMETRY, TrustingChecker(), negative_timeout)
 
 
 def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
@@ -51,8 +52,11 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
     table.remember(kept)
 
     put_file(shadow, entry("new"))
+    table.negatives.add(ROOT_INODE, b"new")  # a lookup answered "no such name": the kernel may cache it
     (new_notice,) = table.refresh(b"new")
     assert new_notice.kind is NoticeKind.NEW_NAME and new_notice.parent == ROOT_INODE and new_notice.name == b"new"
+    put_file(shadow, entry("unasked"))
+    assert table.refresh(b"unasked") == []  # never looked up: the kernel holds nothing to drop
 
     put_file(shadow, entry("kept", size=200, unit=1))  # re-mapped: same inode, new extents
     (changed,) = table.refresh(b"kept")
@@ -73,16 +77,59 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
     assert table.refresh(b"kept") == []
 
 
+def test_a_file_deleted_before_the_table_knows_is_no_such_file(shadow: Path) -> None:
+    put_file(shadow, entry("doomed"))
+    table = table_of(shadow)
+    root = table.get(ROOT_INODE)
+    assert root is not None
+    doomed = table.child(root, b"doomed")
+    assert doomed is not None
+    (shadow / "root" / "doomed").unlink()  # the watcher's event not taken in yet
+    assert table.file_entry(doomed) is None
+    assert doomed.error is None and doomed.refused is not None  # ENOENT, not EIO
+    put_file(shadow, entry("doomed", size=200))  # made again: served once read
+    assert table.file_entry(doomed) == entry("doomed", size=200)
+
+
 def test_a_directory_renamed_in_whole_is_scanned(shadow: Path) -> None:
     table = table_of(shadow)
     staged = shadow / ".agent" / "staging" / "tree"
     (staged / "sub").mkdir(parents=True)
     (staged / "sub" / "leaf").write_bytes(emit_file_yaml(entry("tree/sub/leaf")))
     staged.rename(shadow / "root" / "tree")
+    table.negatives.add(ROOT_INODE, b"tree")
     notices = table.refresh(b"tree")
     assert [notice.kind for notice in notices] == [NoticeKind.NEW_NAME]
     assert b"tree/sub/leaf" in table.by_path
     assert table.refresh(b"tree/sub/leaf") == []  # the later inotify event changes nothing
+
+
+def test_negatives_are_the_names_the_kernel_may_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(inodes.time, "monotonic", lambda: now[0])
+    negatives = Negatives(timeout=10.0)
+    negatives.add(1, b"a")
+    assert negatives.take(1, b"a") and not negatives.take(1, b"a")  # the notice sent drops it
+    assert not negatives.take(1, b"b") and not negatives.take(2, b"a")
+    negatives.add(1, b"a")
+    now[0] += 10.0 + inodes.NEGATIVE_SLACK_S + 0.1
+    assert not negatives.take(1, b"a")  # the kernel's timeout has passed: looked up again anyway
+    zero = Negatives(timeout=0.0)
+    zero.add(1, b"a")
+    assert not zero.take(1, b"a")  # a zero timeout caches nothing
+
+
+def test_negatives_overflowing_notify_every_name_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(inodes.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(inodes, "NEGATIVES_KEPT", 4)
+    negatives = Negatives(timeout=10.0)
+    for n in range(5):
+        negatives.add(1, b"%d" % n)
+    assert len(negatives.until) <= 4
+    assert negatives.take(7, b"never-added")  # forgotten ones may still be cached: all are notified
+    now[0] += 10.0 + inodes.NEGATIVE_SLACK_S + 0.1
+    assert not negatives.take(7, b"never-added")
 
 
 def test_reconcile_candidates_are_the_differences_parents_first(shadow: Path) -> None:

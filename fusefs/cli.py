@@ -49,6 +49,7 @@ from famfs.namespace import NamespaceWriter
 from famfs.shadowdir import ROOT, agent_pid, read_state, recorded_device, shadow_permission_problem, state_path
 from famfs.version import add_version_flag
 from fusefs import health
+from fusefs.ahead import Ahead
 from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
@@ -318,7 +319,11 @@ class Daemon:
         try:
             sb = self.famfs_log.superblock
             devices = self.devices = DeviceCheck(self.famfs_log, self.cfg.shadow, writable=not self.cfg.read_only)
-            self.table = InodeTable(self.shadow_root, devices.served.geometry, devices.served.check)
+            # Upstream's CLI opens a file before it logs it: served ahead of the log, on the master's
+            # ro_namespace mount only (docs/fusefs.md, "Served ahead of the log").
+            ahead = Ahead(devices, self.cfg.shadow) if self.cfg.read_only_namespace \
+                and self.identity.role(sb) is Role.MASTER else None
+            self.table = InodeTable(self.shadow_root, devices.served.geometry, devices.served.check, ahead)
             quiet_collector()
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s, self._check_device)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,

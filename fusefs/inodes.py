@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,7 +73,7 @@ class Checker(Protocol):
 
 class Node:
     __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "listed", "error", "refused", "children",
-                 "lookups", "opens", "present", "data_stale", "logged", "times")
+                 "lookups", "opens", "present", "data_stale", "logged", "times", "provisional")
 
     def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature,
                  logged: DirRecord | None = None) -> None:
@@ -96,6 +96,9 @@ class Node:
         # (atime, mtime) in ns set through the master's mount (utimes): famfs logs no times, so
         # they are kept for the mount's lifetime, as upstream's kernel famfs keeps them in its inode
         self.times: tuple[int, int] | None = None
+        # Served ahead of the log (docs/fusefs.md, "Served ahead of the log"): a file whose YAML
+        # maps only free space, checked again before every use; a directory without its xattr yet.
+        self.provisional = False
 
     @property
     def is_dir(self) -> bool:
@@ -103,7 +106,10 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker) -> None:
+    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker,
+                 ahead: Callable[[fmt.FileEntry], str | None] | None = None) -> None:
+        """`ahead` (the master's ro_namespace mount only: fusefs.ahead.Ahead): why a YAML no log
+        entry owns yet may not be served ahead of the log (None: it may); without it, nothing is."""
         self.shadow_root = shadow_root
         self.geometry = geometry
         self.checker = checker
@@ -118,6 +124,7 @@ class InodeTable:
         # relpath -> the inode number a file created through the master's mount was given before
         # it was logged: the node the agent's shadow file makes keeps it (the kernel knows it).
         self.reserved: dict[bytes, int] = {}
+        self.ahead = ahead
         self._scan_children(self.nodes[ROOT_INODE])
 
     # --- queries --------------------------------------------------------------------------
@@ -184,13 +191,58 @@ class InodeTable:
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
                 problem = f"cannot be checked against the log: {err!r}"
         if problem is None:
-            node.entry, node.refused = entry, None
+            node.entry, node.refused, node.provisional = entry, None, False
             return
+        if self.ahead is not None:
+            ahead = self._ahead_problem(node, entry)
+            if ahead is None:
+                if not node.provisional:
+                    log.info("served ahead of the log", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                             kind="file", why=problem)
+                node.entry, node.refused, node.provisional = entry, None, True
+                return
+            problem = f"{problem}; not served ahead of the log: {ahead}"
+        node.provisional = False
         node.listed = None  # the YAML is not the log's: nothing of it served until it is
         if node.refused != problem:
             log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                         reason=problem)
         node.refused = problem
+
+    def _ahead_problem(self, node: Node, entry: fmt.FileEntry) -> str | None:
+        """Why a YAML the log does not own may not be served ahead of it; None if it may."""
+        if node.sig.uid != os.geteuid():
+            return f"owned by uid {node.sig.uid}, not by famfs-agent's {os.geteuid()}"
+        if shadow_reader.file_record(self.shadow_root, node.relpath) is not None:
+            return "it carries trusted.famfs.file: famfs-agent wrote it for a logged file"
+        assert self.ahead is not None
+        try:
+            return self.ahead(entry)
+        except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+            return f"cannot be checked against the log: {err!r}"
+
+    def recheck(self, node: Node) -> str | None:
+        """A file served ahead of the log, checked again before a use that maps bytes (its units
+        may be another file's by now, if whoever wrote it died before logging it): None if it
+        may still be served, or is the log's now. Else it is served no longer, and why."""
+        entry = node.entry
+        if not node.provisional or entry is None:
+            return None
+        try:
+            problem = self.checker.file_problem(entry)
+        except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+            problem = f"cannot be checked against the log: {err!r}"
+        if problem is None:
+            node.provisional = False  # the agent has played its entry: an ordinary logged file
+            return None
+        ahead = self.ahead(entry) if self.ahead is not None else "not served ahead of the log here"
+        if ahead is None:
+            return None
+        node.entry, node.provisional = None, False
+        node.refused = f"{problem}; not served ahead of the log any more: {ahead}"
+        log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                    reason=node.refused)
+        return node.refused
 
     def count(self) -> int:
         return len(self.nodes)
@@ -286,6 +338,8 @@ class InodeTable:
         old = node.sig
         node.sig = sig
         if node.is_dir:
+            if node.provisional and old.ctime_ns != sig.ctime_ns:
+                return self._ahead_dir_changed(node)
             if node.logged is not None and old.ctime_ns != sig.ctime_ns:
                 return self._dir_record_changed(node)
             return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 or node.ino == ROOT_INODE else []
@@ -316,6 +370,28 @@ class InodeTable:
         self._remove(node)
         return notices
 
+    def _ahead_dir_changed(self, node: Node) -> list[Notice]:
+        """A directory served ahead of the log changed: the agent may have played its MKDIR (its
+        xattr set, the logged mode and owner served from now on). One that is neither the log's
+        nor still servable ahead of it (another owner, a bad xattr) leaves the namespace."""
+        raw = shadow_reader.dir_xattr(self.shadow_root, node.relpath)
+        ahead = self._dir_ahead(raw, node.sig)
+        logged = self._logged_dir(node.relpath, raw, ahead=ahead)
+        if logged is not None or ahead:
+            node.logged, node.provisional = logged, logged is None
+            return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 else []
+        parent = self.nodes[node.parent]
+        notices = [Notice(NoticeKind.DELETED, node.ino, parent.ino, node.name)] if node.lookups > 0 else []
+        self._remove(node)
+        return notices
+
+    def _dir_ahead(self, raw: bytes | None, sig: Signature) -> bool:
+        """Whether a shadow directory without a logged record may be served ahead of the log: on
+        a mount that serves ahead, with no xattr at all (not a forged or stale one), famfs-agent's
+        uid its owner. A directory maps no memory: nothing else is needed (its path was resolved
+        with no symlink or mount crossed, like every path of the tree)."""
+        return self.ahead is not None and raw is None and sig.uid == os.geteuid()
+
     def _drop_cached_data(self, node: Node) -> list[Notice]:
         """What the kernel must forget of a file whose bytes now come from elsewhere."""
         if node.lookups <= 0 and node.opens == 0:
@@ -343,27 +419,33 @@ class InodeTable:
         """A node for a new path; None for a directory the log does not account for (not served).
         `record`: a directory's trusted.famfs.dir if already read (shadow_reader.scan_dir)."""
         relpath = parent.relpath + b"/" + name if parent.relpath else name
-        logged = None
+        logged, ahead = None, False
         if sig.is_dir and relpath != shadow_reader.META_NAME:  # .meta: no entry, checked file by file
             if isinstance(record, _Unread):
                 record = shadow_reader.dir_xattr(self.shadow_root, relpath)
-            logged = self._logged_dir(relpath, record)
-            if logged is None:
+            ahead = self._dir_ahead(record, sig)
+            logged = self._logged_dir(relpath, record, ahead=ahead)
+            if logged is None and not ahead:
                 return None
         ino = self.reserved.pop(relpath, None)
         if ino is None:
             ino = self.new_ino()
         node = Node(ino, parent.ino, name, relpath, sig, logged)
+        if ahead and logged is None:
+            node.provisional = True
+            log.info("served ahead of the log", shadow_path=os.fsdecode(self.shadow_path(relpath)), kind="directory",
+                     why="no trusted.famfs.dir yet (its MKDIR not played)")
         self.nodes[node.ino] = node
         self.by_path[relpath] = node.ino
         assert parent.children is not None
         parent.children[name] = node.ino
         return node
 
-    def _logged_dir(self, relpath: bytes, raw: bytes | None) -> DirRecord | None:
+    def _logged_dir(self, relpath: bytes, raw: bytes | None, *, ahead: bool = False) -> DirRecord | None:
         """The logged attributes of shadow directory `relpath`, from its trusted.famfs.dir checked
         against the MKDIR it names; None (warned once per path and reason) if it has none that
-        holds: the directory is then not served, nor anything below it."""
+        holds: the directory is then not served, nor anything below it, unless `ahead` (served
+        ahead of the log: `_add` says so, at info)."""
         try:
             found = self.checker.dir_problem(os.fsdecode(relpath), raw)
         except Exception as err:  # noqa: BLE001 - no shadow directory may take the daemon down
@@ -371,6 +453,9 @@ class InodeTable:
         if isinstance(found, DirRecord):
             self.refused_dirs.pop(relpath, None)
             return found
+        if ahead:
+            self.refused_dirs.pop(relpath, None)
+            return None
         if self.refused_dirs.get(relpath) != found:
             log.warning("shadow directory not served", shadow_path=os.fsdecode(self.shadow_path(relpath)), reason=found)
             self.refused_dirs[relpath] = found

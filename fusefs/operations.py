@@ -30,7 +30,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pyfuse3
 import structlog
@@ -503,6 +503,8 @@ class FamfsOperations(pyfuse3.Operations):
             for notice in self.table.refresh(node.relpath):
                 self.spawn_notice(notice)
         self._entry(node)
+        if self.table.recheck(node) is not None:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # served ahead of the log, its units taken since
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
         if not self.devices.intact():
@@ -537,18 +539,36 @@ class FamfsOperations(pyfuse3.Operations):
             return bytes(handle.data[off:off + size])
         await self._leased(handle.incarnation)
         served = self._served(handle)  # no await since the check: the device it checked
-        entry = self._entry(handle.node)  # the current mapping: a re-map applies at once
+        node = handle.node
+        entry = self._mapped(node)
+        ahead = node.provisional
         try:
-            if not self.lease.guarded():
+            if not (ahead or self.lease.guarded()):
                 return served.data.read(entry, off, size)
             data = bytes(served.data.read(entry, off, size))
         except DataError as err:  # a device this host has not found (logged once by famfs.devices)
             raise pyfuse3.FUSEError(err.errno) from None
         # Checked once more after the copy: a lease that expired, or a fence that came, while the
-        # bytes were copied must not answer them (the space may be another file's by now).
+        # bytes were copied must not answer them (the space may be another file's by now); nor
+        # units of a file served ahead of the log that the log gave another file meanwhile.
         if (code := self._refusal(handle.incarnation)) is not None:
             raise pyfuse3.FUSEError(code)
+        if ahead and self.table.recheck(node) is not None:
+            self._unserved_ahead(node)
         return data
+
+    def _mapped(self, node: Node) -> fmt.FileEntry:
+        """The extents a read or write goes through: the current mapping (a re-map applies at
+        once), checked again first if the file is served ahead of the log (docs/fusefs.md)."""
+        if node.provisional and self.table.recheck(node) is not None:
+            self._unserved_ahead(node)
+        return self._entry(node)
+
+    def _unserved_ahead(self, node: Node) -> NoReturn:
+        """A file served ahead of the log whose units are not free any more: EIO, and the kernel
+        drops its cached pages and mappings (the next fault asks again, and is refused too)."""
+        self.spawn_notice(Notice(NoticeKind.INODE, node.ino))
+        raise pyfuse3.FUSEError(errno.EIO)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -570,7 +590,7 @@ class FamfsOperations(pyfuse3.Operations):
                 raise
         await self._leased(handle.incarnation)
         served = self._served(handle)
-        entry = self._entry(handle.node)
+        entry = self._mapped(handle.node)
         try:
             return served.data.write(entry, off, buf)
         except DataError as err:

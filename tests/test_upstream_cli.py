@@ -218,9 +218,6 @@ def test_logged_written_and_opened_at_once(tmp_path: Path, system_uuid_file: Pat
     no_rebuild(agent.log)  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="upstream's CLI opens a new file before it logs it; our mount serves only what the log "
-                          "holds (docs/fusefs.md, 'Upstream's CLI on our mount', step 3: open)")
 def test_written_and_opened_before_it_is_logged(tmp_path: Path, system_uuid_file: Path) -> None:
     """Upstream's `__famfs_mkfile` in FUSE mode in its own order (famfs_lib.c, read at upstream's
     commit 0330cace, and spec §7): allocate, write the YAML into the shadow, open the file through
@@ -239,10 +236,6 @@ def test_written_and_opened_before_it_is_logged(tmp_path: Path, system_uuid_file
             assert bounded((mount.mountpoint / "f").read_bytes, "read back")[:6] == b"filled"
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="upstream's mkdir -p makes each level in the shadow and asks the mount for it before "
-                          "its MKDIR is on the device; our mount serves a directory only once the log names it "
-                          "(docs/fusefs.md, 'Upstream's CLI on our mount', step 5)")
 def test_a_level_of_mkdir_p_is_served_before_it_is_logged(tmp_path: Path, system_uuid_file: Path) -> None:
     """Upstream's `famfs mkdir -p MPT/a/b` (famfs_make_parent_dir, __famfs_mkdir; read at upstream's
     commit 0330cace): mkdir `a` in the shadow, store its MKDIR into the mapped log (on the device

@@ -427,10 +427,14 @@ class Daemon:
             await self.notifier.send(self.table.set_geometry(switched.geometry, switched.check))
 
     async def _watch_device(self) -> None:
-        # A superblock can change with no change of the shadow tree (no agent running).
+        # A superblock can change with no change of the shadow tree (no agent running); so can
+        # the log, giving units of a file served ahead of it to another file (docs/fusefs.md).
+        assert self.table is not None
         while True:
             await trio.sleep(CHECK_PERIOD_S)
             await self._check_device()
+            if self.table.served_ahead:
+                await self.notifier.send(self.table.sweep_ahead())
 
     async def _set_readahead(self, initialized: trio.Event) -> None:
         """Raise the mount's readahead once the kernel has the INIT reply (it caps readahead when

@@ -125,6 +125,7 @@ class InodeTable:
         # it was logged: the node the agent's shadow file makes keeps it (the kernel knows it).
         self.reserved: dict[bytes, int] = {}
         self.ahead = ahead
+        self.served_ahead: dict[int, Node] = {}  # files served ahead of the log, checked by sweep_ahead
         self._scan_children(self.nodes[ROOT_INODE])
 
     # --- queries --------------------------------------------------------------------------
@@ -186,20 +187,21 @@ class InodeTable:
         not served, and looked at again next time (the agent may be about to own it)."""
         problem = None
         if not node.relpath.startswith(shadow_reader.META_PREFIX):  # checked by load_file
-            try:
-                problem = self.checker.file_problem(entry)
-            except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
-                problem = f"cannot be checked against the log: {err!r}"
+            problem = self._file_problem(entry)
         if problem is None:
             node.entry, node.refused, node.provisional = entry, None, False
             return
         if self.ahead is not None:
             ahead = self._ahead_problem(node, entry)
+            if ahead is not None and self._file_problem(entry) is None:
+                node.entry, node.refused, node.provisional = entry, None, False  # played meanwhile
+                return
             if ahead is None:
                 if not node.provisional:
                     log.info("served ahead of the log", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                              kind="file", why=problem)
                 node.entry, node.refused, node.provisional = entry, None, True
+                self.served_ahead[node.ino] = node
                 return
             problem = f"{problem}; not served ahead of the log: {ahead}"
         node.provisional = False
@@ -208,6 +210,12 @@ class InodeTable:
             log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                         reason=problem)
         node.refused = problem
+
+    def _file_problem(self, entry: fmt.FileEntry) -> str | None:
+        try:
+            return self.checker.file_problem(entry)
+        except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+            return f"cannot be checked against the log: {err!r}"
 
     def _ahead_problem(self, node: Node, entry: fmt.FileEntry) -> str | None:
         """Why a YAML the log does not own may not be served ahead of it; None if it may."""
@@ -224,25 +232,37 @@ class InodeTable:
     def recheck(self, node: Node) -> str | None:
         """A file served ahead of the log, checked again before a use that maps bytes (its units
         may be another file's by now, if whoever wrote it died before logging it): None if it
-        may still be served, or is the log's now. Else it is served no longer, and why."""
+        may still be served, or is the log's now. Else it is served no longer (EIO), and why."""
         entry = node.entry
         if not node.provisional or entry is None:
             return None
-        try:
-            problem = self.checker.file_problem(entry)
-        except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
-            problem = f"cannot be checked against the log: {err!r}"
-        if problem is None:
+        problem = self._file_problem(entry)
+        ahead = None if problem is None else self._ahead_problem(node, entry)
+        # Asked again when the ahead check fails: the agent may have played the entry in between
+        # (its owner map set), which the ahead check sees as units taken.
+        if problem is None or (ahead is not None and self._file_problem(entry) is None):
             node.provisional = False  # the agent has played its entry: an ordinary logged file
             return None
-        ahead = self.ahead(entry) if self.ahead is not None else "not served ahead of the log here"
         if ahead is None:
             return None
+        # EIO from now on (node.error), to open handles and new lookups alike, until its YAML changes.
         node.entry, node.provisional = None, False
-        node.refused = f"{problem}; not served ahead of the log any more: {ahead}"
+        node.error = f"{problem}; not served ahead of the log any more: {ahead}"
         log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
-                    reason=node.refused)
-        return node.refused
+                    reason=node.error)
+        return node.error
+
+    def sweep_ahead(self) -> list[Notice]:
+        """Every file served ahead of the log checked again (after each batch of shadow changes,
+        and every second): what the kernel must drop of those not served any more, their cached
+        pages and mappings, so that the next read or fault asks the mount (and is refused)."""
+        notices: list[Notice] = []
+        for ino, node in list(self.served_ahead.items()):
+            if self.recheck(node) is not None and (node.lookups > 0 or node.opens > 0):
+                notices.append(Notice(NoticeKind.INODE, node.ino))
+            if not node.provisional or self.nodes.get(ino) is not node:
+                del self.served_ahead[ino]
+        return notices
 
     def count(self) -> int:
         return len(self.nodes)
@@ -348,7 +368,7 @@ class InodeTable:
             return []
         had_entry = node.entry
         node.entry = node.listed = None
-        node.error = node.refused = None
+        node.error = None  # node.refused kept: the same refusal of the new YAML is not warned again
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
         return self._drop_cached_data(node)
@@ -375,8 +395,9 @@ class InodeTable:
         xattr set, the logged mode and owner served from now on). One that is neither the log's
         nor still servable ahead of it (another owner, a bad xattr) leaves the namespace."""
         raw = shadow_reader.dir_xattr(self.shadow_root, node.relpath)
-        ahead = self._dir_ahead(raw, node.sig)
-        logged = self._logged_dir(node.relpath, raw, ahead=ahead)
+        not_ahead = self._dir_ahead(raw, node.sig)
+        ahead = not_ahead is None
+        logged = self._logged_dir(node.relpath, raw, not_ahead)
         if logged is not None or ahead:
             node.logged, node.provisional = logged, logged is None
             return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 else []
@@ -385,12 +406,18 @@ class InodeTable:
         self._remove(node)
         return notices
 
-    def _dir_ahead(self, raw: bytes | None, sig: Signature) -> bool:
-        """Whether a shadow directory without a logged record may be served ahead of the log: on
-        a mount that serves ahead, with no xattr at all (not a forged or stale one), famfs-agent's
-        uid its owner. A directory maps no memory: nothing else is needed (its path was resolved
-        with no symlink or mount crossed, like every path of the tree)."""
-        return self.ahead is not None and raw is None and sig.uid == os.geteuid()
+    def _dir_ahead(self, raw: bytes | None, sig: Signature) -> str | None:
+        """Why a shadow directory without a logged record may not be served ahead of the log;
+        None if it may: on a mount that serves ahead, with no xattr at all (not a forged or stale
+        one), famfs-agent's uid its owner. A directory maps no memory: nothing else is needed
+        (its path was resolved with no symlink or mount crossed, like every path of the tree)."""
+        if self.ahead is None:
+            return "this mount serves nothing ahead of the log"
+        if raw is not None:
+            return "it has a trusted.famfs.dir, not one of the log's"
+        if sig.uid != os.geteuid():
+            return f"owned by uid {sig.uid}, not by famfs-agent's {os.geteuid()}"
+        return None
 
     def _drop_cached_data(self, node: Node) -> list[Notice]:
         """What the kernel must forget of a file whose bytes now come from elsewhere."""
@@ -423,8 +450,9 @@ class InodeTable:
         if sig.is_dir and relpath != shadow_reader.META_NAME:  # .meta: no entry, checked file by file
             if isinstance(record, _Unread):
                 record = shadow_reader.dir_xattr(self.shadow_root, relpath)
-            ahead = self._dir_ahead(record, sig)
-            logged = self._logged_dir(relpath, record, ahead=ahead)
+            not_ahead = self._dir_ahead(record, sig)
+            ahead = not_ahead is None
+            logged = self._logged_dir(relpath, record, not_ahead)
             if logged is None and not ahead:
                 return None
         ino = self.reserved.pop(relpath, None)
@@ -441,11 +469,11 @@ class InodeTable:
         parent.children[name] = node.ino
         return node
 
-    def _logged_dir(self, relpath: bytes, raw: bytes | None, *, ahead: bool = False) -> DirRecord | None:
+    def _logged_dir(self, relpath: bytes, raw: bytes | None, not_ahead: str | None = "") -> DirRecord | None:
         """The logged attributes of shadow directory `relpath`, from its trusted.famfs.dir checked
         against the MKDIR it names; None (warned once per path and reason) if it has none that
-        holds: the directory is then not served, nor anything below it, unless `ahead` (served
-        ahead of the log: `_add` says so, at info)."""
+        holds: the directory is then not served, nor anything below it, unless `not_ahead` is
+        None (served ahead of the log: `_add` says so, at info; else it says why not)."""
         try:
             found = self.checker.dir_problem(os.fsdecode(relpath), raw)
         except Exception as err:  # noqa: BLE001 - no shadow directory may take the daemon down
@@ -453,9 +481,11 @@ class InodeTable:
         if isinstance(found, DirRecord):
             self.refused_dirs.pop(relpath, None)
             return found
-        if ahead:
+        if not_ahead is None:
             self.refused_dirs.pop(relpath, None)
             return None
+        if self.ahead is not None:
+            found = f"{found}; not served ahead of the log: {not_ahead}"
         if self.refused_dirs.get(relpath) != found:
             log.warning("shadow directory not served", shadow_path=os.fsdecode(self.shadow_path(relpath)), reason=found)
             self.refused_dirs[relpath] = found

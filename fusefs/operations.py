@@ -93,6 +93,7 @@ class Handle:
     generation: int  # of the device it was opened on (fusefs/devicecheck.py)
     incarnation: int | None = None  # the agent's, when it was opened (fusefs/lease.py)
     pinned: bytes | None = None  # the relpath whose pin it holds (famfs/pins.py)
+    ahead: bool = False  # opened while its file was served ahead of the log (docs/fusefs.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +516,7 @@ class FamfsOperations(pyfuse3.Operations):
         await self._leased(None)  # famfs.open maps through an open: none while self-fenced
         pinned = await self._pin(node, look=True)
         fh = self._new_fh()
-        self.file_handles[fh] = Handle(node, served.generation, self.lease.incarnation, pinned)
+        self.file_handles[fh] = Handle(node, served.generation, self.lease.incarnation, pinned, node.provisional)
         node.opens += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=self.policy.cache == "direct",
                                 keep_cache=self.policy.cache == "always")
@@ -540,7 +541,7 @@ class FamfsOperations(pyfuse3.Operations):
         await self._leased(handle.incarnation)
         served = self._served(handle)  # no await since the check: the device it checked
         node = handle.node
-        entry = self._mapped(node)
+        entry = self._mapped(handle)
         ahead = node.provisional
         try:
             if not (ahead or self.lease.guarded()):
@@ -557,11 +558,15 @@ class FamfsOperations(pyfuse3.Operations):
             self._unserved_ahead(node)
         return data
 
-    def _mapped(self, node: Node) -> fmt.FileEntry:
+    def _mapped(self, handle: Handle) -> fmt.FileEntry:
         """The extents a read or write goes through: the current mapping (a re-map applies at
-        once), checked again first if the file is served ahead of the log (docs/fusefs.md)."""
+        once), checked again first if the file is served ahead of the log (docs/fusefs.md). A
+        handle opened ahead of the log whose file is not served now: EIO (not ENOENT)."""
+        node = handle.node
         if node.provisional and self.table.recheck(node) is not None:
             self._unserved_ahead(node)
+        if handle.ahead and self.table.file_entry(node) is None:
+            raise pyfuse3.FUSEError(errno.EIO)
         return self._entry(node)
 
     def _unserved_ahead(self, node: Node) -> NoReturn:
@@ -590,7 +595,7 @@ class FamfsOperations(pyfuse3.Operations):
                 raise
         await self._leased(handle.incarnation)
         served = self._served(handle)
-        entry = self._mapped(handle.node)
+        entry = self._mapped(handle)
         try:
             return served.data.write(entry, off, buf)
         except DataError as err:

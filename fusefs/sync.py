@@ -66,6 +66,7 @@ class TreeSync:
             except OSError as err:
                 # The next event or rescan looks again; the daemon carries on.
                 log.warning("cannot read the shadow tree", shadow_path=os.fsdecode(self.table.shadow_path(path)), error=str(err))
+        notices.extend(self.table.sweep_ahead())  # the agent may have played entries that take their units
         return notices
 
     async def periodic(self, watcher: ShadowWatcher) -> None:

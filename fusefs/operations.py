@@ -505,7 +505,7 @@ class FamfsOperations(pyfuse3.Operations):
                 self.spawn_notice(notice)
         self._entry(node)
         if self.table.recheck(node) is not None:
-            raise pyfuse3.FUSEError(errno.ENOENT)  # served ahead of the log, its units taken since
+            raise pyfuse3.FUSEError(errno.EIO)  # served ahead of the log, its units taken since
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
         if not self.devices.intact():

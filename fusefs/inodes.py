@@ -218,9 +218,13 @@ class InodeTable:
             return f"cannot be checked against the log: {err!r}"
 
     def _ahead_problem(self, node: Node, entry: fmt.FileEntry) -> str | None:
-        """Why a YAML the log does not own may not be served ahead of it; None if it may."""
-        if node.sig.uid != os.geteuid():
-            return f"owned by uid {node.sig.uid}, not by famfs-agent's {os.geteuid()}"
+        """Why a YAML the log does not own may not be served ahead of it; None if it may. Its
+        owner is looked at now (a chown is a change the table may not have taken in yet); a
+        YAML gone since it was loaded is judged by the owner it had (an open handle's file)."""
+        now = shadow_reader.signature_beneath(self.shadow_root, node.relpath)
+        uid = (now or node.sig).uid
+        if uid != os.geteuid():
+            return f"owned by uid {uid}, not by famfs-agent's {os.geteuid()}"
         if shadow_reader.file_record(self.shadow_root, node.relpath) is not None:
             return "it carries trusted.famfs.file: famfs-agent wrote it for a logged file"
         assert self.ahead is not None
@@ -363,8 +367,9 @@ class InodeTable:
             if node.logged is not None and old.ctime_ns != sig.ctime_ns:
                 return self._dir_record_changed(node)
             return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 or node.ino == ROOT_INODE else []
-        if old.st_ino == sig.st_ino and old.mtime_ns == sig.mtime_ns and old.size == sig.size:
+        if old.st_ino == sig.st_ino and old.mtime_ns == sig.mtime_ns and old.size == sig.size and not node.provisional:
             # Only the shadow file's own attributes (ctime, atime) moved: the YAML is the same.
+            # (A file served ahead of the log is checked again: its owner is one of its rules.)
             return []
         had_entry = node.entry
         node.entry = node.listed = None

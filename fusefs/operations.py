@@ -234,6 +234,8 @@ class FamfsOperations(pyfuse3.Operations):
             return self._link_attributes(link)
         else:
             node = self.table.child(parent, name)
+            if node is not None and node.provisional:  # served ahead of the log: as the shadow is now
+                node = self._reread(parent, name, node.relpath)  # (a chown the table has not taken in yet)
             if node is None or not self._servable(node):
                 node = await self._from_shadow(parent, name)
         self.lookups.searches += 1

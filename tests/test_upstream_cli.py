@@ -34,7 +34,8 @@ from famfs.shadowyaml import emit_file_yaml
 from fusefs import cli
 from tests.agent_util import FOLLOW_WAIT_S, agent_state, append, file_entry, following, make_device, mkdir_entry
 from tests.famfsctl_util import famfsctl, make_image
-from tests.fuse_util import WAIT_S, Mount, bounded, client_env, client_uuid_file, wait_for, write_device
+from tests.fuse_util import (WAIT_S, Mount, bounded, client_env, client_uuid_file, read_device, wait_for,
+                             write_device)
 
 MiB = 1 << 20
 
@@ -236,10 +237,20 @@ def test_written_and_opened_before_it_is_logged(tmp_path: Path, system_uuid_file
             write_in_place(shadow / "root" / "f", emit_file_yaml(entry))
             with bounded(lambda: open(target, "r+b", buffering=0), "open before the entry is logged") as handle:
                 bounded(lambda: handle.write(b"filled"), "fill before the entry is logged")
+
+                def through_a_mapping() -> None:  # as upstream's cp and creat -r fill a new file
+                    with mmap.mmap(handle.fileno(), 4096) as mapped:
+                        assert mapped[:6] == b"filled"
+                        mapped[100:106] = b"mapped"
+                        mapped.flush()
+
+                bounded(through_a_mapping, "a shared mapping before the entry is logged")
                 append(image, [entry])
                 wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entry", FOLLOW_WAIT_S)
                 bounded(lambda: os.pwrite(handle.fileno(), b"again", 6), "a write once it is logged")
-            assert bounded(target.read_bytes, "read back")[:11] == b"filledagain"
+            data = bounded(target.read_bytes, "read back")
+            assert data[:11] == b"filledagain" and data[100:106] == b"mapped"
+            assert read_device(image, entry.extents[0].offset, 106)[100:] == b"mapped"  # on the device
             assert os.getxattr(shadow / "root" / "f", FILE_XATTR)  # the agent's own YAML now
         assert mount.log().count("served ahead of the log") == 1 and "not served" not in mount.log()
     no_rebuild((shadow.parent / f"{shadow.name}.log").read_text())

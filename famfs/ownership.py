@@ -212,6 +212,17 @@ class ListedFile(NamedTuple):
 _MAPPING = slice(1, 7)
 
 
+# How far famfs-agent may be behind the log for a file to be served ahead of it: each entry since
+# its cursor is decoded on every check (upstream's CLI is at most a few entries ahead of it).
+MAX_UNPLAYED = 1024
+
+
+def _overlap(ours: Sequence[fmt.Extent], theirs: Sequence[fmt.Extent], unit: int) -> bool:
+    """Whether any two extents touch an allocation unit of the same device in common."""
+    return any(a.devindex == b.devindex and a.offset // unit < -(-b.end // unit) and b.offset // unit < -(-a.end // unit)
+               for a in ours for b in theirs)
+
+
 class ShadowCheck:
     """A shadow file or directory checked against the device's log and the agent's owner map:
     what famfs-fuse-mount and famfs.open serve is what the log holds, whoever wrote the tree."""
@@ -282,6 +293,43 @@ class ShadowCheck:
                     return f"no owner map to check it against ({err})"
             if first != expected * (stop - start):
                 return f"an extent at {extent.offset:#x} is not all owned by log entry {index}"
+        return None
+
+    def unlogged_problem(self, entry: fmt.FileEntry, played: int) -> str | None:
+        """Why shadow file `entry`, which no log entry owns yet, may not be served ahead of the
+        log (docs/fusefs.md, "Served ahead of the log"); None if no byte it maps is another
+        file's: every unit of every extent is free in the owner map (the agent's replay through
+        log entry `played`), and no entry logged since then maps any of them, but a FILE entry
+        at this very path with this very mapping (the writer's own, not played yet). Its extents
+        are already checked against the device (rules.check_extents)."""
+        extents = entry.all_extents()
+        if not extents:
+            return "maps no allocation unit"
+        for extent in extents:
+            try:
+                reader = self._reader(extent.devindex)
+                start, stop = reader.span(extent)
+                owners = reader.owners(start, stop)
+            except OwnerMapError as err:
+                return f"no owner map to check it against ({err})"
+            if owners.count(0) != len(owners):  # FREE is 0: any other byte is a unit taken
+                return (f"an extent at {extent.offset:#x} maps units that are not free device space "
+                        "(a logged file's, a deleted file's not yet reclaimed, or the log's)")
+        next_index = self.famfs_log.next_index()
+        if next_index - (played + 1) > MAX_UNPLAYED:
+            return f"famfs-agent is {next_index - played - 1} entries behind the log (more than {MAX_UNPLAYED})"
+        for index in range(played + 1, next_index):
+            try:
+                logged = self.famfs_log.entry(index)
+            except (fmt.FormatError, fmt.EntryError) as err:
+                return f"log entry {index}, not played yet, is unreadable: {err}"
+            taking = logged.file if isinstance(logged, fmt.HoldEntry) else logged
+            if not isinstance(taking, fmt.FileEntry):
+                continue
+            if taking.relpath == entry.relpath and taking[_MAPPING] == entry[_MAPPING] and taking is logged:
+                continue  # this very file, being logged
+            if taking.relpath == entry.relpath or _overlap(taking.all_extents(), extents, self.reader.unit):
+                return f"log entry {index}, not played yet, maps its units or its path ({taking.relpath!r})"
         return None
 
     def listed(self, relpath: bytes, index: int) -> ListedFile | None:

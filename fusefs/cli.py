@@ -50,6 +50,7 @@ from famfs.shadowdir import (AGENT_DIR, DAXDEVS_FILE, ROOT, agent_pid, read_stat
                              shadow_permission_problem, state_path)
 from famfs.version import add_version_flag
 from fusefs import health
+from fusefs.ahead import Ahead
 from fusefs.devicecheck import CHECK_PERIOD_S, DeviceCheck
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
@@ -328,8 +329,12 @@ class Daemon:
         try:
             sb = self.famfs_log.superblock
             devices = self.devices = DeviceCheck(self.famfs_log, self.cfg.shadow, writable=not self.cfg.read_only)
+            # Upstream's CLI opens a file before it logs it: served ahead of the log, on the master's
+            # ro_namespace mount only (docs/fusefs.md, "Served ahead of the log").
+            ahead = Ahead(devices, self.cfg.shadow) if self.cfg.read_only_namespace \
+                and self.identity.role(sb) is Role.MASTER else None
             self.table = InodeTable(self.shadow_root, devices.served.geometry, devices.served.check,
-                                    self.cfg.negative_timeout)
+                                    self.cfg.negative_timeout, ahead)
             quiet_collector()
             self.sync = TreeSync(self.table, self.notifier, self.cfg.rescan_s, self._check_device)
             policy = MountPolicy(cache=self.cfg.cache, entry_timeout=self.cfg.timeout,
@@ -433,10 +438,14 @@ class Daemon:
             await self.notifier.send(self.table.set_geometry(switched.geometry, switched.check))
 
     async def _watch_device(self) -> None:
-        # A superblock can change with no change of the shadow tree (no agent running).
+        # A superblock can change with no change of the shadow tree (no agent running); so can
+        # the log, giving units of a file served ahead of it to another file (docs/fusefs.md).
+        assert self.table is not None
         while True:
             await trio.sleep(CHECK_PERIOD_S)
             await self._check_device()
+            if self.table.served_ahead:
+                await self.notifier.send(self.table.sweep_ahead())
 
     async def _set_readahead(self, initialized: trio.Event) -> None:
         """Raise the mount's readahead once the kernel has the INIT reply (it caps readahead when

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,7 +109,7 @@ class Checker(Protocol):
 
 class Node:
     __slots__ = ("ino", "parent", "name", "relpath", "sig", "entry", "listed", "error", "refused", "children",
-                 "lookups", "opens", "present", "data_stale", "logged", "times")
+                 "lookups", "opens", "present", "data_stale", "logged", "times", "provisional")
 
     def __init__(self, ino: int, parent: int, name: bytes, relpath: bytes, sig: Signature,
                  logged: DirRecord | None = None) -> None:
@@ -132,6 +132,9 @@ class Node:
         # (atime, mtime) in ns set through the master's mount (utimes): famfs logs no times, so
         # they are kept for the mount's lifetime, as upstream's kernel famfs keeps them in its inode
         self.times: tuple[int, int] | None = None
+        # Served ahead of the log (docs/fusefs.md, "Served ahead of the log"): a file whose YAML
+        # maps only free space, checked again before every use; a directory without its xattr yet.
+        self.provisional = False
 
     @property
     def is_dir(self) -> bool:
@@ -139,7 +142,10 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker, negative_timeout: float = 0.0) -> None:
+    def __init__(self, shadow_root: bytes, geometry: Geometry, checker: Checker, negative_timeout: float = 0.0,
+                 ahead: Callable[[fmt.FileEntry], str | None] | None = None) -> None:
+        """`ahead` (the master's ro_namespace mount only: fusefs.ahead.Ahead): why a YAML no log
+        entry owns yet may not be served ahead of the log (None: it may); without it, nothing is."""
         self.shadow_root = shadow_root
         self.negatives = Negatives(negative_timeout)
         self.geometry = geometry
@@ -155,6 +161,8 @@ class InodeTable:
         # relpath -> the inode number a file created through the master's mount was given before
         # it was logged: the node the agent's shadow file makes keeps it (the kernel knows it).
         self.reserved: dict[bytes, int] = {}
+        self.ahead = ahead
+        self.served_ahead: dict[int, Node] = {}  # files served ahead of the log, checked by sweep_ahead
         self._scan_children(self.nodes[ROOT_INODE])
 
     # --- queries --------------------------------------------------------------------------
@@ -221,18 +229,86 @@ class InodeTable:
         not served, and looked at again next time (the agent may be about to own it)."""
         problem = None
         if not node.relpath.startswith(shadow_reader.META_PREFIX):  # checked by load_file
-            try:
-                problem = self.checker.file_problem(entry)
-            except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
-                problem = f"cannot be checked against the log: {err!r}"
+            problem = self._file_problem(entry)
         if problem is None:
-            node.entry, node.refused = entry, None
+            node.entry, node.refused, node.provisional = entry, None, False
             return
+        if self.ahead is not None:
+            ahead = self._ahead_problem(node, entry)
+            if ahead is not None and self._file_problem(entry) is None:
+                node.entry, node.refused, node.provisional = entry, None, False  # played meanwhile
+                return
+            if ahead is None:
+                if not node.provisional:
+                    log.info("served ahead of the log", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                             kind="file", why=problem)
+                node.entry, node.refused, node.provisional = entry, None, True
+                self.served_ahead[node.ino] = node
+                return
+            problem = f"{problem}; not served ahead of the log: {ahead}"
+        node.provisional = False
         node.listed = None  # the YAML is not the log's: nothing of it served until it is
         if node.refused != problem:
             log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
                         reason=problem)
         node.refused = problem
+
+    def _file_problem(self, entry: fmt.FileEntry) -> str | None:
+        try:
+            return self.checker.file_problem(entry)
+        except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+            return f"cannot be checked against the log: {err!r}"
+
+    def _ahead_problem(self, node: Node, entry: fmt.FileEntry) -> str | None:
+        """Why a YAML the log does not own may not be served ahead of it; None if it may. Its
+        owner is looked at now (a chown is a change the table may not have taken in yet); a
+        YAML gone since it was loaded is judged by the owner it had (an open handle's file)."""
+        now = shadow_reader.signature_beneath(self.shadow_root, node.relpath)
+        uid = (now or node.sig).uid
+        if uid != os.geteuid():
+            return f"owned by uid {uid}, not by famfs-agent's {os.geteuid()}"
+        if shadow_reader.file_record(self.shadow_root, node.relpath) is not None:
+            return "it carries trusted.famfs.file: famfs-agent wrote it for a logged file"
+        assert self.ahead is not None
+        try:
+            return self.ahead(entry)
+        except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down
+            return f"cannot be checked against the log: {err!r}"
+
+    def recheck(self, node: Node) -> str | None:
+        """A file served ahead of the log, checked again before a use that maps bytes (its units
+        may be another file's by now, if whoever wrote it died before logging it): None if it
+        may still be served, or is the log's now. Else it is served no longer (EIO), and why."""
+        entry = node.entry
+        if not node.provisional or entry is None:
+            return None
+        problem = self._file_problem(entry)
+        ahead = None if problem is None else self._ahead_problem(node, entry)
+        # Asked again when the ahead check fails: the agent may have played the entry in between
+        # (its owner map set), which the ahead check sees as units taken.
+        if problem is None or (ahead is not None and self._file_problem(entry) is None):
+            node.provisional = False  # the agent has played its entry: an ordinary logged file
+            return None
+        if ahead is None:
+            return None
+        # EIO from now on (node.error), to open handles and new lookups alike, until its YAML changes.
+        node.entry, node.provisional = None, False
+        node.error = f"{problem}; not served ahead of the log any more: {ahead}"
+        log.warning("shadow file not served", shadow_path=os.fsdecode(self.shadow_path(node.relpath)),
+                    reason=node.error)
+        return node.error
+
+    def sweep_ahead(self) -> list[Notice]:
+        """Every file served ahead of the log checked again (after each batch of shadow changes,
+        and every second): what the kernel must drop of those not served any more, their cached
+        pages and mappings, so that the next read or fault asks the mount (and is refused)."""
+        notices: list[Notice] = []
+        for ino, node in list(self.served_ahead.items()):
+            if self.recheck(node) is not None and (node.lookups > 0 or node.opens > 0):
+                notices.append(Notice(NoticeKind.INODE, node.ino))
+            if not node.provisional or self.nodes.get(ino) is not node:
+                del self.served_ahead[ino]
+        return notices
 
     def count(self) -> int:
         return len(self.nodes)
@@ -329,15 +405,18 @@ class InodeTable:
         old = node.sig
         node.sig = sig
         if node.is_dir:
+            if node.provisional and old.ctime_ns != sig.ctime_ns:
+                return self._ahead_dir_changed(node)
             if node.logged is not None and old.ctime_ns != sig.ctime_ns:
                 return self._dir_record_changed(node)
             return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 or node.ino == ROOT_INODE else []
-        if old.st_ino == sig.st_ino and old.mtime_ns == sig.mtime_ns and old.size == sig.size:
+        if old.st_ino == sig.st_ino and old.mtime_ns == sig.mtime_ns and old.size == sig.size and not node.provisional:
             # Only the shadow file's own attributes (ctime, atime) moved: the YAML is the same.
+            # (A file served ahead of the log is checked again: its owner is one of its rules.)
             return []
         had_entry = node.entry
         node.entry = node.listed = None
-        node.error = node.refused = None
+        node.error = None  # node.refused kept: the same refusal of the new YAML is not warned again
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
         return self._drop_cached_data(node)
@@ -358,6 +437,35 @@ class InodeTable:
         notices = [Notice(NoticeKind.DELETED, node.ino, parent.ino, node.name)] if node.lookups > 0 else []
         self._remove(node)
         return notices
+
+    def _ahead_dir_changed(self, node: Node) -> list[Notice]:
+        """A directory served ahead of the log changed: the agent may have played its MKDIR (its
+        xattr set, the logged mode and owner served from now on). One that is neither the log's
+        nor still servable ahead of it (another owner, a bad xattr) leaves the namespace."""
+        raw = shadow_reader.dir_xattr(self.shadow_root, node.relpath)
+        not_ahead = self._dir_ahead(raw, node.sig)
+        ahead = not_ahead is None
+        logged = self._logged_dir(node.relpath, raw, not_ahead)
+        if logged is not None or ahead:
+            node.logged, node.provisional = logged, logged is None
+            return [Notice(NoticeKind.ATTRS, node.ino)] if node.lookups > 0 else []
+        parent = self.nodes[node.parent]
+        notices = [Notice(NoticeKind.DELETED, node.ino, parent.ino, node.name)] if node.lookups > 0 else []
+        self._remove(node)
+        return notices
+
+    def _dir_ahead(self, raw: bytes | None, sig: Signature) -> str | None:
+        """Why a shadow directory without a logged record may not be served ahead of the log;
+        None if it may: on a mount that serves ahead, with no xattr at all (not a forged or stale
+        one), famfs-agent's uid its owner. A directory maps no memory: nothing else is needed
+        (its path was resolved with no symlink or mount crossed, like every path of the tree)."""
+        if self.ahead is None:
+            return "this mount serves nothing ahead of the log"
+        if raw is not None:
+            return "it has a trusted.famfs.dir, not one of the log's"
+        if sig.uid != os.geteuid():
+            return f"owned by uid {sig.uid}, not by famfs-agent's {os.geteuid()}"
+        return None
 
     def _drop_cached_data(self, node: Node) -> list[Notice]:
         """What the kernel must forget of a file whose bytes now come from elsewhere."""
@@ -386,27 +494,34 @@ class InodeTable:
         """A node for a new path; None for a directory the log does not account for (not served).
         `record`: a directory's trusted.famfs.dir if already read (shadow_reader.scan_dir)."""
         relpath = parent.relpath + b"/" + name if parent.relpath else name
-        logged = None
+        logged, ahead = None, False
         if sig.is_dir and relpath != shadow_reader.META_NAME:  # .meta: no entry, checked file by file
             if isinstance(record, _Unread):
                 record = shadow_reader.dir_xattr(self.shadow_root, relpath)
-            logged = self._logged_dir(relpath, record)
-            if logged is None:
+            not_ahead = self._dir_ahead(record, sig)
+            ahead = not_ahead is None
+            logged = self._logged_dir(relpath, record, not_ahead)
+            if logged is None and not ahead:
                 return None
         ino = self.reserved.pop(relpath, None)
         if ino is None:
             ino = self.new_ino()
         node = Node(ino, parent.ino, name, relpath, sig, logged)
+        if ahead and logged is None:
+            node.provisional = True
+            log.info("served ahead of the log", shadow_path=os.fsdecode(self.shadow_path(relpath)), kind="directory",
+                     why="no trusted.famfs.dir yet (its MKDIR not played)")
         self.nodes[node.ino] = node
         self.by_path[relpath] = node.ino
         assert parent.children is not None
         parent.children[name] = node.ino
         return node
 
-    def _logged_dir(self, relpath: bytes, raw: bytes | None) -> DirRecord | None:
+    def _logged_dir(self, relpath: bytes, raw: bytes | None, not_ahead: str | None = "") -> DirRecord | None:
         """The logged attributes of shadow directory `relpath`, from its trusted.famfs.dir checked
         against the MKDIR it names; None (warned once per path and reason) if it has none that
-        holds: the directory is then not served, nor anything below it."""
+        holds: the directory is then not served, nor anything below it, unless `not_ahead` is
+        None (served ahead of the log: `_add` says so, at info; else it says why not)."""
         try:
             found = self.checker.dir_problem(os.fsdecode(relpath), raw)
         except Exception as err:  # noqa: BLE001 - no shadow directory may take the daemon down
@@ -414,6 +529,11 @@ class InodeTable:
         if isinstance(found, DirRecord):
             self.refused_dirs.pop(relpath, None)
             return found
+        if not_ahead is None:
+            self.refused_dirs.pop(relpath, None)
+            return None
+        if self.ahead is not None:
+            found = f"{found}; not served ahead of the log: {not_ahead}"
         if self.refused_dirs.get(relpath) != found:
             log.warning("shadow directory not served", shadow_path=os.fsdecode(self.shadow_path(relpath)), reason=found)
             self.refused_dirs[relpath] = found

@@ -30,7 +30,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pyfuse3
 import structlog
@@ -93,6 +93,7 @@ class Handle:
     generation: int  # of the device it was opened on (fusefs/devicecheck.py)
     incarnation: int | None = None  # the agent's, when it was opened (fusefs/lease.py)
     pinned: bytes | None = None  # the relpath whose pin it holds (famfs/pins.py)
+    ahead: bool = False  # opened while its file was served ahead of the log (docs/fusefs.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +236,8 @@ class FamfsOperations(pyfuse3.Operations):
             return self._link_attributes(link)
         else:
             node = self.table.child(parent, name)
+            if node is not None and node.provisional:  # served ahead of the log: as the shadow is now
+                node = self._reread(parent, name, node.relpath)  # (a chown the table has not taken in yet)
             if node is None or not self._servable(node):
                 node = await self._from_shadow(parent, name)
         self.lookups.searches += 1
@@ -506,6 +509,8 @@ class FamfsOperations(pyfuse3.Operations):
             for notice in self.table.refresh(node.relpath):
                 self.spawn_notice(notice)
         self._entry(node)
+        if self.table.recheck(node) is not None:
+            raise pyfuse3.FUSEError(errno.EIO)  # served ahead of the log, its units taken since
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
         if not self.devices.intact():
@@ -516,7 +521,7 @@ class FamfsOperations(pyfuse3.Operations):
         await self._leased(None)  # famfs.open maps through an open: none while self-fenced
         pinned = await self._pin(node, look=True)
         fh = self._new_fh()
-        self.file_handles[fh] = Handle(node, served.generation, self.lease.incarnation, pinned)
+        self.file_handles[fh] = Handle(node, served.generation, self.lease.incarnation, pinned, node.provisional)
         node.opens += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=self.policy.cache == "direct",
                                 keep_cache=self.policy.cache == "always")
@@ -540,18 +545,40 @@ class FamfsOperations(pyfuse3.Operations):
             return bytes(handle.data[off:off + size])
         await self._leased(handle.incarnation)
         served = self._served(handle)  # no await since the check: the device it checked
-        entry = self._entry(handle.node, held=True)  # the current mapping: a re-map applies at once
+        node = handle.node
+        entry = self._mapped(handle)
+        ahead = node.provisional
         try:
-            if not self.lease.guarded():
+            if not (ahead or self.lease.guarded()):
                 return served.data.read(entry, off, size)
             data = bytes(served.data.read(entry, off, size))
         except DataError as err:  # a device this host has not found (logged once by famfs.devices)
             raise pyfuse3.FUSEError(err.errno) from None
         # Checked once more after the copy: a lease that expired, or a fence that came, while the
-        # bytes were copied must not answer them (the space may be another file's by now).
+        # bytes were copied must not answer them (the space may be another file's by now); nor
+        # units of a file served ahead of the log that the log gave another file meanwhile.
         if (code := self._refusal(handle.incarnation)) is not None:
             raise pyfuse3.FUSEError(code)
+        if ahead and self.table.recheck(node) is not None:
+            self._unserved_ahead(node)
         return data
+
+    def _mapped(self, handle: Handle) -> fmt.FileEntry:
+        """The extents a read or write goes through: the current mapping (a re-map applies at
+        once), checked again first if the file is served ahead of the log (docs/fusefs.md). A
+        handle opened ahead of the log whose file is not served now: EIO (not ENOENT)."""
+        node = handle.node
+        if node.provisional and self.table.recheck(node) is not None:
+            self._unserved_ahead(node)
+        if handle.ahead and self.table.file_entry(node) is None:
+            raise pyfuse3.FUSEError(errno.EIO)
+        return self._entry(node, held=True)
+
+    def _unserved_ahead(self, node: Node) -> NoReturn:
+        """A file served ahead of the log whose units are not free any more: EIO, and the kernel
+        drops its cached pages and mappings (the next fault asks again, and is refused too)."""
+        self.spawn_notice(Notice(NoticeKind.INODE, node.ino))
+        raise pyfuse3.FUSEError(errno.EIO)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -573,7 +600,7 @@ class FamfsOperations(pyfuse3.Operations):
                 raise
         await self._leased(handle.incarnation)
         served = self._served(handle)
-        entry = self._entry(handle.node)
+        entry = self._mapped(handle)
         try:
             return served.data.write(entry, off, buf)
         except DataError as err:

@@ -71,6 +71,7 @@ class TreeSync:
         finally:
             if root is not None:
                 root.close()
+        notices.extend(self.table.sweep_ahead())  # the agent may have played entries that take their units
         return notices
 
     def _refresh_one(self, path: bytes, root_fd: int | None) -> list[Notice]:

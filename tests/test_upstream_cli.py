@@ -13,7 +13,9 @@ installed here: each test does what the issue says upstream's CLI and smoke test
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import mmap
 import os
 import signal
 import stat
@@ -27,12 +29,13 @@ import pytest
 from agent.shadow_writer import ShadowError, ShadowTree
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
-from famfs.shadowdir import DIR_XATTR, SHADOW_DIR_MODE, DirRecord
+from famfs.shadowdir import DIR_XATTR, FILE_XATTR, SHADOW_DIR_MODE, DirRecord
 from famfs.shadowyaml import emit_file_yaml
 from fusefs import cli
 from tests.agent_util import FOLLOW_WAIT_S, agent_state, append, file_entry, following, make_device, mkdir_entry
 from tests.famfsctl_util import famfsctl, make_image
-from tests.fuse_util import WAIT_S, Mount, bounded, wait_for
+from tests.fuse_util import (WAIT_S, Mount, bounded, client_env, client_uuid_file, read_device, wait_for,
+                             write_device)
 
 MiB = 1 << 20
 
@@ -218,46 +221,180 @@ def test_logged_written_and_opened_at_once(tmp_path: Path, system_uuid_file: Pat
     no_rebuild(agent.log)  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="upstream's CLI opens a new file before it logs it; our mount serves only what the log "
-                          "holds (docs/fusefs.md, 'Upstream's CLI on our mount', step 3: open)")
 def test_written_and_opened_before_it_is_logged(tmp_path: Path, system_uuid_file: Path) -> None:
     """Upstream's `__famfs_mkfile` in FUSE mode in its own order (famfs_lib.c, read at upstream's
     commit 0330cace, and spec §7): allocate, write the YAML into the shadow, open the file through
     the mount, and only then append the FILE entry, by a store into its MAP_SHARED mapping of
     `.meta/.log`, which on our page-cached mount reaches the device when the CLI closes the log
-    at the end of the command. famfs_fused serves the YAML as it is; the open must succeed."""
+    at the end of the command. The open succeeds (served ahead of the log: its units are free);
+    the agent then plays the entry without a rebuild, and the same handle keeps working."""
     image = make_device(tmp_path, system_uuid_file)
     shadow = tmp_path / "shadow"
     entry = file_entry("f", 0, size=4096)
     with following(image, shadow):
         with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+            target = mount.mountpoint / "f"
             write_in_place(shadow / "root" / "f", emit_file_yaml(entry))
-            bounded(lambda: fill(mount.mountpoint / "f", b"filled"), "open before the entry is logged")
-            append(image, [entry])
-            wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entry", FOLLOW_WAIT_S)
-            assert bounded((mount.mountpoint / "f").read_bytes, "read back")[:6] == b"filled"
+            with bounded(lambda: open(target, "r+b", buffering=0), "open before the entry is logged") as handle:
+                bounded(lambda: handle.write(b"filled"), "fill before the entry is logged")
+
+                def through_a_mapping() -> None:  # as upstream's cp and creat -r fill a new file
+                    with mmap.mmap(handle.fileno(), 4096) as mapped:
+                        assert mapped[:6] == b"filled"
+                        mapped[100:106] = b"mapped"
+                        mapped.flush()
+
+                bounded(through_a_mapping, "a shared mapping before the entry is logged")
+                append(image, [entry])
+                wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entry", FOLLOW_WAIT_S)
+                bounded(lambda: os.pwrite(handle.fileno(), b"again", 6), "a write once it is logged")
+            data = bounded(target.read_bytes, "read back")
+            assert data[:11] == b"filledagain" and data[100:106] == b"mapped"
+            assert read_device(image, entry.extents[0].offset, 106)[100:] == b"mapped"  # on the device
+            assert os.getxattr(shadow / "root" / "f", FILE_XATTR)  # the agent's own YAML now
+        assert mount.log().count("served ahead of the log") == 1 and "not served" not in mount.log()
+    no_rebuild((shadow.parent / f"{shadow.name}.log").read_text())
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="upstream's mkdir -p makes each level in the shadow and asks the mount for it before "
-                          "its MKDIR is on the device; our mount serves a directory only once the log names it "
-                          "(docs/fusefs.md, 'Upstream's CLI on our mount', step 5)")
 def test_a_level_of_mkdir_p_is_served_before_it_is_logged(tmp_path: Path, system_uuid_file: Path) -> None:
     """Upstream's `famfs mkdir -p MPT/a/b` (famfs_make_parent_dir, __famfs_mkdir; read at upstream's
     commit 0330cace): mkdir `a` in the shadow, store its MKDIR into the mapped log (on the device
     when the command ends), then stat and realpath `MPT/a` through the mount, as the parent of
-    `b`. famfs_fused serves the shadow directory as it is; the stat must succeed."""
+    `b`. The level is served ahead of the log with the shadow directory's own mode; once its
+    MKDIR is played, with the logged mode, as any directory."""
     image = make_device(tmp_path, system_uuid_file)
     shadow = tmp_path / "shadow"
     with following(image, shadow):
         with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
-            os.mkdir(shadow / "root" / "a", 0o755)
-            assert stat.S_ISDIR(bounded((mount.mountpoint / "a").stat, "stat of the new level").st_mode)
-            os.mkdir(shadow / "root" / "a" / "b", 0o755)
-            append(image, [mkdir_entry("a"), mkdir_entry("a/b")])
+            os.mkdir(shadow / "root" / "a", 0o700)
+            made = bounded((mount.mountpoint / "a").stat, "stat of the new level")
+            assert stat.S_ISDIR(made.st_mode) and (stat.S_IMODE(made.st_mode), made.st_uid) == (0o700, os.geteuid())
+            os.mkdir(shadow / "root" / "a" / "b", 0o700)
+            assert bounded((mount.mountpoint / "a" / "b").is_dir, "the next level")
+            append(image, [mkdir_entry("a", mode=0o750, uid=5, gid=6), mkdir_entry("a/b")])
             wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the entries", FOLLOW_WAIT_S)
+            wait_for(lambda: (stat.S_IMODE((mount.mountpoint / "a").stat().st_mode), (mount.mountpoint / "a").stat().st_uid)
+                     == (0o750, 5), "the logged mode and owner served")
             assert bounded((mount.mountpoint / "a" / "b").is_dir, "the levels once logged")
+    no_rebuild((shadow.parent / f"{shadow.name}.log").read_text())
+
+
+def not_served_lines(mount_log: str, relpath: str) -> list[str]:
+    return [line for line in mount_log.splitlines() if "not served" in line and f"root/{relpath}'" in line]
+
+
+def test_what_is_not_served_ahead_of_the_log(tmp_path: Path, paused: tuple[Path, Path, subprocess.Popen[str]]) -> None:
+    """On the master's ro_namespace mount, a YAML no entry owns yet is refused (ENOENT, one log
+    line naming the path and the rule) when a unit it maps is a logged file's, or logged since
+    the agent's cursor to another path; when root does not own it; when it carries the agent's
+    file record. A directory some user owns is not served ahead either. One on free space is."""
+    image, shadow, agent = paused  # keep/old on unit 0
+    root = shadow / "root"
+    with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+        mnt = mount.mountpoint
+        agent.send_signal(signal.SIGSTOP)  # no idle check of the agent's meanwhile: it would rebuild the tree
+        try:
+            write_in_place(root / "overlap", emit_file_yaml(file_entry("overlap", 0)))
+            assert refused(os.stat, mnt / "overlap") == errno.ENOENT
+            assert refused(os.stat, mnt / "overlap") == errno.ENOENT  # asked twice, said once
+            write_in_place(root / "theirs", emit_file_yaml(file_entry("theirs", 7)))
+            os.chown(root / "theirs", 1234, 1234)
+            assert refused(os.stat, mnt / "theirs") == errno.ENOENT
+            write_in_place(root / "recorded", emit_file_yaml(file_entry("recorded", 8)))
+            os.setxattr(root / "recorded", FILE_XATTR, os.getxattr(root / "keep/old", FILE_XATTR))
+            assert refused(os.stat, mnt / "recorded") == errno.ENOENT
+            os.mkdir(root / "userdir")
+            os.chown(root / "userdir", 1234, 1234)
+            assert refused(os.stat, mnt / "userdir") == errno.ENOENT
+            write_in_place(root / "free", emit_file_yaml(file_entry("free", 9, size=777)))
+            assert bounded((mnt / "free").stat, "a YAML on free space").st_size == 777
+            append(image, [file_entry("keep/pending", 5)])  # logged, not played: the agent is stopped
+            write_in_place(root / "same-units", emit_file_yaml(file_entry("same-units", 5)))
+            assert refused(os.stat, mnt / "same-units") == errno.ENOENT
+            log = mount.log()  # before the agent runs again: it rebuilds a tree with files the log has not
+        finally:
+            agent.send_signal(signal.SIGCONT)
+    for relpath, rule in (("overlap", "not free device space"), ("theirs", "owned by uid 1234"),
+                          ("recorded", "trusted.famfs.file"), ("same-units", "not played yet")):
+        lines = not_served_lines(log, relpath)
+        assert len(lines) == 1 and rule in lines[0], (relpath, lines)
+    assert "owned by uid 1234" in not_served_lines(log, "userdir")[0] and not not_served_lines(log, "free")
+    assert "Traceback" not in mount.log()
+
+
+def test_nothing_is_served_ahead_on_a_client_or_without_ro_namespace(tmp_path: Path, system_uuid_file: Path) -> None:
+    """The master's default mount and a client's (ro_namespace or not) serve only what the log
+    owns: a YAML on free space and a directory without its xattr are not served there."""
+    image = make_device(tmp_path, system_uuid_file)
+    hosts = ((tmp_path / "master", (), None),
+             (tmp_path / "client", ("--system-uuid-file", client_uuid_file(tmp_path)), client_env(tmp_path)))
+    for base, agent_args, env in hosts:
+        base.mkdir()
+        shadow = base / "shadow"
+        with following(image, shadow, *agent_args) as agent:
+            for options in ((), ("ro_namespace",)) if env is not None else ((),):
+                with Mount(shadow, image, base / "mnt", *options, env=env) as mount:
+                    agent.send_signal(signal.SIGSTOP)  # no idle check: it would rebuild the tree
+                    try:
+                        write_in_place(shadow / "root" / "early", emit_file_yaml(file_entry("early", 3)))
+                        os.mkdir(shadow / "root" / "level")
+                        assert refused(os.stat, mount.mountpoint / "early") == errno.ENOENT, (base, options)
+                        assert refused(os.stat, mount.mountpoint / "level") == errno.ENOENT, (base, options)
+                    finally:
+                        (shadow / "root" / "early").unlink()
+                        (shadow / "root" / "level").rmdir()
+                        agent.send_signal(signal.SIGCONT)
+                assert "ahead of the log" not in mount.log() and not_served_lines(mount.log(), "early")
+
+
+def direct_read(fd: int) -> bytes:
+    """The first 4 KiB of `fd` (opened O_DIRECT: the read reaches the mount, whatever the page
+    cache holds), into an aligned buffer, as O_DIRECT needs."""
+    with mmap.mmap(-1, 4096) as buffer:
+        done = os.preadv(fd, [buffer], 0)
+        return bytes(buffer[:done])
+
+
+def test_units_taken_by_the_log_after_the_open(tmp_path: Path, paused: tuple[Path, Path, subprocess.Popen[str]]) -> None:
+    """A file served ahead of the log whose writer died before logging it (an orphan): once the
+    log gives its units to another file, the next read and write of the open handle fail (EIO),
+    before the agent has played that entry and after; the other file's bytes never come back
+    through it, and a new open is EIO."""
+    image, shadow, agent = paused
+    orphan = file_entry("orphan", 3, size=4096)
+    with Mount(shadow, image, tmp_path / "mnt", "ro_namespace") as mount:
+        path = mount.mountpoint / "orphan"
+        write_in_place(shadow / "root" / "orphan", emit_file_yaml(orphan))
+        with contextlib.ExitStack() as opened:  # closed before the unmount, even on failure
+            handle = opened.enter_context(bounded(lambda: open(path, "r+b", buffering=0), "open ahead of the log"))
+            bounded(lambda: handle.write(b"orphan's"), "write ahead of the log")
+            assert bounded(lambda: os.pread(handle.fileno(), 8, 0), "read ahead of the log") == b"orphan's"
+            direct = bounded(lambda: os.open(path, os.O_RDONLY | os.O_DIRECT), "open with O_DIRECT")
+            opened.callback(os.close, direct)
+            agent.send_signal(signal.SIGSTOP)
+            try:
+                append(image, [file_entry("other", 3, size=4096)])  # another command took the free unit
+                write_device(image, orphan.extents[0].offset, b"OTHER'S!")
+                assert refused(direct_read, direct) == errno.EIO  # logged, not played yet: a read that reaches the mount
+                assert refused(os.pwrite, handle.fileno(), b"clobber", 0) == errno.EIO
+
+                def cached_read_fails() -> bool:  # a read from the page cache holds the orphan's own bytes,
+                    try:                          # until the mount has the kernel drop them (within a second)
+                        assert os.pread(handle.fileno(), 8, 0) == b"orphan's"
+                    except OSError as err:
+                        return err.errno == errno.EIO
+                    return False
+
+                wait_for(lambda: bounded(cached_read_fails, "a read of the orphan"), "the orphan's pages dropped")
+            finally:
+                agent.send_signal(signal.SIGCONT)
+            wait_for(lambda: agent_caught_up(image, shadow), "the agent plays the other file", FOLLOW_WAIT_S)
+            assert refused(os.pread, handle.fileno(), 8, 0) == errno.EIO
+            assert refused(direct_read, direct) == errno.EIO
+        assert refused(lambda: open(path, "rb").close()) == errno.EIO
+        assert bounded((mount.mountpoint / "other").read_bytes, "the other file")[:8] == b"OTHER'S!"
+    lines = not_served_lines(mount.log(), "orphan")  # one a reason: the entry not played, then the unit taken
+    assert lines and "not played yet" in lines[0] and "'other'" in lines[0], lines
 
 
 @pytest.fixture

@@ -96,6 +96,9 @@ class Follower:
         # The run of DELETEs in hand: checked, not yet unlinked (_unlink_run), and their paths.
         self.unlinks: list[tuple[int, fmt.DeleteEntry, fmt.FileEntry]] = []  # with the FILE each deletes
         self.unlink_paths: set[str] = set()
+        # Since when (time.monotonic(), at which cursor) root/ has held shadow files no logged
+        # entry names, the log standing still (_check_tree): None while it holds none.
+        self._surplus_since: tuple[float, int] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -753,15 +756,35 @@ class Follower:
                 return self._reopen("the device path names another file now")
         famfs_log, applied = self.famfs_log, self.state.applied_index
 
-        def nothing_logged_since() -> bool:
-            # Read after the count (an entry is appended before its YAML is written): upstream's
-            # CLI writes the shadow files of what it just logged itself, so with entries logged
-            # since the last poll the tree may hold them already. Only a shortfall is damage then.
-            return famfs_log is None or famfs_log.next_index() <= applied + 1
+        surplus_seen = False
 
-        damage = self.tree.damage(applied, self.state.live_files, exact=nothing_logged_since)
+        def surplus_is_damage() -> bool:
+            # Asked only when root/ holds more files than the log has live. Read after the count
+            # (an entry is appended before its YAML is written): upstream's CLI writes the shadow
+            # files of what it just logged itself, so with entries logged since the last poll the
+            # tree may hold them already. And it writes a new file's YAML, then fills the file
+            # through the master's mount, then logs it (docs/fusefs.md, "Served ahead of the
+            # log"): a surplus is damage only once it has outlasted unlogged_grace_s with the log
+            # standing still (an orphan of a CLI that died). The mount never serves such a file
+            # but on the master's ro_namespace mount, and there only on free units.
+            nonlocal surplus_seen
+            surplus_seen = True
+            if famfs_log is not None and famfs_log.next_index() > applied + 1:
+                self._surplus_since = None
+                return False
+            now = time.monotonic()
+            if self._surplus_since is None or self._surplus_since[1] != applied:
+                self._surplus_since = now, applied
+                log.info("shadow_unlogged", shadow=str(self.tree.base), applied=applied,
+                         note=f"files no logged entry names: left alone for {self.settings.unlogged_grace_s:g} s")
+            return now - self._surplus_since[0] >= self.settings.unlogged_grace_s
+
+        damage = self.tree.damage(applied, self.state.live_files, exact=surplus_is_damage)
+        if not surplus_seen:
+            self._surplus_since = None
         if damage is None:
             return False
+        self._surplus_since = None
         log.warning("shadow_damaged", shadow=str(self.tree.base), damage=damage, action="rebuilding the tree")
         self._start(f"the shadow tree was damaged behind the agent's back: {damage}")
         return True

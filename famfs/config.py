@@ -128,6 +128,9 @@ class AgentSettings:
     # mount serves bytes for serve_window seconds after the start of the last renewal.
     heartbeat_interval: float = setting(1.0, low=0.01, high=60.0)
     serve_window: float = setting(10.0, low=0.05, high=3600.0)
+    # Shadow files no logged entry names may stay this long, the log not moving, before the idle
+    # check rebuilds the tree: upstream's CLI fills a new file before it logs it (docs/agent.md).
+    unlogged_grace_s: float = setting(300.0, low=0.0, high=SECONDS_RANGE[1])
 
 
 @dataclass

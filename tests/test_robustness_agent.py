@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from famfs import env
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -174,6 +175,31 @@ def test_following_agent_repairs_a_damaged_tree(tmp_path: Path, system_uuid_file
                 if child.name != ".meta":  # what the shell's `root/*` matches
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         wait_for(lambda: root.is_dir() and snapshot(root) == whole, "the tree repaired", FOLLOW_WAIT_S)
+    assert "shadow_damaged" in agent.log  # type: ignore[attr-defined]
+
+
+def test_an_unlogged_shadow_file_is_left_alone_for_the_grace_then_removed(
+        tmp_path: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream's CLI writes a new file's YAML, fills the file, then logs it: a YAML no entry names
+    is not damage at the next idle check, only once it has outlasted [agent] unlogged_grace_s
+    with the log standing still (an orphan of a CLI that died); then the tree is rebuilt."""
+    image = made_tree(tmp_path, system_uuid_file)
+    grace_s = 10.0  # 5 idle checks (TREE_CHECK_S = 2 s)
+    config = tmp_path / "famfs-agent.toml"
+    config.write_text(f"[agent]\nunlogged_grace_s = {grace_s}\n")
+    monkeypatch.setenv(env.AGENT_CONFIG, str(config))
+    shadow = tmp_path / "shadow"
+    root = shadow / "root"
+    with following(image, shadow) as agent:
+        wait_for(lambda: (root / "d" / "inner").exists(), "the first play")
+        whole = snapshot(root)
+        (root / "being_filled").write_bytes((root / "top1").read_bytes())  # what the CLI writes first
+        placed = time.monotonic()
+        wait_for(lambda: "shadow_unlogged" in (shadow.parent / "shadow.log").read_text(), "the idle check sees it",
+                 FOLLOW_WAIT_S)
+        assert time.monotonic() - placed < grace_s  # the test's premise: seen within the grace,
+        assert (root / "being_filled").exists()  # and left alone
+        wait_for(lambda: snapshot(root) == whole, "the orphan removed by a rebuild", FOLLOW_WAIT_S + grace_s)
     assert "shadow_damaged" in agent.log  # type: ignore[attr-defined]
 
 

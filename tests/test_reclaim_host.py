@@ -363,11 +363,13 @@ def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
     """docs/reclaim.md, "Log compaction": a following agent that sees a new log epoch plays the new
     log and reconciles its tree with it. A file that is still there keeps its shadow file (its
     inode), an open handle through the mount keeps reading, a file deleted meanwhile (also one the
-    agent had not yet applied) is gone, and the host record follows the new epoch. No rebuild."""
+    agent had not yet applied) is gone, and the host record follows the new epoch. No rebuild, and
+    no rejoin: the same incarnation renews on (a rejoin made the mount answer EIO until the new
+    log was played, issue 19)."""
     shadow = tmp_path / "shadow"
     append(device, [file_entry("c", 2, size=4096), file_entry("d", 3, size=4096)])
     with agent(device, shadow, agent_config) as process:
-        wait_for(serving(device, shadow), "the agent serves")
+        joined = wait_for(serving(device, shadow), "the agent serves")
         kept = {name: (shadow / "root" / name).stat().st_ino for name in ("a", "c")}
         with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
             handle = os.open(mount.mountpoint / "a", os.O_RDONLY)
@@ -380,9 +382,12 @@ def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
                     famfsctl("compact", device)
                 finally:
                     process.send_signal(signal.SIGCONT)
+                with Device(device) as opened:
+                    end = FamfsLog(opened).header().next_index
                 wait_for(lambda: agent_state(shadow).get("log_epoch") == 1, "the agent follows epoch 1")
-                wait_for(lambda: (record := current(device, shadow)) is not None and record.log_epoch == 1,
-                         "the record says epoch 1")
+                moved = wait_for(lambda: (record := current(device, shadow)) is not None and record.log_epoch == 1
+                                 and record.applied >= end and record, "the record says epoch 1, all of it applied")
+                assert moved.incarnation == joined.incarnation and moved.slot == joined.slot
                 assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "c")} == kept
                 assert not (shadow / "root" / "d").exists() and not (shadow / "root" / "b").exists()
                 assert os.pread(handle, 4, 0) == b"AAAA"  # the same file, the same handle
@@ -391,3 +396,75 @@ def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
                 os.close(handle)
     log = (tmp_path / "shadow.agent.log").read_text()
     assert "log_compacted" in log and "event='rebuild'" not in log and "shadow_damaged" not in log, log
+
+
+@contextmanager
+def follower_in_hand(device: Path, shadow: Path, uuid_file: Path, **settings: object) -> Iterator[Follower]:
+    """A following agent driven step by step in this process: started, caught up and renewed
+    once (its mount may serve), one entry a batch."""
+    follower = Follower(str(device), str(shadow), config.AgentSettings(batch_max=1, **settings),  # type: ignore[arg-type]
+                        uuid_file, follow=True)
+    follower.tree.open()
+    try:
+        assert follower._open_device() is None
+        follower._start()
+        assert follower.famfs_log is not None
+        follower._play(follower.famfs_log.next_index())
+        follower._renew(hosts.boottime_ns())
+        yield follower
+    finally:
+        follower.tree.close()
+        follower._drop_membership()
+        if follower.device is not None:
+            follower.device.close()
+
+
+def heartbeats_during_play(follower: Follower, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Play the log's new entries, a renewal falling due after every batch: the record's
+    (heartbeat, applied) after each."""
+    seen: list[tuple[int, int]] = []
+    real_batch = Follower._batch
+
+    def batch(self: Follower, first: int, stop: int, progress: object) -> None:
+        real_batch(self, first, stop, progress)  # type: ignore[arg-type]
+        assert self.member is not None and self.member.record is not None
+        seen.append((self.member.record.heartbeat, self.member.record.applied))
+        self.renew_due = 0.0
+
+    monkeypatch.setattr(Follower, "_batch", batch)
+    assert follower.famfs_log is not None
+    follower._play(follower.famfs_log.next_index())
+    return seen
+
+
+def test_a_long_play_renews_between_its_batches(tmp_path: Path, device: Path, system_uuid_file: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 (a client's reads answered EIO in make churn while its agent was busy): a
+    following agent renews between the batches of a long play, its record saying what is applied
+    so far, so its mount keeps serving."""
+    with follower_in_hand(device, tmp_path / "shadow", system_uuid_file) as follower:
+        first = follower.member.record  # type: ignore[union-attr]
+        assert first is not None and first.renewed_ns and first.applied == 2
+        append(device, [file_entry(f"n{n}", 2 + n) for n in range(4)])
+        seen = heartbeats_during_play(follower, monkeypatch)
+        assert seen[1:] == [(first.heartbeat + n, 2 + n) for n in range(1, 4)]  # after the last: the pass's own
+
+
+def test_no_renewal_between_batches_while_a_fence_of_this_host_lies_ahead(
+        tmp_path: Path, device: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal begun after a FENCE was logged must have played it (docs/reclaim.md, step 3 and
+    case 4): with a FENCE of this incarnation further on, a long play does not renew midway, and
+    ends fenced."""
+    from agent.follower import Fenced  # noqa: PLC0415
+
+    with follower_in_hand(device, tmp_path / "shadow", system_uuid_file) as follower:
+        record = follower.member.record  # type: ignore[union-attr]
+        assert record is not None
+        fence = fmt.FenceEntry(system_uuid=record.system_uuid, incarnation=record.incarnation, slot=record.slot,
+                               reason=fmt.FenceReason.OPERATOR, heartbeat=record.heartbeat, applied=record.applied)
+        append(device, [*(file_entry(f"n{n}", 2 + n) for n in range(4)), fence])
+        with pytest.raises(Fenced):
+            heartbeats_during_play(follower, monkeypatch)
+        assert current(device, tmp_path / "shadow") is not None
+        assert follower.member is not None and follower.member.record is not None
+        assert follower.member.record.heartbeat == record.heartbeat  # never renewed past the FENCE

@@ -176,6 +176,10 @@ class Follower:
                      and state.log_epoch != self.famfs_log.location.epoch)
         reason = rebuild or (f"the log was compacted (epoch {state.log_epoch} -> {self.famfs_log.location.epoch})"
                              if compacted and state is not None else self._rebuild_reason(state))
+        # A move to a new log (or a first play) stopped before its tree moved in: a kill, or the
+        # log moving again (from the staging copy to its place). root/ is the tree it was moving
+        # from, of this file system: reconciled with the play, not emptied under the mount.
+        unfinished = not compacted and reason is None and state is not None and state.applied_index < 0
         resumed = False
         # With no entry applied yet the tree is reset too: a run killed in the middle of a reset
         # leaves exactly that cursor behind.
@@ -194,8 +198,9 @@ class Follower:
             elif resumed and state.live_files is None:
                 state.live_files = self.tree.count_files()  # a state from before files were counted
         if not resumed:
-            if compacted:
-                log.info("log_compacted", device=self.device_path, reason=reason,
+            if compacted or unfinished:
+                log.info("log_compacted", device=self.device_path,
+                         reason=reason or "a move to this log stopped before its tree moved in",
                          action="the new log played and the tree reconciled with it: unchanged files stay")
             elif saved is not None and reason is not None:
                 self.stats.rebuilds += 1
@@ -210,7 +215,7 @@ class Follower:
             # First: a kill during the reset then restarts the reset, and a mount reading the
             # state stops serving the old device before the tree shows the new file system.
             self._save()
-            self.tree.reset(sb, self.device_path, keep_tree=compacted)
+            self.tree.reset(sb, self.device_path, keep_tree=compacted or unfinished)
         assert state is not None
         self.state = state
         assert self.member is not None  # joined above: its UUID is the one in the identity file
@@ -885,6 +890,9 @@ class Follower:
         follow the epoch"); the log opened where it is now and the tree reconciled with it
         (_start). A rejoin here made every mount answer EIO until the new log was played."""
         assert self.device is not None
+        self._sleep(self.settings.inflight_retry_ms / 1000)  # a copy just committed is done by then: one move
+        if self.stop_signal is not None:
+            return False
         try:
             self.famfs_log = FamfsLog(self.device)
         except fmt.FormatError:  # a compaction record or header caught mid-store: the slow way

@@ -22,6 +22,7 @@ import famfs
 from agent.deleted import DeletedFiles
 from agent.follower import Follower
 from agent.shadow_writer import ShadowTree
+from agent.wakeup import Waiter
 from famfs import config, hosts, pins
 from famfs import format as fmt
 from famfs.device import Device
@@ -405,6 +406,7 @@ def follower_in_hand(device: Path, shadow: Path, uuid_file: Path, **settings: ob
     follower = Follower(str(device), str(shadow), config.AgentSettings(batch_max=1, **settings),  # type: ignore[arg-type]
                         uuid_file, follow=True)
     follower.tree.open()
+    follower.waiter = Waiter()
     try:
         assert follower._open_device() is None
         follower._start()
@@ -413,6 +415,7 @@ def follower_in_hand(device: Path, shadow: Path, uuid_file: Path, **settings: ob
         follower._renew(hosts.boottime_ns())
         yield follower
     finally:
+        follower.waiter.close()
         follower.tree.close()
         follower._drop_membership()
         if follower.device is not None:
@@ -468,3 +471,39 @@ def test_no_renewal_between_batches_while_a_fence_of_this_host_lies_ahead(
         assert current(device, tmp_path / "shadow") is not None
         assert follower.member is not None and follower.member.record is not None
         assert follower.member.record.heartbeat == record.heartbeat  # never renewed past the FENCE
+
+
+class Stopped(Exception):
+    """A compaction stopped after a step, as a kill -9 there would."""
+
+
+def test_a_move_to_a_new_log_interrupted_before_its_tree_moved_in_keeps_the_tree(
+        tmp_path: Path, device: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log moves twice in a row (a compaction's commit: the staging copy; then the copy done:
+    the log in its place) before the first move's tree is built: the second move reconciles
+    root/ as the first would have, instead of emptying it under the mount (issue 19: a churn run
+    gave 1,420 reader EIOs so), and the record keeps its incarnation."""
+    from famfs.master import writer  # noqa: PLC0415
+
+    shadow = tmp_path / "shadow"
+    with follower_in_hand(device, shadow, system_uuid_file, inflight_retry_ms=0.0) as follower:
+        before = {name: (shadow / "root" / name).stat().st_ino for name in ("a", "b")}
+        joined = follower.member.record  # type: ignore[union-attr]
+
+        def stop(name: str) -> None:
+            if name == "committed":
+                raise Stopped(name)
+
+        with writer.session(str(device), system_uuid_file) as session, pytest.raises(Stopped):
+            session.compact(stop)
+        assert follower._poll()  # moves to the staging copy: cursor before its entry 0
+        assert agent_state(shadow)["applied_index"] == -1
+        with writer.session(str(device), system_uuid_file):
+            pass  # a master session finishes the copy: the log moves again
+        emptied: list[bool] = []
+        monkeypatch.setattr(ShadowTree, "_empty_root", lambda self: emptied.append(True))
+        assert follower._poll()  # the second move, the first one's tree not yet built
+        follower._play(follower.famfs_log.next_index())  # type: ignore[union-attr]
+        assert not emptied
+        assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "b")} == before
+        assert follower.member.record.incarnation == joined.incarnation  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ from fusefs.shadow_reader import Signature
 log = structlog.get_logger("famfs-fuse-mount")
 
 ROOT_INODE = pyfuse3.ROOT_INODE
+GONE = "deleted before it was read"  # a file's error when its YAML went before it was loaded (an open: ENOENT)
 
 
 class NoticeKind(enum.Enum):
@@ -139,10 +140,13 @@ class InodeTable:
         (shadow_reader.open_dir), to load it by name."""
         if node.entry is None and node.error is None:
             if not node.present:
-                node.error = "deleted before it was read"  # its path may name a newer file now
+                node.error = GONE  # its path may name a newer file now
                 return None
             try:
                 entry = shadow_reader.load_file(self.shadow_root, node.relpath, self.geometry, dir_fd)
+            except FileNotFoundError:  # deleted since it was listed (the agent applied its DELETE): no damage
+                node.error = GONE
+                return None
             except fmt.FormatError as err:
                 node.error = str(err)
             except Exception as err:  # noqa: BLE001 - no shadow file may take the daemon down

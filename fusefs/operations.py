@@ -48,7 +48,7 @@ from fusefs.capacity import Capacity
 from fusefs.datapath import DataError
 from fusefs.devicecheck import DeviceCheck, Served
 from fusefs.groupcommit import GroupCommitter
-from fusefs.inodes import ROOT_INODE, InodeTable, Node, Notice, NoticeKind
+from fusefs.inodes import GONE, ROOT_INODE, InodeTable, Node, Notice, NoticeKind
 from fusefs.lease import Lease
 from fusefs.links import Link, Links
 from fusefs.shadow_reader import Signature
@@ -195,10 +195,12 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None else errno.EIO)
         return entry
 
-    def _entry(self, node: Node) -> fmt.FileEntry:
+    def _entry(self, node: Node, *, opening: bool = False) -> fmt.FileEntry:
         entry = self.table.file_entry(node)
         if entry is None:  # not the log's: no such file; else a YAML that cannot be read
-            raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None else errno.EIO)
+            # Deleted before an open could load it: no such file (a handle's file going is EIO).
+            gone = opening and node.error == GONE
+            raise pyfuse3.FUSEError(errno.ENOENT if node.refused is not None or gone else errno.EIO)
         return entry
 
     def _node(self, ino: int) -> Node:
@@ -502,7 +504,7 @@ class FamfsOperations(pyfuse3.Operations):
             # (truncate, write) and closed it, its last events not yet taken in: read it again.
             for notice in self.table.refresh(node.relpath):
                 self.spawn_notice(notice)
-        self._entry(node)
+        self._entry(node, opening=True)
         if flags & os.O_TRUNC:
             raise self._deny()  # libfuse negotiates atomic O_TRUNC: the truncate arrives here
         if not self.devices.intact():

@@ -204,13 +204,16 @@ def open_dir(root: bytes, relpath: bytes) -> int | None:
 
 def load_file(root: bytes, relpath: bytes, geometry: Geometry, dir_fd: int | None = None) -> fmt.FileEntry:
     """Parse and check one shadow file (`relpath` below `root`, or its last component in
-    directory `dir_fd`); fmt.FormatError says what is wrong with it."""
+    directory `dir_fd`); fmt.FormatError says what is wrong with it, FileNotFoundError that it
+    is gone (the agent applied its DELETE since it was listed: no damage)."""
     try:
         if dir_fd is not None:
             raw = read_shadow_file(relpath.rpartition(b"/")[2], dir_fd)
         else:
             with safepath.Root(root) as root_fd:
                 raw = read_shadow_file(relpath, root_fd)
+    except FileNotFoundError:
+        raise
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise fmt.FormatError("is a symlink") from None

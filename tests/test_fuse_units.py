@@ -16,7 +16,7 @@ from famfs.master.mkfs import create_image
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
-from fusefs.inodes import ROOT_INODE, InodeTable, NoticeKind
+from fusefs.inodes import GONE, ROOT_INODE, InodeTable, NoticeKind
 from fusefs.shadow_reader import Geometry
 from fusefs.watcher import ReportingInotifyFD
 from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml
@@ -145,6 +145,20 @@ def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
         os.close(dir_fd)
     assert shadow_reader.open_dir(os.fsencode(root), b"d/good") is None  # not a directory
     assert shadow_reader.open_dir(os.fsencode(root), b"missing") is None
+
+
+def test_a_file_deleted_between_its_lookup_and_its_load_is_enoent_not_eio(shadow: Path) -> None:
+    """The agent applied the file's DELETE after the mount listed it and before an open loaded its
+    YAML (make churn: a reader's open answered EIO so, issue 19): no such file, not a damaged one."""
+    put_file(shadow, entry("gone"))
+    table = table_of(shadow)
+    node = table.child(table.nodes[ROOT_INODE], b"gone")
+    assert node is not None
+    (shadow / "root" / "gone").unlink()
+    assert table.file_entry(node) is None
+    assert node.error == GONE  # an open answers ENOENT, a handle's read EIO
+    with pytest.raises(FileNotFoundError):
+        shadow_reader.load_file(os.fsencode(shadow / "root"), b"gone", GEOMETRY)
 
 
 def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ log = structlog.get_logger("famfs-agent")
 
 PROGRESS_MIN_ENTRIES = 2000  # shorter replays finish before progress is worth showing
 INFLIGHT_FIRST_WAIT_S = 0.0001
+RENEW_CHECK_MASK = 0xFF  # a batch looks whether a renewal is due every 256 entries (a clock read)
 DEVICE_RETRY_S = 1.0  # how often a follower re-opens a device that holds no valid famfs
 DEVICE_RESCAN_S = 2.0  # how often a follower looks again for added devices not found (docs/devices.md)
 # How often a follower checks its tree against the cursor (and its image path against the file it
@@ -92,6 +93,7 @@ class Follower:
         self.fenced_by: fmt.FenceEntry | None = None
         self.dropped_incarnations: list[int] = []  # the tree they served is being dropped
         self.renew_due = 0.0  # time.monotonic() of the next renewal
+        self.fences_seen_to = 0  # the log's slots below this hold no FENCE of this tree (_fence_ahead)
         self.born_dead: dict[int, tuple[int, str]] = {}  # of this play: FILE index -> (DELETE index, relpath)
         # The run of DELETEs in hand: checked, not yet unlinked (_unlink_run), and their paths.
         self.unlinks: list[tuple[int, fmt.DeleteEntry, fmt.FileEntry]] = []  # with the FILE each deletes
@@ -177,6 +179,10 @@ class Follower:
                      and state.log_epoch != self.famfs_log.location.epoch)
         reason = rebuild or (f"the log was compacted (epoch {state.log_epoch} -> {self.famfs_log.location.epoch})"
                              if compacted and state is not None else self._rebuild_reason(state))
+        # A move to a new log (or a first play) stopped before its tree moved in: a kill, or the
+        # log moving again (from the staging copy to its place). root/ is the tree it was moving
+        # from, of this file system: reconciled with the play, not emptied under the mount.
+        unfinished = not compacted and reason is None and state is not None and state.applied_index < 0
         resumed = False
         # With no entry applied yet the tree is reset too: a run killed in the middle of a reset
         # leaves exactly that cursor behind.
@@ -195,8 +201,9 @@ class Follower:
             elif resumed and state.live_files is None:
                 state.live_files = self.tree.count_files()  # a state from before files were counted
         if not resumed:
-            if compacted:
-                log.info("log_compacted", device=self.device_path, reason=reason,
+            if compacted or unfinished:
+                log.info("log_compacted", device=self.device_path,
+                         reason=reason or "a move to this log stopped before its tree moved in",
                          action="the new log played and the tree reconciled with it: unchanged files stay")
             elif saved is not None and reason is not None:
                 self.stats.rebuilds += 1
@@ -211,7 +218,7 @@ class Follower:
             # First: a kill during the reset then restarts the reset, and a mount reading the
             # state stops serving the old device before the tree shows the new file system.
             self._save()
-            self.tree.reset(sb, self.device_path, keep_tree=compacted)
+            self.tree.reset(sb, self.device_path, keep_tree=compacted or unfinished)
         assert state is not None
         self.state = state
         assert self.member is not None  # joined above: its UUID is the one in the identity file
@@ -242,6 +249,7 @@ class Follower:
         state.next_index_seen = self.famfs_log.next_index()
         self._save()
         self.dropped_incarnations = []  # in state.json's stale_incarnations now
+        self.fences_seen_to = 0
         log.info("start", device=self.device_path, shadow=str(self.tree.base), fs_uuid=state.fs_uuid,
                  role=state.role, mode="follow" if self.following else "once", cursor=state.applied_index,
                  log_next_index=state.next_index_seen,
@@ -298,12 +306,49 @@ class Follower:
         state.host_slot, state.incarnation = self.member.slot, me
         state.tree_incarnations, state.stale_incarnations = served[-STALE_KEPT:], stale[-STALE_KEPT:]
 
-    def _renew(self, renewed_ns: int) -> None:
+    def _renew(self, renewed_ns: int, shown: int | None = None) -> None:
         """Step 3's end: the pins of deleted files tested (after the DELETEs were applied), then
-        the record stored with heartbeat + 1, applied, the pin floor and `renewed_ns`."""
+        the record stored with heartbeat + 1, applied, the pin floor and `renewed_ns`. `shown`:
+        the entries root/ shows, when fewer than the cursor (a tree being built in staging)."""
         assert self.member is not None and self.state is not None
         floor = self.deleted.pin_floor(pins.pins_dir(self.tree.base))
-        self.member.renew(renewed_ns, self.state.applied_index + 1, floor, self.state.log_epoch)
+        applied = self.state.applied_index + 1 if shown is None else shown
+        self.member.renew(renewed_ns, applied, floor, self.state.log_epoch)
+
+    def _renew_midway(self, shown: int | None) -> None:
+        """A renewal between the batches of a long play (a compaction's new log, a burst of
+        entries on a loaded host), so that a busy agent's mount keeps serving (docs/reclaim.md,
+        step 3): the record says what is applied (or, in a tree built in staging, `shown`: what
+        root/ shows). Never before this incarnation's first renewal (a catch-up after a join
+        serves nothing, step 2), and never while a FENCE naming this tree lies between the cursor
+        and the log's end: a renewal that began after a FENCE was logged must have played it."""
+        if not self._serving() or self.fenced_by is not None or self.stop_signal is not None:
+            return
+        assert self.state is not None
+        if self.state.stalled_at is not None:
+            return
+        renewal = self._renewal_start()
+        if renewal is None or self._fence_ahead():
+            return
+        self._renew(renewal[1], shown)
+
+    def _serving(self) -> bool:
+        """A following agent whose incarnation has renewed once (its mount may serve)."""
+        member = self.member
+        return (self.following and member is not None and member.record is not None and member.record.renewed_ns != 0
+                and not member.renewals_stopped)
+
+    def _fence_ahead(self) -> bool:
+        """A FENCE naming this tree between the cursor and the log's end now (its header read
+        after the renewal's clock). Slots already looked at are not read again."""
+        assert self.famfs_log is not None and self.state is not None
+        start = max(self.state.applied_index + 1, self.fences_seen_to)
+        stop = self.famfs_log.next_index()
+        for _, _, entry in self.famfs_log.slots_of((fmt.EntryType.FENCE,), start, stop):
+            if not isinstance(entry, fmt.FenceEntry) or self._names_me(entry):
+                return True  # one that does not decode (a store in progress) counts: looked at again
+        self.fences_seen_to = max(start, stop)
+        return False
 
     def _rejoin(self, why: str) -> None:
         """Fenced, or the record lost: the tree those incarnations served is dropped (their
@@ -429,6 +474,8 @@ class Follower:
                    and self.state.applied_index + 1 < stop):
                 first = self.state.applied_index + 1
                 self._batch(first, min(stop, first + self.settings.batch_max), progress)
+                if self.following:
+                    self._renew_midway(before[0] + 1 if build else None)
         finally:
             # Also when applying failed: every entry up to the cursor is whole in the built tree,
             # unless a file could not be made: then the tree is dropped, the cursor as before.
@@ -453,9 +500,12 @@ class Follower:
         tally = self.stats.entries
         unborn = bool(self.born_dead or state.born_dead)  # pairs are added only from born_dead: none if both are empty
         building = tree.building
+        serving = self._serving()  # a renewal falling due ends the batch early (_renew_midway)
         try:
             for index, raw in zip(range(first, stop), famfs_log.raw_entries(first, stop)):
                 if self.stop_signal is not None:
+                    break
+                if serving and not (index - first + 1) & RENEW_CHECK_MASK and time.monotonic() >= self.renew_due:
                     break
                 checked: bytes | None = raw  # the bytes `entry` comes from, if read once
                 try:
@@ -823,7 +873,7 @@ class Follower:
         if self.device.read(0, fmt.SUPERBLOCK.size) != self.superblock_raw:
             return self._reopen("the superblock changed")
         if self._log_moved():
-            return self._reopen("the log was compacted")  # _start reconciles the tree with the new log
+            return self._follow_log()
         next_index = self.famfs_log.next_index()
         if next_index < state.applied_index + 1:
             return self._reopen(f"the log's next_index fell to {next_index}, below the cursor {state.applied_index}")
@@ -860,6 +910,24 @@ class Follower:
         if not moved:
             self.record_raw = raw
         return moved
+
+    def _follow_log(self) -> bool:
+        """A compaction moved the log: the same device, and the same record (this incarnation
+        renews on: its mount serves what it holds while the agent moves, docs/reclaim.md "Hosts
+        follow the epoch"); the log opened where it is now and the tree reconciled with it
+        (_start). A rejoin here made every mount answer EIO until the new log was played."""
+        assert self.device is not None
+        self._sleep(self.settings.inflight_retry_ms / 1000)  # a copy just committed is done by then: one move
+        if self.stop_signal is not None:
+            return False
+        try:
+            self.famfs_log = FamfsLog(self.device)
+        except fmt.FormatError:  # a compaction record or header caught mid-store: the slow way
+            return self._reopen("the log was compacted")
+        self.record_raw = b""
+        log.info("log_moved", device=self.device_path, epoch=self.famfs_log.location.epoch)
+        self._start()
+        return True
 
     def _reopen(self, why: str) -> bool:
         """The device changed under us: wait for a writer (mkfs) to finish, then start over."""

@@ -120,10 +120,12 @@ class Membership:
 
     def renew(self, renewed_ns: int, applied: int, pin_floor: int, log_epoch: int) -> None:
         """Step 3's store: heartbeat + 1, what is applied and pinned (in log `log_epoch`), and when
-        this pass began."""
+        this pass began. `renewed` never goes back: a pass that renewed midway (between the
+        batches of a long play) ends with a renewal begun before those."""
         assert self.record is not None
         if self.renewals_stopped:
             return
+        renewed_ns = max(renewed_ns, self.record.renewed_ns)
         self.record = self.record.renewed(applied=applied, pin_floor=pin_floor, renewed_ns=renewed_ns,
                                           log_epoch=log_epoch)
         self.writer.store(self.record)

@@ -76,13 +76,18 @@ class UnitGrid(Protocol):
     nunits: int  # the device's whole units
 
 
+def extent_units(unit: int, nunits: int, extent: fmt.Extent) -> tuple[int, int]:
+    """The units [start, stop) `extent` touches on a device of `nunits` whole units of `unit`
+    bytes (the rule, once: the owner maps' unit_bounds and Units' maps both use it). A tuple, not
+    a range, and no min(): it runs for every extent replayed."""
+    stop = -(-(extent.offset + extent.length) // unit)
+    return extent.offset // unit, stop if stop < nunits else nunits  # noqa: FURB136 (min() is the slower)
+
+
 def unit_bounds(grid: UnitGrid, extent: fmt.Extent) -> tuple[int, int]:
     """The units [start, stop) `extent` touches, inside the grid's whole units. A method of the
-    owner map's classes (famfs.ownership), bound as a class attribute: a tuple, not a range, no
-    min() and no call in between. (Units._bounds is the same rule over the extent's own device.)"""
-    unit, last = grid.unit, grid.nunits
-    stop = -(-(extent.offset + extent.length) // unit)
-    return extent.offset // unit, stop if stop < last else last  # noqa: FURB136 (min() is the slower)
+    owner map's classes (famfs.ownership), bound as a class attribute."""
+    return extent_units(grid.unit, grid.nunits, extent)
 
 
 class Units:
@@ -118,11 +123,10 @@ class Units:
 
     def _bounds(self, extent: fmt.Extent) -> tuple[bytearray, int, int]:
         """The map of the extent's device and the units [start, stop) it touches there, inside
-        the device's whole units. A tuple, not a range, and no min(): it runs twice per file replayed."""
-        unit, taken = self.unit, self.maps[extent.devindex]
-        last = len(taken)
-        stop = -(-(extent.offset + extent.length) // unit)
-        return taken, extent.offset // unit, stop if stop < last else last  # noqa: FURB136 (min() is the slower)
+        the device's whole units."""
+        taken = self.maps[extent.devindex]
+        start, stop = extent_units(self.unit, len(taken), extent)
+        return taken, start, stop
 
     def first_taken(self, extents: Sequence[fmt.Extent]) -> tuple[int, int] | None:
         """(devindex, unit) of the first unit of `extents` that is already taken, or None."""

@@ -194,6 +194,20 @@ def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
     assert shadow_reader.open_dir(os.fsencode(root), b"missing") is None
 
 
+def test_a_file_deleted_between_its_lookup_and_its_load_is_enoent_not_eio(shadow: Path) -> None:
+    """The agent applied the file's DELETE after the mount listed it and before an open loaded its
+    YAML (make churn: a reader's open answered EIO so, issue 19): no such file, not a damaged one."""
+    put_file(shadow, entry("gone"))
+    table = table_of(shadow)
+    node = table.child(table.nodes[ROOT_INODE], b"gone")
+    assert node is not None
+    (shadow / "root" / "gone").unlink()
+    assert table.file_entry(node) is None
+    assert node.refused is not None  # an open answers ENOENT, a handle's read EIO
+    with pytest.raises(shadow_reader.Gone):
+        shadow_reader.load_file(os.fsencode(shadow / "root"), b"gone", GEOMETRY)
+
+
 def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:
     image = tmp_path / "dev.img"
     create_image(image, 64 * MiB)

@@ -5,6 +5,7 @@ logs with RECLAIMs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, replace
@@ -480,3 +481,56 @@ def test_the_coordinator_compacts_a_log_running_low_and_follows_the_new_epoch(
         coordinator.close()
     with Device(image) as opened:
         assert fsck.check(opened).clean and FamfsLog(opened).location.epoch == 1
+
+
+class Stopped(Exception):
+    """A compaction stopped after a step, as a kill -9 there would."""
+
+
+@pytest.mark.parametrize("until", ["header_cleared", "copied", "done"])
+def test_the_coordinator_survives_a_compaction_between_its_reads(
+        tmp_path: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch, until: str) -> None:
+    """Another session's compaction commits between the coordinator's look at where the log is and
+    its read of the log (it reads without the lock): the coordinator reads the log where it is then
+    (the staging copy, or the new log) instead of dying on a cleared header or a log that "shrank"
+    (issue 19: test_kill_9_during_compaction[agent] once waited 30 s for a reclaim, the coordinator gone)."""
+    from famfs.config import MasterSettings  # noqa: PLC0415
+    from famfs.master import reclaim  # noqa: PLC0415
+
+    image = make_device(tmp_path, system_uuid_file)
+    owner = writer.Ownership(0o755, 0, 0)
+    with writer.session(str(image), system_uuid_file) as current:
+        current.mkdir("kept", owner)
+        for n in range(40):  # history the compaction drops
+            current.mkdir(f"d{n}", owner)
+            current.rmdir(f"d{n}")
+    coordinator = reclaim.Coordinator(str(image), system_uuid_file, MasterSettings(host_lease=LEASE), clock=lambda: 0.0)
+    real = reclaim.read_record
+    compacted: list[int] = []
+
+    def step(name: str) -> None:
+        if name == until:
+            raise Stopped(name)
+
+    def then_compact(view: bytes | memoryview) -> object:
+        found = real(view)
+        if not compacted:  # once, right after the coordinator looked where the log is
+            compacted.append(1)
+            with writer.session(str(image), system_uuid_file) as other, contextlib.suppress(Stopped):
+                other.compact(step)
+        return found
+
+    try:
+        coordinator.poll()
+        monkeypatch.setattr(reclaim, "read_record", then_compact)
+        coordinator.poll()
+        assert compacted
+        monkeypatch.setattr(reclaim, "read_record", real)
+        if until != "done":  # a kill -9 left it COPYING: the next master session finishes it
+            with writer.session(str(image), system_uuid_file):
+                pass
+        coordinator.poll()
+        assert coordinator.policy.log_epoch == 1 and set(coordinator.namespace.dirs) == {"", "kept"}
+        assert coordinator.played == 1
+    finally:
+        coordinator.close()

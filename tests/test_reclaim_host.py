@@ -22,6 +22,7 @@ import famfs
 from agent.deleted import DeletedFiles
 from agent.follower import Follower
 from agent.shadow_writer import ShadowTree
+from agent.wakeup import Waiter
 from famfs import config, hosts, pins
 from famfs import format as fmt
 from famfs.device import Device
@@ -363,11 +364,13 @@ def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
     """docs/reclaim.md, "Log compaction": a following agent that sees a new log epoch plays the new
     log and reconciles its tree with it. A file that is still there keeps its shadow file (its
     inode), an open handle through the mount keeps reading, a file deleted meanwhile (also one the
-    agent had not yet applied) is gone, and the host record follows the new epoch. No rebuild."""
+    agent had not yet applied) is gone, and the host record follows the new epoch. No rebuild, and
+    no rejoin: the same incarnation renews on (a rejoin made the mount answer EIO until the new
+    log was played, issue 19)."""
     shadow = tmp_path / "shadow"
     append(device, [file_entry("c", 2, size=4096), file_entry("d", 3, size=4096)])
     with agent(device, shadow, agent_config) as process:
-        wait_for(serving(device, shadow), "the agent serves")
+        joined = wait_for(serving(device, shadow), "the agent serves")
         kept = {name: (shadow / "root" / name).stat().st_ino for name in ("a", "c")}
         with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
             handle = os.open(mount.mountpoint / "a", os.O_RDONLY)
@@ -380,9 +383,12 @@ def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
                     famfsctl("compact", device)
                 finally:
                     process.send_signal(signal.SIGCONT)
+                with Device(device) as opened:
+                    end = FamfsLog(opened).header().next_index
                 wait_for(lambda: agent_state(shadow).get("log_epoch") == 1, "the agent follows epoch 1")
-                wait_for(lambda: (record := current(device, shadow)) is not None and record.log_epoch == 1,
-                         "the record says epoch 1")
+                moved = wait_for(lambda: (record := current(device, shadow)) is not None and record.log_epoch == 1
+                                 and record.applied >= end and record, "the record says epoch 1, all of it applied")
+                assert moved.incarnation == joined.incarnation and moved.slot == joined.slot
                 assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "c")} == kept
                 assert not (shadow / "root" / "d").exists() and not (shadow / "root" / "b").exists()
                 assert os.pread(handle, 4, 0) == b"AAAA"  # the same file, the same handle
@@ -391,3 +397,113 @@ def test_a_follower_moves_to_a_compacted_log_keeping_every_unchanged_file(
                 os.close(handle)
     log = (tmp_path / "shadow.agent.log").read_text()
     assert "log_compacted" in log and "event='rebuild'" not in log and "shadow_damaged" not in log, log
+
+
+@contextmanager
+def follower_in_hand(device: Path, shadow: Path, uuid_file: Path, **settings: object) -> Iterator[Follower]:
+    """A following agent driven step by step in this process: started, caught up and renewed
+    once (its mount may serve), one entry a batch."""
+    follower = Follower(str(device), str(shadow), config.AgentSettings(batch_max=1, **settings),  # type: ignore[arg-type]
+                        uuid_file, follow=True)
+    follower.tree.open()
+    follower.waiter = Waiter()
+    try:
+        assert follower._open_device() is None
+        follower._start()
+        assert follower.famfs_log is not None
+        follower._play(follower.famfs_log.next_index())
+        follower._renew(hosts.boottime_ns())
+        yield follower
+    finally:
+        follower.waiter.close()
+        follower.tree.close()
+        follower._drop_membership()
+        if follower.device is not None:
+            follower.device.close()
+
+
+def heartbeats_during_play(follower: Follower, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Play the log's new entries, a renewal falling due after every batch: the record's
+    (heartbeat, applied) after each."""
+    seen: list[tuple[int, int]] = []
+    real_batch = Follower._batch
+
+    def batch(self: Follower, first: int, stop: int, progress: object) -> None:
+        real_batch(self, first, stop, progress)  # type: ignore[arg-type]
+        assert self.member is not None and self.member.record is not None
+        seen.append((self.member.record.heartbeat, self.member.record.applied))
+        self.renew_due = 0.0
+
+    monkeypatch.setattr(Follower, "_batch", batch)
+    assert follower.famfs_log is not None
+    follower._play(follower.famfs_log.next_index())
+    return seen
+
+
+def test_a_long_play_renews_between_its_batches(tmp_path: Path, device: Path, system_uuid_file: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 (a client's reads answered EIO in make churn while its agent was busy): a
+    following agent renews between the batches of a long play, its record saying what is applied
+    so far, so its mount keeps serving."""
+    with follower_in_hand(device, tmp_path / "shadow", system_uuid_file) as follower:
+        first = follower.member.record  # type: ignore[union-attr]
+        assert first is not None and first.renewed_ns and first.applied == 2
+        append(device, [file_entry(f"n{n}", 2 + n) for n in range(4)])
+        seen = heartbeats_during_play(follower, monkeypatch)
+        assert seen[1:] == [(first.heartbeat + n, 2 + n) for n in range(1, 4)]  # after the last: the pass's own
+
+
+def test_no_renewal_between_batches_while_a_fence_of_this_host_lies_ahead(
+        tmp_path: Path, device: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal begun after a FENCE was logged must have played it (docs/reclaim.md, step 3 and
+    case 4): with a FENCE of this incarnation further on, a long play does not renew midway, and
+    ends fenced."""
+    from agent.follower import Fenced  # noqa: PLC0415
+
+    with follower_in_hand(device, tmp_path / "shadow", system_uuid_file) as follower:
+        record = follower.member.record  # type: ignore[union-attr]
+        assert record is not None
+        fence = fmt.FenceEntry(system_uuid=record.system_uuid, incarnation=record.incarnation, slot=record.slot,
+                               reason=fmt.FenceReason.OPERATOR, heartbeat=record.heartbeat, applied=record.applied)
+        append(device, [*(file_entry(f"n{n}", 2 + n) for n in range(4)), fence])
+        with pytest.raises(Fenced):
+            heartbeats_during_play(follower, monkeypatch)
+        assert current(device, tmp_path / "shadow") is not None
+        assert follower.member is not None and follower.member.record is not None
+        assert follower.member.record.heartbeat == record.heartbeat  # never renewed past the FENCE
+
+
+class Stopped(Exception):
+    """A compaction stopped after a step, as a kill -9 there would."""
+
+
+def test_a_move_to_a_new_log_interrupted_before_its_tree_moved_in_keeps_the_tree(
+        tmp_path: Path, device: Path, system_uuid_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log moves twice in a row (a compaction's commit: the staging copy; then the copy done:
+    the log in its place) before the first move's tree is built: the second move reconciles
+    root/ as the first would have, instead of emptying it under the mount (issue 19: a churn run
+    gave 1,420 reader EIOs so), and the record keeps its incarnation."""
+    from famfs.master import writer  # noqa: PLC0415
+
+    shadow = tmp_path / "shadow"
+    with follower_in_hand(device, shadow, system_uuid_file, inflight_retry_ms=0.0) as follower:
+        before = {name: (shadow / "root" / name).stat().st_ino for name in ("a", "b")}
+        joined = follower.member.record  # type: ignore[union-attr]
+
+        def stop(name: str) -> None:
+            if name == "committed":
+                raise Stopped(name)
+
+        with writer.session(str(device), system_uuid_file) as session, pytest.raises(Stopped):
+            session.compact(stop)
+        assert follower._poll()  # moves to the staging copy: cursor before its entry 0
+        assert agent_state(shadow)["applied_index"] == -1
+        with writer.session(str(device), system_uuid_file):
+            pass  # a master session finishes the copy: the log moves again
+        emptied: list[bool] = []
+        monkeypatch.setattr(ShadowTree, "_empty_root", lambda self: emptied.append(True))
+        assert follower._poll()  # the second move, the first one's tree not yet built
+        follower._play(follower.famfs_log.next_index())  # type: ignore[union-attr]
+        assert not emptied
+        assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "b")} == before
+        assert follower.member.record.incarnation == joined.incarnation  # type: ignore[union-attr]

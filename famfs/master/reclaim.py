@@ -40,6 +40,7 @@ from famfs.units import format_size
 
 log = logsetup.get_logger("famfs-reclaimd")
 
+START_READS = 5  # reads of a log that moved while it was read, at start, before giving up
 MAX_FILES_PER_POLL = 32 * fmt.RECLAIM_MAX_TARGETS  # the device lock is held for at most 32 appends a poll
 LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 NS = 1e9
@@ -306,11 +307,19 @@ class Coordinator:
             raise
         self.observations = Observations(started=clock())
         self.policy = replace(self.policy, log_epoch=self.log.location.epoch)
-        self.namespace = writer.load(self.log)
-        self.played = self.log.header().next_index
+        self.namespace = rules.Namespace.empty(self.log.superblock)
+        self.played = 0
+        self.stale = True  # the model is not (yet) a whole play of the log where it is now
         self.deletes_seen: dict[int, float] = {}
         self.announced: set[tuple[int, tuple[uuid.UUID, int]]] = set()  # (slot, identity) admitted and said so
         self.silent_said: set[tuple[uuid.UUID, int, int]] = set()  # (host, incarnation, heartbeat) said silent
+        try:
+            if not any(self._replaced() for _ in range(START_READS)):
+                raise CoordinatorError(f"{device_path}: the log moved (compactions) at each of {START_READS} "
+                                       "reads; start the coordinator again")
+        except BaseException:
+            self.device.close()
+            raise
         log.info("reclaimd_started", device=device_path, lease_s=self.policy.lease_s, auto_fence=self.policy.auto_fence,
                  poll_s=settings.reclaim_poll, deleted_files=len(self.namespace.deleted))
 
@@ -323,37 +332,72 @@ class Coordinator:
             self.stop.wait(self.settings.reclaim_poll)
         log.info("reclaimd_stopped", device=self.device_path, reclaimed_files=self.figures.reclaimed_files)
 
-    def _replay(self) -> None:
+    def _replay(self) -> bool:
         """Play the log's new entries into the model; all of it again if it is not the log we
-        played (another file system made on the device, or entries rewritten)."""
+        played (another file system made on the device, or a compaction). The coordinator reads
+        without the device lock, so a compaction may commit in the middle of a read: the log's
+        location is read before and after, and a read it moved under is thrown away (the model
+        is played whole from the new log, at once or at the next poll). False: no model of the
+        log as it is now, so no verdict this poll."""
         sb = fmt.Superblock.unpack(self.device.read(0, fmt.SUPERBLOCK.size))
         if sb.fs_uuid != self.log.superblock.fs_uuid:
             raise CoordinatorError(f"{self.device_path}: another file system was made on the device "
                                    f"(uuid {sb.fs_uuid}); start the coordinator again")
-        if LogLocation.of(read_record(self.device.fresh(*RECORD_SPAN)), sb, self.device.size) != self.log.location:
-            self._replaced()
-            return
-        count = self.log.header().next_index
+        where = self._location()
+        if self.stale or where != self.log.location:
+            return self._replaced()
+        try:
+            count = self.log.header().next_index
+            if count > self.played:
+                self.stale = True  # played into in place: whole again only once the read is known good
+                self.namespace = writer.load(self.log, self.namespace, self.played, count)
+        except (fmt.FormatError, writer.MasterError):
+            if self._location() == where:
+                raise
+            return self._replaced()  # a cleared header, a slot being copied over: the log moved
+        if self._location() != where:
+            return self._replaced()
         if count < self.played:
             raise CoordinatorError(f"{self.device_path}: the log shrank from {self.played} to {count} entries")
-        if count > self.played:
-            self.namespace = writer.load(self.log, self.namespace, self.played, count)
-            self.played = count
+        self.played, self.stale = max(count, self.played), False
+        return True
 
-    def _replaced(self) -> None:
-        """Another session's compaction replaced the log: the model is the new log's, replayed."""
-        famfs_log = FamfsLog(self.device)
-        self._adopt(famfs_log, writer.load(famfs_log))
+    def _location(self) -> LogLocation | None:
+        """Where the log is now; None while the compaction record reads torn (a store in progress)."""
+        try:
+            return LogLocation.of(read_record(self.device.fresh(*RECORD_SPAN)), self.log.superblock, self.device.size)
+        except fmt.FormatError:
+            return None
 
-    def _adopt(self, famfs_log: FamfsLog, namespace: rules.Namespace) -> None:
+    def _replaced(self) -> bool:
+        """The model played whole from the log where it is now (a compaction replaced it); False
+        if the log moved again while it was read (read again at the next poll)."""
+        where = self._location()
+        if where is None:
+            return False
+        try:
+            famfs_log = FamfsLog(self.device)
+            count = famfs_log.header().next_index  # the count first: exactly that many are played
+            namespace = writer.load(famfs_log, stop=count)
+        except (fmt.FormatError, writer.MasterError):
+            if self._location() == where:
+                raise
+            return False
+        if famfs_log.location != where or self._location() != where:
+            return False
+        self._adopt(famfs_log, namespace, count)
+        return True
+
+    def _adopt(self, famfs_log: FamfsLog, namespace: rules.Namespace, played: int) -> None:
         """A compaction replaced the log (docs/reclaim.md): its indexes are new, so the model is
         the new log's, and a record counts only once its host follows the new epoch. The
         latency of files deleted before it is counted from now."""
-        self.log, self.namespace = famfs_log, namespace
-        self.played = self.log.header().next_index
+        moved = famfs_log.location.epoch != self.policy.log_epoch
+        self.log, self.namespace, self.played, self.stale = famfs_log, namespace, played, False
         self.policy = replace(self.policy, log_epoch=self.log.location.epoch)
-        self.deletes_seen.clear()
-        log.info("log_epoch_changed", device=self.device_path, epoch=self.policy.log_epoch, entries=self.played)
+        if moved:
+            self.deletes_seen.clear()
+            log.info("log_epoch_changed", device=self.device_path, epoch=self.policy.log_epoch, entries=self.played)
 
     def _session(self) -> writer.Session:
         """A writer Session on this coordinator's model (replayed anew if the log moved: the
@@ -364,7 +408,9 @@ class Coordinator:
 
     def poll(self) -> Verdict:
         """One round: play the log, read the table, decide, append what was decided."""
-        self._replay()
+        if not self._replay():
+            everything = tuple(sorted(self.namespace.deletions))
+            return Verdict([], [], [], [], [Hold("the log", "moved by a compaction while it was read", everything)])
         now = self.clock()
         for file_index in self.namespace.deletions:
             self.deletes_seen.setdefault(file_index, now)
@@ -398,7 +444,7 @@ class Coordinator:
         done = session.compact()
         self.figures.compactions += 1
         self.figures.compaction_seconds += done.seconds
-        self._adopt(session.log, session.namespace)  # the session replayed the new log already
+        self._adopt(session.log, session.namespace, session.log.header().next_index)  # replayed under the lock
 
     def _announce(self, verdict: Verdict) -> None:
         for record in verdict.admitted:
@@ -420,6 +466,8 @@ class Coordinator:
 
     def _append(self, work: Callable[[writer.Session], object]) -> None:
         with self.device.exclusive():
+            if self._location() != self.log.location:
+                return  # a compaction since this poll's read: the verdict named the old log's indexes
             session = self._session()
             try:
                 work(session)

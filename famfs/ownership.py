@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, TypeVar
 
 from famfs import format as fmt
@@ -193,6 +193,9 @@ class OwnerReader:
 _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)
 # A SETATTR slot's head: what a listing reads of it (target index, relpath field, uid, gid, mode).
 _SETATTR_HEAD = struct.Struct(fmt.SETATTR_ENTRY.format[:len("<QI4xQ80sIII")])
+# listed_many reads the owner map from a directory's lowest unit to its highest in one pread
+# when the span is at most this many units (256 KiB), or 4 a file; else one read per file.
+_SPAN_UNITS = 1 << 16
 
 
 class ListedFile(NamedTuple):
@@ -294,9 +297,45 @@ class ShadowCheck:
         it named the entry in the owner map, and a logged slot is never written again. Only a
         listing's attributes come from here: what maps bytes (open, read, mmap) is the YAML,
         parsed and checked by file_problem."""
-        famfs_log = self.famfs_log
-        if not 0 <= index < min(famfs_log.next_index(), self._slots):
+        return self.listed_many(((relpath, index),))[0]
+
+    def listed_many(self, wanted: Iterable[tuple[bytes, int]]) -> list[ListedFile | None]:
+        """listed() of many files at once (a directory's record, famfs.listing): the log's end
+        and the owner map's header read once, the units the files start in with one pread."""
+        limit = min(self.famfs_log.next_index(), self._slots)
+        found = [self._slot_listing(relpath, index, limit) for relpath, index in wanted]
+        units = [unit for _, unit, _ in filter(None, found)]
+        if not units:
+            return [None] * len(found)
+        low, high = min(units), max(units) + 1
+        dense = high - low <= max(_SPAN_UNITS, 4 * len(units))
+        try:
+            if dense:
+                table = array("I", self.reader.owners(low, high))
+            else:  # files far apart: one small read each rather than a long one
+                table = array("I", b"".join(self.reader.owners(unit, unit + 1) for unit in units))
+        except OwnerMapError:
+            return [None] * len(found)
+        if _SWAP:
+            table.byteswap()
+        result: list[ListedFile | None] = []
+        nth = 0
+        for item in found:
+            if item is None:
+                result.append(None)
+                continue
+            listed, unit, index = item
+            owner = table[unit - low] if dense else table[nth]
+            nth += 1
+            result.append(listed if owner == index + 1 else None)
+        return result
+
+    def _slot_listing(self, relpath: bytes, index: int, limit: int) -> tuple[ListedFile, int, int] | None:
+        """What slot `index` lists for `relpath` (listed()), the unit its first extent starts
+        in, and `index`; None if the slot is not a simple FILE of this path (or a SETATTR of one)."""
+        if not 0 <= index < limit:
             return None
+        famfs_log = self.famfs_log
         log_map = famfs_log.device.map  # unpacked in place: a slot below the log's capacity is on the device
         slot = famfs_log.slot_offset(index)
         field = relpath.ljust(fmt.MAX_PATHLEN, b"\0")
@@ -315,15 +354,9 @@ class ShadowCheck:
         start = words[1] // self.reader.unit
         if start >= self.reader.nunits:
             return None
-        try:
-            owner = self.reader.owners(start, start + 1)
-        except OwnerMapError:
-            return None
-        if owner != (index + 1).to_bytes(SLOT, "little"):
-            return None
         if changed is not None:
             uid, gid, mode = changed[4:7]
-        return ListedFile(size, mode, uid, gid, sum(words[2::3]))
+        return ListedFile(size, mode, uid, gid, sum(words[2::3])), start, index
 
     def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str:
         """The logged attributes of shadow directory `relpath` from its xattr value `raw`, if

@@ -294,6 +294,7 @@ class ShadowTree:
         if self.owners is not None:
             self.owners.attach(-1)
             self.owners = None
+        self.listings.close()
         self._journal_fd = self._staging_fd = self._root_fd = self._lock_fd = self._tree_fd = -1
         self._build = None
 

@@ -92,7 +92,9 @@ class Node:
         self.refused: str | None = None
         self.logged = logged  # directories: the logged mode and owner served (None: the root)
         self.children: dict[bytes, int] | None = {} if sig.is_dir else None
-        # directories: the directory record (famfs.listing) read since a child last appeared or changed
+        # directories: the directory record (famfs.listing) read. Once per directory (and device):
+        # a file that appears or changes later is listed from its own xattr, so that a file made
+        # in a directory of 100,000 costs one getxattr, not a read of the whole record.
         self.record_read = False
         self.lookups = 0  # the kernel's lookup count
         self.opens = 0
@@ -173,7 +175,7 @@ class InodeTable:
         if node.listed is None and node.present and node.refused is None:  # refused: checked in full each time
             parent = self.nodes.get(node.parent)
             if parent is not None and not parent.record_read and parent.present:
-                self._list_from_record(parent)
+                self.list_from_record(parent)
                 if node.listed is not None:
                     return node.listed
             index = shadow_reader.file_record(self.shadow_root, node.relpath, dir_fd)
@@ -185,7 +187,7 @@ class InodeTable:
                                 reason=repr(err))
         return node.listed if node.listed is not None else self.file_entry(node, dir_fd)
 
-    def _list_from_record(self, directory: Node) -> None:
+    def list_from_record(self, directory: Node) -> None:
         """Every file of `directory` not listed yet given its attributes from the log entry the
         directory's record names for it, where the log and owner map confirm them (one read and
         one owner-map read for the directory: famfs.listing, ShadowCheck.listed_many). The rest
@@ -332,7 +334,6 @@ class InodeTable:
             return []
         had_entry = node.entry
         node.entry = node.listed = None
-        self.nodes[node.parent].record_read = False  # the record may name its new entry
         node.error = node.refused = None
         if had_entry is not None:
             self.file_entry(node)  # reload now: open handles read through the new mapping at once
@@ -398,7 +399,6 @@ class InodeTable:
         self.by_path[relpath] = node.ino
         assert parent.children is not None
         parent.children[name] = node.ino
-        parent.record_read = False  # a new name: the record may name it
         return node
 
     def _logged_dir(self, relpath: bytes, raw: bytes | None) -> DirRecord | None:

@@ -9,7 +9,7 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -175,7 +175,7 @@ def test_a_planted_or_stale_record_is_never_served(tmp_path: Path, system_uuid_f
         raw.write(b"\x00" * 7 + b"not a record")
     with table_of(shadow, image) as table:
         directory = table.nodes[table.by_path[b"d"]]
-        table._list_from_record(directory)
+        table.list_from_record(directory)
         assert all(table.nodes[ino].listed is None for ino in directory.children.values())  # nothing taken from it
     assert listed_against_yaml(shadow, image) == {"d/a": True, "d/b": True, "d/again": True}  # from the xattrs
     with Mount(shadow, image, tmp_path / "mnt") as mount:
@@ -201,18 +201,23 @@ def test_records_after_kill_9_of_the_agent_mid_update(tmp_path: Path, system_uui
     for round_ in range(4):
         agent = subprocess.Popen([*AGENT, "--follow", "--shadow", str(shadow), str(image)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        killer = threading.Timer(rng.uniform(0.05, 0.4), agent.send_signal, (signal.SIGKILL,))
         try:
-            wait_for(lambda: (shadow / AGENT_DIR / "state.json").exists(), "the agent starts", FOLLOW_WAIT_S)
             for burst in range(30):
                 relpath = f"d{rng.randrange(3)}/r{round_}b{burst}"
                 with master.create(relpath, rng.randrange(1, 3 * MiB), 0o644) as new:
                     new.commit()
                 made.append(relpath)
+                if burst == 0:  # the agent has played up to here (a first play is over): kill it while it follows
+                    wait_for(lambda: (shadow / "root" / relpath).exists(), "the agent plays", FOLLOW_WAIT_S)
+                    killer.start()
                 if len(made) > 5 and rng.random() < 0.4:
                     master.remove(made.pop(rng.randrange(len(made))))
-            time.sleep(rng.uniform(0, 0.05))
         finally:
-            agent.send_signal(signal.SIGKILL)
+            if killer.is_alive():
+                killer.join()  # it kills the agent
+            if agent.poll() is None:
+                agent.kill()
             agent.wait(timeout=FOLLOW_WAIT_S)
         for key in os.listdir(records_of(shadow)):
             raw = (records_of(shadow) / key).read_bytes()

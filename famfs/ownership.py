@@ -194,8 +194,9 @@ _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)
 # A SETATTR slot's head: what a listing reads of it (target index, relpath field, uid, gid, mode).
 _SETATTR_HEAD = struct.Struct(fmt.SETATTR_ENTRY.format[:len("<QI4xQ80sIII")])
 # listed_many reads the owner map from a directory's lowest unit to its highest in one pread
-# when the span is at most this many units (256 KiB), or 4 a file; else one read per file.
+# when the span is at most _SPAN_UNITS units (256 KiB), or _SPAN_PER_FILE a file; else one read per file.
 _SPAN_UNITS = 1 << 16
+_SPAN_PER_FILE = 4
 
 
 class ListedFile(NamedTuple):
@@ -308,7 +309,7 @@ class ShadowCheck:
         if not units:
             return [None] * len(found)
         low, high = min(units), max(units) + 1
-        dense = high - low <= max(_SPAN_UNITS, 4 * len(units))
+        dense = high - low <= max(_SPAN_UNITS, _SPAN_PER_FILE * len(units))
         try:
             if dense:
                 table = array("I", self.reader.owners(low, high))

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import famfs
 from agent.listings import COMPACT_MIN, ListingWriter
 from famfs import format as fmt
-from famfs import listing
+from famfs import listing, ownership
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ListedFile
@@ -70,6 +70,14 @@ def listed_against_yaml(shadow: Path, image: Path) -> dict[str, bool]:
                 (yaml.size, yaml.mode, yaml.uid, yaml.gid, yaml.capacity()), relpath
             from_log[os.fsdecode(relpath)] = isinstance(got, ListedFile)
     return from_log
+
+
+def listed_from_record(shadow: Path, image: Path, directory: bytes) -> dict[bytes, bool]:
+    """Name -> whether the directory's record listed the file (before anything else is read)."""
+    with table_of(shadow, image) as table:
+        node = table.nodes[table.by_path[directory]]
+        table.list_from_record(node)
+        return {name: table.nodes[ino].listed is not None for name, ino in node.children.items()}
 
 
 def test_a_record_is_read_up_to_a_cut_and_the_agent_repairs_and_compacts_it(tmp_path: Path) -> None:
@@ -169,14 +177,16 @@ def test_a_planted_or_stale_record_is_never_served(tmp_path: Path, system_uuid_f
     now = _indexes(image)
     assert record(shadow, "d") == {b"a": now["d/a"], b"b": now["d/b"], b"again": now["d/again"]}
     assert all(listed_against_yaml(shadow, image).values())
+    assert listed_from_record(shadow, image, b"d") == {b"a": True, b"b": True, b"again": True}
+    with pytest.MonkeyPatch.context() as patch:  # files far apart: the owner map read file by file
+        patch.setattr(ownership, "_SPAN_UNITS", 0)
+        patch.setattr(ownership, "_SPAN_PER_FILE", 0)
+        assert listed_from_record(shadow, image, b"d") == {b"a": True, b"b": True, b"again": True}
     planted = [(b"a", now["d/b"]), (b"b", old["d/gone"]), (b"again", old["d/again"]), (b"gone", old["d/gone"])]
     listing.append(os.fsencode(records_of(shadow)), b"d", planted)
     with open(records_of(shadow) / listing.record_name(b"d"), "ab") as raw:
         raw.write(b"\x00" * 7 + b"not a record")
-    with table_of(shadow, image) as table:
-        directory = table.nodes[table.by_path[b"d"]]
-        table.list_from_record(directory)
-        assert all(table.nodes[ino].listed is None for ino in directory.children.values())  # nothing taken from it
+    assert listed_from_record(shadow, image, b"d") == {b"a": False, b"b": False, b"again": False}  # nothing taken
     assert listed_against_yaml(shadow, image) == {"d/a": True, "d/b": True, "d/again": True}  # from the xattrs
     with Mount(shadow, image, tmp_path / "mnt") as mount:
         got = {entry.name: entry.stat() for entry in os.scandir(mount.mountpoint / "d")}

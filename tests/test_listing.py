@@ -129,6 +129,7 @@ def test_listing_equals_the_shadow_yaml_for_every_file(tmp_path: Path, system_uu
     where = Path(tempfile.mkdtemp(dir=tmp_path))
     image = make_device(where, system_uuid_file)
     shadow = where / "shadow"
+    live: set[str] = set()
     for batch in (first, later):
         master = famfs.Master(image)
         for n, (directory, size, mode, uid, remove) in enumerate(batch):
@@ -141,11 +142,13 @@ def test_listing_equals_the_shadow_yaml_for_every_file(tmp_path: Path, system_uu
                 pass
             with master.create(relpath, size, mode, uid, uid + 1) as new:
                 new.commit()
+            live.add(relpath)
             if remove:
                 master.remove(relpath)
+                live.discard(relpath)
         run_agent("--shadow", shadow, "--no-progress", image, check=True)
         from_log = listed_against_yaml(shadow, image)
-        assert from_log and all(from_log.values()), from_log
+        assert set(from_log) == live and all(from_log.values()), from_log
         for relpath in from_log:  # each named in its directory's record, as in its own xattr
             directory, _, name = relpath.rpartition("/")
             assert record(shadow, directory)[name.encode()] == int(os.getxattr(shadow / "root" / relpath, FILE_XATTR))

@@ -280,8 +280,13 @@ def noop_tree_mount(tree: Path, mountpoint: Path) -> Iterator[subprocess.Popen[b
 
 
 def cpu_seconds(pid: int) -> float:
-    """A process's time on CPU, all its threads (/proc/<pid>/schedstat: nanoseconds)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    """A process's time on CPU, summed over its threads alive now (/proc/<pid>/task/*/schedstat:
+    nanoseconds; /proc/<pid>/schedstat is the main thread's alone)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a worker thread ending meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def walk_through(command: tuple[str, ...], mountpoint: Path, daemon: subprocess.Popen[bytes]) -> tuple[float, float]:

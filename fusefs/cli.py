@@ -392,7 +392,6 @@ class Daemon:
                 nursery.start_soon(self._signals, signals)
                 nursery.start_soon(rest_socket.serve, endpoints)
                 nursery.start_soon(self._set_readahead, ops.initialized)
-                nursery.start_soon(self._warm_capacity, ops.initialized)
                 nursery.start_soon(self._watch_device)
                 await pyfuse3.main()
                 ops.drop_all_staged("still open at unmount")
@@ -433,15 +432,6 @@ class Daemon:
         it receives it). No call into the mount: the loop may be stopping at any moment."""
         await initialized.wait()
         await trio.to_thread.run_sync(set_readahead, self.cfg.mountpoint, abandon_on_cancel=True)
-
-
-    async def _warm_capacity(self, initialized: trio.Event) -> None:
-        """Replay the log for statfs once INIT is answered, in a worker thread (fusefs/capacity.py):
-        the first find, du or df (gnulib's fts asks statfs of every directory it enters) then
-        does not wait for the replay (0.15 s for 20,000 entries on the benchmark machine)."""
-        await initialized.wait()
-        assert self.devices is not None
-        await trio.to_thread.run_sync(self.devices.served.capacity.current)
 
 
 def mount_device_number(mountpoint: str) -> tuple[int, int] | None:

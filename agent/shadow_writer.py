@@ -40,6 +40,7 @@ from typing import TypeVar
 import structlog
 
 from agent.first_play import FileCreator, NameFilter, write_new_file
+from agent.listings import ListingWriter
 from famfs import format as fmt
 from famfs import devices, rules, safepath
 from famfs.famfslog import FamfsLog
@@ -234,6 +235,7 @@ class ShadowTree:
         # (tree descriptor, directory relpath) -> that directory, resolved beneath it by openat2:
         # held until forget_dirs() (the end of the follower's batch; an RMDIR; the tree's fds change)
         self._dir_fds: dict[tuple[int, str], int] = {}
+        self.listings = ListingWriter(self.agent_dir)  # the directory records the mount lists from
 
     # --- opening, state files, rebuild --------------------------------------------------------
 
@@ -271,6 +273,7 @@ class ShadowTree:
             raise ShadowError(err.errno, f"shadow {self.base}: {err.strerror}") from None
         self._tree_fd = self._root_fd
         self._check_trusted_xattrs()
+        self.listings.open()
 
     def _check_trusted_xattrs(self) -> None:
         """Refuse a shadow whose file system (or whose agent: not root) cannot keep trusted.*
@@ -296,6 +299,7 @@ class ShadowTree:
         if self.owners is not None:
             self.owners.attach(-1)
             self.owners = None
+        self.listings.close()
         self._journal_fd = self._staging_fd = self._root_fd = self._lock_fd = self._tree_fd = -1
         self._build = None
 
@@ -333,6 +337,7 @@ class ShadowTree:
             self._empty_root()
         self.dirs = {"": -1}
         self._live_files.clear()
+        self.listings.reset()
         self.write_agent_file(DIRS_JOURNAL, b"")
         self._open_journal()
         self.daxdevs = [self._primary_daxdev(superblock, device_path)]
@@ -737,6 +742,7 @@ class ShadowTree:
     def _own(self, index: int, entry: fmt.FileEntry) -> None:
         if self.owners is not None:
             self.owners.set(entry.all_extents(), index + 1)
+        self.listings.added(entry.relpath, index)
 
     def _duplicate(self, index: int, relpath: str, famfs_log: FamfsLog) -> Outcome:
         """The follower's policy for rule path_free when the name has the same kind (a file over a
@@ -850,6 +856,7 @@ class ShadowTree:
         with contextlib.suppress(FileNotFoundError), safepath.parent_of(self._tree_fd, entry.relpath) as (parent, name):
             os.rmdir(name, dir_fd=parent)
         del self.dirs[entry.relpath]
+        self.listings.dir_removed(entry.relpath)
         os.write(self._journal_fd, dirs_journal_line(index, entry.relpath, removed=True))
         return Outcome.APPLIED
 
@@ -869,6 +876,7 @@ class ShadowTree:
 
     def remove(self, relpath: str) -> bool:
         """Unlink a shadow file; False if it is already gone (a restart after the unlink)."""
+        self.listings.removed(relpath)
         return self._look(lambda: self._unlinked(relpath), bool)
 
     def _unlinked(self, relpath: str) -> bool:
@@ -907,6 +915,7 @@ class ShadowTree:
         changed = target._replace(mode=entry.mode, uid=entry.uid, gid=entry.gid)
         if self.owners is not None:
             self.owners.set(changed.all_extents(), index + 1)
+        self.listings.added(entry.relpath, index)
         if self._creator is not None:
             self._creator.drain()  # a first play: the file it replaces is made first
         temp = self._temp_name()
@@ -992,7 +1001,9 @@ class ShadowTree:
 
     def save_units(self, applied_index: int) -> None:
         """The units as of the cursor, written just before the cursor itself (load() checks that
-        the two agree; a kill between the two writes costs a rebuild, never a wrong verdict)."""
+        the two agree; a kill between the two writes costs a rebuild, never a wrong verdict).
+        The batch's directory records first: nothing waits on them, they only save the mount work."""
+        self.listings.flush()
         self.write_agent_file(UNITS_FILE, UNITS_HEADER.pack(applied_index, self.units.total_units) + self.units.image())
 
     def _load_units(self, applied_index: int) -> None:

@@ -147,8 +147,8 @@ def stat_rates(where: Path, device: Path, count: int) -> list[Result]:
         for _ in range(BEST_OF):
             warm = max(warm, stat_rate(mounted, 5))
             warm_base = max(warm_base, stat_rate(shadow_paths, 5))
-    with noop_tree_mount(shadow / "root", where / "mnt_stat_noop") as mountpoint:
-        cold_noop = stat_rate([mountpoint / name for name in names], 1)
+    with noop_tree_mount(shadow / "root", where / "mnt_stat_noop"):
+        cold_noop = stat_rate([where / "mnt_stat_noop" / name for name in names], 1)
     return [
         Result("warm stat of cached files", warm, "stat/s", warm_base, "stat of the shadow files",
                f"{count} files, best of 3; target >= 80%"),
@@ -264,8 +264,8 @@ def many_files(where: Path, device: Path, count: int) -> Path:
 
 
 @contextlib.contextmanager
-def noop_tree_mount(tree: Path, mountpoint: Path) -> Iterator[Path]:
-    """bench/noop_tree.py mounted, serving the names below `tree`."""
+def noop_tree_mount(tree: Path, mountpoint: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """bench/noop_tree.py mounted on `mountpoint`, serving the names below `tree`; its process."""
     mountpoint.mkdir(exist_ok=True)
     process = subprocess.Popen([sys.executable, "-m", "bench.noop_tree", str(tree), str(mountpoint)],
                                cwd=Path(__file__).resolve().parent.parent)
@@ -274,9 +274,26 @@ def noop_tree_mount(tree: Path, mountpoint: Path) -> Iterator[Path]:
         if process.poll() is not None:
             raise RuntimeError(f"bench.noop_tree exited {process.returncode}")
         os.listdir(mountpoint)  # INIT answered (the root listed: ours lists its root at mount too)
-        yield mountpoint
+        yield process
     finally:
         unmount(mountpoint, process)
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's time on CPU, summed over its threads alive now (/proc/<pid>/task/*/schedstat:
+    nanoseconds; /proc/<pid>/schedstat is the main thread's alone)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a worker thread ending meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def walk_through(command: tuple[str, ...], mountpoint: Path, daemon: subprocess.Popen[bytes]) -> tuple[float, float]:
+    """(seconds of `command` on `mountpoint`, the daemon's CPU seconds meanwhile)."""
+    before = cpu_seconds(daemon.pid)
+    seconds = command_seconds(command, mountpoint)
+    return seconds, cpu_seconds(daemon.pid) - before
 
 
 def cold_walks(where: Path, device: Path, count: int, runs: int) -> list[Result]:
@@ -287,15 +304,21 @@ def cold_walks(where: Path, device: Path, count: int, runs: int) -> list[Result]
     shadow = many_files(where, device, count)
     results = []
     for command in WALKS:
-        ours, base, noop = [], [], []
+        ours, base, noop, ours_cpu, noop_cpu = [], [], [], [], []
         for run in range(runs):
             base.append(command_seconds(command, shadow / "root"))
             with Mount(shadow, device, where / f"mnt_walk{run}") as mount:
-                ours.append(command_seconds(command, mount.mountpoint))
-            with noop_tree_mount(shadow / "root", where / f"mnt_noop{run}") as mountpoint:
-                noop.append(command_seconds(command, mountpoint))
+                assert mount.process is not None
+                seconds, cpu = walk_through(command, mount.mountpoint, mount.process)
+                ours.append(seconds)
+                ours_cpu.append(cpu)
+            with noop_tree_mount(shadow / "root", where / f"mnt_noop{run}") as process:
+                seconds, cpu = walk_through(command, where / f"mnt_noop{run}", process)
+                noop.append(seconds)
+                noop_cpu.append(cpu)
         walk = " ".join(command)
-        note = f"lower is better; median of {runs}; {-(-count // PER_DIR)} directories"
+        note = (f"lower is better; median of {runs}; {-(-count // PER_DIR)} directories; daemon CPU per walk "
+                f"{statistics.median(ours_cpu):.3f} s, the no-op's {statistics.median(noop_cpu):.3f} s")
         results.append(Result(f"cold {walk} of {count:,} files through a fresh mount", statistics.median(ours) * 1000,
                               "ms", statistics.median(base) * 1000, f"{walk} of the shadow tree",
                               f"{note}; target ratio <= 3.3 (>= 0.3x the shadow's speed)"))

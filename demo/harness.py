@@ -19,7 +19,8 @@ from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.ownership import OwnerMap
-from famfs.shadowdir import DIR_XATTR, FILE_XATTR, OWNERS_FILE, DirRecord, encode_file_record
+from famfs import listing
+from famfs.shadowdir import DIR_XATTR, FILE_XATTR, LISTINGS_DIR, OWNERS_FILE, DirRecord, encode_file_record
 from famfs.shadowyaml import emit_file_yaml
 from famfs.units import parse_size
 
@@ -75,6 +76,7 @@ def empty_shadow(shadow: Path, device: Path | None = None) -> Path:
     the master and the agent would; without, nothing put there is ever served by a mount."""
     (shadow / "root").mkdir(parents=True, mode=0o755)
     (shadow / ".agent" / "staging").mkdir(parents=True, mode=0o700)
+    (shadow / ".agent" / LISTINGS_DIR).mkdir(mode=0o700)
     shadow.chmod(0o755)
     if device is not None:
         _HAND_DEVICES[shadow] = device
@@ -153,14 +155,17 @@ def put_dir(shadow: Path, relpath: str, mode: int = 0o755, uid: int = 0, gid: in
 
 
 def put_yaml(shadow: Path, relpath: str, text: bytes, index: int | None = None) -> Path:
-    """`text` renamed into root/`relpath`; `index`: recorded in FILE_XATTR, as the agent records
-    a file's owner-map entry."""
+    """`text` renamed into root/`relpath`; `index`: recorded in FILE_XATTR and in its directory's
+    record (famfs.listing), as the agent records a file's owner-map entry."""
     staged = shadow / ".agent" / "staging" / f"{os.getpid()}.{time.monotonic_ns()}"
     staged.write_bytes(text)
     if index is not None:
         os.setxattr(staged, FILE_XATTR, encode_file_record(index))
     target = shadow / "root" / relpath
     staged.rename(target)
+    if index is not None:
+        directory, _, name = os.fsencode(relpath).rpartition(b"/")
+        listing.append(os.fsencode(shadow / ".agent" / LISTINGS_DIR), directory, [(name, index)])
     return target
 
 

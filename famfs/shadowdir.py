@@ -31,6 +31,7 @@ PINS_DIR = "pins"  # in .agent/: a pin file per path opened (famfs/pins.py, docs
 SOCKET = "sock"  # famfs-fuse-mount's REST socket (upstream's name): the C CLI needs it to know the mount
 SHADOW_XATTR = "user.famfs.shadow"  # a mount's root answers it with the shadow dir (as upstream's)
 OWNERS_FILE = "owners"  # in .agent/: which live log entry owns each allocation unit (famfs.ownership)
+LISTINGS_DIR = "listings"  # in .agent/: a record per shadow directory of its files' log entries (famfs.listing)
 
 
 def owners_file(devindex: int) -> str:

@@ -163,7 +163,8 @@ class FamfsOperations(pyfuse3.Operations):
 
     # --- attributes ---------------------------------------------------------------------------
 
-    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _attributes(self, node: Node, listed: fmt.FileEntry | ListedFile | None = None) -> pyfuse3.EntryAttributes:
+        """`listed`: a file's attributes, when the caller has them (a listing) already."""
         attrs = pyfuse3.EntryAttributes()
         sig = node.sig
         attrs.st_ino = node.ino
@@ -181,7 +182,7 @@ class FamfsOperations(pyfuse3.Operations):
             attrs.st_size = sig.size
             attrs.st_blocks = 0
             return attrs
-        entry = self._listed(node)
+        entry = self._listed(node) if listed is None else listed
         attrs.st_mode = stat.S_IFREG | entry.mode
         attrs.st_nlink = 1
         attrs.st_uid, attrs.st_gid = entry.uid, entry.gid
@@ -463,6 +464,8 @@ class FamfsOperations(pyfuse3.Operations):
         directory, listing = self.dir_handles[fh]
         table = self.table
         dir_fd: int | None = None  # opened for the first YAML this call loads (a cold listing loads hundreds)
+        if not directory.record_read and directory.present:
+            table.list_from_record(directory)  # every file it names listed at once: none then needs a read
         try:
             for index in range(start_id, len(listing)):
                 name, ino = listing[index]
@@ -473,12 +476,14 @@ class FamfsOperations(pyfuse3.Operations):
                     continue
                 if node is None or not node.present:
                     continue
+                listed = None
                 if not node.is_dir:
                     if dir_fd is None and table.needs_read(node) and directory.present:
                         dir_fd = shadow_reader.open_dir(table.shadow_root, directory.relpath)
-                    if table.file_attributes(node, dir_fd) is None:
+                    listed = table.file_attributes(node, dir_fd)
+                    if listed is None:
                         continue  # a refused YAML: lookup answers EIO (ENOENT: not the log's), not listed
-                if not pyfuse3.readdir_reply(token, name, self._attributes(node), index + 1):
+                if not pyfuse3.readdir_reply(token, name, self._attributes(node, listed), index + 1):
                     return
                 table.remember(node)  # readdirplus: every entry the kernel took is a lookup
         finally:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from famfs import format as fmt
-from famfs import rules
+from famfs import listing, rules
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ShadowCheck
-from famfs.shadowdir import OWNERS_FILE
+from famfs.shadowdir import AGENT_DIR, LISTINGS_DIR, OWNERS_FILE
 from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs.inodes import ROOT_INODE, InodeTable
 from tests.agent_util import file_entry, following, make_device
@@ -97,17 +97,23 @@ def test_signal_the_instant_the_mount_appears(served: tuple[Path, Path], tmp_pat
 
 
 @pytest.mark.parametrize("first_touch", ["stat", "listing"])
-def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Path, first_touch: str) -> None:
+@pytest.mark.parametrize("record", [False, True], ids=["no_record", "record"])
+def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Path, first_touch: str,
+                                        record: bool) -> None:
     """A FIFO where the mount expects a never-read shadow YAML: the lookup (or the directory
     listing, which loads its files through a descriptor of the directory) that reads it gets an
     error at once, and the mount keeps answering. The FIFO is bind-mounted over the YAML, which
     raises no inotify event: the mount still believes a regular file is there when it opens it
-    (a rename over the YAML races the same way, for as long as the watcher takes)."""
+    (a rename over the YAML races the same way, for as long as the watcher takes). With the
+    directory's record (famfs.listing), a lookup or listing reads nothing of the file: it is
+    listed from the log, and its open is what reads the FIFO, and fails at once."""
     device, shadow = served
     famfsctl("mkdir", "--device", device, "d")  # never listed: its files are read at their first lookup
     famfsctl("creat", "-s", "4k", "--device", device, "d/victim")
     famfsctl("creat", "-s", "4k", "--device", device, "d/other")
     play(device, shadow)
+    if not record:  # as an agent that wrote none (or a kill before its append): file by file
+        (shadow / AGENT_DIR / LISTINGS_DIR / listing.record_name(b"d")).unlink()
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     victim = shadow / "root" / "d" / "victim"
@@ -117,9 +123,14 @@ def test_fifo_in_place_of_a_shadow_file(served: tuple[Path, Path], tmp_path: Pat
             if first_touch == "listing":
                 listed = run_bounded(["ls", str(mount.mountpoint / "d")], timeout=WAIT_S)
                 assert listed is not None, "a listing of the FIFO'd name's directory hung the mount"
-                assert listed.stdout.split() == [b"other"]  # the refused file is left out
+                # The refused file is left out; listed from the log with a record.
+                assert listed.stdout.split() == ([b"other", b"victim"] if record else [b"other"])
             looked = run_bounded(["stat", str(mount.mountpoint / "d" / "victim")], timeout=WAIT_S)
             assert looked is not None, "a lookup of the FIFO'd name hung the mount"
+            if record:
+                assert looked.returncode == 0
+                looked = run_bounded(["cat", str(mount.mountpoint / "d" / "victim")], timeout=WAIT_S)
+                assert looked is not None, "an open of the FIFO'd name hung the mount"
             assert looked.returncode != 0  # EIO: a shadow file that is not a regular file
             other = run_bounded(["stat", str(mount.mountpoint / "d" / "other")], timeout=1.0)
             assert other is not None and other.returncode == 0, "the mount stopped answering"

@@ -257,6 +257,11 @@ class ShadowCheck:
             self.readers[devindex] = OwnerReader(f"{self.owners_path}.{devindex}", size // unit, unit)
         return self.readers[devindex]
 
+    def _extent_owners(self, extent: fmt.Extent) -> bytes:
+        """The owner map's raw u32s of every unit `extent` maps; OwnerMapError if there is none."""
+        reader = self._reader(extent.devindex)
+        return reader.owners(*reader.span(extent))
+
     def file_problem(self, entry: fmt.FileEntry) -> str | None:
         """Why the parsed shadow file `entry` is not the live log entry for its path; None if it
         is. Its extents are already checked against the device (rules.check_extents)."""
@@ -264,9 +269,7 @@ class ShadowCheck:
         if not extents:
             return "maps no allocation unit: no log entry can be found to own it"
         try:
-            reader = self._reader(extents[0].devindex)
-            start, stop = reader.span(extents[0])
-            first = reader.owners(start, stop)  # the header checked once, here
+            first = self._extent_owners(extents[0])
             value = struct.unpack_from("<I", first)[0]
         except (OwnerMapError, struct.error) as err:
             return f"no owner map to check it against ({err})"
@@ -283,19 +286,14 @@ class ShadowCheck:
             return f"maps units of log entry {index} at path {logged.relpath!r}"
         if logged[_MAPPING] != entry[_MAPPING]:
             return f"not the live log entry for this path (log entry {index} differs)"
-        expected = first[:SLOT]
+        expected, owned = first[:SLOT], first
         for n, extent in enumerate(extents):
-            if n and extent.devindex == extents[0].devindex:
-                start, stop = reader.span(extent)
-                first = os.pread(reader.fd, SLOT * (stop - start), HEADER.size + SLOT * start)
-            elif n:
+            if n:
                 try:
-                    other = self._reader(extent.devindex)
-                    start, stop = other.span(extent)
-                    first = other.owners(start, stop)
+                    owned = self._extent_owners(extent)
                 except OwnerMapError as err:
                     return f"no owner map to check it against ({err})"
-            if first != expected * (stop - start):
+            if owned != expected * (len(owned) // SLOT):
                 return f"an extent at {extent.offset:#x} is not all owned by log entry {index}"
         return None
 
@@ -311,9 +309,7 @@ class ShadowCheck:
             return "maps no allocation unit"
         for extent in extents:
             try:
-                reader = self._reader(extent.devindex)
-                start, stop = reader.span(extent)
-                owners = reader.owners(start, stop)
+                owners = self._extent_owners(extent)
             except OwnerMapError as err:
                 return f"no owner map to check it against ({err})"
             if owners.count(0) != len(owners):  # FREE is 0: any other byte is a unit taken

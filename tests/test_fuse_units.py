@@ -17,7 +17,7 @@ from famfs.shadowyaml import emit_file_yaml, meta_file_entry
 from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
 from fusefs import inodes
-from fusefs.inodes import ROOT_INODE, InodeTable, Negatives, NoticeKind
+from fusefs.inodes import ROOT_INODE, InodeTable, Negatives, Node, NoticeKind
 from fusefs.shadow_reader import Geometry
 from fusefs.watcher import ReportingInotifyFD
 from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml
@@ -42,13 +42,20 @@ def table_of(shadow: Path, negative_timeout: float = 3600.0) -> InodeTable:
     return InodeTable(os.fsencode(shadow / "root"), GEOMETRY, TrustingChecker(), negative_timeout)
 
 
+def top_level(table: InodeTable, name: bytes) -> Node:
+    """The node of a name in the shadow root, which must be there."""
+    root = table.get(ROOT_INODE)
+    assert root is not None
+    node = table.child(root, name)
+    assert node is not None
+    return node
+
+
 def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
     put_file(shadow, entry("kept"))
     table = table_of(shadow)
-    root = table.get(ROOT_INODE)
-    assert root is not None
-    kept = table.child(root, b"kept")
-    assert kept is not None and table.file_entry(kept) == entry("kept")
+    kept = top_level(table, b"kept")
+    assert table.file_entry(kept) == entry("kept")
     table.remember(kept)
 
     put_file(shadow, entry("new"))
@@ -80,13 +87,12 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
 def test_a_file_deleted_before_the_table_knows_is_no_such_file(shadow: Path) -> None:
     put_file(shadow, entry("doomed"))
     table = table_of(shadow)
-    root = table.get(ROOT_INODE)
-    assert root is not None
-    doomed = table.child(root, b"doomed")
-    assert doomed is not None
+    doomed = top_level(table, b"doomed")
     (shadow / "root" / "doomed").unlink()  # the watcher's event not taken in yet
     assert table.file_entry(doomed) is None
     assert doomed.error is None and doomed.refused is not None  # ENOENT, not EIO
+    with pytest.raises(shadow_reader.Gone):  # not a bad shadow file: one that is not there
+        shadow_reader.load_file(os.fsencode(shadow / "root"), b"doomed", GEOMETRY)
     put_file(shadow, entry("doomed", size=200))  # made again: served once read
     assert table.file_entry(doomed) == entry("doomed", size=200)
 
@@ -192,20 +198,6 @@ def test_files_loaded_by_name_in_an_open_directory(shadow: Path) -> None:
         os.close(dir_fd)
     assert shadow_reader.open_dir(os.fsencode(root), b"d/good") is None  # not a directory
     assert shadow_reader.open_dir(os.fsencode(root), b"missing") is None
-
-
-def test_a_file_deleted_between_its_lookup_and_its_load_is_enoent_not_eio(shadow: Path) -> None:
-    """The agent applied the file's DELETE after the mount listed it and before an open loaded its
-    YAML (make churn: a reader's open answered EIO so, issue 19): no such file, not a damaged one."""
-    put_file(shadow, entry("gone"))
-    table = table_of(shadow)
-    node = table.child(table.nodes[ROOT_INODE], b"gone")
-    assert node is not None
-    (shadow / "root" / "gone").unlink()
-    assert table.file_entry(node) is None
-    assert node.refused is not None  # an open answers ENOENT, a handle's read EIO
-    with pytest.raises(shadow_reader.Gone):
-        shadow_reader.load_file(os.fsencode(shadow / "root"), b"gone", GEOMETRY)
 
 
 def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) -> None:

@@ -124,14 +124,15 @@ def entries_image(tmp_path: Path, uuid_file: Path) -> Path:
 
 def units_logged_twice(image: Path) -> int:
     """What upstream's fsck counts (spec §4.1, §4.4): units that two FILE entries map, DELETE,
-    RECLAIM and HOLD being unknown to it."""
+    RECLAIM and HOLD being unknown to it, and an extent's device ignored (one bitmap: an added
+    device's extent counts against device 0's unit at its offset; docs/devices.md)."""
     seen: set[int] = set()
     twice = 0
     with Device(image) as device:
         for _, entry in FamfsLog(device).entries():
             if not isinstance(entry, fmt.FileEntry):
                 continue
-            for offset, length in fmt.device_ranges(entry):
+            for offset, length in ((extent.offset, extent.length) for extent in entry.all_extents()):
                 for unit in range(offset // fmt.ALLOC_UNIT, (offset + length + fmt.ALLOC_UNIT - 1) // fmt.ALLOC_UNIT):
                     twice += unit in seen
                     seen.add(unit)
@@ -167,3 +168,30 @@ def test_upstream_readers_on_our_entries(tmp_path: Path, upstream_identity: Path
     assert shown(replay / "root") == expected
     assert (checked.returncode != 0) == (units_logged_twice(image) > 0), checked.stdout
     famfsctl("fsck", image)
+
+
+def test_upstream_readers_on_several_devices(tmp_path: Path, upstream_identity: Path) -> None:
+    """docs/devices.md, "Upstream's tools on a multi-device file system", tried: upstream's logplay
+    on the primary lists the files on an added device and striped across both (ADD_DAXDEV
+    skipped), and its fsck, whose one bitmap ignores an extent's device, fails exactly when an
+    added device's extent has the offset of a unit used on device 0."""
+    primary = make_image(tmp_path / "p.img", "3g")
+    added = tmp_path / "s1.img"
+    famfsctl("add-device", "--device", primary, "--size", "2g", added)  # no larger than the primary
+    master = tmp_path / "master.toml"
+    master.write_text(f'[host]\ndevices = ["{added}"]\n')
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "5m", "-r", "-S", "1", "zero")
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "5m", "--on-device", "1", "-r", "-S", "2", "one")
+    famfsctl("creat", "--config", master, "--device", primary, "-s", "64m", "-N", "2", "-B", "1", "-r", "-S", "3", "wide")
+    expected = upstream_logplay(primary)
+    assert expected is not None and {"zero", "one", "wide"} <= expected
+    replay = tmp_path / "replay"
+    (replay / "root").mkdir(parents=True)
+    shadow = tmp_path / "shadow"
+    with following(primary, shadow, "--config", master):
+        wait_for(lambda: agent_caught_up(primary, shadow), "the agent plays the log", WAIT_S)
+        with Mount(shadow, primary, tmp_path / "mnt", "ro_namespace") as mount:
+            passed(upstream("logplay", f"--shadow={replay}", mount.mountpoint))
+            checked = upstream("fsck", mount.mountpoint)
+    assert shown(replay / "root") == expected
+    assert (checked.returncode != 0) == (units_logged_twice(primary) > 0), checked.stdout

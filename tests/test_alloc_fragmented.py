@@ -109,6 +109,22 @@ def test_the_masters_mount_places_a_copied_file_in_pieces(cluster: Cluster, tmp_
     served_everywhere(cluster, "by_mount", content)
 
 
+def test_writes_across_extent_boundaries_land_in_both_pieces(cluster: Cluster) -> None:
+    pieces = extents_of(cluster.image, "by_cp")
+    expected = bytearray(cluster.master.view("by_cp").read_bytes())
+    boundary = pieces[0].length  # file offset where the second piece starts
+    patch = b"<across the boundary>"
+    with cluster.clients[0].view("by_cp").open("r+b", buffering=0) as writer_fd:  # the client mount's write path
+        writer_fd.seek(boundary - 5)
+        assert writer_fd.write(patch) == len(patch)
+    expected[boundary - 5:boundary - 5 + len(patch)] = patch
+    with famfs.open(cluster.clients[0].view("by_cp"), "r+") as mapped:  # and famfs.open's mapping
+        mapped.buffer[2 * boundary - 1:2 * boundary + 1] = b"##"
+    expected[2 * boundary - 1:2 * boundary + 1] = b"##"
+    assert cluster.master.view("by_cp").read_bytes() == bytes(expected)
+    served_everywhere(cluster, "by_cp", bytes(expected))
+
+
 def test_seventeen_pieces_are_refused_naming_the_free_space_and_the_largest_run(cluster: Cluster) -> None:
     done = cluster.ctl("creat", "-s", str(17 * AU), "too_big", check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr

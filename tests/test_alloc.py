@@ -85,7 +85,7 @@ def test_interleaved_strips_are_equal_in_distinct_buckets_inside_the_device() ->
 
 def test_interleaved_small_file_falls_back_to_contiguous() -> None:
     got = alloc.allocate_interleaved(units(4 * GIB), AU - 1, alloc.InterleaveParams(4, 2, 2 * AU), random.Random(1))
-    assert got == fmt.Extent(offset=5 * AU, length=AU)
+    assert got == (fmt.Extent(offset=5 * AU, length=AU),)
 
 
 def test_failed_interleaved_allocation_takes_nothing() -> None:
@@ -116,3 +116,59 @@ def test_device_ranges_of_a_simple_file_span_its_extents_and_stop_at_its_size() 
     entry = fmt.FileEntry(relpath="f", size=2 * AU, mode=0o644, uid=0, gid=0, extents=extents)
     assert list(fmt.device_ranges(entry)) == [(50 * AU, AU), (80 * AU, AU)]
     assert list(fmt.device_ranges(entry, AU // 2, AU)) == [(50 * AU + AU // 2, AU // 2), (80 * AU, AU // 2)]
+
+
+def fragmented(dev_size: int, runs: dict[int, int]) -> Units:
+    """Units of a device whose free space is exactly `runs` (first unit: length in units)."""
+    taken = units(dev_size)
+    taken.claim((fmt.Extent(offset=taken.first_data_unit * AU, length=(taken.nunits - taken.first_data_unit) * AU),))
+    taken.release([fmt.Extent(offset=start * AU, length=length * AU) for start, length in runs.items()])
+    return taken
+
+
+def test_simple_is_one_extent_while_one_run_holds_the_file() -> None:
+    taken = fragmented(64 * AU, {10: 3, 20: 8})
+    assert alloc.allocate_simple(taken, 5 * AU) == (fmt.Extent(offset=20 * AU, length=5 * AU),)
+
+
+def test_simple_takes_the_largest_runs_then_the_smallest_run_that_holds_the_rest() -> None:
+    # Runs of 4, 2, 6, 3 and 5 units: 12 units = the 6 and the 5 whole, then 1 unit from the
+    # smallest run that holds it (the 2 at unit 14), not from the 4 the next largest is.
+    taken = fragmented(64 * AU, {8: 4, 14: 2, 20: 6, 30: 3, 40: 5})
+    before = bytes(taken.taken)
+    got = alloc.allocate_simple(taken, 12 * AU - 1)
+    assert got == (fmt.Extent(offset=14 * AU, length=AU), fmt.Extent(offset=20 * AU, length=6 * AU),
+                   fmt.Extent(offset=40 * AU, length=5 * AU))  # in address order
+    assert bytes(taken.taken) == before  # nothing claimed until logged
+    assert alloc.allocate_simple(taken, 12 * AU - 1) == got  # deterministic
+
+
+def test_simple_ties_go_to_the_lower_address() -> None:
+    taken = fragmented(64 * AU, {8: 2, 12: 2, 16: 2, 20: 2})
+    assert alloc.allocate_simple(taken, 5 * AU) == (fmt.Extent(offset=8 * AU, length=2 * AU),
+                                                    fmt.Extent(offset=12 * AU, length=2 * AU),
+                                                    fmt.Extent(offset=16 * AU, length=AU))
+
+
+def test_simple_uses_at_most_sixteen_pieces() -> None:
+    runs = {8 + 2 * n: 1 for n in range(fmt.MAX_SIMPLE_EXTENTS + 1)}  # 17 single free units, none adjacent
+    taken = fragmented(64 * AU, runs)
+    got = alloc.allocate_simple(taken, fmt.MAX_SIMPLE_EXTENTS * AU)
+    assert got == tuple(fmt.Extent(offset=start * AU, length=AU) for start in sorted(runs)[:fmt.MAX_SIMPLE_EXTENTS])
+    message = "no free run of 34 MiB, nor 16 that hold it (free: 34 MiB, largest free run: 2 MiB)"
+    with pytest.raises(alloc.AllocError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        alloc.allocate_simple(taken, (fmt.MAX_SIMPLE_EXTENTS + 1) * AU)
+
+
+def test_simple_pieces_come_from_every_allowed_device() -> None:
+    taken = fragmented(64 * AU, {8: 2, 20: 2})
+    taken.add_device(Geometry(dev_size=8 * AU, log_len=0))  # an added device: no log
+    added = taken.reserved_units(1)
+    taken.claim((fmt.Extent(offset=added * AU, length=(8 - added) * AU, devindex=1),))
+    taken.release((fmt.Extent(offset=(added + 1) * AU, length=3 * AU, devindex=1),))
+    assert alloc.allocate_simple(taken, 5 * AU, (0, 1)) == (
+        fmt.Extent(offset=8 * AU, length=2 * AU), fmt.Extent(offset=(added + 1) * AU, length=3 * AU, devindex=1))
+    assert alloc.allocate_simple(taken, 3 * AU, (0,)) == (fmt.Extent(offset=8 * AU, length=2 * AU),
+                                                          fmt.Extent(offset=20 * AU, length=AU))
+    with pytest.raises(alloc.AllocError, match=r"on device 1 \(free: 6 MiB, largest free run: 6 MiB\)"):
+        alloc.allocate_simple(taken, 7 * AU, (1,))

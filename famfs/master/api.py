@@ -175,7 +175,8 @@ class Master:
     def create(self, relpath: str, size: int, mode: int = 0o644, uid: int | None = None, gid: int | None = None, *,
                layout: alloc.InterleaveParams | None = None, on: Sequence[int | str] = ()) -> NewFile:
         """Allocate a file of `size` bytes (fixed for ever) and map it writable; it is logged
-        when committed. `layout`: interleave it (InterleaveParams), else one contiguous extent.
+        when committed. `layout`: interleave it (InterleaveParams), else one contiguous extent
+        (or up to 16 pieces when no free run holds it: docs/format.md, Allocation).
         `on`: the devices (index or device UUID) to place it on; default: docs/devices.md's policy."""
         if relpath in self._pending:
             raise MasterError(f"{self.device}: {relpath}: already being created (not yet committed)")

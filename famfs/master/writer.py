@@ -331,14 +331,14 @@ class Session:
         devices = tuple(on) if on else tuple(range(len(self.namespace.daxdevs)))
         try:
             if layout is None:
-                return (alloc.allocate_contiguous(self.namespace.units, size, devices),), ()
+                return alloc.allocate_simple(self.namespace.units, size, devices), ()
             got = alloc.allocate_interleaved(self.namespace.units, size, layout, self.rng, devices)
         except alloc.AllocError as err:
             message = f"{self.log.path}: cannot allocate {describe_size(size)}: {err}"
             if self.namespace.deleted:
                 raise self.space_held(message, max(size, 1)) from None
             raise MasterError(message, err) from None
-        return ((got,), ()) if isinstance(got, fmt.Extent) else ((), (got,))
+        return ((), (got,)) if isinstance(got, fmt.Stripe) else (got, ())
 
     def space_held(self, message: str, needed: int) -> SpaceHeld:
         """The refusal of an allocation of `needed` bytes while deleted files still hold space."""

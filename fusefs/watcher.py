@@ -43,6 +43,16 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
+def _within(path: bytes, tops: set[bytes]) -> bool:
+    """Whether path is one of tops or below one."""
+    while path not in tops:
+        cut = path.rfind(b"/")
+        if cut < 0:
+            return False
+        path = path[:cut]
+    return True
+
+
 def watch_tree(inotify: Inotify, root: bytes, top: bytes, collect: bool, mask: int = WATCH_MASK) -> Tree:
     """Watch every directory from root/top down, each before it is listed, so an entry made at
     any moment is either listed here or reported by its directory's watch."""
@@ -103,7 +113,7 @@ class ShadowWatcher:
             while not self._stopped:
                 await trio.lowlevel.wait_readable(self.inotify.fd)
                 await self._take(self._read())
-        except Exception:  # noqa: BLE001 - a bug here must not unmount: the rescans take over
+        except Exception:  # a bug here must not unmount: the periodic rescans take over
             log.exception("the inotify watcher failed")
             self.stop()
 
@@ -142,8 +152,8 @@ class ShadowWatcher:
                     moved_away.pop(cookie, None)  # moved within the tree: its watches stay, renamed below
                 elif mask & IN_MOVED_FROM:
                     moved_away[cookie] = path
-        for path in moved_away.values():
-            self._unwatch(path)  # out of the tree (or its arrival is in a later read: watched again then)
+        if moved_away:  # out of the tree (or its arrival is in a later read: watched again then)
+            self._unwatch(set(moved_away.values()))
         if overflow:
             await self._rewatch()
             forward[RESCAN] = None
@@ -151,9 +161,9 @@ class ShadowWatcher:
             forward.update(dict.fromkeys(await self._watch_new(new_dirs)))
         self._forward(forward)
 
-    def _unwatch(self, top: bytes) -> None:
-        prefix = top + b"/"
-        for wd in [wd for wd, path in self._dirs.items() if path == top or path.startswith(prefix)]:
+    def _unwatch(self, tops: set[bytes]) -> None:
+        """Drop the watches of these subtrees: one pass over the watches for a read's moves."""
+        for wd in [wd for wd, path in self._dirs.items() if _within(path, tops)]:
             del self._dirs[wd]
             self.inotify.rm_watch(wd)
 

@@ -4,6 +4,8 @@ shadow-file checks, and the data path against a real image."""
 from __future__ import annotations
 
 import os
+import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,9 @@ from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
 from fusefs import inodes
 from fusefs.inodes import ROOT_INODE, InodeTable, Negatives, NoticeKind
-from fusefs.inotify import Inotify
+from fusefs.inotify import IN_Q_OVERFLOW, Inotify
 from fusefs.shadow_reader import Geometry
-from fusefs.watcher import CHANNEL_SIZE, ShadowWatcher, Tree, watch_tree
+from fusefs.watcher import CHANNEL_SIZE, RESCAN, ShadowWatcher, Tree, watch_tree
 from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml
 
 MiB = 1 << 20
@@ -288,6 +290,37 @@ def test_the_watcher_follows_directories_made_moved_and_moved_away(tmp_path: Pat
                 assert sorted(watcher._dirs.values()) == [b"", b"in", b"in/deep"]
                 assert watcher.alive()
                 nursery.cancel_scope.cancel()
+        finally:
+            watcher.stop()
+
+    trio.run(main)
+
+
+def test_after_an_overflow_every_directory_is_watched_again(tmp_path: Path) -> None:
+    """The events lost in an overflow include directories made meanwhile: they get watches, and
+    a rescan is asked for. The shadow root removed stops the watcher (the rescans take over)."""
+    root = tmp_path / "root"
+    root.mkdir()
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[bytes | None](CHANNEL_SIZE)
+        watcher = ShadowWatcher(os.fsencode(root), send)
+        watcher.start()
+        try:
+            (root / "made" / "deeper").mkdir(parents=True)
+            while watcher.inotify.read():
+                pass  # as if the queue had overflowed: these events are lost
+            await watcher._take(struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0))
+            assert receive.receive_nowait() is RESCAN
+            assert sorted(watcher._dirs.values()) == [b"", b"made", b"made/deeper"]
+            (root / "made" / "deeper" / "f").write_bytes(b"")
+            await trio.lowlevel.wait_readable(watcher.inotify.fd)
+            await watcher._take(watcher._read())
+            assert receive.receive_nowait() == b"made/deeper/f"
+            shutil.rmtree(root)
+            with trio.fail_after(10):
+                await watcher.run()  # returns once the root's own watch says it is gone
+            assert not watcher.alive()
         finally:
             watcher.stop()
 

@@ -32,7 +32,7 @@ WATCH_MASK: Final = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CR
                      | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW)
 
 _HEADER: Final = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
-READ_SIZE: Final = 1 << 18  # 256 KiB: thousands of events a read (one needs at most 16 + NAME_MAX + 1)
+READ_SIZE: Final = 1 << 16  # thousands of events a read; below malloc's mmap threshold (128 KiB)
 
 _libc = ctypes.CDLL(None, use_errno=True)  # ctypes releases the GIL for each call
 _libc.inotify_init1.argtypes = [ctypes.c_int]

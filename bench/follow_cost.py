@@ -9,7 +9,8 @@ the median of R runs; with --mount, also that of a famfs-fuse-mount serving the 
 (in a mount namespace of its own, as make churn's hosts run it), which takes every change of the
 tree from inotify; with --list, a process in the mount's namespace also lists the small files'
 directory through the mount after each burst, as make churn's readers do (the kernel then knows
-the directory and the names listed: the mount sends it notifications as they change). Nothing
+the directory and the names listed: the mount sends it notifications as they change). The mount's CPU is that of all its threads
+(/proc/<pid>/stat, in clock ticks: its worker threads' share included). Nothing
 reclaims: the image is sparse and big enough for every burst.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +42,13 @@ WAIT_S = 30.0
 def cpu_seconds(pid: int) -> float:
     """On CPU, from /proc/<pid>/schedstat (nanoseconds: finer than /proc/<pid>/stat's ticks)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """On CPU, every thread of the process, those gone included (schedstat is the main thread's only)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    utime, stime = stat[stat.rindex(")") + 2:].split()[11:13]  # fields 14 and 15
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
 def cursor(shadow: Path) -> int:
@@ -123,7 +132,7 @@ def one_run(work: Path, bursts: int, with_mount: bool, with_list: bool = False) 
                 lister = start_lister(mount)
         smalls: list[str] = []
         serial, last = 0, 0
-        before, mount_before = cpu_seconds(agent.pid), cpu_seconds(mount.pid) if mount else 0.0
+        before, mount_before = cpu_seconds(agent.pid), process_cpu_seconds(mount.pid) if mount else 0.0
         for _ in range(bursts):
             last += len(smalls) + BURST
             smalls = churn_data.small_burst(master, smalls, ((f"small/s{n % 4096}", n)
@@ -133,7 +142,7 @@ def one_run(work: Path, bursts: int, with_mount: bool, with_list: bool = False) 
             if lister is not None:
                 listed(lister, work / "mnt" / "small")
         time.sleep(0.2)  # the mount's last inotify events
-        mount_cpu = cpu_seconds(mount.pid) - mount_before if mount else 0.0
+        mount_cpu = process_cpu_seconds(mount.pid) - mount_before if mount else 0.0
         return cpu_seconds(agent.pid) - before, mount_cpu, last
     finally:
         if lister is not None:

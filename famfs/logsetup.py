@@ -1,7 +1,7 @@
 """structlog configuration shared by every command: one event per line, key=value or JSON.
 
 Everything else that logs goes the same way: the standard `logging` records of libraries
-(pyfuse3, trio, watchdog) and Python warnings are rendered by the same processors, so every line
+(pyfuse3, trio) and Python warnings are rendered by the same processors, so every line
 on stderr (or in the daemon's log file) has one format. A drawn progress bar is erased before a
 line is written (famfs/progress.py).
 """

@@ -324,7 +324,7 @@ class Daemon:
     async def run(self, ready: int | None) -> None:
         send, receive = trio.open_memory_channel[bytes | None](CHANNEL_SIZE)
         # Watch first, scan second: a change in between is both seen by the scan and queued.
-        watcher = ShadowWatcher(self.shadow_root, send, trio.lowlevel.current_trio_token())
+        watcher = ShadowWatcher(self.shadow_root, send)
         watcher.start()
         try:
             sb = self.famfs_log.superblock
@@ -403,6 +403,7 @@ class Daemon:
             service.notify_ready(f"serving {self.cfg.shadow} on {self.cfg.mountpoint}")
             async with trio.open_nursery() as nursery:
                 ops.spawn_notice = lambda notice: nursery.start_soon(self.notifier.send, [notice])
+                nursery.start_soon(watcher.run)
                 nursery.start_soon(self.sync.consume, receive, watcher)
                 nursery.start_soon(self.sync.periodic, watcher)
                 nursery.start_soon(self._signals, signals)

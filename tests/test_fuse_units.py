@@ -4,11 +4,12 @@ shadow-file checks, and the data path against a real image."""
 from __future__ import annotations
 
 import os
+import shutil
+import struct
 from pathlib import Path
-from typing import cast
 
 import pytest
-from watchdog.observers.inotify_c import CallbackId, Mask, WatchCallback
+import trio
 
 from famfs import format as fmt
 from famfs.device import Device
@@ -18,8 +19,9 @@ from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
 from fusefs import inodes
 from fusefs.inodes import ROOT_INODE, InodeTable, Negatives, Node, NoticeKind
+from fusefs.inotify import IN_Q_OVERFLOW, Inotify
 from fusefs.shadow_reader import Geometry
-from fusefs.watcher import ReportingInotifyFD
+from fusefs.watcher import CHANNEL_SIZE, RESCAN, ShadowWatcher, Tree, watch_tree
 from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml
 
 MiB = 1 << 20
@@ -226,19 +228,95 @@ def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) 
 
 def test_a_directory_the_kernel_will_not_watch_is_reported(tmp_path: Path) -> None:
     """The hook that turns a missing watch (the watch limit, in production) into a rescan: here
-    the kernel refuses an empty event mask (EINVAL); a path already gone is not reported."""
-    reasons: list[str] = []
-    unused = cast(WatchCallback, object())  # every add fails: nothing is ever called back
-    inotify = ReportingInotifyFD(reasons.append)
+    the kernel refuses an empty event mask (EINVAL); a path already gone is not reported, and
+    what is inside a directory is still listed."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "f").write_bytes(b"")
+    inotify = Inotify()
     try:
-        with pytest.raises(OSError):
-            inotify.add_callback(os.fsencode(tmp_path), Mask(0), unused, CallbackId(1))
-        assert len(reasons) == 1 and str(tmp_path) in reasons[0]
-        with pytest.raises(OSError):
-            inotify.add_callback(os.fsencode(tmp_path / "gone"), Mask(1), unused, CallbackId(1))
-        assert len(reasons) == 1
+        tree = watch_tree(inotify, os.fsencode(tmp_path), b"", collect=True, mask=0)
+        assert len(tree.unwatched) == 2 and str(tmp_path / "sub") in tree.unwatched[1]
+        assert sorted(tree.found) == [b"sub", b"sub/f"] and tree.watched == {}
+        gone = watch_tree(inotify, os.fsencode(tmp_path / "gone"), b"", collect=True)
+        assert gone == Tree()
+        watched = watch_tree(inotify, os.fsencode(tmp_path), b"", collect=False)
+        assert sorted(watched.watched.values()) == [b"", b"sub"] and not watched.unwatched
     finally:
         inotify.close()
+
+
+def test_the_watcher_follows_directories_made_moved_and_moved_away(tmp_path: Path) -> None:
+    """A directory moved in whole is watched with what it holds; one moved within the tree keeps
+    its watches under its new name; one moved out of the tree loses them."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    (outside / "in" / "deep").mkdir(parents=True)
+    (outside / "in" / "deep" / "f").write_bytes(b"")
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[bytes | None](CHANNEL_SIZE)
+        watcher = ShadowWatcher(os.fsencode(root), send)
+        watcher.start()
+
+        async def until(wanted: bytes) -> None:
+            with trio.fail_after(10):
+                while await receive.receive() != wanted:
+                    pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watcher.run)
+                (outside / "in").rename(root / "in")
+                await until(b"in/deep/f")
+                (root / "in" / "deep" / "g").write_bytes(b"")
+                await until(b"in/deep/g")
+                (root / "a").rename(root / "a2")
+                await until(b"a2/b")
+                (root / "a2" / "b" / "h").write_bytes(b"")
+                await until(b"a2/b/h")
+                (root / "a2").rename(outside / "a3")
+                await until(b"a2")
+                (outside / "a3" / "b" / "unseen").write_bytes(b"")
+                (root / "last").write_bytes(b"")
+                await until(b"last")
+                assert sorted(watcher._dirs.values()) == [b"", b"in", b"in/deep"]
+                assert watcher.alive()
+                nursery.cancel_scope.cancel()
+        finally:
+            watcher.stop()
+
+    trio.run(main)
+
+
+def test_after_an_overflow_every_directory_is_watched_again(tmp_path: Path) -> None:
+    """The events lost in an overflow include directories made meanwhile: they get watches, and
+    a rescan is asked for. The shadow root removed stops the watcher (the rescans take over)."""
+    root = tmp_path / "root"
+    root.mkdir()
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[bytes | None](CHANNEL_SIZE)
+        watcher = ShadowWatcher(os.fsencode(root), send)
+        watcher.start()
+        try:
+            (root / "made" / "deeper").mkdir(parents=True)
+            while watcher.inotify.read():
+                pass  # as if the queue had overflowed: these events are lost
+            await watcher._take(struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0))
+            assert receive.receive_nowait() is RESCAN
+            assert sorted(watcher._dirs.values()) == [b"", b"made", b"made/deeper"]
+            (root / "made" / "deeper" / "f").write_bytes(b"")
+            await trio.lowlevel.wait_readable(watcher.inotify.fd)
+            await watcher._take(watcher._read())
+            assert receive.receive_nowait() == b"made/deeper/f"
+            shutil.rmtree(root)
+            with trio.fail_after(10):
+                await watcher.run()  # returns once the root's own watch says it is gone
+            assert not watcher.alive()
+        finally:
+            watcher.stop()
+
+    trio.run(main)
 
 
 def test_statfs_figures_played_on_agree_with_a_whole_replay(tmp_path: Path, system_uuid_file: Path) -> None:

@@ -9,42 +9,33 @@ relies on polling alone. The self-pipe makes SIGTERM/SIGINT end a wait at once.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
 
-IN_MODIFY = 0x00000002
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
-DRAIN_CHUNK = 65536
+from famfs import inotify
 
-_libc = ctypes.CDLL(None, use_errno=True)
+DRAIN_CHUNK = 65536
 
 
 class ImageWriteWatch:
     """An inotify IN_MODIFY watch on one image file."""
 
     def __init__(self, path: str) -> None:
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        if _libc.inotify_add_watch(fd, os.fsencode(path), IN_MODIFY) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
-        self.fd = fd
+        self._inotify = inotify.Inotify()
+        try:
+            self._inotify.add_watch(os.fsencode(path), inotify.IN_MODIFY)
+        except OSError:
+            self._inotify.close()
+            raise
+        self.fd = self._inotify.fd
 
     def drain(self) -> None:
-        try:
-            while os.read(self.fd, DRAIN_CHUNK):
-                pass
-        except BlockingIOError:
+        while self._inotify.read():
             pass
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._inotify.close()
 
 
 class Waiter:

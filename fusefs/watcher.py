@@ -19,7 +19,7 @@ from typing import Final
 import structlog
 import trio
 
-from fusefs.inotify import (IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_ISDIR, IN_MOVE_SELF, IN_MOVED_FROM,
+from famfs.inotify import (IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_ISDIR, IN_MOVE_SELF, IN_MOVED_FROM,
                             IN_MOVED_TO, IN_Q_OVERFLOW, WATCH_MASK, Inotify, events)
 
 log = structlog.get_logger("famfs-fuse-mount")

@@ -19,7 +19,7 @@ from fusefs import shadow_reader
 from fusefs.datapath import DataError, DataPath
 from fusefs import inodes
 from fusefs.inodes import ROOT_INODE, InodeTable, Negatives, Node, NoticeKind
-from fusefs.inotify import IN_Q_OVERFLOW, Inotify
+from famfs.inotify import IN_Q_OVERFLOW, Inotify
 from fusefs.shadow_reader import Geometry
 from fusefs.watcher import CHANNEL_SIZE, RESCAN, ShadowWatcher, Tree, watch_tree
 from tests.fuse_util import TrustingChecker, empty_shadow, put_file, put_yaml

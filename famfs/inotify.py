@@ -1,6 +1,7 @@
 """Linux inotify through libc (ctypes): an instance, its watches, and its events parsed in bulk.
 
-Only what the shadow watcher needs. One `os.read` returns every event queued (up to the buffer),
+What the mount's shadow watcher (fusefs/watcher.py) and the agent's write hint (agent/wakeup.py)
+need. One `os.read` returns every event queued (up to the buffer),
 parsed with one `struct.unpack_from` each: no thread, no per-event objects beyond a tuple.
 """
 

@@ -406,8 +406,18 @@ class Follower:
         self.state.updated_at = now
         if self.state.applied_index + 1 >= self.state.next_index_seen and self.state.stalled_at is None:
             self.state.caught_up_at = now
+        self._publish_space()
         self.tree.save_units(self.state.applied_index)
         self.tree.write_agent_file(STATE_FILE, self.state.dump())
+
+    def _publish_space(self) -> None:
+        """The space figures as of the cursor, saved with it (AgentState.total_units): the mount's
+        statfs takes them instead of replaying the log while the cursor is the log's last entry."""
+        assert self.state is not None and self.famfs_log is not None
+        units = self.tree.units
+        held = self.deleted.held_units(self.famfs_log, units) if self.state.applied_index >= 0 else None
+        self.state.total_units, self.state.free_units, self.state.held_units = (
+            (None, None, None) if held is None else (units.total_units, units.free_units, held))
 
     # --- playing ----------------------------------------------------------------------------
 

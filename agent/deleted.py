@@ -43,9 +43,15 @@ class DeletedFiles:
         self.counted_units = 0
         self.uncounted.clear()
 
-    def deleted(self, file_index: int, delete_index: int, relpath: str) -> None:
+    def deleted(self, file_index: int, delete_index: int, relpath: str, units: int | None = None) -> None:
+        """`units`: the file's, if the caller has its entry at hand (else counted from the log at
+        the next held_units)."""
         self.files[file_index] = Deleted(file_index, delete_index, relpath, pins.pin_name(relpath))
-        self.uncounted.append(file_index)
+        if units is None:
+            self.uncounted.append(file_index)
+        elif file_index not in self.counted:
+            self.counted[file_index] = units
+            self.counted_units += units
 
     def deleted_by(self, file_index: int) -> int | None:
         """The rule book's question (rules.Model.deleted_by): the DELETE that deleted this file, if
@@ -85,7 +91,7 @@ class DeletedFiles:
             file = entry.file if isinstance(entry, fmt.HoldEntry) else entry
             if not isinstance(file, fmt.FileEntry):
                 return None
-            return sum(len(units.span(extent)) for extent in file.all_extents())
+            return units_of(units, file)
         except (fmt.EntryError, fmt.FormatError, OSError):
             return None
 
@@ -116,3 +122,8 @@ class DeletedFiles:
             return NO_PIN
         held = pins.pinned(pins_directory, candidates)
         return min((found.file_index for found in self.files.values() if found.pin in held), default=NO_PIN)
+
+
+def units_of(units: Units, file: fmt.FileEntry) -> int:
+    """The allocation units `file` holds, as fusefs/capacity.py counts a deleted file's."""
+    return sum(len(units.span(extent)) for extent in file.all_extents())

@@ -22,7 +22,7 @@ from types import FrameType
 import structlog
 
 from agent import borndead
-from agent.deleted import DeletedFiles
+from agent.deleted import DeletedFiles, units_of
 from agent.hostrecord import Membership, RecordLost
 from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
@@ -551,7 +551,7 @@ class Follower:
                     else:
                         outcome = tree.apply(index, entry, famfs_log, checked).value
                         if type(entry) is fmt.HoldEntry:  # a compaction's deleted file: its own DELETE
-                            self.deleted.deleted(index, index, entry.file.relpath)
+                            self.deleted.deleted(index, index, entry.file.relpath, units_of(tree.units, entry.file))
                 except Rejected as err:
                     if self.unlinks:  # the run before it is done first: the cursor then passes this entry
                         done = self._unlink_run(done, counts)
@@ -633,7 +633,7 @@ class Follower:
 
     def _unlink(self, index: int, entry: fmt.DeleteEntry, victim: fmt.FileEntry) -> None:
         self.tree.remove(entry.relpath)
-        self.deleted.deleted(entry.target_index, index, entry.relpath)
+        self.deleted.deleted(entry.target_index, index, entry.relpath, units_of(self.tree.units, victim))
         self.tree.disown(victim)  # after the unlink: its units are then no live file's
 
     def _unlink_run(self, done: int, counts: dict[str, int]) -> int:

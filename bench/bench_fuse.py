@@ -29,6 +29,7 @@ from pathlib import Path
 from bench.common import Result, scratch
 from bench.bench_agent import AGENT
 from demo.harness import Mount, empty_shadow, own_file, put_dir, put_file, unmount, wait_for
+from famfs import env
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -256,7 +257,8 @@ def many_files(where: Path, count: int) -> tuple[Path, Path]:
     """A device whose log holds `count` 4 KiB files, PER_DIR to a directory, and the shadow tree
     famfs-agent played from it, as on a host (made once, shared by the walks and the memory
     figure): (shadow, device). Its own device: the other rows' files hold the same units. The
-    agent runs as a client (no system-UUID file), so the mounts are a client's."""
+    agent runs as a client, with the identity the mounts are given ($FAMFS_SYSTEM_UUID_FILE, else
+    a file of its own: a mount takes the agent's), never the device's master's."""
     home = where / "many"
     shadow, device = home / "shadow", home / "dev.img"
     if shadow.exists():
@@ -272,7 +274,8 @@ def many_files(where: Path, count: int) -> tuple[Path, Path]:
         famfs_log = FamfsLog(opened)
         for start in range(0, len(entries), 10_000):
             famfs_log.append(entries[start:start + 10_000])
-    subprocess.run([*AGENT, "--shadow", str(shadow), "--system-uuid-file", str(home / "no_system_uuid"),
+    identity = os.environ.get(env.SYSTEM_UUID_FILE) or str(home / "client_uuid")
+    subprocess.run([*AGENT, "--shadow", str(shadow), "--system-uuid-file", identity,
                     "--log-level", "warning", str(device)], check=True, timeout=1800)
     return shadow, device
 

@@ -7,8 +7,9 @@ slots below the cursor (a type word per slot; only DELETE and RECLAIM slots are 
 always agrees with the cursor, whatever a kill left behind.
 
 The units the list holds (what statfs reports as held, published in state.json) are kept as a
-running sum: each file's are counted once, from its FILE entry, at the first save after its
-DELETE, so a batch costs its own DELETEs and RECLAIMs, never the whole list.
+running sum: each file's counted once, from the FILE entry its DELETE's check decoded (or its
+HOLD), taken off at its RECLAIM; only a rebuilt list's files are read from the log, at the next
+save. A batch costs its own DELETEs and RECLAIMs, never the whole list.
 """
 
 from __future__ import annotations

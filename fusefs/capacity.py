@@ -86,8 +86,9 @@ class CapacityCache:
             return None
         famfs_log = self.famfs_log
         sb = famfs_log.superblock
-        if (state is None or state.total_units is None or state.free_units is None or state.held_units is None
-                or state.fs_uuid != str(sb.fs_uuid) or state.applied_index != next_index - 1):
+        if (state is None or state.fs_uuid != str(sb.fs_uuid) or state.applied_index != next_index - 1
+                or not all(type(figure) is int and figure >= 0
+                           for figure in (state.total_units, state.free_units, state.held_units))):
             return None
         try:
             image = image_identity(famfs_log.device.fd)
@@ -102,6 +103,7 @@ class CapacityCache:
             return None
         if header.next_index != next_index:
             return None  # appended to since: the next call sees the new count
+        assert state.total_units is not None and state.free_units is not None and state.held_units is not None
         return Capacity(unit=sb.alloc_unit, total_units=state.total_units, free_units=state.free_units,
                         free_slots=max(0, header.slots - header.next_index), held_units=state.held_units)
 

@@ -112,6 +112,7 @@ def test_figures_of_another_log_are_not_taken(tmp_path: Path, system_uuid_file: 
     assert with_state(applied_crc=(state.applied_crc or 0) ^ 1) == (truth, 0)
     assert with_state(log_epoch=state.log_epoch + 1) == (truth, 0)
     assert with_state(free_units=None) == (truth, 0)
+    assert with_state(held_units="3") == (truth, 0)
     assert with_state(device_ino=(state.device_ino or 0) + 1) == (truth, 0)
     famfsctl("mkfs", "--force", image)  # another file system at the same path: the old state is not its
     with writer.session(str(image), system_uuid_file) as current:

@@ -22,7 +22,7 @@ from types import FrameType
 import structlog
 
 from agent import borndead
-from agent.deleted import DeletedFiles
+from agent.deleted import DeletedFiles, units_of
 from agent.hostrecord import Membership, RecordLost
 from agent.metrics import AgentStats
 from agent.shadow_writer import Rejected, ShadowError, ShadowTree
@@ -406,8 +406,18 @@ class Follower:
         self.state.updated_at = now
         if self.state.applied_index + 1 >= self.state.next_index_seen and self.state.stalled_at is None:
             self.state.caught_up_at = now
+        self._publish_space()
         self.tree.save_units(self.state.applied_index)
         self.tree.write_agent_file(STATE_FILE, self.state.dump())
+
+    def _publish_space(self) -> None:
+        """The space figures as of the cursor, saved with it (AgentState.total_units): the mount's
+        statfs takes them instead of replaying the log while the cursor is the log's last entry."""
+        assert self.state is not None and self.famfs_log is not None
+        units = self.tree.units
+        held = self.deleted.held_units(self.famfs_log, units) if self.state.applied_index >= 0 else None
+        self.state.total_units, self.state.free_units, self.state.held_units = (
+            (None, None, None) if held is None else (units.total_units, units.free_units, held))
 
     # --- playing ----------------------------------------------------------------------------
 
@@ -541,7 +551,7 @@ class Follower:
                     else:
                         outcome = tree.apply(index, entry, famfs_log, checked).value
                         if type(entry) is fmt.HoldEntry:  # a compaction's deleted file: its own DELETE
-                            self.deleted.deleted(index, index, entry.file.relpath)
+                            self.deleted.deleted(index, index, entry.file.relpath, units_of(tree.units, entry.file))
                 except Rejected as err:
                     if self.unlinks:  # the run before it is done first: the cursor then passes this entry
                         done = self._unlink_run(done, counts)
@@ -623,7 +633,7 @@ class Follower:
 
     def _unlink(self, index: int, entry: fmt.DeleteEntry, victim: fmt.FileEntry) -> None:
         self.tree.remove(entry.relpath)
-        self.deleted.deleted(entry.target_index, index, entry.relpath)
+        self.deleted.deleted(entry.target_index, index, entry.relpath, units_of(self.tree.units, victim))
         self.tree.disown(victim)  # after the unlink: its units are then no live file's
 
     def _unlink_run(self, done: int, counts: dict[str, int]) -> int:

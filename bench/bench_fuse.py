@@ -27,8 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import Result, scratch
+from bench.bench_agent import AGENT
 from demo.harness import Mount, empty_shadow, own_file, put_dir, put_file, unmount, wait_for
+from famfs import env
 from famfs import format as fmt
+from famfs.device import Device
+from famfs.famfslog import FamfsLog
 from famfs.master.mkfs import create_image, mkfs
 from famfs.shadowyaml import emit_file_yaml
 
@@ -249,18 +253,31 @@ def command_seconds(command: tuple[str, ...], where: Path) -> float:
 PER_DIR = 1000
 
 
-def many_files(where: Path, device: Path, count: int) -> Path:
-    """A shadow of `count` 4 KiB files, PER_DIR to a directory (made once, shared by the walks and
-    the memory figure)."""
-    shadow = where / "shadow_many"
+def many_files(where: Path, count: int) -> tuple[Path, Path]:
+    """A device whose log holds `count` 4 KiB files, PER_DIR to a directory, and the shadow tree
+    famfs-agent played from it, as on a host (made once, shared by the walks and the memory
+    figure): (shadow, device). Its own device: the other rows' files hold the same units. The
+    agent runs as a client, with the identity the mounts are given ($FAMFS_SYSTEM_UUID_FILE, else
+    a file of its own: a mount takes the agent's), never the device's master's."""
+    home = where / "many"
+    shadow, device = home / "shadow", home / "dev.img"
     if shadow.exists():
-        return shadow
-    empty_shadow(shadow, device)
+        return shadow, device
+    home.mkdir()
+    make_device(home, device_size(count))
+    entries: list[fmt.Entry] = []
     for n in range(count):
         if n % PER_DIR == 0:
-            put_dir(shadow, f"d{n // PER_DIR}")
-        put_file(shadow, file_entry(f"d{n // PER_DIR}/f{n}", 4096, n))
-    return shadow
+            entries.append(fmt.MkdirEntry(relpath=f"d{n // PER_DIR}", mode=0o755, uid=0, gid=0))
+        entries.append(file_entry(f"d{n // PER_DIR}/f{n}", 4096, n))
+    with Device(str(device), writable=True) as opened, opened.exclusive():
+        famfs_log = FamfsLog(opened)
+        for start in range(0, len(entries), 10_000):
+            famfs_log.append(entries[start:start + 10_000])
+    identity = os.environ.get(env.SYSTEM_UUID_FILE) or str(home / "client_uuid")
+    subprocess.run([*AGENT, "--shadow", str(shadow), "--system-uuid-file", identity,
+                    "--log-level", "warning", str(device)], check=True, timeout=1800)
+    return shadow, device
 
 
 @contextlib.contextmanager
@@ -296,12 +313,12 @@ def walk_through(command: tuple[str, ...], mountpoint: Path, daemon: subprocess.
     return seconds, cpu_seconds(daemon.pid) - before
 
 
-def cold_walks(where: Path, device: Path, count: int, runs: int) -> list[Result]:
+def cold_walks(where: Path, count: int, runs: int) -> list[Result]:
     """Each command through a fresh mount (nothing looked up, no YAML parsed), beside the same
     command over the shadow tree (dentries hot: the best a walk can do) and through a fresh
     no-op pyfuse3 file system listing the same names (bench/noop_tree.py: the floor of any
     pyfuse3 file system). Medians of `runs`, the three taken in turn each run."""
-    shadow = many_files(where, device, count)
+    shadow, device = many_files(where, count)
     results = []
     for command in WALKS:
         ours, base, noop, ours_cpu, noop_cpu = [], [], [], [], []
@@ -344,8 +361,8 @@ def memory(where: Path, device: Path, count: int) -> list[Result]:
     with Mount(empty, device, where / "mnt_empty") as mount:
         assert mount.process is not None
         base = rss_kib(mount.process.pid)
-    shadow = many_files(where, device, count)
-    with Mount(shadow, device, where / "mnt_many") as mount:
+    shadow, many = many_files(where, count)
+    with Mount(shadow, many, where / "mnt_many") as mount:
         assert mount.process is not None
         for directory in os.scandir(mount.mountpoint):
             for entry in os.scandir(directory.path):
@@ -361,7 +378,7 @@ def run(quick: bool) -> list[Result]:
         device = make_device(where, device_size(files))
         results = propagation(where, device, 20 if quick else 300)
         results += stat_rates(where, device, 200 if quick else 5000)
-        results += cold_walks(where, device, files, 1 if quick else 3)
+        results += cold_walks(where, files, 1 if quick else 3)
         results += sequential_reads(where, device, (16 if quick else 1024) * MiB)
         results += memory(where, device, files)
         return results

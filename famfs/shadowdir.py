@@ -170,6 +170,13 @@ class AgentState:
     # Born-dead files (agent/borndead.py) whose FILE is at or below the cursor and whose DELETE is
     # not: "DELETE index": [FILE index, relpath]. Their YAML was never made.
     born_dead: dict[str, list[object]] = field(default_factory=dict)
+    # The space figures as of the cursor, in allocation units of every device: total, free (no
+    # accepted file holds them), held by deleted files not yet reclaimed. The mount answers statfs
+    # from them while the cursor is the log's last entry (fusefs/capacity.py), instead of replaying
+    # the log. None: not published (an agent from before them).
+    total_units: int | None = None
+    free_units: int | None = None
+    held_units: int | None = None
 
     def dump(self) -> bytes:
         """One line of JSON. The agent writes it once per batch and once per run of DELETEs: no

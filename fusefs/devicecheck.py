@@ -55,7 +55,7 @@ class Served:
         sb = famfs_log.superblock
         added = AddedDevices(sb.fs_uuid, table_path=os.path.join(shadow_dir, AGENT_DIR, DAXDEVS_FILE),
                              writable=famfs_log.device.writable)
-        return cls(generation, famfs_log, DataPath(famfs_log.device, added), CapacityCache(famfs_log),
+        return cls(generation, famfs_log, DataPath(famfs_log.device, added), CapacityCache(famfs_log, shadow_dir),
                    Geometry.of(sb), famfs_log.device.read(0, fmt.SUPERBLOCK.size),
                    image_identity(famfs_log.device.fd),
                    ShadowCheck(famfs_log, os.path.join(shadow_dir, AGENT_DIR, OWNERS_FILE), added.size))

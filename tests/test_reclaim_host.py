@@ -507,3 +507,47 @@ def test_a_move_to_a_new_log_interrupted_before_its_tree_moved_in_keeps_the_tree
         assert not emptied
         assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "b")} == before
         assert follower.member.record.incarnation == joined.incarnation  # type: ignore[union-attr]
+
+
+def served_while_moving(device: Path, shadow: Path) -> dict[str, str | None]:
+    """Each shadow file in root/ checked as the mount checks it now: None if it is served, else why
+    not (famfs.ownership.ShadowCheck against the log where it is and the installed owner map)."""
+    from famfs.ownership import ShadowCheck  # noqa: PLC0415
+    from famfs.shadowyaml import parse_file_yaml  # noqa: PLC0415
+
+    with Device(device) as opened:
+        check = ShadowCheck(FamfsLog(opened), shadow / ".agent" / "owners")
+        try:
+            return {path.name: check.file_problem(parse_file_yaml(path.read_bytes()))
+                    for path in sorted((shadow / "root").iterdir()) if path.is_file()}
+        finally:
+            check.close()
+
+
+def test_a_move_serves_every_file_both_logs_hold_live_until_its_tree_is_built(
+        tmp_path: Path, device: Path, system_uuid_file: Path) -> None:
+    """Issue 19 (make churn's readers: a cold open answered ENOENT while a client's agent moved to
+    a compacted log): from the move's first look at the new log until its tree is built, the
+    owner map the mount checks against is the previous one carried to the new log's indexes
+    (docs/reclaim.md, "What the mount serves while a host moves"). A file both logs hold live
+    is served throughout, under its new index; one the new log deletes (not yet played) is not."""
+    shadow = tmp_path / "shadow"
+    # a(0) b(1) DELETE b(2) c(3) d(4): compacted, a(0) HOLD b(1) c(2) d(3): c and d's indexes move.
+    append(device, [fmt.DeleteEntry(relpath="b", target_index=1), file_entry("c", 2, size=4096),
+                    file_entry("d", 3, size=4096)])
+    with follower_in_hand(device, shadow, system_uuid_file, inflight_retry_ms=0.0) as follower:
+        assert served_while_moving(device, shadow) == {"a": None, "c": None, "d": None}
+        famfsctl("compact", device)
+        with Device(device) as opened:
+            compacted = FamfsLog(opened)
+            assert [type(entry).__name__ for _, entry in compacted.entries()] == \
+                ["FileEntry", "HoldEntry", "FileEntry", "FileEntry"]
+        append(device, [fmt.DeleteEntry(relpath="d", target_index=3)])  # in the new log, not played
+        assert follower._poll()  # the move: the tables reset, nothing of the new log played yet
+        assert agent_state(shadow)["applied_index"] == -1
+        moving = served_while_moving(device, shadow)
+        assert moving["a"] is None and moving["c"] is None, moving
+        assert moving["d"] is not None and "units no live file owns" in moving["d"], moving
+        follower._play(follower.famfs_log.next_index())  # type: ignore[union-attr]
+        assert agent_state(shadow)["applied_index"] == 4
+        assert served_while_moving(device, shadow) == {"a": None, "c": None}

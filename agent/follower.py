@@ -220,9 +220,11 @@ class Follower:
             # state stops serving the old device before the tree shows the new file system.
             self._save()
             self.tree.reset(sb, self.device_path, keep_tree=compacted or unfinished)
-            # The mount checks the files it serves against the new log from now on: the owner map
-            # it reads carried to the new log's indexes until the new tree is built (docs/reclaim.md).
-            self.tree.carry_owners(self.famfs_log)
+            if compacted or unfinished:
+                # The mount checks the files it serves against the new log from now on: the owner
+                # map it reads carried to the new log's indexes until the new tree is built
+                # (docs/reclaim.md, "What the mount serves while a host moves").
+                self.tree.carry_owners(self.famfs_log)
         assert state is not None
         self.state = state
         assert self.member is not None  # joined above: its UUID is the one in the identity file

@@ -10,6 +10,7 @@ which unlinks may have happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -219,6 +220,11 @@ class Follower:
             # state stops serving the old device before the tree shows the new file system.
             self._save()
             self.tree.reset(sb, self.device_path, keep_tree=compacted or unfinished)
+            if compacted or unfinished:
+                # The mount checks the files it serves against the new log from now on: the owner
+                # map it reads carried to the new log's indexes until the new tree is built
+                # (docs/reclaim.md, "What the mount serves while a host moves").
+                self.tree.carry_owners(self.famfs_log)
         assert state is not None
         self.state = state
         assert self.member is not None  # joined above: its UUID is the one in the identity file
@@ -926,7 +932,13 @@ class Follower:
         renews on: its mount serves what it holds while the agent moves, docs/reclaim.md "Hosts
         follow the epoch"); the log opened where it is now and the tree reconciled with it
         (_start). A rejoin here made every mount answer EIO until the new log was played."""
-        assert self.device is not None
+        assert self.device is not None and self.famfs_log is not None
+        with contextlib.suppress(fmt.FormatError):  # caught mid-store: carried after the sleep (_start)
+            moved_to = FamfsLog(self.device)
+            if moved_to.location != self.famfs_log.location:
+                # At once, not after the sleep: the mount checks the files it serves against the
+                # new log from the compaction's commit on (docs/reclaim.md).
+                self.tree.carry_owners(moved_to)
         self._sleep(self.settings.inflight_retry_ms / 1000)  # a copy just committed is done by then: one move
         if self.stop_signal is not None:
             return False

@@ -231,6 +231,9 @@ class ShadowTree:
         self._build_view: _BuildView | None = None  # the rule book's view of that tree
         self._resume_horizon = -1  # entries up to here may already be in the tree (see PRESENT)
         self.owners: OwnerMap | None = None  # .agent/owners, kept in place (famfs.ownership)
+        # While a move to a compacted log builds its tree: the map installed in .agent/owners
+        # (the previous log's, carried to the new indexes), self.owners the played one in memory.
+        self._installed: OwnerMap | None = None
         self._live_files: dict[str, tuple[int, int | None]] = {}  # relpath -> (searched up to, live FILE)
         # (tree descriptor, directory relpath) -> that directory, resolved beneath it by openat2:
         # held until forget_dirs() (the end of the follower's batch; an RMDIR; the tree's fds change)
@@ -296,9 +299,10 @@ class ShadowTree:
         for fd in (self._journal_fd, self._staging_fd, self._root_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
-        if self.owners is not None:
-            self.owners.attach(-1)
-            self.owners = None
+        for owners in (self.owners, self._installed):
+            if owners is not None:
+                owners.attach(-1)
+        self.owners = self._installed = None
         self.listings.close()
         self._journal_fd = self._staging_fd = self._root_fd = self._lock_fd = self._tree_fd = -1
         self._build = None
@@ -344,7 +348,8 @@ class ShadowTree:
         self._save_daxdevs()
         self.geometry = rules.Geometry.of(superblock)
         self.units = rules.Units(self.geometry)
-        self._new_owners()
+        if not (keep_tree and self._keep_installed_owners()):
+            self._new_owners()
         self._resume_horizon = -1
 
     def _empty_root(self) -> None:
@@ -366,19 +371,84 @@ class ShadowTree:
         units = self.units
         owners = OwnerMap(units.nunits, units.unit, units.first_data_unit, time.time_ns())
         temp = self._stage_file(owners.image())
-        if self.owners is not None:
-            self.owners.retire()
-        else:
+        for held in (self.owners, self._installed):
+            if held is not None:
+                held.retire()
+        if self.owners is None and self._installed is None:
             with contextlib.suppress(OSError):
                 stale = os.open(self.agent_dir / OWNERS_FILE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 os.pwrite(stale, bytes(32), 0)
                 os.close(stale)
+        self._installed = None
         os.rename(temp, self.agent_dir / OWNERS_FILE, src_dir_fd=self._staging_fd)
         owners.attach(os.open(self.agent_dir / OWNERS_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
         self.owners = owners
         for name in os.listdir(self.agent_dir):  # added devices' maps of the table just reset
             if name.startswith(OWNERS_FILE + "."):
                 os.unlink(self.agent_dir / name)
+
+    def _keep_installed_owners(self) -> bool:
+        """A move to a compacted log (reset with keep_tree): the map the mount checks against
+        stays installed until finish_build installs the new log's, whole, in one rename
+        (carry_owners translates it to the new log's indexes first); the play's map is built in
+        memory. False if there is no installed map of this geometry to keep (a fresh one then)."""
+        if self._installed is None:
+            installed = self.owners
+            if installed is None or installed.nunits != self.units.nunits or installed.unit != self.units.unit:
+                installed = self._loaded_owners()
+            if installed is None:
+                return False
+            self._installed = installed
+        elif self.owners is not None:
+            self.owners.attach(-1)  # the played map of a move that did not finish: played again
+        units = self.units
+        self.owners = OwnerMap(units.nunits, units.unit, units.first_data_unit, time.time_ns())
+        return True
+
+    def _loaded_owners(self) -> OwnerMap | None:
+        """The owner map in .agent/owners if it is one of this device's geometry, else None."""
+        if self.owners is not None:
+            self.owners.attach(-1)
+            self.owners = None
+        try:
+            fd = os.open(self.agent_dir / OWNERS_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return OwnerMap.load(fd, self.units.nunits, self.units.unit)
+        except OSError:
+            os.close(fd)
+            return None
+
+    def carry_owners(self, famfs_log: FamfsLog) -> None:
+        """Install the map the mount checks against carried to `famfs_log`'s indexes
+        (OwnerMap.carried): every file the previous log and this one both hold live, at the same
+        path with the same extents, is served while the agent moves to this log
+        (docs/reclaim.md). Called as soon as a move is seen, and again once the tables are reset
+        for it (the log may have moved on from the staging copy meanwhile: the same indexes)."""
+        replaced = self._installed if self._installed is not None else self.owners
+        if replaced is None or (replaced.nunits, replaced.unit) != (self.units.nunits, self.units.unit):
+            return
+        kinds = {fmt.EntryType.FILE, fmt.EntryType.HOLD, fmt.EntryType.DELETE, fmt.EntryType.RECLAIM,
+                 fmt.EntryType.SETATTR}
+        stop = min(famfs_log.next_index(), fmt.log_capacity(self.geometry.log_len))
+        entries: list[tuple[int, fmt.Entry]] = []
+        for index, _, entry in famfs_log.slots_of(kinds, 0, stop):
+            if entry is None:
+                break  # the play stops here too: nothing past it is carried
+            entries.append((index, entry))
+        carried = replaced.carried(entries, self.units.first_data_unit, time.time_ns())
+        self._install(carried)
+        replaced.retire(added=False)  # the played map of the previous log is not written again
+        self._installed = carried
+
+    def _install(self, owners: OwnerMap) -> None:
+        """`owners` written whole into .agent/owners in one rename, and kept in step from now
+        on. The caller then retires the map it replaced (a reader holding it opens this one)."""
+        temp = self._stage_file(owners.image())
+        os.rename(temp, self.agent_dir / OWNERS_FILE, src_dir_fd=self._staging_fd)
+        owners.deferred = False
+        owners.attach(os.open(self.agent_dir / OWNERS_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
 
     def _add_owner_map(self, devindex: int) -> None:
         """A fresh owner map for added device `devindex` (its metadata area held), beside the primary's."""
@@ -409,9 +479,10 @@ class ShadowTree:
             except OSError as err:
                 owners.attach(-1)
                 raise ShadowError(errno.EINVAL, f"{path}: {err.strerror} (no owner map)") from None
-        if self.owners is not None:
-            self.owners.attach(-1)
-        self.owners = owners
+        for held in (self.owners, self._installed):
+            if held is not None:
+                held.attach(-1)
+        self.owners, self._installed = owners, None
 
     def disown(self, target: fmt.Entry) -> None:
         """A deleted file's units (`target`: the FILE entry its DELETE names): held by no live
@@ -549,7 +620,13 @@ class ShadowTree:
             raise
         self._creator = None
         self._build_view = None
-        if self.owners is not None:
+        if self.owners is not None and self._installed is not None:
+            self._install(self.owners)  # a move: the new log's map replaces the carried one at once
+            for added in self.owners.added.values():
+                added.flush()
+            self._installed.retire()
+            self._installed = None
+        elif self.owners is not None:
             self.owners.flush()  # every file's owner set before any of them is in root/
         if self._reconcile:
             self._reconcile_dir(self._tree_fd, self._root_fd, "")

@@ -116,14 +116,67 @@ class OwnerMap:
         for added in self.added.values():
             added.flush()
 
-    def retire(self) -> None:
-        """Clear the header of the file about to be replaced: a reader holding it reopens."""
+    def carried(self, entries: Iterable[tuple[int, fmt.Entry]], reserved_units: int, generation: int) -> OwnerMap:
+        """This map (of the log before a compaction) carried over to the new log's indexes, for
+        the mount to check against while the agent plays the new log (docs/reclaim.md, "What the
+        mount serves while a host moves"). `entries`: the new log's FILE, HOLD, DELETE, RECLAIM
+        and SETATTR entries, in order, up to the first that does not decode.
+
+        A FILE entry is carried (its units named by it, or by its latest SETATTR) only if no
+        DELETE or RECLAIM of the new log names it, no other FILE or HOLD of the new log maps any
+        of its units, its extents are on the primary device, and this map gave every one of its
+        units to one and the same live entry: the file this host served at that path (a
+        compaction keeps every live file's extents). Every other unit this map or the new log
+        takes is HELD: nothing is free here that was not free before and is free now."""
+        files: dict[int, fmt.FileEntry] = {}
+        gone: set[int] = set()
+        latest: dict[int, int] = {}
+        claims = array("I", bytes(SLOT * self.nunits))  # how many FILE or HOLD entries map each unit
+        for index, entry in entries:
+            if isinstance(entry, (fmt.FileEntry, fmt.HoldEntry)):
+                mapped = entry if isinstance(entry, fmt.FileEntry) else entry.file
+                files[index] = mapped
+                for extent in mapped.all_extents():
+                    if not extent.devindex:
+                        start, stop = self.span(extent)
+                        for unit in range(start, stop):
+                            claims[unit] += 1
+                if isinstance(entry, fmt.HoldEntry):
+                    gone.add(index)
+            elif isinstance(entry, fmt.DeleteEntry):
+                gone.add(entry.target_index)
+            elif isinstance(entry, fmt.ReclaimEntry):
+                gone.update(target for target, _ in entry.targets)
+            elif isinstance(entry, fmt.SetattrEntry):
+                latest[entry.target_index] = index
+        carried = OwnerMap(self.nunits, self.unit, reserved_units, generation)
+        new, old = carried.table, self.table
+        for unit, value in enumerate(old):
+            if value != FREE or claims[unit]:
+                new[unit] = HELD
+        for index, entry in files.items():
+            spans = [self.span(extent) for extent in entry.all_extents() if not extent.devindex]
+            if index in gone or not spans or len(spans) != len(entry.all_extents()) \
+                    or any(start >= stop for start, stop in spans):
+                continue
+            owner = old[spans[0][0]]
+            if owner in (FREE, HELD) or any(old[unit] != owner or claims[unit] != 1
+                                            for start, stop in spans for unit in range(start, stop)):
+                continue
+            value = latest.get(index, index) + 1
+            for start, stop in spans:
+                new[start:stop] = array("I", [value]) * (stop - start)
+        return carried
+
+    def retire(self, *, added: bool = True) -> None:
+        """Clear the header of the file just replaced: a reader holding it reopens. `added`:
+        the added devices' maps too (not when only the primary's map is replaced)."""
         if self.fd >= 0:
             os.pwrite(self.fd, bytes(HEADER.size), 0)
             os.close(self.fd)
             self.fd = -1
-        for added in self.added.values():
-            added.retire()
+        for owners in self.added.values() if added else ():
+            owners.retire()
 
     span = rules.unit_bounds
 

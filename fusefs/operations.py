@@ -297,6 +297,19 @@ class FamfsOperations(pyfuse3.Operations):
         """A file or directory at relpath in the shadow tree, no symlink on the way followed."""
         return shadow_reader.signature_beneath(self.table.shadow_root, relpath) is not None
 
+    async def _await_agent(self, node: Node) -> None:
+        """A file refused as not the log's while this host's agent is behind the log: wait for
+        it, bounded by AHEAD_WAIT_S, checking again after each pause. A compaction moves the log
+        under the owner map until the agent has seen the move and carried the map over
+        (docs/reclaim.md, "What the mount serves while a host moves"); or the agent is about to
+        play the file's entry."""
+        deadline = trio.current_time() + AHEAD_WAIT_S
+        pause = APPLY_POLL_MIN_S
+        while (node.present and node.refused is not None and self.table.file_entry(node) is None
+               and trio.current_time() < deadline and self._agent_behind()):
+            await trio.sleep(pause)
+            pause = min(2 * pause, APPLY_POLL_MAX_S)
+
     def _agent_behind(self) -> bool:
         """This host's agent follows the log and has not yet played all of it (its cursor in
         state.json, saved after each batch, against the log's next_index)."""
@@ -513,6 +526,7 @@ class FamfsOperations(pyfuse3.Operations):
             # (truncate, write) and closed it, its last events not yet taken in: read it again.
             for notice in self.table.refresh(node.relpath):
                 self.spawn_notice(notice)
+            await self._await_agent(node)
         self._entry(node)
         if self.table.recheck(node) is not None:
             raise pyfuse3.FUSEError(errno.EIO)  # served ahead of the log, its units taken since

@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from famfs.hosts import HostRecord
 from famfs.identity import system_uuid
 from tests.agent_util import AGENT, agent_state, append, current, file_entry, make_device, record_of
 from tests.famfsctl_util import famfsctl
-from tests.fuse_util import Mount, bounded, wait_for
+from tests.fuse_util import WAIT_S, Mount, bounded, wait_for
 
 WINDOW_S = 0.6
 HEARTBEAT_S = 0.05
@@ -507,3 +508,108 @@ def test_a_move_to_a_new_log_interrupted_before_its_tree_moved_in_keeps_the_tree
         assert not emptied
         assert {name: (shadow / "root" / name).stat().st_ino for name in ("a", "b")} == before
         assert follower.member.record.incarnation == joined.incarnation  # type: ignore[union-attr]
+
+
+def served_while_moving(device: Path, shadow: Path) -> dict[str, str | None]:
+    """Each shadow file in root/ checked as the mount checks it now: None if it is served, else why
+    not (famfs.ownership.ShadowCheck against the log where it is and the installed owner map)."""
+    from famfs.ownership import ShadowCheck  # noqa: PLC0415
+    from famfs.shadowyaml import parse_file_yaml  # noqa: PLC0415
+
+    with Device(device) as opened:
+        check = ShadowCheck(FamfsLog(opened), shadow / ".agent" / "owners")
+        try:
+            return {path.name: check.file_problem(parse_file_yaml(path.read_bytes()))
+                    for path in sorted((shadow / "root").iterdir()) if path.is_file()}
+        finally:
+            check.close()
+
+
+def test_a_move_serves_every_file_both_logs_hold_live_until_its_tree_is_built(
+        tmp_path: Path, device: Path, system_uuid_file: Path) -> None:
+    """Issue 19 (make churn's readers: a cold open answered ENOENT while a client's agent moved to
+    a compacted log): from the move's first look at the new log until its tree is built, the
+    owner map the mount checks against is the previous one carried to the new log's indexes
+    (docs/reclaim.md, "What the mount serves while a host moves"). A file both logs hold live
+    is served throughout, under its new index; one the new log deletes (not yet played) is not."""
+    shadow = tmp_path / "shadow"
+    # a(0) b(1) DELETE b(2) c(3) d(4): compacted, a(0) HOLD b(1) c(2) d(3): c and d's indexes move.
+    append(device, [fmt.DeleteEntry(relpath="b", target_index=1), file_entry("c", 2, size=4096),
+                    file_entry("d", 3, size=4096)])
+    with follower_in_hand(device, shadow, system_uuid_file, inflight_retry_ms=0.0) as follower:
+        assert served_while_moving(device, shadow) == {"a": None, "c": None, "d": None}
+        famfsctl("compact", device)
+        with Device(device) as opened:
+            compacted = FamfsLog(opened)
+            assert [type(entry).__name__ for _, entry in compacted.entries()] == \
+                ["FileEntry", "HoldEntry", "FileEntry", "FileEntry"]
+        append(device, [fmt.DeleteEntry(relpath="d", target_index=3)])  # in the new log, not played
+        assert follower._poll()  # the move: the tables reset, nothing of the new log played yet
+        assert agent_state(shadow)["applied_index"] == -1
+        moving = served_while_moving(device, shadow)
+        assert moving["a"] is None and moving["c"] is None, moving
+        assert moving["d"] is not None and "units no live file owns" in moving["d"], moving
+        follower._play(follower.famfs_log.next_index())  # type: ignore[union-attr]
+        assert agent_state(shadow)["applied_index"] == 4
+        assert served_while_moving(device, shadow) == {"a": None, "c": None}
+
+
+COLD_FILES = 1500  # enough that the reader still opens files it never opened after the move ends
+
+
+def test_cold_opens_through_a_client_mount_never_fail_while_its_agent_moves(tmp_path: Path, device: Path) -> None:
+    """Issue 19, through a real agent and mount: a reader opens files it never opened before, one
+    after the other, while `famfsctl compact` moves the log and the agent follows it. Every
+    compacted file's index moves (a DELETE before each is dropped); every open answers the file
+    (no ENOENT, no EIO) before, during and after the move, and fsck is clean."""
+    import threading  # noqa: PLC0415
+
+    from famfs.master import fsck  # noqa: PLC0415
+
+    shadow = tmp_path / "shadow"
+    agent_config = tmp_path / "agent.toml"  # the default serve window: a slow move on a busy host is no lapse
+    agent_config.write_text(f"[agent]\nheartbeat_interval = {HEARTBEAT_S}\n")
+    batch: list[fmt.Entry] = []
+    for n in range(COLD_FILES):  # x_n(2+3n) DELETE x_n(3+3n) f_n(4+3n): compacted, f_n is 2+2n
+        batch += [file_entry(f"x{n}", 2 + 2 * n), fmt.DeleteEntry(relpath=f"x{n}", target_index=2 + 3 * n),
+                  file_entry(f"f{n}", 3 + 2 * n, size=4096)]
+    append(device, batch)
+    failures: list[tuple[str, int]] = []
+    opened: list[float] = []
+    done = threading.Event()
+    with agent(device, shadow, agent_config):
+        wait_for(serving(device, shadow), "the agent serves")
+        with Mount(shadow, device, tmp_path / "mnt", "cache=direct") as mount:
+            def reader() -> None:
+                for n in range(COLD_FILES):
+                    if done.is_set():
+                        return
+                    try:
+                        with open(mount.mountpoint / f"f{n}", "rb") as handle:
+                            handle.read(16)
+                    except OSError as err:
+                        failures.append((f"f{n}", err.errno or -1))
+                    opened.append(time.monotonic())
+                    time.sleep(0.002)  # the opens spread over the compaction and the whole move
+            thread = threading.Thread(target=reader, daemon=True)
+            thread.start()
+            try:
+                wait_for(lambda: len(opened) >= 20, "the reader opens files")
+                started = time.monotonic()
+                famfsctl("compact", device)
+                with Device(device) as opened_device:
+                    end = FamfsLog(opened_device).header().next_index
+                wait_for(lambda: (state := agent_state(shadow)).get("log_epoch") == 1
+                         and state.get("applied_index", -1) + 1 >= end, "the agent has moved to epoch 1")
+                moved = time.monotonic()
+                wait_for(lambda: opened[-1] > moved, "the reader opens files it never opened after the move")
+            finally:
+                done.set()
+                thread.join(timeout=WAIT_S)
+            during = [stamp for stamp in opened if started <= stamp <= moved]
+            assert not failures, (len(failures), failures[:5])
+            assert during, "no open happened while the log moved"
+    with Device(device) as opened_device:
+        assert fsck.check(opened_device).clean
+    log = (tmp_path / "shadow.agent.log").read_text()
+    assert "log_moved" in log and "event='rebuild'" not in log, log

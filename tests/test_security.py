@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -349,3 +350,37 @@ def test_a_shadow_root_replaced_by_a_symlink_is_never_followed(
     assert list(outside.iterdir()) == []
     assert not (shadow / "root").is_symlink() and (shadow / "root" / "shared").is_dir()
     assert dir_attrs(shadow / "root" / "tmpdir") == (0o1777, 0, 0)
+
+
+def test_a_carried_owner_map_names_only_files_both_logs_hold_live_and_unshared() -> None:
+    """OwnerMap.carried (docs/reclaim.md, "What the mount serves while a host moves"): a FILE of
+    the new log is named (by its latest SETATTR, if any) only if the old map gave all its units to
+    one live entry, nothing in the new log deletes, reclaims or shares them, and it is on the
+    primary device; every other unit the old map or the new log takes is held, and a unit is
+    free only where both leave it free."""
+    unit, reserved = 1 << 21, 2
+
+    def mapping(relpath: str, first: int, units: int = 1, devindex: int = 0) -> fmt.FileEntry:
+        return fmt.FileEntry(relpath, 4096, 0o644, 0, 0, (fmt.Extent(first * unit, units * unit, devindex),))
+
+    old = OwnerMap(16, unit, reserved, 1)
+    for first, units, index in ((2, 2, 10), (4, 1, 11), (5, 1, 12), (6, 1, 13), (7, 1, 14), (8, 2, 15)):
+        old.table[first:first + units] = array("I", [index + 1]) * units
+    old.table[9] = 99  # 8 and 9 no longer one owner's
+    old.table[11] = HELD  # a deleted file's, this host played its DELETE
+    new_log: list[tuple[int, fmt.Entry]] = [
+        (0, mapping("kept", 2, 2)), (1, mapping("chmod", 4)), (2, mapping("deleted", 5)),
+        (3, mapping("shared", 6)), (4, mapping("other", 6)), (5, mapping("split", 8, 2)),
+        (6, fmt.HoldEntry(mapping("held", 11))), (7, mapping("new", 12)), (8, mapping("reclaimed", 7)),
+        (9, mapping("added", 13, devindex=1)),
+        (10, fmt.SetattrEntry("chmod", 1, 0o600, 0, 0)), (11, fmt.DeleteEntry("deleted", 2)),
+        (12, fmt.ReclaimEntry(((8, 8),))),
+    ]
+    carried = old.carried(new_log, reserved, 2).table
+    assert list(carried[2:4]) == [1, 1]  # kept: entry 0
+    assert carried[4] == 11  # chmod: its SETATTR, entry 10
+    assert list(carried[5:10]) == [HELD] * 5  # deleted, shared, reclaimed, split: none named
+    assert carried[10] == 0  # free in both
+    assert list(carried[11:13]) == [HELD] * 2  # held (a HOLD), new (free before, taken now)
+    assert list(carried[13:16]) == [0, 0, 0]  # an added device's extent is not this map's
+    assert list(carried[:reserved]) == [HELD] * reserved

@@ -177,21 +177,23 @@ def _check_once(device: Device) -> tuple[Report, LogLocation | None]:
     sb = famfs_log.superblock
     report.superblock = sb
     report.header = famfs_log.header()
-    crosslinked: list[tuple[int, rules.Violation]] = []
+    # The entries left out for sharing units, as the replay read them: not read again afterwards
+    # (a compaction may have replaced the log meanwhile; the location check then retries).
+    crosslinked: list[tuple[int, fmt.FileEntry]] = []
 
     def note(found: rules.Problem) -> None:
         if found.bad_entry is not None:
             report.bad_entries.append(describe_bad_entry(famfs_log, found.bad_entry))
         elif found.violation is not None and found.violation.rule == rules.space_unclaimed.__name__:
-            crosslinked.append((found.index, found.violation))
+            held = found.entry.file if isinstance(found.entry, fmt.HoldEntry) else found.entry
+            assert isinstance(held, fmt.FileEntry)  # the rule is checked on a FILE's or a HOLD's mapping
+            crosslinked.append((found.index, held))
         elif found.violation is not None:
             relpath = getattr(found.entry, "relpath", None)
             report.namespace_errors.append(str(fmt.EntryError(found.index, str(found.violation), relpath)))
 
     namespace = rules.replay(famfs_log, note)
-    for index, _ in crosslinked:
-        entry = famfs_log.entry(index)
-        assert isinstance(entry, fmt.FileEntry)
+    for index, entry in crosslinked:
         shared: dict[int | None, int] = defaultdict(int)  # holder entry -> units in common
         for extent in entry.all_extents():
             for unit in namespace.units.span(extent):
@@ -262,10 +264,15 @@ def host_state(found: hosts.HostRecord | hosts.DamagedSlot, fenced: set[tuple[uu
 
 
 def logged_relpath(famfs_log: FamfsLog, index: int) -> str:
-    """The relpath of FILE entry `index`, which replay() has already read and accepted."""
-    entry = famfs_log.entry(index)
-    assert isinstance(entry, fmt.FileEntry)
-    return entry.relpath
+    """The relpath of FILE (or HOLD) entry `index`, which replay() has already read and accepted;
+    a description instead if the slot no longer reads so: a compaction replaced the log since
+    (check() then finds the log's location changed and checks again)."""
+    try:
+        entry = famfs_log.entry(index)
+    except (fmt.EntryError, fmt.FormatError) as err:
+        return f"(log entry {index}, unreadable now: {err})"
+    held = entry.file if isinstance(entry, fmt.HoldEntry) else entry
+    return held.relpath if isinstance(held, fmt.FileEntry) else f"(log entry {index}, not a file now)"
 
 
 def describe_bad_entry(famfs_log: FamfsLog, error: fmt.EntryError) -> str:

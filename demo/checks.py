@@ -24,15 +24,25 @@ def fresh_play(cluster: Cluster) -> Snapshot:
     return snapshot(shadow / "root")
 
 
+def moving_snapshot(root: Path) -> Snapshot | None:
+    """snapshot() of a tree a following agent may be changing; None if a name it removed between
+    the walk's listing and its lstat cut the walk short (the caller looks again)."""
+    try:
+        return snapshot(root)
+    except FileNotFoundError:
+        return None
+
+
 def wait_shadows_equal(hosts: Sequence[Host], reference: Snapshot, timeout: float = CONVERGE_TIMEOUT_S) -> None:
     """Every host's shadow tree byte-identical to `reference` (polls: followers may still be applying)."""
     deadline = time.monotonic() + timeout
     pending = list(hosts)
     while pending:
-        current = {host.name: snapshot(host.shadow_root) for host in pending}
+        current = {host.name: moving_snapshot(host.shadow_root) for host in pending}
         pending = [host for host in pending if current[host.name] != reference]
         if pending and time.monotonic() > deadline:
-            report = {host.name: differences(current[host.name], reference, (host.name, "fresh play")) for host in pending}
+            report = {host.name: "still changing" if current[host.name] is None else
+                      differences(current[host.name], reference, (host.name, "fresh play")) for host in pending}
             raise HarnessError(f"shadow trees still differ after {timeout:.0f} s: {report}")
         if pending:
             time.sleep(0.2)

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -34,7 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
@@ -322,10 +323,16 @@ class Checkpoints:
 @dataclass
 class Compaction:
     when_s: float
-    by: str  # "harness" (famfsctl compact) or "automatic" (seen in the log, not ours)
-    entries_before: int
+    by: str  # "harness" (famfsctl compact) or "automatic" (the coordinator's: seen in the log)
+    epoch: int
+    entries_before: int | None  # None: an automatic one not found in the coordinator's log
     entries_after: int
     seconds: float | None
+
+
+# The coordinator's event for a compaction it ran (its log is key=value, one event a line).
+COMPACTED = re.compile(r"event='log_compacted'.*? epoch=(\d+) entries_before=(\d+) entries_after=(\d+)"
+                       r".*? seconds=([0-9.]+)")
 
 
 class Run:
@@ -455,7 +462,7 @@ class Run:
         for when, epoch, entries in figures.epochs:
             if epoch not in self.epochs:  # a compaction that is not ours: the coordinator's
                 self.epochs.add(epoch)
-                self.compactions.append(Compaction(when - self.started, "automatic", 0, entries, None))
+                self.compactions.append(Compaction(when - self.started, "automatic", epoch, None, entries, None))
         if figures.free_slots >= self.plan.compact_below * figures.slots:
             return
         result = self.ctl("compact")
@@ -467,7 +474,7 @@ class Run:
         before, after = int(words[words.index("->") - 1]), int(words[words.index("->") + 1])
         epoch = int(words[words.index("epoch") + 1].rstrip(":"))
         self.epochs.add(epoch)
-        self.compactions.append(Compaction(time.monotonic() - self.started, "harness", before, after,
+        self.compactions.append(Compaction(time.monotonic() - self.started, "harness", epoch, before, after,
                                            float(words[-2]) / 1000))
         wait_until(lambda: any(seen == epoch for _, seen, _ in figures.epochs), 10, "the log watch to see the compaction")
 
@@ -522,8 +529,22 @@ class Run:
         if self.coordinator is not None:
             stop_process(self.coordinator)
             self.coordinator = None
+            self.coordinators_compactions()
         if self.watch is not None:
             self.watch.close()
+
+    def coordinators_compactions(self) -> None:
+        """The size and duration of the compactions the coordinator ran, from its log's
+        `log_compacted` events (famfs/master/compact.py): the log watch sees only the new epoch."""
+        path = self.cluster.master.home / "reclaimd.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        logged = {int(epoch): (int(before), int(after), float(seconds))
+                  for epoch, before, after, seconds in COMPACTED.findall(text)}
+        for n, compaction in enumerate(self.compactions):
+            if compaction.by == "automatic" and compaction.epoch in logged:
+                before, after, seconds = logged[compaction.epoch]
+                self.compactions[n] = replace(compaction, entries_before=before, entries_after=after,
+                                                          seconds=seconds)
 
     def abort(self) -> None:
         """On an error or Ctrl-C: every process we started, down."""
@@ -616,11 +637,12 @@ def summary(report: dict[str, object]) -> str:
         f"  wrong bytes    {r['wrong_bytes']}",
         f"  alloc failures {r['alloc_failures_below_80pct_live']} while live < 80 % "
         f"({sum(w['alloc_failures_above_limit'] for w in writers.values())} at >= 80 %)",  # type: ignore[union-attr]
+        *(f"    first, writer {name}: {w['failures'][0]}" for name, w in writers.items() if w["failures"]),  # type: ignore[index]
         f"  fsck           {fsck['clean']} clean, {len(fsck['unclean'])} unclean",  # type: ignore[index]
         f"  reclaim        {reclaim['files_reclaimed']:,} files; DELETE -> RECLAIM logged p50 {reclaim['latency_p50_ms']} ms, "  # type: ignore[index]
         f"p99 {reclaim['latency_p99_ms']} ms, max {reclaim['latency_max_ms']} ms",  # type: ignore[index]
         f"  compactions    {len(r['compactions'])}: "  # type: ignore[arg-type]
-        + (", ".join(f"{c['by']} {c['entries_before']}->{c['entries_after']} entries"
+        + (", ".join(f"{c['by']} {'?' if c['entries_before'] is None else c['entries_before']}->{c['entries_after']} entries"
                      + (f" {c['seconds'] * 1000:.0f} ms" if c["seconds"] is not None else "")
                      for c in r["compactions"][:6]) or "none")  # type: ignore[index]
         + (" ..." if len(r["compactions"]) > 6 else ""),  # type: ignore[arg-type]

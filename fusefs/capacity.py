@@ -57,22 +57,37 @@ class CapacityCache:
         self.famfs_log = famfs_log
         self.state_file = None if shadow_dir is None else state_path(shadow_dir)  # the agent's figures
         self.lock = threading.Lock()  # statfs calls may overlap in worker threads
-        self.cached: tuple[int, Capacity] | None = None
+        # ((next_index, epoch), figures, from our own replay): the last answer and what it is of
+        self.cached: tuple[tuple[int, int], Capacity, bool] | None = None
         self.played: Played | None = None
         self.warned_index: int | None = None
         self.published = 0  # answers taken from the agent's figures (tests: no replay was needed)
 
     def current(self) -> Capacity:
+        """statfs's figures: the agent's published ones when they are of the log as it is now."""
+        return self._current(replayed=False)
+
+    def replayed(self) -> Capacity:
+        """The figures from this process's own replay of the log: what the master's mount decides
+        ENOSPC and its waits for reclaim by (a refusal must rest on the log itself)."""
+        return self._current(replayed=True)
+
+    def _current(self, replayed: bool) -> Capacity:
         with self.lock:
             next_index = self.famfs_log.next_index()
-            if self.cached is not None and self.cached[0] == next_index:
+            try:  # a compaction's new log counts up through indexes the old one had: the epoch too
+                log_at = (next_index, read_record(self.famfs_log.device.map).epoch)
+            except fmt.FormatError:
+                log_at = None  # a compaction record caught mid-store: nothing cached is known to fit
+            if self.cached is not None and self.cached[0] == log_at and (self.cached[2] or not replayed):
                 return self.cached[1]
-            capacity = self._published(next_index)
+            capacity = None if replayed else self._published(next_index)
+            from_replay = capacity is None
             if capacity is None:
                 capacity = self._compute()
             else:
                 self.published += 1
-            self.cached = (next_index, capacity)
+            self.cached = None if log_at is None else (log_at, capacity, from_replay)
             return capacity
 
     def _published(self, next_index: int) -> Capacity | None:

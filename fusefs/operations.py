@@ -994,7 +994,7 @@ class FamfsOperations(pyfuse3.Operations):
         units = -(-end // unit)
         if units <= max(1, -(-len(staged.data) // unit)):
             return
-        figures = await trio.to_thread.run_sync(self.devices.served.capacity.current)
+        figures = await trio.to_thread.run_sync(self.devices.served.capacity.replayed)
         figures = await self._wait_for_space(units, trio.current_time() + self.policy.reclaim_wait_s, figures)
         if units > figures.free_units:
             log.warning("namespace_change_refused", errno="ENOSPC", path=staged.relpath,
@@ -1014,7 +1014,7 @@ class FamfsOperations(pyfuse3.Operations):
                and trio.current_time() < deadline and hosts.coordinator_running(served.famfs_log.device.fd)):
             await trio.sleep(pause)
             pause = min(2 * pause, RECLAIM_POLL_MAX_S)
-            figures = await trio.to_thread.run_sync(served.capacity.current)
+            figures = await trio.to_thread.run_sync(served.capacity.replayed)
         return figures
 
     async def _commit_grouped(self, staged: Staged, data: bytes) -> None:
@@ -1033,7 +1033,7 @@ class FamfsOperations(pyfuse3.Operations):
                 refusal = err
             if refusal.errno != errno.ENOSPC or trio.current_time() >= deadline:
                 raise self._refused(refusal)
-            before = await trio.to_thread.run_sync(self.devices.served.capacity.current)
+            before = await trio.to_thread.run_sync(self.devices.served.capacity.replayed)
             if before.free_units >= units or before.free_units + before.held_units < units:
                 raise self._refused(refusal)  # not space (the log is full), or more than reclaim can give
             if (await self._wait_for_space(units, deadline, before)).free_units < units:

@@ -81,7 +81,7 @@ class CapacityCache:
                 log_at = None  # a compaction record caught mid-store: nothing cached is known to fit
             if self.cached is not None and self.cached[0] == log_at and (self.cached[2] or not replayed):
                 return self.cached[1]
-            capacity = None if replayed else self._published(next_index)
+            capacity = None if replayed or log_at is None else self._published(*log_at)
             from_replay = capacity is None
             if capacity is None:
                 capacity = self._compute()
@@ -90,8 +90,9 @@ class CapacityCache:
             self.cached = None if log_at is None else (log_at, capacity, from_replay)
             return capacity
 
-    def _published(self, next_index: int) -> Capacity | None:
-        """The agent's figures, if they are of this log's first `next_index` entries; else None.
+    def _published(self, next_index: int, epoch: int) -> Capacity | None:
+        """The agent's figures, if they are of this log's first `next_index` entries in log
+        `epoch` (the compaction record's, as just read); else None.
         A kept replay is not dropped: it plays on from where it stopped when these do not fit."""
         if self.state_file is None or next_index == 0:
             return None
@@ -110,7 +111,7 @@ class CapacityCache:
             if image is not None and None not in (state.device_dev, state.device_ino) and \
                     image != (state.device_dev, state.device_ino):
                 return None
-            if state.log_epoch != read_record(famfs_log.device.map).epoch or \
+            if state.log_epoch != epoch or \
                     fmt.entry_seal(famfs_log.raw_entry(state.applied_index)) != (state.applied_seqnum, state.applied_crc):
                 return None
             header = famfs_log.header()

@@ -211,6 +211,33 @@ def read_state(shadow_dir: str | os.PathLike[str]) -> AgentState | None:
         return None
 
 
+class StateReader:
+    """The agent's saved state for a process that asks often (the mount: each check of a file
+    served ahead of the log, each statfs after an append). The agent replaces state.json by a
+    rename, so one stat (its inode, times and size: ~1 µs) says whether the last parse (~0.2 ms)
+    still holds. Missing a change would take a freed inode number reused within one timestamp
+    tick at the same size; what the mount decides from the state is checked against the log
+    anyway (the cursor's seal, its epoch)."""
+
+    def __init__(self, shadow_dir: str | os.PathLike[str]) -> None:
+        self.path = state_path(shadow_dir)
+        self.cached: tuple[tuple[int, int, int, int, int], AgentState | None] | None = None
+
+    def read(self) -> AgentState | None:
+        """read_state(), parsed again only when state.json is another file or was written since."""
+        try:
+            st = os.stat(self.path)
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            cached = self.cached  # one read: worker threads may replace it meanwhile
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            state = AgentState.parse(self.path.read_bytes())
+        except OSError:
+            return None
+        self.cached = key, state
+        return state
+
+
 def image_identity(fd: int) -> tuple[int, int] | None:
     """(st_dev, st_ino) of an open image file; None for a device node (its identity is the UUID)."""
     st = os.fstat(fd)

@@ -5,11 +5,9 @@ entry owns yet, be served now?"""
 
 from __future__ import annotations
 
-import os
-
 from famfs import format as fmt
 from famfs.compaction import RECORD_SPAN, read_record
-from famfs.shadowdir import AgentState, state_path
+from famfs.shadowdir import StateReader
 from fusefs.devicecheck import DeviceCheck
 
 
@@ -19,26 +17,10 @@ class Ahead:
 
     def __init__(self, devices: DeviceCheck, shadow_dir: str) -> None:
         self.devices = devices
-        self.path = state_path(shadow_dir)
-        # The state last parsed, by the identity of the file it came from: the agent replaces
-        # state.json by a rename, so one stat says whether to parse it again (a parse is ~0.2 ms).
-        self.cached: tuple[tuple[int, int, int], AgentState | None] | None = None
-
-    def _state(self) -> AgentState | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self.cached is None or self.cached[0] != key:
-            try:
-                self.cached = key, AgentState.parse(self.path.read_bytes())
-            except OSError:
-                return None
-        return self.cached[1]
+        self.state = StateReader(shadow_dir)
 
     def __call__(self, entry: fmt.FileEntry) -> str | None:
-        state = self._state()
+        state = self.state.read()
         if state is None or not state.following or state.stalled_at is not None:
             return "famfs-agent is not following the log on this host (its cursor cannot be trusted)"
         served = self.devices.served

@@ -26,7 +26,7 @@ from famfs import format as fmt
 from famfs import rules
 from famfs.compaction import read_record
 from famfs.famfslog import FamfsLog
-from famfs.shadowdir import image_identity, read_state
+from famfs.shadowdir import StateReader, image_identity
 
 log = structlog.get_logger("famfs-fuse-mount")
 
@@ -55,7 +55,7 @@ class Capacity:
 class CapacityCache:
     def __init__(self, famfs_log: FamfsLog, shadow_dir: str | None = None) -> None:
         self.famfs_log = famfs_log
-        self.shadow_dir = shadow_dir  # where the agent publishes its figures (None: replay only)
+        self.state = None if shadow_dir is None else StateReader(shadow_dir)  # the agent's figures (None: replay only)
         self.lock = threading.Lock()  # statfs calls may overlap in worker threads
         # ((next_index, epoch), figures, from our own replay): the last answer and what it is of
         self.cached: tuple[tuple[int, int], Capacity, bool] | None = None
@@ -94,9 +94,9 @@ class CapacityCache:
         """The agent's figures, if they are of this log's first `next_index` entries in log
         `epoch` (the compaction record's, as just read); else None.
         A kept replay is not dropped: it plays on from where it stopped when these do not fit."""
-        if self.shadow_dir is None or next_index == 0:
+        if self.state is None or next_index == 0:
             return None
-        state = read_state(self.shadow_dir)
+        state = self.state.read()
         famfs_log = self.famfs_log
         sb = famfs_log.superblock
         if (state is None or state.fs_uuid != str(sb.fs_uuid) or state.applied_index != next_index - 1

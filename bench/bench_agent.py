@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.follower import Follower
-from bench.common import Result, scratch
+from bench.common import Result, host_identity, scratch
 from demo.cluster import stop_process
 from demo.harness import materialize_reference
 from famfs import format as fmt
@@ -363,11 +363,12 @@ def bench_big_log(quick: bool) -> list[Result]:
 
 
 def run(quick: bool) -> list[Result]:
-    results = [bench_replay(quick), bench_client_start(quick)]
-    for wake_hint in (True, False):
-        results += bench_follow(quick, wake_hint)
-        results.append(bench_idle_cpu(quick, wake_hint))
-    results += bench_big_log(quick)
+    with host_identity():
+        results = [bench_replay(quick), bench_client_start(quick)]
+        for wake_hint in (True, False):
+            results += bench_follow(quick, wake_hint)
+            results.append(bench_idle_cpu(quick, wake_hint))
+        results += bench_big_log(quick)
     return results
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.bench_agent import follower_process
 from bench.bench_fuse import device_size, file_entry, make_device, stat_rate
-from bench.common import CPU, Result, pin, pinned, scratch
+from bench.common import CPU, Result, host_identity, pin, pinned, scratch
 from demo.harness import Mount, empty_shadow, materialize_reference, put_dir, put_file
 from famfs import env
 from famfs.device import Device
@@ -281,7 +281,8 @@ def bench_fuse(quick: bool) -> list[Result]:
 
 
 def run(quick: bool) -> list[Result]:
-    return [bench_replay(quick), *bench_fuse(quick)]
+    with host_identity():
+        return [bench_replay(quick), *bench_fuse(quick)]
 
 
 if __name__ == "__main__":

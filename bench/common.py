@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from famfs import env
+
 TMPFS = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 # Where a FUSE daemon and the program making its requests both run, when a benchmark pins them
 # (the last CPU this process may use): on the 2-core VM these ran on, a reply that wakes the
@@ -61,3 +63,19 @@ def pinned() -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def host_identity() -> Iterator[None]:
+    """The agents a benchmark starts join as one host whose identity lives in a scratch
+    directory, unless $FAMFS_SYSTEM_UUID_FILE names one already: on a fresh machine there is no
+    /opt/famfs/system_uuid, and only famfsctl mkfs makes that (docs/agent.md, "The host record")."""
+    if os.environ.get(env.SYSTEM_UUID_FILE):
+        yield
+        return
+    with scratch("bench_host_") as home:
+        os.environ[env.SYSTEM_UUID_FILE] = str(home / "system_uuid")
+        try:
+            yield
+        finally:
+            del os.environ[env.SYSTEM_UUID_FILE]

@@ -246,6 +246,11 @@ class OwnerReader:
 _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)
 # A SETATTR slot's head: what a listing reads of it (target index, relpath field, uid, gid, mode).
 _SETATTR_HEAD = struct.Struct(fmt.SETATTR_ENTRY.format[:len("<QI4xQ80sIII")])
+# What a listing reads of a FILE slot, in one unpack: its type, size, uid, gid, mode, relpath
+# field, extent type and count, and its first extent's offset and length (fmt.FILE_HEAD's layout
+# and one extent's words, the seqnum, flags and devindex skipped).
+_FILE_FIRST_EXTENT = struct.Struct("<8xI4x" "Q4xIII80s" "I4xI4x" "8xQQ")
+assert _FILE_FIRST_EXTENT.size == fmt.FILE_HEAD.size + fmt.EXTENT_WORDS[1].size
 # listed_many reads the owner map from a directory's lowest unit to its highest in one pread
 # when the span is at most _SPAN_UNITS units (256 KiB), or _SPAN_PER_FILE a file; else one read per file.
 _SPAN_UNITS = 1 << 16
@@ -397,72 +402,77 @@ class ShadowCheck:
         parsed and checked by file_problem."""
         return self.listed_many(((relpath, index),))[0]
 
-    def listed_many(self, wanted: Iterable[tuple[bytes, int]]) -> list[ListedFile | None]:
-        """listed() of many files at once (a directory's record, famfs.listing): the log's end
-        and the owner map's header read once, the units the files start in with one pread.
-        One loop, its lookups hoisted: a cold listing of 100,000 files runs it for each."""
-        found = self._slot_listings(wanted)
-        units = [item[1] for item in found if item is not None]
-        if not units:
-            return [None] * len(found)
-        low, high = min(units), max(units) + 1
-        dense = high - low <= max(_SPAN_UNITS, _SPAN_PER_FILE * len(units))
+    def listed_many(self, wanted: Iterable[tuple[bytes, int]], prefix: bytes = b"") -> list[ListedFile | None]:
+        """listed() of many files at once, in the order of `wanted`: (name, index) pairs, each
+        file's relpath `prefix` + name (a directory's record, famfs.listing, is its relpath and
+        "/", and its own (name, index) items). The log's end and the owner map's header read
+        once, the units the files start in with one pread. Two loops, their lookups hoisted: a
+        cold listing of 100,000 files runs them for each."""
+        listed, units, owners = self._slot_listings(wanted, prefix)
+        found = [unit for unit, item in zip(units, listed) if item is not None]
+        if not found:
+            return listed
+        low, high = min(found), max(found) + 1
+        # Served only where the owner map gives the unit the file starts in to that very entry.
         try:
-            if dense:
-                table = array("I", self.reader.owners(low, high))
-            else:  # files far apart: one small read each rather than a long one
-                table = array("I", b"".join(self.reader.owners(unit, unit + 1) for unit in units))
+            if high - low > max(_SPAN_UNITS, _SPAN_PER_FILE * len(found)):  # far apart: a small read each
+                owned = {unit: int.from_bytes(self.reader.owners(unit, unit + 1), "little") for unit in found}
+                return [item if item is not None and owned[unit] == owner else None
+                        for item, unit, owner in zip(listed, units, owners)]
+            table = array("I", self.reader.owners(low, high))
         except OwnerMapError:
-            return [None] * len(found)
+            return [None] * len(listed)
         if _SWAP:
             table.byteswap()
-        result: list[ListedFile | None] = []
-        nth = 0
-        for item in found:
-            if item is None:
-                result.append(None)
-                continue
-            listed, unit, index = item
-            owner = table[unit - low] if dense else table[nth]
-            nth += 1
-            result.append(listed if owner == index + 1 else None)
-        return result
+        return [item if item is not None and table[unit - low] == owner else None
+                for item, unit, owner in zip(listed, units, owners)]
 
-    def _slot_listings(self, wanted: Iterable[tuple[bytes, int]]) -> list[tuple[ListedFile, int, int] | None]:
-        """For each (relpath, index): what slot `index` lists for `relpath`, the unit its first
-        extent starts in, and `index`; None where the slot is not a simple FILE of that path (or
-        a SETATTR of one) below the log's end."""
+    def _slot_listings(self, wanted: Iterable[tuple[bytes, int]],
+                       prefix: bytes) -> tuple[list[ListedFile | None], list[int], list[int]]:
+        """For each (name, index): what slot `index` lists for `prefix` + name (None where the
+        slot is not a simple FILE of that path, or a SETATTR of one, below the log's end), the
+        unit its first extent starts in, and the owner map's value for `index` (index + 1)."""
         famfs_log = self.famfs_log
         limit = min(famfs_log.next_index(), self._slots)
         log_map = famfs_log.device.map  # unpacked in place: a slot below the log's capacity is on the device
         base, size = famfs_log.log_base + fmt.LOG_HEADER.size, fmt.ENTRY_SIZE
-        file_head, setattr_head, words_of = fmt.FILE_HEAD.unpack_from, _SETATTR_HEAD.unpack_from, fmt.EXTENT_WORDS
-        head_size, unit_size, nunits = fmt.FILE_HEAD.size, self.reader.unit, self.reader.nunits
-        file_kind, setattr_kind, simple = fmt.EntryType.FILE, fmt.EntryType.SETATTR, fmt.ExtentType.SIMPLE
-        found: list[tuple[ListedFile, int, int] | None] = []
-        for relpath, index in wanted:
+        file_head, setattr_head, words_of = _FILE_FIRST_EXTENT.unpack_from, _SETATTR_HEAD.unpack_from, fmt.EXTENT_WORDS
+        head_size, unit_size, nunits, pathlen = fmt.FILE_HEAD.size, self.reader.unit, self.reader.nunits, fmt.MAX_PATHLEN
+        file_kind, setattr_kind, most = fmt.EntryType.FILE, fmt.EntryType.SETATTR, fmt.MAX_SIMPLE_EXTENTS
+        new, listed_file = tuple.__new__, ListedFile
+        listed: list[ListedFile | None] = []
+        units: list[int] = []
+        owners: list[int] = []
+        for name, index in wanted:
+            owners.append(index + 1)
             if not 0 <= index < limit:
-                found.append(None)
+                listed.append(None)
+                units.append(0)
                 continue
-            field = relpath.ljust(fmt.MAX_PATHLEN, b"\0")
+            field = (prefix + name).ljust(pathlen, b"\0")
             slot = base + index * size
-            _, kind, size_, _, uid, gid, mode, path, ext_type, count = file_head(log_map, slot)
+            kind, size_, uid, gid, mode, path, ext_type, count, offset, mapped = file_head(log_map, slot)
             if kind == setattr_kind:
                 changed = setattr_head(log_map, slot)
                 target = changed[2]
                 if changed[3] != field or not 0 <= target < index:
-                    found.append(None)
+                    listed.append(None)
+                    units.append(0)
                     continue
                 slot = base + target * size
-                _, kind, size_, _, _, _, _, path, ext_type, count = file_head(log_map, slot)
+                kind, size_, _, _, _, path, ext_type, count, offset, mapped = file_head(log_map, slot)
                 uid, gid, mode = changed[4:7]
-            if kind != file_kind or path != field or ext_type != simple or not 1 <= count <= fmt.MAX_SIMPLE_EXTENTS:
-                found.append(None)  # an interleaved file is rare: its listing parses the YAML
+            start = offset // unit_size
+            # ext_type 0: simple extents (an interleaved file is rare: its listing parses the YAML)
+            if kind != file_kind or path != field or ext_type or not 1 <= count <= most or start >= nunits:
+                listed.append(None)
+                units.append(0)
                 continue
-            words = words_of[count].unpack_from(log_map, slot + head_size)
-            start = words[1] // unit_size
-            found.append(None if start >= nunits else (ListedFile(size_, mode, uid, gid, sum(words[2::3])), start, index))
-        return found
+            if count > 1:
+                mapped = sum(words_of[count].unpack_from(log_map, slot + head_size)[2::3])
+            listed.append(new(listed_file, (size_, mode, uid, gid, mapped)))
+            units.append(start)
+        return listed, units, owners
 
     def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str:
         """The logged attributes of shadow directory `relpath` from its xattr value `raw`, if

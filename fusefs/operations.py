@@ -129,6 +129,26 @@ def guarded(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
+def _file_attributes(attrs: pyfuse3.EntryAttributes, node: Node, entry: fmt.FileEntry | ListedFile) -> None:
+    """Set what a file's attributes hold of its own on `attrs` (made by _new_attributes): its
+    number, its shadow file's times (or those set through this mount), its logged mode, owner,
+    size and blocks. Every field a file's entry can differ in, so that a listing reuses one."""
+    sig = node.sig
+    attrs.st_ino = node.ino
+    times = node.times
+    if times is None:
+        attrs.st_atime_ns = sig.atime_ns
+        attrs.st_mtime_ns = sig.mtime_ns
+    else:
+        attrs.st_atime_ns, attrs.st_mtime_ns = times
+    attrs.st_ctime_ns = sig.ctime_ns
+    attrs.st_mode = stat.S_IFREG | entry.mode
+    attrs.st_uid = entry.uid
+    attrs.st_gid = entry.gid
+    attrs.st_size = entry.size
+    attrs.st_blocks = entry.capacity() // 512
+
+
 class FamfsOperations(pyfuse3.Operations):
     def __init__(self, table: InodeTable, devices: DeviceCheck, policy: MountPolicy,
                  shadow_dir: bytes, status: Callable[[], str], writer: NamespaceWriter | None = None) -> None:
@@ -165,16 +185,12 @@ class FamfsOperations(pyfuse3.Operations):
 
     def _attributes(self, node: Node, listed: fmt.FileEntry | ListedFile | None = None) -> pyfuse3.EntryAttributes:
         """`listed`: a file's attributes, when the caller has them (a listing) already."""
-        attrs = pyfuse3.EntryAttributes()
-        sig = node.sig
-        attrs.st_ino = node.ino
-        attrs.generation = 0
-        attrs.entry_timeout = self.policy.entry_timeout
-        attrs.attr_timeout = self.policy.entry_timeout
-        attrs.st_atime_ns, attrs.st_mtime_ns = (sig.atime_ns, sig.mtime_ns) if node.times is None else node.times
-        attrs.st_ctime_ns = sig.ctime_ns
-        attrs.st_blksize = BLOCK_IO_SIZE
+        attrs = self._new_attributes()
         if node.is_dir:
+            sig = node.sig
+            attrs.st_ino = node.ino
+            attrs.st_atime_ns, attrs.st_mtime_ns = (sig.atime_ns, sig.mtime_ns) if node.times is None else node.times
+            attrs.st_ctime_ns = sig.ctime_ns
             logged = node.logged  # the log's mode and owner, never the shadow directory's 0755 root
             attrs.st_mode = stat.S_IFDIR | (sig.mode if logged is None else logged.mode)
             attrs.st_nlink = sig.nlink
@@ -182,12 +198,17 @@ class FamfsOperations(pyfuse3.Operations):
             attrs.st_size = sig.size
             attrs.st_blocks = 0
             return attrs
-        entry = self._listed(node) if listed is None else listed
-        attrs.st_mode = stat.S_IFREG | entry.mode
+        _file_attributes(attrs, node, self._listed(node) if listed is None else listed)
+        return attrs
+
+    def _new_attributes(self) -> pyfuse3.EntryAttributes:
+        """Attributes with what every entry of this mount shares set: timeouts, block size, and
+        a file's one link (a directory sets its own)."""
+        attrs = pyfuse3.EntryAttributes()
+        attrs.generation = 0
+        attrs.entry_timeout = attrs.attr_timeout = self.policy.entry_timeout
+        attrs.st_blksize = BLOCK_IO_SIZE
         attrs.st_nlink = 1
-        attrs.st_uid, attrs.st_gid = entry.uid, entry.gid
-        attrs.st_size = entry.size
-        attrs.st_blocks = entry.capacity() // 512
         return attrs
 
     def _listed(self, node: Node) -> fmt.FileEntry | ListedFile:
@@ -476,27 +497,38 @@ class FamfsOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory, listing = self.dir_handles[fh]
         table = self.table
+        nodes, reply = table.nodes, pyfuse3.readdir_reply
         dir_fd: int | None = None  # opened for the first YAML this call loads (a cold listing loads hundreds)
         if not directory.record_read and directory.present:
             table.list_from_record(directory)  # every file it names listed at once: none then needs a read
+        # One object for every listed file of this call: readdir_reply copies it into the reply,
+        # and _file_attributes sets every field that differs from one file to the next.
+        reused = self._new_attributes()
         try:
             for index in range(start_id, len(listing)):
                 name, ino = listing[index]
-                node = table.nodes.get(ino)
-                if node is None and (link := self.links.by_ino.get(ino)) is not None:
-                    if not pyfuse3.readdir_reply(token, name, self._link_attributes(link), index + 1):
+                node = nodes.get(ino)
+                if node is None:
+                    link = self.links.by_ino.get(ino)
+                    if link is not None and not reply(token, name, self._link_attributes(link), index + 1):
                         return
                     continue
-                if node is None or not node.present:
+                if not node.present:
                     continue
-                listed = None
-                if not node.is_dir:
+                listed = node.listed
+                if listed is not None and node.entry is None and node.error is None:  # file_attributes' answer
+                    _file_attributes(reused, node, listed)
+                    attrs = reused
+                elif node.is_dir:
+                    attrs = self._attributes(node)
+                else:
                     if dir_fd is None and table.needs_read(node) and directory.present:
                         dir_fd = shadow_reader.open_dir(table.shadow_root, directory.relpath)
-                    listed = table.file_attributes(node, dir_fd)
-                    if listed is None:
+                    entry = table.file_attributes(node, dir_fd)
+                    if entry is None:
                         continue  # a refused YAML: lookup answers EIO (ENOENT: not the log's), not listed
-                if not pyfuse3.readdir_reply(token, name, self._attributes(node, listed), index + 1):
+                    attrs = self._attributes(node, entry)
+                if not reply(token, name, attrs, index + 1):
                     return
                 table.remember(node)  # readdirplus: every entry the kernel took is a lookup
         finally:

@@ -19,6 +19,7 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import NamedTuple, TypeVar
 
 from famfs import format as fmt
@@ -257,6 +258,18 @@ assert _FILE_FIRST_EXTENT.size == fmt.FILE_HEAD.size + fmt.EXTENT_WORDS[1].size
 # when the span is at most _SPAN_UNITS units (256 KiB), or _SPAN_PER_FILE a file; else one read per file.
 _SPAN_UNITS = 1 << 16
 _SPAN_PER_FILE = 4
+# A run of at least _RUN_MIN files whose log entries are consecutive (a directory the agent played
+# in one go) is checked column by column: each field of every slot of the run read at once from a
+# strided view of the log (a u32 or u64 "word" of each slot), compared whole. Its offsets, in
+# bytes from a slot's start, are _FILE_FIRST_EXTENT's fields: the entry type, size, uid, gid,
+# mode, relpath field, extent type and count, the first extent's offset and length.
+_RUN_MIN = 8
+_TYPE_AT, _SIZE_AT, _UID_AT, _PATH_AT, _EXTENT_TYPE_AT, _COUNT_AT, _OFFSET_AT = (
+    struct.calcsize(head) for head in ("<Q", "<QI4x", "<QI4xQI", "<QI4xQIIII", "<QI4xQIIII80s", "<QI4xQIIII80sI4x",
+                                       "<QI4xQIIII80sI4xI4xQ"))
+assert _PATH_AT == fmt.RELPATH_OFFSETS[fmt.EntryType.FILE] and _OFFSET_AT == fmt.FILE_HEAD.size + 8
+_PATH_FIELD = struct.Struct(f"<{_PATH_AT}x{fmt.MAX_PATHLEN}s{fmt.ENTRY_SIZE - _PATH_AT - fmt.MAX_PATHLEN}x")
+_U32, _U64 = fmt.ENTRY_SIZE // 4, fmt.ENTRY_SIZE // 8  # words of each size in a slot
 
 
 class ListedFile(NamedTuple):
@@ -285,6 +298,15 @@ def _overlap(ours: Sequence[fmt.Extent], theirs: Sequence[fmt.Extent], unit: int
     """Whether any two extents touch an allocation unit of the same device in common."""
     return any(a.devindex == b.devindex and a.offset // unit < -(-b.end // unit) and b.offset // unit < -(-a.end // unit)
                for a in ours for b in theirs)
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) of each longest stretch of `indexes` (not empty) that counts up by one."""
+    steps = list(map(operator.sub, indexes[1:], indexes[:-1]))
+    if steps.count(1) == len(steps):
+        return [(0, len(indexes))]
+    bounds = [0, *(at for at, step in enumerate(steps, 1) if step != 1), len(indexes)]
+    return list(zip(bounds, bounds[1:]))
 
 
 class ShadowCheck:
@@ -407,24 +429,86 @@ class ShadowCheck:
     def listed_many(self, wanted: Iterable[tuple[bytes, int]], prefix: bytes = b"") -> list[ListedFile | None]:
         """listed() of many files at once, in the order of `wanted`: (name, index) pairs, each
         file's relpath `prefix` + name (a directory's record, famfs.listing, is its relpath and
-        "/", and its own (name, index) items). The log's end and the owner map's header read
-        once, the units the files start in with one pread, compared with no Python step per file
-        when all hold: a cold listing of 100,000 files runs this for each."""
+        "/", and its own (name, index) items). A run of files with consecutive log entries is
+        checked column by column, with no Python step per file (_run_listings), when all its
+        files hold; any doubt, and the files are checked one by one (_listed_each), the same
+        rules: a cold listing of 100,000 files runs this for each."""
+        items = list(wanted)
+        indexes = list(map(itemgetter(1), items))
+        if len(items) < _RUN_MIN or _SWAP:  # the columns are read in the host's byte order
+            return self._listed_each(items, prefix)
+        runs = _runs(indexes)
+        if len(runs) == 1:  # one run: the whole directory played in one go
+            return self._run_listings(items, indexes[0], prefix) or self._listed_each(items, prefix)
+        result: list[ListedFile | None] = [None] * len(items)
+        rest: list[int] = []  # the positions of the files checked one by one
+        for start, stop in runs:
+            run = self._run_listings(items[start:stop], indexes[start], prefix) if stop - start >= _RUN_MIN else None
+            if run is None:
+                rest.extend(range(start, stop))
+            else:
+                result[start:stop] = run
+        if len(rest) == len(items):
+            return self._listed_each(items, prefix)
+        for position, listed in zip(rest, self._listed_each([items[position] for position in rest], prefix)):
+            result[position] = listed
+        return result
+
+    def _run_listings(self, run: list[tuple[bytes, int]], first: int, prefix: bytes) -> list[ListedFile] | None:
+        """The listings of `run`, files whose log entries are `first`, `first` + 1, ...: each
+        slot a FILE of that very path with one simple extent, below the log's end, whose first
+        unit the owner map gives to that entry; None unless every one is (then _listed_each)."""
+        count = len(run)
+        if first < 0 or first + count > min(self.famfs_log.next_index(), self._slots):
+            return None
+        start = self.famfs_log.log_base + fmt.LOG_HEADER.size + first * fmt.ENTRY_SIZE
+        with memoryview(self.famfs_log.device.map)[start:start + count * fmt.ENTRY_SIZE] as slots, \
+                slots.cast("I") as u32, slots.cast("Q") as u64:
+            if u32[_TYPE_AT // 4::_U32].tobytes() != struct.pack("<I", fmt.EntryType.FILE) * count \
+                    or u32[_EXTENT_TYPE_AT // 4::_U32].tobytes() != struct.pack("<I", fmt.ExtentType.SIMPLE) * count \
+                    or u32[_COUNT_AT // 4::_U32].tobytes() != struct.pack("<I", 1) * count:
+                return None
+            paths = list(map(itemgetter(0), _PATH_FIELD.iter_unpack(slots)))
+            if paths != [(prefix + name).ljust(fmt.MAX_PATHLEN, b"\0") for name, _ in run]:
+                return None
+            units = list(map(operator.floordiv, u64[_OFFSET_AT // 8::_U64].tolist(), repeat(self.reader.unit)))
+            if max(units) >= self.reader.nunits:
+                return None
+            try:
+                if self._owners_at(units) != list(range(first + 1, first + count + 1)):
+                    return None
+            except OwnerMapError:
+                return None
+            fields = (u64[_SIZE_AT // 8::_U64].tolist(), u32[_UID_AT // 4 + 2::_U32].tolist(),
+                      u32[_UID_AT // 4::_U32].tolist(), u32[_UID_AT // 4 + 1::_U32].tolist(),
+                      u64[_OFFSET_AT // 8 + 1::_U64].tolist())  # size, mode, uid, gid, the extent's length
+        return list(map(tuple.__new__, repeat(ListedFile), zip(*fields)))
+
+    def _owners_at(self, units: list[int]) -> list[int]:
+        """The owner map's value at each of `units` (not empty): one pread from the lowest to the
+        highest, or one small read each when they are far apart. OwnerMapError if it has none."""
+        low, high = min(units), max(units) + 1
+        if high - low > max(_SPAN_UNITS, _SPAN_PER_FILE * len(units)):
+            table = array("I", b"".join(self.reader.owners(unit, unit + 1) for unit in units))
+            if _SWAP:
+                table.byteswap()
+            return table.tolist()
+        table = array("I", self.reader.owners(low, high))
+        if _SWAP:
+            table.byteswap()
+        if high - low == len(units) and units == list(range(low, high)):
+            return table.tolist()  # one unit after the other (a directory of small files made in one go)
+        return [table[unit - low] for unit in units]
+
+    def _listed_each(self, wanted: list[tuple[bytes, int]], prefix: bytes) -> list[ListedFile | None]:
+        """listed_many, file by file: the rules of listed(), each file's slot read on its own."""
         listed, units, owners = self._slot_listings(wanted, prefix)
         if not units:
             return listed
-        low, high = min(units), max(units) + 1
-        sparse = high - low > max(_SPAN_UNITS, _SPAN_PER_FILE * len(units))
         try:
-            if sparse:  # files far apart: one small read each rather than a long one
-                table = array("I", b"".join(self.reader.owners(unit, unit + 1) for unit in units))
-            else:
-                table = array("I", self.reader.owners(low, high))
+            got = self._owners_at(units)
         except OwnerMapError:
             return [None] * len(listed)
-        if _SWAP:
-            table.byteswap()
-        got = table.tolist() if sparse else list(map(table.__getitem__, map(operator.sub, units, repeat(low))))
         # Served only where the owner map gives the unit the file starts in to that very entry.
         if got == owners:
             return listed  # every one holds (the usual case)

@@ -25,7 +25,7 @@ from famfs import listing, ownership
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ListedFile
-from famfs.shadowdir import AGENT_DIR, FILE_XATTR, LISTINGS_DIR
+from famfs.shadowdir import AGENT_DIR, FILE_XATTR, LISTINGS_DIR, OWNERS_FILE
 from fusefs import shadow_reader
 from fusefs.devicecheck import Served
 from fusefs.inodes import InodeTable
@@ -286,7 +286,7 @@ def test_runs_checked_column_by_column_list_what_the_rules_list_file_by_file(tmp
 
     with Device(str(image)) as device, pytest.MonkeyPatch.context() as patch:
         patch.setattr(ownership.ShadowCheck, "_run_listings", counted)
-        check = ownership.ShadowCheck(FamfsLog(device), shadow / AGENT_DIR / "owners")
+        check = ownership.ShadowCheck(FamfsLog(device), shadow / AGENT_DIR / OWNERS_FILE)
         try:
             # Each file's FILE entry, one run of 40: f5's was changed by a SETATTR since (the owner
             # map names that), f7's deleted (its units held): the owner map refuses the run whole.
@@ -321,7 +321,7 @@ def test_runs_checked_column_by_column_list_what_the_rules_list_file_by_file(tmp
             # Slots past the log's end copied from f8..f15's and an owner map naming them (stale
             # or forged): nothing past the end is listed, in a run or not.
             slot = check.famfs_log.log_base + fmt.LOG_HEADER.size
-            owners = os.open(shadow / AGENT_DIR / "owners", os.O_WRONLY)
+            owners = os.open(shadow / AGENT_DIR / OWNERS_FILE, os.O_WRONLY)
             with open(image, "r+b") as raw:
                 for n in range(8):
                     raw.seek(slot + made["d/f%d" % (8 + n)] * fmt.ENTRY_SIZE)

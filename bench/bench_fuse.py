@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,12 +255,25 @@ def sequential_reads(where: Path, device: Path, size: int) -> list[Result]:
 
 
 WALKS = (("find",), ("ls", "-lR"), ("du", "-s"))
+COMMAND_TIMEOUT_S = 600
 
 
 def command_seconds(command: tuple[str, ...], where: Path) -> float:
+    """Seconds `command` took on `where`, to its exit: waited for with a blocking wait, not
+    subprocess's timeout loop (which polls at up to 50 ms intervals, rounding every walk up to
+    the next poll); a timer kills a command still running after COMMAND_TIMEOUT_S."""
     start = time.perf_counter()
-    subprocess.run([*command, str(where)], stdout=subprocess.DEVNULL, check=True, timeout=600)
-    return time.perf_counter() - start
+    process = subprocess.Popen([*command, str(where)], stdout=subprocess.DEVNULL)
+    killer = threading.Timer(COMMAND_TIMEOUT_S, process.kill)
+    killer.start()
+    try:
+        returncode = process.wait()
+    finally:
+        killer.cancel()
+    elapsed = time.perf_counter() - start
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, process.args)
+    return elapsed
 
 
 PER_DIR = 1000

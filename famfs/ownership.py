@@ -12,11 +12,14 @@ reader met first, says which file owns which memory.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
+from operator import itemgetter
 from typing import NamedTuple, TypeVar
 
 from famfs import format as fmt
@@ -246,10 +249,27 @@ class OwnerReader:
 _Made = TypeVar("_Made", fmt.FileEntry, fmt.MkdirEntry)
 # A SETATTR slot's head: what a listing reads of it (target index, relpath field, uid, gid, mode).
 _SETATTR_HEAD = struct.Struct(fmt.SETATTR_ENTRY.format[:len("<QI4xQ80sIII")])
+# What a listing reads of a FILE slot, in one unpack: its type, size, uid, gid, mode, relpath
+# field, extent type and count, and its first extent's offset and length (fmt.FILE_HEAD's layout
+# and one extent's words, the seqnum, flags and devindex skipped).
+_FILE_FIRST_EXTENT = struct.Struct("<8xI4x" "Q4xIII80s" "I4xI4x" "8xQQ")
+assert _FILE_FIRST_EXTENT.size == fmt.FILE_HEAD.size + fmt.EXTENT_WORDS[1].size
 # listed_many reads the owner map from a directory's lowest unit to its highest in one pread
 # when the span is at most _SPAN_UNITS units (256 KiB), or _SPAN_PER_FILE a file; else one read per file.
 _SPAN_UNITS = 1 << 16
 _SPAN_PER_FILE = 4
+# A run of at least _RUN_MIN files whose log entries are consecutive (a directory the agent played
+# in one go) is checked column by column: each field of every slot of the run read at once from a
+# strided view of the log (a u32 or u64 "word" of each slot), compared whole. Its offsets, in
+# bytes from a slot's start, are _FILE_FIRST_EXTENT's fields: the entry type, size, uid, gid,
+# mode, relpath field, extent type and count, the first extent's offset and length.
+_RUN_MIN = 8
+_TYPE_AT, _SIZE_AT, _UID_AT, _PATH_AT, _EXTENT_TYPE_AT, _COUNT_AT, _OFFSET_AT = (
+    struct.calcsize(head) for head in ("<Q", "<QI4x", "<QI4xQI", "<QI4xQIIII", "<QI4xQIIII80s", "<QI4xQIIII80sI4x",
+                                       "<QI4xQIIII80sI4xI4xQ"))
+assert _PATH_AT == fmt.RELPATH_OFFSETS[fmt.EntryType.FILE] and _OFFSET_AT == fmt.FILE_HEAD.size + 8
+_PATH_FIELD = struct.Struct(f"<{_PATH_AT}x{fmt.MAX_PATHLEN}s{fmt.ENTRY_SIZE - _PATH_AT - fmt.MAX_PATHLEN}x")
+_U32, _U64 = fmt.ENTRY_SIZE // 4, fmt.ENTRY_SIZE // 8  # words of each size in a slot
 
 
 class ListedFile(NamedTuple):
@@ -278,6 +298,15 @@ def _overlap(ours: Sequence[fmt.Extent], theirs: Sequence[fmt.Extent], unit: int
     """Whether any two extents touch an allocation unit of the same device in common."""
     return any(a.devindex == b.devindex and a.offset // unit < -(-b.end // unit) and b.offset // unit < -(-a.end // unit)
                for a in ours for b in theirs)
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) of each longest stretch of `indexes` (not empty) that counts up by one."""
+    steps = list(map(operator.sub, indexes[1:], indexes[:-1]))
+    if steps.count(1) == len(steps):
+        return [(0, len(indexes))]
+    bounds = [0, *(at for at, step in enumerate(steps, 1) if step != 1), len(indexes)]
+    return list(zip(bounds, bounds[1:]))
 
 
 class ShadowCheck:
@@ -397,72 +426,139 @@ class ShadowCheck:
         parsed and checked by file_problem."""
         return self.listed_many(((relpath, index),))[0]
 
-    def listed_many(self, wanted: Iterable[tuple[bytes, int]]) -> list[ListedFile | None]:
-        """listed() of many files at once (a directory's record, famfs.listing): the log's end
-        and the owner map's header read once, the units the files start in with one pread.
-        One loop, its lookups hoisted: a cold listing of 100,000 files runs it for each."""
-        found = self._slot_listings(wanted)
-        units = [item[1] for item in found if item is not None]
-        if not units:
-            return [None] * len(found)
-        low, high = min(units), max(units) + 1
-        dense = high - low <= max(_SPAN_UNITS, _SPAN_PER_FILE * len(units))
-        try:
-            if dense:
-                table = array("I", self.reader.owners(low, high))
-            else:  # files far apart: one small read each rather than a long one
-                table = array("I", b"".join(self.reader.owners(unit, unit + 1) for unit in units))
-        except OwnerMapError:
-            return [None] * len(found)
-        if _SWAP:
-            table.byteswap()
-        result: list[ListedFile | None] = []
-        nth = 0
-        for item in found:
-            if item is None:
-                result.append(None)
-                continue
-            listed, unit, index = item
-            owner = table[unit - low] if dense else table[nth]
-            nth += 1
-            result.append(listed if owner == index + 1 else None)
+    def listed_many(self, wanted: Iterable[tuple[bytes, int]], prefix: bytes = b"") -> list[ListedFile | None]:
+        """listed() of many files at once, in the order of `wanted`: (name, index) pairs, each
+        file's relpath `prefix` + name (a directory's record, famfs.listing, is its relpath and
+        "/", and its own (name, index) items). A run of files with consecutive log entries is
+        checked column by column, with no Python step per file (_run_listings), when all its
+        files hold; any doubt, and the files are checked one by one (_listed_each), the same
+        rules: a cold listing of 100,000 files runs this for each."""
+        items = list(wanted)
+        indexes = list(map(itemgetter(1), items))
+        if len(items) < _RUN_MIN or _SWAP:  # the columns are read in the host's byte order
+            return self._listed_each(items, prefix)
+        runs = _runs(indexes)
+        if len(runs) == 1:  # one run: the whole directory played in one go
+            return self._run_listings(items, indexes[0], prefix) or self._listed_each(items, prefix)
+        result: list[ListedFile | None] = [None] * len(items)
+        rest: list[int] = []  # the positions of the files checked one by one
+        for start, stop in runs:
+            run = self._run_listings(items[start:stop], indexes[start], prefix) if stop - start >= _RUN_MIN else None
+            if run is None:
+                rest.extend(range(start, stop))
+            else:
+                result[start:stop] = run
+        if len(rest) == len(items):
+            return self._listed_each(items, prefix)
+        for position, listed in zip(rest, self._listed_each([items[position] for position in rest], prefix)):
+            result[position] = listed
         return result
 
-    def _slot_listings(self, wanted: Iterable[tuple[bytes, int]]) -> list[tuple[ListedFile, int, int] | None]:
-        """For each (relpath, index): what slot `index` lists for `relpath`, the unit its first
-        extent starts in, and `index`; None where the slot is not a simple FILE of that path (or
-        a SETATTR of one) below the log's end."""
+    def _run_listings(self, run: list[tuple[bytes, int]], first: int, prefix: bytes) -> list[ListedFile] | None:
+        """The listings of `run`, files whose log entries are `first`, `first` + 1, ...: each
+        slot a FILE of that very path with one simple extent, below the log's end, whose first
+        unit the owner map gives to that entry; None unless every one is (then _listed_each)."""
+        count = len(run)
+        if first < 0 or first + count > min(self.famfs_log.next_index(), self._slots):
+            return None
+        start = self.famfs_log.log_base + fmt.LOG_HEADER.size + first * fmt.ENTRY_SIZE
+        with memoryview(self.famfs_log.device.map)[start:start + count * fmt.ENTRY_SIZE] as slots, \
+                slots.cast("I") as u32, slots.cast("Q") as u64:
+            if u32[_TYPE_AT // 4::_U32].tobytes() != struct.pack("<I", fmt.EntryType.FILE) * count \
+                    or u32[_EXTENT_TYPE_AT // 4::_U32].tobytes() != struct.pack("<I", fmt.ExtentType.SIMPLE) * count \
+                    or u32[_COUNT_AT // 4::_U32].tobytes() != struct.pack("<I", 1) * count:
+                return None
+            paths = list(map(itemgetter(0), _PATH_FIELD.iter_unpack(slots)))
+            if paths != [(prefix + name).ljust(fmt.MAX_PATHLEN, b"\0") for name, _ in run]:
+                return None
+            units = list(map(operator.floordiv, u64[_OFFSET_AT // 8::_U64].tolist(), repeat(self.reader.unit)))
+            if max(units) >= self.reader.nunits:
+                return None
+            try:
+                if self._owners_at(units) != list(range(first + 1, first + count + 1)):
+                    return None
+            except OwnerMapError:
+                return None
+            fields = (u64[_SIZE_AT // 8::_U64].tolist(), u32[_UID_AT // 4 + 2::_U32].tolist(),
+                      u32[_UID_AT // 4::_U32].tolist(), u32[_UID_AT // 4 + 1::_U32].tolist(),
+                      u64[_OFFSET_AT // 8 + 1::_U64].tolist())  # size, mode, uid, gid, the extent's length
+        return list(map(tuple.__new__, repeat(ListedFile), zip(*fields)))
+
+    def _owners_at(self, units: list[int]) -> list[int]:
+        """The owner map's value at each of `units` (not empty): one pread from the lowest to the
+        highest, or one small read each when they are far apart. OwnerMapError if it has none."""
+        low, high = min(units), max(units) + 1
+        if high - low > max(_SPAN_UNITS, _SPAN_PER_FILE * len(units)):
+            table = array("I", b"".join(self.reader.owners(unit, unit + 1) for unit in units))
+            if _SWAP:
+                table.byteswap()
+            return table.tolist()
+        table = array("I", self.reader.owners(low, high))
+        if _SWAP:
+            table.byteswap()
+        if high - low == len(units) and units == list(range(low, high)):
+            return table.tolist()  # one unit after the other (a directory of small files made in one go)
+        return [table[unit - low] for unit in units]
+
+    def _listed_each(self, wanted: list[tuple[bytes, int]], prefix: bytes) -> list[ListedFile | None]:
+        """listed_many, file by file: the rules of listed(), each file's slot read on its own."""
+        listed, units, owners = self._slot_listings(wanted, prefix)
+        if not units:
+            return listed
+        try:
+            got = self._owners_at(units)
+        except OwnerMapError:
+            return [None] * len(listed)
+        # Served only where the owner map gives the unit the file starts in to that very entry.
+        if got == owners:
+            return listed  # every one holds (the usual case)
+        held = map(operator.eq, got, owners)  # one for each file listed so far, in order
+        return [None if item is None or not next(held) else item for item in listed]
+
+    def _slot_listings(self, wanted: Iterable[tuple[bytes, int]],
+                       prefix: bytes) -> tuple[list[ListedFile | None], list[int], list[int]]:
+        """For each (name, index): what slot `index` lists for `prefix` + name, None where the
+        slot is not a simple FILE of that path (or a SETATTR of one) below the log's end; and
+        for each one listed, in order, the unit its first extent starts in and the owner map's
+        value that says `index` owns it (index + 1)."""
         famfs_log = self.famfs_log
         limit = min(famfs_log.next_index(), self._slots)
         log_map = famfs_log.device.map  # unpacked in place: a slot below the log's capacity is on the device
         base, size = famfs_log.log_base + fmt.LOG_HEADER.size, fmt.ENTRY_SIZE
-        file_head, setattr_head, words_of = fmt.FILE_HEAD.unpack_from, _SETATTR_HEAD.unpack_from, fmt.EXTENT_WORDS
-        head_size, unit_size, nunits = fmt.FILE_HEAD.size, self.reader.unit, self.reader.nunits
-        file_kind, setattr_kind, simple = fmt.EntryType.FILE, fmt.EntryType.SETATTR, fmt.ExtentType.SIMPLE
-        found: list[tuple[ListedFile, int, int] | None] = []
-        for relpath, index in wanted:
+        file_head, setattr_head, words_of = _FILE_FIRST_EXTENT.unpack_from, _SETATTR_HEAD.unpack_from, fmt.EXTENT_WORDS
+        head_size, unit_size, nunits, pathlen = fmt.FILE_HEAD.size, self.reader.unit, self.reader.nunits, fmt.MAX_PATHLEN
+        file_kind, setattr_kind, most = fmt.EntryType.FILE, fmt.EntryType.SETATTR, fmt.MAX_SIMPLE_EXTENTS
+        new, listed_file = tuple.__new__, ListedFile
+        listed: list[ListedFile | None] = []
+        units: list[int] = []
+        owners: list[int] = []
+        for name, index in wanted:
             if not 0 <= index < limit:
-                found.append(None)
+                listed.append(None)
                 continue
-            field = relpath.ljust(fmt.MAX_PATHLEN, b"\0")
+            field = (prefix + name).ljust(pathlen, b"\0")
             slot = base + index * size
-            _, kind, size_, _, uid, gid, mode, path, ext_type, count = file_head(log_map, slot)
+            kind, size_, uid, gid, mode, path, ext_type, count, offset, mapped = file_head(log_map, slot)
             if kind == setattr_kind:
                 changed = setattr_head(log_map, slot)
                 target = changed[2]
                 if changed[3] != field or not 0 <= target < index:
-                    found.append(None)
+                    listed.append(None)
                     continue
                 slot = base + target * size
-                _, kind, size_, _, _, _, _, path, ext_type, count = file_head(log_map, slot)
+                kind, size_, _, _, _, path, ext_type, count, offset, mapped = file_head(log_map, slot)
                 uid, gid, mode = changed[4:7]
-            if kind != file_kind or path != field or ext_type != simple or not 1 <= count <= fmt.MAX_SIMPLE_EXTENTS:
-                found.append(None)  # an interleaved file is rare: its listing parses the YAML
+            start = offset // unit_size
+            # ext_type 0: simple extents (an interleaved file is rare: its listing parses the YAML)
+            if kind != file_kind or path != field or ext_type or not 1 <= count <= most or start >= nunits:
+                listed.append(None)
                 continue
-            words = words_of[count].unpack_from(log_map, slot + head_size)
-            start = words[1] // unit_size
-            found.append(None if start >= nunits else (ListedFile(size_, mode, uid, gid, sum(words[2::3])), start, index))
-        return found
+            if count > 1:
+                mapped = sum(words_of[count].unpack_from(log_map, slot + head_size)[2::3])
+            listed.append(new(listed_file, (size_, mode, uid, gid, mapped)))
+            units.append(start)
+            owners.append(index + 1)
+        return listed, units, owners
 
     def dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str:
         """The logged attributes of shadow directory `relpath` from its xattr value `raw`, if

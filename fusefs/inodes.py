@@ -111,7 +111,7 @@ class Checker(Protocol):
 
     def listed(self, relpath: bytes, index: int) -> ListedFile | None: ...
 
-    def listed_many(self, wanted: Iterable[tuple[bytes, int]]) -> list[ListedFile | None]: ...
+    def listed_many(self, wanted: Iterable[tuple[bytes, int]], prefix: bytes = b"") -> list[ListedFile | None]: ...
 
 
 class Node:
@@ -248,26 +248,30 @@ class InodeTable:
         one owner-map read for the directory: famfs.listing, ShadowCheck.listed_many). The rest
         (no record, a name it lacks, an entry that is not the live one) each go file by file."""
         directory.record_read = True
-        assert directory.children is not None
+        children = directory.children
+        assert children is not None
         record = listing.read(self.listings_dir, directory.relpath)
         if not record:
             return
-        nodes = self.nodes
-        wanted = []
-        for name, ino in directory.children.items():
-            node = nodes[ino]
-            index = record.get(name)
-            if index is not None and node.listed is None and node.entry is None and node.error is None \
-                    and node.refused is None and node.present:
-                wanted.append((node, index))
+        prefix = directory.relpath + b"/" if directory.relpath else b""
         try:
-            found = self.checker.listed_many([(node.relpath, index) for node, index in wanted])
+            found = self.checker.listed_many(record.items(), prefix)
         except Exception as err:  # noqa: BLE001 - no record may take the daemon down
             log.warning("directory record not read", shadow_path=os.fsdecode(self.shadow_path(directory.relpath)),
                         reason=repr(err))
             return
-        for (node, _), listed_file in zip(wanted, found):
-            node.listed = listed_file
+        nodes = self.nodes
+        for name, listed_file in zip(record, found):
+            if listed_file is None:
+                continue
+            ino = children.get(name)
+            if ino is None:
+                continue  # a name whose shadow file is gone (or not there yet)
+            node = nodes[ino]
+            # Not one the table knows more of: parsed, refused, or gone since.
+            if node.listed is None and node.entry is None and node.error is None and node.refused is None \
+                    and node.present and node.children is None:
+                node.listed = listed_file
 
     def _verify(self, node: Node, entry: fmt.FileEntry) -> None:
         """Serve `entry` only if the log holds it for this path (famfs.ownership): else it is

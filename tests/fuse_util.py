@@ -44,7 +44,7 @@ class TrustingChecker:
     def listed(self, relpath: bytes, index: int) -> None:
         return None  # no log: every file's YAML is parsed
 
-    def listed_many(self, wanted: Iterable[tuple[bytes, int]]) -> list[None]:
+    def listed_many(self, wanted: Iterable[tuple[bytes, int]], prefix: bytes = b"") -> list[None]:
         return [None for _ in wanted]
 
 

@@ -25,11 +25,13 @@ from famfs import listing, ownership
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.ownership import ListedFile
-from famfs.shadowdir import AGENT_DIR, FILE_XATTR, LISTINGS_DIR
+from famfs.shadowdir import AGENT_DIR, FILE_XATTR, LISTINGS_DIR, OWNERS_FILE
 from fusefs import shadow_reader
 from fusefs.devicecheck import Served
 from fusefs.inodes import InodeTable
 from tests.agent_util import AGENT, FOLLOW_WAIT_S, make_device, run_agent
+from tests.agent_util import extent as agent_extent
+from tests.agent_util import file_entry as agent_file
 from tests.fuse_util import Mount, wait_for
 
 MiB = 1 << 20
@@ -248,3 +250,89 @@ def test_records_after_kill_9_of_the_agent_mid_update(tmp_path: Path, system_uui
     from_log = listed_against_yaml(shadow, image)
     assert set(from_log) == set(made) | {"d1/after"} and all(from_log.values())
     assert b"after" in record(shadow, "d1")
+
+
+def test_runs_checked_column_by_column_list_what_the_rules_list_file_by_file(tmp_path: Path,
+                                                                             system_uuid_file: Path) -> None:
+    """ShadowCheck.listed_many checks a run of files with consecutive log entries column by
+    column (every slot's field at once) and, on any doubt, file by file. For the records the
+    agent wrote and for mutated ones (another file's entry, a moved or stale one, a deleted
+    file's, a SETATTR's, one past the log's end, a file of two extents, runs cut and shuffled),
+    what it lists equals listed() of each file on its own, the one rule book."""
+    image = make_device(tmp_path, system_uuid_file)
+    entries: list[fmt.Entry] = [fmt.MkdirEntry("d", 0o755, 0, 0), fmt.MkdirEntry("e", 0o755, 0, 0)]
+    entries += [agent_file("d/f%d" % n, n, size=1000 + n, mode=0o600 + n % 64, uid=n, gid=2 * n) for n in range(40)]
+    entries += [agent_file("e/g%d" % n, 100 + n) for n in range(20)]
+    two = fmt.FileEntry(relpath="e/two", size=3 * MiB, mode=0o640, uid=1, gid=2,
+                        extents=(*agent_extent(200), *agent_extent(300, 2)))
+    with Device(str(image), writable=True) as device, device.exclusive():
+        famfs_log = FamfsLog(device)
+        famfs_log.append([*entries[:55], two, *entries[55:]])
+        made = {entry.relpath: index for index, entry in famfs_log.entries() if isinstance(entry, fmt.FileEntry)}
+        famfs_log.append([fmt.SetattrEntry("d/f5", made["d/f5"], 0o604, 7, 8), fmt.DeleteEntry("d/f7", made["d/f7"])])
+        end = famfs_log.next_index()
+    run_agent("--shadow", shadow := tmp_path / "shadow", "--no-progress", image, check=True)
+    records = {prefix: list(record(shadow, prefix[:-1].decode()).items()) for prefix in (b"d/", b"e/")}
+    assert len(records[b"d/"]) == 39 and records[b"d/"][5] == (b"f5", end - 2)  # f5's SETATTR, f7 gone
+    stale = [(b"f5", made["d/f5"]), (b"f7", made["d/f7"]), (b"f6", made["d/f8"]), (b"f9", end), (b"f9", -1)]
+    chooser = random.Random(23)
+    whole_runs: list[int] = []  # the length of each run the columns listed (not left to the files)
+    column_by_column = ownership.ShadowCheck._run_listings
+
+    def counted(self: ownership.ShadowCheck, *args: object) -> list[ListedFile] | None:
+        run = column_by_column(self, *args)  # type: ignore[arg-type]
+        whole_runs.extend([len(run)] if run is not None else [])
+        return run
+
+    with Device(str(image)) as device, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ownership.ShadowCheck, "_run_listings", counted)
+        check = ownership.ShadowCheck(FamfsLog(device), shadow / AGENT_DIR / OWNERS_FILE)
+        try:
+            # Each file's FILE entry, one run of 40: f5's was changed by a SETATTR since (the owner
+            # map names that), f7's deleted (its units held): the owner map refuses the run whole.
+            logged = [(b"f%d" % n, made["d/f%d" % n]) for n in range(40)]
+            assert check.listed_many(iter(logged), b"d/") == [check.listed(b"d/" + name, index) for name, index in logged]
+            assert [n for n, (name, index) in enumerate(logged) if check.listed(b"d/" + name, index) is None] == [5, 7]
+            for round_ in range(300):
+                prefix = chooser.choice([b"d/", b"e/"]) if round_ else b"d/"
+                items = list(records[prefix])
+                if round_:  # the first round: the records as written
+                    start = chooser.randrange(len(items))
+                    items = items[start:start + chooser.randrange(1, 40)]
+                    for _ in range(chooser.randrange(4)):
+                        at = chooser.randrange(len(items))
+                        mutation = chooser.randrange(5)
+                        if mutation == 4:  # another name, the same entry: a path differs inside a run
+                            items[at] = (chooser.choice(records[prefix])[0], items[at][1])
+                        elif mutation == 0:
+                            items.insert(at, chooser.choice(stale))
+                        elif mutation == 1:
+                            items[at] = (items[at][0], items[at][1] + chooser.choice([-1, 1]))
+                        elif mutation == 2 and len(items) > 1:
+                            other = chooser.randrange(len(items))
+                            items[at], items[other] = items[other], items[at]
+                        else:
+                            items.append(items.pop(at))
+                expected = [check.listed(prefix + name, index) for name, index in items]
+                assert check.listed_many(iter(items), prefix) == expected, (prefix, items)
+                if not round_ and prefix == b"d/":
+                    assert expected.count(None) == 0 and expected[5] == ListedFile(1005, 0o604, 7, 8, fmt.ALLOC_UNIT)
+                    assert whole_runs == [32]  # f8..f39; f0..f4 too few, f5 (its SETATTR) and f6 alone
+            # Slots past the log's end copied from f8..f15's and an owner map naming them (stale
+            # or forged): nothing past the end is listed, in a run or not.
+            slot = check.famfs_log.log_base + fmt.LOG_HEADER.size
+            owners = os.open(shadow / AGENT_DIR / OWNERS_FILE, os.O_WRONLY)
+            with open(image, "r+b") as raw:
+                for n in range(8):
+                    raw.seek(slot + made["d/f%d" % (8 + n)] * fmt.ENTRY_SIZE)
+                    copied = raw.read(fmt.ENTRY_SIZE)
+                    raw.seek(slot + (end + n) * fmt.ENTRY_SIZE)
+                    raw.write(copied)
+                    unit = agent_extent(8 + n)[0].offset // fmt.ALLOC_UNIT
+                    os.pwrite(owners, (end + n + 1).to_bytes(4, "little"), ownership.HEADER.size + 4 * unit)
+            os.close(owners)
+            past = [(b"f%d" % (8 + n), end + n) for n in range(8)]
+            assert check.listed_many(iter(past), b"d/") == [None] * 8
+        finally:
+            check.close()
+    assert len(whole_runs) > 50  # most rounds had a run the columns listed whole

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 import pyfuse3
 import trio
 
+from famfs.config import MountSettings
 from fusefs.cli import set_readahead
 
 NAME = b"data"
 FILE_INODE = pyfuse3.ROOT_INODE + 1
 MAX_REQUEST = 1 << 20  # libfuse's largest read request (max_pages 256)
-TIMEOUT_S = 1.0  # famfs-fuse-mount's default entry and attribute timeouts ([mount] timeout)
+TIMEOUT_S = MountSettings().timeout  # famfs-fuse-mount's default entry and attribute timeouts ([mount] timeout)
 OPTIONS = {"fsname=noop", "subtype=famfs", "default_permissions", "ro"}  # fusefs.cli.fuse_options, read-only
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-TIMEOUT_S = 1.0  # famfs-fuse-mount's default entry and attribute timeouts ([mount] timeout)
+from bench.noop_fs import TIMEOUT_S
 OPTIONS = {"fsname=noopwrite", "subtype=famfs", "default_permissions"}  # fusefs.cli.fuse_options
 
 

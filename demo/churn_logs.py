@@ -100,10 +100,10 @@ def classify(events: list[dict[str, str]], cluster: Cluster) -> None:
         event["explanation"] = explain(event, cache[host.name])
 
 
-def keep(cluster: Cluster, events: list[dict[str, str]], into: Path) -> Path:
+def keep(cluster: Cluster, events: list[dict[str, str]], into: Path, why: list[str]) -> Path:
     """Copy every log of the cluster (each host's agent, mount and readers, the coordinator's)
-    to a new directory under `into`, with errors.txt: each error and the mount's and agent's
-    lines around it. The directory's path."""
+    to a new directory under `into`, with errors.txt: `why` they were kept, then each reader
+    error and the mount's and agent's lines around it. The directory's path."""
     kept = Path(tempfile.mkdtemp(prefix=f"famfs-churn-logs-{time.strftime('%Y%m%d-%H%M%S')}-", dir=into))
     for host in cluster.hosts:
         if not host.home.is_dir():
@@ -113,7 +113,7 @@ def keep(cluster: Cluster, events: list[dict[str, str]], into: Path) -> Path:
         for log in sorted(host.home.glob("*.log")):
             shutil.copy2(log, target / log.name)
     hosts = {host.name: host for host in cluster.hosts}
-    out: list[str] = []
+    out = [f"kept because: {'; '.join(why)}"]
     for event in events:
         out.append(f"== {event.get('host', '?')} {event.get('via', '?')}: {event['op']} {event['relpath']} at "
                    f"{event['at']}: {event['errno']}: {event['message']}")

@@ -13,9 +13,10 @@ appended `--slots-x` times the log's slot count, or `--seconds` have passed. Eve
 `--fsck-every` seconds `famfsctl fsck` checks the image. When free log slots run low and no one
 else has compacted, the harness runs `famfsctl compact` itself and says so. Report: stdout, or
 JSON with --json. Everything started is stopped and removed at the end, on Ctrl-C too; only if a
-reader met an error or a wrong byte are the cluster's logs first copied to a new directory under
---keep-logs (default: the temporary directory), which the report names, each error beside its
-host's log lines around it (demo/churn_logs.py).
+reader met an error or a wrong byte, an allocation failed below 80 % live or an fsck was not
+clean are the cluster's logs first copied to a new directory under --keep-logs (default: the
+temporary directory), which the report names, each reader error beside its host's log lines
+around it (demo/churn_logs.py).
 
 Exit status: 0 every check held (0 wrong bytes, 0 allocation failures below 80 % live, every fsck
 clean and at least 10 of them); 1 a check failed or the cluster failed; 130 interrupted.
@@ -542,15 +543,20 @@ class Run:
         self.explain_errors()
 
     def explain_errors(self) -> None:
-        """Each reader error matched with its host's mount log; with one (or a wrong byte), every
-        log of the cluster copied under `keep_logs`, before the cluster's directory is removed."""
+        """Each reader error matched with its host's mount log; with one (or a wrong byte, an
+        allocation failure below LIVE_LIMIT, an unclean fsck), every log of the cluster copied
+        under `keep_logs`, before the cluster's directory is removed."""
         self.error_events = [{"host": str(found["host"]), "via": str(found["via"]), **event}
                              for found in self.reader_reports
                              for event in found.get("error_events", [])]  # type: ignore[attr-defined]
         churn_logs.classify(self.error_events, self.cluster)
-        wrong = any(int(found["wrong_bytes"]) for found in self.reader_reports)  # type: ignore[call-overload]
-        if self.keep_logs is not None and (self.error_events or wrong) and self.logs_kept is None:
-            self.logs_kept = str(churn_logs.keep(self.cluster, self.error_events, self.keep_logs))
+        wrong = sum(int(found["wrong_bytes"]) for found in self.reader_reports)  # type: ignore[call-overload]
+        refused = sum(writer.figures.alloc_failures_below_limit for writer in self.writers)
+        why = [f"{count} {what}" for count, what in ((len(self.error_events), "reader errors"), (wrong, "wrong bytes"),
+                                                     (refused, "allocation failures below 80 % live"),
+                                                     (len(self.checkpoints.unclean), "unclean fsck")) if count]
+        if self.keep_logs is not None and self.logs_kept is None and why:
+            self.logs_kept = str(churn_logs.keep(self.cluster, self.error_events, self.keep_logs, why))
 
     def coordinators_compactions(self) -> None:
         """The size and duration of the compactions the coordinator ran, from its log's
@@ -621,10 +627,10 @@ class Run:
                         "longest_stall_op": f"{stall['host']} {stall['via']}: {stall['longest_stall_op']}" if stall else "",
                         "samples": [sample for found in readers for sample in found["samples"]][:10],  # type: ignore[attr-defined]
                         "error_events": self.error_events,
-                        "explained": dict(Counter(event["explanation"] for event in self.error_events)),
-                        "logs_kept": self.logs_kept},
+                        "explained": dict(Counter(event["explanation"] for event in self.error_events))},
             "cpu_seconds": self.cpu,
             "problems": self.problems,
+            "logs_kept": self.logs_kept,
             "checks": checks,
             "ok": all(checks.values()) and not self.problems,
         }
@@ -678,8 +684,8 @@ def summary(report: dict[str, object]) -> str:
         *(f"  sample: {sample}" for sample in readers["samples"]),  # type: ignore[index]
         *(f"  error: {e['host']} {e['via']} {e['op']} {e['relpath']} at {e['at']}: {e['errno']}: {e['explanation']}"
           for e in readers["error_events"][:ERRORS_SHOWN]),  # type: ignore[index]
-        *([f"  logs kept      {readers['logs_kept']} (errors.txt: each error and its host's log lines around it)"]  # type: ignore[index]
-          if readers["logs_kept"] else []),  # type: ignore[index]
+        *([f"  logs kept      {r['logs_kept']} (errors.txt: each reader error and its host's log lines around it)"]
+          if r["logs_kept"] else []),
         *(f"  fsck: {text}" for text in fsck["unclean"][:3]),  # type: ignore[index]
         "  checks         " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in r["checks"].items()),  # type: ignore[attr-defined]
         f"churn {'OK' if r['ok'] else 'FAILED'}",
@@ -723,15 +729,18 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--fsck-every", type=float, help="seconds between fsck checkpoints (default 15)")
     parser.add_argument("--small-burst", type=int, help="small files per Master.batch() burst (default 48)")
     parser.add_argument("--bursts-per-file", type=int, help="small-file bursts after each big file (default 3)")
+    parser.add_argument("--readers", type=int, help="readers per client, read(2) and famfs.open in turn (default 2)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     parser.add_argument("--keep-logs", type=Path, default=Path(tempfile.gettempdir()), metavar="DIR",
-                        help="if a reader meets an error or a wrong byte, copy the cluster's logs to a new "
-                             "directory under DIR, named in the report (default: %(default)s)")
+                        help="if a reader meets an error or a wrong byte, an allocation fails below 80 %% live "
+                             "or an fsck is not clean, copy the cluster's logs to a new directory under DIR, "
+                             "named in the report (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     plan = Plan(seconds=14_400, size="2g", capacity_x=200, slots_x=100, fsck_every_s=120) if args.long else Plan()
     given = {"seconds": args.seconds, "size": args.size, "capacity_x": args.capacity_x, "slots_x": args.slots_x,
-             "fsck_every_s": args.fsck_every, "small_burst": args.small_burst, "bursts_per_file": args.bursts_per_file}
+             "fsck_every_s": args.fsck_every, "small_burst": args.small_burst, "bursts_per_file": args.bursts_per_file,
+             "readers_per_client": args.readers}
     plan = Plan(**{**asdict(plan), **{key: value for key, value in given.items() if value is not None}})
     if args.fsck_every is None:  # at least FSCK_MIN + 1 checkpoints in any run that goes the distance
         plan = Plan(**{**asdict(plan), "fsck_every_s": min(plan.fsck_every_s, plan.seconds / (FSCK_MIN + 2))})

@@ -84,10 +84,11 @@ def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp
     assert events[1]["explanation"] == churn_logs.UNEXPLAINED  # nothing logged within the window
     kept_in = tmp_path / "kept"
     kept_in.mkdir()
-    kept = churn_logs.keep(cluster, events, kept_in)
+    kept = churn_logs.keep(cluster, events, kept_in, ["2 reader errors"])
     assert kept.parent == kept_in
     assert sorted(path.name for path in (kept / "client1").iterdir()) == ["agent.log", "mount.log", "reader0.log"]
     text = (kept / "errors.txt").read_text()
+    assert text.startswith("kept because: 2 reader errors\n")
     assert "== client1 read: open api/small/s3254 at 2026-12-04T23:01:51.123000Z: EIO" in text
     assert "deleted before it was read" in text and '"event": "played"' in text
     assert "not serving bytes" not in text and "later" not in text  # too far from either error

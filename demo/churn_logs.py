@@ -23,15 +23,19 @@ AFTER_S = 0.5
 LINES_QUOTED = 40  # per log and error, the nearest to the error
 STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z?")
 # What the mount logs when it answers a request with an error (fusefs/lease.py, fusefs/inodes.py,
-# fusefs/operations.py), and what that says about the error; checked in this order.
+# fusefs/operations.py, fusefs/devicecheck.py), what that says about the error, and whether the
+# line must name the file (a refusal of one file) or holds for every request (the lease, the
+# device, a handler's failure); checked in this order.
 MOUNT_REASONS = (
-    ("not serving bytes", "the mount self-fenced (its agent's lease)"),
-    ("bad shadow file, served as EIO", "a shadow file the mount refused as bad"),
-    ("shadow file not served", "a shadow file the log does not hold"),
-    ("request failed, answered EIO", "a mount handler failed (traceback in mount.log)"),
-    ("pin failed", "the mount could not pin the file"),
-    ("device refused", "the mount refused the device"),
+    ("not serving bytes", "the mount self-fenced (its agent's lease)", False),
+    ("bad shadow file, served as EIO", "a shadow file the mount refused as bad", True),
+    ("shadow file not served", "a shadow file the log does not hold", True),
+    ("pin failed", "the mount could not pin the file", True),
+    ("request failed, answered EIO", "a mount handler failed (traceback in mount.log)", False),
+    ("device refused", "the mount refused the device", False),
 )
+QUOTES = "'\""  # around a logged value (key='value', or key="it's" when it holds a quote)
+REASON = re.compile(r"reason=('[^']*'|\"[^\"]*\"|\S+)")
 UNEXPLAINED = "unexplained (nothing in the mount's log near it)"
 
 
@@ -75,14 +79,11 @@ def explain(event: dict[str, str], mount_lines: list[Line]) -> str:
     at = stamp(event["at"])
     if at is None:
         return UNEXPLAINED
-    quoted = near(mount_lines, at)
-    naming = [line for line in quoted if event["relpath"] in line.text]
-    for lines in (naming, quoted):
-        for line in lines:
-            for marker, meaning in MOUNT_REASONS:
-                if marker in line.text:
-                    reason = re.search(r"reason=('[^']*'|\"[^\"]*\"|\S+)", line.text)
-                    return f"{meaning}: {reason.group(1).strip(chr(39) + chr(34))}" if reason else meaning
+    for line in near(mount_lines, at):  # nearest first
+        for marker, meaning, of_one_file in MOUNT_REASONS:
+            if marker in line.text and (event["relpath"] in line.text or not of_one_file):
+                reason = REASON.search(line.text)
+                return f"{meaning}: {reason.group(1).strip(QUOTES)}" if reason else meaning
     return UNEXPLAINED
 
 

@@ -78,10 +78,13 @@ def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp
     events = [{"host": "client1", "via": "read", "at": "2026-12-04T23:01:51.123000Z", "relpath": "api/small/s3254",
                "op": "open", "errno": "EIO", "message": "[Errno 5] Input/output error"},
               {"host": "client1", "via": "map", "at": "2026-12-04T23:03:00.000000Z", "relpath": "api/d1/f2",
+               "op": "famfs.open", "errno": "EIO", "message": "[Errno 5] Input/output error"},
+              {"host": "client1", "via": "map", "at": "2026-12-04T23:01:51.200000Z", "relpath": "api/d2/f3",
                "op": "famfs.open", "errno": "EIO", "message": "[Errno 5] Input/output error"}]
     churn_logs.classify(events, cluster)
     assert events[0]["explanation"] == "a shadow file the mount refused as bad: deleted before it was read"
     assert events[1]["explanation"] == churn_logs.UNEXPLAINED  # nothing logged within the window
+    assert events[2]["explanation"] == churn_logs.UNEXPLAINED  # near, but a refusal of another file
     kept_in = tmp_path / "kept"
     kept_in.mkdir()
     kept = churn_logs.keep(cluster, events, kept_in, ["2 reader errors"])
@@ -90,5 +93,6 @@ def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp
     text = (kept / "errors.txt").read_text()
     assert text.startswith("kept because: 2 reader errors\n")
     assert "== client1 read: open api/small/s3254 at 2026-12-04T23:01:51.123000Z: EIO" in text
+    assert "== client1 map: famfs.open api/d2/f3" in text
     assert "deleted before it was read" in text and '"event": "played"' in text
     assert "not serving bytes" not in text and "later" not in text  # too far from either error

@@ -16,7 +16,7 @@ JSON with --json. Everything started is stopped and removed at the end, on Ctrl-
 reader met an error or a wrong byte, an allocation failed below 80 % live or an fsck was not
 clean are the cluster's logs first copied to a new directory under --keep-logs (default: the
 temporary directory), which the report names, each reader error beside its host's log lines
-around it (demo/churn_logs.py).
+around it (demo/churn_errors.py).
 
 Exit status: 0 every check held (0 wrong bytes, 0 allocation failures below 80 % live, every fsck
 clean and at least 10 of them); 1 a check failed or the cluster failed; 130 interrupted.
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from demo import churn_data, churn_logs
+from demo import churn_data, churn_errors
 from demo.churn_log import LogWatch
 from demo.churn_reader import FILE_DIRS, churn_dirs
 from demo.cluster import Cluster, HarnessError, Host, log_tail, stop_process, tool, wait_until
@@ -549,14 +549,14 @@ class Run:
         self.error_events = [{"host": str(found["host"]), "via": str(found["via"]), **event}
                              for found in self.reader_reports
                              for event in found.get("error_events", [])]  # type: ignore[attr-defined]
-        churn_logs.classify(self.error_events, self.cluster)
+        churn_errors.classify(self.error_events, self.cluster)
         wrong = sum(int(found["wrong_bytes"]) for found in self.reader_reports)  # type: ignore[call-overload]
         refused = sum(writer.figures.alloc_failures_below_limit for writer in self.writers)
         why = [f"{count} {what}" for count, what in ((len(self.error_events), "reader errors"), (wrong, "wrong bytes"),
                                                      (refused, "allocation failures below 80 % live"),
                                                      (len(self.checkpoints.unclean), "unclean fsck")) if count]
         if self.keep_logs is not None and self.logs_kept is None and why:
-            self.logs_kept = str(churn_logs.keep(self.cluster, self.error_events, self.keep_logs, why))
+            self.logs_kept = str(churn_errors.keep(self.cluster, self.error_events, self.keep_logs, why))
 
     def coordinators_compactions(self) -> None:
         """The size and duration of the compactions the coordinator ran, from its log's

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from demo import churn_logs
+from demo import churn_errors
 from demo.propagation import logged_append_time, percentile
 from demo.trees import differences, snapshot
 
@@ -63,7 +63,7 @@ AGENT_LOG = ('{"timestamp": "2026-12-04T23:01:51.050000Z", "level": "info", "eve
 
 
 def fake_cluster(tmp_path: Path) -> Any:
-    """What churn_logs reads of a demo.cluster.Cluster: each host's name, home and two logs."""
+    """What churn_errors reads of a demo.cluster.Cluster: each host's name, home and two logs."""
     home = tmp_path / "client1"
     home.mkdir()
     (home / "mount.log").write_text(MOUNT_LOG)
@@ -81,13 +81,13 @@ def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp
                "op": "famfs.open", "errno": "EIO", "message": "[Errno 5] Input/output error"},
               {"host": "client1", "via": "map", "at": "2026-12-04T23:01:51.200000Z", "relpath": "api/d2/f3",
                "op": "famfs.open", "errno": "EIO", "message": "[Errno 5] Input/output error"}]
-    churn_logs.classify(events, cluster)
+    churn_errors.classify(events, cluster)
     assert events[0]["explanation"] == "a shadow file the mount refused as bad: deleted before it was read"
-    assert events[1]["explanation"] == churn_logs.UNEXPLAINED  # nothing logged within the window
-    assert events[2]["explanation"] == churn_logs.UNEXPLAINED  # near, but a refusal of another file
+    assert events[1]["explanation"] == churn_errors.UNEXPLAINED  # nothing logged within the window
+    assert events[2]["explanation"] == churn_errors.UNEXPLAINED  # near, but a refusal of another file
     kept_in = tmp_path / "kept"
     kept_in.mkdir()
-    kept = churn_logs.keep(cluster, events, kept_in, ["2 reader errors"])
+    kept = churn_errors.keep(cluster, events, kept_in, ["2 reader errors"])
     assert kept.parent == kept_in
     assert sorted(path.name for path in (kept / "client1").iterdir()) == ["agent.log", "mount.log", "reader0.log"]
     text = (kept / "errors.txt").read_text()

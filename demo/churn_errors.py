@@ -1,6 +1,7 @@
-"""What explains a churn reader's error (demo/forever.py): the cluster's logs, kept when a
-reader met an errno or a wrong byte (the cluster's directory is removed at the end of a run),
-and each error set beside the log lines its host's mount and agent wrote around it.
+"""What explains a churn's errors (demo/forever.py): the cluster's logs, kept when a reader met
+an errno or a wrong byte, an allocation failed below 80 % live or an fsck was not clean (the
+cluster's directory is removed at the end of a run), and each reader error set beside the log
+lines its host's mount and agent wrote around it.
 
 Every daemon stamps its lines with the UTC wall clock in ISO form (famfs.logsetup), as the
 readers stamp their errors (demo/churn_reader.py), so the two can be matched by time alone.

@@ -1,7 +1,8 @@
 """What explains a churn's errors (demo/forever.py): the cluster's logs, kept when a reader met
-an errno or a wrong byte, an allocation failed below 80 % live or an fsck was not clean (the
-cluster's directory is removed at the end of a run), and each reader error set beside the log
-lines its host's mount and agent wrote around it.
+an errno or a wrong byte, an allocation failed below 80 % live, an fsck was not clean or a reader
+gave no report (the cluster's directory is removed at the end of a run), and each reader error
+set beside the log lines its host's mount and agent wrote around it; and where a reader that
+does not stop is stuck.
 
 Every daemon stamps its lines with the UTC wall clock in ISO form (famfs.logsetup), as the
 readers stamp their errors (demo/churn_reader.py), so the two can be matched by time alone.
@@ -131,3 +132,29 @@ def keep(cluster: Cluster, events: list[dict[str, str]], into: Path, why: list[s
             out.extend(f"   {line.text}" for line in quoted)
     (kept / "errors.txt").write_text("\n".join(out) + "\n")
     return kept
+
+
+def stuck(pid: int) -> str:
+    """Where a process that does not stop is (a reader blocked in a request its mount never
+    answers, say): per thread, its state, the kernel function it waits in, its system call
+    (number and arguments, /proc/PID/syscall) and kernel stack. Read before it is killed."""
+    parts: list[str] = []
+    try:
+        tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda task: int(task.name))
+    except OSError as err:
+        return f"pid {pid}: {err.strerror}"
+    for task in tasks:
+        fields = {}
+        for name in ("comm", "wchan", "syscall", "stack"):
+            try:
+                fields[name] = (task / name).read_text(errors="replace").strip()
+            except OSError as err:
+                fields[name] = f"({err.strerror})"
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "?"
+        stack = " <- ".join(line.split()[-1] for line in fields["stack"].splitlines()[:8])
+        parts.append(f"thread {task.name} {fields['comm']} state {state} wchan {fields['wchan']} "
+                     f"syscall {fields['syscall']} stack {stack}")
+    return "; ".join(parts)

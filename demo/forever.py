@@ -13,8 +13,8 @@ appended `--slots-x` times the log's slot count, or `--seconds` have passed. Eve
 `--fsck-every` seconds `famfsctl fsck` checks the image. When free log slots run low and no one
 else has compacted, the harness runs `famfsctl compact` itself and says so. Report: stdout, or
 JSON with --json. Everything started is stopped and removed at the end, on Ctrl-C too; only if a
-reader met an error or a wrong byte, an allocation failed below 80 % live or an fsck was not
-clean are the cluster's logs first copied to a new directory under --keep-logs (default: the
+reader met an error or a wrong byte, an allocation failed below 80 % live, an fsck was not clean
+or a reader gave no report (where it was stuck is said) are the cluster's logs first copied to a new directory under --keep-logs (default: the
 temporary directory), which the report names, each reader error beside its host's log lines
 around it (demo/churn_errors.py).
 
@@ -523,14 +523,16 @@ class Run:
         for host, reader in self.readers:
             if reader.poll() is None:
                 reader.send_signal(signal.SIGTERM)
+            where = ""
             try:
                 out, _ = reader.communicate(timeout=self.plan.max_hold_s + 30)
             except subprocess.TimeoutExpired:
+                where = f" (it did not stop on SIGTERM; then: {churn_errors.stuck(reader.pid)})"
                 stop_process(reader)
                 out = ""
             lines = (out or "").strip().splitlines()
             if reader.returncode != 0 or not lines:
-                self.problems.append(f"a reader on {host.name} exited {reader.returncode} without a report")
+                self.problems.append(f"a reader on {host.name} exited {reader.returncode} without a report{where}")
                 continue
             self.reader_reports.append({"host": host.name, **json.loads(lines[-1])})
         self.readers = []
@@ -554,7 +556,8 @@ class Run:
         refused = sum(writer.figures.alloc_failures_below_limit for writer in self.writers)
         why = [f"{count} {what}" for count, what in ((len(self.error_events), "reader errors"), (wrong, "wrong bytes"),
                                                      (refused, "allocation failures below 80 % live"),
-                                                     (len(self.checkpoints.unclean), "unclean fsck")) if count]
+                                                     (len(self.checkpoints.unclean), "unclean fsck"),
+                                                     (len(self.problems), "problems")) if count]
         if self.keep_logs is not None and self.logs_kept is None and why:
             self.logs_kept = str(churn_errors.keep(self.cluster, self.error_events, self.keep_logs, why))
 
@@ -732,9 +735,9 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--readers", type=int, help="readers per client, read(2) and famfs.open in turn (default 2)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     parser.add_argument("--keep-logs", type=Path, default=Path(tempfile.gettempdir()), metavar="DIR",
-                        help="if a reader meets an error or a wrong byte, an allocation fails below 80 %% live "
-                             "or an fsck is not clean, copy the cluster's logs to a new directory under DIR, "
-                             "named in the report (default: %(default)s)")
+                        help="if a reader meets an error or a wrong byte, an allocation fails below 80 %% live, "
+                             "an fsck is not clean or a reader gives no report, copy the cluster's logs to a new "
+                             "directory under DIR, named in the report (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     plan = Plan(seconds=14_400, size="2g", capacity_x=200, slots_x=100, fsck_every_s=120) if args.long else Plan()

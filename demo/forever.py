@@ -13,8 +13,9 @@ appended `--slots-x` times the log's slot count, or `--seconds` have passed. Eve
 `--fsck-every` seconds `famfsctl fsck` checks the image. When free log slots run low and no one
 else has compacted, the harness runs `famfsctl compact` itself and says so. Report: stdout, or
 JSON with --json. Everything started is stopped and removed at the end, on Ctrl-C too; only if a
-reader met an error or a wrong byte, an allocation failed below 80 % live, an fsck was not clean
-or a reader gave no report (where it was stuck is said) are the cluster's logs first copied to a new directory under --keep-logs (default: the
+reader met an error or a wrong byte, an allocation failed below 80 % live, an fsck was not clean,
+a reader gave no report (where it was stuck is said) or the run failed (a writer's error, a daemon
+that exited) are the cluster's logs first copied to a new directory under --keep-logs (default: the
 temporary directory), which the report names, each reader error beside its host's log lines
 around it (demo/churn_errors.py).
 
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -134,13 +136,14 @@ class Writer(threading.Thread):
         self.plan, self.live, self.rng, self.stop = plan, live, rng, stop
         self.figures = WriterFigures()
         self.error: BaseException | None = None
+        self.trace = ""  # the error's traceback: kept with the logs (churn())
 
     def run(self) -> None:
         try:
             while not self.stop.is_set():
                 self.step()
         except BaseException as err:  # the main thread reports it and stops the run
-            self.error = err
+            self.error, self.trace = err, traceback.format_exc()
             self.stop.set()
 
     def fresh_path(self, directory: str) -> str:
@@ -435,6 +438,7 @@ class Run:
             if progress and time.monotonic() >= next_note:
                 print(self.progress_line(), file=sys.stderr, flush=True)
                 next_note = time.monotonic() + 10
+        self.check_processes()  # a writer's error stops the loop above before it is looked at
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each part of the run has used so far: where the time went."""
@@ -707,7 +711,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def churn(plan: Plan, *, parent: Path | None = None, progress: bool = False,
           keep_logs: Path | None = None) -> dict[str, object]:
     """One churn run, start to clean-up; its report. `keep_logs`: a directory under which the
-    cluster's logs are copied if a reader meets an error or a wrong byte (the report names it)."""
+    cluster's logs are copied if a check fails, a reader meets an error or the run fails (the
+    report, or the HarnessError, names it)."""
     cluster = Cluster(parent=parent, size=plan.size)
     run = Run(plan, cluster, keep_logs)
     run.configure()
@@ -716,6 +721,12 @@ def churn(plan: Plan, *, parent: Path | None = None, progress: bool = False,
             run.start()
             run.loop(progress)
             run.finish()
+        except HarnessError as err:  # a writer or a daemon failed: what the cluster logged explains it
+            run.abort()
+            if keep_logs is None:
+                raise
+            kept = churn_errors.keep(cluster, [], keep_logs, [str(err), *(w.trace for w in run.writers if w.trace)])
+            raise HarnessError(f"{err}\n  logs kept      {kept}") from None
         except BaseException:
             run.abort()
             raise

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -29,6 +30,7 @@ from demo import churn_data
 
 FILE_DIRS = 8  # the writers' directories per writer: api/d0..d7, mnt/d0..d7, and api/small
 SAMPLES_KEPT = 10  # wrong-byte and error samples kept for the report
+ERROR_EVENTS_KEPT = 50  # errors kept with their time and operation, to find them in the hosts' logs
 
 
 def churn_dirs() -> list[str]:
@@ -47,6 +49,14 @@ class ReaderReport:
     longest_stall_s: float = 0.0
     longest_stall_op: str = ""
     samples: list[str] = field(default_factory=list)
+    # Each error as it happened: {"at": UTC ISO time, "relpath", "op", "errno", "message"}; the
+    # harness matches "at" against the mount's and agent's log lines (demo/forever.py).
+    error_events: list[dict[str, str]] = field(default_factory=list)
+
+
+def utc_now() -> str:
+    """The wall clock as the daemons' logs stamp their lines (famfs.logsetup: ISO, UTC)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Reader:
@@ -59,6 +69,12 @@ class Reader:
         self.report = ReaderReport(via)
         self.errors: Counter[str] = Counter()
         self.buffer = bytearray(churn_data.CHUNK)
+        self.op = ""  # the call being made now: what an error is reported against
+
+    def doing(self, op: str) -> float:
+        """Note the call about to be made; its start, for timed()."""
+        self.op = op
+        return time.monotonic()
 
     def timed(self, op: str, started: float) -> None:
         took = time.monotonic() - started
@@ -67,7 +83,12 @@ class Reader:
 
     def run(self, deadline: float) -> ReaderReport:
         while not self.stop.is_set() and time.monotonic() < deadline:
-            relpath = self.pick()
+            directory = self.rng.choice(churn_dirs())
+            try:
+                relpath = self.pick(directory)
+            except OSError as err:
+                self.failed(directory, err)
+                continue
             if relpath is None:
                 self.stop.wait(0.05)
                 continue
@@ -76,15 +97,20 @@ class Reader:
             except FileNotFoundError:
                 self.report.vanished += 1
             except OSError as err:
-                name = errno.errorcode.get(err.errno or 0, str(err.errno))
-                self.errors[name] += 1
-                self.sample(f"{relpath}: {name}: {err}")
+                self.failed(relpath, err)
         self.report.errors = dict(self.errors)
         return self.report
 
-    def pick(self) -> str | None:
-        directory = self.rng.choice(churn_dirs())
-        started = time.monotonic()
+    def failed(self, relpath: str, err: OSError) -> None:
+        name = errno.errorcode.get(err.errno or 0, str(err.errno))
+        self.errors[name] += 1
+        self.sample(f"{relpath}: {name} at {self.op}: {err}")
+        if len(self.report.error_events) < ERROR_EVENTS_KEPT:
+            self.report.error_events.append({"at": utc_now(), "relpath": relpath, "op": self.op, "errno": name,
+                                             "message": str(err)})
+
+    def pick(self, directory: str) -> str | None:
+        started = self.doing("listdir")
         try:
             names = os.listdir(self.mount / directory)
         except FileNotFoundError:
@@ -101,24 +127,25 @@ class Reader:
             self.hold_open(relpath, hold)
 
     def hold_open(self, relpath: str, hold: float) -> None:
-        started = time.monotonic()
+        started = self.doing("open")
         fd = os.open(self.mount / relpath, os.O_RDONLY)
         self.timed("open", started)
         try:
             self.report.opened += 1
+            self.op = "fstat"
             size = os.fstat(fd).st_size
-            serial = self.check(relpath, self.read_all(fd, size), None)
+            serial = self.check(relpath, self.read_all(fd, size, "read"), None)
             self.stop.wait(hold)
-            self.check(relpath, self.read_all(fd, size), serial)
+            self.check(relpath, self.read_all(fd, size, "read after hold"), serial)
         finally:
             os.close(fd)
 
-    def read_all(self, fd: int, size: int) -> numpy.ndarray:
+    def read_all(self, fd: int, size: int, op: str) -> numpy.ndarray:
         data = numpy.empty(size, dtype=numpy.uint8)
         view = memoryview(data)
         done = 0
         while done < size:
-            started = time.monotonic()
+            started = self.doing(op)
             got = os.preadv(fd, [view[done:done + churn_data.CHUNK]], done)
             self.timed("read", started)
             if got == 0:
@@ -127,10 +154,11 @@ class Reader:
         return data
 
     def hold_mapped(self, relpath: str, hold: float) -> None:
-        started = time.monotonic()
+        started = self.doing("famfs.open")
         mapped = famfs.open(self.mount / relpath)
         self.timed("famfs.open", started)
         with mapped:
+            self.op = "mapped"
             self.report.opened += 1
             data = numpy.frombuffer(mapped.buffer, dtype=numpy.uint8)
             serial = self.check(relpath, data, None)

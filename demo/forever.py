@@ -12,7 +12,12 @@ The writers run until they have written `--capacity-x` times the device's data c
 appended `--slots-x` times the log's slot count, or `--seconds` have passed. Every
 `--fsck-every` seconds `famfsctl fsck` checks the image. When free log slots run low and no one
 else has compacted, the harness runs `famfsctl compact` itself and says so. Report: stdout, or
-JSON with --json. Everything started is stopped and removed at the end, on Ctrl-C too.
+JSON with --json. Everything started is stopped and removed at the end, on Ctrl-C too; only if a
+reader met an error or a wrong byte, an allocation failed below 80 % live, an fsck was not clean,
+a reader gave no report (where it was stuck is said) or the run failed (a writer's error, a daemon
+that exited) are the cluster's logs first copied to a new directory under --keep-logs (default: the
+temporary directory), which the report names, each reader error beside its host's log lines
+around it (demo/churn_errors.py).
 
 Exit status: 0 every check held (0 wrong bytes, 0 allocation failures below 80 % live, every fsck
 clean and at least 10 of them); 1 a check failed or the cluster failed; 130 interrupted.
@@ -33,13 +38,14 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from demo import churn_data
+from demo import churn_data, churn_errors
 from demo.churn_log import LogWatch
 from demo.churn_reader import FILE_DIRS, churn_dirs
 from demo.cluster import Cluster, HarnessError, Host, log_tail, stop_process, tool, wait_until
@@ -51,6 +57,7 @@ UNIT = 2 * MiB
 REPO = Path(__file__).resolve().parent.parent
 LIVE_LIMIT = 0.8  # an allocation that fails below this much live data is a failure of the protocol
 FSCK_MIN = 10
+ERRORS_SHOWN = 5  # reader errors listed in the summary (the JSON report has up to 50 a reader)
 LOG_FULL_MARGIN = 16  # free slots below which a refused write is taken for a full log, not for space
 # The protocol's timings, short so that a 3-minute run turns the device over many times; the
 # argument of docs/reclaim.md holds for any values in range (the coordinator's lease >= 2 x the
@@ -129,13 +136,14 @@ class Writer(threading.Thread):
         self.plan, self.live, self.rng, self.stop = plan, live, rng, stop
         self.figures = WriterFigures()
         self.error: BaseException | None = None
+        self.trace = ""  # the error's traceback: kept with the logs (churn())
 
     def run(self) -> None:
         try:
             while not self.stop.is_set():
                 self.step()
         except BaseException as err:  # the main thread reports it and stops the run
-            self.error = err
+            self.error, self.trace = err, traceback.format_exc()
             self.stop.set()
 
     def fresh_path(self, directory: str) -> str:
@@ -338,8 +346,11 @@ COMPACTED = re.compile(r"event='log_compacted'.*? epoch=(\d+) entries_before=(\d
 class Run:
     """The cluster, the coordinator, the writers, the readers and the checks of one churn."""
 
-    def __init__(self, plan: Plan, cluster: Cluster) -> None:
+    def __init__(self, plan: Plan, cluster: Cluster, keep_logs: Path | None = None) -> None:
         self.plan, self.cluster = plan, cluster
+        self.keep_logs = keep_logs  # where to copy the cluster's logs if a reader meets an error (None: nowhere)
+        self.logs_kept: str | None = None
+        self.error_events: list[dict[str, str]] = []  # every reader's errors, with host, via and explanation
         self.stop = threading.Event()
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.readers: list[tuple[Host, subprocess.Popen[str]]] = []
@@ -427,6 +438,7 @@ class Run:
             if progress and time.monotonic() >= next_note:
                 print(self.progress_line(), file=sys.stderr, flush=True)
                 next_note = time.monotonic() + 10
+        self.check_processes()  # a writer's error stops the loop above before it is looked at
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each part of the run has used so far: where the time went."""
@@ -515,14 +527,16 @@ class Run:
         for host, reader in self.readers:
             if reader.poll() is None:
                 reader.send_signal(signal.SIGTERM)
+            where = ""
             try:
                 out, _ = reader.communicate(timeout=self.plan.max_hold_s + 30)
             except subprocess.TimeoutExpired:
+                where = f" (it did not stop on SIGTERM; then: {churn_errors.stuck(reader.pid)})"
                 stop_process(reader)
                 out = ""
             lines = (out or "").strip().splitlines()
             if reader.returncode != 0 or not lines:
-                self.problems.append(f"a reader on {host.name} exited {reader.returncode} without a report")
+                self.problems.append(f"a reader on {host.name} exited {reader.returncode} without a report{where}")
                 continue
             self.reader_reports.append({"host": host.name, **json.loads(lines[-1])})
         self.readers = []
@@ -532,6 +546,24 @@ class Run:
             self.coordinators_compactions()
         if self.watch is not None:
             self.watch.close()
+        self.explain_errors()
+
+    def explain_errors(self) -> None:
+        """Each reader error matched with its host's mount log; with one (or a wrong byte, an
+        allocation failure below LIVE_LIMIT, an unclean fsck), every log of the cluster copied
+        under `keep_logs`, before the cluster's directory is removed."""
+        self.error_events = [{"host": str(found["host"]), "via": str(found["via"]), **event}
+                             for found in self.reader_reports
+                             for event in found.get("error_events", [])]  # type: ignore[attr-defined]
+        churn_errors.classify(self.error_events, self.cluster)
+        wrong = sum(int(found["wrong_bytes"]) for found in self.reader_reports)  # type: ignore[call-overload]
+        refused = sum(writer.figures.alloc_failures_below_limit for writer in self.writers)
+        why = [f"{count} {what}" for count, what in ((len(self.error_events), "reader errors"), (wrong, "wrong bytes"),
+                                                     (refused, "allocation failures below 80 % live"),
+                                                     (len(self.checkpoints.unclean), "unclean fsck"),
+                                                     (len(self.problems), "problems")) if count]
+        if self.keep_logs is not None and self.logs_kept is None and why:
+            self.logs_kept = str(churn_errors.keep(self.cluster, self.error_events, self.keep_logs, why))
 
     def coordinators_compactions(self) -> None:
         """The size and duration of the compactions the coordinator ran, from its log's
@@ -600,9 +632,12 @@ class Run:
                         "errors": dict(errors),
                         "longest_stall_s": stall["longest_stall_s"] if stall else None,
                         "longest_stall_op": f"{stall['host']} {stall['via']}: {stall['longest_stall_op']}" if stall else "",
-                        "samples": [sample for found in readers for sample in found["samples"]][:10]},  # type: ignore[attr-defined]
+                        "samples": [sample for found in readers for sample in found["samples"]][:10],  # type: ignore[attr-defined]
+                        "error_events": self.error_events,
+                        "explained": dict(Counter(event["explanation"] for event in self.error_events))},
             "cpu_seconds": self.cpu,
             "problems": self.problems,
+            "logs_kept": self.logs_kept,
             "checks": checks,
             "ok": all(checks.values()) and not self.problems,
         }
@@ -654,6 +689,10 @@ def summary(report: dict[str, object]) -> str:
         "  cpu seconds    " + ", ".join(f"{name} {seconds:g}" for name, seconds in r["cpu_seconds"].items()),  # type: ignore[attr-defined]
         *(f"  problem: {problem}" for problem in r["problems"]),  # type: ignore[attr-defined]
         *(f"  sample: {sample}" for sample in readers["samples"]),  # type: ignore[index]
+        *(f"  error: {e['host']} {e['via']} {e['op']} {e['relpath']} at {e['at']}: {e['errno']}: {e['explanation']}"
+          for e in readers["error_events"][:ERRORS_SHOWN]),  # type: ignore[index]
+        *([f"  logs kept      {r['logs_kept']} (errors.txt: each reader error and its host's log lines around it)"]
+          if r["logs_kept"] else []),
         *(f"  fsck: {text}" for text in fsck["unclean"][:3]),  # type: ignore[index]
         "  checks         " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in r["checks"].items()),  # type: ignore[attr-defined]
         f"churn {'OK' if r['ok'] else 'FAILED'}",
@@ -669,16 +708,25 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
-def churn(plan: Plan, *, parent: Path | None = None, progress: bool = False) -> dict[str, object]:
-    """One churn run, start to clean-up; its report."""
+def churn(plan: Plan, *, parent: Path | None = None, progress: bool = False,
+          keep_logs: Path | None = None) -> dict[str, object]:
+    """One churn run, start to clean-up; its report. `keep_logs`: a directory under which the
+    cluster's logs are copied if a check fails, a reader meets an error or the run fails (the
+    report, or the HarnessError, names it)."""
     cluster = Cluster(parent=parent, size=plan.size)
-    run = Run(plan, cluster)
+    run = Run(plan, cluster, keep_logs)
     run.configure()
     with cluster:
         try:
             run.start()
             run.loop(progress)
             run.finish()
+        except HarnessError as err:  # a writer or a daemon failed: what the cluster logged explains it
+            run.abort()
+            if keep_logs is None:
+                raise
+            kept = churn_errors.keep(cluster, [], keep_logs, [str(err), *(w.trace for w in run.writers if w.trace)])
+            raise HarnessError(f"{err}\n  logs kept      {kept}") from None
         except BaseException:
             run.abort()
             raise
@@ -695,12 +743,18 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--fsck-every", type=float, help="seconds between fsck checkpoints (default 15)")
     parser.add_argument("--small-burst", type=int, help="small files per Master.batch() burst (default 48)")
     parser.add_argument("--bursts-per-file", type=int, help="small-file bursts after each big file (default 3)")
+    parser.add_argument("--readers", type=int, help="readers per client, read(2) and famfs.open in turn (default 2)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    parser.add_argument("--keep-logs", type=Path, default=Path(tempfile.gettempdir()), metavar="DIR",
+                        help="if a reader meets an error or a wrong byte, an allocation fails below 80 %% live, "
+                             "an fsck is not clean or a reader gives no report, copy the cluster's logs to a new "
+                             "directory under DIR, named in the report (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     plan = Plan(seconds=14_400, size="2g", capacity_x=200, slots_x=100, fsck_every_s=120) if args.long else Plan()
     given = {"seconds": args.seconds, "size": args.size, "capacity_x": args.capacity_x, "slots_x": args.slots_x,
-             "fsck_every_s": args.fsck_every, "small_burst": args.small_burst, "bursts_per_file": args.bursts_per_file}
+             "fsck_every_s": args.fsck_every, "small_burst": args.small_burst, "bursts_per_file": args.bursts_per_file,
+             "readers_per_client": args.readers}
     plan = Plan(**{**asdict(plan), **{key: value for key, value in given.items() if value is not None}})
     if args.fsck_every is None:  # at least FSCK_MIN + 1 checkpoints in any run that goes the distance
         plan = Plan(**{**asdict(plan), "fsck_every_s": min(plan.fsck_every_s, plan.seconds / (FSCK_MIN + 2))})
@@ -717,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"churn: master + 2 clients on a {plan.size} image, up to {plan.seconds:.0f} s, until "
               f"{plan.capacity_x:g}x capacity written and {plan.slots_x:g}x log slots appended", file=sys.stderr)
     try:
-        report = churn(plan, parent=parent, progress=not args.quiet)
+        report = churn(plan, parent=parent, progress=not args.quiet, keep_logs=args.keep_logs)
     except (KeyboardInterrupt, Terminated):
         print("\ninterrupted: everything was cleaned up", file=sys.stderr)
         return 130

@@ -13,6 +13,13 @@ its cursor once per batch): taken when the cursor is the log's last entry, in th
 the entry's seqnum and CRC, of this file system and image), so they are what a replay would give.
 A fresh mount's first statfs (gnulib's fts asks one at the start of every `find` and `du`) then
 reads state.json instead of replaying the whole log.
+
+The log is read where it is now (famfs.compaction.LogLocation): from a compaction's commit until
+its copy is done, the staging copy, as every lock-free reader of ours reads it. The mount's own
+FamfsLog was opened where the log was then, and its header is zeroed while the copy is made
+(famfs/master/compact.py, steps 3-5): read there, the figures were 0 free and 0 held, and the
+master's mount answered ENOSPC at once, with nothing to wait for (make churn's allocation failures
+below 80 % live, each at a compaction: `statfs: cannot rebuild the allocation`, `bad magic 0x0`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import structlog
 
 from famfs import format as fmt
 from famfs import rules
-from famfs.compaction import read_record
+from famfs.compaction import RECORD_SPAN, LogLocation, read_record
 from famfs.famfslog import FamfsLog
 from famfs.shadowdir import StateReader, image_identity
 
@@ -54,7 +61,7 @@ class Capacity:
 
 class CapacityCache:
     def __init__(self, famfs_log: FamfsLog, shadow_dir: str | None = None) -> None:
-        self.famfs_log = famfs_log
+        self.famfs_log = famfs_log  # the log where it was last found (_log)
         self.state = None if shadow_dir is None else StateReader(shadow_dir)  # the agent's figures (None: replay only)
         self.lock = threading.Lock()  # statfs calls may overlap in worker threads
         # ((next_index, epoch), figures, from our own replay): the last answer and what it is of
@@ -72,32 +79,45 @@ class CapacityCache:
         ENOSPC and its waits for reclaim by (a refusal must rest on the log itself)."""
         return self._current(replayed=True)
 
+    def _log(self) -> FamfsLog:
+        """The log where it is now: a new FamfsLog when the compaction record moved it. A record
+        caught mid-store, or a log that does not open: the last one (its figures say so)."""
+        famfs_log = self.famfs_log
+        try:
+            location = LogLocation.of(read_record(famfs_log.device.fresh(*RECORD_SPAN)), famfs_log.superblock,
+                                      famfs_log.device.size)
+            if location != famfs_log.location:
+                famfs_log = self.famfs_log = FamfsLog(famfs_log.device)
+        except (fmt.FormatError, OSError):
+            pass
+        return famfs_log
+
     def _current(self, replayed: bool) -> Capacity:
         with self.lock:
-            next_index = self.famfs_log.next_index()
+            famfs_log = self._log()
+            next_index = famfs_log.next_index()
             try:  # a compaction's new log counts up through indexes the old one had: the epoch too
-                log_at = (next_index, read_record(self.famfs_log.device.map).epoch)
+                log_at = (next_index, read_record(famfs_log.device.map).epoch)
             except fmt.FormatError:
                 log_at = None  # a compaction record caught mid-store: nothing cached is known to fit
             if self.cached is not None and self.cached[0] == log_at and (self.cached[2] or not replayed):
                 return self.cached[1]
-            capacity = None if replayed or log_at is None else self._published(*log_at)
+            capacity = None if replayed or log_at is None else self._published(famfs_log, *log_at)
             from_replay = capacity is None
             if capacity is None:
-                capacity = self._compute()
+                capacity = self._compute(famfs_log)
             else:
                 self.published += 1
             self.cached = None if log_at is None else (log_at, capacity, from_replay)
             return capacity
 
-    def _published(self, next_index: int, epoch: int) -> Capacity | None:
+    def _published(self, famfs_log: FamfsLog, next_index: int, epoch: int) -> Capacity | None:
         """The agent's figures, if they are of this log's first `next_index` entries in log
         `epoch` (the compaction record's, as just read); else None.
         A kept replay is not dropped: it plays on from where it stopped when these do not fit."""
         if self.state is None or next_index == 0:
             return None
         state = self.state.read()
-        famfs_log = self.famfs_log
         sb = famfs_log.superblock
         if (state is None or state.fs_uuid != str(sb.fs_uuid) or state.applied_index != next_index - 1
                 or not all(type(figure) is int and figure >= 0
@@ -120,11 +140,11 @@ class CapacityCache:
         return Capacity(unit=sb.alloc_unit, total_units=state.total_units, free_units=state.free_units,
                         free_slots=max(0, header.slots - header.next_index), held_units=state.held_units)
 
-    def _compute(self) -> Capacity:
-        sb = self.famfs_log.superblock
+    def _compute(self, famfs_log: FamfsLog) -> Capacity:
+        sb = famfs_log.superblock
         try:
-            header = self.famfs_log.header()
-            played = self._play(header.next_index)
+            header = famfs_log.header()
+            played = self._play(famfs_log, header.next_index)
         except (fmt.FormatError, OSError) as err:
             # A log header that does not add up: report no free space rather than a guess.
             self.played = None
@@ -139,10 +159,9 @@ class CapacityCache:
         return Capacity(unit=sb.alloc_unit, total_units=units.total_units, free_units=units.free_units,
                         free_slots=max(0, header.slots - header.next_index), held_units=held)
 
-    def _play(self, count: int) -> Played:
+    def _play(self, famfs_log: FamfsLog, count: int) -> Played:
         """The namespace of the log's first `count` entries: the kept one played on if the log
         extends it, else a whole replay."""
-        famfs_log = self.famfs_log
         epoch = read_record(famfs_log.device.map).epoch
         played, self.played = self.played, None  # kept again only once this play completed
         if played is None or played.epoch != epoch or played.next_index > count or (

@@ -194,10 +194,16 @@ class InodeTable:
         """The node's parsed YAML, loading it on first use; None (and node.error or
         node.refused) if it is not served. `dir_fd`: its parent directory, open
         (shadow_reader.open_dir), to load it by name."""
+        if node.entry is None and not node.present:
+            # Deleted before anything read its YAML (its path may name a newer file now). With
+            # no handle open on it, no such file (ENOENT), as when load_file finds the YAML gone
+            # (Gone, below), not a bad one: an open or a stat reaches here when the kernel still
+            # held the name as the table dropped the file (make churn's reader EIO, docs/fusefs.md
+            # "Live updates"). A handle's request (a read's getattr) is EIO, never ENOENT.
+            why = "deleted before it was read"
+            node.refused, node.error = (why, None) if node.opens == 0 else (None, why)
+            return None
         if node.entry is None and node.error is None:
-            if not node.present:
-                node.error = "deleted before it was read"  # its path may name a newer file now
-                return None
             try:
                 entry = shadow_reader.load_file(self.shadow_root, node.relpath, self.geometry, dir_fd)
             except shadow_reader.Gone as gone:

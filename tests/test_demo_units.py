@@ -1,13 +1,17 @@
-"""The harness's pure helpers: percentiles, the famfsctl log-line clock, tree snapshots."""
+"""The harness's pure helpers: percentiles, the famfsctl log-line clock, tree snapshots, a churn
+reader's errors matched with its host's logs."""
 
 from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from demo import churn_errors
 from demo.propagation import logged_append_time, percentile
 from demo.trees import differences, snapshot
 
@@ -44,3 +48,51 @@ def test_snapshot_sees_content_mode_and_kind_and_differences_name_the_path(tmp_p
     found = differences(snapshot(left), snapshot(right), ("left", "right"))
     assert [line.split(":")[0] for line in found] == ["d", "d/f"]
     assert list(snapshot(left, skip=("f",))) == ["d"]
+
+
+MOUNT_LOG = (
+    "--- 23:01:50 famfs-fuse-mount --foreground\n"
+    "timestamp='2026-12-04T23:01:50.100000Z' level='info' event='mounted'\n"
+    "timestamp='2026-12-04T23:01:51.120000Z' level='error' event='bad shadow file, served as EIO' "
+    "shadow_path='/dev/shm/s/client1/root/api/small/s3254' reason='deleted before it was read'\n"
+    "timestamp='2026-12-04T23:01:59.000000Z' level='warning' event='not serving bytes' errno='EIO' "
+    "reason='the agent\\'s lease expired'\n"
+)
+AGENT_LOG = ('{"timestamp": "2026-12-04T23:01:51.050000Z", "level": "info", "event": "played", "entries": 96}\n'
+             '{"timestamp": "2026-12-04T23:05:00.000000Z", "level": "info", "event": "later"}\n')
+
+
+def fake_cluster(tmp_path: Path) -> Any:
+    """What churn_errors reads of a demo.cluster.Cluster: each host's name, home and two logs."""
+    home = tmp_path / "client1"
+    home.mkdir()
+    (home / "mount.log").write_text(MOUNT_LOG)
+    (home / "agent.log").write_text(AGENT_LOG)
+    (home / "reader0.log").write_text("")
+    host = SimpleNamespace(name="client1", home=home, mount_log=home / "mount.log", agent_log=home / "agent.log")
+    return SimpleNamespace(hosts=[host])
+
+
+def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp_path: Path) -> None:
+    cluster = fake_cluster(tmp_path)
+    events = [{"host": "client1", "via": "read", "at": "2026-12-04T23:01:51.123000Z", "relpath": "api/small/s3254",
+               "op": "open", "errno": "EIO", "message": "[Errno 5] Input/output error"},
+              {"host": "client1", "via": "map", "at": "2026-12-04T23:03:00.000000Z", "relpath": "api/d1/f2",
+               "op": "famfs.open", "errno": "EIO", "message": "[Errno 5] Input/output error"},
+              {"host": "client1", "via": "map", "at": "2026-12-04T23:01:51.200000Z", "relpath": "api/d2/f3",
+               "op": "famfs.open", "errno": "EIO", "message": "[Errno 5] Input/output error"}]
+    churn_errors.classify(events, cluster)
+    assert events[0]["explanation"] == "a shadow file the mount refused as bad: deleted before it was read"
+    assert events[1]["explanation"] == churn_errors.UNEXPLAINED  # nothing logged within the window
+    assert events[2]["explanation"] == churn_errors.UNEXPLAINED  # near, but a refusal of another file
+    kept_in = tmp_path / "kept"
+    kept_in.mkdir()
+    kept = churn_errors.keep(cluster, events, kept_in, ["2 reader errors"])
+    assert kept.parent == kept_in
+    assert sorted(path.name for path in (kept / "client1").iterdir()) == ["agent.log", "mount.log", "reader0.log"]
+    text = (kept / "errors.txt").read_text()
+    assert text.startswith("kept because: 2 reader errors\n")
+    assert "== client1 read: open api/small/s3254 at 2026-12-04T23:01:51.123000Z: EIO" in text
+    assert "== client1 map: famfs.open api/d2/f3" in text
+    assert "deleted before it was read" in text and '"event": "played"' in text
+    assert "not serving bytes" not in text and "later" not in text  # too far from either error

@@ -256,3 +256,26 @@ def test_a_mount_over_thousands_of_directories_watches_each_one(tmp_path: Path, 
         put_file(shadow, file_at("new/f", 1, size=20))
         wait_for(lambda: exists(mounted / "new" / "f"), "a file in the directory made after the start")
         assert inotify_watches(mount.process.pid) == directories + 1
+
+
+def test_an_open_of_a_file_deleted_after_its_lookup_is_enoent_not_eio(tmp_path: Path, device: Path) -> None:
+    """make churn's one reader EIO a run (issue 19): a reader listed a directory and opened a
+    name; the kernel still held the name's entry when the mount had already dropped the file (its
+    DELETE played, the kernel's invalidation not yet through), so the open reached the mount for
+    a node it no longer serves, never loaded (a lookup serves attributes from the log slot, not
+    the YAML): answered EIO, unlogged ("deleted before it was read", seen by a log line added for
+    the churn run that caught it). It is no such file, as when the YAML is found gone at open. An
+    O_PATH descriptor holds the inode here, and the open through /proc/self/fd reaches the mount
+    exactly as that racing open did."""
+    shadow = empty_shadow(tmp_path / "shadow", device)
+    put_file(shadow, file_at("gone", 0, size=5000))
+    with Mount(shadow, device, tmp_path / "mnt") as mount:
+        held = os.open(mount.mountpoint / "gone", os.O_PATH)  # a lookup, no open, nothing parsed
+        try:
+            (shadow / "root" / "gone").unlink()
+            wait_for(lambda: "gone" not in os.listdir(mount.mountpoint), "the mount to drop the deleted file")
+            with pytest.raises(OSError) as refused:
+                os.open(f"/proc/self/fd/{held}", os.O_RDONLY)
+            assert refused.value.errno == errno.ENOENT, refused.value
+        finally:
+            os.close(held)

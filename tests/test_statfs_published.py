@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from famfs import Master
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
 from famfs.master import writer
+from famfs.master.compact import STEPS
 from famfs.shadowdir import AgentState, read_state, state_path
 from fusefs.capacity import Capacity, CapacityCache
 from tests.agent_util import append, file_entry, run_agent
@@ -120,3 +122,28 @@ def test_figures_of_another_log_are_not_taken(tmp_path: Path, system_uuid_file: 
         current.create("b", 1, OWNER)
     state_path(shadow).write_bytes(saved)
     assert from_shadow(image, shadow) == (replayed(image), 0)
+
+
+def test_the_masters_figures_follow_a_compaction_at_every_step(tmp_path: Path, system_uuid_file: Path) -> None:
+    """make churn's allocation failures below 80 % live (issue 19 follow-up): the master's mount
+    decides ENOSPC by its own replay (CapacityCache.replayed), which read the log where it was when
+    the mount opened it; a compaction zeroes that header while it copies the staging copy over it
+    (steps 3-5), and the figures read then were 0 free and 0 held: ENOSPC at once, nothing to wait
+    for. Read at every step, lock-free as the mount reads them, they are now the log's."""
+    image = make_image(tmp_path / "dev.img", "1g")
+    master = Master(str(image), system_uuid_file=system_uuid_file)
+    for n in range(12):
+        master.create(f"f{n}", 3 * MiB).commit()
+    master.remove(*(f"f{n}" for n in range(0, 12, 2)))
+    with Device(str(image)) as device:
+        cache = CapacityCache(FamfsLog(device))
+        before = cache.replayed()
+        seen: dict[str, Capacity] = {}
+        with writer.session(str(image), system_uuid_file) as current:
+            current.compact(lambda step: seen.setdefault(step, cache.replayed()))
+        after = cache.replayed()
+    assert list(seen) == list(STEPS)
+    assert before.held_units == 12 and before.free_units > 0
+    for step, figures in seen.items():
+        assert (figures.free_units, figures.held_units) == (before.free_units, before.held_units), step
+    assert (after.free_units, after.held_units) == (before.free_units, before.held_units)

@@ -54,6 +54,17 @@ class FamfsLog:
     def path(self) -> str:
         return self.device.path
 
+    def current(self) -> FamfsLog:
+        """This device's log where readers find it now: self, or the log opened again where the
+        compaction record has moved it (from a compaction's commit until its copy is done, the
+        staging copy, while the header here is zeroed; docs/reclaim.md). A record caught
+        mid-store, or a log that does not open there yet: self, whose reads say what they find."""
+        try:
+            location = LogLocation.of(read_record(self.device.fresh(*RECORD_SPAN)), self.superblock, self.device.size)
+            return self if location == self.location else FamfsLog(self.device)
+        except (fmt.FormatError, OSError):
+            return self
+
     def header(self) -> fmt.LogHeader:
         """The current log header, read fresh from the device and validated."""
         raw = self.device.read(self.log_base, fmt.LOG_HEADER.size)

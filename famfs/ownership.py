@@ -344,9 +344,22 @@ class ShadowCheck:
         reader = self._reader(extent.devindex)
         return reader.owners(*reader.span(extent))
 
+    def _moved(self) -> bool:
+        """Whether a compaction moved the log since it was last found (FamfsLog.current: from a
+        compaction's commit until its copy is done it is read from the staging copy, and its
+        header where it was is zeroed); then it is read where it is from now on. Asked only when
+        a check refuses: the refusal may be of the place, so the check is made again there."""
+        found = self.famfs_log.current()
+        moved, self.famfs_log = found is not self.famfs_log, found
+        return moved
+
     def file_problem(self, entry: fmt.FileEntry) -> str | None:
         """Why the parsed shadow file `entry` is not the live log entry for its path; None if it
         is. Its extents are already checked against the device (rules.check_extents)."""
+        problem = self._file_problem(entry)
+        return self._file_problem(entry) if problem is not None and self._moved() else problem
+
+    def _file_problem(self, entry: fmt.FileEntry) -> str | None:
         extents = entry.all_extents()
         if not extents:
             return "maps no allocation unit: no log entry can be found to own it"
@@ -386,6 +399,10 @@ class ShadowCheck:
         log entry `played`), and no entry logged since then maps any of them, but a FILE entry
         at this very path with this very mapping (the writer's own, not played yet). Its extents
         are already checked against the device (rules.check_extents)."""
+        problem = self._unlogged_problem(entry, played)
+        return self._unlogged_problem(entry, played) if problem is not None and self._moved() else problem
+
+    def _unlogged_problem(self, entry: fmt.FileEntry, played: int) -> str | None:
         extents = entry.all_extents()
         if not extents:
             return "maps no allocation unit"
@@ -564,6 +581,10 @@ class ShadowCheck:
         """The logged attributes of shadow directory `relpath` from its xattr value `raw`, if
         the MKDIR entry it names made this path with them, or the SETATTR it names gave them to
         that MKDIR's directory; else why not."""
+        found = self._dir_problem(relpath, raw)
+        return self._dir_problem(relpath, raw) if isinstance(found, str) and self._moved() else found
+
+    def _dir_problem(self, relpath: str, raw: bytes | None) -> DirRecord | str:
         if raw is None:
             return "no trusted.famfs.dir attribute (not made by famfs-agent)"
         record = DirRecord.decode(raw)

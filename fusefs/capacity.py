@@ -14,7 +14,7 @@ the entry's seqnum and CRC, of this file system and image), so they are what a r
 A fresh mount's first statfs (gnulib's fts asks one at the start of every `find` and `du`) then
 reads state.json instead of replaying the whole log.
 
-The log is read where it is now (famfs.compaction.LogLocation): from a compaction's commit until
+The log is read where it is now (FamfsLog.current): from a compaction's commit until
 its copy is done, the staging copy, as every lock-free reader of ours reads it. The mount's own
 FamfsLog was opened where the log was then, and its header is zeroed while the copy is made
 (famfs/master/compact.py, steps 3-5): read there, the figures were 0 free and 0 held, and the
@@ -31,7 +31,7 @@ import structlog
 
 from famfs import format as fmt
 from famfs import rules
-from famfs.compaction import RECORD_SPAN, LogLocation, read_record
+from famfs.compaction import read_record
 from famfs.famfslog import FamfsLog
 from famfs.shadowdir import StateReader, image_identity
 
@@ -80,17 +80,9 @@ class CapacityCache:
         return self._current(replayed=True)
 
     def _log(self) -> FamfsLog:
-        """The log where it is now: a new FamfsLog when the compaction record moved it. A record
-        caught mid-store, or a log that does not open: the last one (its figures say so)."""
-        famfs_log = self.famfs_log
-        try:
-            location = LogLocation.of(read_record(famfs_log.device.fresh(*RECORD_SPAN)), famfs_log.superblock,
-                                      famfs_log.device.size)
-            if location != famfs_log.location:
-                famfs_log = self.famfs_log = FamfsLog(famfs_log.device)
-        except (fmt.FormatError, OSError):
-            pass
-        return famfs_log
+        """The log where it is now (FamfsLog.current): kept for the next call."""
+        self.famfs_log = self.famfs_log.current()
+        return self.famfs_log
 
     def _current(self, replayed: bool) -> Capacity:
         with self.lock:

@@ -384,3 +384,37 @@ def test_a_carried_owner_map_names_only_files_both_logs_hold_live_and_unshared()
     assert list(carried[11:13]) == [HELD] * 2  # held (a HOLD), new (free before, taken now)
     assert list(carried[13:16]) == [0, 0, 0]  # an added device's extent is not this map's
     assert list(carried[:reserved]) == [HELD] * reserved
+
+
+def test_the_shadow_check_reads_the_log_where_a_compaction_has_moved_it(
+        tmp_path: Path, system_uuid_file: Path, place: Path) -> None:
+    """From a compaction's commit until its copy is done the log is read from its staging copy,
+    and its header where it was is zeroed: a check that read it there refused every file ("past
+    the log's end": make churn's refusals at a compaction, issue 19 follow-up). A file and a
+    directory logged before the deleted one keep their entries through the compaction: at every
+    step they pass the check; a planted file is refused at every step."""
+    from famfs.master import writer  # noqa: PLC0415 - the master's side, for its compaction steps
+    from famfs.master.compact import STEPS  # noqa: PLC0415
+
+    image, shadow = served(tmp_path, system_uuid_file, place)
+    played = run_agent("--shadow", shadow, image)
+    assert played.returncode == 0, played.stderr
+    secret = _live(image, "shared/secret")
+    shared = os.getxattr(shadow / "root" / "shared", DIR_XATTR)
+    planted = secret._replace(relpath="shared/planted")
+    with Device(str(image)) as device:
+        check = ShadowCheck(FamfsLog(device), shadow / AGENT_DIR / OWNERS_FILE)
+        seen: dict[str, tuple[str | None, bool, str | None]] = {}
+
+        def at(step: str) -> None:
+            seen[step] = (check.file_problem(secret), isinstance(check.dir_problem("shared", shared), DirRecord),
+                          check.file_problem(planted))
+
+        with writer.session(str(image), system_uuid_file) as current:
+            assert current.namespace.deleted_paths == {"tmpdir/gone"}  # logged after the file and directory
+            current.compact(at)
+        check.close()
+    assert list(seen) == list(STEPS)
+    for step, (file_problem, dir_served, planted_problem) in seen.items():
+        assert (file_problem, dir_served) == (None, True), step
+        assert planted_problem is not None and "shared/secret" in planted_problem, step

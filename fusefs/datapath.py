@@ -6,8 +6,11 @@ AddedDevices). A file with an extent on a device this host has not found answers
 only that file.
 
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
-the mapping, no copy; a range that spans pieces is joined. The mapping of file offsets to device
-offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_pieces (with each piece's device): one copy of the rule.
+the mapping, no copy; a range that spans pieces is joined. `copy` is the same read copied out
+of the mapping now (a read under a lease: fusefs/lease.py). The mapping of file offsets to device
+offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_pieces (with each
+piece's device): one copy of the rule; famfs.format.one_piece is its answer for the common read
+inside a file's first extent, without the generator.
 Where memory is not cache-coherent the device's policy (famfs.cacheflush) drops each piece's lines
 before it is read and writes each piece back once stored.
 """
@@ -19,7 +22,7 @@ import errno
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.devices import AddedDevices
-from famfs.format import device_pieces
+from famfs.format import device_pieces, one_piece
 
 
 class DataError(OSError):
@@ -50,6 +53,12 @@ class DataPath:
     def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:
             return b""
+        piece = one_piece(entry, offset, length)
+        if piece is not None:
+            devindex, start, size = piece
+            view = self._view(devindex)
+            self.coherence.invalidate(view, start, size)
+            return view[start:start + size]
         pieces = [(self._view(devindex), start, size) for devindex, start, size in device_pieces(entry, offset, length)]
         for view, start, size in pieces:
             self.coherence.invalidate(view, start, size)
@@ -57,6 +66,11 @@ class DataPath:
             view, start, size = pieces[0]
             return view[start:start + size]
         return b"".join(view[start:start + size] for view, start, size in pieces)
+
+    def copy(self, entry: fmt.FileEntry, offset: int, length: int) -> bytes:
+        """read(), the bytes copied out of the mapping now."""
+        data = self.read(entry, offset, length)
+        return data if isinstance(data, bytes) else data.tobytes()
 
     def write(self, entry: fmt.FileEntry, offset: int, data: bytes) -> int:
         """Store what fits below the file size; the caller sees a short count, then EFBIG: a

@@ -1,14 +1,17 @@
 """famfs-fuse-mount's Prometheus metrics (docs/operations.md has every metric).
 
-With metrics on, `instrument` wraps every request handler of the operations object (pyfuse3 looks
-handlers up on the instance, so the class stays untouched and a mount without metrics pays
-nothing). Every request is counted, exactly: one list item read and written on the trio thread,
-no lock, no clock. Its latency is sampled: one request in SAMPLE_EVERY of each operation (the
-1st, the 17th, ...) is timed with perf_counter_ns into a fixed array of buckets, so the time
-calls and the bucket search are paid by one request in 16 (docs/operations.md, "Cost", has what
-that saves). The collector turns those arrays into metric families only when Prometheus scrapes,
-from the metrics server's thread. Everything else is read at scrape time from what the daemon
-already counts (notifier, tree sync, inode table, open handles).
+With metrics on, `instrument` puts a counter in front of every request handler of the operations
+object (pyfuse3 looks handlers up on the instance, so the class stays untouched and a mount
+without metrics pays nothing). Every request is counted, exactly: one list item read and written
+on the trio thread, no lock, no clock, and no coroutine of its own: the counter is a plain
+function that hands pyfuse3 the handler's own coroutine to await. Its latency is sampled: one
+request in SAMPLE_EVERY of each operation (the 1st, the 17th, ...) is handed a coroutine that times
+it with perf_counter_ns into a fixed array of buckets, so the time calls, the bucket search and
+that frame are paid by one request in 16 (docs/operations.md, "Cost", has what that saves).
+Requests answered with an error are counted by the handlers' own wrapper (fusefs.operations.
+guarded), with or without metrics. The collector turns those arrays into metric families only
+when Prometheus scrapes, from the metrics server's thread. Everything else is read at scrape time
+from what the daemon already counts (notifier, tree sync, inode table, open handles).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import errno
 import functools
 import inspect
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -55,34 +57,33 @@ class MountStats:
         self.requests = [0] * len(OPERATIONS)
         self.sampled = [[0] * (len(BOUNDS_NS) + 1) for _ in OPERATIONS]
         self.sampled_ns = [0] * len(OPERATIONS)
-        self.errors: Counter[int] = Counter()  # errno -> requests answered with it
 
 
 def instrument(ops: FamfsOperations, stats: MountStats) -> None:
-    """Count every handler's requests of `ops`, time a sample of them, count FUSEError answers by errno."""
+    """Count every handler's requests of `ops` and time a sample of them."""
     for index, name in enumerate(OPERATIONS):
         setattr(ops, name, _counted(getattr(ops, name), index, stats))
 
 
 def _counted(handler: Callable[..., Awaitable[Any]], index: int, stats: MountStats) -> Callable[..., Awaitable[Any]]:
-    requests, buckets, sums, errors = stats.requests, stats.sampled[index], stats.sampled_ns, stats.errors
+    requests, buckets, sums = stats.requests, stats.sampled[index], stats.sampled_ns
     clock, bounds, mask = time.perf_counter_ns, BOUNDS_NS, SAMPLE_EVERY - 1
 
-    @functools.wraps(handler)
-    async def counted(*args: Any) -> Any:
-        seen = requests[index] + 1
-        requests[index] = seen
-        started = clock() if seen & mask == 1 else 0  # the 1st request is timed: a quiet mount shows one
+    async def timed(*args: Any) -> Any:
+        started = clock()
         try:
             return await handler(*args)
-        except pyfuse3.FUSEError as err:
-            errors[err.errno] += 1
-            raise
         finally:
-            if started:
-                elapsed = clock() - started
-                buckets[bisect.bisect_left(bounds, elapsed)] += 1
-                sums[index] += elapsed
+            elapsed = clock() - started
+            buckets[bisect.bisect_left(bounds, elapsed)] += 1
+            sums[index] += elapsed
+
+    @functools.wraps(handler)
+    def counted(*args: Any) -> Awaitable[Any]:
+        seen = requests[index] + 1
+        requests[index] = seen
+        # The 1st request is timed: a quiet mount shows one.
+        return timed(*args) if seen & mask == 1 else handler(*args)
 
     return counted
 
@@ -99,7 +100,7 @@ class MountCollector:
         yield from self._requests()
         errors = CounterMetricFamily(f"{PREFIX}_errors", "FUSE requests answered with an error, by errno",
                                      labels=["errno"])
-        for code, count in dict(self.stats.errors).items():
+        for code, count in dict(self.ops.errors).items():
             errors.add_metric([errno.errorcode.get(code, str(code))], count)
         yield errors
         counters = self.notifier.counters

@@ -28,6 +28,7 @@ import functools
 import os
 import stat
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -114,16 +115,20 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 def guarded(handler: Handler) -> Handler:
     """Any exception but FUSEError escaping a handler ends pyfuse3's main loop (and the mount):
-    turn it into EIO for that one request, with a traceback in the log."""
+    turn it into EIO for that one request, with a traceback in the log. Every request answered
+    with an error is counted by errno (FamfsOperations.errors, which metrics export): here, the
+    one frame around every handler, so that counting costs a request nothing unless it fails."""
 
     @functools.wraps(handler)
-    async def wrapper(*args: Any) -> Any:
+    async def wrapper(self: FamfsOperations, *args: Any) -> Any:
         try:
-            return await handler(*args)
-        except pyfuse3.FUSEError:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError as err:
+            self.errors[err.errno] += 1
             raise
         except Exception:
             log.exception("request failed, answered EIO", handler=handler.__name__)
+            self.errors[errno.EIO] += 1
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
@@ -147,6 +152,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.status = status
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
         self.lookups = LookupCounters()
+        self.errors: Counter[int] = Counter()  # errno -> requests answered with it (counted by `guarded`)
         self.file_handles: dict[int, Handle | Staged] = {}
         self.dir_handles: dict[int, tuple[Node, list[tuple[bytes, int]]]] = {}
         self.next_fh = 1
@@ -155,6 +161,11 @@ class FamfsOperations(pyfuse3.Operations):
         # Reclaim (docs/reclaim.md): serve bytes only under the agent's lease; pin what is open.
         self.lease = Lease(os.fsdecode(shadow_dir))
         self.pins = PathPins(shadow_dir)
+
+    # pyfuse3's own answers (ENOSYS), guarded like every other handler, so counted like them.
+    access = guarded(pyfuse3.Operations.access)
+    fsyncdir = guarded(pyfuse3.Operations.fsyncdir)
+    poll = guarded(pyfuse3.Operations.poll)
 
     def init(self) -> None:
         # pyfuse3 calls this (on the trio thread) just before it sends the INIT reply; waiters
@@ -562,6 +573,9 @@ class FamfsOperations(pyfuse3.Operations):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)  # dropped (its close said why)
             return bytes(handle.data[off:off + size])
+        data = self._read_now(handle, off, size)
+        if data is not None:
+            return data
         await self._leased(handle.incarnation)
         served = self._served(handle)  # no await since the check: the device it checked
         node = handle.node
@@ -581,6 +595,28 @@ class FamfsOperations(pyfuse3.Operations):
         if ahead and self.table.recheck(node) is not None:
             self._unserved_ahead(node)
         return data
+
+    def _read_now(self, handle: Handle, off: int, size: int) -> memoryview | bytes | None:
+        """The common read, answered at once: a logged file (not served ahead of the log, its YAML
+        parsed), on the device it was opened on, intact, the lease holding. None on any doubt:
+        read()'s full path then answers, with every wait, refusal and error (the same answer
+        this one would give when it gives one). Under a lease, the bytes are copied first and the
+        lease checked once, after the copy: that check is the one that counts (docs/reclaim.md,
+        step 4); the full path's check before it is there to wait for a starting agent."""
+        node, devices = handle.node, self.devices
+        served, entry = devices.served, node.entry
+        if entry is None or node.provisional or handle.generation != served.generation or not devices.intact():
+            return None
+        lease, record = self.lease, served.famfs_log.device.map
+        try:
+            if not lease.guarded():  # no lease window: checked, then served from the mapping (no copy)
+                if lease.refusal(record, handle.incarnation) is not None or lease.guarded():
+                    return None
+                return served.data.read(entry, off, size)
+            data = served.data.copy(entry, off, size)
+        except DataError:
+            return None
+        return data if lease.refusal(record, handle.incarnation) is None else None
 
     def _mapped(self, handle: Handle) -> fmt.FileEntry:
         """The extents a read or write goes through: the current mapping (a re-map applies at
@@ -625,6 +661,7 @@ class FamfsOperations(pyfuse3.Operations):
         except DataError as err:
             raise pyfuse3.FUSEError(err.errno) from None
 
+    @guarded
     async def flush(self, fh: int) -> None:
         # Logged files: writes went straight into the device mapping. A file being written through
         # the master's mount is logged at release, not here: a flush comes at every close(2),
@@ -693,9 +730,11 @@ class FamfsOperations(pyfuse3.Operations):
         self._node(inode)
         return [SHADOW_XATTR, STATUS_XATTR] if inode == ROOT_INODE else []
 
+    @guarded
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise self._xattr_refused(name)
 
+    @guarded
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise self._xattr_refused(name)
 
@@ -733,6 +772,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.table.remember(node)
         return self._attributes(node)
 
+    @guarded
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
@@ -753,6 +793,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.links.add(link)
         return self._link_attributes(link)
 
+    @guarded
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
@@ -791,6 +832,7 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)  # links of this mount's are in it
         await self._remove(self.writer.rmdir, parent, node)
 
+    @guarded
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         if self.writer is not None:

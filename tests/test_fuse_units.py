@@ -218,6 +218,8 @@ def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) 
         data = DataPath(device)
         assert bytes(data.read(striped, 0, striped.size + 100)) == content
         assert bytes(data.read(striped, chunk - 3, 10)) == content[chunk - 3:chunk + 7]
+        assert data.copy(striped, chunk - 3, 10) == content[chunk - 3:chunk + 7]  # two pieces, joined
+        assert data.copy(striped, 5, 10) == content[5:15]  # one piece: a copy, not a view
         assert data.read(striped, striped.size, 10) == b""
         assert data.write(striped, striped.size - 2, b"xyz") == 2
         with pytest.raises(DataError):
@@ -348,3 +350,12 @@ def test_statfs_figures_played_on_agree_with_a_whole_replay(tmp_path: Path, syst
         for name in ("a", "b", "c", "d", "e", "f"):
             famfsctl("mkdir", "--device", image, name)
         assert cache.current() == fresh()
+
+
+def test_every_request_handler_is_guarded() -> None:
+    """`guarded` turns an exception into EIO and counts every error answer by errno (the
+    famfs_fuse_errors metric): each handler pyfuse3 can call must go through it."""
+    from fusefs.metrics import OPERATIONS
+    from fusefs.operations import FamfsOperations
+    unguarded = [name for name in OPERATIONS if not hasattr(getattr(FamfsOperations, name), "__wrapped__")]
+    assert unguarded == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 
 from famfs import format as fmt
+from famfs.cacheflush import COHERENT
 from famfs.device import Device
 from famfs.devices import AddedDevices
 from famfs.format import device_pieces, one_piece
@@ -37,6 +38,7 @@ class DataPath:
         self.view = memoryview(device.map)
         self.writable = device.writable
         self.coherence = device.coherence
+        self.coherent = device.coherence is COHERENT  # nothing to invalidate before a load
         self.added = added
         self.views: dict[int, memoryview] = {0: self.view}  # by devindex, each device's whole mapping
 
@@ -51,14 +53,30 @@ class DataPath:
         return view
 
     def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
+        view = self._one_piece(entry, offset, length)
+        return view if view is not None else self._pieces(entry, offset, length)
+
+    def copy(self, entry: fmt.FileEntry, offset: int, length: int) -> bytes:
+        """read(), the bytes copied out of the mapping now."""
+        view = self._one_piece(entry, offset, length)
+        return view.tobytes() if view is not None else bytes(self._pieces(entry, offset, length))
+
+    def _one_piece(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | None:
+        """The common read (famfs.format.one_piece): a view of the mapping; None: any other."""
+        piece = one_piece(entry, offset, length)
+        if piece is None:
+            return None
+        devindex, start, size = piece
+        view = self.views.get(devindex)
+        if view is None:
+            view = self._view(devindex)
+        if not self.coherent:
+            self.coherence.invalidate(view, start, size)
+        return view[start:start + size]
+
+    def _pieces(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:
             return b""
-        piece = one_piece(entry, offset, length)
-        if piece is not None:
-            devindex, start, size = piece
-            view = self._view(devindex)
-            self.coherence.invalidate(view, start, size)
-            return view[start:start + size]
         pieces = [(self._view(devindex), start, size) for devindex, start, size in device_pieces(entry, offset, length)]
         for view, start, size in pieces:
             self.coherence.invalidate(view, start, size)
@@ -66,11 +84,6 @@ class DataPath:
             view, start, size = pieces[0]
             return view[start:start + size]
         return b"".join(view[start:start + size] for view, start, size in pieces)
-
-    def copy(self, entry: fmt.FileEntry, offset: int, length: int) -> bytes:
-        """read(), the bytes copied out of the mapping now."""
-        data = self.read(entry, offset, length)
-        return data if isinstance(data, bytes) else data.tobytes()
 
     def write(self, entry: fmt.FileEntry, offset: int, data: bytes) -> int:
         """Store what fits below the file size; the caller sees a short count, then EFBIG: a

@@ -6,7 +6,7 @@ AddedDevices). A file with an extent on a device this host has not found answers
 only that file.
 
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
-the mapping, no copy; a range that spans pieces is joined. `copy` is the same read copied out
+the mapping, no copy; a range that spans pieces is joined. With `copy` the bytes are copied out
 of the mapping now (a read under a lease: fusefs/lease.py). The mapping of file offsets to device
 offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_pieces (with each
 piece's device): one copy of the rule; famfs.format.one_piece is its answer for the common read
@@ -52,27 +52,20 @@ class DataPath:
         view = self.views[devindex] = memoryview(found.map)
         return view
 
-    def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
-        view = self._one_piece(entry, offset, length)
-        return view if view is not None else self._pieces(entry, offset, length)
-
-    def copy(self, entry: fmt.FileEntry, offset: int, length: int) -> bytes:
-        """read(), the bytes copied out of the mapping now."""
-        view = self._one_piece(entry, offset, length)
-        return view.tobytes() if view is not None else bytes(self._pieces(entry, offset, length))
-
-    def _one_piece(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | None:
-        """The common read (famfs.format.one_piece): a view of the mapping; None: any other."""
-        piece = one_piece(entry, offset, length)
+    def read(self, entry: fmt.FileEntry, offset: int, length: int, copy: bool = False) -> memoryview | bytes:
+        """File bytes [offset, offset + length) (short at the file's end): a view of the mapping
+        where they are one piece, or with `copy`, bytes copied out of the mapping now."""
+        piece = one_piece(entry, offset, length)  # the common read, inline: no frame more than needed
         if piece is None:
-            return None
+            data = self._pieces(entry, offset, length)
+            return bytes(data) if copy else data
         devindex, start, size = piece
         view = self.views.get(devindex)
         if view is None:
             view = self._view(devindex)
         if not self.coherent:
             self.coherence.invalidate(view, start, size)
-        return view[start:start + size]
+        return view[start:start + size].tobytes() if copy else view[start:start + size]
 
     def _pieces(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:

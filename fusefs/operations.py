@@ -613,7 +613,7 @@ class FamfsOperations(pyfuse3.Operations):
                 if lease.refusal(record, handle.incarnation) is not None or lease.guarded():
                     return None
                 return served.data.read(entry, off, size)
-            data = served.data.copy(entry, off, size)
+            data = served.data.read(entry, off, size, copy=True)
         except DataError:
             return None
         return data if lease.refusal(record, handle.incarnation) is None else None

@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import os
 import stat
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pyfuse3
 import structlog
@@ -111,16 +112,40 @@ class MountPolicy:
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+# Every request pyfuse3 can deliver (its Operations' coroutine methods): each handler's index in
+# RequestStats' lists, and each a label value of the metrics (fusefs/metrics.py).
+OPERATIONS = tuple(name for name, member in inspect.getmembers(pyfuse3.Operations, inspect.iscoroutinefunction))
+# A power of two (the test is one AND): with metrics on, one request in 16 of each operation is timed.
+SAMPLE_EVERY = 16
+
+
+class RequestStats(Protocol):
+    """What `guarded` counts when metrics are on (fusefs.metrics.MountStats): trio thread only."""
+
+    requests: list[int]  # per operation, in OPERATIONS' order: every request
+
+    def timed(self, index: int, elapsed_ns: int) -> None:
+        """One sampled request of OPERATIONS[index] took elapsed_ns in its handler."""
 
 
 def guarded(handler: Handler) -> Handler:
     """Any exception but FUSEError escaping a handler ends pyfuse3's main loop (and the mount):
     turn it into EIO for that one request, with a traceback in the log. Every request answered
-    with an error is counted by errno (FamfsOperations.errors, which metrics export): here, the
-    one frame around every handler, so that counting costs a request nothing unless it fails."""
+    with an error is counted by errno (FamfsOperations.errors), and with metrics on
+    (FamfsOperations.stats) every request is counted and one in SAMPLE_EVERY timed: here, in the
+    one frame every request has anyway (a wrapper of its own around each handler cost a stat
+    with metrics on several µs of the daemon's CPU: docs/operations.md, "Cost")."""
+    index, mask, clock = OPERATIONS.index(handler.__name__), SAMPLE_EVERY - 1, time.perf_counter_ns
 
     @functools.wraps(handler)
     async def wrapper(self: FamfsOperations, *args: Any) -> Any:
+        stats, started = self.stats, 0
+        if stats is not None:
+            requests = stats.requests
+            seen = requests[index] + 1
+            requests[index] = seen
+            if seen & mask == 1:  # the 1st request is timed: a quiet mount shows one
+                started = clock()
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError as err:
@@ -130,6 +155,9 @@ def guarded(handler: Handler) -> Handler:
             log.exception("request failed, answered EIO", handler=handler.__name__)
             self.errors[errno.EIO] += 1
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if started:
+                stats.timed(index, clock() - started)  # type: ignore[union-attr]  # started: stats is set
 
     return wrapper  # type: ignore[return-value]
 
@@ -153,6 +181,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
         self.lookups = LookupCounters()
         self.errors: Counter[int] = Counter()  # errno -> requests answered with it (counted by `guarded`)
+        self.stats: RequestStats | None = None  # metrics on: every request counted (by `guarded`)
         self.file_handles: dict[int, Handle | Staged] = {}
         self.dir_handles: dict[int, tuple[Node, list[tuple[bytes, int]]]] = {}
         self.next_fh = 1

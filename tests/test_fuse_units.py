@@ -364,9 +364,9 @@ def test_statfs_figures_played_on_agree_with_a_whole_replay(tmp_path: Path, syst
 
 
 def test_every_request_handler_is_guarded() -> None:
-    """`guarded` turns an exception into EIO and counts every error answer by errno (the
-    famfs_fuse_errors metric): each handler pyfuse3 can call must go through it."""
-    from fusefs.metrics import OPERATIONS
-    from fusefs.operations import FamfsOperations
+    """`guarded` turns an exception into EIO, counts every error answer by errno and, with
+    metrics on, every request (the famfs_fuse_errors and famfs_fuse_requests metrics): each
+    handler pyfuse3 can call must go through it."""
+    from fusefs.operations import OPERATIONS, FamfsOperations
     unguarded = [name for name in OPERATIONS if not hasattr(getattr(FamfsOperations, name), "__wrapped__")]
     assert unguarded == []

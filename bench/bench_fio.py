@@ -4,7 +4,7 @@ image file itself (no FUSE at all).
 
 The client runs as a following client does: its famfs-agent --follow (its own identity, the
 default serve window), so the mount serves under the agent's lease: a read copies the bytes and
-checks the lease again (fusefs/lease.py). A one-shot play's tree is served zero-copy instead.
+then checks the lease (fusefs/lease.py). A one-shot play's tree is served zero-copy instead.
 The file: FILE_SIZE bytes of random data copied in by famfsctl cp on the master, everything on
 /dev/shm (the image stands in for device memory). Jobs are buffered (no O_DIRECT), as an
 application reads; `randread` uses fio's default POSIX_FADV_RANDOM (no read-ahead). fio drops the

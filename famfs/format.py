@@ -714,6 +714,22 @@ def device_pieces(entry: FileEntry, offset: int = 0, length: int | None = None) 
         base += extent.length
 
 
+def one_piece(entry: FileEntry, offset: int, length: int) -> tuple[int, int, int] | None:
+    """device_pieces(entry, offset, length) when it is one piece in a simple file's first extent
+    (nearly every read of a file of one extent), without the generator (a read's hot path: ~0.5
+    µs less); None when it is anything else (no bytes, interleaved, more pieces): ask device_pieces."""
+    extents = entry.extents
+    if entry.stripes or not extents:
+        return None
+    extent = extents[0]
+    end = offset + length
+    if end > entry.size:  # (not min(): a third of this function's time)
+        end = entry.size
+    if not 0 <= offset < end <= extent.length:
+        return None
+    return extent.devindex, extent.offset + offset, end - offset
+
+
 def device_ranges(entry: FileEntry, offset: int = 0, length: int | None = None) -> Iterator[tuple[int, int]]:
     """device_pieces() of a file on device 0 alone (the primary): (device offset, length). A
     piece on another device raises FormatError, so a single-device reader never reads the

@@ -6,8 +6,11 @@ AddedDevices). A file with an extent on a device this host has not found answers
 only that file.
 
 A read of a range inside one extent (or one interleave chunk) is answered with a memoryview of
-the mapping, no copy; a range that spans pieces is joined. The mapping of file offsets to device
-offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_pieces (with each piece's device): one copy of the rule.
+the mapping, no copy; a range that spans pieces is joined. With `copy` the bytes are copied out
+of the mapping now (a read under a lease: fusefs/lease.py). The mapping of file offsets to device
+offsets, simple and interleaved (docs/format.md §4.3), is famfs.format.device_pieces (with each
+piece's device): one copy of the rule; famfs.format.one_piece is its answer for the common read
+inside a file's first extent, without the generator.
 Where memory is not cache-coherent the device's policy (famfs.cacheflush) drops each piece's lines
 before it is read and writes each piece back once stored.
 """
@@ -17,9 +20,10 @@ from __future__ import annotations
 import errno
 
 from famfs import format as fmt
+from famfs.cacheflush import COHERENT
 from famfs.device import Device
 from famfs.devices import AddedDevices
-from famfs.format import device_pieces
+from famfs.format import device_pieces, one_piece
 
 
 class DataError(OSError):
@@ -34,6 +38,7 @@ class DataPath:
         self.view = memoryview(device.map)
         self.writable = device.writable
         self.coherence = device.coherence
+        self.coherent = device.coherence is COHERENT  # nothing to invalidate before a load
         self.added = added
         self.views: dict[int, memoryview] = {0: self.view}  # by devindex, each device's whole mapping
 
@@ -47,7 +52,22 @@ class DataPath:
         view = self.views[devindex] = memoryview(found.map)
         return view
 
-    def read(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
+    def read(self, entry: fmt.FileEntry, offset: int, length: int, copy: bool = False) -> memoryview | bytes:
+        """File bytes [offset, offset + length) (short at the file's end): a view of the mapping
+        where they are one piece, or with `copy`, bytes copied out of the mapping now."""
+        piece = one_piece(entry, offset, length)  # the common read, inline: no frame more than needed
+        if piece is None:
+            data = self._pieces(entry, offset, length)
+            return bytes(data) if copy else data
+        devindex, start, size = piece
+        view = self.views.get(devindex)
+        if view is None:
+            view = self._view(devindex)
+        if not self.coherent:
+            self.coherence.invalidate(view, start, size)
+        return view[start:start + size].tobytes() if copy else view[start:start + size]
+
+    def _pieces(self, entry: fmt.FileEntry, offset: int, length: int) -> memoryview | bytes:
         if offset >= entry.size or length <= 0:
             return b""
         pieces = [(self._view(devindex), start, size) for devindex, start, size in device_pieces(entry, offset, length)]

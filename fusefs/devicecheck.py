@@ -118,7 +118,9 @@ class DeviceCheck:
         """Serving is allowed and the superblock is the served one (a cheap per-request check:
         it sees `mkfs --force` at once, before any new file can have been made)."""
         served = self.served
-        return self.refusal is None and served.data.view[:fmt.SUPERBLOCK.size] == served.superblock_raw
+        # The mmap's slice (bytes), not the memoryview's: a compare of bytes is one memcmp, a
+        # memoryview's one item at a time (0.07 against 0.3 µs).
+        return self.refusal is None and served.famfs_log.device.map[:fmt.SUPERBLOCK.size] == served.superblock_raw
 
     async def check(self) -> Served | None:
         """Look at the device and the agent's state; the new generation if the mount switched."""

@@ -1,28 +1,24 @@
 """famfs-fuse-mount's Prometheus metrics (docs/operations.md has every metric).
 
-With metrics on, `instrument` wraps every request handler of the operations object (pyfuse3 looks
-handlers up on the instance, so the class stays untouched and a mount without metrics pays
-nothing). Every request is counted, exactly: one list item read and written on the trio thread,
-no lock, no clock. Its latency is sampled: one request in SAMPLE_EVERY of each operation (the
-1st, the 17th, ...) is timed with perf_counter_ns into a fixed array of buckets, so the time
-calls and the bucket search are paid by one request in 16 (docs/operations.md, "Cost", has what
-that saves). The collector turns those arrays into metric families only when Prometheus scrapes,
-from the metrics server's thread. Everything else is read at scrape time from what the daemon
-already counts (notifier, tree sync, inode table, open handles).
+With metrics on, `instrument` gives the operations object a MountStats, and the handlers' own
+wrapper (fusefs.operations.guarded, the one frame every request has anyway) counts every
+request in it, exactly: one list item read and written on the trio thread, no lock, no clock.
+Its latency is sampled: one request in SAMPLE_EVERY of each operation (the 1st, the 17th, ...)
+is timed with perf_counter_ns into a fixed array of buckets, so the time calls and the bucket
+search are paid by one request in 16 (docs/operations.md, "Cost", has what that saves). Without
+metrics the wrapper finds no MountStats and counts nothing. Requests answered with an error are
+counted by errno by the same wrapper, metrics on or off. The collector turns those arrays into
+metric families only when Prometheus scrapes, from the metrics server's thread. Everything else
+is read at scrape time from what the daemon already counts (notifier, tree sync, inode table,
+open handles).
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-import functools
-import inspect
-import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import pyfuse3
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -33,58 +29,34 @@ from prometheus_client.core import (
 from famfs.metrics import build_info, filesystem_info
 from fusefs.inodes import InodeTable
 from fusefs.notify import Notifier
-from fusefs.operations import FamfsOperations
+from fusefs.operations import OPERATIONS, SAMPLE_EVERY, FamfsOperations
 from fusefs.sync import TreeSync
 
 PREFIX = "famfs_fuse"
 # Seconds. A request answered from the inode table takes ~10 µs; a 1 MiB read ~0.3 ms.
 LATENCY_BOUNDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
 BOUNDS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BOUNDS)
-# A power of two (the test is one AND): one request in 16 of each operation is timed.
-SAMPLE_EVERY = 16
-# Every request pyfuse3 can deliver (its Operations' coroutine methods), each a label value.
-OPERATIONS = tuple(name for name, member in inspect.getmembers(pyfuse3.Operations, inspect.iscoroutinefunction))
 
 
 class MountStats:
     """Plain ints the trio thread bumps and the scrape reads (each read or write of one list item
     is atomic under the GIL): per operation, in OPERATIONS' order, the requests, a count per
-    latency bucket of the sampled ones (not cumulative, the last one +Inf) and their sum in ns."""
+    latency bucket of the sampled ones (not cumulative, the last one +Inf) and their sum in ns.
+    A fusefs.operations.RequestStats."""
 
     def __init__(self) -> None:
         self.requests = [0] * len(OPERATIONS)
         self.sampled = [[0] * (len(BOUNDS_NS) + 1) for _ in OPERATIONS]
         self.sampled_ns = [0] * len(OPERATIONS)
-        self.errors: Counter[int] = Counter()  # errno -> requests answered with it
+
+    def timed(self, index: int, elapsed_ns: int) -> None:
+        self.sampled[index][bisect.bisect_left(BOUNDS_NS, elapsed_ns)] += 1
+        self.sampled_ns[index] += elapsed_ns
 
 
 def instrument(ops: FamfsOperations, stats: MountStats) -> None:
-    """Count every handler's requests of `ops`, time a sample of them, count FUSEError answers by errno."""
-    for index, name in enumerate(OPERATIONS):
-        setattr(ops, name, _counted(getattr(ops, name), index, stats))
-
-
-def _counted(handler: Callable[..., Awaitable[Any]], index: int, stats: MountStats) -> Callable[..., Awaitable[Any]]:
-    requests, buckets, sums, errors = stats.requests, stats.sampled[index], stats.sampled_ns, stats.errors
-    clock, bounds, mask = time.perf_counter_ns, BOUNDS_NS, SAMPLE_EVERY - 1
-
-    @functools.wraps(handler)
-    async def counted(*args: Any) -> Any:
-        seen = requests[index] + 1
-        requests[index] = seen
-        started = clock() if seen & mask == 1 else 0  # the 1st request is timed: a quiet mount shows one
-        try:
-            return await handler(*args)
-        except pyfuse3.FUSEError as err:
-            errors[err.errno] += 1
-            raise
-        finally:
-            if started:
-                elapsed = clock() - started
-                buckets[bisect.bisect_left(bounds, elapsed)] += 1
-                sums[index] += elapsed
-
-    return counted
+    """Count every request of `ops` in `stats` and time a sample of them (fusefs.operations.guarded)."""
+    ops.stats = stats
 
 
 class MountCollector:
@@ -99,7 +71,7 @@ class MountCollector:
         yield from self._requests()
         errors = CounterMetricFamily(f"{PREFIX}_errors", "FUSE requests answered with an error, by errno",
                                      labels=["errno"])
-        for code, count in dict(self.stats.errors).items():
+        for code, count in dict(self.ops.errors).items():
             errors.add_metric([errno.errorcode.get(code, str(code))], count)
         yield errors
         counters = self.notifier.counters

@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import os
 import stat
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pyfuse3
 import structlog
@@ -111,21 +113,52 @@ class MountPolicy:
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+# Every request pyfuse3 can deliver (its Operations' coroutine methods): each handler's index in
+# RequestStats' lists, and each a label value of the metrics (fusefs/metrics.py).
+OPERATIONS = tuple(name for name, member in inspect.getmembers(pyfuse3.Operations, inspect.iscoroutinefunction))
+# A power of two (the test is one AND): with metrics on, one request in 16 of each operation is timed.
+SAMPLE_EVERY = 16
+
+
+class RequestStats(Protocol):
+    """What `guarded` counts when metrics are on (fusefs.metrics.MountStats): trio thread only."""
+
+    requests: list[int]  # per operation, in OPERATIONS' order: every request
+
+    def timed(self, index: int, elapsed_ns: int) -> None:
+        """One sampled request of OPERATIONS[index] took elapsed_ns in its handler."""
 
 
 def guarded(handler: Handler) -> Handler:
     """Any exception but FUSEError escaping a handler ends pyfuse3's main loop (and the mount):
-    turn it into EIO for that one request, with a traceback in the log."""
+    turn it into EIO for that one request, with a traceback in the log. Every request answered
+    with an error is counted by errno (FamfsOperations.errors), and with metrics on
+    (FamfsOperations.stats) every request is counted and one in SAMPLE_EVERY timed: here, in the
+    one frame every request has anyway (a wrapper of its own around each handler cost a stat
+    with metrics on several µs of the daemon's CPU: docs/operations.md, "Cost")."""
+    index, mask, clock = OPERATIONS.index(handler.__name__), SAMPLE_EVERY - 1, time.perf_counter_ns
 
     @functools.wraps(handler)
-    async def wrapper(*args: Any) -> Any:
+    async def wrapper(self: FamfsOperations, *args: Any) -> Any:
+        stats, started = self.stats, 0
+        if stats is not None:
+            requests = stats.requests
+            seen = requests[index] + 1
+            requests[index] = seen
+            if seen & mask == 1:  # the 1st request is timed: a quiet mount shows one
+                started = clock()
         try:
-            return await handler(*args)
-        except pyfuse3.FUSEError:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError as err:
+            self.errors[err.errno] += 1
             raise
         except Exception:
             log.exception("request failed, answered EIO", handler=handler.__name__)
+            self.errors[errno.EIO] += 1
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if started:
+                stats.timed(index, clock() - started)  # type: ignore[union-attr]  # started: stats is set
 
     return wrapper  # type: ignore[return-value]
 
@@ -148,6 +181,8 @@ class FamfsOperations(pyfuse3.Operations):
         self.status = status
         self.spawn_notice: Callable[[Notice], None] = lambda notice: None  # set once trio runs
         self.lookups = LookupCounters()
+        self.errors: Counter[int] = Counter()  # errno -> requests answered with it (counted by `guarded`)
+        self.stats: RequestStats | None = None  # metrics on: every request counted (by `guarded`)
         self.file_handles: dict[int, Handle | Staged] = {}
         self.dir_handles: dict[int, tuple[Node, list[tuple[bytes, int]]]] = {}
         self.next_fh = 1
@@ -156,6 +191,11 @@ class FamfsOperations(pyfuse3.Operations):
         # Reclaim (docs/reclaim.md): serve bytes only under the agent's lease; pin what is open.
         self.lease = Lease(os.fsdecode(shadow_dir))
         self.pins = PathPins(shadow_dir)
+
+    # pyfuse3's own answers (ENOSYS), guarded like every other handler, so counted like them.
+    access = guarded(pyfuse3.Operations.access)
+    fsyncdir = guarded(pyfuse3.Operations.fsyncdir)
+    poll = guarded(pyfuse3.Operations.poll)
 
     def init(self) -> None:
         # pyfuse3 calls this (on the trio thread) just before it sends the INIT reply; waiters
@@ -597,6 +637,9 @@ class FamfsOperations(pyfuse3.Operations):
             if handle.gone:
                 raise pyfuse3.FUSEError(errno.EIO)  # dropped (its close said why)
             return bytes(handle.data[off:off + size])
+        data = self._read_now(handle, off, size)
+        if data is not None:
+            return data
         await self._leased(handle.incarnation)
         served = self._served(handle)  # no await since the check: the device it checked
         node = handle.node
@@ -616,6 +659,28 @@ class FamfsOperations(pyfuse3.Operations):
         if ahead and self.table.recheck(node) is not None:
             self._unserved_ahead(node)
         return data
+
+    def _read_now(self, handle: Handle, off: int, size: int) -> memoryview | bytes | None:
+        """The common read, answered at once: a logged file (not served ahead of the log, its YAML
+        parsed), on the device it was opened on, intact, the lease holding. None on any doubt:
+        read()'s full path then answers, with every wait, refusal and error (the same answer
+        this one would give when it gives one). Under a lease, the bytes are copied first and the
+        lease checked once, after the copy: that check is the one that counts (docs/reclaim.md,
+        step 4); the full path's check before it is there to wait for a starting agent."""
+        node, devices = handle.node, self.devices
+        served, entry = devices.served, node.entry
+        if entry is None or node.provisional or handle.generation != served.generation or not devices.intact():
+            return None
+        lease, record = self.lease, served.famfs_log.device.map
+        try:
+            if not lease.guarded():  # no lease window: checked, then served from the mapping (no copy)
+                if lease.refusal(record, handle.incarnation) is not None or lease.guarded():
+                    return None
+                return served.data.read(entry, off, size)
+            data = served.data.read(entry, off, size, copy=True)
+        except DataError:
+            return None
+        return data if lease.refusal(record, handle.incarnation) is None else None
 
     def _mapped(self, handle: Handle) -> fmt.FileEntry:
         """The extents a read or write goes through: the current mapping (a re-map applies at
@@ -660,6 +725,7 @@ class FamfsOperations(pyfuse3.Operations):
         except DataError as err:
             raise pyfuse3.FUSEError(err.errno) from None
 
+    @guarded
     async def flush(self, fh: int) -> None:
         # Logged files: writes went straight into the device mapping. A file being written through
         # the master's mount is logged at release, not here: a flush comes at every close(2),
@@ -728,9 +794,11 @@ class FamfsOperations(pyfuse3.Operations):
         self._node(inode)
         return [SHADOW_XATTR, STATUS_XATTR] if inode == ROOT_INODE else []
 
+    @guarded
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise self._xattr_refused(name)
 
+    @guarded
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise self._xattr_refused(name)
 
@@ -768,6 +836,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.table.remember(node)
         return self._attributes(node)
 
+    @guarded
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
@@ -788,6 +857,7 @@ class FamfsOperations(pyfuse3.Operations):
         self.links.add(link)
         return self._link_attributes(link)
 
+    @guarded
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise self._deny()
@@ -826,6 +896,7 @@ class FamfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)  # links of this mount's are in it
         await self._remove(self.writer.rmdir, parent, node)
 
+    @guarded
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         if self.writer is not None:

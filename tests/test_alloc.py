@@ -111,6 +111,33 @@ def test_device_ranges_of_an_interleaved_file_follow_the_chunk_rotation() -> Non
     assert list(fmt.device_ranges(entry, 3 * AU, AU)) == [(111 * AU, AU)]
 
 
+def test_one_piece_is_device_pieces_when_it_answers() -> None:
+    """The read's fast path (famfs.format.one_piece) against the rule (device_pieces): equal
+    wherever it answers, and it answers every read inside the first extent of a simple file."""
+    unit = 16  # small numbers: every offset and length around the edges
+    simple = [fmt.FileEntry(relpath="f", size=size, mode=0o644, uid=0, gid=0, extents=extents)
+              for size in (0, 1, unit - 1, unit, unit + 3, 3 * unit)
+              for extents in ((fmt.Extent(offset=7 * unit, length=unit, devindex=1),),
+                                       (fmt.Extent(offset=5 * unit, length=2 * unit),),
+                                       (fmt.Extent(offset=9 * unit, length=unit), fmt.Extent(offset=2 * unit, length=2 * unit)))]
+    strips = tuple(fmt.Extent(offset=(10 + 4 * k) * unit, length=2 * unit) for k in range(2))
+    striped = [fmt.FileEntry(relpath="s", size=size, mode=0o644, uid=0, gid=0,
+                             stripes=(fmt.Stripe(chunk_size=unit // 2, strips=strips),)) for size in (5, 3 * unit)]
+    answered = 0
+    for entry in simple + striped:
+        for offset in range(0, 4 * unit + 2):
+            for length in (0, 1, 3, unit // 2, unit, 2 * unit, 5 * unit):
+                piece = fmt.one_piece(entry, offset, length)
+                pieces = list(fmt.device_pieces(entry, offset, length))
+                if piece is not None:
+                    answered += 1
+                    assert [piece] == pieces, (entry, offset, length)
+                else:
+                    first = entry.extents[0].length if entry.extents else 0
+                    assert entry.stripes or not offset < min(entry.size, offset + length) <= first, (entry, offset, length)
+    assert answered > 500
+
+
 def test_device_ranges_of_a_simple_file_span_its_extents_and_stop_at_its_size() -> None:
     extents = (fmt.Extent(offset=50 * AU, length=AU), fmt.Extent(offset=80 * AU, length=2 * AU))
     entry = fmt.FileEntry(relpath="f", size=2 * AU, mode=0o644, uid=0, gid=0, extents=extents)

@@ -218,6 +218,19 @@ def test_data_path_maps_interleaved_files_and_keeps_sizes_fixed(tmp_path: Path) 
         data = DataPath(device)
         assert bytes(data.read(striped, 0, striped.size + 100)) == content
         assert bytes(data.read(striped, chunk - 3, 10)) == content[chunk - 3:chunk + 7]
+        assert data.read(striped, chunk - 3, 10, copy=True) == content[chunk - 3:chunk + 7]  # two pieces, joined
+        assert data.read(striped, 5, 10, copy=True) == content[5:15]  # one piece: a copy, not a view
+        assert isinstance(data.read(striped, 5, 10, copy=True), bytes)
+        # A simple file: the one-piece path (famfs.format.one_piece), a view or a copy.
+        simple = fmt.FileEntry(relpath="f", size=3 * chunk, mode=0o644, uid=0, gid=0,
+                               extents=(fmt.Extent(offset=strips[0].offset, length=4 * chunk),))
+        on_device = content[chunk - 3:chunk] + content[2 * chunk:2 * chunk + 7]  # chunks 0 and 2 are strip 0's
+        view = data.read(simple, chunk - 3, 10)
+        assert isinstance(view, memoryview) and bytes(view) == on_device
+        view.release()
+        assert data.read(simple, chunk - 3, 10, copy=True) == on_device
+        assert data.read(simple, 3 * chunk - 2, 10, copy=True) == content[5 * chunk - 2:5 * chunk]  # short at the end
+        assert data.read(simple, 3 * chunk, 10, copy=True) == b""
         assert data.read(striped, striped.size, 10) == b""
         assert data.write(striped, striped.size - 2, b"xyz") == 2
         with pytest.raises(DataError):
@@ -348,3 +361,12 @@ def test_statfs_figures_played_on_agree_with_a_whole_replay(tmp_path: Path, syst
         for name in ("a", "b", "c", "d", "e", "f"):
             famfsctl("mkdir", "--device", image, name)
         assert cache.current() == fresh()
+
+
+def test_every_request_handler_is_guarded() -> None:
+    """`guarded` turns an exception into EIO, counts every error answer by errno and, with
+    metrics on, every request (the famfs_fuse_errors and famfs_fuse_requests metrics): each
+    handler pyfuse3 can call must go through it."""
+    from fusefs.operations import OPERATIONS, FamfsOperations
+    unguarded = [name for name in OPERATIONS if not hasattr(getattr(FamfsOperations, name), "__wrapped__")]
+    assert unguarded == []

@@ -2,7 +2,7 @@
 (make churn, 2026-12-04 23:47 UTC: `famfs.Master.remove` refused `api/d6/f20: no such file`, a
 file the same Master had created). The session must see the log as it is once it holds the lock:
 a view read while it waited names the staging copy of a compaction in progress, where an append
-lands in free data units and never in the log (docs/library.md, "Sessions and compaction")."""
+lands in free data units and never in the log (docs/library.md, famfs.Master)."""
 
 from __future__ import annotations
 

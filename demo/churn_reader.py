@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import json
 import os
 import random
@@ -202,6 +203,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # The harness's look at a reader that does not stop: its Python stack, to stderr (its log),
+    # written from the signal handler in C while the main thread is blocked in a system call.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     report = reader.run(time.monotonic() + args.seconds)
     print(json.dumps(asdict(report)), flush=True)
     return 0

@@ -26,6 +26,7 @@ clean and at least 10 of them); 1 a check failed or the cluster failed; 130 inte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -59,6 +60,7 @@ LIVE_LIMIT = 0.8  # an allocation that fails below this much live data is a fail
 FSCK_MIN = 10
 ERRORS_SHOWN = 5  # reader errors listed in the summary (the JSON report has up to 50 a reader)
 LOG_FULL_MARGIN = 16  # free slots below which a refused write is taken for a full log, not for space
+STACK_DUMP_S = 0.5  # after SIGUSR2, for a stuck reader and its mount to write their Python stacks
 # The protocol's timings, short so that a 3-minute run turns the device over many times; the
 # argument of docs/reclaim.md holds for any values in range (the coordinator's lease >= 2 x the
 # serve window, here max(host_lease, 2 x serve_window) = 4 s).
@@ -531,7 +533,7 @@ class Run:
             try:
                 out, _ = reader.communicate(timeout=self.plan.max_hold_s + 30)
             except subprocess.TimeoutExpired:
-                where = f" (it did not stop on SIGTERM; then: {churn_errors.stuck(reader.pid)})"
+                where = f" (it did not stop on SIGTERM; then: {self.describe_stuck(host, reader)})"
                 stop_process(reader)
                 out = ""
             lines = (out or "").strip().splitlines()
@@ -547,6 +549,22 @@ class Run:
         if self.watch is not None:
             self.watch.close()
         self.explain_errors()
+
+    @staticmethod
+    def describe_stuck(host: Host, reader: subprocess.Popen[str]) -> str:
+        """Where a reader that does not stop waits, and what its host's mount does meanwhile: each
+        one's threads (state, system call, kernel stack) and the reader's open files here, and
+        both Python stacks written to their logs (SIGUSR2: faulthandler), kept with the logs."""
+        processes = [reader] + ([host.mount] if host.mount is not None and host.mount.poll() is None else [])
+        for process in processes:
+            with contextlib.suppress(OSError):
+                process.send_signal(signal.SIGUSR2)
+        time.sleep(STACK_DUMP_S)
+        where = churn_errors.stuck(reader.pid)
+        if len(processes) > 1:
+            where += f"; its host's mount (pid {processes[1].pid}, Python stacks in its log): " \
+                     f"{churn_errors.stuck(processes[1].pid)}"
+        return where
 
     def explain_errors(self) -> None:
         """Each reader error matched with its host's mount log; with one (or a wrong byte, an

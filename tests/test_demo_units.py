@@ -4,6 +4,9 @@ reader's errors matched with its host's logs."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 
 from demo import churn_errors
+from demo.forever import Run
 from demo.propagation import logged_append_time, percentile
 from demo.trees import differences, snapshot
 
@@ -96,3 +100,31 @@ def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp
     assert "== client1 map: famfs.open api/d2/f3" in text
     assert "deleted before it was read" in text and '"event": "played"' in text
     assert "not serving bytes" not in text and "later" not in text  # too far from either error
+
+
+def test_a_reader_that_does_not_stop_is_described_with_its_mount(tmp_path: Path) -> None:
+    """demo/forever.py's look at a stuck reader: each process's threads and open files, and the
+    Python stacks that SIGUSR2 makes both write to their logs (a sleeping stand-in for each)."""
+    def stand_in(name: str) -> subprocess.Popen[str]:
+        code = ("import faulthandler, os, signal, sys, time\n"
+                "faulthandler.register(signal.SIGUSR2, all_threads=True)\n"
+                f"held = open({str(tmp_path / name)!r} + '.held', 'w')\n"
+                "print('up', flush=True)\n"
+                "time.sleep(60)\n")
+        with open(tmp_path / f"{name}.log", "w") as log:
+            return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True)
+
+    reader, mount = stand_in("reader"), stand_in("mount")
+    try:
+        for process in (reader, mount):
+            assert process.stdout is not None and process.stdout.readline() == "up\n"
+        where = Run.describe_stuck(SimpleNamespace(mount=mount), reader)  # type: ignore[arg-type]
+    finally:
+        for process in (reader, mount):
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+    said_of_reader, said_of_mount = where.split("its host's mount")
+    assert "state S" in said_of_reader and f"{tmp_path}/reader.held" in said_of_reader
+    assert f"pid {mount.pid}" in said_of_mount and f"{tmp_path}/mount.held" in said_of_mount
+    for name in ("reader", "mount"):
+        assert "most recent call first" in (tmp_path / f"{name}.log").read_text()

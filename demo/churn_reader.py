@@ -32,6 +32,10 @@ from demo import churn_data
 FILE_DIRS = 8  # the writers' directories per writer: api/d0..d7, mnt/d0..d7, and api/small
 SAMPLES_KEPT = 10  # wrong-byte and error samples kept for the report
 ERROR_EVENTS_KEPT = 50  # errors kept with their time and operation, to find them in the hosts' logs
+# A call on the mount this long is a hang (the longest stall of a run is well under a second):
+# said at once on stderr, with the Python stacks, and the harness looks at the mount then.
+STUCK_S = 10.0
+STUCK_MARK = "reader stuck:"
 
 
 def churn_dirs() -> list[str]:
@@ -71,18 +75,43 @@ class Reader:
         self.errors: Counter[str] = Counter()
         self.buffer = bytearray(churn_data.CHUNK)
         self.op = ""  # the call being made now: what an error is reported against
+        self.relpath = ""  # the file or directory it is made on
+        self.op_since: float | None = None  # when the timed call under way began (None: none is)
+        self.done = threading.Event()
+
+    def watch(self) -> None:
+        """(a thread) Say once per call when a call on the mount has taken STUCK_S: which call,
+        on which path, since when, then every thread's Python stack. Goes on after SIGTERM (when
+        a reader that does not stop is found), until run() returns."""
+        said = None
+        while not self.done.wait(1.0):
+            since = self.op_since
+            if since is not None and since != said and time.monotonic() - since > STUCK_S:
+                said = since
+                print(f"{STUCK_MARK} {self.op} {self.relpath} for {time.monotonic() - since:.1f} s at {utc_now()}",
+                      file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(all_threads=True)
 
     def doing(self, op: str) -> float:
         """Note the call about to be made; its start, for timed()."""
         self.op = op
-        return time.monotonic()
+        self.op_since = started = time.monotonic()
+        return started
 
     def timed(self, op: str, started: float) -> None:
+        self.op_since = None
         took = time.monotonic() - started
         if took > self.report.longest_stall_s:
             self.report.longest_stall_s, self.report.longest_stall_op = took, op
 
     def run(self, deadline: float) -> ReaderReport:
+        threading.Thread(target=self.watch, name="watch", daemon=True).start()
+        try:
+            return self.read_until(deadline)
+        finally:
+            self.done.set()
+
+    def read_until(self, deadline: float) -> ReaderReport:
         while not self.stop.is_set() and time.monotonic() < deadline:
             directory = self.rng.choice(churn_dirs())
             try:
@@ -111,6 +140,7 @@ class Reader:
                                              "message": str(err)})
 
     def pick(self, directory: str) -> str | None:
+        self.relpath = directory
         started = self.doing("listdir")
         try:
             names = os.listdir(self.mount / directory)
@@ -121,6 +151,7 @@ class Reader:
         return f"{directory}/{self.rng.choice(names)}" if names else None
 
     def hold(self, relpath: str) -> None:
+        self.relpath = relpath
         hold = self.rng.uniform(0, self.max_hold)
         if self.via == "map":
             self.hold_mapped(relpath, hold)
@@ -139,7 +170,10 @@ class Reader:
             self.stop.wait(hold)
             self.check(relpath, self.read_all(fd, size, "read after hold"), serial)
         finally:
+            op, started = self.op, self.doing("close")
             os.close(fd)
+            self.timed("close", started)
+            self.op = op  # an error on its way out is the earlier call's
 
     def read_all(self, fd: int, size: int, op: str) -> numpy.ndarray:
         data = numpy.empty(size, dtype=numpy.uint8)

@@ -48,7 +48,7 @@ from types import FrameType
 
 from demo import churn_data, churn_errors
 from demo.churn_log import LogWatch
-from demo.churn_reader import FILE_DIRS, churn_dirs
+from demo.churn_reader import FILE_DIRS, STUCK_MARK, churn_dirs
 from demo.cluster import Cluster, HarnessError, Host, log_tail, stop_process, tool, wait_until
 from famfs import Master, MasterError, env, logsetup
 from famfs import format as fmt
@@ -364,6 +364,8 @@ class Run:
         self.writers: list[Writer] = []
         self.reader_reports: list[dict[str, object]] = []
         self.problems: list[str] = []
+        self.reader_logs: dict[int, Path] = {}  # a reader's pid -> its log (stderr)
+        self.stuck_said: set[str] = set()  # the readers' "stuck" lines already looked into
         self.tool_cpu = 0.0  # CPU seconds of the famfsctl fsck and compact runs
         self.own_cpu_before = time.process_time()  # a benchmark's process did other work before
         self.cpu: dict[str, float] = {}  # cpu_seconds() as the writers stopped
@@ -403,6 +405,7 @@ class Run:
                                     "--seed", str(rng.randrange(1 << 30)), "--max-hold", str(self.plan.max_hold_s)])
                 self.readers.append((host, host.spawn(argv, host.home / f"reader{number}.log", extra_env=reader_env,
                                                       stdout=subprocess.PIPE)))
+                self.reader_logs[self.readers[-1][1].pid] = host.home / f"reader{number}.log"
         for writer in self.writers:
             writer.start()
 
@@ -421,7 +424,7 @@ class Run:
 
     def loop(self, progress: bool) -> None:
         next_fsck = time.monotonic() + self.plan.fsck_every_s
-        next_note = time.monotonic() + 10
+        next_note = next_stuck_look = time.monotonic() + 10
         deadline = self.started + self.plan.seconds
         def going() -> bool:
             # The distance (time or targets), and FSCK_MIN checkpoints however short the run (the
@@ -437,6 +440,9 @@ class Run:
             if time.monotonic() >= next_fsck or time.monotonic() >= deadline:
                 self.fsck()
                 next_fsck = time.monotonic() + self.plan.fsck_every_s
+            if time.monotonic() >= next_stuck_look:
+                self.look_at_stuck_readers()
+                next_stuck_look = time.monotonic() + 1
             if progress and time.monotonic() >= next_note:
                 print(self.progress_line(), file=sys.stderr, flush=True)
                 next_note = time.monotonic() + 10
@@ -536,6 +542,7 @@ class Run:
                 where = f" (it did not stop on SIGTERM; then: {self.describe_stuck(host, reader)})"
                 stop_process(reader)
                 out = ""
+            self.look_at_stuck_readers()  # one that was slow to stop, but stopped
             lines = (out or "").strip().splitlines()
             if reader.returncode != 0 or not lines:
                 self.problems.append(f"a reader on {host.name} exited {reader.returncode} without a report{where}")
@@ -549,6 +556,18 @@ class Run:
         if self.watch is not None:
             self.watch.close()
         self.explain_errors()
+
+    def look_at_stuck_readers(self) -> None:
+        """A reader that says one call on its mount has taken churn_reader.STUCK_S (a hang): the
+        run fails, and the reader and its host's mount are described now, while it lasts."""
+        for host, reader in self.readers:
+            log = self.reader_logs.get(reader.pid)
+            text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+            for line in text.splitlines():
+                if line.startswith(STUCK_MARK) and line not in self.stuck_said:
+                    self.stuck_said.add(line)
+                    self.problems.append(f"a reader on {host.name}: {line} (then: {self.describe_stuck(host, reader)})")
+                    print(f"  {host.name} {line}", file=sys.stderr, flush=True)
 
     @staticmethod
     def describe_stuck(host: Host, reader: subprocess.Popen[str]) -> str:

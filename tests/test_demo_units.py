@@ -3,10 +3,12 @@ reader's errors matched with its host's logs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,3 +130,34 @@ def test_a_reader_that_does_not_stop_is_described_with_its_mount(tmp_path: Path)
     assert f"pid {mount.pid}" in said_of_mount and f"{tmp_path}/mount.held" in said_of_mount
     for name in ("reader", "mount"):
         assert "most recent call first" in (tmp_path / f"{name}.log").read_text()
+
+
+def test_a_reader_says_at_once_when_a_call_on_its_mount_takes_too_long(tmp_path: Path) -> None:
+    """demo/churn_reader.py's watch: a call under way for STUCK_S is named on stderr with the
+    reader's Python stacks, once, while it lasts (the harness looks at the mount then). The
+    stand-in for a mount that does not answer: an open of a FIFO no one writes."""
+    (tmp_path / "api" / "d0").mkdir(parents=True)
+    fifo = tmp_path / "api" / "d0" / "f0"
+    os.mkfifo(fifo)
+    code = ("import time\n"
+            "from demo import churn_reader\n"
+            "churn_reader.STUCK_S = 0.5\n"
+            f"reader = churn_reader.Reader(churn_reader.Path({str(tmp_path)!r}), 'read', 0, 0.0)\n"
+            "reader.run(time.monotonic() + 2)\n")
+    reader = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    bound = threading.Timer(60, reader.kill)  # a reader that never says ends the reads below
+    bound.start()
+    try:
+        assert reader.stderr is not None
+        first = reader.stderr.readline()
+        with contextlib.suppress(OSError):  # (ENXIO: the reader is gone, the asserts say why)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the open it waits in returns
+        rest = reader.stderr.read()
+        assert reader.wait(30) == 0, rest
+    finally:
+        bound.cancel()
+        reader.kill()
+        reader.wait(10)
+    assert first.startswith("reader stuck: open api/d0/f0 for "), first + rest
+    assert "most recent call first" in rest and "reader stuck:" not in rest  # said once

@@ -80,17 +80,17 @@ class Reader:
         self.done = threading.Event()
 
     def watch(self) -> None:
-        """(a thread) Say once per call when a call on the mount has taken STUCK_S: which call,
-        on which path, since when, then every thread's Python stack. Goes on after SIGTERM (when
+        """(a thread) Say once per call when a call on the mount has taken STUCK_S: every
+        thread's Python stack, then which call, on which path, since when. Goes on after SIGTERM (when
         a reader that does not stop is found), until run() returns."""
         said = None
         while not self.done.wait(1.0):
             since = self.op_since
             if since is not None and since != said and time.monotonic() - since > STUCK_S:
                 said = since
+                faulthandler.dump_traceback(all_threads=True)  # first: the line below is what is looked for
                 print(f"{STUCK_MARK} {self.op} {self.relpath} for {time.monotonic() - since:.1f} s at {utc_now()}",
                       file=sys.stderr, flush=True)
-                faulthandler.dump_traceback(all_threads=True)
 
     def doing(self, op: str) -> float:
         """Note the call about to be made; its start, for timed()."""

@@ -22,12 +22,12 @@ from collections import Counter
 from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import numpy
 
 import famfs
 from demo import churn_data
+from famfs import service
 
 FILE_DIRS = 8  # the writers' directories per writer: api/d0..d7, mnt/d0..d7, and api/small
 SAMPLES_KEPT = 10  # wrong-byte and error samples kept for the report
@@ -232,11 +232,7 @@ def main() -> int:
     args = parser.parse_args()
     reader = Reader(args.mount, args.via, args.seed, args.max_hold)
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        reader.stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    service.stop_on_signals(reader.stop)  # (not Event.set() in a handler: a deadlock, see there)
     # The harness's look at a reader that does not stop: its Python stack, to stderr (its log),
     # written from the signal handler in C while the main thread is blocked in a system call.
     faulthandler.register(signal.SIGUSR2, all_threads=True)

@@ -550,7 +550,8 @@ class Run:
             self.reader_reports.append({"host": host.name, **json.loads(lines[-1])})
         self.readers = []
         if self.coordinator is not None:
-            stop_process(self.coordinator)
+            if stop_process(self.coordinator) == -signal.SIGKILL:
+                self.problems.append("the coordinator did not stop on SIGTERM in time: killed (SIGKILL)")
             self.coordinator = None
             self.coordinators_compactions()
         if self.watch is not None:

@@ -203,6 +203,7 @@ class Reader:
 
     def check(self, relpath: str, data: numpy.ndarray, serial: int | None) -> int | None:
         """Every byte against (relpath, serial); `serial` None: the one the header names."""
+        checked = serial is not None  # the second check, after the hold
         if serial is None:
             serial = churn_data.serial_of(data)
         if serial is None:
@@ -214,7 +215,8 @@ class Reader:
         if wrong:
             self.report.wrong_bytes += wrong
             self.sample(f"{relpath}: {wrong} wrong bytes of {data.size} (serial {serial}, header now "
-                        f"{churn_data.serial_of(data)})")
+                        f"{churn_data.serial_of(data)}) at the check {'after the hold' if checked else 'at open'}, "
+                        f"{utc_now()}")
         return serial
 
     def sample(self, text: str) -> None:

@@ -670,7 +670,8 @@ class Run:
                         "errors": dict(errors),
                         "longest_stall_s": stall["longest_stall_s"] if stall else None,
                         "longest_stall_op": f"{stall['host']} {stall['via']}: {stall['longest_stall_op']}" if stall else "",
-                        "samples": [sample for found in readers for sample in found["samples"]][:10],  # type: ignore[attr-defined]
+                        "samples": [f"{found['host']} {found['via']}: {sample}" for found in readers  # type: ignore[attr-defined]
+                                    for sample in found["samples"]][:10],
                         "error_events": self.error_events,
                         "explained": dict(Counter(event["explanation"] for event in self.error_events))},
             "cpu_seconds": self.cpu,

@@ -10,6 +10,8 @@ readers stamp their errors (demo/churn_reader.py), so the two can be matched by 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -157,4 +159,16 @@ def stuck(pid: int) -> str:
         stack = " <- ".join(line.split()[-1] for line in fields["stack"].splitlines()[:8])
         parts.append(f"thread {task.name} {fields['comm']} state {state} wchan {fields['wchan']} "
                      f"syscall {fields['syscall']} stack {stack}")
-    return "; ".join(parts)
+    return "; ".join([*parts, *open_files(pid)])
+
+
+def open_files(pid: int) -> list[str]:
+    """The files a process holds open (a read's descriptor names the file it waits on)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for fd in sorted(Path(f"/proc/{pid}/fd").iterdir(), key=lambda link: int(link.name)):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("/"):
+                    found.append(f"fd {fd.name} {target}")
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import json
 import os
 import random
@@ -21,16 +22,20 @@ from collections import Counter
 from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import numpy
 
 import famfs
 from demo import churn_data
+from famfs import service
 
 FILE_DIRS = 8  # the writers' directories per writer: api/d0..d7, mnt/d0..d7, and api/small
 SAMPLES_KEPT = 10  # wrong-byte and error samples kept for the report
 ERROR_EVENTS_KEPT = 50  # errors kept with their time and operation, to find them in the hosts' logs
+# A call on the mount this long is a hang (the longest stall of a run is well under a second):
+# said at once on stderr, with the Python stacks, and the harness looks at the mount then.
+STUCK_S = 10.0
+STUCK_MARK = "reader stuck:"
 
 
 def churn_dirs() -> list[str]:
@@ -70,18 +75,43 @@ class Reader:
         self.errors: Counter[str] = Counter()
         self.buffer = bytearray(churn_data.CHUNK)
         self.op = ""  # the call being made now: what an error is reported against
+        self.relpath = ""  # the file or directory it is made on
+        self.op_since: float | None = None  # when the timed call under way began (None: none is)
+        self.done = threading.Event()
+
+    def watch(self) -> None:
+        """(a thread) Say once per call when a call on the mount has taken STUCK_S: every
+        thread's Python stack, then which call, on which path, since when. Goes on after SIGTERM (when
+        a reader that does not stop is found), until run() returns."""
+        said = None
+        while not self.done.wait(1.0):
+            since = self.op_since
+            if since is not None and since != said and time.monotonic() - since > STUCK_S:
+                said = since
+                faulthandler.dump_traceback(all_threads=True)  # first: the line below is what is looked for
+                print(f"{STUCK_MARK} {self.op} {self.relpath} for {time.monotonic() - since:.1f} s at {utc_now()}",
+                      file=sys.stderr, flush=True)
 
     def doing(self, op: str) -> float:
         """Note the call about to be made; its start, for timed()."""
         self.op = op
-        return time.monotonic()
+        self.op_since = started = time.monotonic()
+        return started
 
     def timed(self, op: str, started: float) -> None:
+        self.op_since = None
         took = time.monotonic() - started
         if took > self.report.longest_stall_s:
             self.report.longest_stall_s, self.report.longest_stall_op = took, op
 
     def run(self, deadline: float) -> ReaderReport:
+        threading.Thread(target=self.watch, name="watch", daemon=True).start()
+        try:
+            return self.read_until(deadline)
+        finally:
+            self.done.set()
+
+    def read_until(self, deadline: float) -> ReaderReport:
         while not self.stop.is_set() and time.monotonic() < deadline:
             directory = self.rng.choice(churn_dirs())
             try:
@@ -110,6 +140,7 @@ class Reader:
                                              "message": str(err)})
 
     def pick(self, directory: str) -> str | None:
+        self.relpath = directory
         started = self.doing("listdir")
         try:
             names = os.listdir(self.mount / directory)
@@ -120,6 +151,7 @@ class Reader:
         return f"{directory}/{self.rng.choice(names)}" if names else None
 
     def hold(self, relpath: str) -> None:
+        self.relpath = relpath
         hold = self.rng.uniform(0, self.max_hold)
         if self.via == "map":
             self.hold_mapped(relpath, hold)
@@ -138,7 +170,10 @@ class Reader:
             self.stop.wait(hold)
             self.check(relpath, self.read_all(fd, size, "read after hold"), serial)
         finally:
+            op, started = self.op, self.doing("close")
             os.close(fd)
+            self.timed("close", started)
+            self.op = op  # an error on its way out is the earlier call's
 
     def read_all(self, fd: int, size: int, op: str) -> numpy.ndarray:
         data = numpy.empty(size, dtype=numpy.uint8)
@@ -168,6 +203,7 @@ class Reader:
 
     def check(self, relpath: str, data: numpy.ndarray, serial: int | None) -> int | None:
         """Every byte against (relpath, serial); `serial` None: the one the header names."""
+        checked = serial is not None  # the second check, after the hold
         if serial is None:
             serial = churn_data.serial_of(data)
         if serial is None:
@@ -179,7 +215,8 @@ class Reader:
         if wrong:
             self.report.wrong_bytes += wrong
             self.sample(f"{relpath}: {wrong} wrong bytes of {data.size} (serial {serial}, header now "
-                        f"{churn_data.serial_of(data)})")
+                        f"{churn_data.serial_of(data)}) at the check {'after the hold' if checked else 'at open'}, "
+                        f"{utc_now()}")
         return serial
 
     def sample(self, text: str) -> None:
@@ -197,11 +234,10 @@ def main() -> int:
     args = parser.parse_args()
     reader = Reader(args.mount, args.via, args.seed, args.max_hold)
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        reader.stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    service.stop_on_signals(reader.stop)  # (not Event.set() in a handler: a deadlock, see there)
+    # The harness's look at a reader that does not stop: its Python stack, to stderr (its log),
+    # written from the signal handler in C while the main thread is blocked in a system call.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     report = reader.run(time.monotonic() + args.seconds)
     print(json.dumps(asdict(report)), flush=True)
     return 0

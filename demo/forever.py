@@ -26,6 +26,7 @@ clean and at least 10 of them); 1 a check failed or the cluster failed; 130 inte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -47,7 +48,7 @@ from types import FrameType
 
 from demo import churn_data, churn_errors
 from demo.churn_log import LogWatch
-from demo.churn_reader import FILE_DIRS, churn_dirs
+from demo.churn_reader import FILE_DIRS, STUCK_MARK, churn_dirs
 from demo.cluster import Cluster, HarnessError, Host, log_tail, stop_process, tool, wait_until
 from famfs import Master, MasterError, env, logsetup
 from famfs import format as fmt
@@ -59,6 +60,7 @@ LIVE_LIMIT = 0.8  # an allocation that fails below this much live data is a fail
 FSCK_MIN = 10
 ERRORS_SHOWN = 5  # reader errors listed in the summary (the JSON report has up to 50 a reader)
 LOG_FULL_MARGIN = 16  # free slots below which a refused write is taken for a full log, not for space
+STACK_DUMP_S = 0.5  # after SIGUSR2, for a stuck reader and its mount to write their Python stacks
 # The protocol's timings, short so that a 3-minute run turns the device over many times; the
 # argument of docs/reclaim.md holds for any values in range (the coordinator's lease >= 2 x the
 # serve window, here max(host_lease, 2 x serve_window) = 4 s).
@@ -362,6 +364,8 @@ class Run:
         self.writers: list[Writer] = []
         self.reader_reports: list[dict[str, object]] = []
         self.problems: list[str] = []
+        self.reader_logs: dict[int, Path] = {}  # a reader's pid -> its log (stderr)
+        self.stuck_said: set[str] = set()  # the readers' "stuck" lines already looked into
         self.tool_cpu = 0.0  # CPU seconds of the famfsctl fsck and compact runs
         self.own_cpu_before = time.process_time()  # a benchmark's process did other work before
         self.cpu: dict[str, float] = {}  # cpu_seconds() as the writers stopped
@@ -401,6 +405,7 @@ class Run:
                                     "--seed", str(rng.randrange(1 << 30)), "--max-hold", str(self.plan.max_hold_s)])
                 self.readers.append((host, host.spawn(argv, host.home / f"reader{number}.log", extra_env=reader_env,
                                                       stdout=subprocess.PIPE)))
+                self.reader_logs[self.readers[-1][1].pid] = host.home / f"reader{number}.log"
         for writer in self.writers:
             writer.start()
 
@@ -419,7 +424,7 @@ class Run:
 
     def loop(self, progress: bool) -> None:
         next_fsck = time.monotonic() + self.plan.fsck_every_s
-        next_note = time.monotonic() + 10
+        next_note = next_stuck_look = time.monotonic() + 10
         deadline = self.started + self.plan.seconds
         def going() -> bool:
             # The distance (time or targets), and FSCK_MIN checkpoints however short the run (the
@@ -435,6 +440,9 @@ class Run:
             if time.monotonic() >= next_fsck or time.monotonic() >= deadline:
                 self.fsck()
                 next_fsck = time.monotonic() + self.plan.fsck_every_s
+            if time.monotonic() >= next_stuck_look:
+                self.look_at_stuck_readers()
+                next_stuck_look = time.monotonic() + 1
             if progress and time.monotonic() >= next_note:
                 print(self.progress_line(), file=sys.stderr, flush=True)
                 next_note = time.monotonic() + 10
@@ -531,9 +539,10 @@ class Run:
             try:
                 out, _ = reader.communicate(timeout=self.plan.max_hold_s + 30)
             except subprocess.TimeoutExpired:
-                where = f" (it did not stop on SIGTERM; then: {churn_errors.stuck(reader.pid)})"
+                where = f" (it did not stop on SIGTERM; then: {self.describe_stuck(host, reader)})"
                 stop_process(reader)
                 out = ""
+            self.look_at_stuck_readers()  # one that was slow to stop, but stopped
             lines = (out or "").strip().splitlines()
             if reader.returncode != 0 or not lines:
                 self.problems.append(f"a reader on {host.name} exited {reader.returncode} without a report{where}")
@@ -541,12 +550,41 @@ class Run:
             self.reader_reports.append({"host": host.name, **json.loads(lines[-1])})
         self.readers = []
         if self.coordinator is not None:
-            stop_process(self.coordinator)
+            if stop_process(self.coordinator) == -signal.SIGKILL:
+                self.problems.append("the coordinator did not stop on SIGTERM in time: killed (SIGKILL)")
             self.coordinator = None
             self.coordinators_compactions()
         if self.watch is not None:
             self.watch.close()
         self.explain_errors()
+
+    def look_at_stuck_readers(self) -> None:
+        """A reader that says one call on its mount has taken churn_reader.STUCK_S (a hang): the
+        run fails, and the reader and its host's mount are described now, while it lasts."""
+        for host, reader in self.readers:
+            log = self.reader_logs.get(reader.pid)
+            text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+            for line in text.splitlines():
+                if line.startswith(STUCK_MARK) and line not in self.stuck_said:
+                    self.stuck_said.add(line)
+                    self.problems.append(f"a reader on {host.name}: {line} (then: {self.describe_stuck(host, reader)})")
+                    print(f"  {host.name} {line}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def describe_stuck(host: Host, reader: subprocess.Popen[str]) -> str:
+        """Where a reader that does not stop waits, and what its host's mount does meanwhile: each
+        one's threads (state, system call, kernel stack) and the reader's open files here, and
+        both Python stacks written to their logs (SIGUSR2: faulthandler), kept with the logs."""
+        processes = [reader] + ([host.mount] if host.mount is not None and host.mount.poll() is None else [])
+        for process in processes:
+            with contextlib.suppress(OSError):
+                process.send_signal(signal.SIGUSR2)
+        time.sleep(STACK_DUMP_S)
+        where = churn_errors.stuck(reader.pid)
+        if len(processes) > 1:
+            where += f"; its host's mount (pid {processes[1].pid}, Python stacks in its log): " \
+                     f"{churn_errors.stuck(processes[1].pid)}"
+        return where
 
     def explain_errors(self) -> None:
         """Each reader error matched with its host's mount log; with one (or a wrong byte, an
@@ -632,7 +670,8 @@ class Run:
                         "errors": dict(errors),
                         "longest_stall_s": stall["longest_stall_s"] if stall else None,
                         "longest_stall_op": f"{stall['host']} {stall['via']}: {stall['longest_stall_op']}" if stall else "",
-                        "samples": [sample for found in readers for sample in found["samples"]][:10],  # type: ignore[attr-defined]
+                        "samples": [f"{found['host']} {found['via']}: {sample}" for found in readers  # type: ignore[attr-defined]
+                                    for sample in found["samples"]][:10],
                         "error_events": self.error_events,
                         "explained": dict(Counter(event["explanation"] for event in self.error_events))},
             "cpu_seconds": self.cpu,

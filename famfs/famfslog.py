@@ -31,24 +31,31 @@ class FamfsLog:
 
     def __init__(self, device: Device) -> None:
         self.device = device
-        if device.size < fmt.LOG_OFFSET + fmt.SUPERBLOCK.size:
-            raise DeviceError(errno.EINVAL, f"{device.path}: {device.size} bytes is too small to hold a famfs superblock")
-        try:
-            self.superblock = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
-        except fmt.FormatError as err:
-            raise fmt.FormatError(f"{device.path}: {err}") from None
-        if self.superblock.secondary:
-            raise fmt.FormatError(f"{device.path}: an added device of file system {self.superblock.fs_uuid} "
-                                  f"(secondary superblock, no log): give its primary device (docs/devices.md)")
-        if self.superblock.dev_size > device.size:
-            raise fmt.FormatError(
-                f"{device.path}: superblock says the device is {self.superblock.dev_size} bytes, it has {device.size}")
+        self.superblock = self.primary_superblock(device)
         try:
             self.location = LogLocation.of(read_record(device.fresh(*RECORD_SPAN)), self.superblock, device.size)
         except fmt.FormatError as err:
             raise fmt.FormatError(f"{device.path}: {err}") from None
         self.log_base = self.location.base  # the staging copy while a committed compaction is copied
         self.header()  # validate now: a bad header is a bad device
+
+    @staticmethod
+    def primary_superblock(device: Device) -> fmt.Superblock:
+        """The device's superblock, validated as a primary device's (the log is not read: the
+        superblock never moves, the log does while a compaction copies it)."""
+        if device.size < fmt.LOG_OFFSET + fmt.SUPERBLOCK.size:
+            raise DeviceError(errno.EINVAL, f"{device.path}: {device.size} bytes is too small to hold a famfs superblock")
+        try:
+            superblock = fmt.Superblock.unpack(device.read(0, fmt.SUPERBLOCK.size))
+        except fmt.FormatError as err:
+            raise fmt.FormatError(f"{device.path}: {err}") from None
+        if superblock.secondary:
+            raise fmt.FormatError(f"{device.path}: an added device of file system {superblock.fs_uuid} "
+                                  f"(secondary superblock, no log): give its primary device (docs/devices.md)")
+        if superblock.dev_size > device.size:
+            raise fmt.FormatError(
+                f"{device.path}: superblock says the device is {superblock.dev_size} bytes, it has {device.size}")
+        return superblock
 
     @property
     def path(self) -> str:

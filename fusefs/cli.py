@@ -8,7 +8,8 @@ Settings: flags, then famfs-agent.toml ([mount], and [agent] for device and shad
 device named in the agent's `<shadow>/.agent/state.json`. Without --foreground it daemonizes and
 the parent exits 0 only once the mount is live (else 1, with the daemon's reason). Under systemd
 (Type=notify) it reports readiness once the mount is live. SIGTERM, SIGINT and
-`fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line. While
+`fusermount3 -u` end it with a clean unmount and exit 0; SIGUSR1 logs a status line; SIGUSR2
+writes every thread's Python stack to stderr (the log file, once daemonized). While
 mounted it serves upstream's REST API on `<shadow>/sock` (fusefs/rest.py).
 
 The mount's identity (system UUID) is its agent's, from state.json; an identity given on purpose
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import gc
 import os
 import re
@@ -593,6 +595,9 @@ def main(argv: Sequence[str] | None = None, writer_for: WriterFactory | None = N
         writer = master_writer(cfg, famfs_log, identity, writer_for)
         ready = None if cfg.foreground else daemonize(cfg.log_file)
         daemon = Daemon(cfg, famfs_log, shadow_root, identity, writer)
+        # Where each thread is, even with the trio thread blocked (a request never answered):
+        # written from the signal handler in C, not by the loop.
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
         trio.run(daemon.run, ready)
     except UsageError as err:
         print(f"famfs-fuse-mount: {err}", file=sys.stderr)  # the log file, once daemonized

@@ -3,7 +3,12 @@ reader's errors matched with its host's logs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +17,7 @@ from typing import Any
 import pytest
 
 from demo import churn_errors
+from demo.forever import Run
 from demo.propagation import logged_append_time, percentile
 from demo.trees import differences, snapshot
 
@@ -96,3 +102,64 @@ def test_a_reader_error_is_explained_by_its_hosts_mount_log_and_kept_with_it(tmp
     assert "== client1 map: famfs.open api/d2/f3" in text
     assert "deleted before it was read" in text and '"event": "played"' in text
     assert "not serving bytes" not in text and "later" not in text  # too far from either error
+
+
+def test_a_reader_that_does_not_stop_is_described_with_its_mount(tmp_path: Path) -> None:
+    """demo/forever.py's look at a stuck reader: each process's threads and open files, and the
+    Python stacks that SIGUSR2 makes both write to their logs (a sleeping stand-in for each)."""
+    def stand_in(name: str) -> subprocess.Popen[str]:
+        code = ("import faulthandler, os, signal, sys, time\n"
+                "faulthandler.register(signal.SIGUSR2, all_threads=True)\n"
+                f"held = open({str(tmp_path / name)!r} + '.held', 'w')\n"
+                "print('up', flush=True)\n"
+                "time.sleep(60)\n")
+        with open(tmp_path / f"{name}.log", "w") as log:
+            return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True)
+
+    reader, mount = stand_in("reader"), stand_in("mount")
+    try:
+        for process in (reader, mount):
+            assert process.stdout is not None and process.stdout.readline() == "up\n"
+        where = Run.describe_stuck(SimpleNamespace(mount=mount), reader)  # type: ignore[arg-type]
+    finally:
+        for process in (reader, mount):
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+    said_of_reader, said_of_mount = where.split("its host's mount")
+    assert "state S" in said_of_reader and f"{tmp_path}/reader.held" in said_of_reader
+    assert f"pid {mount.pid}" in said_of_mount and f"{tmp_path}/mount.held" in said_of_mount
+    for name in ("reader", "mount"):
+        assert "most recent call first" in (tmp_path / f"{name}.log").read_text()
+
+
+def test_a_reader_says_at_once_when_a_call_on_its_mount_takes_too_long(tmp_path: Path) -> None:
+    """demo/churn_reader.py's watch: a call under way for STUCK_S is named on stderr with the
+    reader's Python stacks, once, while it lasts (the harness looks at the mount then). The
+    stand-in for a mount that does not answer: an open of a FIFO no one writes."""
+    (tmp_path / "api" / "d0").mkdir(parents=True)
+    fifo = tmp_path / "api" / "d0" / "f0"
+    os.mkfifo(fifo)
+    code = ("import time\n"
+            "from demo import churn_reader\n"
+            "churn_reader.STUCK_S = 0.5\n"
+            f"reader = churn_reader.Reader(churn_reader.Path({str(tmp_path)!r}), 'read', 0, 0.0)\n"
+            "reader.run(time.monotonic() + 2)\n")
+    reader = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    bound = threading.Timer(60, reader.kill)  # a reader that never says ends the reads below
+    bound.start()
+    try:
+        assert reader.stderr is not None
+        before = ""
+        while not (first := reader.stderr.readline()).startswith("reader stuck:") and first:
+            before += first
+        with contextlib.suppress(OSError):  # (ENXIO: the reader is gone, the asserts say why)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the open it waits in returns
+        rest = reader.stderr.read()
+        assert reader.wait(30) == 0, rest
+    finally:
+        bound.cancel()
+        reader.kill()
+        reader.wait(10)
+    assert first.startswith("reader stuck: open api/d0/f0 for "), before + first + rest
+    assert "most recent call first" in before and "reader stuck:" not in rest  # said once

@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import functools
 import os
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from famfs import cacheflush, config, devices, hosts, logsetup, mapping, shadowdir, units
+from famfs import cacheflush, config, devices, hosts, logsetup, mapping, service, shadowdir, units
 from famfs import format as fmt
 from famfs.device import Device
 from famfs.famfslog import FamfsLog
@@ -371,8 +370,7 @@ def cmd_reclaimd(args: argparse.Namespace) -> int:
     settings = args.settings.master
     logsetup.configure(args.settings.host.log_format, args.settings.host.log_level)
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    service.stop_on_signals(stop)  # (not stop.set() in a handler: a deadlock, see there)
     device = args.device_path or args.settings.agent.device
     if not device:
         raise UsageError("no device: give DEVICE, or set [agent] device in the config file")

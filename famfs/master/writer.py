@@ -586,12 +586,15 @@ def session(device_path: str, uuid_file: Path, rng: alloc.Shuffler | None = None
     `opened`: the device at device_path already open for writing, used and left open (the
     superblock and the log are read from it anew all the same)."""
     with contextlib.nullcontext(opened) if opened is not None else Device(device_path, writable=True) as device:
-        famfs_log = FamfsLog(device)
-        try:
-            require_master(famfs_log.superblock, uuid_file)
+        try:  # a client is refused at once, not after waiting for the master's lock
+            require_master(FamfsLog.primary_superblock(device), uuid_file)
         except NotMasterError as err:
             raise MasterError(f"{device_path}: {err}", err) from None
         with device.exclusive():
+            # The log (where it is, its epoch, its header) is read only once the lock is held: a
+            # compaction holds it while it moves the log, so a view read while waiting for it can
+            # name the staging copy (an append there lands in free data units, never in the log).
+            famfs_log = FamfsLog(device)
             if compaction.roll_forward(famfs_log):
                 famfs_log = FamfsLog(device)
             current = Session(famfs_log, rng, known, device_paths)

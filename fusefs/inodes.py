@@ -428,7 +428,9 @@ class InodeTable:
         # The kernel can cache a name (or its absence) only under a directory it has looked up.
         parent_known = parent.lookups > 0 or parent.ino == ROOT_INODE
         # Another directory at the path (a new st_ino) is checked again: its xattr may differ.
-        replaced = current is not None and current.is_dir and sig is not None and sig.st_ino != current.sig.st_ino
+        # Another file at the path (other bytes) is another inode (_another_file).
+        replaced = current is not None and sig is not None and sig.is_dir == current.is_dir and (
+            sig.st_ino != current.sig.st_ino if current.is_dir else current.sig != sig and self._another_file(current))
         if current is not None and (sig is None or sig.is_dir != current.is_dir or replaced):
             if current.lookups > 0:
                 notices.append(Notice(NoticeKind.DELETED, current.ino, parent.ino, name))
@@ -447,6 +449,23 @@ class InodeTable:
         elif current.sig != sig:
             notices.extend(self._changed(current, sig))
         return notices
+
+    def _another_file(self, node: Node) -> bool:
+        """Whether the YAML now at a served file's path is another file than the one the node
+        serves: other bytes (or another size). A DELETE and a FILE of one path taken in at once
+        (one batch of events) leave a changed YAML, not a gap; the new file gets a new inode, and
+        the old node keeps serving its handles and mappings their own bytes (its path stays
+        pinned until they close: docs/reclaim.md, "Pins"). The same file written again (a
+        SETATTR; the agent's copy renamed over a YAML written ahead of it) keeps its node. A node
+        whose YAML was never read has served no bytes: it takes the new YAML as it is."""
+        if node.entry is None:
+            return False
+        try:
+            new = shadow_reader.load_file(self.shadow_root, node.relpath, self.geometry)
+        except fmt.FormatError:  # Gone too: whatever is there now, the handles' file is not
+            return True
+        old = node.entry
+        return (new.size, new.extents, new.stripes) != (old.size, old.extents, old.stripes)
 
     def _refresh_root(self) -> list[Notice]:
         root = self.nodes[ROOT_INODE]

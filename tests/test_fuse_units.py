@@ -67,12 +67,12 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
     put_file(shadow, entry("unasked"))
     assert table.refresh(b"unasked") == []  # never looked up: the kernel holds nothing to drop
 
-    put_file(shadow, entry("kept", size=200, unit=1))  # re-mapped: same inode, new extents
+    put_file(shadow, entry("kept")._replace(mode=0o600))  # the same file written again (a SETATTR): same inode
     (changed,) = table.refresh(b"kept")
     assert changed.kind is NoticeKind.INODE and changed.ino == kept.ino
-    assert table.file_entry(kept) == entry("kept", size=200, unit=1)
+    assert table.file_entry(kept) == entry("kept")._replace(mode=0o600)
     kept.opens += 1
-    put_file(shadow, entry("kept", size=300, unit=1))
+    put_file(shadow, entry("kept")._replace(mode=0o640))
     (while_open,) = table.refresh(b"kept")
     assert while_open.kind is NoticeKind.ATTRS and kept.data_stale
     assert table.release(kept)  # the last close drops the cached data
@@ -84,6 +84,27 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
     table.forget(kept.ino, 1)
     assert table.get(kept.ino) is None
     assert table.refresh(b"kept") == []
+
+
+def test_another_file_at_the_path_of_an_open_one_is_a_new_inode(shadow: Path) -> None:
+    """make churn's wrong bytes (2026-12-05): a reader held a file open while its DELETE and a new
+    FILE of the same path were taken in as one batch, so the table saw the YAML change, not go;
+    the node took the new file's extents and the open handle read the new file's bytes. Another
+    file at the path (other bytes or size) is a new inode: the old node keeps serving the handle
+    its own file (deleted, still pinned), and the kernel is told to forget the old name."""
+    put_file(shadow, entry("f"))
+    table = table_of(shadow)
+    held = top_level(table, b"f")
+    assert table.file_entry(held) == entry("f")
+    table.remember(held)  # looked up
+    held.opens += 1  # and open
+    (shadow / "root" / "f").unlink()  # the DELETE, then a new file at the same path, before the refresh
+    put_file(shadow, entry("f", size=200, unit=1))
+    (gone,) = table.refresh(b"f")
+    assert gone.kind is NoticeKind.DELETED and gone.ino == held.ino
+    assert table.file_entry(held) == entry("f") and not held.present  # the handle's file, as when opened
+    new = top_level(table, b"f")
+    assert new.ino != held.ino and table.file_entry(new) == entry("f", size=200, unit=1)
 
 
 def test_a_file_deleted_before_the_table_knows_is_no_such_file(shadow: Path) -> None:

@@ -132,7 +132,8 @@ def write_report(table: list[tuple[str, ...]], runs: list[ModuleRun], load_befor
         "",
         "Machine: " + "; ".join(machine()),
         f"Load average (1, 5, 15 min) when the run started: {', '.join(f'{load:.2f}' for load in load_before)} "
-        "(well above 0: other work was running on the machine just before, and may have been during the run).",
+        + ("(well above 0: other work was running on the machine just before, and may have been during the run)."
+           if load_before[0] >= 1.0 else "(the machine was quiet when the run started)."),
         "",
         render_markdown(table),
         "",

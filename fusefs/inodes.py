@@ -452,8 +452,8 @@ class InodeTable:
 
     def _another_file(self, node: Node) -> bool:
         """Whether the YAML now at a served file's path is another file than the one the node
-        serves: other bytes (or another size). A DELETE and a FILE of one path taken in at once
-        (one batch of events) leave a changed YAML, not a gap; the new file gets a new inode, and
+        serves: other bytes (or another size). A DELETE and a FILE of one path, which the agent
+        applies in one batch, leave a changed YAML, not a gap; the new file gets a new inode, and
         the old node keeps serving its handles and mappings their own bytes (its path stays
         pinned until they close: docs/reclaim.md, "Pins"). The same file written again (a
         SETATTR; the agent's copy renamed over a YAML written ahead of it) keeps its node. A node

@@ -88,11 +88,13 @@ def test_hand_made_changes_under_a_mount(tmp_path: Path, device: Path) -> None:
         with open(remapped, "rb", buffering=0) as handle:
             assert os.pread(handle.fileno(), UNIT, 0) == first[:UNIT - 10]
             inode = os.fstat(handle.fileno()).st_ino
-            # Re-map: the same name, other extents, another size, while the handle is open.
+            # Another file at the name (other extents, another size) while the handle is open:
+            # the name shows the new file, a new inode; the handle reads its own file's bytes.
             put_file(shadow, file_at("remapped", 1, size=UNIT - 20, mode=0o600))
-            wait_for(lambda: os.fstat(handle.fileno()).st_size == UNIT - 20, "new attributes on the open handle")
-            assert os.pread(handle.fileno(), UNIT, 0) == second[:UNIT - 20]
-            assert os.stat(remapped).st_ino == inode and os.stat(remapped).st_mode & 0o777 == 0o600
+            wait_for(lambda: os.stat(remapped).st_size == UNIT - 20, "the name shows the new file")
+            assert os.stat(remapped).st_ino != inode and os.stat(remapped).st_mode & 0o777 == 0o600
+            assert os.pread(handle.fileno(), UNIT, 0) == first[:UNIT - 10]  # never the new file's bytes
+        assert remapped.read_bytes() == second[:UNIT - 20]
         # A directory that appears already populated (inotify cannot report its contents).
         staged = shadow / ".agent" / "staging" / "tree"
         (staged / "inner").mkdir(parents=True)
@@ -169,7 +171,9 @@ def test_symlinks_in_the_shadow_are_never_followed(tmp_path: Path, device: Path)
             assert missing.value.errno == errno.ENOENT
 
 
-def test_remap_while_open_drops_cached_data_at_last_close(tmp_path: Path, device: Path) -> None:
+def test_another_file_at_an_open_files_path_leaves_the_handle_its_own_pages(tmp_path: Path, device: Path) -> None:
+    """With the page cache kept across opens: the old file's cached pages stay its own (its
+    handle reads them), and an open of the path reads the new file, none of the old one's pages."""
     first, second = os.urandom(UNIT), os.urandom(UNIT)
     write_device(device, DATA_START + 4 * UNIT, first)
     write_device(device, DATA_START + 5 * UNIT, second)
@@ -179,10 +183,11 @@ def test_remap_while_open_drops_cached_data_at_last_close(tmp_path: Path, device
         path = mount.mountpoint / "data"
         with open(path, "rb") as handle:
             assert handle.read() == first
-            put_file(shadow, file_at("data", 5, mode=0o600))  # same size, other extent
-            # Applied while open: attributes now, cached data only at the last close.
-            wait_for(lambda: os.fstat(handle.fileno()).st_mode & 0o777 == 0o600, "the re-map's attributes")
-        wait_for(lambda: path.read_bytes() == second, "new bytes once the last handle closed")
+            put_file(shadow, file_at("data", 5, mode=0o600))  # same size, other extent: another file
+            wait_for(lambda: path.stat().st_mode & 0o777 == 0o600, "the name shows the new file")
+            assert path.read_bytes() == second
+            handle.seek(0)
+            assert handle.read() == first
 
 
 def test_periodic_rescan_catches_what_inotify_never_reports(tmp_path: Path, device: Path) -> None:

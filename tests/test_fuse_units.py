@@ -88,7 +88,7 @@ def test_refresh_reports_what_the_kernel_must_forget(shadow: Path) -> None:
 
 def test_another_file_at_the_path_of_an_open_one_is_a_new_inode(shadow: Path) -> None:
     """make churn's wrong bytes (2026-12-05): a reader held a file open while its DELETE and a new
-    FILE of the same path were taken in as one batch, so the table saw the YAML change, not go;
+    FILE of the same path were applied in one batch, so the table saw the YAML change, not go;
     the node took the new file's extents and the open handle read the new file's bytes. Another
     file at the path (other bytes or size) is a new inode: the old node keeps serving the handle
     its own file (deleted, still pinned), and the kernel is told to forget the old name."""

@@ -117,11 +117,16 @@ def test_a_reader_that_does_not_stop_is_described_with_its_mount(tmp_path: Path)
             return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True)
 
     reader, mount = stand_in("reader"), stand_in("mount")
+    bounds = [threading.Timer(30, process.kill) for process in (reader, mount)]  # a stand-in that never says "up"
+    for bound in bounds:
+        bound.start()
     try:
         for process in (reader, mount):
             assert process.stdout is not None and process.stdout.readline() == "up\n"
         where = Run.describe_stuck(SimpleNamespace(mount=mount), reader)  # type: ignore[arg-type]
     finally:
+        for bound in bounds:
+            bound.cancel()
         for process in (reader, mount):
             process.send_signal(signal.SIGKILL)
             process.wait(10)

@@ -3,8 +3,9 @@
 Only the trio thread touches it. It learns the shadow tree through `refresh(relpath)` (one
 path re-checked against the disk) and reports what the kernel must forget as `Notice`s, which
 the caller sends from worker threads after the table is updated (never under a lock: there is
-none). Inode numbers are handed out per path and stay while the path exists, so a re-mapped file
-keeps its inode and an open handle follows the new extents. A deleted node the kernel still
+none). Inode numbers are handed out per path and stay while the path holds the same file (a
+SETATTR rewrites its YAML, the bytes stay); another file at the path is a new inode, and an open
+handle of the old one keeps reading its own bytes (_another_file). A deleted node the kernel still
 knows (lookup count > 0) stays reachable by number until `forget`.
 
 File YAML is parsed lazily, on the first open or mapping that needs its extents: a mount of half
@@ -139,7 +140,7 @@ class Node:
         self.lookups = 0  # the kernel's lookup count
         self.opens = 0
         self.present = True  # False once the shadow path is gone
-        self.data_stale = False  # re-mapped while open: drop cached data at the last close
+        self.data_stale = False  # its YAML written again while open: drop cached data at the last close
         # (atime, mtime) in ns set through the master's mount (utimes): famfs logs no times, so
         # they are kept for the mount's lifetime, as upstream's kernel famfs keeps them in its inode
         self.times: tuple[int, int] | None = None
@@ -386,7 +387,7 @@ class InodeTable:
             del self.nodes[ino]
 
     def release(self, node: Node) -> bool:
-        """A handle closed; True if its cached data must now be dropped (re-mapped while open)."""
+        """A handle closed; True if its cached data must now be dropped (written again while open)."""
         node.opens -= 1
         stale = node.opens == 0 and node.data_stale
         if stale:
@@ -492,7 +493,7 @@ class InodeTable:
         node.entry = node.listed = None
         node.error = None  # node.refused kept: the same refusal of the new YAML is not warned again
         if had_entry is not None:
-            self.file_entry(node)  # reload now: open handles read through the new mapping at once
+            self.file_entry(node)  # reload now: the same bytes (else refresh made a new node), new attributes
         return self._drop_cached_data(node)
 
     def _dir_record_changed(self, node: Node) -> list[Notice]:

@@ -683,8 +683,8 @@ class FamfsOperations(pyfuse3.Operations):
         return data if lease.refusal(record, handle.incarnation) is None else None
 
     def _mapped(self, handle: Handle) -> fmt.FileEntry:
-        """The extents a read or write goes through: the current mapping (a re-map applies at
-        once), checked again first if the file is served ahead of the log (docs/fusefs.md). A
+        """The extents a read or write goes through: the node's (another file at the path is
+        another node), checked again first if the file is served ahead of the log (docs/fusefs.md). A
         handle opened ahead of the log whose file is not served now: EIO (not ENOENT)."""
         node = handle.node
         if node.provisional and self.table.recheck(node) is not None:
